@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import http.server
 import os
 import socket
@@ -35,6 +36,10 @@ def _training_text() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def build_tiny_tokenizer(out: Path) -> Path:
     """A byte-level BPE tokenizer (vocab 512) trained here on Python's own docs, saved in HF format."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -50,7 +55,6 @@ def tiny_tokenizer(tmp_path_factory):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
-    out = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(out)
     return out
 
@@ -62,7 +66,7 @@ def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0) -
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     common = dict(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=256,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
@@ -120,3 +124,69 @@ def closed_port_url():
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a folder with its bytes, to check that nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+
+
+def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
+    """Write a tiny HF Llama folder as a float32 GGUF file with the ``gguf`` package.
+
+    Follows llama.cpp's converter: tensor names, the rotary permutation of q/k rows, and a "gpt2"
+    (byte-level BPE) tokenizer with its merges.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    def permute(w, heads):
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(out), "llama")
+    w.add_name("tiny-llama")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(float(cfg.get("rope_theta") or cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    special = {t["content"] for t in tok["added_tokens"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t, _ in vocab])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    per_layer = {
+        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    }
+    for name, arr in sorted(load_file(hf_dir / "model.safetensors").items()):
+        arr = arr.astype(np.float32)
+        if name in names:
+            w.add_tensor(names[name], arr)
+            continue
+        layer, rest = name.removeprefix("model.layers.").split(".", 1)
+        module = rest.removesuffix(".weight")
+        if module == "self_attn.q_proj":
+            arr = permute(arr, n_head)
+        elif module == "self_attn.k_proj":
+            arr = permute(arr, n_kv)
+        w.add_tensor(f"blk.{layer}.{per_layer[module]}.weight", np.ascontiguousarray(arr))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out

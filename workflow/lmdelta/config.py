@@ -195,4 +195,4 @@ class CorpusSpec:
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> CorpusSpec:
-        return cls(name=name, source=d["source"], sample=d["sample"])
+        return cls(name=name, source=d["source"], sample=d.get("sample", {}))

@@ -57,10 +57,12 @@ def fetch(spec: CorpusSpec, dest: str | Path, *, timeout_s: float = 60.0, tries:
     src = spec.source[kind]
     prov = Provenance(stage="corpus_fetch", params={"name": spec.name, "source": spec.source})
     if kind == "url":
-        download(src["url"], dest, src.get("sha256"), what=f"corpora.{spec.name}", timeout_s=timeout_s, tries=tries, prov=prov)
+        digest = download(src["url"], dest, src.get("sha256"), what=f"corpora.{spec.name}", timeout_s=timeout_s, tries=tries, prov=prov)
+        log.info("corpora.%s: fetched %s -> %s (%d bytes, sha256 %s)", spec.name, src["url"], dest, Path(dest).stat().st_size, digest)
     elif kind == "hf_dataset":
         table = _load_hf_dataset(spec.name, src)
         write_parquet(dest, table, prov)
+        log.info("corpora.%s: dataset %s split %s -> %s (%d rows)", spec.name, src["name"], src["split"], dest, table.num_rows)
     else:
         raise LmdeltaError(f"corpora.{spec.name}: source {kind} is read in place and needs no fetch")
 

@@ -266,5 +266,7 @@ def _bnb_config(quantization: str, dtype: str):
         raise LmdeltaError("quantization needs bitsandbytes; install it with pip install 'lmdelta[quant]' or set quantization: none") from None
     compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, DTYPES[dtype])
     if quantization == "8bit":
+        # bitsandbytes logs a warning on every 8-bit matmul that casts float32 inputs; once is enough.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)

@@ -1,0 +1,96 @@
+"""End to end: Snakemake as a subprocess on a tiny config with every source kind that runs offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from conftest import ROOT, write_tiny_gguf
+from lmdelta.artifacts import read_provenance
+from lmdelta.models import load_model
+from test_corpus import jsonl_bytes, zst_multiframe
+
+
+def snakemake(*args, cwd: Path, timeout=600):
+    env_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{env_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
+    www, base = http_server
+    payload = zst_multiframe(jsonl_bytes())
+    (www / "val.jsonl.zst").write_bytes(payload)
+    local = tmp_path / "local.jsonl"
+    local.write_bytes(jsonl_bytes())
+    gguf_file = write_tiny_gguf(tiny_models["llama"], tmp_path / "tiny.gguf")
+    config = {
+        "models": {
+            "neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"},
+            "llama-gguf": {"source": {"gguf": {"path": str(gguf_file)}}, "dtype": "float32"},
+        },
+        "corpora": {
+            "web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
+                    "sample": {"n_docs": 4, "seed": 3}},
+            "local": {"source": {"file": {"path": str(local)}}, "sample": {"n_docs": 3, "method": "first"}},
+            "docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 5, "min_chars": 100}},
+        },
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+
+    r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, n in (("web", 4), ("local", 3), ("docs", 5)):
+        df = pd.read_parquet(tmp_path / "results" / "corpus" / f"{name}.parquet")
+        assert len(df) == n
+        rec = read_provenance(tmp_path / "results" / "corpus" / f"{name}.parquet")
+        assert rec["params"]["sample"]["n_docs"] == n
+    assert (tmp_path / "resources" / "corpus" / "web" / "raw").read_bytes() == payload
+    for name in ("neox", "llama-gguf"):
+        folder = tmp_path / "resources" / "models" / name
+        assert read_provenance(folder)["stage"] == "materialise"
+        model, tok = load_model(folder, device="cpu")
+        ids = tok("def main(): pass", return_tensors="pt").input_ids
+        assert int(ids.max()) < model.config.vocab_size
+        assert model(ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
+    for log in ("materialise_model/neox.log", "corpus_fetch/web.log", "corpus_sample/docs.log"):
+        assert (tmp_path / "logs" / log).stat().st_size > 0
+    assert (tmp_path / "benchmarks" / "materialise_model" / "neox.tsv").exists()
+
+    # A finished workflow re-run does nothing.
+    r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+    # A changed sampling parameter reruns the sampling of that corpus only: no download, no model.
+    config["corpora"]["web"]["sample"]["n_docs"] = 2
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    r = snakemake("--configfile", "tiny.yaml", "-n", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
+    assert sorted(jobs) == ["all", "corpus_sample"]
+    assert "wildcards: corpus=web" in r.stdout
+
+
+def test_failed_rule_leaves_no_artifact_and_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "no text field"}) + "\n")
+    cfg = {
+        "models": {"m": {"source": {"local": {"path": str(tmp_path)}}}},
+        "corpora": {"bad": {"source": {"file": {"path": str(bad)}}}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake("results/corpus/bad.parquet", "--configfile", "c.yaml", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "lmdelta: error: corpora.bad: bad.jsonl line 1 has no field 'text' (has: body); set text_field:" in r.stderr
+    assert not (tmp_path / "results" / "corpus" / "bad.parquet").exists()
