@@ -59,8 +59,11 @@ def build_tiny_tokenizer(out: Path) -> Path:
     return out
 
 
-def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Randomly initialise a tiny model of a real architecture and save it in HF format."""
+def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0, **dims) -> Path:
+    """Randomly initialise a model of a real architecture and save it in HF format.
+
+    Tiny by default; ``dims`` overrides config fields (the benchmarks build real-size configs).
+    """
     import torch
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -70,11 +73,15 @@ def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0) -
         num_attention_heads=4, max_position_embeddings=256,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
+    common.update(dims)
     torch.manual_seed(seed)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common))
+        common.setdefault("num_key_value_heads", 2)
+        common.setdefault("tie_word_embeddings", False)
+        model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "gpt_neox":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(rotary_pct=0.5, **common))
+        common.setdefault("rotary_pct", 0.5)
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**common))
     else:
         raise ValueError(arch)
     model.save_pretrained(out)

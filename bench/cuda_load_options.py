@@ -1,0 +1,82 @@
+"""Load options on CUDA: dtype (bf16, fp16) and bitsandbytes 8-bit / 4-bit against the float32 baseline.
+
+Builds randomly initialised models of real architectures on the machine (SmolLM2-135M's Llama config
+and Pythia-1B's GPT-NeoX config), materialises each through the real `local` source, then loads it
+with every option through `lmdelta.models.load_model` and prints, per option: load time, weight
+memory, forward throughput (batch 8 x 512, logits over the full vocabulary) and its ratio to float32,
+and the largest per-token log-probability difference from float32.
+
+    python bench/cuda_load_options.py            # needs a CUDA GPU and bitsandbytes
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
+
+from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from lmdelta.config import ModelSpec  # noqa: E402
+from lmdelta.models import load_model, materialise  # noqa: E402
+
+CONFIGS = {
+    "smollm2-135m (llama)": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)),
+    "pythia-1b (gpt_neox)": ("gpt_neox", dict(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                              num_attention_heads=8, max_position_embeddings=2048, rotary_pct=0.25)),
+}
+OPTIONS = [("float32", "none"), ("bfloat16", "none"), ("float16", "none"), ("auto", "8bit"), ("bfloat16", "4bit")]
+BATCH, SEQ, REPS = 8, 512, 5
+
+
+def timed_forward(model, ids):
+    with torch.inference_mode():
+        model(ids)  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(REPS):
+            logits = model(ids).logits
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / REPS, torch.log_softmax(logits.float(), -1)
+
+
+def token_logprobs(logprobs, ids):
+    """Log-probability of each next token: position t's distribution predicts token t + 1."""
+    return logprobs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+
+
+def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("bench/cuda_load_options.py needs a CUDA GPU")
+    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    work = Path(tempfile.mkdtemp())
+    tok = build_tiny_tokenizer(work / "tok")
+    print(f"{'model':22} {'dtype':9} {'quant':5} {'load s':>7} {'weights GB':>10} {'tok/s':>9} {'x fp32':>7} {'max|dlogp|':>10}")
+    for label, (arch, dims) in CONFIGS.items():
+        src = build_tiny_model(arch, work / f"{arch}-src", tok, **dims)
+        folder = work / arch
+        materialise(ModelSpec(name=arch, source={"local": {"path": str(src)}}), folder)
+        ids = torch.randint(0, 512, (BATCH, SEQ), generator=torch.Generator().manual_seed(0)).cuda()
+        base_tps = base_lp = None
+        for dtype, quant in OPTIONS:
+            t0 = time.perf_counter()
+            model, _ = load_model(folder, dtype=dtype, quantization=quant, device="cuda")
+            load_s = time.perf_counter() - t0
+            secs, lp = timed_forward(model, ids)
+            tps = BATCH * SEQ / secs
+            if base_tps is None:
+                base_tps, base_lp = tps, lp
+            dlp = (token_logprobs(lp, ids) - token_logprobs(base_lp, ids)).abs().max().item()
+            print(f"{label:22} {dtype:9} {quant:5} {load_s:7.2f} {model.get_memory_footprint() / 1e9:10.3f} {tps:9.0f} {tps / base_tps:7.2f} {dlp:10.4f}")
+            del model
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
