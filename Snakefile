@@ -5,10 +5,14 @@ from snakemake.utils import min_version
 min_version("9.27")
 
 
+report: "workflow/report/workflow.rst"
+
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/corpus.smk"
+include: "workflow/rules/logprobs.smk"
 
 
 rule all:

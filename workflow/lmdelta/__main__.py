@@ -63,6 +63,27 @@ def cmd_corpus_sample(a: argparse.Namespace) -> None:
     build_corpus(_spec("corpus", a.name, a.spec), a.raw, a.out)
 
 
+def cmd_logprobs(a: argparse.Namespace) -> None:
+    from lmdelta.logprobs import LogprobParams, run_logprobs
+
+    run_logprobs(a.model_dir, a.corpus, a.out, a.out_meanprob, params=LogprobParams.from_dict(json.loads(a.params)),
+                 load_options=json.loads(a.load_options), threads=a.threads)
+
+
+def cmd_entropy_perplexity(a: argparse.Namespace) -> None:
+    from lmdelta.perplexity import run_summary
+
+    run_summary(a.logprobs, a.meanprob, a.corpus, a.out_json, a.out_docs, model=a.model, corpus_name=a.corpus_name)
+
+
+def cmd_compare_perplexity(a: argparse.Namespace) -> None:
+    from lmdelta.perplexity import run_compare
+
+    if not (len(a.models) == len(a.summaries) == len(a.docs)):
+        raise LmdeltaError("compare-perplexity: give as many --summaries and --docs as --models")
+    run_compare(a.corpus_name, a.models, a.summaries, a.docs, a.out_csv, a.out_entropy, a.out_doc_perplexity)
+
+
 def cmd_provenance(a: argparse.Namespace) -> None:
     from lmdelta.artifacts import read_provenance
 
@@ -106,6 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", help="fetched file, for url and hf_dataset sources")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_corpus_sample)
+
+    sp = sub.add_parser("logprobs", help="per-token logprob, entropy, top-1, rank of one model on one corpus")
+    sp.add_argument("--model-dir", required=True)
+    sp.add_argument("--corpus", required=True, help="results/corpus/<name>.parquet")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--out-meanprob", required=True)
+    sp.add_argument("--params", required=True, help="the logprobs config section as JSON")
+    sp.add_argument("--load-options", required=True, help="the model's load options as JSON")
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sp.set_defaults(func=cmd_logprobs)
+
+    sp = sub.add_parser("entropy-perplexity", help="summary of one logprobs artifact")
+    for opt in ("--logprobs", "--meanprob", "--corpus", "--out-json", "--out-docs", "--model", "--corpus-name"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_entropy_perplexity)
+
+    sp = sub.add_parser("compare-perplexity", help="table and figures of one corpus across models")
+    sp.add_argument("--corpus-name", required=True)
+    sp.add_argument("--models", nargs="+", required=True)
+    sp.add_argument("--summaries", nargs="+", required=True)
+    sp.add_argument("--docs", nargs="+", required=True)
+    for opt in ("--out-csv", "--out-entropy", "--out-doc-perplexity"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_compare_perplexity)
 
     sp = sub.add_parser("provenance", help="print the provenance record of an artifact")
     sp.add_argument("artifact")

@@ -215,6 +215,12 @@ def write_parquet(path: str | os.PathLike, table, prov: Provenance | None = None
         pq.write_table(table, tmp, compression="zstd")
 
 
+def write_csv(path: str | os.PathLike, df, prov: Provenance | None = None) -> None:
+    """Write a pandas DataFrame as CSV (no index), full float precision."""
+    with atomic_path(path, prov) as tmp:
+        df.to_csv(tmp, index=False)
+
+
 def read_provenance(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The provenance record of an artifact; with ``verify``, check it still describes the artifact."""
     artifact = Path(artifact)

@@ -139,6 +139,32 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(
                 f"config: corpora.{name}.sample: max_chars ({s['max_chars']}) < min_chars ({s['min_chars']}); raise max_chars"
             )
+    lp = config["logprobs"]
+    _check_selection(config, "logprobs")
+    if lp["stride"] > lp["max_length"]:
+        raise LmdeltaError(
+            f"config: logprobs.stride ({lp['stride']}) > max_length ({lp['max_length']}); tokens would be skipped: lower stride"
+        )
+    if lp["batch_tokens"] < lp["max_length"]:
+        raise LmdeltaError(
+            f"config: logprobs.batch_tokens ({lp['batch_tokens']}) < max_length ({lp['max_length']}); raise batch_tokens to hold one window"
+        )
+
+
+def _check_selection(config: dict[str, Any], section: str) -> None:
+    for key, pool in (("models", "models"), ("corpora", "corpora")):
+        chosen = config[section].get(key)
+        for name in chosen or []:
+            if name not in config[pool]:
+                raise LmdeltaError(
+                    f"config: {section}.{key}: {name!r} is not defined under {pool}:; use one of {', '.join(config[pool])}"
+                )
+
+
+def selected(config: dict[str, Any], section: str, key: str) -> list[str]:
+    """The models or corpora a section applies to (all when its list is null), in config order."""
+    chosen = config[section].get(key)
+    return list(config[key]) if chosen is None else list(chosen)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from snakemake.utils import update_config, validate
 # jobs run `python -m lmdelta`, which needs it installed (make setup / envs/*.yaml).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from lmdelta import LmdeltaError  # noqa: E402
-from lmdelta.config import validate_config  # noqa: E402
+from lmdelta.config import selected, validate_config  # noqa: E402
 
 # config.yaml (the offline demo) is the default. A --configfile replaces it rather than being merged
 # into it, so that a paper configuration never inherits the demo's models; --config key=value
@@ -48,6 +48,7 @@ def all_targets():
     return [
         *expand("resources/models/{model}", model=config["models"]),
         *expand("results/corpus/{corpus}.parquet", corpus=config["corpora"]),
+        *logprobs_targets(),
     ]
 
 
@@ -62,6 +63,25 @@ def materialise_spec(wildcards):
 
 def model_dir(name):
     return f"resources/models/{name}"
+
+
+def load_options(wildcards):
+    """A model's load options (dtype, quantization, device, trust_remote_code) as JSON."""
+    m = config["models"][wildcards.model]
+    return json.dumps({k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")})
+
+
+_BYTES_PER_PARAM = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
+
+
+def model_mem_mb(wildcards, input, attempt):
+    """Memory for a job that holds one model: its weights in the load dtype plus the logits of one
+    batch (float32, twice for the reductions), plus 1.5 GB for the runtime; more on each retry."""
+    fp = json.loads((Path(input.model) / "fingerprint.json").read_text())
+    m = config["models"][wildcards.model]
+    per_param = {"8bit": 1, "4bit": 0.5}.get(m["quantization"], _BYTES_PER_PARAM[m["dtype"]])
+    logits = 2 * 4 * config["logprobs"]["batch_tokens"] * fp["vocab_size"]
+    return int((fp["n_parameters"] * per_param + logits) / 1e6 * 1.2 + 1500) * attempt
 
 
 # ---- corpora ------------------------------------------------------------------------------------
@@ -91,3 +111,32 @@ def corpus_inputs(wildcards):
 
 def corpus_raw_arg(wildcards, input):
     return f"--raw {input.raw}" if "raw" in input.keys() else ""
+
+
+# ---- logprobs, entropy and perplexity ---------------------------------------------------------------
+
+
+def logprobs_params(wildcards):
+    lp = config["logprobs"]
+    return json.dumps({k: lp[k] for k in ("max_length", "stride", "first_token", "batch_tokens", "chunk_positions", "shard_docs")})
+
+
+def logprobs_targets():
+    corpora = selected(config, "logprobs", "corpora")
+    models = selected(config, "logprobs", "models")
+    return [
+        *expand("results/entropy_perplexity/{corpus}/{model}.json", corpus=corpora, model=models),
+        *expand("results/entropy_perplexity/{corpus}/comparison.csv", corpus=corpora),
+    ]
+
+
+def compare_inputs(wildcards):
+    models = selected(config, "logprobs", "models")
+    return {
+        "summaries": expand("results/entropy_perplexity/{corpus}/{model}.json", corpus=wildcards.corpus, model=models),
+        "docs": expand("results/entropy_perplexity/{corpus}/{model}.docs.parquet", corpus=wildcards.corpus, model=models),
+    }
+
+
+def compare_models(wildcards):
+    return " ".join(selected(config, "logprobs", "models"))

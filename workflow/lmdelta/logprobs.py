@@ -1,0 +1,200 @@
+"""Logprobs stage: per-token log-probability, entropy, top-1 probability and rank of one model on one corpus.
+
+Output ``results/logprobs/<corpus>/<model>.parquet``, one row per scored token:
+doc_id, position (index of the token in the document's tokens), token_id, logprob (nats), entropy
+(nats, of the full next-token distribution), top1_prob, rank (1 = argmax). Beside it
+``<model>.meanprob.npy``: the mean next-token distribution over all scored positions (float64,
+over the model's full output vocabulary).
+
+First-token policy (``first_token``): ``bos`` prepends the tokenizer's BOS id (its EOS id when it has
+no BOS; the id used is recorded) so that the document's first token is scored too; ``eos`` prepends
+EOS; ``none`` prepends nothing and the first token is not scored. Documents are tokenised without
+the tokenizer's own special tokens, so a prefix is never added twice.
+
+Work is split into shards of ``shard_docs`` documents; each finished shard is kept in a parts folder
+beside the output, so a killed job restarts from its last finished shard. Parts are keyed by the
+parameters, the model fingerprint and the corpus digest: changed settings never reuse old parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("doc_id", "position", "token_id", "logprob", "entropy", "top1_prob", "rank")
+
+
+@dataclass(frozen=True)
+class LogprobParams:
+    max_length: int = 512
+    stride: int = 256
+    first_token: str = "bos"  # bos | eos | none
+    batch_tokens: int = 4096
+    chunk_positions: int = 32
+    shard_docs: int = 256
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LogprobParams:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def prefix_token(tokenizer, policy: str) -> tuple[int | None, str | None]:
+    """The id prepended to every document under ``policy`` and its text (None, None for ``none``)."""
+    if policy == "none":
+        return None, None
+    if policy == "bos" and tokenizer.bos_token_id is not None:
+        return tokenizer.bos_token_id, tokenizer.bos_token
+    if tokenizer.eos_token_id is not None:
+        if policy == "bos":
+            log.info("tokenizer has no BOS token; prepending its EOS token %r instead", tokenizer.eos_token)
+        return tokenizer.eos_token_id, tokenizer.eos_token
+    raise LmdeltaError(
+        f"logprobs: first_token is {policy!r} but the tokenizer has no BOS or EOS token; set logprobs.first_token: none (the first token is then not scored)"
+    )
+
+
+def _empty_table():
+    import pyarrow as pa
+
+    return pa.table({
+        "doc_id": pa.array([], pa.string()), "position": pa.array([], pa.int32()), "token_id": pa.array([], pa.int32()),
+        "logprob": pa.array([], pa.float32()), "entropy": pa.array([], pa.float32()),
+        "top1_prob": pa.array([], pa.float32()), "rank": pa.array([], pa.int32()),
+    })
+
+
+def score_shard(model, tokenizer, doc_ids: list[str], texts: list[str], p: LogprobParams, prefix: int | None, prob_sum):
+    """Score one shard of documents; return (pyarrow table, skipped doc ids).
+
+    ``prefix`` is the id prepended to each document (see ``prefix_token``), or None.
+    """
+    import pyarrow as pa
+
+    from lmdelta.scoring import score_sequences
+
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    seqs = [([prefix] if prefix is not None else []) + list(ids) for ids in encoded]
+    keep = [i for i, s in enumerate(seqs) if len(s) >= 2]
+    skipped = [doc_ids[i] for i in range(len(seqs)) if len(seqs[i]) < 2]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out: its value never matters
+    scores = score_sequences(
+        model, [seqs[i] for i in keep], max_length=p.max_length, stride=p.stride, batch_tokens=p.batch_tokens,
+        pad_token_id=pad, chunk_positions=p.chunk_positions, prob_sum=prob_sum,
+    )
+    if not keep:
+        return _empty_table(), skipped
+    first_pos = 0 if prefix is not None else 1
+    lengths = [len(s.token_ids) for s in scores]
+    table = pa.table({
+        "doc_id": pa.array(np.repeat(np.array([doc_ids[i] for i in keep], dtype=object), lengths), pa.string()),
+        "position": pa.array(np.concatenate([np.arange(first_pos, first_pos + n, dtype=np.int32) for n in lengths])),
+        "token_id": pa.array(np.concatenate([s.token_ids for s in scores])),
+        "logprob": pa.array(np.concatenate([s.logprob for s in scores])),
+        "entropy": pa.array(np.concatenate([s.entropy for s in scores])),
+        "top1_prob": pa.array(np.concatenate([s.top1_prob for s in scores])),
+        "rank": pa.array(np.concatenate([s.rank for s in scores])),
+    })
+    return table, skipped
+
+
+def run_logprobs(
+    model_dir: str | Path,
+    corpus_path: str | Path,
+    out: str | Path,
+    out_meanprob: str | Path,
+    *,
+    params: LogprobParams,
+    load_options: dict[str, Any],
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Score a corpus (``results/corpus/<name>.parquet``) with a materialised model; resumable by shard."""
+    import pyarrow.parquet as pq
+    import torch
+    from tqdm import tqdm
+
+    from lmdelta.models import load_model, read_fingerprint
+
+    out, out_meanprob = Path(out), Path(out_meanprob)
+    if threads:
+        torch.set_num_threads(threads)
+    fingerprint = read_fingerprint(model_dir)
+    corpus_digest = sha256_file(corpus_path)
+    opts = {k: load_options[k] for k in ("dtype", "quantization", "device", "trust_remote_code") if k in load_options}
+    prov = Provenance(stage="logprobs", params={**asdict(params), "load_options": opts, "units": "nats"})
+    prov.inputs["model"] = {"path": str(model_dir), "fingerprint": fingerprint["digest"]}
+    prov.inputs["corpus"] = {"path": str(corpus_path), "sha256": corpus_digest}
+
+    model, tokenizer = load_model(model_dir, **opts)
+    ctx = getattr(model.config, "max_position_embeddings", None)
+    if ctx is not None and params.max_length > ctx:
+        raise LmdeltaError(f"logprobs: max_length {params.max_length} exceeds the model's context ({ctx} positions); lower logprobs.max_length")
+    prefix_id, prefix_text = prefix_token(tokenizer, params.first_token)
+    prov.params["prefix_token_id"], prov.params["prefix_token"] = prefix_id, prefix_text
+    device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    key = hashlib.sha256(json.dumps([asdict(params), opts, fingerprint["digest"], corpus_digest], sort_keys=True).encode()).hexdigest()[:16]
+    parts = out.parent / f".{out.stem}.parts-{key}"
+    for stale in out.parent.glob(f".{out.stem}.parts-*"):
+        if stale != parts:
+            shutil.rmtree(stale, ignore_errors=True)
+    parts.mkdir(parents=True, exist_ok=True)
+
+    pf = pq.ParquetFile(corpus_path)
+    n_docs = pf.metadata.num_rows
+    n_shards = max(1, -(-n_docs // params.shard_docs))
+    done = sum((parts / f"shard-{k:05d}.parquet").exists() for k in range(n_shards))
+    if done:
+        log.info("resuming: %d of %d shards already scored in %s", done, n_shards, parts)
+    bar = tqdm(total=n_docs, desc=f"logprobs {out.parent.name}/{out.stem}", unit=" docs", mininterval=2.0)
+    for k, batch in enumerate(pf.iter_batches(batch_size=params.shard_docs, columns=["doc_id", "text"])):
+        part = parts / f"shard-{k:05d}.parquet"
+        if part.exists():
+            bar.update(batch.num_rows)
+            continue
+        prob_sum = torch.zeros(vocab, dtype=torch.float64, device=device)
+        table, skipped = score_shard(model, tokenizer, batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(), params, prefix_id, prob_sum)
+        with atomic_path(parts / f"shard-{k:05d}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, prob_sum=prob_sum.cpu().numpy(), n_positions=np.int64(table.num_rows), skipped=np.array(skipped, dtype=str))
+        with atomic_path(part) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        bar.update(batch.num_rows)
+    bar.close()
+
+    prob_sum = np.zeros(vocab, np.float64)
+    n_positions, skipped = 0, []
+    for k in range(n_shards):
+        with np.load(parts / f"shard-{k:05d}.npz") as z:
+            prob_sum += z["prob_sum"]
+            n_positions += int(z["n_positions"])
+            skipped += [str(s) for s in z["skipped"]]
+    if n_positions == 0:
+        raise LmdeltaError(f"logprobs: no token of {corpus_path} could be scored (every document is empty or one token long); check the corpus")
+    counts = {"n_docs": n_docs - len(skipped), "n_docs_skipped": len(skipped), "n_tokens": n_positions, "vocab_size": int(vocab)}
+    prov.params["counts"] = counts
+    prov.params["skipped_doc_ids"] = skipped[:100]
+    if skipped:
+        log.warning("%d documents had nothing to score (empty, or one token with first_token: none) and are skipped: %s",
+                    len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+
+    with atomic_path(out_meanprob, prov) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, prob_sum / n_positions)
+    with atomic_path(out, prov) as tmp:
+        with pq.ParquetWriter(tmp, _empty_table().schema, compression="zstd") as writer:
+            for k in range(n_shards):
+                writer.write_table(pq.read_table(parts / f"shard-{k:05d}.parquet"))
+    shutil.rmtree(parts, ignore_errors=True)
+    log.info("logprobs: %d tokens of %d documents -> %s", n_positions, counts["n_docs"], out)
+    return counts

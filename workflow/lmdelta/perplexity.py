@@ -1,0 +1,124 @@
+"""Entropy and perplexity of one model on one corpus, from its logprobs artifact; and the comparison across models.
+
+Definitions (natural logarithms; NLL = -logprob of the actual token):
+- ``perplexity_tokens`` = exp(mean NLL over all scored tokens of the corpus)
+- ``perplexity_docs_mean`` = mean over documents of exp(mean NLL of the document)
+- ``mean_entropy_nats_tokens`` / ``_docs``: token average / average of per-document means
+- ``bits_per_byte`` = total NLL / ln 2 / total UTF-8 bytes of the scored documents (with
+  ``first_token: none`` the first token of each document is not scored, which lowers it slightly)
+- ``vocab_fraction_70`` / ``_90``: the smallest fraction of the model's output vocabulary whose
+  tokens together hold 70% / 90% of the mean next-token distribution (lower = mass on fewer tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
+
+#: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
+ENTROPY_BIN_WIDTH = 0.05
+ENTROPY_MAX = 13.0  # above ln(262144) = 12.48, the largest vocabulary among the supported models
+
+
+def vocab_fraction(mean_prob: np.ndarray, mass: float) -> float:
+    """Smallest fraction of the vocabulary whose most probable tokens hold ``mass`` of ``mean_prob``."""
+    p = np.sort(np.asarray(mean_prob, np.float64))[::-1]
+    k = int(np.searchsorted(np.cumsum(p), mass * p.sum(), side="left")) + 1
+    return min(k, len(p)) / len(p)
+
+
+def summarise(logprobs_path: str | Path, meanprob_path: str | Path, corpus_path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Corpus-level summary and per-document table, streaming the token table by row group."""
+    import pyarrow.parquet as pq
+
+    edges = np.arange(0.0, ENTROPY_MAX + ENTROPY_BIN_WIDTH / 2, ENTROPY_BIN_WIDTH)
+    hist = np.zeros(len(edges) - 1, np.int64)
+    per_doc = []
+    pf = pq.ParquetFile(logprobs_path)
+    for batch in pf.iter_batches(columns=["doc_id", "logprob", "entropy", "top1_prob"], batch_size=1 << 20):
+        df = batch.to_pandas().astype({"logprob": np.float64, "entropy": np.float64, "top1_prob": np.float64})
+        df["nll"] = -df["logprob"]
+        hist += np.histogram(np.clip(df["entropy"].to_numpy(), 0, ENTROPY_MAX - 1e-9), bins=edges)[0]
+        per_doc.append(df.groupby("doc_id", sort=False).agg(
+            n_tokens=("nll", "size"), nll_sum=("nll", "sum"), entropy_sum=("entropy", "sum"), top1_sum=("top1_prob", "sum"),
+        ))
+    docs = pd.concat(per_doc).groupby(level=0, sort=False).sum()
+    texts = pq.read_table(corpus_path, columns=["doc_id", "text"]).to_pandas().set_index("doc_id")["text"]
+    docs["n_bytes"] = [len(texts[d].encode("utf-8")) for d in docs.index]
+    docs["mean_nll"] = docs.nll_sum / docs.n_tokens
+    docs["perplexity"] = np.exp(docs.mean_nll)
+    docs["mean_entropy"] = docs.entropy_sum / docs.n_tokens
+    docs["mean_top1_prob"] = docs.top1_sum / docs.n_tokens
+    docs = docs.reset_index(names="doc_id")
+
+    mean_prob = np.load(meanprob_path)
+    n = int(docs.n_tokens.sum())
+    mean_nll = float(docs.nll_sum.sum() / n)
+    summary = {
+        "n_docs": len(docs),
+        "n_tokens": n,
+        "mean_nll_nats": mean_nll,
+        "perplexity_tokens": math.exp(mean_nll),
+        "perplexity_docs_mean": float(docs.perplexity.mean()),
+        "mean_entropy_nats_tokens": float(docs.entropy_sum.sum() / n),
+        "mean_entropy_nats_docs": float(docs.mean_entropy.mean()),
+        "mean_top1_prob": float(docs.top1_sum.sum() / n),
+        "bits_per_byte": float(docs.nll_sum.sum() / math.log(2) / docs.n_bytes.sum()),
+        "vocab_size": len(mean_prob),
+        "vocab_fraction_70": vocab_fraction(mean_prob, 0.70),
+        "vocab_fraction_90": vocab_fraction(mean_prob, 0.90),
+        "entropy_histogram": {"bin_width_nats": ENTROPY_BIN_WIDTH, "counts": hist.tolist()},
+    }
+    cols = ["doc_id", "n_tokens", "n_bytes", "nll_sum", "mean_nll", "perplexity", "mean_entropy", "mean_top1_prob"]
+    return summary, docs[cols]
+
+
+TABLE_COLUMNS = [
+    "model", "n_docs", "n_tokens", "perplexity_tokens", "perplexity_docs_mean", "mean_nll_nats",
+    "mean_entropy_nats_tokens", "mean_entropy_nats_docs", "mean_top1_prob", "bits_per_byte",
+    "vocab_fraction_70", "vocab_fraction_90", "vocab_size",
+]
+
+
+def comparison_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per model, in the given order."""
+    return pd.DataFrame([{"model": m, **{k: s[k] for k in TABLE_COLUMNS[1:]}} for m, s in summaries.items()], columns=TABLE_COLUMNS)
+
+
+def run_summary(logprobs: Path, meanprob: Path, corpus: Path, out_json: Path, out_docs: Path, *, model: str, corpus_name: str) -> dict[str, Any]:
+    """``results/entropy_perplexity/<corpus>/<model>.json`` and the per-document table beside it."""
+    prov = Provenance(stage="entropy_perplexity", params={"model": model, "corpus": corpus_name, "log_base": "e",
+                                                          "entropy_bin_width_nats": ENTROPY_BIN_WIDTH})
+    for name, path in (("logprobs", logprobs), ("meanprob", meanprob), ("corpus", corpus)):
+        prov.add_input(name, path)
+    summary, docs = summarise(logprobs, meanprob, corpus)
+    summary = {"model": model, "corpus": corpus_name, **summary}
+    write_parquet(out_docs, docs, prov)
+    write_json(out_json, summary, prov)
+    return summary
+
+
+def run_compare(corpus_name: str, models: list[str], summaries: list[Path], docs: list[Path],
+                out_csv: Path, out_entropy: Path, out_doc_perplexity: Path) -> pd.DataFrame:
+    """The comparison table (CSV) and figures of one corpus across models."""
+    import json
+
+    from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
+
+    prov = Provenance(stage="compare_entropy_perplexity", params={"corpus": corpus_name, "models": models})
+    for m, path in zip(models, summaries):
+        prov.add_input(f"summary:{m}", path)
+    loaded = {m: json.loads(Path(p).read_text()) for m, p in zip(models, summaries)}
+    table = comparison_table(loaded)
+    write_csv(out_csv, table, prov)
+    hists = {m: s["entropy_histogram"]["counts"] for m, s in loaded.items()}
+    save_figure(entropy_figure(hists, ENTROPY_BIN_WIDTH, f"Next-token entropy on {corpus_name}"), out_entropy, prov)
+    per_doc = {m: pd.read_parquet(p, columns=["perplexity"])["perplexity"].to_numpy() for m, p in zip(models, docs)}
+    save_figure(doc_perplexity_figure(per_doc, f"Per-document perplexity on {corpus_name}"), out_doc_perplexity, prov)
+    return table

@@ -1,0 +1,68 @@
+"""Figures for the report. Matplotlib with the Agg backend; PNG files written atomically with provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lmdelta.artifacts import Provenance, atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, prov: Provenance | None = None) -> None:
+    plt = _pyplot()
+    with atomic_path(path, prov) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def entropy_figure(histograms: dict[str, np.ndarray], bin_width: float, title: str):
+    """Next-token entropy per model: density (left) and cumulative distribution (right)."""
+    plt = _pyplot()
+    fig, (ax_d, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
+    upper = 0.0
+    for name, counts in histograms.items():
+        counts = np.asarray(counts, np.float64)
+        edges = np.arange(len(counts) + 1) * bin_width
+        density = counts / counts.sum() / bin_width
+        centres = (edges[:-1] + edges[1:]) / 2
+        ax_d.plot(centres, density, label=name, lw=1.2)
+        ax_c.plot(edges[1:], np.cumsum(counts) / counts.sum(), label=name, lw=1.2)
+        nz = np.nonzero(counts)[0]
+        upper = max(upper, edges[nz[-1] + 1] if len(nz) else 0)
+    for ax in (ax_d, ax_c):
+        ax.set_xlim(0, upper or 1)
+        ax.set_xlabel("next-token entropy (nats)")
+        ax.grid(alpha=0.3)
+    ax_d.set_ylabel("density")
+    ax_c.set_ylabel("fraction of tokens ≤ x")
+    ax_c.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def doc_perplexity_figure(per_doc: dict[str, np.ndarray], title: str):
+    """Per-document perplexity per model (log scale): box plot with every document as a point."""
+    plt = _pyplot()
+    names = list(per_doc)
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names) + 2), 4))
+    ax.boxplot([per_doc[n] for n in names], showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, n in enumerate(names, start=1):
+        v = np.asarray(per_doc[n])
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=6, alpha=0.5)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("document perplexity")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,183 @@
+"""Teacher-forced scoring: rolling windows, length-sorted batches, on-device reductions.
+
+One implementation, reused by every stage that scores given text (logprobs, surprisal, divergence).
+
+Windows follow lm-evaluation-harness's rolling scheme (``get_rolling_token_windows``): the first
+window predicts its first ``max_length`` tokens; each next window predicts the next ``stride`` tokens
+with the ``max_length - stride`` tokens before them as context only. Every token is scored exactly
+once, each with at least ``max_length - stride`` tokens of left context once the document is longer
+than a window. ``stride == max_length`` gives disjoint windows (lm-eval's default).
+
+Per scored token the reductions are made from the logits on the model's device, in chunks of
+positions, in float32: log-probability of the actual token, entropy of the full next-token
+distribution, top-1 probability, and rank of the actual token (1 = argmax; ties counted in the
+token's favour). A sum of next-token distributions is accumulated too (for the mean distribution).
+Nothing vocabulary-sized goes to the host except that one accumulated vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+
+FIELDS = ("logprob", "entropy", "top1_prob", "rank")
+
+
+def rolling_windows(seq_len: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over a sequence of ``seq_len`` ids: (start, end, score_from).
+
+    The window holds ids ``[start, end)``; it scores the ids at ``[score_from, end)``, each from the
+    logits at the position before it. ``score_from >= 1``: id 0 (the prefix, if any) is never scored.
+    """
+    if not 1 <= stride <= max_length:
+        raise LmdeltaError(f"logprobs: stride ({stride}) must be between 1 and max_length ({max_length}); fix logprobs.stride")
+    if max_length < 2:
+        raise LmdeltaError("logprobs: max_length must be at least 2 (one context and one scored token); raise logprobs.max_length")
+    if seq_len < 2:
+        return []
+    end = min(seq_len, max_length)
+    out = [(0, end, 1)]
+    while end < seq_len:
+        new_end = min(seq_len, end + stride)
+        out.append((max(0, new_end - max_length), new_end, end))
+        end = new_end
+    return out
+
+
+@dataclass
+class SequenceScores:
+    """Scores of the ids ``seq[1:]`` of one sequence, in order (index i scores id i + 1)."""
+
+    token_ids: np.ndarray  # int32
+    logprob: np.ndarray  # float32, nats
+    entropy: np.ndarray  # float32, nats
+    top1_prob: np.ndarray  # float32
+    rank: np.ndarray  # int32, 1 = argmax
+
+
+@dataclass
+class _Item:
+    seq: int
+    start: int
+    end: int
+    score_from: int
+
+
+def reduce_logits(z, targets, prob_sum=None):
+    """Reductions of a [C, V] chunk of logits (any float dtype) at the target ids [C].
+
+    Returns float32 tensors (logprob, entropy, top1_prob) and int rank; adds the chunk's
+    probabilities into ``prob_sum`` ([V], float64) when given.
+    """
+    import torch
+
+    z = z.float()
+    lse = torch.logsumexp(z, dim=-1)
+    z_t = z.gather(1, targets[:, None])[:, 0]
+    p = torch.exp(z - lse[:, None])
+    entropy = lse - (p * z).sum(-1)
+    top1 = torch.exp(z.max(-1).values - lse)
+    rank = (z > z_t[:, None]).sum(-1) + 1
+    if prob_sum is not None:
+        prob_sum += p.sum(0)
+    return z_t - lse, entropy, top1, rank
+
+
+def score_sequences(
+    model,
+    seqs: Sequence[Sequence[int]],
+    *,
+    max_length: int,
+    stride: int,
+    batch_tokens: int,
+    pad_token_id: int,
+    chunk_positions: int = 32,
+    padding_side: str = "right",
+    prob_sum=None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SequenceScores]:
+    """Score every id after the first of each sequence; see the module docstring.
+
+    Windows of all sequences are sorted by length (longest first, so memory problems show at once)
+    and packed into batches of at most ``batch_tokens`` padded tokens. ``progress`` is called with
+    the number of tokens scored after each batch.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    items = [
+        _Item(i, s, e, f)
+        for i, seq in enumerate(seqs)
+        for s, e, f in rolling_windows(len(seq), max_length, stride)
+    ]
+    items.sort(key=lambda it: (-(it.end - it.start), it.seq, it.start))
+    out = {name: [np.zeros(max(len(s) - 1, 0), dtype) for s in seqs]
+           for name, dtype in (("logprob", np.float32), ("entropy", np.float32), ("top1_prob", np.float32), ("rank", np.int32))}
+    filled = [np.zeros(max(len(s) - 1, 0), bool) for s in seqs]
+
+    for batch in _batches(items, batch_tokens):
+        width = batch[0].end - batch[0].start
+        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, cols, targets, where = [], [], [], []
+        for b, it in enumerate(batch):
+            n = it.end - it.start
+            off = 0 if padding_side == "right" else width - n
+            ids[b, off:off + n] = torch.as_tensor(seqs[it.seq][it.start:it.end])
+            mask[b, off:off + n] = 1
+            for s in range(it.score_from, it.end):  # id s is predicted at window position s - 1 - start
+                rows.append(b)
+                cols.append(off + s - 1 - it.start)
+                targets.append(seqs[it.seq][s])
+                where.append((it.seq, s - 1))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)).logits
+            rows_t = torch.as_tensor(rows, device=device)
+            cols_t = torch.as_tensor(cols, device=device)
+            tgt_t = torch.as_tensor(targets, device=device)
+            results = []
+            for c in range(0, len(rows), chunk_positions):
+                sl = slice(c, c + chunk_positions)
+                z = logits[rows_t[sl], cols_t[sl]]
+                results.append(torch.stack([r.float() for r in reduce_logits(z, tgt_t[sl], prob_sum)], dim=1))
+            scores = torch.cat(results).cpu().numpy()
+        del logits
+        seq_idx = np.fromiter((w[0] for w in where), np.int64, len(where))
+        pos_idx = np.fromiter((w[1] for w in where), np.int64, len(where))
+        for k, name in enumerate(FIELDS):
+            col = scores[:, k]
+            for i in np.unique(seq_idx):
+                sel = seq_idx == i
+                out[name][i][pos_idx[sel]] = col[sel]
+        for i in np.unique(seq_idx):
+            filled[i][pos_idx[seq_idx == i]] = True
+        if progress is not None:
+            progress(len(rows))
+
+    result = []
+    for i, seq in enumerate(seqs):
+        if not filled[i].all():  # an internal invariant: every id scored exactly once
+            raise RuntimeError(f"sequence {i}: {int((~filled[i]).sum())} ids were not scored")
+        result.append(SequenceScores(
+            token_ids=np.asarray(seq[1:], np.int32), logprob=out["logprob"][i], entropy=out["entropy"][i],
+            top1_prob=out["top1_prob"][i], rank=out["rank"][i],
+        ))
+    return result
+
+
+def _batches(items: list[_Item], batch_tokens: int):
+    """Consecutive items (sorted longest first) while batch size x longest length <= batch_tokens."""
+    batch: list[_Item] = []
+    for it in items:
+        width = (batch[0] if batch else it).end - (batch[0] if batch else it).start
+        if batch and (len(batch) + 1) * width > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(it)
+    if batch:
+        yield batch

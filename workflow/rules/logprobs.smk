@@ -1,0 +1,88 @@
+# Per-token logprobs, entropy and perplexity per model, compared across models.
+
+
+rule logprobs:
+    input:
+        model="resources/models/{model}",
+        corpus="results/corpus/{corpus}.parquet",
+    output:
+        tokens="results/logprobs/{corpus}/{model}.parquet",
+        meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
+    params:
+        params=logprobs_params,
+        options=load_options,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/logprobs/{corpus}/{model}.log",
+    benchmark:
+        "benchmarks/logprobs/{corpus}/{model}.tsv"
+    threads: 4
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=240,
+    shell:
+        "python -m lmdelta --log {log} logprobs --model-dir {input.model} --corpus {input.corpus}"
+        " --out {output.tokens} --out-meanprob {output.meanprob} --params {params.params:q}"
+        " --load-options {params.options:q} --threads {threads}"
+
+
+rule entropy_perplexity:
+    input:
+        logprobs="results/logprobs/{corpus}/{model}.parquet",
+        meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
+        corpus="results/corpus/{corpus}.parquet",
+    output:
+        json="results/entropy_perplexity/{corpus}/{model}.json",
+        docs="results/entropy_perplexity/{corpus}/{model}.docs.parquet",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/entropy_perplexity/{corpus}/{model}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} entropy-perplexity --logprobs {input.logprobs} --meanprob {input.meanprob}"
+        " --corpus {input.corpus} --out-json {output.json} --out-docs {output.docs}"
+        " --model {wildcards.model} --corpus-name {wildcards.corpus}"
+
+
+rule compare_entropy_perplexity:
+    input:
+        unpack(compare_inputs),
+    output:
+        csv=report(
+            "results/entropy_perplexity/{corpus}/comparison.csv",
+            caption="../report/entropy_table.rst",
+            category="2. Entropy and perplexity",
+            subcategory="{corpus}",
+            labels={"corpus": "{corpus}", "figure": "table across models"},
+        ),
+        entropy=report(
+            "results/entropy_perplexity/{corpus}/entropy.png",
+            caption="../report/entropy_figure.rst",
+            category="2. Entropy and perplexity",
+            subcategory="{corpus}",
+            labels={"corpus": "{corpus}", "figure": "next-token entropy"},
+        ),
+        doc_perplexity=report(
+            "results/entropy_perplexity/{corpus}/doc_perplexity.png",
+            caption="../report/doc_perplexity.rst",
+            category="2. Entropy and perplexity",
+            subcategory="{corpus}",
+            labels={"corpus": "{corpus}", "figure": "per-document perplexity"},
+        ),
+    params:
+        models=compare_models,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/compare_entropy_perplexity/{corpus}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} compare-perplexity --corpus-name {wildcards.corpus} --models {params.models}"
+        " --summaries {input.summaries} --docs {input.docs} --out-csv {output.csv}"
+        " --out-entropy {output.entropy} --out-doc-perplexity {output.doc_perplexity}"
