@@ -73,6 +73,11 @@ BAD = [
     (_with("corpora.c.sample", {"n_docs": 0}), ["corpora.c.sample.n_docs", "minimum"]),
     (_with("corpora.c.sample", {"method": "best"}), ["corpora.c.sample.method", "first, random"]),
     (_with("corpora.c.sample", {"min_chars": 500, "max_chars": 100}), ["max_chars (100) < min_chars (500)"]),
+    (_with("logprobs", {"max_length": 128, "stride": 256}), ["logprobs.stride (256) > max_length (128)", "lower stride"]),
+    (_with("logprobs", {"max_length": 1024, "batch_tokens": 512}), ["logprobs.batch_tokens (512) < max_length (1024)"]),
+    (_with("logprobs", {"models": ["nope"]}), ["logprobs.models: 'nope' is not defined under models:", "use one of m"]),
+    (_with("logprobs", {"corpora": []}), ["logprobs.corpora", "should be non-empty"]),
+    (_with("logprobs", {"first_token": "start"}), ["logprobs.first_token", "bos, eos, none"]),
 ]
 
 

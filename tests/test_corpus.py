@@ -177,6 +177,14 @@ def test_missing_text_field_broken_json_and_empty_result(tmp_path):
     assert not (tmp_path / "o.parquet").exists()
 
 
+def test_non_utf8_bytes_are_an_error(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(b'{"text": "caf\xe9 latin-1"}\n')
+    with pytest.raises(LmdeltaError, match="c.jsonl is not UTF-8 text"):
+        build_corpus(spec({"file": {"path": str(p)}}), None, tmp_path / "o.parquet")
+    assert not (tmp_path / "o.parquet").exists()
+
+
 def test_local_file_checksum(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_bytes(jsonl_bytes())

@@ -46,8 +46,9 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
             "local": {"source": {"file": {"path": str(local)}}, "sample": {"n_docs": 3, "method": "first"}},
             "docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 5, "min_chars": 100}},
         },
+        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"]},
     }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -67,18 +68,27 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     for log in ("materialise_model/neox.log", "corpus_fetch/web.log", "corpus_sample/docs.log"):
         assert (tmp_path / "logs" / log).stat().st_size > 0
     assert (tmp_path / "benchmarks" / "materialise_model" / "neox.tsv").exists()
+    for corpus in ("web", "docs"):
+        table = pd.read_csv(tmp_path / "results" / "entropy_perplexity" / corpus / "comparison.csv")
+        assert list(table.model) == ["neox", "llama-gguf"]
+        assert (table.perplexity_tokens > 1).all() and (table.n_docs == (4 if corpus == "web" else 5)).all()
+        for name in ("neox", "llama-gguf"):
+            tokens = pd.read_parquet(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")
+            assert len(tokens) == table.set_index("model").n_tokens[name]
+            assert read_provenance(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")["params"]["stride"] == 32
+    assert not (tmp_path / "results" / "logprobs" / "local").exists(), "logprobs.corpora selects corpora"
 
     # A finished workflow re-run does nothing.
     r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
-    # A changed sampling parameter reruns the sampling of that corpus only: no download, no model.
+    # A changed sampling parameter reruns that corpus's sampling and what depends on it: no download, no model.
     config["corpora"]["web"]["sample"]["n_docs"] = 2
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     r = snakemake("--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
-    assert sorted(jobs) == ["all", "corpus_sample"]
+    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample", "entropy_perplexity", "entropy_perplexity", "logprobs", "logprobs"]
     assert "wildcards: corpus=web" in r.stdout
 
 

@@ -29,7 +29,8 @@ ENTROPY_MAX = 13.0  # above ln(262144) = 12.48, the largest vocabulary among the
 def vocab_fraction(mean_prob: np.ndarray, mass: float) -> float:
     """Smallest fraction of the vocabulary whose most probable tokens hold ``mass`` of ``mean_prob``."""
     p = np.sort(np.asarray(mean_prob, np.float64))[::-1]
-    k = int(np.searchsorted(np.cumsum(p), mass * p.sum(), side="left")) + 1
+    # a relative tolerance keeps float rounding of the cumulative sum from adding a token
+    k = int(np.searchsorted(np.cumsum(p), mass * p.sum() * (1 - 1e-12), side="left")) + 1
     return min(k, len(p)) / len(p)
 
 

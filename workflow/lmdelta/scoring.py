@@ -2,11 +2,12 @@
 
 One implementation, reused by every stage that scores given text (logprobs, surprisal, divergence).
 
-Windows follow lm-evaluation-harness's rolling scheme (``get_rolling_token_windows``): the first
-window predicts its first ``max_length`` tokens; each next window predicts the next ``stride`` tokens
-with the ``max_length - stride`` tokens before them as context only. Every token is scored exactly
-once, each with at least ``max_length - stride`` tokens of left context once the document is longer
-than a window. ``stride == max_length`` gives disjoint windows (lm-eval's default).
+Windows follow lm-evaluation-harness's rolling scheme (``get_rolling_token_windows``): each window
+feeds at most ``max_length`` ids; the first predicts the first ``max_length`` tokens after the prefix;
+each next window predicts the next ``stride`` tokens, with the ``max_length - stride`` ids before them
+fed as context only. Every token is scored exactly once, each with at least
+``max_length - stride + 1`` ids of left context once the document is longer than a window.
+``stride == max_length`` gives disjoint windows (lm-eval's default, ``context_len = 1``).
 
 Per scored token the reductions are made from the logits on the model's device, in chunks of
 positions, in float32: log-probability of the actual token, entropy of the full next-token
@@ -28,23 +29,27 @@ FIELDS = ("logprob", "entropy", "top1_prob", "rank")
 
 
 def rolling_windows(seq_len: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
-    """Windows over a sequence of ``seq_len`` ids: (start, end, score_from).
+    """Windows over a sequence of ``seq_len`` ids: (start, stop, score_from).
 
-    The window holds ids ``[start, end)``; it scores the ids at ``[score_from, end)``, each from the
-    logits at the position before it. ``score_from >= 1``: id 0 (the prefix, if any) is never scored.
+    The model is fed ids ``[start, stop)`` (at most ``max_length``) and the window scores the ids
+    ``[score_from, stop]`` (``stop`` included: the last fed position predicts the next id), each id s
+    from the logits at fed position ``s - 1 - start``. Id 0 (the prefix, if any) is never scored.
+    Equal to lm-evaluation-harness's windows with ``context_len = max_length - stride + 1``.
     """
     if not 1 <= stride <= max_length:
         raise LmdeltaError(f"logprobs: stride ({stride}) must be between 1 and max_length ({max_length}); fix logprobs.stride")
-    if max_length < 2:
-        raise LmdeltaError("logprobs: max_length must be at least 2 (one context and one scored token); raise logprobs.max_length")
+    if max_length < 1:
+        raise LmdeltaError("logprobs: max_length must be at least 1; raise logprobs.max_length")
     if seq_len < 2:
         return []
-    end = min(seq_len, max_length)
-    out = [(0, end, 1)]
-    while end < seq_len:
-        new_end = min(seq_len, end + stride)
-        out.append((max(0, new_end - max_length), new_end, end))
-        end = new_end
+    stop = min(seq_len - 1, max_length)
+    out = [(0, stop, 1)]
+    scored_to = stop + 1  # ids below this are scored
+    while scored_to < seq_len:
+        new_to = min(seq_len, scored_to + stride)
+        stop = new_to - 1
+        out.append((max(0, stop - max_length), stop, scored_to))
+        scored_to = new_to
     return out
 
 
@@ -63,7 +68,7 @@ class SequenceScores:
 class _Item:
     seq: int
     start: int
-    end: int
+    stop: int
     score_from: int
 
 
@@ -114,22 +119,22 @@ def score_sequences(
         for i, seq in enumerate(seqs)
         for s, e, f in rolling_windows(len(seq), max_length, stride)
     ]
-    items.sort(key=lambda it: (-(it.end - it.start), it.seq, it.start))
+    items.sort(key=lambda it: (-(it.stop - it.start), it.seq, it.start))
     out = {name: [np.zeros(max(len(s) - 1, 0), dtype) for s in seqs]
            for name, dtype in (("logprob", np.float32), ("entropy", np.float32), ("top1_prob", np.float32), ("rank", np.int32))}
     filled = [np.zeros(max(len(s) - 1, 0), bool) for s in seqs]
 
     for batch in _batches(items, batch_tokens):
-        width = batch[0].end - batch[0].start
+        width = batch[0].stop - batch[0].start
         ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         rows, cols, targets, where = [], [], [], []
         for b, it in enumerate(batch):
-            n = it.end - it.start
+            n = it.stop - it.start
             off = 0 if padding_side == "right" else width - n
-            ids[b, off:off + n] = torch.as_tensor(seqs[it.seq][it.start:it.end])
+            ids[b, off:off + n] = torch.as_tensor(seqs[it.seq][it.start:it.stop])
             mask[b, off:off + n] = 1
-            for s in range(it.score_from, it.end):  # id s is predicted at window position s - 1 - start
+            for s in range(it.score_from, it.stop + 1):  # id s is predicted at fed position s - 1 - start
                 rows.append(b)
                 cols.append(off + s - 1 - it.start)
                 targets.append(seqs[it.seq][s])
@@ -174,7 +179,8 @@ def _batches(items: list[_Item], batch_tokens: int):
     """Consecutive items (sorted longest first) while batch size x longest length <= batch_tokens."""
     batch: list[_Item] = []
     for it in items:
-        width = (batch[0] if batch else it).end - (batch[0] if batch else it).start
+        first = batch[0] if batch else it
+        width = first.stop - first.start
         if batch and (len(batch) + 1) * width > batch_tokens:
             yield batch
             batch = []

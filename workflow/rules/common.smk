@@ -76,8 +76,12 @@ _BYTES_PER_PARAM = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
 
 def model_mem_mb(wildcards, input, attempt):
     """Memory for a job that holds one model: its weights in the load dtype plus the logits of one
-    batch (float32, twice for the reductions), plus 1.5 GB for the runtime; more on each retry."""
-    fp = json.loads((Path(input.model) / "fingerprint.json").read_text())
+    batch (float32, twice for the reductions), plus 1.5 GB for the runtime; more on each retry.
+    Before the model is materialised (a dry run) its size is unknown: 8 GB is assumed."""
+    fp_path = Path(input.model) / "fingerprint.json"
+    if not fp_path.exists():
+        return 8000 * attempt
+    fp = json.loads(fp_path.read_text())
     m = config["models"][wildcards.model]
     per_param = {"8bit": 1, "4bit": 0.5}.get(m["quantization"], _BYTES_PER_PARAM[m["dtype"]])
     logits = 2 * 4 * config["logprobs"]["batch_tokens"] * fp["vocab_size"]

@@ -1,0 +1,119 @@
+"""The scorer against an independent computation: one plain forward per window, log_softmax in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmdelta import LmdeltaError
+from lmdelta.scoring import rolling_windows, score_sequences
+
+
+def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len):
+    """lm-evaluation-harness's get_rolling_token_windows, restated from its published code, as the reference."""
+    assert 1 <= context_len <= max_seq_len
+    if not token_list:
+        return
+    pred_len = max_seq_len - context_len + 1
+    predicted = 0
+    first_seq_len = min(max_seq_len, len(token_list))
+    yield [prefix_token] + token_list[: first_seq_len - 1], token_list[:first_seq_len]
+    predicted += first_seq_len
+    while predicted < len(token_list):
+        window_pred_len = min(len(token_list) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        yield token_list[window_end - max_seq_len - 1: window_end - 1], token_list[window_end - window_pred_len: window_end]
+        predicted += window_pred_len
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    return {arch: AutoModelForCausalLM.from_pretrained(path).eval() for arch, path in tiny_models.items()}
+
+
+def reference(model, seq, max_length, stride):
+    """Per scored token (logprob, entropy, top1, rank) from lm-eval's windows, one forward each."""
+    prefix, tokens = seq[0], list(seq[1:])
+    out = []
+    for context, pred in lm_eval_rolling_windows(tokens, prefix, max_length, max_length - stride + 1):
+        # The window feeds its context; its last len(pred) positions predict pred.
+        with torch.no_grad():
+            logits = model(torch.tensor([context])).logits[0].double()
+        lp = torch.log_softmax(logits, -1)[-len(pred):]
+        p = lp.exp()
+        tgt = torch.tensor(pred)
+        lp_t = lp.gather(1, tgt[:, None])[:, 0]
+        order = torch.argsort(lp, dim=-1, descending=True, stable=True)
+        rank = torch.tensor([int((order[i] == tgt[i]).nonzero()[0, 0]) + 1 for i in range(len(pred))])
+        out.append(np.stack([lp_t.numpy(), -(p * lp).sum(-1).numpy(), p.max(-1).values.numpy(), rank.numpy()], 1))
+    return np.concatenate(out) if out else np.zeros((0, 4))
+
+
+@pytest.mark.parametrize("seq_len,max_length,stride", [(1, 8, 8), (2, 8, 8), (9, 8, 8), (50, 8, 8), (50, 8, 3), (50, 16, 1), (17, 16, 16)])
+def test_windows_score_every_token_once_with_the_promised_context(seq_len, max_length, stride):
+    wins = rolling_windows(seq_len, max_length, stride)
+    scored = [s for start, stop, f in wins for s in range(f, stop + 1)]
+    assert scored == list(range(1, seq_len))
+    for start, stop, f in wins:
+        assert stop - start <= max_length and start < f <= stop + 1
+        if stop > max_length:
+            assert f - start >= max_length - stride + 1, "context of the first scored id of a later window"
+    # same windows as lm-eval's scheme with context_len = max_length - stride + 1
+    ref = list(lm_eval_rolling_windows(list(range(1, seq_len)), 0, max_length, max_length - stride + 1))
+    assert [list(range(f, stop + 1)) for _, stop, f in wins] == [pred for _, pred in ref]
+    assert [list(range(start, stop)) for start, stop, _ in wins] == [ctx for ctx, _ in ref]
+
+
+def test_bad_window_settings():
+    with pytest.raises(LmdeltaError, match="stride"):
+        rolling_windows(10, 8, 9)
+    with pytest.raises(LmdeltaError, match="stride"):
+        rolling_windows(10, 0, 0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("max_length,stride,batch_tokens,padding", [
+    (64, 64, 64, "right"),      # every document fits one window; batch of one window
+    (64, 64, 10_000, "right"),  # many windows per batch
+    (16, 16, 16, "right"),      # disjoint windows, batch size 1
+    (16, 5, 80, "right"),       # overlapping windows, several per batch
+    (16, 5, 80, "left"),
+    (64, 64, 10_000, "left"),
+])
+def test_scores_equal_independent_computation(models, arch, max_length, stride, batch_tokens, padding):
+    model = models[arch]
+    g = torch.Generator().manual_seed(1)
+    seqs = [[1] + torch.randint(4, 500, (n,), generator=g).tolist() for n in (0, 1, 3, 15, 16, 17, 40, 63)]
+    vocab = model.config.vocab_size
+    prob_sum = torch.zeros(vocab, dtype=torch.float64)
+    got = score_sequences(model, seqs, max_length=max_length, stride=stride, batch_tokens=batch_tokens,
+                          pad_token_id=3, padding_side=padding, prob_sum=prob_sum)
+    ref_sum = torch.zeros(vocab, dtype=torch.float64)
+    for seq, g_ in zip(seqs, got):
+        ref = reference(model, seq, max_length, stride)
+        assert len(g_.logprob) == len(seq) - 1 == len(ref)
+        np.testing.assert_array_equal(g_.token_ids, seq[1:])
+        if len(ref) == 0:
+            continue
+        np.testing.assert_allclose(g_.logprob, ref[:, 0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(g_.entropy, ref[:, 1], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(g_.top1_prob, ref[:, 2], atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(g_.rank, ref[:, 3])
+        for context, pred in lm_eval_rolling_windows(seq[1:], seq[0], max_length, max_length - stride + 1):
+            with torch.no_grad():
+                ref_sum += torch.softmax(model(torch.tensor([context])).logits[0, -len(pred):].double(), -1).sum(0)
+    torch.testing.assert_close(prob_sum, ref_sum, atol=1e-5, rtol=1e-5)
+    assert abs(prob_sum.sum().item() - sum(len(s) - 1 for s in seqs)) < 1e-3
+
+
+def test_rank_counts_ties_in_the_tokens_favour():
+    from lmdelta.scoring import reduce_logits
+
+    z = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+    lp, ent, top1, rank = reduce_logits(z, torch.tensor([2, 3]))
+    assert rank.tolist() == [1, 1]
+    torch.testing.assert_close(ent[1], torch.tensor(np.log(4.0), dtype=torch.float32))
+    torch.testing.assert_close(top1[1], torch.tensor(0.25))
