@@ -142,3 +142,9 @@ def test_lint_has_no_findings():
     r = _snakemake("--lint", cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Congratulations" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config_file(path)
+    assert cfg["models"] and cfg["corpora"]

@@ -227,3 +227,24 @@ def test_real_smollm2_from_its_wheel(tmp_path):
         gen = model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = tok.decode(gen[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_pickle_weights_only_when_allowed(tmp_path, tiny_models):
+    """A folder with only pytorch_model.bin is refused unless allow_pickle; the result is safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "bin-only"
+    ref = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]).eval()
+    src.mkdir()
+    ref.config.save_pretrained(src)
+    torch.save(ref.state_dict(), src / "pytorch_model.bin")
+    shutil.copy(tiny_models["gpt_neox"] / "tokenizer.json", src)
+    shutil.copy(tiny_models["gpt_neox"] / "tokenizer_config.json", src)
+    assert (src / "pytorch_model.bin").exists() and not list(src.glob("*.safetensors"))
+    with pytest.raises(LmdeltaError, match="set allow_pickle: true on the source"):
+        materialise(_spec({"local": {"path": str(src)}}), tmp_path / "a")
+    materialise(_spec({"local": {"path": str(src), "allow_pickle": True}}), tmp_path / "b")
+    assert [p.name for p in (tmp_path / "b").glob("*.safetensors")] == ["model.safetensors"]
+    assert not list((tmp_path / "b").glob("*.bin"))
+    model, tok = load_model(tmp_path / "b", device="cpu")
+    torch.testing.assert_close(_logits(model, tok), _logits(ref, tok), rtol=0, atol=0)

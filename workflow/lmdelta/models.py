@@ -62,12 +62,12 @@ def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
         kw = {"revision": origin["revision"], **common}
         if src.get("gguf_file"):
             return (*_from_pretrained(src["id"], where, gguf_file=src["gguf_file"], **kw), origin)
-        return (*_from_pretrained(src["id"], where, **kw), origin)
+        return (*_from_pretrained(src["id"], where, allow_pickle=src.get("allow_pickle", False), **kw), origin)
     if kind == "local":
         path = Path(src["path"])
         if not path.is_dir():
             raise LmdeltaError(f"{where}: folder {path} does not exist; fix path")
-        return (*_from_pretrained(str(path), where, **common), {"local": str(path.resolve())})
+        return (*_from_pretrained(str(path), where, allow_pickle=src.get("allow_pickle", False), **common), {"local": str(path.resolve())})
     if kind == "gguf":
         path = src["path"]
         if path.startswith(("http://", "https://")):
@@ -91,18 +91,20 @@ def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
     raise LmdeltaError(f"{where}: unknown source kind {kind!r}")
 
 
-def _from_pretrained(name_or_path: str, where: str, **kw):
+def _from_pretrained(name_or_path: str, where: str, allow_pickle: bool = False, **kw):
+    """Safetensors only unless ``allow_pickle`` (then transformers' torch.load(weights_only=True))."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = kw.get("gguf_file")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype="auto" if not gguf else "float32", use_safetensors=None if gguf else True, **kw
+            name_or_path, dtype="auto" if not gguf else "float32", use_safetensors=None if gguf or allow_pickle else True, **kw
         )
     except OSError as e:
         first = str(e).strip().splitlines()[0]
-        raise LmdeltaError(f"{where}: cannot load {name_or_path!r} ({first}); check the id/path and that it holds *.safetensors weights") from None
+        hint = "" if allow_pickle or gguf else " (if it has only pytorch_model.bin, set allow_pickle: true on the source)"
+        raise LmdeltaError(f"{where}: cannot load {name_or_path!r} ({first}); check the id/path and that it holds *.safetensors weights{hint}") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise LmdeltaError(f"{where}: {name_or_path!r} needs its own Python code; set trust_remote_code: true for this model if you trust it") from None
