@@ -37,7 +37,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
-	@echo "demo finished: see results/ and resources/models/"
+	$(BIN)/snakemake --configfile config.yaml --report results/report.html
+	@echo "demo finished: open results/report.html; artifacts are in results/ and resources/models/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
