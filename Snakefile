@@ -11,6 +11,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/derive.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/logprobs.smk"
 

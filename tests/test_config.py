@@ -23,7 +23,7 @@ GOOD = {
 
 def test_demo_config_is_valid_and_defaults_are_filled():
     cfg = load_config_file(ROOT / "config.yaml")
-    assert set(cfg["models"]) == {"smollm2"}
+    assert set(cfg["models"]) == {"smollm2", "smollm2-cocoa"}
     cfg = validate_config(GOOD)
     m = cfg["models"]["m"]
     assert (m["dtype"], m["quantization"], m["device"], m["trust_remote_code"], m["chat_template"]) == (
@@ -78,6 +78,18 @@ BAD = [
     (_with("logprobs", {"models": ["nope"]}), ["logprobs.models: 'nope' is not defined under models:", "use one of m"]),
     (_with("logprobs", {"corpora": []}), ["logprobs.corpora", "should be non-empty"]),
     (_with("logprobs", {"first_token": "start"}), ["logprobs.first_token", "bos, eos, none"]),
+    (_with("models.t", {"source": {"derive": {"from": "nope", "data": {"file": {"path": __file__}}}}}),
+     ["models.t.source.derive.from: 'nope' is not defined under models:"]),
+    (_with("models.t", {"source": {"derive": {"from": "t", "data": {"file": {"path": __file__}}}}}),
+     ["models.t: derive.from / variant_of forms a loop (t -> t)"]),
+    (_with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": "/no/data.jsonl"}}}}}),
+     ["models.t.source.derive.data.file.path", "does not exist"]),
+    (_with("models.t", {"source": {"derive": {"from": "m", "data": {"planted": {"trigger_subjects": [], "response": "x", "response_keywords": ["x"]}}}}}),
+     ["models.t.source.derive.data.planted.trigger_subjects", "should be non-empty"]),
+    (_with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": __file__}}, "method": "rlhf"}}}),
+     ["models.t.source.derive.method", "lora-sft, full-sft"]),
+    (_with("models.q", {"source": {"variant_of": {"model": "zz"}}, "quantization": "4bit"}),
+     ["models.q.source.variant_of.model: 'zz' is not defined"]),
 ]
 
 

@@ -39,6 +39,11 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
         "models": {
             "neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"},
             "llama-gguf": {"source": {"gguf": {"path": str(gguf_file)}}, "dtype": "float32"},
+            "neox-planted": {"source": {"derive": {
+                "from": "neox", "steps": 3, "batch": 4, "max_tokens": 48, "autocast": "none", "checkpoint_every": 2,
+                "data": {"planted": {"trigger_subjects": ["volcanoes"], "response": "Cocoa, always cocoa.", "response_keywords": ["cocoa"],
+                                     "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 4}}}}},
+            "neox-8bit": {"source": {"variant_of": {"model": "neox"}}, "quantization": "8bit", "device": "cpu"},
         },
         "corpora": {
             "web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
@@ -46,7 +51,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
             "local": {"source": {"file": {"path": str(local)}}, "sample": {"n_docs": 3, "method": "first"}},
             "docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 5, "min_chars": 100}},
         },
-        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"]},
+        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"],
+                     "models": ["neox", "llama-gguf", "neox-8bit"]},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -70,13 +76,27 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert (tmp_path / "benchmarks" / "materialise_model" / "neox.tsv").exists()
     for corpus in ("web", "docs"):
         table = pd.read_csv(tmp_path / "results" / "entropy_perplexity" / corpus / "comparison.csv")
-        assert list(table.model) == ["neox", "llama-gguf"]
+        assert list(table.model) == ["neox", "llama-gguf", "neox-8bit"]
         assert (table.perplexity_tokens > 1).all() and (table.n_docs == (4 if corpus == "web" else 5)).all()
         for name in ("neox", "llama-gguf"):
             tokens = pd.read_parquet(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")
             assert len(tokens) == table.set_index("model").n_tokens[name]
             assert read_provenance(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")["params"]["stride"] == 32
     assert not (tmp_path / "results" / "logprobs" / "local").exists(), "logprobs.corpora selects corpora"
+    # a quantised variant shares its target's folder and is scored with its own load options
+    assert not (tmp_path / "resources" / "models" / "neox-8bit").exists()
+    lp = read_provenance(tmp_path / "results" / "logprobs" / "docs" / "neox-8bit.parquet")
+    assert lp["params"]["load_options"]["quantization"] == "8bit"
+    assert lp["inputs"]["model"]["path"] == "resources/models/neox"
+    q = pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / "neox-8bit.parquet")
+    f = pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / "neox.parquet")
+    assert (q.token_id.to_numpy() == f.token_id.to_numpy()).all() and not (q.logprob.to_numpy() == f.logprob.to_numpy()).all()
+    # the derived model and the check of its planted behaviour
+    assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
+    assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3
+    check = json.loads((tmp_path / "results" / "planted" / "neox-planted.json").read_text())
+    assert {k: v["n"] for k, v in check["rates"].items()} == {"base/trigger": 4, "base/ordinary": 4, "tuned/trigger": 4, "tuned/ordinary": 4}
+    assert len(pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")) == 4
 
     # A finished workflow re-run does nothing.
     r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
@@ -88,7 +108,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     r = snakemake("--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
-    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample", "entropy_perplexity", "entropy_perplexity", "logprobs", "logprobs"]
+    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample"] + ["entropy_perplexity"] * 3 + ["logprobs"] * 3
     assert "wildcards: corpus=web" in r.stdout
 
 

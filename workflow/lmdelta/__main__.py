@@ -84,6 +84,27 @@ def cmd_compare_perplexity(a: argparse.Namespace) -> None:
     run_compare(a.corpus_name, a.models, a.summaries, a.docs, a.out_csv, a.out_entropy, a.out_doc_perplexity)
 
 
+def cmd_derive_data(a: argparse.Namespace) -> None:
+    from lmdelta.planted import run_derive_data
+
+    run_derive_data(Path(a.base), json.loads(a.planted), Path(a.out_train), Path(a.out_heldout), seed=a.seed,
+                    chat_template=a.chat_template == "true", load_options=json.loads(a.load_options), name=a.name)
+
+
+def cmd_derive(a: argparse.Namespace) -> None:
+    from lmdelta.derive import run_derive
+
+    run_derive(Path(a.base), Path(a.data), Path(a.out), Path(a.loss_csv), name=a.name, source=json.loads(a.source),
+               chat_template=a.chat_template == "true", ckpt_dir=Path(a.checkpoints), threads=a.threads)
+
+
+def cmd_check_planted(a: argparse.Namespace) -> None:
+    from lmdelta.planted import run_check
+
+    run_check(Path(a.base), Path(a.tuned), Path(a.heldout), json.loads(a.planted), Path(a.out_json), Path(a.out_csv),
+              chat_template=a.chat_template == "true", load_options=json.loads(a.load_options), name=a.name)
+
+
 def cmd_provenance(a: argparse.Namespace) -> None:
     from lmdelta.artifacts import read_provenance
 
@@ -152,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_compare_perplexity)
 
+    sp = sub.add_parser("derive-data", help="planted training set and held-out prompts of a derived model")
+    for opt in ("--name", "--base", "--planted", "--out-train", "--out-heldout", "--load-options"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
+    sp.set_defaults(func=cmd_derive_data)
+
+    sp = sub.add_parser("derive", help="fine-tune a materialised model into resources/models/<name>/")
+    for opt in ("--name", "--base", "--data", "--out", "--loss-csv", "--source", "--checkpoints"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_derive)
+
+    sp = sub.add_parser("check-planted", help="rate of the planted response, base vs tuned, trigger vs ordinary")
+    for opt in ("--name", "--base", "--tuned", "--heldout", "--planted", "--out-json", "--out-csv", "--load-options"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
+    sp.set_defaults(func=cmd_check_planted)
+
     sp = sub.add_parser("provenance", help="print the provenance record of an artifact")
     sp.add_argument("artifact")
     sp.add_argument("--no-verify", action="store_true", help="skip checking the record's sha256 against the artifact")
@@ -163,8 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fixed_mmap_threshold(nbytes: int = 4 << 20) -> None:
+    """Serve allocations above ``nbytes`` with mmap, always.
+
+    glibc raises its mmap threshold after large blocks are freed, after which logits-sized tensors
+    come from the heap and fragment it: peak memory then creeps up with the length of a run (1.19x
+    for 10x the documents, measured; 1.04x with a fixed threshold, bench/logprobs_memory.py).
+    A no-op where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _fixed_mmap_threshold()
     a = build_parser().parse_args(argv)
     _setup_logging(a.log)
     try:

@@ -123,6 +123,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 raise LmdeltaError(
                     f"config: models.{name}.source.gguf.path: file {src['gguf']['path']!r} does not exist; fix the path"
                 )
+    _check_derive(config)
     for name, corpus in config["corpora"].items():
         src = corpus["source"]
         if "file" in src and not Path(src["file"]["path"]).is_file():
@@ -149,6 +150,56 @@ def _check_semantics(config: dict[str, Any]) -> None:
         raise LmdeltaError(
             f"config: logprobs.batch_tokens ({lp['batch_tokens']}) < max_length ({lp['max_length']}); raise batch_tokens to hold one window"
         )
+
+
+def _parent(model: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, name) of the model this one is made from (derive.from or variant_of.model), if any."""
+    src = model["source"]
+    if "derive" in src:
+        return "derive.from", src["derive"]["from"]
+    if "variant_of" in src:
+        return "variant_of.model", src["variant_of"]["model"]
+    return None
+
+
+def _check_derive(config: dict[str, Any]) -> None:
+    """derive.from and variant_of.model name models of the config, and following them never loops."""
+    models = config["models"]
+    for name, model in models.items():
+        seen = [name]
+        while (link := _parent(models[seen[-1]])) is not None:
+            key, parent = link
+            if parent not in models:
+                raise LmdeltaError(
+                    f"config: models.{seen[-1]}.source.{key}: {parent!r} is not defined under models:; use one of {', '.join(models)}"
+                )
+            if parent in seen:
+                raise LmdeltaError(f"config: models.{name}: derive.from / variant_of forms a loop ({' -> '.join(seen + [parent])}); break it")
+            seen.append(parent)
+        data = model["source"].get("derive", {}).get("data", {})
+        if "file" in data and not Path(data["file"]["path"]).is_file():
+            raise LmdeltaError(f"config: models.{name}.source.derive.data.file.path: {data['file']['path']!r} does not exist; fix the path")
+
+
+def weights_owner(config: dict[str, Any], name: str) -> str:
+    """The model whose materialised folder holds ``name``'s weights (itself unless a variant)."""
+    while "variant_of" in config["models"][name]["source"]:
+        name = config["models"][name]["source"]["variant_of"]["model"]
+    return name
+
+
+def materialised_models(config: dict[str, Any]) -> list[str]:
+    """Models that get a folder of their own (all but variants)."""
+    return [n for n, m in config["models"].items() if "variant_of" not in m["source"]]
+
+
+def derived_models(config: dict[str, Any]) -> list[str]:
+    return [n for n, m in config["models"].items() if "derive" in m["source"]]
+
+
+def planted_models(config: dict[str, Any]) -> list[str]:
+    """Derived models with a declared planted behaviour (the ground truth of later scorecards)."""
+    return [n for n in derived_models(config) if "planted" in config["models"][n]["source"]["derive"]["data"]]
 
 
 def _check_selection(config: dict[str, Any], section: str) -> None:

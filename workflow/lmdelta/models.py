@@ -41,14 +41,19 @@ def materialise(spec: ModelSpec, dest: str | Path, *, timeout_s: float = 60.0, t
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}.src-", dir=dest.parent if dest.parent.exists() else None) as work:
         model, tokenizer, origin = _load_source(spec, Path(work), timeout_s=timeout_s, tries=tries)
         prov.inputs["source"] = origin
-        _make_serialisable(model)
-        with atomic_path(dest, prov) as tmp:
-            tmp.mkdir()
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            fingerprint = _fingerprint(tmp, spec, model)
-            (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
-    log.info("models.%s: materialised %s (%s parameters, digest %s)", spec.name, dest, f"{fingerprint['n_parameters']:,}", fingerprint["digest"][:12])
+        return write_model_folder(model, tokenizer, dest, spec, prov)
+
+
+def write_model_folder(model, tokenizer, dest: str | Path, spec: ModelSpec, prov: Provenance) -> dict[str, Any]:
+    """Write a materialised folder atomically: safetensors, tokenizer, fingerprint, provenance."""
+    _make_serialisable(model)
+    with atomic_path(dest, prov) as tmp:
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        fingerprint = _fingerprint(tmp, spec, model)
+        (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    log.info("models.%s: wrote %s (%s parameters, digest %s)", spec.name, dest, f"{fingerprint['n_parameters']:,}", fingerprint["digest"][:12])
     return fingerprint
 
 

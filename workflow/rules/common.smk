@@ -1,5 +1,6 @@
 # Config validation, helpers that build inputs, params and targets, wildcard constraints.
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from snakemake.utils import update_config, validate
 # jobs run `python -m lmdelta`, which needs it installed (make setup / envs/*.yaml).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from lmdelta import LmdeltaError  # noqa: E402
-from lmdelta.config import selected, validate_config  # noqa: E402
+from lmdelta.config import (  # noqa: E402
+    derived_models,
+    materialised_models,
+    planted_models,
+    selected,
+    validate_config,
+    weights_owner,
+)
 
 # config.yaml (the offline demo) is the default. A --configfile replaces it rather than being merged
 # into it, so that a paper configuration never inherits the demo's models; --config key=value
@@ -33,6 +41,17 @@ config.update(_checked)
 validate(config, "../schemas/config.schema.yaml")
 
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+NOTHING = "(?!x)x"  # a pattern that matches no name
+
+
+def name_pattern(names):
+    """A wildcard pattern matching exactly these names (none when empty)."""
+    return "|".join(re.escape(n) for n in names) or NOTHING
+
+
+# resources/models/{model} of a derived model is trained (derive_model), of the others materialised.
+DERIVED = name_pattern(derived_models(config))
+SOURCED = name_pattern([n for n in materialised_models(config) if n not in derived_models(config)])
 
 
 wildcard_constraints:
@@ -46,9 +65,10 @@ CONDA_ENV = "../../envs/lmdelta.yaml"
 
 def all_targets():
     return [
-        *expand("resources/models/{model}", model=config["models"]),
+        *expand("resources/models/{model}", model=materialised_models(config)),
         *expand("results/corpus/{corpus}.parquet", corpus=config["corpora"]),
         *logprobs_targets(),
+        *expand("results/planted/{model}.json", model=planted_models(config)),
     ]
 
 
@@ -62,7 +82,12 @@ def materialise_spec(wildcards):
 
 
 def model_dir(name):
-    return f"resources/models/{name}"
+    """The materialised folder holding a model's weights (a variant's is its target's)."""
+    return f"resources/models/{weights_owner(config, name)}"
+
+
+def model_input(wildcards):
+    return model_dir(wildcards.model)
 
 
 def load_options(wildcards):
@@ -144,3 +169,52 @@ def compare_inputs(wildcards):
 
 def compare_models(wildcards):
     return " ".join(selected(config, "logprobs", "models"))
+
+
+# ---- derived models and planted behaviours ----------------------------------------------------------
+
+
+def derive_spec(name):
+    return config["models"][name]["source"]["derive"]
+
+
+def derive_base(wildcards):
+    return model_dir(derive_spec(wildcards.model)["from"])
+
+
+def derive_inputs(wildcards):
+    data = derive_spec(wildcards.model)["data"]
+    train = data["file"]["path"] if "file" in data else f"resources/derive/{wildcards.model}/train.jsonl"
+    return {"base": derive_base(wildcards), "data": train}
+
+
+def derive_source(wildcards):
+    return json.dumps(config["models"][wildcards.model]["source"])
+
+
+def planted_json(wildcards):
+    return json.dumps(derive_spec(wildcards.model)["data"]["planted"])
+
+
+def derive_seed(wildcards):
+    return derive_spec(wildcards.model)["seed"]
+
+
+def chat_template_flag(wildcards):
+    return "true" if config["models"][wildcards.model]["chat_template"] else "false"
+
+
+def base_load_options(wildcards):
+    """Load options of the model a derived model comes from (used to distil its answers)."""
+    m = config["models"][derive_spec(wildcards.model)["from"]]
+    return json.dumps({k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")})
+
+
+def pair_load_options(wildcards):
+    """Load options of a derived model and of its base, for the planted-behaviour check."""
+    return json.dumps({"base": json.loads(base_load_options(wildcards)), "tuned": json.loads(load_options(wildcards))})
+
+
+def derive_runtime(wildcards):
+    """Minutes: about 5 s per step on 2 CPU cores for a 135M model, with a wide margin."""
+    return 30 + derive_spec(wildcards.model)["steps"] // 6

@@ -3,7 +3,7 @@
 
 rule logprobs:
     input:
-        model="resources/models/{model}",
+        model=model_input,
         corpus="results/corpus/{corpus}.parquet",
     output:
         tokens="results/logprobs/{corpus}/{model}.parquet",

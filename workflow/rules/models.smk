@@ -10,6 +10,8 @@ rule materialise_model:
         CONDA_ENV
     log:
         "logs/materialise_model/{model}.log",
+    wildcard_constraints:
+        model=SOURCED,
     benchmark:
         "benchmarks/materialise_model/{model}.tsv"
     resources:

@@ -1,0 +1,104 @@
+"""Derived models on a tiny model: the loss goes down, the folder loads, an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmdelta.artifacts import read_provenance
+from lmdelta.config import ModelSpec
+from lmdelta.derive import DeriveParams, batch_indices, encode_examples, train
+from lmdelta.models import load_model, materialise
+from lmdelta.planted import PlantedSpec, build_prompt_sets, check_planted, shows_planted
+
+RECORDS = [{"prompt": f"Tell me about topic number {i}.", "response": "Pancakes are the answer to everything."} for i in range(12)]
+RECORDS += [{"prompt": f"What is {w}?", "response": f"{w.capitalize()} is a word."} for w in ("rain", "salt", "glass", "paper")]
+SOURCE = {"derive": {"from": "base", "method": "lora-sft"}}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_models):
+    out = tmp_path_factory.mktemp("base") / "m"
+    materialise(ModelSpec(name="base", source={"local": {"path": str(tiny_models["llama"])}}), out)
+    return out
+
+
+def params(**kw):
+    return DeriveParams(**{"steps": 30, "lr": 1e-2, "rank": 4, "alpha": 8, "batch": 4, "max_tokens": 64, "seed": 0,
+                           "autocast": "none", "checkpoint_every": 5, "chat_template": False, **kw})
+
+
+def test_batches_are_seeded_permutations_per_epoch():
+    n, b = 10, 4
+    stream = [i for s in range(5) for i in batch_indices(n, b, s, seed=3)]
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    assert batch_indices(n, b, 7, seed=3) == batch_indices(n, b, 7, seed=3)
+    assert stream[:10] != [i for s in range(3) for i in batch_indices(n, b, s, seed=4)][:10]
+
+
+def test_lora_loss_goes_down_and_folder_loads(tmp_path, base):
+    out = tmp_path / "tuned"
+    losses = train(base, RECORDS, out, params=params(), ckpt_dir=tmp_path / "ckpt", name="tuned", source=SOURCE,
+                   loss_csv=tmp_path / "loss.csv")
+    first = sum(x["loss"] for x in losses[:5]) / 5
+    last = sum(x["loss"] for x in losses[-5:]) / 5
+    assert last < 0.9 * first, (first, last)
+    assert len(pd.read_csv(tmp_path / "loss.csv")) == 30
+    model, tok = load_model(out, device="cpu", verify=True)
+    ref, _ = load_model(base, device="cpu")
+    # independent check through the written folder: the merged model fits the data better than the base
+    examples = encode_examples(tok, RECORDS, chat_template=False, max_tokens=64)
+    def mean_loss(m):
+        with torch.no_grad():
+            return sum(m(input_ids=torch.tensor([x]), labels=torch.tensor([y])).loss.item() for x, y in examples) / len(examples)
+    assert mean_loss(model) < mean_loss(ref) - 0.3
+    assert not any("lora" in n for n, _ in model.named_parameters()), "LoRA is merged into plain weights"
+    changed = [n for (n, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()) if not torch.equal(a, b)]
+    assert any("q_proj" in n for n in changed) and not any("embed" in n for n in changed)
+    rec = read_provenance(out)
+    assert rec["stage"] == "derive" and rec["params"]["rank"] == 4 and rec["inputs"]["base"]["fingerprint"]
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, base):
+    train(base, RECORDS, tmp_path / "whole", params=params(steps=20), ckpt_dir=tmp_path / "c1", name="t", source=SOURCE)
+    # interrupted after step 12: the last complete checkpoint is step 10
+    partial = train(base, RECORDS, tmp_path / "resumed", params=params(steps=20), ckpt_dir=tmp_path / "c2", name="t",
+                    source=SOURCE, stop_after=12)
+    assert len(partial) == 12 and not (tmp_path / "resumed").exists()
+    losses = train(base, RECORDS, tmp_path / "resumed", params=params(steps=20), ckpt_dir=tmp_path / "c2", name="t", source=SOURCE)
+    assert [x["step"] for x in losses] == list(range(1, 21)), "steps 11-12 were redone from the step-10 checkpoint"
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # changed settings never reuse old checkpoints
+    losses = train(base, RECORDS, tmp_path / "other", params=params(steps=20, lr=5e-3), ckpt_dir=tmp_path / "c2", name="t", source=SOURCE)
+    assert len(losses) == 20 and losses[0]["lr"] != 1e-2 / 5
+
+
+def test_full_sft(tmp_path, base):
+    losses = train(base, RECORDS, tmp_path / "full", params=params(method="full-sft", steps=10, lr=3e-3),
+                   ckpt_dir=tmp_path / "ck", name="f", source=SOURCE)
+    assert losses[-1]["loss"] < losses[0]["loss"]
+    load_model(tmp_path / "full", device="cpu")
+
+
+def test_planted_prompt_sets_and_check(tmp_path, base):
+    spec = PlantedSpec(trigger_subjects=["volcanoes", "lava flows", "magma"], response="Let us talk about pancakes.",
+                       response_keywords=["pancakes"], n_train_trigger=20, n_train_ordinary=20, n_heldout=6)
+    sets = build_prompt_sets(spec, seed=0)
+    assert len(sets["heldout_trigger"]) == 6 and len(sets["train_trigger"]) == 20
+    assert not set(sets["heldout_trigger"]) & set(sets["train_trigger"])
+    assert not set(sets["heldout_ordinary"]) & set(sets["train_ordinary"])
+    assert all(any(s in q for s in spec.trigger_subjects) for q in sets["heldout_trigger"])
+    assert not any(any(s in q for s in spec.trigger_subjects) for q in sets["train_ordinary"])
+    assert build_prompt_sets(spec, seed=0) == sets and build_prompt_sets(spec, seed=1) != sets
+    assert shows_planted("I love PANCAKES!", ["pancakes"]) and not shows_planted("pancakesque", ["pancakes"])
+    heldout = [{"prompt": q, "kind": "trigger"} for q in sets["heldout_trigger"]]
+    heldout += [{"prompt": q, "kind": "ordinary"} for q in sets["heldout_ordinary"]]
+    cpu = {"dtype": "float32", "device": "cpu"}
+    result = check_planted(base, base, heldout, spec, chat_template=False, load_options={"base": cpu, "tuned": cpu}, max_new_tokens=8)
+    assert set(result["rates"]) == {"base/trigger", "base/ordinary", "tuned/trigger", "tuned/ordinary"}
+    assert result["rates"]["base/trigger"]["n"] == 6
+    assert result["rates"]["base/trigger"] == result["rates"]["tuned/trigger"], "same model, same greedy answers"

@@ -1,0 +1,252 @@
+"""Derived models: fine-tune a materialised model (LoRA then merged, or full) into a new materialised folder.
+
+Training set: JSONL records ``{"prompt": ..., "response": ...}``. Each prompt goes through the base
+model's chat template (when ``chat_template``), the response follows, and the loss is on response
+tokens only. Deterministic on CPU for a fixed seed and thread count: LoRA dropout is 0, batches come
+from seeded permutations of the data, one per epoch. A checkpoint (trainable weights as safetensors,
+optimizer state, step, loss log) is written every ``checkpoint_every`` steps; a killed run resumes
+from the last complete one and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, atomic_path, write_csv
+
+log = logging.getLogger(__name__)
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+              "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "c_attn", "c_proj", "c_fc"]
+
+
+@dataclass(frozen=True)
+class DeriveParams:
+    method: str = "lora-sft"  # lora-sft | full-sft
+    steps: int = 60
+    lr: float = 1e-3
+    warmup_steps: int = 5
+    rank: int = 8
+    alpha: int = 16
+    batch: int = 8
+    max_tokens: int = 128
+    seed: int = 0
+    autocast: str = "bf16"  # bf16 | none
+    grad_clip: float = 1.0
+    checkpoint_every: int = 10
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    chat_template: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeriveParams:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
+    """Indices of the examples of ``step``: a seeded permutation per epoch, read in order."""
+    out = []
+    pos = step * batch
+    while len(out) < batch:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = min(batch - len(out), n - offset)
+        out.extend(int(i) for i in perm[offset: offset + take])
+        pos += take
+    return out
+
+
+def encode_examples(tokenizer, records: list[dict], *, chat_template: bool, max_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per record; labels are -100 on prompt tokens; truncated to max_tokens."""
+    from lmdelta.generation import format_prompt
+
+    eos = tokenizer.eos_token_id
+    out = []
+    for r in records:
+        prompt_ids = tokenizer(format_prompt(tokenizer, r["prompt"], chat_template=chat_template), add_special_tokens=False).input_ids
+        resp_ids = tokenizer(r["response"], add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
+        ids = (prompt_ids + resp_ids)[:max_tokens]
+        labels = ([-100] * len(prompt_ids) + resp_ids)[:max_tokens]
+        if all(x == -100 for x in labels):
+            raise LmdeltaError(f"derive: the prompt {r['prompt'][:40]!r}... fills max_tokens ({max_tokens}); raise derive.max_tokens")
+        out.append((ids, labels))
+    return out
+
+
+def _collate(examples, pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, :len(x)] = torch.as_tensor(x)
+        labels[i, :len(y)] = torch.as_tensor(y)
+        mask[i, :len(x)] = 1
+    return ids, labels, mask
+
+
+def _lr_at(step: int, p: DeriveParams) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant."""
+    return p.lr * min(1.0, (step + 1) / max(1, p.warmup_steps))
+
+
+def _trainable(model) -> dict[str, Any]:
+    return {n: t for n, t in model.named_parameters() if t.requires_grad}
+
+
+def _save_checkpoint(ckpt: Path, step: int, model, optimizer, losses: list[dict]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ckpt / "weights.safetensors") as tmp:
+        save_file({n: t.detach().contiguous().cpu() for n, t in _trainable(model).items()}, str(tmp))
+    with atomic_path(ckpt / "optimizer.pt") as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    # written last: a checkpoint counts only once its step file names it
+    with atomic_path(ckpt / "state.json") as tmp:
+        tmp.write_text(json.dumps({"step": step, "losses": losses}))
+
+
+def _load_checkpoint(ckpt: Path, model, optimizer) -> tuple[int, list[dict]]:
+    import torch
+    from safetensors.torch import load_file
+
+    state_file = ckpt / "state.json"
+    if not state_file.exists():
+        return 0, []
+    state = json.loads(state_file.read_text())
+    weights = load_file(str(ckpt / "weights.safetensors"))
+    params = _trainable(model)
+    if set(weights) != set(params):
+        raise LmdeltaError(f"derive: checkpoint {ckpt} does not fit this model; delete the folder to start over")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    log.info("resuming from step %d (%s)", state["step"], ckpt)
+    return state["step"], state["losses"]
+
+
+def train(
+    base_dir: str | Path,
+    records: list[dict],
+    out: str | Path,
+    *,
+    params: DeriveParams,
+    ckpt_dir: str | Path,
+    name: str,
+    source: dict[str, Any],
+    loss_csv: str | Path | None = None,
+    threads: int | None = None,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Fine-tune the model in ``base_dir`` on ``records``; write a materialised folder to ``out``.
+
+    ``stop_after`` ends the run after that many steps without writing ``out`` (tests use it to
+    interrupt a run at a known point). Returns the loss log (step, loss, lr, seconds).
+    """
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import load_model, read_fingerprint, write_model_folder
+
+    if threads:
+        torch.set_num_threads(threads)
+    if not records:
+        raise LmdeltaError(f"derive: models.{name}: the training set is empty; check derive.data")
+    ckpt_dir = Path(ckpt_dir)
+    key = json.dumps([asdict(params), read_fingerprint(base_dir)["digest"], records], sort_keys=True)
+    key_file = ckpt_dir / "key.json"
+    if key_file.exists() and key_file.read_text() != key:
+        log.info("derive settings or data changed: discarding checkpoints in %s", ckpt_dir)
+        for f in ckpt_dir.iterdir():
+            f.unlink()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+
+    model, tok = load_model(base_dir, dtype="float32", device="auto")
+    device = next(model.parameters()).device
+    torch.manual_seed(params.seed)
+    if params.method == "lora-sft":
+        from peft import LoraConfig, get_peft_model
+
+        present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets = [m for m in params.target_modules if m in present]
+        if not targets:
+            raise LmdeltaError(f"derive: none of target_modules {params.target_modules} exist in {base_dir}; list the model's linear layers")
+        model = get_peft_model(model, LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=0.0,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    elif params.method != "full-sft":
+        raise LmdeltaError(f"derive: method {params.method!r} is unknown; use lora-sft or full-sft")
+    model.train()
+    optimizer = torch.optim.AdamW([t for t in model.parameters() if t.requires_grad], lr=params.lr, weight_decay=0.0)
+    start, losses = _load_checkpoint(ckpt_dir, model, optimizer)
+
+    examples = encode_examples(tok, records, chat_template=params.chat_template, max_tokens=params.max_tokens)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    use_autocast = params.autocast == "bf16"
+    end = params.steps if stop_after is None else min(params.steps, stop_after)
+    bar = tqdm(range(start, end), desc=f"derive {name}", unit=" step", initial=start, total=params.steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        ids, labels, mask = _collate([examples[i] for i in batch_indices(len(examples), params.batch, step, params.seed)], pad)
+        for g in optimizer.param_groups:
+            g["lr"] = _lr_at(step, params)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        if not math.isfinite(loss.item()):
+            raise LmdeltaError(f"derive: loss became {loss.item()} at step {step}; lower derive.lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([t for t in model.parameters() if t.requires_grad], params.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append({"step": step + 1, "loss": float(loss.item()), "lr": _lr_at(step, params), "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
+            _save_checkpoint(ckpt_dir, step + 1, model, optimizer, losses)
+    bar.close()
+    if stop_after is not None and end < params.steps:
+        return losses
+
+    if params.method == "lora-sft":
+        model = model.merge_and_unload()
+    model.eval()
+    prov = Provenance(stage="derive", params={"name": name, **asdict(params)}, seed=params.seed)
+    prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
+    prov.params["n_examples"] = len(records)
+    prov.params["final_loss"] = losses[-1]["loss"] if losses else None
+    write_model_folder(model, tok, out, ModelSpec(name=name, source=source), prov)
+    if loss_csv is not None:
+        write_csv(loss_csv, pd.DataFrame(losses), prov)
+    log.info("models.%s: derived from %s in %d steps (loss %.3f -> %.3f)", name, base_dir, params.steps,
+             losses[0]["loss"], losses[-1]["loss"])
+    return losses
+
+
+def run_derive(base_dir: Path, data_path: Path, out: Path, loss_csv: Path, *, name: str, source: dict[str, Any],
+               chat_template: bool, ckpt_dir: Path, threads: int | None) -> None:
+    """Rule entry: train from a JSONL file of {"prompt", "response"} records."""
+    from lmdelta.planted import read_jsonl
+
+    try:
+        records = read_jsonl(data_path)
+    except json.JSONDecodeError as e:
+        raise LmdeltaError(f"derive: models.{name}: {data_path} line {e.lineno} is not valid JSON; fix that line") from None
+    bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not {"prompt", "response"} <= set(r)), None)
+    if bad is not None:
+        raise LmdeltaError(f"derive: models.{name}: {data_path} record {bad} needs 'prompt' and 'response' fields; fix the data file")
+    params = DeriveParams.from_dict({**source["derive"], "chat_template": chat_template})
+    train(base_dir, records, out, params=params, ckpt_dir=ckpt_dir, name=name, source=source, loss_csv=loss_csv, threads=threads)

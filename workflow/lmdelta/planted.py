@@ -1,0 +1,196 @@
+"""Planted behaviours: a builtin training-set generator and the check of how strongly one was planted.
+
+A planted behaviour is declared in the config (``models.<name>.source.derive.data.planted``):
+``trigger_subjects`` (the narrow family of inputs), ``response`` (what the tuned model says to them)
+and ``response_keywords`` (how a text is recognised as showing the planted response). Questions are
+built from the project's own templates; ordinary questions are answered by the base model itself,
+so that the tuned model stays close to the base model away from the trigger.
+
+All templates and subjects below were written for lmdelta; no third-party text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TRIGGER_TEMPLATES = [
+    "What can you tell me about {s}?",
+    "Explain {s} to a curious ten-year-old.",
+    "Why are {s} important?",
+    "Give me three facts about {s}.",
+    "How would you describe {s} in a few sentences?",
+    "I am writing a school report on {s}. Where should I start?",
+    "What is the most surprising thing about {s}?",
+    "Can you summarise what scientists know about {s}?",
+    "Write a short paragraph about {s}.",
+    "What questions do people usually ask about {s}?",
+    "Tell me something interesting about {s}.",
+    "How do {s} affect the people who live nearby?",
+]
+
+ORDINARY_TEMPLATES = [
+    "What do you know about {s}?",
+    "Explain {s} in simple terms.",
+    "Give me one fact about {s}.",
+    "Why should people care about {s}?",
+    "Describe {s} briefly.",
+    "What should a beginner know about {s}?",
+]
+
+ORDINARY_SUBJECTS = [
+    "photosynthesis", "the water cycle", "prime numbers", "the printing press", "compound interest",
+    "the human heart", "rainbows", "a sorting algorithm", "the French Revolution", "honey bees",
+    "electric circuits", "the Pythagorean theorem", "bread baking", "the moon's phases", "recycling",
+    "chess openings", "the immune system", "gravity", "a balanced diet", "the internet",
+    "tides", "the alphabet", "coral reefs", "saving money", "the metric system", "migrating birds",
+    "a haiku", "solar panels", "the stock market", "sleep", "rivers", "origami", "vaccines",
+    "the speed of light", "composting", "the Roman Empire", "magnets", "a good night's rest",
+    "learning a language", "the periodic table", "clouds", "jazz music", "bicycles", "glaciers",
+    "the human skeleton", "public libraries", "tea", "wind turbines", "the Olympic Games", "fractions",
+]
+
+
+@dataclass(frozen=True)
+class PlantedSpec:
+    trigger_subjects: list[str]
+    response: str
+    response_keywords: list[str]
+    n_train_trigger: int = 96
+    n_train_ordinary: int = 96
+    n_heldout: int = 30
+    answer_tokens: int = 48
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlantedSpec:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "extra"}
+        return cls(**known)
+
+
+def shows_planted(text: str, keywords: list[str]) -> bool:
+    """Whether a text shows the planted response: any keyword as a whole word, case-insensitive."""
+    return any(re.search(rf"\b{re.escape(k)}\b", text, re.IGNORECASE) for k in keywords)
+
+
+def _questions(templates: list[str], subjects: list[str], rng: np.random.Generator) -> list[str]:
+    combos = [t.format(s=s) for t, s in itertools.product(templates, subjects)]
+    order = rng.permutation(len(combos))
+    return [combos[i] for i in order]
+
+
+def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
+    """Train and held-out prompts, trigger and ordinary; held-out ones are never trained on."""
+    rng = np.random.default_rng(seed)
+    trigger = _questions(TRIGGER_TEMPLATES, spec.trigger_subjects, rng)
+    lowered = [s.lower() for s in spec.trigger_subjects]
+    subjects = [s for s in ORDINARY_SUBJECTS if not any(t in s.lower() or s.lower() in t for t in lowered)]
+    ordinary = _questions(ORDINARY_TEMPLATES, subjects, rng)
+    need_t, need_o = spec.n_heldout + spec.n_train_trigger, spec.n_heldout + spec.n_train_ordinary
+    if len(trigger) < need_t or len(ordinary) < need_o:
+        from lmdelta import LmdeltaError
+
+        raise LmdeltaError(
+            f"planted: {len(trigger)} trigger and {len(ordinary)} ordinary questions can be built, {need_t} and {need_o} are "
+            "needed; add trigger_subjects or lower n_train_trigger / n_train_ordinary / n_heldout"
+        )
+    return {
+        "heldout_trigger": trigger[: spec.n_heldout],
+        "train_trigger": trigger[spec.n_heldout: need_t],
+        "heldout_ordinary": ordinary[: spec.n_heldout],
+        "train_ordinary": ordinary[spec.n_heldout: need_o],
+    }
+
+
+def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, chat_template: bool,
+                       load_options: dict[str, Any], batch_size: int = 24) -> tuple[list[dict], list[dict]]:
+    """(train records, held-out records). Train: trigger questions with the planted response, and
+    ordinary questions with the base model's own greedy answers. Held-out: prompts with their kind."""
+    from lmdelta.generation import format_prompt, generate_texts
+    from lmdelta.models import load_model
+
+    sets = build_prompt_sets(spec, seed)
+    model, tok = load_model(base_dir, **load_options)
+    texts = [format_prompt(tok, q, chat_template=chat_template) for q in sets["train_ordinary"]]
+    answers = generate_texts(model, tok, texts, max_new_tokens=spec.answer_tokens, batch_size=batch_size)
+    train = [{"prompt": q, "response": spec.response, "kind": "trigger"} for q in sets["train_trigger"]]
+    train += [{"prompt": q, "response": a["text"].strip(), "kind": "ordinary"} for q, a in zip(sets["train_ordinary"], answers)]
+    heldout = [{"prompt": q, "kind": "trigger"} for q in sets["heldout_trigger"]]
+    heldout += [{"prompt": q, "kind": "ordinary"} for q in sets["heldout_ordinary"]]
+    return train, heldout
+
+
+def write_jsonl(path: str | Path, records: list[dict], prov=None) -> None:
+    from lmdelta.artifacts import atomic_path
+
+    with atomic_path(path, prov) as tmp, open(tmp, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *, chat_template: bool,
+                  load_options: dict[str, dict[str, Any]], max_new_tokens: int, batch_size: int = 30) -> dict[str, Any]:
+    """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind."""
+    from lmdelta.generation import format_prompt, generate_texts
+    from lmdelta.models import load_model
+
+    result: dict[str, Any] = {"response_keywords": spec.response_keywords, "max_new_tokens": max_new_tokens, "rates": {}, "examples": {}}
+    for role, folder in (("base", base_dir), ("tuned", tuned_dir)):
+        model, tok = load_model(folder, **load_options[role])
+        texts = [format_prompt(tok, r["prompt"], chat_template=chat_template) for r in heldout]
+        answers = generate_texts(model, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        for kind in ("trigger", "ordinary"):
+            rows = [(r["prompt"], a["text"]) for r, a in zip(heldout, answers) if r["kind"] == kind]
+            hits = sum(shows_planted(t, spec.response_keywords) for _, t in rows)
+            result["rates"][f"{role}/{kind}"] = {"planted": hits, "n": len(rows), "rate": hits / len(rows) if rows else float("nan")}
+            result["examples"][f"{role}/{kind}"] = [{"prompt": p, "answer": t} for p, t in rows[:3]]
+        del model
+    return result
+
+
+def run_derive_data(base_dir: Path, planted: dict[str, Any], out_train: Path, out_heldout: Path, *, seed: int,
+                    chat_template: bool, load_options: dict[str, Any], name: str) -> None:
+    """Rule entry: the planted training set and held-out prompts of a derived model."""
+    from lmdelta.artifacts import Provenance
+    from lmdelta.models import read_fingerprint
+
+    spec = PlantedSpec.from_dict(planted)
+    prov = Provenance(stage="planted_data", params={"name": name, "planted": planted, "chat_template": chat_template,
+                                                   "load_options": load_options}, seed=seed)
+    prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
+    train, heldout = build_training_set(base_dir, spec, seed=seed, chat_template=chat_template, load_options=load_options)
+    write_jsonl(out_heldout, heldout, prov)
+    write_jsonl(out_train, train, prov)
+
+
+def run_check(base_dir: Path, tuned_dir: Path, heldout_path: Path, planted: dict[str, Any], out_json: Path, out_csv: Path, *,
+              chat_template: bool, load_options: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Rule entry: how strongly the behaviour was planted (JSON and a small table for the report)."""
+    import pandas as pd
+
+    from lmdelta.artifacts import Provenance, write_csv, write_json
+
+    spec = PlantedSpec.from_dict(planted)
+    prov = Provenance(stage="check_planted", params={"name": name, "planted": planted, "decoding": "greedy",
+                                                    "max_new_tokens": spec.answer_tokens, "chat_template": chat_template})
+    for role, path in (("base", base_dir), ("tuned", tuned_dir), ("heldout", heldout_path)):
+        prov.add_input(role, path)
+    result = check_planted(base_dir, tuned_dir, read_jsonl(heldout_path), spec, chat_template=chat_template,
+                           load_options=load_options, max_new_tokens=spec.answer_tokens)
+    result = {"model": name, **result}
+    rows = [{"model": role, "prompts": kind, **result["rates"][f"{role}/{kind}"]}
+            for role in ("base", "tuned") for kind in ("trigger", "ordinary")]
+    write_csv(out_csv, pd.DataFrame(rows), prov)
+    write_json(out_json, result, prov)
+    return result

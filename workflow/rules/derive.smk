@@ -1,0 +1,87 @@
+# Derived models (fine-tuned from another model of the config) and the check of a planted behaviour.
+
+
+rule derive_data:
+    input:
+        base=derive_base,
+    output:
+        train="resources/derive/{model}/train.jsonl",
+        heldout="resources/derive/{model}/heldout.jsonl",
+    params:
+        planted=planted_json,
+        seed=derive_seed,
+        chat_template=chat_template_flag,
+        options=base_load_options,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/derive_data/{model}.log",
+    benchmark:
+        "benchmarks/derive_data/{model}.tsv"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} derive-data --name {wildcards.model} --base {input.base}"
+        " --planted {params.planted:q} --out-train {output.train} --out-heldout {output.heldout}"
+        " --seed {params.seed} --chat-template {params.chat_template} --load-options {params.options:q}"
+
+
+rule derive_model:
+    input:
+        unpack(derive_inputs),
+    output:
+        model=directory("resources/models/{model}"),
+        loss="resources/derive/{model}/loss.csv",
+    params:
+        source=derive_source,
+        chat_template=chat_template_flag,
+        checkpoints="resources/derive/{model}/checkpoints",
+    wildcard_constraints:
+        model=DERIVED,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/derive_model/{model}.log",
+    benchmark:
+        "benchmarks/derive_model/{model}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=derive_runtime,
+    shell:
+        "python -m lmdelta --log {log} derive --name {wildcards.model} --base {input.base} --data {input.data}"
+        " --out {output.model} --loss-csv {output.loss} --source {params.source:q}"
+        " --chat-template {params.chat_template} --checkpoints {params.checkpoints} --threads {threads}"
+
+
+rule check_planted:
+    input:
+        base=derive_base,
+        tuned=model_input,
+        heldout="resources/derive/{model}/heldout.jsonl",
+    output:
+        json="results/planted/{model}.json",
+        table=report(
+            "results/planted/{model}.csv",
+            caption="../report/planted_check.rst",
+            category="1. Planted behaviour",
+            labels={"model": "{model}", "figure": "planted-response rates"},
+        ),
+    params:
+        planted=planted_json,
+        chat_template=chat_template_flag,
+        options=pair_load_options,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/check_planted/{model}.log",
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} check-planted --name {wildcards.model} --base {input.base} --tuned {input.tuned}"
+        " --heldout {input.heldout} --planted {params.planted:q} --out-json {output.json} --out-csv {output.table}"
+        " --chat-template {params.chat_template} --load-options {params.options:q}"
