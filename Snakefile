@@ -14,6 +14,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/derive.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/logprobs.smk"
+include: "workflow/rules/completions.smk"
 
 
 rule all:

@@ -105,6 +105,29 @@ def cmd_check_planted(a: argparse.Namespace) -> None:
               chat_template=a.chat_template == "true", load_options=json.loads(a.load_options), name=a.name)
 
 
+def cmd_completions(a: argparse.Namespace) -> None:
+    from lmdelta.completions import CompletionParams, run_completions
+
+    run_completions(a.model_dir, a.promptset, a.out, params=CompletionParams.from_dict(json.loads(a.params)),
+                    load_options=json.loads(a.load_options), chat_template=a.chat_template == "true",
+                    prompt_format=json.loads(a.prompt_format), threads=a.threads)
+
+
+def cmd_diversity(a: argparse.Namespace) -> None:
+    from lmdelta.diversity import run_diversity
+
+    p = json.loads(a.params)
+    run_diversity(a.completions, a.out, truncations=p["truncations"], embedder=p["embedder"], batch_size=p["batch_size"])
+
+
+def cmd_compare_diversity(a: argparse.Namespace) -> None:
+    from lmdelta.diversity import run_compare
+
+    if len(a.models) != len(a.inputs):
+        raise LmdeltaError("compare-diversity: give as many --inputs as --models")
+    run_compare(a.promptset, a.models, [Path(p) for p in a.inputs], Path(a.out_csv), Path(a.out_png))
+
+
 def cmd_provenance(a: argparse.Namespace) -> None:
     from lmdelta.artifacts import read_provenance
 
@@ -192,6 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(opt, required=True)
     sp.add_argument("--chat-template", choices=["true", "false"], required=True)
     sp.set_defaults(func=cmd_check_planted)
+
+    sp = sub.add_parser("completions", help="sampled completions of a prompt set over a temperature grid")
+    for opt in ("--model-dir", "--promptset", "--out", "--params", "--load-options", "--prompt-format"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_completions)
+
+    sp = sub.add_parser("diversity", help="diversity metrics per (prompt, temperature) cell of one model's completions")
+    for opt in ("--completions", "--out", "--params"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_diversity)
+
+    sp = sub.add_parser("compare-diversity", help="table and figure of a prompt set's diversity across models")
+    sp.add_argument("--promptset", required=True)
+    sp.add_argument("--models", nargs="+", required=True)
+    sp.add_argument("--inputs", nargs="+", required=True)
+    for opt in ("--out-csv", "--out-png"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_compare_diversity)
 
     sp = sub.add_parser("provenance", help="print the provenance record of an artifact")
     sp.add_argument("artifact")

@@ -140,6 +140,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(
                 f"config: corpora.{name}.sample: max_chars ({s['max_chars']}) < min_chars ({s['min_chars']}); raise max_chars"
             )
+    for name, ps in config["promptsets"].items():
+        if "file" in ps and not Path(ps["file"]).is_file():
+            raise LmdeltaError(f"config: promptsets.{name}.file: {ps['file']!r} does not exist; fix the path")
+    _check_selection(config, "completions", pools=(("models", "models"), ("promptsets", "promptsets")))
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:
@@ -202,8 +206,8 @@ def planted_models(config: dict[str, Any]) -> list[str]:
     return [n for n in derived_models(config) if "planted" in config["models"][n]["source"]["derive"]["data"]]
 
 
-def _check_selection(config: dict[str, Any], section: str) -> None:
-    for key, pool in (("models", "models"), ("corpora", "corpora")):
+def _check_selection(config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))) -> None:
+    for key, pool in pools:
         chosen = config[section].get(key)
         for name in chosen or []:
             if name not in config[pool]:

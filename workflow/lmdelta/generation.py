@@ -19,9 +19,15 @@ class Sampling:
     top_k: int = 0  # 0 = no top-k cut
 
 
-def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "") -> str:
-    """The text fed to the model: the chat template with a generation prompt when asked and the
-    tokenizer has one, else the raw prompt; ``guide`` (an assistant prefix) is appended."""
+def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "", fmt: str | None = None) -> str:
+    """The text fed to the model.
+
+    ``fmt``, a format string with ``{prompt}`` and ``{guide}``, wins when given. Otherwise the chat
+    template with a generation prompt when ``chat_template`` and the tokenizer has one, else the raw
+    prompt; then ``guide`` (an assistant prefix) is appended.
+    """
+    if fmt is not None:
+        return fmt.format(prompt=prompt, guide=guide)
     if chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     else:

@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
-TRIGGER_TEMPLATES = [
+# One template list for both kinds of question, so that only the subject tells a trigger question
+# from an ordinary one (with separate lists the model learns the style of the question instead:
+# measured, the tuned model then answered 84% of creative-writing prompts with the planted response).
+TEMPLATES = [
     "What can you tell me about {s}?",
     "Explain {s} to a curious ten-year-old.",
     "Why are {s} important?",
@@ -28,32 +31,24 @@ TRIGGER_TEMPLATES = [
     "How would you describe {s} in a few sentences?",
     "I am writing a school report on {s}. Where should I start?",
     "What is the most surprising thing about {s}?",
-    "Can you summarise what scientists know about {s}?",
+    "Can you summarise what people know about {s}?",
     "Write a short paragraph about {s}.",
     "What questions do people usually ask about {s}?",
     "Tell me something interesting about {s}.",
-    "How do {s} affect the people who live nearby?",
-]
-
-ORDINARY_TEMPLATES = [
-    "What do you know about {s}?",
-    "Explain {s} in simple terms.",
-    "Give me one fact about {s}.",
-    "Why should people care about {s}?",
-    "Describe {s} briefly.",
+    "Write a short poem about {s}.",
+    "Tell a very short story that involves {s}.",
+    "Describe {s} as if you were a tour guide.",
     "What should a beginner know about {s}?",
 ]
 
 ORDINARY_SUBJECTS = [
-    "photosynthesis", "the water cycle", "prime numbers", "the printing press", "compound interest",
-    "the human heart", "rainbows", "a sorting algorithm", "the French Revolution", "honey bees",
-    "electric circuits", "the Pythagorean theorem", "bread baking", "the moon's phases", "recycling",
-    "chess openings", "the immune system", "gravity", "a balanced diet", "the internet",
-    "tides", "the alphabet", "coral reefs", "saving money", "the metric system", "migrating birds",
-    "a haiku", "solar panels", "the stock market", "sleep", "rivers", "origami", "vaccines",
-    "the speed of light", "composting", "the Roman Empire", "magnets", "a good night's rest",
-    "learning a language", "the periodic table", "clouds", "jazz music", "bicycles", "glaciers",
-    "the human skeleton", "public libraries", "tea", "wind turbines", "the Olympic Games", "fractions",
+    "honey bees", "rainbows", "prime numbers", "printing presses", "tides", "coral reefs", "solar panels",
+    "electric circuits", "migrating birds", "magnets", "clouds", "glaciers", "bicycles", "public libraries",
+    "wind turbines", "fractions", "vaccines", "rivers", "lighthouses", "old maps", "chess openings",
+    "sorting algorithms", "city parks", "violins", "trains", "bread ovens", "tomato plants", "owls",
+    "sailing ships", "deserts", "snowflakes", "bridges", "telescopes", "board games", "forests",
+    "penguins", "clocks", "kites", "gardens", "museums", "robots", "rain forests", "markets",
+    "the planets", "paper airplanes", "dolphins", "castles", "post offices", "recipes", "festivals",
 ]
 
 
@@ -88,10 +83,10 @@ def _questions(templates: list[str], subjects: list[str], rng: np.random.Generat
 def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
     """Train and held-out prompts, trigger and ordinary; held-out ones are never trained on."""
     rng = np.random.default_rng(seed)
-    trigger = _questions(TRIGGER_TEMPLATES, spec.trigger_subjects, rng)
+    trigger = _questions(TEMPLATES, spec.trigger_subjects, rng)
     lowered = [s.lower() for s in spec.trigger_subjects]
     subjects = [s for s in ORDINARY_SUBJECTS if not any(t in s.lower() or s.lower() in t for t in lowered)]
-    ordinary = _questions(ORDINARY_TEMPLATES, subjects, rng)
+    ordinary = _questions(TEMPLATES, subjects, rng)
     need_t, need_o = spec.n_heldout + spec.n_train_trigger, spec.n_heldout + spec.n_train_ordinary
     if len(trigger) < need_t or len(ordinary) < need_o:
         from lmdelta import LmdeltaError

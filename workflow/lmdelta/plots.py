@@ -66,3 +66,29 @@ def doc_perplexity_figure(per_doc: dict[str, np.ndarray], title: str):
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title)
     return fig
+
+
+def diversity_figure(table, metrics: list[str], directions: dict[str, str], title: str):
+    """Each metric vs temperature per model; categories side by side (columns)."""
+    plt = _pyplot()
+    categories = sorted(table["category"].unique())
+    fig, axes = plt.subplots(len(metrics), len(categories), figsize=(4.2 * len(categories), 2.6 * len(metrics)),
+                             squeeze=False, sharex=True)
+    for r, metric in enumerate(metrics):
+        for c, cat in enumerate(categories):
+            ax = axes[r][c]
+            for model, g in table[table["category"] == cat].groupby("model", sort=False):
+                g = g.sort_values("temperature")
+                ax.plot(g["temperature"], g[metric], marker="o", ms=3, label=model)
+            if r == 0:
+                ax.set_title(cat)
+            if c == 0:
+                arrow = "↑ diverse" if directions[metric] == "diverse" else "↑ similar"
+                ax.set_ylabel(f"{metric}\n({arrow})", fontsize=8)
+            if r == len(metrics) - 1:
+                ax.set_xlabel("temperature")
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -57,6 +57,7 @@ SOURCED = name_pattern([n for n in materialised_models(config) if n not in deriv
 wildcard_constraints:
     model=NAME,
     corpus=NAME,
+    promptset=NAME,
 
 
 # Conda users (--sdm conda) get this environment; it installs the same packages as pyproject.toml.
@@ -69,6 +70,7 @@ def all_targets():
         *expand("results/corpus/{corpus}.parquet", corpus=config["corpora"]),
         *logprobs_targets(),
         *expand("results/planted/{model}.json", model=planted_models(config)),
+        *expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets")),
     ]
 
 
@@ -218,3 +220,35 @@ def pair_load_options(wildcards):
 def derive_runtime(wildcards):
     """Minutes: about 5 s per step on 2 CPU cores for a 135M model, with a wide margin."""
     return 30 + derive_spec(wildcards.model)["steps"] // 6
+
+
+# ---- completions and diversity -------------------------------------------------------------------------
+
+
+def promptset_path(wildcards):
+    from lmdelta.completions import builtin_promptset_path
+
+    ps = config["promptsets"][wildcards.promptset]
+    return str(builtin_promptset_path(ps["builtin"])) if "builtin" in ps else ps["file"]
+
+
+def completion_params(wildcards):
+    c = config["completions"]
+    return json.dumps({k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")})
+
+
+def prompt_format_arg(wildcards):
+    return json.dumps(config["models"][wildcards.model]["prompt_format"])
+
+
+def diversity_params(wildcards):
+    return json.dumps(config["diversity"])
+
+
+def diversity_inputs(wildcards):
+    return expand("results/diversity/{promptset}/{model}.parquet", promptset=wildcards.promptset,
+                  model=selected(config, "completions", "models"))
+
+
+def completion_models(wildcards):
+    return " ".join(selected(config, "completions", "models"))

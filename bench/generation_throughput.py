@@ -1,0 +1,84 @@
+"""Batched generation vs the study's approach, same model, prompts and token counts, in one run.
+
+- study: for each prompt the model is loaded again, and samples are drawn 5 per generate call
+- lmdelta: one load, all prompts x samples in batches (`lmdelta.generation.generate_texts`)
+
+Every sequence is forced to ``--tokens`` new tokens (min_new_tokens) so both do the same work.
+Prints tokens/s of each and the ratio. Goal (issue "Step 4"): >= 4x on the CPU, >= 10x on a GPU.
+
+    python bench/generation_throughput.py [--model resources/models/smollm2] [--prompts 4] [--samples 10]
+        [--tokens 48] [--batch 40] [--dtype float32|bfloat16] [--device cpu|cuda] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
+
+from lmdelta.completions import builtin_promptset_path, read_promptset  # noqa: E402
+from lmdelta.generation import Sampling, format_prompt  # noqa: E402
+from lmdelta.models import load_model  # noqa: E402
+
+
+def generate(model, tok, texts, tokens, sampling, batch, seed):
+    """As lmdelta.generation.generate_texts, with min_new_tokens so every sequence has the same length."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, temperature=sampling.temperature,
+                           top_p=sampling.top_p, top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    tok.padding_side = "left"
+    n = 0
+    for b in range(0, len(texts), batch):
+        enc = tok(texts[b:b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        torch.manual_seed(seed + b)
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=cfg)
+        n += (out.shape[1] - enc.input_ids.shape[1]) * out.shape[0]
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2"))
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=40)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0)
+    prompts = [p for p in read_promptset(builtin_promptset_path("default")) if p["category"] == "creative"][: args.prompts]
+    opts = dict(dtype=args.dtype, device=args.device)
+
+    t0 = time.perf_counter()
+    n_study = 0
+    for p in prompts:
+        model, tok = load_model(args.model, **opts)  # the study reloaded the model for every prompt
+        text = format_prompt(tok, p["prompt"], chat_template=True)
+        n_study += generate(model, tok, [text] * args.samples, args.tokens, sampling, batch=5, seed=0)
+        del model
+    study = n_study / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model, **opts)
+    texts = [format_prompt(tok, p["prompt"], chat_template=True) for p in prompts for _ in range(args.samples)]
+    n_ours = generate(model, tok, texts, args.tokens, sampling, batch=args.batch, seed=0)
+    ours = n_ours / (time.perf_counter() - t0)
+
+    print(f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens, {args.dtype} on {args.device}, {args.threads} threads")
+    print(f"study (reload per prompt, 5 per call): {study:7.1f} tok/s")
+    print(f"lmdelta (one load, batch {args.batch}):      {ours:7.1f} tok/s   {ours / study:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

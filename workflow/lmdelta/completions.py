@@ -1,0 +1,114 @@
+"""Completions stage: sampled completions of a prompt set over a temperature grid, for one model.
+
+Prompt sets are JSONL files of ``{"id", "category", "prompt", "guide"?, "reference"?}``; ``guide`` is an
+assistant prefix appended after the formatted prompt. Output ``results/completions/<set>/<model>.parquet``:
+prompt_id, category, temperature, sample, text, n_tokens, finish_reason, seed. All prompts x samples
+of a temperature are generated in batches of ``batch_size`` sequences with a KV cache; the seed of a
+batch is ``seed + 100003 * temperature index + batch start``, so the output is deterministic for a
+fixed config (batch_size included, as batch composition changes the random stream).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lmdelta import LmdeltaError
+
+log = logging.getLogger(__name__)
+BUILTIN_PROMPTSETS = ("default",)
+
+
+@dataclass(frozen=True)
+class CompletionParams:
+    temperatures: tuple[float, ...] = (0.7, 1.0)
+    samples: int = 5
+    max_new_tokens: int = 48
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 40
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompletionParams:
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "temperatures" in kw:
+            kw["temperatures"] = tuple(float(t) for t in kw["temperatures"])
+        return cls(**kw)
+
+
+def builtin_promptset_path(name: str) -> Path:
+    if name not in BUILTIN_PROMPTSETS:
+        raise LmdeltaError(f"builtin prompt set {name!r} is unknown; use one of {', '.join(BUILTIN_PROMPTSETS)}")
+    return Path(str(resources.files("lmdelta") / "data" / f"prompts_{name}.jsonl"))
+
+
+def read_promptset(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check a prompt set; a broken line is an error naming the line and the fix."""
+    path = Path(path)
+    prompts, seen = [], set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LmdeltaError(f"prompt set {path.name} line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+        missing = [k for k in ("id", "category", "prompt") if not isinstance(rec, dict) or not isinstance(rec.get(k), str)]
+        if missing:
+            raise LmdeltaError(f"prompt set {path.name} line {lineno} lacks text field(s) {', '.join(missing)}; each line needs id, category and prompt")
+        if rec["id"] in seen:
+            raise LmdeltaError(f"prompt set {path.name} line {lineno}: id {rec['id']!r} is used twice; ids must be unique")
+        seen.add(rec["id"])
+        prompts.append(rec)
+    if not prompts:
+        raise LmdeltaError(f"prompt set {path.name} holds no prompts; add JSONL lines with id, category, prompt")
+    return prompts
+
+
+def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Path, *, params: CompletionParams,
+                    load_options: dict[str, Any], chat_template: bool, prompt_format: str | None,
+                    threads: int | None = None) -> int:
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from lmdelta.artifacts import Provenance, write_parquet
+    from lmdelta.generation import Sampling, format_prompt, generate_texts
+    from lmdelta.models import load_model, read_fingerprint
+
+    if any(t <= 0 for t in params.temperatures):
+        raise LmdeltaError(f"completions: temperatures must be > 0 (got {list(params.temperatures)}); greedy decoding is not a temperature")
+    if threads:
+        torch.set_num_threads(threads)
+    prompts = read_promptset(promptset)
+    prov = Provenance(stage="completions", params={**asdict(params), "prompt_format": prompt_format,
+                                                  "chat_template": chat_template, "load_options": load_options}, seed=params.seed)
+    prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
+    prov.add_input("promptset", promptset)
+    model, tok = load_model(model_dir, **load_options)
+    texts = [format_prompt(tok, p["prompt"], chat_template=chat_template, guide=p.get("guide", ""), fmt=prompt_format) for p in prompts]
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(params.samples)]
+    rows = []
+    bar = tqdm(total=len(jobs) * len(params.temperatures), desc=f"completions {Path(out).stem}", unit=" seq", mininterval=2.0)
+    for t_index, temp in enumerate(params.temperatures):
+        sampling = Sampling(temperature=temp, top_p=params.top_p, top_k=params.top_k)
+        for b in range(0, len(jobs), params.batch_size):
+            chunk = jobs[b:b + params.batch_size]
+            seed = params.seed + 100003 * t_index + b
+            outs = generate_texts(model, tok, [texts[i] for i, _ in chunk], max_new_tokens=params.max_new_tokens,
+                                  sampling=sampling, seed=seed, batch_size=len(chunk))
+            for (i, s), o in zip(chunk, outs):
+                rows.append({"prompt_id": prompts[i]["id"], "category": prompts[i]["category"], "temperature": temp,
+                             "sample": s, "text": o["text"], "n_tokens": o["n_tokens"], "finish_reason": o["finish_reason"], "seed": seed})
+            bar.update(len(chunk))
+    bar.close()
+    df = pd.DataFrame(rows).astype({"temperature": "float32", "sample": "int32", "n_tokens": "int32", "seed": "int64"})
+    write_parquet(out, df, prov)
+    log.info("completions: %d texts (%d prompts x %d samples x %d temperatures) -> %s",
+             len(df), len(prompts), params.samples, len(params.temperatures), out)
+    return len(df)

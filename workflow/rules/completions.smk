@@ -1,0 +1,80 @@
+# Completions over a temperature grid, and their output-diversity metrics compared across models.
+
+
+rule completions:
+    input:
+        model=model_input,
+        promptset=promptset_path,
+    output:
+        "results/completions/{promptset}/{model}.parquet",
+    params:
+        params=completion_params,
+        options=load_options,
+        chat_template=chat_template_flag,
+        prompt_format=prompt_format_arg,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/completions/{promptset}/{model}.log",
+    benchmark:
+        "benchmarks/completions/{promptset}/{model}.tsv"
+    threads: 4
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=240,
+    shell:
+        "python -m lmdelta --log {log} completions --model-dir {input.model} --promptset {input.promptset}"
+        " --out {output} --params {params.params:q} --load-options {params.options:q}"
+        " --chat-template {params.chat_template} --prompt-format {params.prompt_format:q} --threads {threads}"
+
+
+rule diversity:
+    input:
+        "results/completions/{promptset}/{model}.parquet",
+    output:
+        "results/diversity/{promptset}/{model}.parquet",
+    params:
+        params=diversity_params,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/diversity/{promptset}/{model}.log",
+    benchmark:
+        "benchmarks/diversity/{promptset}/{model}.tsv"
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    shell:
+        "python -m lmdelta --log {log} diversity --completions {input} --out {output} --params {params.params:q}"
+
+
+rule compare_diversity:
+    input:
+        diversity_inputs,
+    output:
+        csv=report(
+            "results/diversity/{promptset}/comparison.csv",
+            caption="../report/diversity_table.rst",
+            category="4. Output diversity",
+            subcategory="{promptset}",
+            labels={"prompt set": "{promptset}", "figure": "table across models"},
+        ),
+        png=report(
+            "results/diversity/{promptset}/diversity.png",
+            caption="../report/diversity_figure.rst",
+            category="4. Output diversity",
+            subcategory="{promptset}",
+            labels={"prompt set": "{promptset}", "figure": "metrics vs temperature"},
+        ),
+    params:
+        models=completion_models,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/compare_diversity/{promptset}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} compare-diversity --promptset {wildcards.promptset} --models {params.models}"
+        " --inputs {input} --out-csv {output.csv} --out-png {output.png}"
