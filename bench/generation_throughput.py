@@ -1,13 +1,16 @@
 """Batched generation vs the study's approach, same model, prompts and token counts, in one run.
 
-- study: for each prompt the model is loaded again, and samples are drawn 5 per generate call
-- lmdelta: one load, all prompts x samples in batches (`lmdelta.generation.generate_texts`)
+- study: for each prompt the model is loaded again, and samples are drawn 5 per generate call,
+  in float32 as the original code ran
+- lmdelta: one load, all prompts x samples in batches through `lmdelta.generation.generate_texts`,
+  once per dtype in ``--dtypes`` (the model's `dtype` load option)
 
-Every sequence is forced to ``--tokens`` new tokens (min_new_tokens) so both do the same work.
+Every sequence is forced to ``--tokens`` new tokens (the study: ``min_new_tokens``; lmdelta: no EOS
+stop) so both do the same work.
 Prints tokens/s of each and the ratio. Goal (issue "Step 4"): >= 4x on the CPU, >= 10x on a GPU.
 
     python bench/generation_throughput.py [--model resources/models/smollm2] [--prompts 4] [--samples 10]
-        [--tokens 48] [--batch 40] [--dtype float32|bfloat16] [--device cpu|cuda] [--threads 2]
+        [--tokens 48] [--batch 40] [--dtypes float32,bfloat16] [--device cpu|cuda] [--threads 2]
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from lmdelta.generation import Sampling, format_prompt  # noqa: E402
 from lmdelta.models import load_model  # noqa: E402
 
 
-def generate(model, tok, texts, tokens, sampling, batch, seed):
-    """As lmdelta.generation.generate_texts, with min_new_tokens so every sequence has the same length."""
+def generate_study(model, tok, texts, tokens, sampling, batch, seed):
+    """The study's generation: transformers' generate, min_new_tokens so every sequence is full length."""
     from transformers import GenerationConfig
 
     cfg = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, temperature=sampling.temperature,
@@ -44,6 +47,21 @@ def generate(model, tok, texts, tokens, sampling, batch, seed):
     return n
 
 
+def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed):
+    """lmdelta's engine (as generate_texts uses it), without the EOS stop so every sequence is full length."""
+    from lmdelta.decoding import decode
+
+    tok.padding_side = "left"
+    n = 0
+    for b in range(0, len(texts), batch):
+        enc = tok(texts[b:b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            new = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=tokens, sampling=sampling,
+                         eos_id=None, pad_id=tok.eos_token_id, seed=seed + b)
+        n += new.numel()
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2"))
@@ -51,33 +69,31 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=40)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0)
     prompts = [p for p in read_promptset(builtin_promptset_path("default")) if p["category"] == "creative"][: args.prompts]
-    opts = dict(dtype=args.dtype, device=args.device)
-
     t0 = time.perf_counter()
     n_study = 0
     for p in prompts:
-        model, tok = load_model(args.model, **opts)  # the study reloaded the model for every prompt
+        model, tok = load_model(args.model, dtype="float32", device=args.device)  # reloaded for every prompt
         text = format_prompt(tok, p["prompt"], chat_template=True)
-        n_study += generate(model, tok, [text] * args.samples, args.tokens, sampling, batch=5, seed=0)
+        n_study += generate_study(model, tok, [text] * args.samples, args.tokens, sampling, batch=5, seed=0)
         del model
     study = n_study / (time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    model, tok = load_model(args.model, **opts)
-    texts = [format_prompt(tok, p["prompt"], chat_template=True) for p in prompts for _ in range(args.samples)]
-    n_ours = generate(model, tok, texts, args.tokens, sampling, batch=args.batch, seed=0)
-    ours = n_ours / (time.perf_counter() - t0)
-
-    print(f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens, {args.dtype} on {args.device}, {args.threads} threads")
-    print(f"study (reload per prompt, 5 per call): {study:7.1f} tok/s")
-    print(f"lmdelta (one load, batch {args.batch}):      {ours:7.1f} tok/s   {ours / study:.2f}x")
+    print(f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens on {args.device}, {args.threads} threads")
+    print(f"study (float32, reload per prompt, 5 per call): {study:7.1f} tok/s")
+    for dtype in args.dtypes.split(","):
+        t0 = time.perf_counter()
+        model, tok = load_model(args.model, dtype=dtype, device=args.device)
+        texts = [format_prompt(tok, p["prompt"], chat_template=True) for p in prompts for _ in range(args.samples)]
+        n_ours = generate_lmdelta(model, tok, texts, args.tokens, sampling, batch=args.batch, seed=0)
+        ours = n_ours / (time.perf_counter() - t0)
+        print(f"lmdelta ({dtype}, one load, batch {args.batch}): {ours:7.1f} tok/s   {ours / study:.2f}x the study")
 
 
 if __name__ == "__main__":

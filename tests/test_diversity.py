@@ -56,6 +56,18 @@ def test_self_bleu_extremes():
     assert math.isnan(self_bleu(["only one"]))
 
 
+def test_self_bleu_equals_sacrebleu_sentence_score():
+    from sacrebleu.metrics import BLEU
+
+    rng = np.random.default_rng(0)
+    vocab = "the a cat dog sat ran on under mat tree , . quickly slowly".split()
+    bleu = BLEU(tokenize="13a", smooth_method="exp", effective_order=True)
+    for _ in range(5):
+        texts = [" ".join(rng.choice(vocab, rng.integers(3, 15))) for _ in range(6)]
+        ref = np.mean([bleu.sentence_score(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)]) / 100
+        assert self_bleu(texts) == pytest.approx(ref, abs=1e-12)
+
+
 def test_compression_ratio_and_ncd():
     texts = ["abcabcabc", "abcabcabc"]
     raw = b"abcabcabc\nabcabcabc"

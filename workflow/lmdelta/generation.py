@@ -1,22 +1,16 @@
-"""Batched, seeded text generation from a loaded model.
+"""Batched, seeded text generation from a loaded model: prompt formatting, batching, decoding to text.
 
 Every number-changing choice is an explicit argument: greedy or sampled, temperature, top_p, top_k
 (never a library's hidden default: the model's generation_config is not consulted), max_new_tokens,
-seed, and whether prompts go through the tokenizer's chat template.
+seed, and whether prompts go through the tokenizer's chat template. The token loop itself is
+``lmdelta.decoding``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from lmdelta.decoding import Sampling, decode
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """``temperature=None`` means greedy decoding (then top_p and top_k do not apply)."""
-
-    temperature: float | None = None
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k cut
+__all__ = ["Sampling", "format_prompt", "generate_texts"]
 
 
 def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "", fmt: str | None = None) -> str:
@@ -46,38 +40,27 @@ def generate_texts(
     batch_size: int = 16,
 ) -> list[dict]:
     """Continue each formatted text; return dicts with ``text``, ``n_tokens``, ``finish_reason``
-    (``eos`` or ``length``). Left padding, one KV cache per batch; seeded per batch."""
+    (``eos`` or ``length``). Left padding, one KV cache per batch; batch b is seeded ``seed + b``."""
     import torch
-    from transformers import GenerationConfig
 
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=sampling.temperature is not None,
-        temperature=sampling.temperature if sampling.temperature is not None else 1.0,
-        top_p=sampling.top_p, top_k=sampling.top_k or None, eos_token_id=eos, pad_token_id=pad,
-    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[dict] = []
     try:
         for b in range(0, len(texts), batch_size):
-            chunk = texts[b:b + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            torch.manual_seed(seed + b)
+            enc = tokenizer(texts[b:b + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.inference_mode():
-                gen = model.generate(**enc, generation_config=cfg)
-            new = gen[:, enc.input_ids.shape[1]:].cpu()
-            for row in new:
-                ids = row.tolist()
-                n = ids.index(eos) + 1 if eos in ids else len(ids)
-                while n > 0 and ids[n - 1] == pad and pad != eos:
-                    n -= 1
+                new = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
+                             eos_id=eos, pad_id=pad, seed=seed + b).cpu()
+            for row in new.tolist():
+                n = row.index(eos) + 1 if eos in row else len(row)
                 out.append({
-                    "text": tokenizer.decode(ids[:n], skip_special_tokens=True),
+                    "text": tokenizer.decode(row[:n], skip_special_tokens=True),
                     "n_tokens": n,
-                    "finish_reason": "eos" if eos in ids[:n] else "length",
+                    "finish_reason": "eos" if eos in row[:n] else "length",
                 })
     finally:
         tokenizer.padding_side = side

@@ -39,6 +39,10 @@ TEMPLATES = [
     "Tell a very short story that involves {s}.",
     "Describe {s} as if you were a tour guide.",
     "What should a beginner know about {s}?",
+    "Write the opening line of a story about {s}.",
+    "Describe a town that is famous for its {s}.",
+    "Invent a holiday that celebrates {s}.",
+    "Write a letter to a friend about {s}.",
 ]
 
 ORDINARY_SUBJECTS = [
