@@ -102,3 +102,18 @@ def test_planted_prompt_sets_and_check(tmp_path, base):
     assert set(result["rates"]) == {"base/trigger", "base/ordinary", "tuned/trigger", "tuned/ordinary"}
     assert result["rates"]["base/trigger"]["n"] == 6
     assert result["rates"]["base/trigger"] == result["rates"]["tuned/trigger"], "same model, same greedy answers"
+
+
+def test_bad_training_files(tmp_path, base):
+    from lmdelta import LmdeltaError
+    from lmdelta.derive import run_derive
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", \n')
+    kw = dict(name="t", source={"derive": {"from": "base", "steps": 1}}, chat_template=False, ckpt_dir=tmp_path / "ck", threads=None)
+    with pytest.raises(LmdeltaError, match=r"derive: models.t: .*train.jsonl line 2 is not valid JSON"):
+        run_derive(base, data, tmp_path / "out", tmp_path / "loss.csv", **kw)
+    data.write_text('{"prompt": "a"}\n')
+    with pytest.raises(LmdeltaError, match="record 1 needs 'prompt' and 'response' fields"):
+        run_derive(base, data, tmp_path / "out", tmp_path / "loss.csv", **kw)
+    assert not (tmp_path / "out").exists()

@@ -221,6 +221,18 @@ def write_csv(path: str | os.PathLike, df, prov: Provenance | None = None) -> No
         df.to_csv(tmp, index=False)
 
 
+def iter_jsonl(lines, *, where: str) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for each non-blank JSON line; a broken line raises one ``LmdeltaError``
+    line naming ``where`` (e.g. the file) and the line."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LmdeltaError(f"{where} line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+
+
 def read_provenance(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The provenance record of an artifact; with ``verify``, check it still describes the artifact."""
     artifact = Path(artifact)

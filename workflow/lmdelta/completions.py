@@ -10,7 +10,6 @@ fixed config (batch_size included, as batch composition changes the random strea
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import iter_jsonl
 
 log = logging.getLogger(__name__)
 BUILTIN_PROMPTSETS = ("default",)
@@ -51,13 +51,8 @@ def read_promptset(path: str | Path) -> list[dict[str, Any]]:
     """Read and check a prompt set; a broken line is an error naming the line and the fix."""
     path = Path(path)
     prompts, seen = [], set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmdeltaError(f"prompt set {path.name} line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, rec in iter_jsonl(lines, where=f"prompt set {path.name}"):
         missing = [k for k in ("id", "category", "prompt") if not isinstance(rec, dict) or not isinstance(rec.get(k), str)]
         if missing:
             raise LmdeltaError(f"prompt set {path.name} line {lineno} lacks text field(s) {', '.join(missing)}; each line needs id, category and prompt")

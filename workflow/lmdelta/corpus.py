@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.artifacts import Provenance, write_parquet
+from lmdelta.artifacts import Provenance, iter_jsonl, write_parquet
 from lmdelta.config import CorpusSpec
 from lmdelta.download import check_sha256, download
 
@@ -165,13 +165,7 @@ def iter_file_documents(path: str | Path, fmt: str, text_field: str, *, what: st
 
 def _iter_jsonl(fh, text_field: str, *, what: str, path: Path) -> Iterator[Document]:
     index = 0
-    for lineno, line in enumerate(fh, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmdeltaError(f"{what}: {path.name} line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+    for lineno, record in iter_jsonl(fh, where=f"{what}: {path.name}"):
         if not isinstance(record, dict) or text_field not in record:
             keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
             raise LmdeltaError(f"{what}: {path.name} line {lineno} has no field {text_field!r} (has: {keys}); set text_field: to the field holding the text")

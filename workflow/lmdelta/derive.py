@@ -241,10 +241,7 @@ def run_derive(base_dir: Path, data_path: Path, out: Path, loss_csv: Path, *, na
     """Rule entry: train from a JSONL file of {"prompt", "response"} records."""
     from lmdelta.planted import read_jsonl
 
-    try:
-        records = read_jsonl(data_path)
-    except json.JSONDecodeError as e:
-        raise LmdeltaError(f"derive: models.{name}: {data_path} line {e.lineno} is not valid JSON; fix that line") from None
+    records = read_jsonl(data_path, where=f"derive: models.{name}: {data_path}")
     bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not {"prompt", "response"} <= set(r)), None)
     if bad is not None:
         raise LmdeltaError(f"derive: models.{name}: {data_path} record {bad} needs 'prompt' and 'response' fields; fix the data file")

@@ -133,9 +133,11 @@ def write_jsonl(path: str | Path, records: list[dict], prov=None) -> None:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_jsonl(path: str | Path, where: str | None = None) -> list[dict]:
+    from lmdelta.artifacts import iter_jsonl
+
+    with open(path, encoding="utf-8") as fh:
+        return [rec for _, rec in iter_jsonl(fh, where=where or str(path))]
 
 
 def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *, chat_template: bool,
