@@ -15,6 +15,7 @@ include: "workflow/rules/derive.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/logprobs.smk"
 include: "workflow/rules/completions.smk"
+include: "workflow/rules/uid.smk"
 
 
 rule all:

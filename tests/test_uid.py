@@ -69,3 +69,70 @@ def test_statistics_known_answers():
     assert lo < -10 < hi and bootstrap_ci(np.arange(100.0), np.arange(100.0) + 10, seed=1) == (lo, hi)
     c = compare([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
     assert c["u"] == 0 and c["p"] == pytest.approx(2 / 252)  # exact: the most extreme of C(10,5) = 252 splits, two-sided
+
+
+def test_score_texts_match_a_plain_forward(tmp_path, tiny_models):
+    """Completion tokens scored with and without their prompt equal one plain forward each."""
+    import json
+
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmdelta.completions import CompletionParams, run_completions
+    from lmdelta.config import ModelSpec
+    from lmdelta.logprobs import LogprobParams
+    from lmdelta.models import materialise
+    from lmdelta.uid import score_texts
+
+    model_dir = tmp_path / "m"
+    materialise(ModelSpec(name="m", source={"local": {"path": str(tiny_models["gpt_neox"])}}), model_dir)
+    ps = tmp_path / "p.jsonl"
+    ps.write_text(json.dumps({"id": "a", "category": "creative", "prompt": "Write about rivers."}) + "\n")
+    cpu = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
+    run_completions(model_dir, ps, tmp_path / "c.parquet", params=CompletionParams(temperatures=(1.0,), samples=2, max_new_tokens=6),
+                    load_options=cpu, chat_template=False, prompt_format=None)
+    comp = pd.read_parquet(tmp_path / "c.parquet")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    params = LogprobParams(max_length=64, stride=64, batch_tokens=256)
+    for context in ("none", "prompt"):
+        out = tmp_path / f"s.{context}.parquet"
+        score_texts(model_dir, tmp_path / "c.parquet", out, params=params, load_options=cpu, context=context)
+        got = pd.read_parquet(out)
+        for r in comp.itertuples():
+            ctx = tok("Write about rivers.\n", add_special_tokens=False).input_ids if context == "prompt" else []
+            text = tok(r.text, add_special_tokens=False).input_ids
+            seq = [tok.bos_token_id] + ctx + text
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([seq])).logits[0, :-1].double(), -1)
+            ref = lp.gather(1, torch.tensor(seq[1:])[:, None])[:, 0].numpy()[-len(text):]
+            mine = got[got.doc_id == f"a|1|{r.sample}"]
+            assert mine.position.tolist() == list(range(len(text)))
+            np.testing.assert_allclose(mine.logprob.to_numpy(), ref, atol=1e-5)
+
+
+def test_run_uid_on_synthetic_sources(tmp_path):
+    import pandas as pd
+
+    from lmdelta.uid import run_uid
+
+    rng = np.random.default_rng(0)
+
+    def source(name, scale, n_docs=12):
+        rows = [{"doc_id": f"d{i}", "logprob": -x} for i in range(n_docs) for x in rng.gamma(2.0, scale, rng.integers(10, 30))]
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame(rows).to_parquet(path)
+        return path
+
+    outs = {k: tmp_path / f"out.{k}" for k in ("docs", "csv", "txt", "png", "contours")}
+    docs, table = run_uid(scorer="s", human={"h": source("h", 2.0)}, model_texts={"a@none": source("a", 1.0), "b@none": source("b", 1.0)},
+                          lengths=[None, 10], n_boot=200, seed=0, out_docs=outs["docs"], out_csv=outs["csv"], out_txt=outs["txt"],
+                          out_png=outs["png"], out_contours=outs["contours"])
+    assert set(docs.source) == {"human:h", "model:a@none", "model:b@none"} and set(docs.length) == {-1, 10}
+    assert (docs[docs.length == 10].n_tokens == 10).all()
+    assert set(zip(table.source_a, table.source_b)) == {("human:h", "model:a@none"), ("human:h", "model:b@none"), ("model:a@none", "model:b@none")}
+    assert (table.p_holm >= table.p).all()
+    h = table[(table.metric == "mean") & (table.source_b == "model:a@none") & (table.length == -1)].iloc[0]
+    assert h.cohens_d > 1 and h.p_holm < 0.01, "human surprisal drawn at twice the scale"
+    assert "uid_var_doc" in outs["txt"].read_text()

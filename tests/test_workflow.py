@@ -55,6 +55,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
                      "models": ["neox", "llama-gguf", "neox-8bit"]},
         "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
         "diversity": {"truncations": [None]},
+        "uid": {"scorers": ["neox"], "corpora": ["docs"], "lengths": [None, 2], "n_boot": 200},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -99,6 +100,11 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     div = pd.read_csv(tmp_path / "results" / "diversity" / "default" / "comparison.csv")
     assert set(div.model) == {"neox", "neox-planted"} and set(div.category) == {"creative", "factual"}
     assert (tmp_path / "results" / "diversity" / "default" / "diversity.png").exists()
+    # surprisal and UID: the human corpus reuses the logprobs artifact; model texts scored with and without prompt
+    uid_docs = pd.read_parquet(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")
+    assert set(uid_docs.source) == {"human:docs", "model:neox@none", "model:neox@prompt", "model:neox-planted@none", "model:neox-planted@prompt"}
+    assert read_provenance(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")["inputs"]["human:docs"]["path"] == "results/logprobs/docs/neox.parquet"
+    assert len(pd.read_csv(tmp_path / "results" / "uid" / "default" / "neox" / "comparisons.csv")) > 0
     # the derived model and the check of its planted behaviour
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3

@@ -129,6 +129,26 @@ def cmd_compare_diversity(a: argparse.Namespace) -> None:
     run_compare(a.promptset, a.models, [Path(p) for p in a.inputs], Path(a.out_csv), Path(a.out_png))
 
 
+def cmd_uid_score_texts(a: argparse.Namespace) -> None:
+    from lmdelta.logprobs import LogprobParams
+    from lmdelta.uid import score_texts
+
+    score_texts(a.model_dir, a.completions, a.out, params=LogprobParams.from_dict(json.loads(a.params)),
+                load_options=json.loads(a.load_options), context=a.context, threads=a.threads)
+
+
+def cmd_uid(a: argparse.Namespace) -> None:
+    from lmdelta.uid import run_uid
+
+    if len(a.human_names) != len(a.human) or len(a.model_names) != len(a.model_texts):
+        raise LmdeltaError("uid: give one name per --human and per --model-texts file")
+    p = json.loads(a.params)
+    run_uid(scorer=a.scorer, human=dict(zip(a.human_names, map(Path, a.human))),
+            model_texts=dict(zip(a.model_names, map(Path, a.model_texts))), lengths=p["lengths"], n_boot=p["n_boot"],
+            seed=p["seed"], out_docs=Path(a.out_docs), out_csv=Path(a.out_csv), out_txt=Path(a.out_txt),
+            out_png=Path(a.out_png), out_contours=Path(a.out_contours))
+
+
 def cmd_provenance(a: argparse.Namespace) -> None:
     from lmdelta.artifacts import read_provenance
 
@@ -236,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--out-csv", "--out-png"):
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_compare_diversity)
+
+    sp = sub.add_parser("uid-score-texts", help="per-token logprobs of completions under a scorer model")
+    for opt in ("--model-dir", "--completions", "--out", "--params", "--load-options"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--context", choices=["none", "prompt"], required=True)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_uid_score_texts)
+
+    sp = sub.add_parser("uid", help="UID metrics per source and comparisons between sources")
+    sp.add_argument("--scorer", required=True)
+    sp.add_argument("--params", required=True)
+    for opt in ("--human-names", "--human", "--model-names", "--model-texts"):
+        sp.add_argument(opt, nargs="*", default=[])
+    for opt in ("--out-docs", "--out-csv", "--out-txt", "--out-png", "--out-contours"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_uid)
 
     sp = sub.add_parser("provenance", help="print the provenance record of an artifact")
     sp.add_argument("artifact")

@@ -144,6 +144,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
         if "file" in ps and not Path(ps["file"]).is_file():
             raise LmdeltaError(f"config: promptsets.{name}.file: {ps['file']!r} does not exist; fix the path")
     _check_selection(config, "completions", pools=(("models", "models"), ("promptsets", "promptsets")))
+    _check_selection(config, "uid", pools=(("scorers", "models"), ("corpora", "corpora"), ("models", "models")))
+    ps = config["uid"]["promptset"]
+    if ps is not None and ps not in config["promptsets"]:
+        raise LmdeltaError(f"config: uid.promptset: {ps!r} is not defined under promptsets:; use one of {', '.join(config['promptsets'])}")
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:

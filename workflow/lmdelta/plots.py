@@ -92,3 +92,39 @@ def diversity_figure(table, metrics: list[str], directions: dict[str, str], titl
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def uid_figure(docs, metrics: list[str], title: str):
+    """Distribution of each UID metric per source (box plots), whole texts and each length L."""
+    plt = _pyplot()
+    lengths = sorted(docs["length"].unique())
+    fig, axes = plt.subplots(len(metrics), len(lengths), figsize=(4.5 * len(lengths), 2.8 * len(metrics)), squeeze=False)
+    for r, metric in enumerate(metrics):
+        for c, length in enumerate(lengths):
+            ax = axes[r][c]
+            g = docs[docs["length"] == length]
+            sources = list(dict.fromkeys(g["source"]))
+            ax.boxplot([g[g["source"] == s][metric].dropna() for s in sources], showfliers=False)
+            ax.set_xticks(range(1, len(sources) + 1), sources, rotation=25, ha="right", fontsize=7)
+            if r == 0:
+                ax.set_title("whole texts" if length == -1 else f"first {length} tokens")
+            if c == 0:
+                ax.set_ylabel(metric, fontsize=8)
+            ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def surprisal_contours_figure(examples: dict[str, np.ndarray], title: str):
+    """Surprisal (bits) token by token of one example text per source."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    for name, s in examples.items():
+        ax.plot(np.arange(len(s)), s, lw=1, label=name)
+    ax.set_xlabel("token")
+    ax.set_ylabel("surprisal (bits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return fig

@@ -115,3 +115,168 @@ def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed:
     lo, hi = bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
     return {"n_a": len(a), "n_b": len(b), "mean_a": float(np.mean(a)), "mean_b": float(np.mean(b)),
             "u": float(res.statistic), "p": float(res.pvalue), "cohens_d": cohens_d(a, b), "diff_ci_low": lo, "diff_ci_high": hi}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage: score model texts, compute per-document metrics per source, compare sources
+
+
+def word_ids_from_tokens(tokenizer, ids: Sequence[int]) -> list[int]:
+    """Word index of each token: a token whose text starts with whitespace starts a new word."""
+    out, word = [], -1
+    for i, t in enumerate(ids):
+        piece = tokenizer.decode([int(t)])
+        if i == 0 or piece[:1].isspace():
+            word += 1
+        out.append(word)
+    return out
+
+
+def score_texts(model_dir, completions, out, *, params, load_options: dict, context: str, threads: int | None = None) -> int:
+    """Per-token logprobs of completion texts under a scorer model, with or without their prompt as
+    context (``context`` = ``prompt`` | ``none``); only the completion's own tokens are kept.
+    doc_id = ``<prompt_id>|<temperature>|<sample>``; ``position`` counts the completion's tokens."""
+    import pandas as pd
+    import pyarrow as pa
+    import torch
+
+    from lmdelta.artifacts import Provenance, write_parquet
+    from lmdelta.logprobs import prefix_token
+    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.scoring import score_sequences
+
+    if threads:
+        torch.set_num_threads(threads)
+    df = pd.read_parquet(completions)
+    prompts = _completion_prompts(completions)
+    prov = Provenance(stage="uid_score_texts", params={"context": context, "scoring": params.__dict__, "load_options": load_options,
+                                                      "units": "nats"})
+    prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
+    prov.add_input("completions", completions)
+    model, tok = load_model(model_dir, **load_options)
+    prefix, _ = prefix_token(tok, params.first_token)
+    head = [prefix] if prefix is not None else []
+    seqs, starts, keep = [], [], []
+    for i, row in enumerate(df.itertuples()):
+        ctx = tok(prompts[row.prompt_id] + "\n", add_special_tokens=False).input_ids if context == "prompt" else []
+        text = tok(row.text, add_special_tokens=False).input_ids
+        seq = head + ctx + text
+        start = len(head) + len(ctx)  # index in seq of the first completion token
+        if not text or start == 0 and len(text) < 2:
+            continue
+        seqs.append(seq)
+        starts.append(start)
+        keep.append(i)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scores = score_sequences(model, seqs, max_length=params.max_length, stride=params.stride, batch_tokens=params.batch_tokens,
+                             pad_token_id=pad, chunk_positions=params.chunk_positions)
+    rows = {"doc_id": [], "position": [], "token_id": [], "logprob": []}
+    for i, start, sc in zip(keep, starts, scores):
+        r = df.iloc[i]
+        first = max(start - 1, 0)  # scores[j] scores seq id j + 1
+        offset = 0 if start >= 1 else 1  # with nothing before it, the first completion token is not scored
+        lp = sc.logprob[first:]
+        ids = sc.token_ids[first:]
+        rows["doc_id"] += [f"{r.prompt_id}|{float(r.temperature):g}|{int(r['sample'])}"] * len(lp)
+        rows["position"] += list(range(offset, offset + len(lp)))
+        rows["token_id"] += ids.tolist()
+        rows["logprob"] += lp.tolist()
+    table = pa.table({"doc_id": pa.array(rows["doc_id"], pa.string()), "position": pa.array(rows["position"], pa.int32()),
+                      "token_id": pa.array(rows["token_id"], pa.int32()), "logprob": pa.array(rows["logprob"], pa.float32())})
+    write_parquet(out, table, prov)
+    return table.num_rows
+
+
+def _completion_prompts(completions) -> dict[str, str]:
+    """Prompt texts of a completions artifact, from the prompt set named in its provenance."""
+    from lmdelta.artifacts import read_provenance
+    from lmdelta.completions import read_promptset
+
+    path = read_provenance(completions, verify=False)["inputs"]["promptset"]["path"]
+    return {p["id"]: p["prompt"] for p in read_promptset(path)}
+
+
+def source_metrics(tokens, *, source: str, lengths: Sequence[int | None], word_ids=None) -> list[dict]:
+    """Per-document metrics of one source's token table (doc_id, logprob in nats), for each length."""
+    rows = []
+    docs = {d: surprisal_bits(g["logprob"].to_numpy()) for d, g in tokens.groupby("doc_id", sort=True)}
+    if word_ids is not None:
+        docs = {d: word_surprisals(s, word_ids[d]) for d, s in docs.items()}
+    for length in lengths:
+        cut = {d: first_tokens(s, length) for d, s in docs.items()}
+        cut = {d: s for d, s in cut.items() if s is not None and len(s) > 0}
+        if not cut:
+            continue
+        mu = float(np.concatenate(list(cut.values())).mean())
+        for d, s in cut.items():
+            rows.append({"source": source, "length": -1 if length is None else length, "doc_id": d, **doc_metrics(s, mu)})
+    return rows
+
+
+def comparisons(docs, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
+    """Every metric, length and pair of sources compared; Holm over the whole table."""
+    import pandas as pd
+
+    out = []
+    for length, g in docs.groupby("length", sort=True):
+        for a, b in pairs:
+            va, vb = g[g.source == a], g[g.source == b]
+            if len(va) < 2 or len(vb) < 2:
+                continue
+            for metric in METRICS:
+                x, y = va[metric].dropna().to_numpy(), vb[metric].dropna().to_numpy()
+                if len(x) < 2 or len(y) < 2:
+                    continue
+                out.append({"length": length, "metric": metric, "source_a": a, "source_b": b, **compare(x, y, n_boot=n_boot, seed=seed)})
+    table = pd.DataFrame(out)
+    if len(table):
+        table["p_holm"] = holm(table["p"].to_numpy())
+    return table
+
+
+def summary_text(table, scorer: str) -> str:
+    """A few lines: for each pair, UID variance (whole texts and length-controlled) with its test."""
+    lines = [f"Surprisal scorer: {scorer}. Units: bits. Length -1 = whole documents, L = first L tokens only.",
+             "Positive d: source_a has the larger value. p_holm: Holm-corrected over every comparison of the table.", ""]
+    if table.empty:
+        return "\n".join(lines + ["No pair of sources had at least two documents each."])
+    for (length, a, b), g in table[table.metric.isin(["uid_var_doc", "mean"])].groupby(["length", "source_a", "source_b"], sort=False):
+        for r in g.itertuples():
+            lines.append(f"L={length:>4}  {r.metric:<12} {a} {r.mean_a:.3f} vs {b} {r.mean_b:.3f}  d={r.cohens_d:+.2f}  "
+                         f"CI[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]  p_holm={r.p_holm:.3g}")
+    return "\n".join(lines) + "\n"
+
+
+def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path], lengths: Sequence[int | None],
+            n_boot: int, seed: int, out_docs: Path, out_csv: Path, out_txt: Path, out_png: Path, out_contours: Path):
+    """The UID stage for one scorer: ``human`` maps corpus name -> logprobs artifact, ``model_texts``
+    maps "<model>@<context>" -> scored completions. Sources are compared pairwise (human vs each
+    model source; models with each other under the same context)."""
+    import pandas as pd
+
+    from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
+    from lmdelta.plots import save_figure, surprisal_contours_figure, uid_figure
+
+    prov = Provenance(stage="uid", params={"scorer": scorer, "lengths": list(lengths), "n_boot": n_boot, "units": "bits",
+                                           "normalisers": {"uid_var": "N", "uid_pairwise": "N-1"}, "power_ks": list(POWER_KS)}, seed=seed)
+    rows, examples = [], {}
+    sources = {**{f"human:{c}": p for c, p in human.items()}, **{f"model:{m}": p for m, p in model_texts.items()}}
+    for source, path in sources.items():
+        prov.add_input(source, path)
+        tokens = pd.read_parquet(path, columns=["doc_id", "logprob"])
+        rows += source_metrics(tokens, source=source, lengths=lengths)
+        first = tokens[tokens.doc_id == tokens.doc_id.iloc[0]] if len(tokens) else tokens
+        examples[source] = surprisal_bits(first["logprob"].to_numpy())
+    docs = pd.DataFrame(rows)
+    humans = [s for s in sources if s.startswith("human:")]
+    models = [s for s in sources if s.startswith("model:")]
+    pairs = [(h, m) for h in humans for m in models]
+    pairs += [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if a.split("@")[1] == b.split("@")[1]]
+    table = comparisons(docs, pairs, n_boot=n_boot, seed=seed)
+    write_parquet(out_docs, docs, prov)
+    write_csv(out_csv, table, prov)
+    with atomic_path(out_txt, prov) as tmp:
+        tmp.write_text(summary_text(table, scorer))
+    save_figure(uid_figure(docs, ["mean", "uid_var_doc", "uid_pairwise_sq", "power_2"], f"UID metrics per source (scorer {scorer})"), out_png, prov)
+    save_figure(surprisal_contours_figure(examples, f"Surprisal of one example text per source (scorer {scorer})"), out_contours, prov)
+    return docs, table

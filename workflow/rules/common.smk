@@ -58,6 +58,8 @@ wildcard_constraints:
     model=NAME,
     corpus=NAME,
     promptset=NAME,
+    scorer=NAME,
+    context="none|prompt",
 
 
 # Conda users (--sdm conda) get this environment; it installs the same packages as pyproject.toml.
@@ -71,6 +73,7 @@ def all_targets():
         *logprobs_targets(),
         *expand("results/planted/{model}.json", model=planted_models(config)),
         *expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets")),
+        *expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptset(), scorer=uid_scorers()),
     ]
 
 
@@ -252,3 +255,49 @@ def diversity_inputs(wildcards):
 
 def completion_models(wildcards):
     return " ".join(selected(config, "completions", "models"))
+
+
+# ---- surprisal and UID -------------------------------------------------------------------------------
+
+
+def uid_scorers():
+    return config["uid"]["scorers"] or [next(iter(config["models"]))]
+
+
+def uid_promptset():
+    return config["uid"]["promptset"] or selected(config, "completions", "promptsets")[0]
+
+
+def uid_models():
+    return config["uid"]["models"] or selected(config, "completions", "models")
+
+
+def uid_corpora():
+    return selected(config, "uid", "corpora")
+
+
+def scorer_input(wildcards):
+    return model_dir(wildcards.scorer)
+
+
+def scorer_load_options(wildcards):
+    m = config["models"][wildcards.scorer]
+    return json.dumps({k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")})
+
+
+def uid_inputs(wildcards):
+    return {
+        "human": expand("results/logprobs/{corpus}/{scorer}.parquet", corpus=uid_corpora(), scorer=wildcards.scorer),
+        "model_texts": expand("results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet", promptset=wildcards.promptset,
+                              scorer=wildcards.scorer, model=uid_models(), context=config["uid"]["contexts"]),
+    }
+
+
+def uid_names(wildcards):
+    models = [f"{m}@{c}" for m in uid_models() for c in config["uid"]["contexts"]]
+    return f"--human-names {' '.join(uid_corpora())} --model-names {' '.join(models)}"
+
+
+def uid_params(wildcards):
+    u = config["uid"]
+    return json.dumps({k: u[k] for k in ("lengths", "n_boot", "seed")})

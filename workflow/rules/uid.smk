@@ -1,0 +1,73 @@
+# Surprisal and Uniform Information Density: human texts vs model texts, per scorer model.
+
+
+rule uid_score_texts:
+    input:
+        model=scorer_input,
+        completions="results/completions/{promptset}/{model}.parquet",
+    output:
+        "results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
+    params:
+        params=logprobs_params,
+        options=scorer_load_options,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/uid_score_texts/{promptset}/{scorer}/{model}.{context}.log",
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "python -m lmdelta --log {log} uid-score-texts --model-dir {input.model} --completions {input.completions}"
+        " --out {output} --params {params.params:q} --load-options {params.options:q} --context {wildcards.context}"
+        " --threads {threads}"
+
+
+rule uid:
+    input:
+        unpack(uid_inputs),
+    output:
+        docs="results/uid/{promptset}/{scorer}/docs.parquet",
+        csv=report(
+            "results/uid/{promptset}/{scorer}/comparisons.csv",
+            caption="../report/uid_table.rst",
+            category="5. Surprisal and UID",
+            subcategory="scorer {scorer}",
+            labels={"prompt set": "{promptset}", "scorer": "{scorer}", "figure": "comparisons"},
+        ),
+        txt=report(
+            "results/uid/{promptset}/{scorer}/summary.txt",
+            caption="../report/uid_table.rst",
+            category="5. Surprisal and UID",
+            subcategory="scorer {scorer}",
+            labels={"prompt set": "{promptset}", "scorer": "{scorer}", "figure": "summary"},
+        ),
+        png=report(
+            "results/uid/{promptset}/{scorer}/uid.png",
+            caption="../report/uid_figure.rst",
+            category="5. Surprisal and UID",
+            subcategory="scorer {scorer}",
+            labels={"prompt set": "{promptset}", "scorer": "{scorer}", "figure": "UID metrics per source"},
+        ),
+        contours=report(
+            "results/uid/{promptset}/{scorer}/contours.png",
+            caption="../report/uid_contours.rst",
+            category="5. Surprisal and UID",
+            subcategory="scorer {scorer}",
+            labels={"prompt set": "{promptset}", "scorer": "{scorer}", "figure": "surprisal contours"},
+        ),
+    params:
+        names=uid_names,
+        params=uid_params,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/uid/{promptset}/{scorer}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} uid --scorer {wildcards.scorer} --params {params.params:q} {params.names}"
+        " --human {input.human} --model-texts {input.model_texts} --out-docs {output.docs} --out-csv {output.csv}"
+        " --out-txt {output.txt} --out-png {output.png} --out-contours {output.contours}"
