@@ -112,7 +112,7 @@ def test_score_texts_match_a_plain_forward(tmp_path, tiny_models):
             np.testing.assert_allclose(mine.logprob.to_numpy(), ref, atol=1e-5)
 
 
-def test_run_uid_on_synthetic_sources(tmp_path):
+def test_run_uid_on_synthetic_sources(tmp_path, tiny_tokenizer):
     import pandas as pd
 
     from lmdelta.uid import run_uid
@@ -120,7 +120,8 @@ def test_run_uid_on_synthetic_sources(tmp_path):
     rng = np.random.default_rng(0)
 
     def source(name, scale, n_docs=12):
-        rows = [{"doc_id": f"d{i}", "logprob": -x} for i in range(n_docs) for x in rng.gamma(2.0, scale, rng.integers(10, 30))]
+        rows = [{"doc_id": f"d{i}", "token_id": int(rng.integers(4, 500)), "logprob": -x}
+                for i in range(n_docs) for x in rng.gamma(2.0, scale, rng.integers(10, 30))]
         path = tmp_path / f"{name}.parquet"
         pd.DataFrame(rows).to_parquet(path)
         return path
@@ -128,7 +129,12 @@ def test_run_uid_on_synthetic_sources(tmp_path):
     outs = {k: tmp_path / f"out.{k}" for k in ("docs", "csv", "txt", "png", "contours")}
     docs, table = run_uid(scorer="s", human={"h": source("h", 2.0)}, model_texts={"a@none": source("a", 1.0), "b@none": source("b", 1.0)},
                           lengths=[None, 10], n_boot=200, seed=0, out_docs=outs["docs"], out_csv=outs["csv"], out_txt=outs["txt"],
-                          out_png=outs["png"], out_contours=outs["contours"])
+                          out_png=outs["png"], out_contours=outs["contours"], word_level=True, tokenizer_dir=tiny_tokenizer)
+    words = docs[docs.source.str.endswith("(words)")]
+    docs = docs[~docs.source.str.endswith("(words)")]
+    assert set(words.source) == {"human:h (words)", "model:a@none (words)", "model:b@none (words)"}
+    assert (words.groupby("doc_id").n_tokens.max() <= docs.groupby("doc_id").n_tokens.max()).all()
+    table = table[~table.source_a.str.endswith("(words)")]
     assert set(docs.source) == {"human:h", "model:a@none", "model:b@none"} and set(docs.length) == {-1, 10}
     assert (docs[docs.length == 10].n_tokens == 10).all()
     assert set(zip(table.source_a, table.source_b)) == {("human:h", "model:a@none"), ("human:h", "model:b@none"), ("model:a@none", "model:b@none")}
@@ -136,3 +142,25 @@ def test_run_uid_on_synthetic_sources(tmp_path):
     h = table[(table.metric == "mean") & (table.source_b == "model:a@none") & (table.length == -1)].iloc[0]
     assert h.cohens_d > 1 and h.p_holm < 0.01, "human surprisal drawn at twice the scale"
     assert "uid_var_doc" in outs["txt"].read_text()
+
+
+def test_word_ids_and_prompts_from_corpus(tmp_path, tiny_tokenizer):
+    import json
+
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from lmdelta.completions import prompts_from_corpus, read_promptset
+    from lmdelta.uid import word_ids_from_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    ids = tok("assignment statements bind names", add_special_tokens=False).input_ids
+    w = word_ids_from_tokens(tok, ids)
+    assert w[0] == 0 and w[-1] == 3 and w == sorted(w)
+    corpus = tmp_path / "c.parquet"
+    pd.DataFrame({"doc_id": ["a", "b", "c"], "text": ["First one. Then more text! End.", "No second sentence", "Q? Yes."]}).to_parquet(corpus)
+    n = prompts_from_corpus(corpus, tmp_path / "p.jsonl", name="news", n_prompts=None)
+    prompts = read_promptset(tmp_path / "p.jsonl")
+    assert n == 2 and [p["prompt"] for p in prompts] == ["First one.", "Q?"]
+    assert prompts[0] == {"id": "a", "category": "news", "prompt": "First one.", "reference": "Then more text! End."}
+    assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])["reference"] == "Yes."

@@ -129,6 +129,12 @@ def cmd_compare_diversity(a: argparse.Namespace) -> None:
     run_compare(a.promptset, a.models, [Path(p) for p in a.inputs], Path(a.out_csv), Path(a.out_png))
 
 
+def cmd_prompts_from_corpus(a: argparse.Namespace) -> None:
+    from lmdelta.completions import prompts_from_corpus
+
+    prompts_from_corpus(a.corpus, a.out, name=a.corpus_name, n_prompts=json.loads(a.n_prompts))
+
+
 def cmd_uid_score_texts(a: argparse.Namespace) -> None:
     from lmdelta.logprobs import LogprobParams
     from lmdelta.uid import score_texts
@@ -143,7 +149,8 @@ def cmd_uid(a: argparse.Namespace) -> None:
     if len(a.human_names) != len(a.human) or len(a.model_names) != len(a.model_texts):
         raise LmdeltaError("uid: give one name per --human and per --model-texts file")
     p = json.loads(a.params)
-    run_uid(scorer=a.scorer, human=dict(zip(a.human_names, map(Path, a.human))),
+    run_uid(scorer=a.scorer, human=dict(zip(a.human_names, map(Path, a.human))), word_level=p["word_level"],
+            tokenizer_dir=Path(a.scorer_dir) if a.scorer_dir else None,
             model_texts=dict(zip(a.model_names, map(Path, a.model_texts))), lengths=p["lengths"], n_boot=p["n_boot"],
             seed=p["seed"], out_docs=Path(a.out_docs), out_csv=Path(a.out_csv), out_txt=Path(a.out_txt),
             out_png=Path(a.out_png), out_contours=Path(a.out_contours))
@@ -257,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_compare_diversity)
 
+    sp = sub.add_parser("prompts-from-corpus", help="'continue the article' prompts from a corpus")
+    for opt in ("--corpus", "--corpus-name", "--out", "--n-prompts"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_prompts_from_corpus)
+
     sp = sub.add_parser("uid-score-texts", help="per-token logprobs of completions under a scorer model")
     for opt in ("--model-dir", "--completions", "--out", "--params", "--load-options"):
         sp.add_argument(opt, required=True)
@@ -266,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("uid", help="UID metrics per source and comparisons between sources")
     sp.add_argument("--scorer", required=True)
+    sp.add_argument("--scorer-dir", help="the scorer's materialised folder (its tokenizer, for word_level)")
     sp.add_argument("--params", required=True)
     for opt in ("--human-names", "--human", "--model-names", "--model-texts"):
         sp.add_argument(opt, nargs="*", default=[])

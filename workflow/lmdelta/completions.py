@@ -107,3 +107,32 @@ def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Pat
     log.info("completions: %d texts (%d prompts x %d samples x %d temperatures) -> %s",
              len(df), len(prompts), params.samples, len(params.temperatures), out)
     return len(df)
+
+
+_SENTENCE_END = __import__("re").compile(r"(?<=[.!?])\s+")
+
+
+def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_prompts: int | None) -> int:
+    """"Continue the article" prompts: each document's first sentence (reference: the rest)."""
+    import json
+
+    import pandas as pd
+
+    from lmdelta.artifacts import Provenance, atomic_path
+
+    prov = Provenance(stage="prompts_from_corpus", params={"corpus": name, "n_prompts": n_prompts, "split": _SENTENCE_END.pattern})
+    prov.add_input("corpus", corpus)
+    df = pd.read_parquet(corpus, columns=["doc_id", "text"])
+    if n_prompts is not None:
+        df = df.head(n_prompts)
+    rows = []
+    for doc_id, text in zip(df.doc_id, df.text):
+        parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
+        if len(parts) == 2 and parts[0].strip() and parts[1].strip():
+            rows.append({"id": doc_id, "category": name, "prompt": parts[0].strip(), "reference": parts[1].strip()})
+    if not rows:
+        raise LmdeltaError(f"promptsets: corpus {name} has no document with a first sentence and more text after it; check the corpus")
+    with atomic_path(out, prov) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return len(rows)

@@ -143,11 +143,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for name, ps in config["promptsets"].items():
         if "file" in ps and not Path(ps["file"]).is_file():
             raise LmdeltaError(f"config: promptsets.{name}.file: {ps['file']!r} does not exist; fix the path")
+        if "from_corpus" in ps and ps["from_corpus"]["corpus"] not in config["corpora"]:
+            raise LmdeltaError(f"config: promptsets.{name}.from_corpus.corpus: {ps['from_corpus']['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}")
     _check_selection(config, "completions", pools=(("models", "models"), ("promptsets", "promptsets")))
-    _check_selection(config, "uid", pools=(("scorers", "models"), ("corpora", "corpora"), ("models", "models")))
-    ps = config["uid"]["promptset"]
-    if ps is not None and ps not in config["promptsets"]:
-        raise LmdeltaError(f"config: uid.promptset: {ps!r} is not defined under promptsets:; use one of {', '.join(config['promptsets'])}")
+    _check_selection(config, "uid", pools=(("scorers", "models"), ("corpora", "corpora"), ("models", "models"), ("promptsets", "promptsets")))
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:

@@ -248,7 +248,8 @@ def summary_text(table, scorer: str) -> str:
 
 
 def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path], lengths: Sequence[int | None],
-            n_boot: int, seed: int, out_docs: Path, out_csv: Path, out_txt: Path, out_png: Path, out_contours: Path):
+            n_boot: int, seed: int, out_docs: Path, out_csv: Path, out_txt: Path, out_png: Path, out_contours: Path,
+            word_level: bool = False, tokenizer_dir: Path | None = None):
     """The UID stage for one scorer: ``human`` maps corpus name -> logprobs artifact, ``model_texts``
     maps "<model>@<context>" -> scored completions. Sources are compared pairwise (human vs each
     model source; models with each other under the same context)."""
@@ -257,14 +258,23 @@ def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path]
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
     from lmdelta.plots import save_figure, surprisal_contours_figure, uid_figure
 
+    tok = None
+    if word_level:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     prov = Provenance(stage="uid", params={"scorer": scorer, "lengths": list(lengths), "n_boot": n_boot, "units": "bits",
+                                           "word_level": word_level,
                                            "normalisers": {"uid_var": "N", "uid_pairwise": "N-1"}, "power_ks": list(POWER_KS)}, seed=seed)
     rows, examples = [], {}
     sources = {**{f"human:{c}": p for c, p in human.items()}, **{f"model:{m}": p for m, p in model_texts.items()}}
     for source, path in sources.items():
         prov.add_input(source, path)
-        tokens = pd.read_parquet(path, columns=["doc_id", "logprob"])
+        tokens = pd.read_parquet(path, columns=["doc_id", "token_id", "logprob"])
         rows += source_metrics(tokens, source=source, lengths=lengths)
+        if tok is not None:
+            words = {d: word_ids_from_tokens(tok, g["token_id"].tolist()) for d, g in tokens.groupby("doc_id", sort=True)}
+            rows += [{**r, "source": f"{source} (words)"} for r in source_metrics(tokens, source=source, lengths=lengths, word_ids=words)]
         first = tokens[tokens.doc_id == tokens.doc_id.iloc[0]] if len(tokens) else tokens
         examples[source] = surprisal_bits(first["logprob"].to_numpy())
     docs = pd.DataFrame(rows)
@@ -272,6 +282,8 @@ def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path]
     models = [s for s in sources if s.startswith("model:")]
     pairs = [(h, m) for h in humans for m in models]
     pairs += [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if a.split("@")[1] == b.split("@")[1]]
+    if tok is not None:
+        pairs += [(f"{a} (words)", f"{b} (words)") for a, b in list(pairs)]
     table = comparisons(docs, pairs, n_boot=n_boot, seed=seed)
     write_parquet(out_docs, docs, prov)
     write_csv(out_csv, table, prov)

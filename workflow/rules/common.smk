@@ -73,7 +73,7 @@ def all_targets():
         *logprobs_targets(),
         *expand("results/planted/{model}.json", model=planted_models(config)),
         *expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets")),
-        *expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptset(), scorer=uid_scorers()),
+        *expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptsets(), scorer=uid_scorers()),
     ]
 
 
@@ -232,7 +232,23 @@ def promptset_path(wildcards):
     from lmdelta.completions import builtin_promptset_path
 
     ps = config["promptsets"][wildcards.promptset]
-    return str(builtin_promptset_path(ps["builtin"])) if "builtin" in ps else ps["file"]
+    if "builtin" in ps:
+        return str(builtin_promptset_path(ps["builtin"]))
+    if "from_corpus" in ps:
+        return f"results/prompts/{wildcards.promptset}.jsonl"
+    return ps["file"]
+
+
+def prompts_corpus(wildcards):
+    return f"results/corpus/{config['promptsets'][wildcards.promptset]['from_corpus']['corpus']}.parquet"
+
+
+def prompts_corpus_name(wildcards):
+    return config["promptsets"][wildcards.promptset]["from_corpus"]["corpus"]
+
+
+def prompts_n(wildcards):
+    return json.dumps(config["promptsets"][wildcards.promptset]["from_corpus"]["n_prompts"])
 
 
 def completion_params(wildcards):
@@ -264,16 +280,18 @@ def uid_scorers():
     return config["uid"]["scorers"] or [next(iter(config["models"]))]
 
 
-def uid_promptset():
-    return config["uid"]["promptset"] or selected(config, "completions", "promptsets")[0]
+def uid_promptsets():
+    return config["uid"]["promptsets"] or selected(config, "completions", "promptsets")
 
 
 def uid_models():
     return config["uid"]["models"] or selected(config, "completions", "models")
 
 
-def uid_corpora():
-    return selected(config, "uid", "corpora")
+def uid_corpora(promptset):
+    """Human sources of a prompt set: the corpus a from_corpus set continues, else uid.corpora."""
+    ps = config["promptsets"][promptset]
+    return [ps["from_corpus"]["corpus"]] if "from_corpus" in ps else selected(config, "uid", "corpora")
 
 
 def scorer_input(wildcards):
@@ -287,7 +305,7 @@ def scorer_load_options(wildcards):
 
 def uid_inputs(wildcards):
     return {
-        "human": expand("results/logprobs/{corpus}/{scorer}.parquet", corpus=uid_corpora(), scorer=wildcards.scorer),
+        "human": expand("results/logprobs/{corpus}/{scorer}.parquet", corpus=uid_corpora(wildcards.promptset), scorer=wildcards.scorer),
         "model_texts": expand("results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet", promptset=wildcards.promptset,
                               scorer=wildcards.scorer, model=uid_models(), context=config["uid"]["contexts"]),
     }
@@ -295,9 +313,9 @@ def uid_inputs(wildcards):
 
 def uid_names(wildcards):
     models = [f"{m}@{c}" for m in uid_models() for c in config["uid"]["contexts"]]
-    return f"--human-names {' '.join(uid_corpora())} --model-names {' '.join(models)}"
+    return f"--human-names {' '.join(uid_corpora(wildcards.promptset))} --model-names {' '.join(models)}"
 
 
 def uid_params(wildcards):
     u = config["uid"]
-    return json.dumps({k: u[k] for k in ("lengths", "n_boot", "seed")})
+    return json.dumps({k: u[k] for k in ("lengths", "n_boot", "seed", "word_level")})

@@ -1,6 +1,23 @@
 # Completions over a temperature grid, and their output-diversity metrics compared across models.
 
 
+rule prompts_from_corpus:
+    input:
+        prompts_corpus,
+    output:
+        "results/prompts/{promptset}.jsonl",
+    params:
+        corpus=prompts_corpus_name,
+        n=prompts_n,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/prompts_from_corpus/{promptset}.log",
+    shell:
+        "python -m lmdelta --log {log} prompts-from-corpus --corpus {input} --corpus-name {params.corpus}"
+        " --n-prompts {params.n:q} --out {output}"
+
+
 rule completions:
     input:
         model=model_input,

@@ -27,6 +27,7 @@ rule uid_score_texts:
 rule uid:
     input:
         unpack(uid_inputs),
+        scorer=scorer_input,
     output:
         docs="results/uid/{promptset}/{scorer}/docs.parquet",
         csv=report(
@@ -68,6 +69,6 @@ rule uid:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m lmdelta --log {log} uid --scorer {wildcards.scorer} --params {params.params:q} {params.names}"
+        "python -m lmdelta --log {log} uid --scorer {wildcards.scorer} --scorer-dir {input.scorer} --params {params.params:q} {params.names}"
         " --human {input.human} --model-texts {input.model_texts} --out-docs {output.docs} --out-csv {output.csv}"
         " --out-txt {output.txt} --out-png {output.png} --out-contours {output.contours}"
