@@ -39,3 +39,54 @@ def test_greedy_and_seeding():
 def test_filter_keeps_at_least_one_token_per_row():
     z = filter_logits(torch.tensor([[0.0, 0.0, 10.0], [1.0, 2.0, 3.0]]), Sampling(temperature=1.0, top_p=0.01, top_k=1))
     assert torch.isfinite(z).sum(-1).tolist() == [1, 1]
+
+
+def test_combine_known_answers():
+    import math
+
+    from lmdelta.decoding import Combination, combine
+
+    pa = torch.tensor([[0.6, 0.3, 0.1]])
+    pb = torch.tensor([[0.2, 0.2, 0.6]])
+    la, lb = pa.log(), pb.log()
+    torch.testing.assert_close(combine([la, lb], Combination(weights=(1.0, -1.0))), (pa / pb).log())
+    torch.testing.assert_close(combine([la, lb], Combination(weights=(0.5, 0.5), space="prob")), (0.5 * pa + 0.5 * pb).log())
+    masked = combine([la, lb], Combination(weights=(1.0, -1.0), plausibility_alpha=0.4))
+    assert torch.isinf(masked[0, 2]) and torch.isfinite(masked[0, :2]).all(), "0.1 < 0.4 * 0.6: not plausible"
+    assert masked[0, 0].item() == pytest.approx(math.log(3.0), rel=1e-6)
+
+
+def test_contrastive_decoding_matches_a_plain_loop(tiny_models):
+    """Two models, greedy on log p_a - log p_b with a plausibility mask, each with its own KV cache and
+    prompt, against a loop that recomputes both models on the whole sequence at every step."""
+    from transformers import AutoModelForCausalLM
+
+    from lmdelta.decoding import Combination, decode_combined
+    from lmdelta.divergence import kl
+
+    a = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    torch.manual_seed(1)
+    b = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    comb = Combination(weights=(1.0, -1.0), plausibility_alpha=0.1)
+    prompt_a, prompt_b = [5, 17, 42, 9], [7, 5, 17, 42, 9]  # each model its own prompt
+    kls = []
+    with torch.no_grad():
+        got = decode_combined([a, b], [(torch.tensor([prompt_a]), torch.ones(1, 4, dtype=torch.long)),
+                                       (torch.tensor([prompt_b]), torch.ones(1, 5, dtype=torch.long))],
+                              comb=comb, max_new_tokens=6, sampling=Sampling(), eos_id=None, pad_id=0, seed=0,
+                              on_step=lambda step, logits: kls.append(kl(logits[0], logits[1]).item()))
+        sa, sb, ref, ref_kl = list(prompt_a), list(prompt_b), [], []
+        for _ in range(6):
+            za, zb = a(torch.tensor([sa])).logits[0, -1], b(torch.tensor([sb])).logits[0, -1]
+            lpa, lpb = torch.log_softmax(za.double(), -1), torch.log_softmax(zb.double(), -1)
+            ref_kl.append(float((lpa.exp() * (lpa - lpb)).sum()))
+            score = torch.where(lpa >= lpa.max() + np.log(0.1), lpa - lpb, torch.tensor(-np.inf, dtype=torch.float64))
+            t = int(score.argmax())
+            ref.append(t)
+            sa.append(t)
+            sb.append(t)
+    assert got[0].tolist() == ref
+    np.testing.assert_allclose(kls, ref_kl, rtol=1e-4, atol=1e-6)

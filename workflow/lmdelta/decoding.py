@@ -1,7 +1,12 @@
-"""The decoding engine: batched, KV-cached, seeded next-token choice.
+"""The decoding engine: batched, KV-cached, seeded next-token choice, for one model or several combined.
 
-One loop serves every stage that generates (completions, the planted check, later the contrastive
-decoder). Why not ``model.generate``: on a CPU its per-step overhead and ``torch.multinomial`` over a
+One loop serves every stage that generates (completions, the planted check, contrastive decoding).
+Several models are combined at each step (``Combination``): in logit space the scores are
+Σ w_i log p_i (contrastive decoding: weights (1, -1) score log p_tuned − log p_base); in probability
+space log Σ w_i p_i (a mixture). An optional plausibility mask keeps only the tokens with
+p_expert >= alpha · max p_expert. Each model reads its own prompt (its own format) and keeps its own
+KV cache; the chosen token is appended for all. Models must share a tokenizer; output layers of
+different sizes are combined on their common leading rows. Why not ``model.generate``: on a CPU its per-step overhead and ``torch.multinomial`` over a
 50k vocabulary cost about a third of each step (measured on SmolLM2, batch 40); here the prompt's
 logits are computed for its last position only, and sampling is an inverse-CDF draw
 (``searchsorted`` on the cumulative distribution) from a seeded ``torch.Generator``.
@@ -15,6 +20,7 @@ renormalised distribution. ``temperature=None`` is greedy (argmax, ties to the l
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 
@@ -59,34 +65,88 @@ def choose(logits, sampling: Sampling, generator):
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=z.shape[-1] - 1)
 
 
+@dataclass(frozen=True)
+class Combination:
+    """How several models' next-token distributions make one score (see the module docstring)."""
+
+    weights: tuple[float, ...]
+    space: str = "logit"  # logit | prob
+    plausibility_alpha: float | None = None
+    expert: int = 0
+
+
+def combine(logits: list, comb: Combination):
+    """Combined next-token scores [B, V] (float32; masked tokens -inf) from each model's logits."""
+    import torch
+
+    if len(logits) != len(comb.weights):
+        raise ValueError(f"{len(logits)} models but {len(comb.weights)} weights")
+    v = min(z.shape[-1] for z in logits)
+    logp = [torch.log_softmax(z[..., :v].float(), dim=-1) for z in logits]
+    if comb.space == "logit":
+        scores = sum(w * lp for w, lp in zip(comb.weights, logp))
+    elif comb.space == "prob":
+        if any(w < 0 for w in comb.weights):
+            raise ValueError("probability-space weights must be >= 0")
+        scores = torch.logsumexp(torch.stack([lp + math.log(w) for w, lp in zip(comb.weights, logp) if w > 0]), dim=0)
+    else:
+        raise ValueError(f"space {comb.space!r}: use logit or prob")
+    if comb.plausibility_alpha is not None:
+        expert = logp[comb.expert]
+        keep = expert >= expert.max(dim=-1, keepdim=True).values + math.log(comb.plausibility_alpha)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return scores
+
+
 def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def decode(model, input_ids, attention_mask, *, max_new_tokens: int, sampling: Sampling, eos_id: int | None,
-           pad_id: int, seed: int):
-    """Continue a left-padded batch; return the new ids [B, n <= max_new_tokens] (pad after EOS)."""
-    import torch
-
-    device = input_ids.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    mask = attention_mask
+def _prefill(model, ids, mask):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
-    past, logits = out.past_key_values, out.logits[:, -1]
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
+    return out.past_key_values, out.logits[:, -1], mask, pos
+
+
+def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | None, max_new_tokens: int, sampling: Sampling,
+                    eos_id: int | None, pad_id: int, seed: int, on_step=None):
+    """Continue a left-padded batch with one or several models; return the new ids [B, n].
+
+    ``inputs`` holds one (input_ids, attention_mask) per model (each model's own prompt format).
+    ``comb`` None means a single model sampled from its own logits. ``on_step(step, logits)`` is
+    called with each model's next-token logits before the choice of token ``step`` (the
+    distributions that predict it), e.g. to record divergences.
+    """
+    import torch
+
+    device = inputs[0][0].device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    states = [_prefill(m, ids, mask) for m, (ids, mask) in zip(models, inputs)]
+    finished = torch.zeros(inputs[0][0].shape[0], dtype=torch.bool, device=device)
     new = []
-    for _ in range(max_new_tokens):
-        nxt = choose(logits, sampling, gen)
+    for step in range(max_new_tokens):
+        logits = [st[1] for st in states]
+        if on_step is not None:
+            on_step(step, logits)
+        scores = logits[0] if comb is None else combine(logits, comb)
+        nxt = choose(scores, sampling, gen)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
         new.append(nxt)
         if eos_id is not None:
             finished |= nxt == eos_id
         if finished.all() or len(new) == max_new_tokens:
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        pos = pos[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
-    return torch.stack(new, dim=1) if new else input_ids[:, :0]
+        for i, (model, (past, _, mask, pos)) in enumerate(zip(models, states)):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+            states[i] = (out.past_key_values, out.logits[:, -1], mask, pos)
+    return torch.stack(new, dim=1) if new else inputs[0][0][:, :0]
+
+
+def decode(model, input_ids, attention_mask, *, max_new_tokens: int, sampling: Sampling, eos_id: int | None,
+           pad_id: int, seed: int):
+    """One model: continue a left-padded batch; return the new ids [B, n <= max_new_tokens] (pad after EOS)."""
+    return decode_combined([model], [(input_ids, attention_mask)], comb=None, max_new_tokens=max_new_tokens,
+                           sampling=sampling, eos_id=eos_id, pad_id=pad_id, seed=seed)
