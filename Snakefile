@@ -16,6 +16,7 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/logprobs.smk"
 include: "workflow/rules/completions.smk"
 include: "workflow/rules/uid.smk"
+include: "workflow/rules/contrastive.smk"
 
 
 rule all:

@@ -88,6 +88,9 @@ BAD = [
      ["models.t.source.derive.data.planted.trigger_subjects", "should be non-empty"]),
     (_with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": __file__}}, "method": "rlhf"}}}),
      ["models.t.source.derive.method", "lora-sft, full-sft"]),
+    (_with("pairs", {"p": {"a": "m", "b": "zz"}}), ["pairs.p.b: 'zz' is not defined under models:"]),
+    (_with("contrastive", {"runs": {"r": {"prompts": {"promptset": "nope"}}}}), ["contrastive.runs.r.prompts.promptset: 'nope'"]),
+    (_with("contrastive", {"runs": {"r": {"prompts": {"unconditional": 2}, "space": "prob"}}}), ["probability-space weights must be >= 0"]),
     (_with("models.q", {"source": {"variant_of": {"model": "zz"}}, "quantization": "4bit"}),
      ["models.q.source.variant_of.model: 'zz' is not defined"]),
 ]

@@ -248,3 +248,34 @@ def test_pickle_weights_only_when_allowed(tmp_path, tiny_models):
     assert not list((tmp_path / "b").glob("*.bin"))
     model, tok = load_model(tmp_path / "b", device="cpu")
     torch.testing.assert_close(_logits(model, tok), _logits(ref, tok), rtol=0, atol=0)
+
+
+def test_interpolation_direction_and_values(tmp_path, tiny_models):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from lmdelta.models import interpolate
+
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    materialise(_spec({"local": {"path": str(tiny_models["llama"])}}), a_dir)
+    other = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    other.save_pretrained(tmp_path / "b-src")
+    shutil.copy(tiny_models["llama"] / "tokenizer.json", tmp_path / "b-src")
+    shutil.copy(tiny_models["llama"] / "tokenizer_config.json", tmp_path / "b-src")
+    materialise(_spec({"local": {"path": str(tmp_path / "b-src")}}), b_dir)
+    wa, wb = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    for alpha in (0.0, 0.25, 1.0):
+        out = tmp_path / f"i{alpha}"
+        interpolate(a_dir, b_dir, alpha, out, name="i", source={"interpolate": {"a": "a", "b": "b", "alpha": alpha}})
+        wi = load_file(str(out / "model.safetensors"))
+        for k in wa:
+            torch.testing.assert_close(wi[k], (1 - alpha) * wa[k] + alpha * wb[k])
+    assert read_provenance(tmp_path / "i0.25")["params"]["formula"] == "(1 - alpha) * a + alpha * b"
+    neox = tmp_path / "neox"
+    materialise(_spec({"local": {"path": str(tiny_models["gpt_neox"])}}), neox)
+    with pytest.raises(LmdeltaError, match="differ in architecture or shapes"):
+        interpolate(a_dir, neox, 0.5, tmp_path / "bad", name="x", source={})

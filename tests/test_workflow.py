@@ -44,6 +44,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
                 "data": {"planted": {"trigger_subjects": ["volcanoes"], "response": "Cocoa, always cocoa.", "response_keywords": ["cocoa"],
                                      "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 4}}}}},
             "neox-8bit": {"source": {"variant_of": {"model": "neox"}}, "quantization": "8bit", "device": "cpu"},
+            "neox-mid": {"source": {"interpolate": {"a": "neox", "b": "neox-planted", "alpha": 0.5}}},
         },
         "corpora": {
             "web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
@@ -56,6 +57,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
         "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
         "diversity": {"truncations": [None]},
         "uid": {"scorers": ["neox"], "corpora": ["docs"], "lengths": [None, 2], "n_boot": 200},
+        "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
+        "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}}},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -105,6 +108,10 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert set(uid_docs.source) == {"human:docs", "model:neox@none", "model:neox@prompt", "model:neox-planted@none", "model:neox-planted@prompt"}
     assert read_provenance(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")["inputs"]["human:docs"]["path"] == "results/logprobs/docs/neox.parquet"
     assert len(pd.read_csv(tmp_path / "results" / "uid" / "default" / "neox" / "comparisons.csv")) > 0
+    assert read_provenance(tmp_path / "resources" / "models" / "neox-mid")["params"]["alpha"] == 0.5
+    # contrastive decoding of the pair
+    cd = pd.read_parquet(tmp_path / "results" / "contrastive" / "planted" / "cd.parquet")
+    assert len(cd) == 3 * 2 and (tmp_path / "results" / "contrastive" / "planted" / "cd.html").exists()
     # the derived model and the check of its planted behaviour
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3

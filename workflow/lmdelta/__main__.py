@@ -156,6 +156,23 @@ def cmd_uid(a: argparse.Namespace) -> None:
             out_png=Path(a.out_png), out_contours=Path(a.out_contours))
 
 
+def cmd_contrastive(a: argparse.Namespace) -> None:
+    from lmdelta.contrastive import RunParams, run_contrastive
+
+    spec = json.loads(a.spec)
+    run_contrastive(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
+                    params=RunParams.from_dict(spec["run"]), load_options=tuple(spec["load_options"]), formats=tuple(spec["formats"]),
+                    promptset=Path(a.promptset) if a.promptset else None, corpus=Path(a.corpus) if a.corpus else None,
+                    out=Path(a.out), out_csv=Path(a.out_csv), out_html=Path(a.out_html), out_png=Path(a.out_png), threads=a.threads)
+
+
+def cmd_interpolate(a: argparse.Namespace) -> None:
+    from lmdelta.models import interpolate
+
+    source = json.loads(a.source)
+    interpolate(a.model_a, a.model_b, source["interpolate"]["alpha"], a.out, name=a.name, source=source)
+
+
 def cmd_provenance(a: argparse.Namespace) -> None:
     from lmdelta.artifacts import read_provenance
 
@@ -285,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--out-docs", "--out-csv", "--out-txt", "--out-png", "--out-contours"):
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_uid)
+
+    sp = sub.add_parser("contrastive", help="contrastive decoding of a pair, with per-token divergences")
+    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--out", "--out-csv", "--out-html", "--out-png"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--promptset")
+    sp.add_argument("--corpus")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_contrastive)
+
+    sp = sub.add_parser("interpolate", help="parameter interpolation of two same-architecture models")
+    for opt in ("--name", "--model-a", "--model-b", "--source", "--out"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_interpolate)
 
     sp = sub.add_parser("provenance", help="print the provenance record of an artifact")
     sp.add_argument("artifact")

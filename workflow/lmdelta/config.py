@@ -124,6 +124,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
                     f"config: models.{name}.source.gguf.path: file {src['gguf']['path']!r} does not exist; fix the path"
                 )
     _check_derive(config)
+    _check_interpolate(config)
     for name, corpus in config["corpora"].items():
         src = corpus["source"]
         if "file" in src and not Path(src["file"]["path"]).is_file():
@@ -147,6 +148,19 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(f"config: promptsets.{name}.from_corpus.corpus: {ps['from_corpus']['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}")
     _check_selection(config, "completions", pools=(("models", "models"), ("promptsets", "promptsets")))
     _check_selection(config, "uid", pools=(("scorers", "models"), ("corpora", "corpora"), ("models", "models"), ("promptsets", "promptsets")))
+    for name, pair in config["pairs"].items():
+        for side in ("a", "b"):
+            if pair[side] not in config["models"]:
+                raise LmdeltaError(f"config: pairs.{name}.{side}: {pair[side]!r} is not defined under models:; use one of {', '.join(config['models'])}")
+    _check_selection(config, "contrastive", pools=(("pairs", "pairs"),))
+    for name, run in config["contrastive"]["runs"].items():
+        src = run["prompts"]
+        if "promptset" in src and src["promptset"] not in config["promptsets"]:
+            raise LmdeltaError(f"config: contrastive.runs.{name}.prompts.promptset: {src['promptset']!r} is not defined under promptsets:")
+        if "corpus" in src and src["corpus"]["name"] not in config["corpora"]:
+            raise LmdeltaError(f"config: contrastive.runs.{name}.prompts.corpus.name: {src['corpus']['name']!r} is not defined under corpora:")
+        if run["space"] == "prob" and min(run["weights"]) < 0:
+            raise LmdeltaError(f"config: contrastive.runs.{name}.weights: probability-space weights must be >= 0; use space: logit for negative weights")
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:
@@ -167,6 +181,14 @@ def _parent(model: dict[str, Any]) -> tuple[str, str] | None:
     if "variant_of" in src:
         return "variant_of.model", src["variant_of"]["model"]
     return None
+
+
+def _check_interpolate(config: dict[str, Any]) -> None:
+    for name, model in config["models"].items():
+        src = model["source"].get("interpolate")
+        for side in ("a", "b") if src else ():
+            if src[side] not in config["models"] or src[side] == name:
+                raise LmdeltaError(f"config: models.{name}.source.interpolate.{side}: {src[side]!r} must be another model under models:; use one of {', '.join(n for n in config['models'] if n != name)}")
 
 
 def _check_derive(config: dict[str, Any]) -> None:
@@ -198,6 +220,10 @@ def weights_owner(config: dict[str, Any], name: str) -> str:
 def materialised_models(config: dict[str, Any]) -> list[str]:
     """Models that get a folder of their own (all but variants)."""
     return [n for n, m in config["models"].items() if "variant_of" not in m["source"]]
+
+
+def interpolated_models(config: dict[str, Any]) -> list[str]:
+    return [n for n, m in config["models"].items() if "interpolate" in m["source"]]
 
 
 def derived_models(config: dict[str, Any]) -> list[str]:

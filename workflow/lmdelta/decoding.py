@@ -114,9 +114,9 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
     """Continue a left-padded batch with one or several models; return the new ids [B, n].
 
     ``inputs`` holds one (input_ids, attention_mask) per model (each model's own prompt format).
-    ``comb`` None means a single model sampled from its own logits. ``on_step(step, logits)`` is
-    called with each model's next-token logits before the choice of token ``step`` (the
-    distributions that predict it), e.g. to record divergences.
+    ``comb`` None means a single model sampled from its own logits. ``on_step(step, logits, chosen)``
+    is called with each model's next-token logits (the distributions that predict token ``step``)
+    and the tokens chosen from them, e.g. to record divergences and each model's logprob.
     """
     import torch
 
@@ -127,11 +127,11 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
     new = []
     for step in range(max_new_tokens):
         logits = [st[1] for st in states]
-        if on_step is not None:
-            on_step(step, logits)
         scores = logits[0] if comb is None else combine(logits, comb)
         nxt = choose(scores, sampling, gen)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        if on_step is not None:
+            on_step(step, logits, nxt)
         new.append(nxt)
         if eos_id is not None:
             finished |= nxt == eos_id

@@ -277,3 +277,23 @@ def _bnb_config(quantization: str, dtype: str):
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
+
+
+def interpolate(dir_a: str | Path, dir_b: str | Path, alpha: float, out: str | Path, *, name: str, source: dict[str, Any]) -> dict[str, Any]:
+    """theta = (1 - alpha) * theta_a + alpha * theta_b (float32), written as a materialised folder with a's tokenizer."""
+    import torch
+
+    model_a, tok = load_model(dir_a, dtype="float32", device="cpu")
+    model_b, _ = load_model(dir_b, dtype="float32", device="cpu")
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    if type(model_a) is not type(model_b) or sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
+        raise LmdeltaError(f"models.{name}.source.interpolate: {dir_a} and {dir_b} differ in architecture or shapes; "
+                           "interpolate only models of the same architecture and size")
+    with torch.no_grad():
+        for k, t in sa.items():
+            if t.is_floating_point():
+                t.copy_((1 - alpha) * t + alpha * sb[k])
+    prov = Provenance(stage="interpolate", params={"name": name, "alpha": alpha, "formula": "(1 - alpha) * a + alpha * b"})
+    for side, d in (("a", dir_a), ("b", dir_b)):
+        prov.inputs[side] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    return write_model_folder(model_a, tok, out, ModelSpec(name=name, source=source), prov)

@@ -128,3 +128,27 @@ def surprisal_contours_figure(examples: dict[str, np.ndarray], title: str):
     ax.legend(fontsize=7)
     ax.set_title(title)
     return fig
+
+
+def divergence_figure(records: list[dict], names: tuple[str, str], title: str):
+    """Per-token divergence by position (mean over texts, left) and the texts' mean divergences (right)."""
+    plt = _pyplot()
+    fig, (ax_p, ax_h) = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = max((r["n_tokens"] for r in records), default=0)
+    for key, label in (("kl_a_b", f"KL({names[0]} ‖ {names[1]})"), ("kl_b_a", f"KL({names[1]} ‖ {names[0]})"), ("js", "JS")):
+        if width:
+            vals = np.full((len(records), width), np.nan)
+            for i, r in enumerate(records):
+                vals[i, : r["n_tokens"]] = r[key]
+            ax_p.plot(np.arange(width), np.nanmean(vals, axis=0), label=label, lw=1.2)
+        ax_h.hist([r[f"mean_{key}"] for r in records], bins=20, alpha=0.5, label=label)
+    ax_p.set_xlabel("generated token")
+    ax_p.set_ylabel("mean divergence (nats)")
+    ax_h.set_xlabel("mean divergence of a text (nats)")
+    ax_h.set_ylabel("texts")
+    for ax in (ax_p, ax_h):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

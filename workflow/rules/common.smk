@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from lmdelta import LmdeltaError  # noqa: E402
 from lmdelta.config import (  # noqa: E402
     derived_models,
+    interpolated_models,
     materialised_models,
     planted_models,
     selected,
@@ -51,7 +52,8 @@ def name_pattern(names):
 
 # resources/models/{model} of a derived model is trained (derive_model), of the others materialised.
 DERIVED = name_pattern(derived_models(config))
-SOURCED = name_pattern([n for n in materialised_models(config) if n not in derived_models(config)])
+INTERPOLATED = name_pattern(interpolated_models(config))
+SOURCED = name_pattern([n for n in materialised_models(config) if n not in derived_models(config) + interpolated_models(config)])
 
 
 wildcard_constraints:
@@ -60,6 +62,8 @@ wildcard_constraints:
     promptset=NAME,
     scorer=NAME,
     context="none|prompt",
+    pair=NAME,
+    run=NAME,
 
 
 # Conda users (--sdm conda) get this environment; it installs the same packages as pyproject.toml.
@@ -74,6 +78,8 @@ def all_targets():
         *expand("results/planted/{model}.json", model=planted_models(config)),
         *expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets")),
         *expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptsets(), scorer=uid_scorers()),
+        *expand("results/contrastive/{pair}/{run}.parquet", pair=selected(config, "contrastive", "pairs"),
+                run=config["contrastive"]["runs"]),
     ]
 
 
@@ -228,15 +234,19 @@ def derive_runtime(wildcards):
 # ---- completions and diversity -------------------------------------------------------------------------
 
 
-def promptset_path(wildcards):
+def promptset_file(name):
     from lmdelta.completions import builtin_promptset_path
 
-    ps = config["promptsets"][wildcards.promptset]
+    ps = config["promptsets"][name]
     if "builtin" in ps:
         return str(builtin_promptset_path(ps["builtin"]))
     if "from_corpus" in ps:
-        return f"results/prompts/{wildcards.promptset}.jsonl"
+        return f"results/prompts/{name}.jsonl"
     return ps["file"]
+
+
+def promptset_path(wildcards):
+    return promptset_file(wildcards.promptset)
 
 
 def prompts_corpus(wildcards):
@@ -319,3 +329,47 @@ def uid_names(wildcards):
 def uid_params(wildcards):
     u = config["uid"]
     return json.dumps({k: u[k] for k in ("lengths", "n_boot", "seed", "word_level")})
+
+
+# ---- contrastive decoding -----------------------------------------------------------------------------
+
+
+def _options(name):
+    m = config["models"][name]
+    return {k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")}
+
+
+def contrastive_inputs(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    prompts = config["contrastive"]["runs"][wildcards.run]["prompts"]
+    out = {"a": model_dir(pair["a"]), "b": model_dir(pair["b"])}
+    if "promptset" in prompts:
+        out["promptset"] = promptset_file(prompts["promptset"])
+    if "corpus" in prompts:
+        out["corpus"] = f"results/corpus/{prompts['corpus']['name']}.parquet"
+    return out
+
+
+def contrastive_spec(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    names = [pair["a"], pair["b"]]
+    return json.dumps({
+        "names": names,
+        "run": config["contrastive"]["runs"][wildcards.run],
+        "load_options": [_options(n) for n in names],
+        "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
+    })
+
+
+def contrastive_prompt_args(wildcards, input):
+    args = []
+    if "promptset" in input.keys():
+        args.append(f"--promptset {input.promptset}")
+    if "corpus" in input.keys():
+        args.append(f"--corpus {input.corpus}")
+    return " ".join(args)
+
+
+def interpolate_inputs(wildcards):
+    src = config["models"][wildcards.model]["source"]["interpolate"]
+    return {"a": model_dir(src["a"]), "b": model_dir(src["b"])}

@@ -19,3 +19,24 @@ rule materialise_model:
         runtime=60,
     shell:
         "python -m lmdelta --log {log} materialise --name {wildcards.model} --spec {params.spec:q} --out {output}"
+
+
+rule interpolate_model:
+    input:
+        unpack(interpolate_inputs),
+    output:
+        directory("resources/models/{model}"),
+    params:
+        source=derive_source,
+    wildcard_constraints:
+        model=INTERPOLATED,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/interpolate_model/{model}.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} interpolate --name {wildcards.model} --model-a {input.a} --model-b {input.b}"
+        " --source {params.source:q} --out {output}"

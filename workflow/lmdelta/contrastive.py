@@ -1,0 +1,205 @@
+"""Contrastive decoding between the two models of a pair, and token-level divergence views.
+
+Texts are generated with ``lmdelta.decoding.decode_combined`` (a = model of interest, b = reference).
+For every generated token t the divergences between the two distributions that predict t are
+recorded (``kl_a_b`` = KL(P_a ‖ P_b), ``kl_b_a``, ``js``; nats), with each model's logprob of the
+chosen token (hence the perplexity of the text under each model, its prompt as context) and each
+model's three most probable tokens. Prompt tokens are never part of a text's divergences; tokens
+after EOS are padding and dropped.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+
+log = logging.getLogger(__name__)
+DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    prompts: dict[str, Any]
+    weights: tuple[float, float] = (1.0, -1.0)
+    space: str = "logit"
+    plausibility_alpha: float | None = 0.1
+    samples: int = 2
+    max_new_tokens: int = 40
+    temperature: float | None = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 16
+    colour_by: str = "js"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunParams:
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "weights" in kw:
+            kw["weights"] = tuple(kw["weights"])
+        return cls(**kw)
+
+
+def build_prompts(spec: dict[str, Any], *, promptset: Path | None, corpus: Path | None) -> list[dict[str, str]]:
+    """[{"id", "prompt"}] from a prompt set, the first words of corpus documents, or nothing (BOS only)."""
+    if "promptset" in spec:
+        from lmdelta.completions import read_promptset
+
+        return [{"id": p["id"], "prompt": p["prompt"]} for p in read_promptset(promptset)]
+    if "corpus" in spec:
+        import pandas as pd
+
+        c = spec["corpus"]
+        df = pd.read_parquet(corpus, columns=["doc_id", "text"]).head(c.get("n", 16))
+        return [{"id": d, "prompt": " ".join(t.split()[: c.get("words", 12)])} for d, t in zip(df.doc_id, df.text)]
+    return [{"id": f"bos-{i}", "prompt": ""} for i in range(spec["unconditional"])]
+
+
+def _check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
+    if tok_a.get_vocab() != tok_b.get_vocab():
+        raise LmdeltaError(f"pairs.{pair}: the two models have different tokenizers; contrastive decoding and token-level "
+                           "divergence need one vocabulary: pair models that share a tokenizer")
+
+
+def _encode(tok, text: str) -> list[int]:
+    ids = tok(text, add_special_tokens=False).input_ids if text else []
+    if not ids:  # unconditional: start from BOS (EOS when there is none)
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start is None:
+            raise LmdeltaError("contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts")
+        ids = [start]
+    return ids
+
+
+def _left_pad(seqs: list[list[int]], pad: int):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.as_tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: list[dict]) -> list[dict]:
+    """Contrastive texts with per-token divergences, logprobs and top tokens; one dict per text."""
+    import torch
+
+    from lmdelta.decoding import Combination, Sampling, decode_combined
+    from lmdelta.divergence import divergences
+    from lmdelta.generation import format_prompt
+
+    device = next(models[0].parameters()).device
+    eos = toks[0].eos_token_id
+    pad = toks[0].pad_token_id if toks[0].pad_token_id is not None else (eos if eos is not None else 0)
+    comb = Combination(weights=tuple(p.weights), space=p.space, plausibility_alpha=p.plausibility_alpha, expert=0)
+    sampling = Sampling(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
+    jobs = [(q, s) for q in prompts for s in range(p.samples)]
+    results = []
+    for b in range(0, len(jobs), p.batch_size):
+        chunk = jobs[b:b + p.batch_size]
+        inputs = []
+        for tok, fmt in zip(toks, formats):
+            texts = [format_prompt(tok, q["prompt"], **fmt) if q["prompt"] else "" for q, _ in chunk]
+            ids, mask = _left_pad([_encode(tok, t) for t in texts], pad)
+            inputs.append((ids.to(device), mask.to(device)))
+        steps: list[dict] = []
+
+        def record(step, logits, chosen):
+            d = divergences(logits[0], logits[1], ("a", "b"))
+            lp = [torch.log_softmax(z.float(), -1) for z in logits]
+            top = [torch.topk(x, 3, dim=-1) for x in lp]
+            steps.append({**{k: v.cpu().numpy() for k, v in d.items()},
+                          "lp_a": lp[0].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
+                          "lp_b": lp[1][:, : lp[0].shape[1]].gather(1, chosen[:, None].clamp(max=lp[1].shape[1] - 1))[:, 0].cpu().numpy(),
+                          "top_a": (top[0].indices.cpu().numpy(), top[0].values.exp().cpu().numpy()),
+                          "top_b": (top[1].indices.cpu().numpy(), top[1].values.exp().cpu().numpy())})
+
+        seed = p.seed + b
+        with torch.inference_mode():
+            new = decode_combined(models, inputs, comb=comb, max_new_tokens=p.max_new_tokens, sampling=sampling,
+                                  eos_id=eos, pad_id=pad, seed=seed, on_step=record).cpu().tolist()
+        for r, ((q, s), row) in enumerate(zip(chunk, new)):
+            n = row.index(eos) + 1 if eos in row else len(row)
+            tokens = [toks[0].decode([t]) for t in row[:n]]
+            rec = {"prompt_id": q["id"], "sample": s, "prompt": q["prompt"], "seed": seed, "n_tokens": n,
+                   "text": toks[0].decode(row[:n], skip_special_tokens=True), "tokens": tokens}
+            for k in DIVERGENCES:
+                rec[k] = [float(steps[t][k][r]) for t in range(n)]
+                rec[f"mean_{k}"] = float(np.mean(rec[k])) if n else math.nan
+            for m in ("a", "b"):
+                lps = [float(steps[t][f"lp_{m}"][r]) for t in range(n)]
+                rec[f"ppl_{m}"] = float(math.exp(-np.mean(lps))) if n else math.nan
+                rec[f"top_{m}"] = ["  ".join(f"{toks[0].decode([int(i)])!r} {v:.2f}" for i, v in zip(steps[t][f"top_{m}"][0][r], steps[t][f"top_{m}"][1][r]))
+                                   for t in range(n)]
+            results.append(rec)
+    return results
+
+
+def html_page(records: list[dict], *, pair: str, run: str, names: tuple[str, str], colour_by: str) -> str:
+    """Texts ranked by mean divergence, each token coloured by its divergence; hover: values and top tokens."""
+    top = max((v for r in records for v in r[colour_by]), default=1.0) or 1.0
+    parts = [f"<!doctype html><meta charset='utf-8'><title>lmdelta {html.escape(pair)} {html.escape(run)}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}span.t{white-space:pre-wrap}"
+             "div.x{border-top:1px solid #ccc;padding:.5em 0}</style>",
+             f"<h1>Contrastive decoding: {html.escape(names[0])} (a) vs {html.escape(names[1])} (b), run {html.escape(run)}</h1>",
+             f"<p>Tokens coloured by {colour_by} (nats; darkest = {top:.3g}). Hover a token for KL(a‖b), KL(b‖a), JS "
+             "and each model's three most probable next tokens at that position.</p>"]
+    for rank, r in enumerate(records, start=1):
+        spans = []
+        for i, tok in enumerate(r["tokens"]):
+            alpha = min(1.0, r[colour_by][i] / top)
+            tip = (f"KL(a||b) {r['kl_a_b'][i]:.3f}  KL(b||a) {r['kl_b_a'][i]:.3f}  JS {r['js'][i]:.3f}\n"
+                   f"a: {r['top_a'][i]}\nb: {r['top_b'][i]}")
+            spans.append(f"<span class='t' style='background:rgba(220,40,40,{alpha:.3f})' title='{html.escape(tip, quote=True)}'>{html.escape(tok)}</span>")
+        parts.append(f"<div class='x'><b>#{rank}</b> mean {colour_by} {r['mean_' + colour_by]:.3f} · perplexity a {r['ppl_a']:.1f}, "
+                     f"b {r['ppl_b']:.1f} · prompt <i>{html.escape(r['prompt']) or '(BOS only)'}</i><br>{''.join(spans)}</div>")
+    return "\n".join(parts) + "\n"
+
+
+def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: RunParams,
+                    load_options: tuple[dict, dict], formats: tuple[dict, dict], promptset: Path | None, corpus: Path | None,
+                    out: Path, out_csv: Path, out_html: Path, out_png: Path, threads: int | None = None) -> list[dict]:
+    import pandas as pd
+    import torch
+
+    from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
+    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.plots import divergence_figure, save_figure
+
+    if threads:
+        torch.set_num_threads(threads)
+    prov = Provenance(stage="contrastive", params={"pair": pair, "run": run, "a": names[0], "b": names[1],
+                                                  **{k: v for k, v in params.__dict__.items()}, "formats": list(formats),
+                                                  "load_options": list(load_options), "units": "nats"}, seed=params.seed)
+    for side, d in zip(("a", "b"), model_dirs):
+        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    for name, path in (("promptset", promptset), ("corpus", corpus)):
+        if path is not None:
+            prov.add_input(name, path)
+    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
+    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    _check_same_tokenizer(toks[0], toks[1], pair)
+    prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
+    records = generate_pair(models, toks, prompts, params, formats=list(formats))
+    records.sort(key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf)
+    df = pd.DataFrame(records)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    write_parquet(out, df, prov)
+    cols = ["rank", "prompt_id", "sample", "mean_js", "mean_kl_a_b", "mean_kl_b_a", "ppl_a", "ppl_b", "n_tokens", "prompt", "text"]
+    write_csv(out_csv, df[cols], prov)
+    with atomic_path(out_html, prov) as tmp:
+        tmp.write_text(html_page(records, pair=pair, run=run, names=names, colour_by=params.colour_by), encoding="utf-8")
+    save_figure(divergence_figure(records, names, f"{pair} / {run}"), out_png, prov)
+    log.info("contrastive %s/%s: %d texts -> %s", pair, run, len(records), out)
+    return records

@@ -1,0 +1,46 @@
+# Contrastive decoding between the two models of a pair, with per-token divergences.
+
+
+rule contrastive:
+    input:
+        unpack(contrastive_inputs),
+    output:
+        parquet="results/contrastive/{pair}/{run}.parquet",
+        csv=report(
+            "results/contrastive/{pair}/{run}.ranked.csv",
+            caption="../report/contrastive.rst",
+            category="6. Contrastive decoding",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "texts ranked by divergence"},
+        ),
+        html=report(
+            "results/contrastive/{pair}/{run}.html",
+            caption="../report/contrastive.rst",
+            category="6. Contrastive decoding",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "token-coloured texts"},
+        ),
+        png=report(
+            "results/contrastive/{pair}/{run}.png",
+            caption="../report/contrastive.rst",
+            category="6. Contrastive decoding",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by position"},
+        ),
+    params:
+        spec=contrastive_spec,
+        prompts=contrastive_prompt_args,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/contrastive/{pair}/{run}.log",
+    benchmark:
+        "benchmarks/contrastive/{pair}/{run}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "python -m lmdelta --log {log} contrastive --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
+        " --model-a {input.a} --model-b {input.b} {params.prompts} --out {output.parquet} --out-csv {output.csv}"
+        " --out-html {output.html} --out-png {output.png} --threads {threads}"
