@@ -18,6 +18,7 @@ from typing import Any
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import iter_jsonl
+from lmdelta.config import known_fields
 
 log = logging.getLogger(__name__)
 BUILTIN_PROMPTSETS = ("default",)
@@ -35,7 +36,7 @@ class CompletionParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompletionParams:
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        kw = known_fields(cls, d)
         if "temperatures" in kw:
             kw["temperatures"] = tuple(float(t) for t in kw["temperatures"])
         return cls(**kw)

@@ -251,6 +251,14 @@ def selected(config: dict[str, Any], section: str, key: str) -> list[str]:
     return list(config[key]) if chosen is None else list(chosen)
 
 
+def known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config section that are fields of the dataclass ``cls`` (the rest is ignored)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read and validate a YAML config file (for use outside Snakemake)."""
     try:

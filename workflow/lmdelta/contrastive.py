@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.config import known_fields
 
 log = logging.getLogger(__name__)
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
@@ -42,7 +43,7 @@ class RunParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunParams:
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        kw = known_fields(cls, d)
         if "weights" in kw:
             kw["weights"] = tuple(kw["weights"])
         return cls(**kw)

@@ -22,6 +22,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, write_csv
+from lmdelta.config import known_fields
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class DeriveParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeriveParams:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return cls(**known_fields(cls, d))
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:

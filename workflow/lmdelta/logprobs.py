@@ -30,6 +30,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
+from lmdelta.config import known_fields
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class LogprobParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LogprobParams:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return cls(**known_fields(cls, d))
 
 
 def prefix_token(tokenizer, policy: str) -> tuple[int | None, str | None]:

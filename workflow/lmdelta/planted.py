@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,12 @@ class PlantedSpec:
     n_train_ordinary: int = 96
     n_heldout: int = 30
     answer_tokens: int = 48
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlantedSpec:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "extra"}
-        return cls(**known)
+        from lmdelta.config import known_fields
+
+        return cls(**known_fields(cls, d))
 
 
 def shows_planted(text: str, keywords: list[str]) -> bool:
