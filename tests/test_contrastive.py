@@ -104,3 +104,24 @@ def test_prompt_sources_and_tokenizer_check(pair, tmp_path):
                         formats=(RAW, RAW), promptset=None, corpus=None, out=tmp_path / "x.parquet", out_csv=tmp_path / "x.csv",
                         out_html=tmp_path / "x.html", out_png=tmp_path / "x.png")
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_prompt_divergences_when_asked(pair, tmp_path):
+    """include_prompt: teacher-forced divergences on the prompt tokens equal a direct computation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recs, _ = run(pair, tmp_path, include_prompt=True, samples=1)
+    tok = AutoTokenizer.from_pretrained(pair / "a")
+    models = [AutoModelForCausalLM.from_pretrained(pair / s).eval() for s in ("a", "b")]
+    for r in recs:
+        ids = tok(r["prompt"], add_special_tokens=False).input_ids
+        assert r["prompt_tokens"] == [tok.decode([i]) for i in ids]
+        with torch.no_grad():
+            la, lb = (torch.log_softmax(m(torch.tensor([ids])).logits[0, :-1].double(), -1) for m in models)
+        ref = (la.exp() * (la - lb)).sum(-1).numpy()
+        assert math.isnan(r["prompt_kl_a_b"][0]), "the first prompt token has no prediction"
+        np.testing.assert_allclose(r["prompt_kl_a_b"][1:], ref, rtol=1e-4, atol=1e-6)
+        assert len(r["prompt_js"]) == len(ids)
+    (tmp_path / "plain").mkdir()
+    plain, _ = run(pair, tmp_path / "plain", samples=1)
+    assert [r["js"] for r in plain] == [r["js"] for r in recs], "generated-token divergences do not depend on the option"

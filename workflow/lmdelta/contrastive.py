@@ -4,8 +4,10 @@ Texts are generated with ``lmdelta.decoding.decode_combined`` (a = model of inte
 For every generated token t the divergences between the two distributions that predict t are
 recorded (``kl_a_b`` = KL(P_a ‖ P_b), ``kl_b_a``, ``js``; nats), with each model's logprob of the
 chosen token (hence the perplexity of the text under each model, its prompt as context) and each
-model's three most probable tokens. Prompt tokens are never part of a text's divergences; tokens
-after EOS are padding and dropped.
+model's three most probable tokens. Tokens after EOS are padding and dropped. With
+``include_prompt`` the prompt's own tokens get divergences too (teacher-forced; columns
+``prompt_tokens``, ``prompt_kl_a_b``, ``prompt_kl_b_a``, ``prompt_js``), which needs both models to
+read the same prompt ids; the generated-token columns and means never include the prompt.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class RunParams:
     seed: int = 0
     batch_size: int = 16
     colour_by: str = "js"
+    include_prompt: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunParams:
@@ -114,6 +117,7 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
             texts = [format_prompt(tok, q["prompt"], **fmt) if q["prompt"] else "" for q, _ in chunk]
             ids, mask = _left_pad([_encode(tok, t) for t in texts], pad)
             inputs.append((ids.to(device), mask.to(device)))
+        prompt_div = _prompt_divergences(models, inputs) if p.include_prompt else None
         steps: list[dict] = []
 
         def record(step, logits, chosen):
@@ -138,6 +142,12 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
             for k in DIVERGENCES:
                 rec[k] = [float(steps[t][k][r]) for t in range(n)]
                 rec[f"mean_{k}"] = float(np.mean(rec[k])) if n else math.nan
+            if prompt_div is not None:
+                ids, mask = inputs[0][0][r].cpu(), inputs[0][1][r].cpu()
+                real = [int(i) for i, k in zip(ids.tolist(), mask.tolist()) if k]
+                rec["prompt_tokens"] = [toks[0].decode([t]) for t in real]
+                for k in DIVERGENCES:
+                    rec[f"prompt_{k}"] = [float("nan")] + prompt_div[k][r][-(len(real) - 1):].tolist() if len(real) > 1 else [float("nan")]
             for m in ("a", "b"):
                 lps = [float(steps[t][f"lp_{m}"][r]) for t in range(n)]
                 rec[f"ppl_{m}"] = float(math.exp(-np.mean(lps))) if n else math.nan
@@ -145,6 +155,22 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
                                    for t in range(n)]
             results.append(rec)
     return results
+
+
+def _prompt_divergences(models, inputs) -> dict:
+    """Teacher-forced divergences on the prompt: entry j of a row predicts prompt token j + 1."""
+    import torch
+
+    from lmdelta.divergence import divergences
+
+    (ids_a, mask_a), (ids_b, mask_b) = inputs
+    if not (torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b)):
+        raise LmdeltaError("contrastive: include_prompt needs both models to read the same prompt ids; "
+                           "give both models the same prompt format (chat_template / prompt_format)")
+    pos = (mask_a.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = [m(input_ids=ids_a, attention_mask=mask_a, position_ids=pos).logits[:, :-1] for m in models]
+    return {k: v.float().cpu().numpy() for k, v in divergences(logits[0], logits[1], ("a", "b")).items()}
 
 
 def html_page(records: list[dict], *, pair: str, run: str, names: tuple[str, str], colour_by: str) -> str:
