@@ -11,6 +11,7 @@ fixed config (batch_size included, as batch composition changes the random strea
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -110,7 +111,7 @@ def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Pat
     return len(df)
 
 
-_SENTENCE_END = __import__("re").compile(r"(?<=[.!?])\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_prompts: int | None) -> int:

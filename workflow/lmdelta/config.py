@@ -18,6 +18,8 @@ import yaml
 from lmdelta import LmdeltaError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+#: The keys of a model entry that ``lmdelta.models.load_model`` takes.
+LOAD_OPTION_KEYS = ("dtype", "quantization", "device", "trust_remote_code")
 
 
 @cache
@@ -294,10 +296,7 @@ class ModelSpec:
         return cls(name=name, **d)
 
     def load_options(self) -> dict[str, Any]:
-        return {
-            "dtype": self.dtype, "quantization": self.quantization, "device": self.device,
-            "trust_remote_code": self.trust_remote_code, "chat_template": self.chat_template,
-        }
+        return {k: getattr(self, k) for k in LOAD_OPTION_KEYS}
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,8 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
             top = [torch.topk(x, 3, dim=-1) for x in lp]
             steps.append({**{k: v.cpu().numpy() for k, v in d.items()},
                           "lp_a": lp[0].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
-                          "lp_b": lp[1][:, : lp[0].shape[1]].gather(1, chosen[:, None].clamp(max=lp[1].shape[1] - 1))[:, 0].cpu().numpy(),
+                          # chosen tokens come from the rows both models share, so they index either model
+                          "lp_b": lp[1].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
                           "top_a": (top[0].indices.cpu().numpy(), top[0].values.exp().cpu().numpy()),
                           "top_b": (top[1].indices.cpu().numpy(), top[1].values.exp().cpu().numpy())})
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
-from lmdelta.config import known_fields
+from lmdelta.config import LOAD_OPTION_KEYS, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def run_logprobs(
         torch.set_num_threads(threads)
     fingerprint = read_fingerprint(model_dir)
     corpus_digest = sha256_file(corpus_path)
-    opts = {k: load_options[k] for k in ("dtype", "quantization", "device", "trust_remote_code") if k in load_options}
+    opts = {k: load_options[k] for k in LOAD_OPTION_KEYS if k in load_options}
     prov = Provenance(stage="logprobs", params={**asdict(params), "load_options": opts, "units": "nats"})
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": fingerprint["digest"]}
     prov.inputs["corpus"] = {"path": str(corpus_path), "sha256": corpus_digest}

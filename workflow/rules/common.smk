@@ -13,6 +13,7 @@ from snakemake.utils import update_config, validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from lmdelta import LmdeltaError  # noqa: E402
 from lmdelta.config import (  # noqa: E402
+    LOAD_OPTION_KEYS,
     derived_models,
     interpolated_models,
     materialised_models,
@@ -101,10 +102,13 @@ def model_input(wildcards):
     return model_dir(wildcards.model)
 
 
+def model_load_options(name):
+    """A model's load options (dtype, quantization, device, trust_remote_code)."""
+    return {k: config["models"][name][k] for k in LOAD_OPTION_KEYS}
+
+
 def load_options(wildcards):
-    """A model's load options (dtype, quantization, device, trust_remote_code) as JSON."""
-    m = config["models"][wildcards.model]
-    return json.dumps({k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")})
+    return json.dumps(model_load_options(wildcards.model))
 
 
 _BYTES_PER_PARAM = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
@@ -199,7 +203,7 @@ def derive_inputs(wildcards):
     return {"base": derive_base(wildcards), "data": train}
 
 
-def derive_source(wildcards):
+def model_source(wildcards):
     return json.dumps(config["models"][wildcards.model]["source"])
 
 
@@ -217,13 +221,13 @@ def chat_template_flag(wildcards):
 
 def base_load_options(wildcards):
     """Load options of the model a derived model comes from (used to distil its answers)."""
-    m = config["models"][derive_spec(wildcards.model)["from"]]
-    return json.dumps({k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")})
+    return json.dumps(model_load_options(derive_spec(wildcards.model)["from"]))
 
 
 def pair_load_options(wildcards):
     """Load options of a derived model and of its base, for the planted-behaviour check."""
-    return json.dumps({"base": json.loads(base_load_options(wildcards)), "tuned": json.loads(load_options(wildcards))})
+    base = derive_spec(wildcards.model)["from"]
+    return json.dumps({"base": model_load_options(base), "tuned": model_load_options(wildcards.model)})
 
 
 def derive_runtime(wildcards):
@@ -309,8 +313,7 @@ def scorer_input(wildcards):
 
 
 def scorer_load_options(wildcards):
-    m = config["models"][wildcards.scorer]
-    return json.dumps({k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")})
+    return json.dumps(model_load_options(wildcards.scorer))
 
 
 def uid_inputs(wildcards):
@@ -334,11 +337,6 @@ def uid_params(wildcards):
 # ---- contrastive decoding -----------------------------------------------------------------------------
 
 
-def _options(name):
-    m = config["models"][name]
-    return {k: m[k] for k in ("dtype", "quantization", "device", "trust_remote_code")}
-
-
 def contrastive_inputs(wildcards):
     pair = config["pairs"][wildcards.pair]
     prompts = config["contrastive"]["runs"][wildcards.run]["prompts"]
@@ -356,7 +354,7 @@ def contrastive_spec(wildcards):
     return json.dumps({
         "names": names,
         "run": config["contrastive"]["runs"][wildcards.run],
-        "load_options": [_options(n) for n in names],
+        "load_options": [model_load_options(n) for n in names],
         "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
     })
 

@@ -35,7 +35,7 @@ rule derive_model:
         model=directory("resources/models/{model}"),
         loss="resources/derive/{model}/loss.csv",
     params:
-        source=derive_source,
+        source=model_source,
         chat_template=chat_template_flag,
         checkpoints="resources/derive/{model}/checkpoints",
     wildcard_constraints:

@@ -27,7 +27,7 @@ rule interpolate_model:
     output:
         directory("resources/models/{model}"),
     params:
-        source=derive_source,
+        source=model_source,
     wildcard_constraints:
         model=INTERPOLATED,
     conda:
