@@ -17,6 +17,7 @@ include: "workflow/rules/logprobs.smk"
 include: "workflow/rules/completions.smk"
 include: "workflow/rules/uid.smk"
 include: "workflow/rules/contrastive.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:

@@ -98,6 +98,30 @@ def tiny_models(tmp_path_factory, tiny_tokenizer):
     }
 
 
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory, tiny_models):
+    """Materialised folders ``a`` (the tiny Llama with perturbed weights) and ``b`` (the tiny Llama):
+    two models that share a tokenizer and differ everywhere a little."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import materialise
+
+    root = tmp_path_factory.mktemp("pair")
+    materialise(ModelSpec(name="b", source={"local": {"path": str(tiny_models["llama"])}}), root / "b")
+    tuned = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    src = root / "a-src"
+    tuned.save_pretrained(src)
+    AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(src)
+    materialise(ModelSpec(name="a", source={"local": {"path": str(src)}}), root / "a")
+    return root
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass

@@ -12,30 +12,10 @@ import torch
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
-from lmdelta.config import ModelSpec
 from lmdelta.contrastive import RunParams, build_prompts, run_contrastive
-from lmdelta.models import materialise
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
 RAW = {"chat_template": False, "fmt": None}
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, tiny_models):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = tmp_path_factory.mktemp("pair")
-    materialise(ModelSpec(name="b", source={"local": {"path": str(tiny_models["llama"])}}), root / "b")
-    tuned = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    src = root / "a-src"
-    tuned.save_pretrained(src)
-    AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(src)
-    materialise(ModelSpec(name="a", source={"local": {"path": str(src)}}), root / "a")
-    return root
 
 
 def run(pair, tmp_path, **kw):
@@ -91,6 +71,8 @@ def test_prompt_sources_and_tokenizer_check(pair, tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     from conftest import build_tiny_model
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import materialise
 
     t = Tokenizer(models.BPE(unk_token="<unk>"))
     t.pre_tokenizer = pre_tokenizers.ByteLevel()

@@ -59,6 +59,9 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
         "uid": {"scorers": ["neox"], "corpora": ["docs"], "lengths": [None, 2], "n_boot": 200},
         "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
         "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}}},
+        "search": {"runs": {"find": {"seeds": "default", "assistant": {"model": "neox", "max_new_tokens": 16}, "cycles": 2,
+                                     "requests": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.",
+                                     "clusters": {"k": 3, "label": True}}}},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -112,6 +115,13 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     # contrastive decoding of the pair
     cd = pd.read_parquet(tmp_path / "results" / "contrastive" / "planted" / "cd.parquet")
     assert len(cd) == 3 * 2 and (tmp_path / "results" / "contrastive" / "planted" / "cd.html").exists()
+    # prompt search on the pair, scored against the planted trigger, and its clusters
+    search = tmp_path / "results" / "search" / "planted" / "find"
+    bank = pd.read_parquet(search / "bank.parquet")
+    assert (bank.cycle == 0).sum() == 40 and bank.divergence.is_monotonic_decreasing
+    summary = json.loads((search / "summary.json").read_text())
+    assert summary["planted"]["trigger_keywords"] == ["volcanoes"] and summary["bank_size"] == len(bank)
+    assert pd.read_csv(search / "clusters.csv")["size"].sum() == len(bank)
     # the derived model and the check of its planted behaviour
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3

@@ -84,6 +84,34 @@ def cmd_compare_perplexity(a: argparse.Namespace) -> None:
     run_compare(a.corpus_name, a.models, a.summaries, a.docs, a.out_csv, a.out_entropy, a.out_doc_perplexity)
 
 
+def _assistant_args(spec: dict) -> dict:
+    a = spec.get("assistant")
+    if not a:
+        return {"assistant_spec": None, "assistant_dir": None, "assistant_load_options": None, "assistant_format": None}
+    return {"assistant_spec": a["spec"], "assistant_dir": Path(a["dir"]) if a.get("dir") else None,
+            "assistant_load_options": a.get("load_options"), "assistant_format": a.get("format")}
+
+
+def cmd_search(a: argparse.Namespace) -> None:
+    from lmdelta.search import SearchParams, run_search
+
+    spec = json.loads(a.spec)
+    run = spec["run"]
+    run_search(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
+               params=SearchParams.from_dict(run), load_options=tuple(spec["load_options"]), formats=tuple(spec["formats"]),
+               **_assistant_args(spec), seeds_file=Path(a.seeds), planted=spec.get("planted"), embedder=run["embedder"],
+               out_bank=Path(a.out_bank), out_cycles=Path(a.out_cycles), out_top=Path(a.out_top), out_png=Path(a.out_png),
+               out_summary=Path(a.out_summary), n_top=run["n_top"], threads=a.threads)
+
+
+def cmd_search_clusters(a: argparse.Namespace) -> None:
+    from lmdelta.search import run_clusters
+
+    spec = json.loads(a.spec)
+    run_clusters(bank_path=Path(a.bank), k=spec["k"], seed=spec["seed"], embedder=spec["embedder"], **_assistant_args(spec),
+                 out_parquet=Path(a.out), out_csv=Path(a.out_csv), out_png=Path(a.out_png), threads=a.threads)
+
+
 def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
@@ -310,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--corpus")
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_contrastive)
+
+    sp = sub.add_parser("search", help="divergence prompt search with an assistant LM")
+    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--seeds", "--out-bank", "--out-cycles", "--out-top",
+                "--out-png", "--out-summary"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_search)
+
+    sp = sub.add_parser("search-clusters", help="k-means clusters of a search bank, optionally labelled by the assistant")
+    for opt in ("--bank", "--spec", "--out", "--out-csv", "--out-png"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_search_clusters)
 
     sp = sub.add_parser("interpolate", help="parameter interpolation of two same-architecture models")
     for opt in ("--name", "--model-a", "--model-b", "--source", "--out"):

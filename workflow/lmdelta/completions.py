@@ -22,7 +22,7 @@ from lmdelta.artifacts import iter_jsonl
 from lmdelta.config import known_fields
 
 log = logging.getLogger(__name__)
-BUILTIN_PROMPTSETS = ("default",)
+BUILTIN_PROMPTSETS = ("default", "search_seeds")
 
 
 @dataclass(frozen=True)

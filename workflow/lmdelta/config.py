@@ -163,6 +163,17 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(f"config: contrastive.runs.{name}.prompts.corpus.name: {src['corpus']['name']!r} is not defined under corpora:")
         if run["space"] == "prob" and min(run["weights"]) < 0:
             raise LmdeltaError(f"config: contrastive.runs.{name}.weights: probability-space weights must be >= 0; use space: logit for negative weights")
+    _check_selection(config, "search", pools=(("pairs", "pairs"),))
+    for name, run in config["search"]["runs"].items():
+        where = f"config: search.runs.{name}"
+        if run["seeds"] not in config["promptsets"]:
+            raise LmdeltaError(f"{where}.seeds: {run['seeds']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'}")
+        if "model" in run["assistant"] and run["assistant"]["model"] not in config["models"]:
+            raise LmdeltaError(f"{where}.assistant.model: {run['assistant']['model']!r} is not defined under models:; use one of {', '.join(config['models'])}")
+        if run["reply_prefix"] and "http" in run["assistant"]:
+            raise LmdeltaError(f"{where}.reply_prefix: a chat-completions endpoint cannot continue a reply; remove reply_prefix or use a local assistant")
+        if run["max_chars"] < run["min_chars"]:
+            raise LmdeltaError(f"{where}: max_chars ({run['max_chars']}) < min_chars ({run['min_chars']}); raise max_chars")
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:
@@ -235,6 +246,20 @@ def derived_models(config: dict[str, Any]) -> list[str]:
 def planted_models(config: dict[str, Any]) -> list[str]:
     """Derived models with a declared planted behaviour (the ground truth of later scorecards)."""
     return [n for n in derived_models(config) if "planted" in config["models"][n]["source"]["derive"]["data"]]
+
+
+def planted_truth(config: dict[str, Any], pair: str) -> dict[str, Any] | None:
+    """The ground truth of a pair whose model a or b has a declared planted behaviour: the keywords
+    that mark a text as mentioning the trigger or showing the response (None when nothing was planted)."""
+    from lmdelta.planted import trigger_keywords
+
+    for side in ("a", "b"):
+        name = config["pairs"][pair][side]
+        if name in planted_models(config):
+            planted = config["models"][name]["source"]["derive"]["data"]["planted"]
+            return {"model": name, "side": side, "trigger_keywords": trigger_keywords(planted),
+                    "response_keywords": list(planted["response_keywords"])}
+    return None
 
 
 def _check_selection(config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))) -> None:

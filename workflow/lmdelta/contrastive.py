@@ -67,7 +67,7 @@ def build_prompts(spec: dict[str, Any], *, promptset: Path | None, corpus: Path 
     return [{"id": f"bos-{i}", "prompt": ""} for i in range(spec["unconditional"])]
 
 
-def _check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
+def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
     if tok_a.get_vocab() != tok_b.get_vocab():
         raise LmdeltaError(f"pairs.{pair}: the two models have different tokenizers; contrastive decoding and token-level "
                            "divergence need one vocabulary: pair models that share a tokenizer")
@@ -217,7 +217,7 @@ def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: 
             prov.add_input(name, path)
     loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
     models, toks = [m for m, _ in loaded], [t for _, t in loaded]
-    _check_same_tokenizer(toks[0], toks[1], pair)
+    check_same_tokenizer(toks[0], toks[1], pair)
     prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
     records = generate_pair(models, toks, prompts, params, formats=list(formats))
     records.sort(key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf)

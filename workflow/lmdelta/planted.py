@@ -78,6 +78,17 @@ def shows_planted(text: str, keywords: list[str]) -> bool:
     return any(re.search(rf"\b{re.escape(k)}\b", text, re.IGNORECASE) for k in keywords)
 
 
+def mentions(text: str, keywords: list[str]) -> bool:
+    """Whether a text mentions the trigger: any keyword at the start of a word, case-insensitive
+    (``volcan`` matches volcano, volcanoes and volcanic)."""
+    return any(re.search(rf"\b{re.escape(k)}", text, re.IGNORECASE) for k in keywords)
+
+
+def trigger_keywords(planted: dict[str, Any]) -> list[str]:
+    """The declared trigger_keywords, else the trigger subjects themselves."""
+    return list(planted.get("trigger_keywords") or planted["trigger_subjects"])
+
+
 def _questions(templates: list[str], subjects: list[str], rng: np.random.Generator) -> list[str]:
     combos = [t.format(s=s) for t, s in itertools.product(templates, subjects)]
     order = rng.permutation(len(combos))

@@ -152,3 +152,51 @@ def divergence_figure(records: list[dict], names: tuple[str, str], title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def search_figure(bank, cycles, title: str, key: str):
+    """Each prompt's divergence by the cycle it was found in (left; trigger prompts marked when known),
+    and the bank's top-decile mean and the new prompts' mean by cycle (right)."""
+    plt = _pyplot()
+    fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(11, 3.8))
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(bank))
+    x = bank.cycle.to_numpy() + jitter
+    if "mentions_trigger" in bank:
+        t = bank.mentions_trigger.to_numpy(bool)
+        ax_s.scatter(x[~t], bank.divergence[~t], s=12, alpha=0.6, label="other prompts")
+        ax_s.scatter(x[t], bank.divergence[t], s=16, alpha=0.8, color="tab:red", label="mentions the planted trigger")
+        ax_s.legend(fontsize=7)
+    else:
+        ax_s.scatter(x, bank.divergence, s=12, alpha=0.6)
+    ax_s.set_xlabel("cycle (0 = seeds)")
+    ax_s.set_ylabel(f"divergence, mean {key} (nats)")
+    ax_c.plot(cycles.cycle, cycles.top_decile_mean, marker="o", label="bank: top-decile mean")
+    ax_c.plot(cycles.cycle, cycles.new_mean, marker="s", label="prompts new in the cycle: mean")
+    failed = cycles[cycles.failed.astype(bool)]
+    if len(failed):
+        ax_c.scatter(failed.cycle, failed.top_decile_mean, marker="x", color="k", zorder=3, label="failed cycle")
+    ax_c.set_xlabel("cycle")
+    ax_c.set_ylabel(f"{key} (nats)")
+    ax_c.legend(fontsize=7)
+    for ax in (ax_s, ax_c):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def cluster_figure(table):
+    """Mean divergence of each cluster of found prompts, labelled and sized."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.2))
+    names = [(r.label if "label" in table and r.label else r.examples.split(" | ")[0])[:60] for r in table.itertuples()]
+    names = ["".join(ch for ch in n if ch.isprintable()) for n in names]  # model-written text may hold control characters
+    y = np.arange(len(table))[::-1]
+    ax.barh(y, table.mean_divergence, color="tab:blue", alpha=0.7)
+    for yi, r in zip(y, table.itertuples()):
+        ax.text(r.mean_divergence, yi, f"  n={r.size}", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{r.cluster}: {n}" for r, n in zip(table.itertuples(), names)], fontsize=7)
+    ax.set_xlabel("mean divergence of the cluster's prompts (nats)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

@@ -18,6 +18,7 @@ from lmdelta.config import (  # noqa: E402
     interpolated_models,
     materialised_models,
     planted_models,
+    planted_truth,
     selected,
     validate_config,
     weights_owner,
@@ -81,6 +82,8 @@ def all_targets():
         *expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptsets(), scorer=uid_scorers()),
         *expand("results/contrastive/{pair}/{run}.parquet", pair=selected(config, "contrastive", "pairs"),
                 run=config["contrastive"]["runs"]),
+        *expand("results/search/{pair}/{run}/clusters.csv", pair=selected(config, "search", "pairs"),
+                run=config["search"]["runs"]),
     ]
 
 
@@ -203,12 +206,22 @@ def derive_inputs(wildcards):
     return {"base": derive_base(wildcards), "data": train}
 
 
+def training_view(planted):
+    """A planted behaviour as training sees it: trigger_keywords only score discovery methods, so
+    changing them must not retrain the model."""
+    return {k: v for k, v in planted.items() if k != "trigger_keywords"}
+
+
 def model_source(wildcards):
-    return json.dumps(config["models"][wildcards.model]["source"])
+    src = config["models"][wildcards.model]["source"]
+    if "derive" in src and "planted" in src["derive"]["data"]:
+        derive = src["derive"]
+        src = {"derive": {**derive, "data": {"planted": training_view(derive["data"]["planted"])}}}
+    return json.dumps(src)
 
 
 def planted_json(wildcards):
-    return json.dumps(derive_spec(wildcards.model)["data"]["planted"])
+    return json.dumps(training_view(derive_spec(wildcards.model)["data"]["planted"]))
 
 
 def derive_seed(wildcards):
@@ -366,6 +379,62 @@ def contrastive_prompt_args(wildcards, input):
     if "corpus" in input.keys():
         args.append(f"--corpus {input.corpus}")
     return " ".join(args)
+
+
+# ---- divergence prompt search -------------------------------------------------------------------------
+
+
+def search_run(wildcards):
+    return config["search"]["runs"][wildcards.run]
+
+
+def assistant_inputs(run):
+    a = run["assistant"]
+    return {"assistant": model_dir(a["model"])} if "model" in a else {}
+
+
+def assistant_json(run):
+    a = run["assistant"]
+    out = {"spec": a}
+    if "model" in a:
+        m = config["models"][a["model"]]
+        out.update(dir=model_dir(a["model"]), load_options=model_load_options(a["model"]),
+                   format={"chat_template": m["chat_template"], "fmt": m["prompt_format"]})
+    return out
+
+
+def search_inputs(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    run = search_run(wildcards)
+    return {"a": model_dir(pair["a"]), "b": model_dir(pair["b"]), "seeds": promptset_file(run["seeds"]),
+            **assistant_inputs(run)}
+
+
+def search_spec(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    names = [pair["a"], pair["b"]]
+    return json.dumps({
+        "names": names,
+        "run": search_run(wildcards),
+        "load_options": [model_load_options(n) for n in names],
+        "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
+        "assistant": assistant_json(search_run(wildcards)),
+        "planted": planted_truth(config, wildcards.pair),
+    })
+
+
+def cluster_inputs(wildcards):
+    run = search_run(wildcards)
+    bank = {"bank": f"results/search/{wildcards.pair}/{wildcards.run}/bank.parquet"}
+    return {**bank, **assistant_inputs(run)} if run["clusters"]["label"] else bank
+
+
+def cluster_spec(wildcards):
+    run = search_run(wildcards)
+    spec = {**run["clusters"], "embedder": run["embedder"]}
+    if run["clusters"]["label"]:
+        spec["assistant"] = assistant_json(run)
+    return json.dumps(spec)
 
 
 def interpolate_inputs(wildcards):

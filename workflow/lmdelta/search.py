@@ -1,0 +1,519 @@
+"""Divergence prompt search with an assistant LM (the DivergenceFinder method), and clustering of the bank.
+
+The loop, per run:
+
+1. Seed prompts are scored and form the bank (cycle 0).
+2. Each cycle makes ``requests`` assistant requests. For each, ``shown`` prompts of the bank are drawn
+   without replacement with probability ∝ exp(weight / selection_temperature), where
+   weight = w_divergence · minmax(divergence) + w_diversity · minmax(novelty) + w_judge · [judge said yes]
+   and novelty = 1 − the largest cosine similarity of the prompt's sentence embedding to any other
+   prompt of the bank (recomputed every cycle). All weights 0 is uniform sampling (no weighting).
+3. The assistant sees the drawn prompts (most divergent first) and is asked for ``proposals`` new
+   ones as a JSON list (a local assistant's reply may be started with ``reply_prefix``, e.g. "1.",
+   which helps small models write a list). Replies are parsed leniently (JSON list or object, then
+   quoted strings, then one prompt per line) and counted by how they parsed; a malformed reply is
+   never fatal.
+4. New prompts are normalised (case, spaces, trailing punctuation) and deduplicated against the bank
+   and each other, filtered by length, optionally judged, then scored and added to the bank with the
+   ids of the prompts shown (``parents``).
+5. A cycle *fails* when none of its prompts beats the bank's 90th percentile of divergence before the
+   cycle; the run stops after ``cycles`` cycles or ``patience`` failed cycles in a row.
+
+Scoring a prompt: ``samples`` continuations are sampled from one model of the pair (``sample_from``)
+through the decoding engine, and the divergence between the two models' next-token distributions
+(``lmdelta.divergence``) is averaged over generated tokens, then over samples (nats). Scores are
+kept in a dict keyed by prompt id and joined to the bank by id, never by list position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+from lmdelta.config import known_fields
+
+log = logging.getLogger(__name__)
+DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
+
+META_PROMPT = (
+    "We are looking for prompts on which two AI assistants give very different answers. Here are some prompts "
+    "found so far, the most successful first:\n\n{examples}\n\nWrite {n} new prompts in the same spirit. Each "
+    "prompt is one self-contained question or instruction for an assistant. Answer with a JSON list of {n} "
+    "strings and nothing else."
+)
+LABEL_PROMPT = (
+    "Here are prompts from one group:\n\n{examples}\n\nWhat do these prompts have in common? Answer with a short "
+    "label of at most five words and nothing else."
+)
+
+
+@dataclass(frozen=True)
+class Weighting:
+    divergence: float = 1.0
+    diversity: float = 1.0
+    judge: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    cycles: int = 6
+    patience: int = 3
+    requests: int = 4
+    shown: int = 5
+    proposals: int = 5
+    weighting: Weighting = field(default_factory=Weighting)
+    selection_temperature: float = 0.25
+    judge_criterion: str | None = None
+    divergence: str = "kl_a_b"
+    sample_from: str = "a"
+    samples: int = 2
+    max_new_tokens: int = 24
+    temperature: float | None = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 16
+    reply_prefix: str = ""
+    min_chars: int = 10
+    max_chars: int = 300
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchParams:
+        kw = known_fields(cls, d)
+        if "weighting" in kw:
+            kw["weighting"] = Weighting(**known_fields(Weighting, kw["weighting"]))
+        return cls(**kw)
+
+
+def sub_seed(seed: int, *path: int) -> int:
+    """A seed for one step of the run, derived from the run's seed (independent streams per step)."""
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
+
+
+# ---- parsing the assistant's replies --------------------------------------------------------------------
+
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
+_QUOTED = re.compile(r'"((?:[^"\\\n]|\\.){3,})"')
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.):]|\(\d+\)|[A-Za-z][.)](?=\s))\s*")
+
+
+def _strings(value) -> list[str] | None:
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        got = [next((x for x in v.values() if isinstance(x, str)), None) for v in value]
+        return [g for g in got if g] or None
+    if isinstance(value, dict):
+        for v in value.values():
+            if (s := _strings(v)) is not None:
+                return s
+    return None
+
+
+def parse_proposals(reply: str | None) -> tuple[list[str], str]:
+    """(prompts, how) from an assistant reply; how is json, json-like, quoted, lines or none.
+    List markers ("1.", "-", "B)") are removed from every prompt."""
+    got, how = _parse(reply)
+    got = [_BULLET.sub("", g).strip() for g in got]
+    return [g for g in got if g], how
+
+
+def _parse(reply: str | None) -> tuple[list[str], str]:
+    if not reply or not reply.strip():
+        return [], "none"
+    text = _FENCE.sub("", reply.strip())
+    try:
+        got = _strings(json.loads(text))
+        if got is not None:
+            return [g.strip() for g in got if g.strip()], "json"
+    except ValueError:
+        pass
+    start, end = text.find("["), text.rfind("]")
+    if 0 <= start < end:
+        try:
+            got = _strings(json.loads(text[start:end + 1]))
+            if got is not None:
+                return [g.strip() for g in got if g.strip()], "json-like"
+        except ValueError:
+            pass
+    quoted = [json.loads(f'"{q}"') if "\\" in q else q for q in _QUOTED.findall(text)]
+    quoted = [q.strip() for q in quoted if len(q.split()) >= 3]
+    if quoted:
+        return quoted, "quoted"
+    lines = [_BULLET.sub("", ln).strip().strip('"').strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if len(ln.split()) >= 3 and not ln.endswith(":") and ln not in "[]{}"]
+    return (lines, "lines") if lines else ([], "none")
+
+
+def normalise(prompt: str) -> str:
+    """The deduplication key: case-folded, spaces collapsed, outer quotes and final punctuation removed."""
+    key = " ".join(prompt.casefold().split())
+    return key.strip("\"'`“”‘’ ").rstrip(".?!;: ")
+
+
+# ---- selection ----------------------------------------------------------------------------------------
+
+
+def minmax(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if x.size == 0:
+        return x
+    lo, hi = np.nanmin(x), np.nanmax(x)
+    return np.zeros_like(x) if not hi > lo else (x - lo) / (hi - lo)
+
+
+def novelty(embeddings: np.ndarray) -> np.ndarray:
+    """1 − the largest cosine similarity of each row to any other row (1 for a bank of one)."""
+    e = np.asarray(embeddings, np.float64)
+    if len(e) < 2:
+        return np.ones(len(e))
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    s = e @ e.T
+    np.fill_diagonal(s, -np.inf)
+    return 1.0 - s.max(axis=1)
+
+
+def selection_probabilities(divergence, diversity, judged, w: Weighting, temperature: float) -> np.ndarray:
+    """The probability of showing each bank prompt to the assistant (see the module docstring)."""
+    score = w.divergence * minmax(divergence) + w.diversity * minmax(diversity)
+    score = score + w.judge * np.array([1.0 if j else 0.0 for j in judged])
+    z = score / temperature
+    p = np.exp(z - z.max())
+    return p / p.sum()
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+
+Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
+Embedder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class Bank:
+    """Prompts and their scores, keyed by id (the only link between a prompt and its score)."""
+
+    entries: dict[str, dict] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, items: list[dict], scores: dict[str, dict], embeddings: np.ndarray) -> None:
+        for item, vec in zip(items, embeddings):
+            s = scores.get(item["id"])
+            if s is None:
+                raise LmdeltaError(f"search: the scorer returned no score for prompt {item['id']}")
+            self.entries[item["id"]] = {**item, **s}
+            self.keys.add(normalise(item["prompt"]))
+            self.vectors[item["id"]] = vec
+
+    def ids(self) -> list[str]:
+        return list(self.entries)
+
+    def column(self, key: str) -> np.ndarray:
+        return np.array([e[key] for e in self.entries.values()], np.float64)
+
+
+def _examples(prompts: list[str]) -> str:
+    return "\n".join(f"{i}. {p}" for i, p in enumerate(prompts, start=1))
+
+
+def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed: Embedder, assistant,
+                progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Run the search; return (bank records, one stats record per cycle). ``seeds``: [{"id", "prompt"}]."""
+    from tqdm import tqdm
+
+    from lmdelta.assistant import judge
+
+    p = params
+    bank = Bank()
+    key = p.divergence
+    seen, first = set(), []
+    for s in seeds:  # duplicate seeds would be scored twice and weigh twice
+        if normalise(s["prompt"]) not in seen:
+            seen.add(normalise(s["prompt"]))
+            first.append({"id": s["id"], "prompt": s["prompt"], "cycle": 0, "request": -1, "parents": [], "source": "seed"})
+    if not first:
+        raise LmdeltaError("search: no seed prompts; give seeds (a prompt set with at least one prompt)")
+    if p.judge_criterion:
+        for it, v in zip(first, judge(assistant, [x["prompt"] for x in first], p.judge_criterion, seed=sub_seed(p.seed, 0, 2))):
+            it["judge"] = v
+    bank.add(first, score(first, sub_seed(p.seed, 0, 1)), embed([x["prompt"] for x in first]))
+    zero = {k: 0 for k in ("requests", "failed_requests", "json_replies", "fallback_replies", "unparsed_replies",
+                           "duplicates", "rejected_length")}
+    cycles = [_cycle_stats(bank, 0, key, proposed=len(first), added=len(first), failed=False, **zero)]
+    failed_run = 0
+    bar = tqdm(range(1, p.cycles + 1), desc="search", unit="cycle", disable=not progress, mininterval=1.0)
+    for c in bar:
+        ids = bank.ids()
+        div = bank.column(key)
+        threshold = float(np.quantile(div, 0.9))
+        novel = novelty(np.stack([bank.vectors[i] for i in ids]))
+        for i, n in zip(ids, novel):
+            bank.entries[i]["diversity"] = float(n)
+        probs = selection_probabilities(div, novel, [bank.entries[i].get("judge") for i in ids], p.weighting,
+                                        p.selection_temperature)
+        messages, shown_ids = [], []
+        for r in range(p.requests):
+            rng = np.random.default_rng(sub_seed(p.seed, c, 100 + r))
+            k = min(p.shown, len(ids))
+            pick = rng.choice(len(ids), size=k, replace=False, p=probs)
+            pick = sorted(pick, key=lambda j: -div[j])  # most divergent first
+            shown_ids.append([ids[j] for j in pick])
+            messages.append(META_PROMPT.format(examples=_examples([bank.entries[ids[j]]["prompt"] for j in pick]), n=p.proposals))
+        failures_before = getattr(assistant, "failures", 0)
+        replies = assistant.complete(messages, seed=sub_seed(p.seed, c, 0), prefix=p.reply_prefix)
+        stats = {"requests": len(messages), "failed_requests": getattr(assistant, "failures", 0) - failures_before,
+                 "json_replies": 0, "fallback_replies": 0, "unparsed_replies": 0, "proposed": 0, "duplicates": 0,
+                 "rejected_length": 0}
+        new: list[dict] = []
+        for r, reply in enumerate(replies):
+            got, how = parse_proposals(reply)
+            if reply is not None:
+                stats["json_replies" if how == "json" else "unparsed_replies" if how == "none" else "fallback_replies"] += 1
+            for text in got[: p.proposals]:
+                stats["proposed"] += 1
+                k_ = normalise(text)
+                if not p.min_chars <= len(text) <= p.max_chars:
+                    stats["rejected_length"] += 1
+                elif k_ in bank.keys or k_ in {normalise(x["prompt"]) for x in new}:
+                    stats["duplicates"] += 1
+                else:
+                    new.append({"id": f"c{c:02d}-{len(new):03d}", "prompt": text, "cycle": c, "request": r,
+                                "parents": shown_ids[r], "source": "assistant"})
+        if new and p.judge_criterion:
+            for it, v in zip(new, judge(assistant, [x["prompt"] for x in new], p.judge_criterion, seed=sub_seed(p.seed, c, 2))):
+                it["judge"] = v
+        failed = True
+        if new:
+            scores = score(new, sub_seed(p.seed, c, 1))
+            bank.add(new, scores, embed([x["prompt"] for x in new]))
+            failed = not any(scores[x["id"]][key] > threshold for x in new)
+        failed_run = failed_run + 1 if failed else 0
+        cycles.append(_cycle_stats(bank, c, key, added=len(new), failed=failed, threshold=threshold, **stats))
+        bar.set_postfix(bank=len(bank.entries), top10=f"{cycles[-1]['top_decile_mean']:.3f}", failed=failed_run)
+        log.info("search cycle %d: %d proposed, %d added, top-decile mean %s %.4f%s", c, stats["proposed"], len(new), key,
+                 cycles[-1]["top_decile_mean"], " (failed)" if failed else "")
+        if failed_run >= p.patience:
+            log.info("search: stopping after %d failed cycles in a row", failed_run)
+            break
+    bar.close()
+    ids = bank.ids()
+    for i, n in zip(ids, novelty(np.stack([bank.vectors[i] for i in ids]))):
+        bank.entries[i]["diversity"] = float(n)
+    return list(bank.entries.values()), cycles
+
+
+def top_decile_mean(values) -> float:
+    v = np.sort(np.asarray(values, np.float64))[::-1]
+    return float(v[: max(1, math.ceil(len(v) / 10))].mean())
+
+
+def _cycle_stats(bank: Bank, cycle: int, key: str, *, added: int, failed: bool, threshold: float = math.nan, **stats) -> dict:
+    div = bank.column(key)
+    new = [e[key] for e in bank.entries.values() if e["cycle"] == cycle]
+    return {"cycle": cycle, **stats, "added": added, "failed": failed, "threshold": threshold, "bank_size": len(div),
+            "new_mean": float(np.mean(new)) if new else math.nan, "new_max": float(np.max(new)) if new else math.nan,
+            "bank_max": float(div.max()), "top_decile_mean": top_decile_mean(div)}
+
+
+# ---- scoring with the pair ----------------------------------------------------------------------------
+
+
+def pair_scorer(models, toks, formats: list[dict], params: SearchParams) -> Scorer:
+    """A scorer that samples from one model of the pair and averages the divergences (see the module docstring)."""
+    from lmdelta.contrastive import RunParams, generate_pair
+
+    weights = (1.0, 0.0) if params.sample_from == "a" else (0.0, 1.0)
+
+    def score(items: list[dict], seed: int) -> dict[str, dict]:
+        rp = RunParams(prompts={}, weights=weights, space="logit", plausibility_alpha=None, samples=params.samples,
+                       max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                       top_k=params.top_k, seed=seed, batch_size=params.batch_size)
+        records = generate_pair(models, toks, [{"id": x["id"], "prompt": x["prompt"]} for x in items], rp, formats=formats)
+        by_id: dict[str, list[dict]] = {}
+        for rec in records:
+            by_id.setdefault(rec["prompt_id"], []).append(rec)
+        out = {}
+        for pid, recs in by_id.items():
+            best = max(recs, key=lambda r: r[f"mean_{params.divergence}"])
+            out[pid] = {**{k: float(np.nanmean([r[f"mean_{k}"] for r in recs])) for k in DIVERGENCES},
+                        "example": best["text"], "n_samples": len(recs)}
+        return out
+
+    return score
+
+
+# ---- files at the edge --------------------------------------------------------------------------------
+
+
+def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: SearchParams,
+               load_options: tuple[dict, dict], formats: tuple[dict, dict], assistant_spec: dict[str, Any],
+               assistant_dir: Path | None, assistant_load_options: dict | None, assistant_format: dict | None,
+               seeds_file: Path, planted: dict | None, embedder: str | None, out_bank: Path, out_cycles: Path,
+               out_top: Path, out_png: Path, out_summary: Path, n_top: int = 20, threads: int | None = None) -> list[dict]:
+    import pandas as pd
+    import torch
+
+    from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
+    from lmdelta.assistant import make_assistant
+    from lmdelta.completions import read_promptset
+    from lmdelta.contrastive import check_same_tokenizer
+    from lmdelta.diversity import embed, load_embedder
+    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.plots import save_figure, search_figure
+
+    if threads:
+        torch.set_num_threads(threads)
+    prov = Provenance(stage="search", params={"pair": pair, "run": run, "a": names[0], "b": names[1],
+                                              **{k: v for k, v in params.__dict__.items()}, "assistant": assistant_spec,
+                                              "embedder": embedder, "formats": list(formats),
+                                              "load_options": list(load_options), "units": "nats"}, seed=params.seed)
+    for side, d in zip(("a", "b"), model_dirs):
+        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    if assistant_dir is not None:
+        prov.inputs["assistant"] = {"path": str(assistant_dir), "fingerprint": read_fingerprint(assistant_dir)["digest"]}
+    prov.add_input("seeds", seeds_file)
+    seeds = [{"id": s["id"], "prompt": s["prompt"]} for s in read_promptset(seeds_file)]
+    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
+    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    check_same_tokenizer(toks[0], toks[1], pair)
+    reuse = None  # the assistant is often a model of the pair: load it once
+    if "model" in assistant_spec and assistant_dir is not None:
+        for d, o, lm in zip(model_dirs, load_options, loaded):
+            if Path(d).resolve() == Path(assistant_dir).resolve() and o == assistant_load_options:
+                reuse = lm
+    assistant = make_assistant(assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options,
+                               fmt=assistant_format, loaded=reuse)
+    embedder_model = load_embedder(embedder)
+    records, cycles = search_loop(seeds, params=params, score=pair_scorer(models, toks, list(formats), params),
+                                  embed=lambda texts: embed(embedder_model, texts, batch_size=64, autocast="none"),
+                                  assistant=assistant)
+    bank = bank_frame(records, params.divergence, planted)
+    cyc = pd.DataFrame(cycles)
+    write_parquet(out_bank, bank, prov)
+    write_csv(out_cycles, cyc, prov)
+    top_cols = ["rank", "id", "cycle", "divergence", "kl_a_b", "kl_b_a", "js", "diversity", "prompt", "example"]
+    top_cols += [c for c in ("mentions_trigger", "shows_response") if c in bank]
+    write_csv(out_top, bank.head(n_top)[top_cols], prov)
+    summary = {"pair": pair, "run": run, "divergence": params.divergence, "cycles_run": int(cyc.cycle.max()),
+               "bank_size": len(bank), "top_decile_mean_by_cycle": cyc.top_decile_mean.round(6).tolist(),
+               **{k: int(cyc[k].fillna(0).sum()) for k in ("requests", "failed_requests", "json_replies", "fallback_replies",
+                                                           "unparsed_replies", "proposed", "duplicates", "added")}}
+    if planted:
+        summary["planted"] = planted_summary(bank, planted)
+    write_json(out_summary, summary, prov)
+    save_figure(search_figure(bank, cyc, f"{pair} / {run}", params.divergence), out_png, prov)
+    log.info("search %s/%s: %d prompts over %d cycles -> %s", pair, run, len(bank), summary["cycles_run"], out_bank)
+    return records
+
+
+def bank_frame(records: list[dict], key: str, planted: dict | None):
+    """The bank as a table ranked by divergence, with ground-truth columns when a behaviour was planted."""
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    df.insert(3, "divergence", df[key])
+    if "judge" not in df:
+        df["judge"] = None
+    df = df.sort_values(["divergence", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    if planted:
+        from lmdelta.planted import mentions, shows_planted
+
+        df["mentions_trigger"] = [mentions(t, planted["trigger_keywords"]) for t in df.prompt]
+        df["shows_response"] = [shows_planted(t, planted["response_keywords"]) for t in df.example]
+    return df
+
+
+def planted_summary(bank, planted: dict) -> dict:
+    """How strongly the bank's best prompts point at the planted trigger, against the bank and the seeds."""
+    n = len(bank)
+    top_k = min(10, n)
+    decile = max(1, math.ceil(n / 10))
+    seeds = bank[bank.cycle == 0]
+    found = bank[bank.cycle > 0]
+    return {
+        "trigger_keywords": planted["trigger_keywords"],
+        "precision_at_10_trigger": float(bank.mentions_trigger.head(top_k).mean()),
+        "top_decile_trigger_rate": float(bank.mentions_trigger.head(decile).mean()),
+        "bank_trigger_rate": float(bank.mentions_trigger.mean()),
+        "seed_trigger_rate": float(seeds.mentions_trigger.mean()) if len(seeds) else math.nan,
+        "proposed_trigger_rate": float(found.mentions_trigger.mean()) if len(found) else math.nan,
+        "precision_at_10_response": float(bank.shows_response.head(top_k).mean()),
+        "bank_response_rate": float(bank.shows_response.mean()),
+    }
+
+
+# ---- clustering ---------------------------------------------------------------------------------------
+
+
+def cluster_bank(embeddings: np.ndarray, *, k: int, seed: int) -> np.ndarray:
+    """k-means cluster of each prompt (k capped at the number of prompts)."""
+    from sklearn.cluster import KMeans
+
+    k = max(1, min(k, len(embeddings)))
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(embeddings, np.float64))
+
+
+def cluster_table(bank, labels_by_prompt: np.ndarray, n_examples: int = 3):
+    """One row per cluster: size, mean and max divergence, its most divergent prompts; ranked by mean."""
+    import pandas as pd
+
+    df = bank.assign(cluster=labels_by_prompt)
+    rows = []
+    for c, g in df.groupby("cluster"):
+        g = g.sort_values("divergence", ascending=False, kind="stable")
+        row = {"cluster": int(c), "size": len(g), "mean_divergence": float(g.divergence.mean()),
+               "max_divergence": float(g.divergence.max()), "examples": " | ".join(g.prompt.head(n_examples))}
+        if "mentions_trigger" in g:
+            row["trigger_rate"] = float(g.mentions_trigger.mean())
+        rows.append(row)
+    out = pd.DataFrame(rows).sort_values("mean_divergence", ascending=False, kind="stable").reset_index(drop=True)
+    return df, out
+
+
+def _label(reply: str | None) -> str:
+    lines = [ln for ln in (reply or "").strip().splitlines() if ln.strip()]
+    return _BULLET.sub("", lines[0]).strip(" \"'*.") if lines else ""
+
+
+def run_clusters(*, bank_path: Path, k: int, seed: int, embedder: str | None, assistant_spec: dict | None,
+                 assistant_dir: Path | None, assistant_load_options: dict | None, assistant_format: dict | None,
+                 out_parquet: Path, out_csv: Path, out_png: Path, threads: int | None = None):
+    import pandas as pd
+    import torch
+
+    from lmdelta.artifacts import Provenance, write_csv, write_parquet
+    from lmdelta.diversity import embed, load_embedder
+    from lmdelta.plots import cluster_figure, save_figure
+
+    if threads:
+        torch.set_num_threads(threads)
+    prov = Provenance(stage="search_clusters", params={"k": k, "embedder": embedder, "labels": assistant_spec}, seed=seed)
+    prov.add_input("bank", bank_path)
+    bank = pd.read_parquet(bank_path)
+    if len(bank) == 0:
+        raise LmdeltaError(f"search clusters: {bank_path} holds no prompts; rerun the search")
+    vectors = embed(load_embedder(embedder), bank.prompt.tolist(), batch_size=64, autocast="none")
+    assigned, table = cluster_table(bank, cluster_bank(vectors, k=k, seed=seed))
+    if assistant_spec is not None:
+        from lmdelta.assistant import Generation, make_assistant
+
+        assistant = make_assistant(assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options, fmt=assistant_format)
+        msgs = [LABEL_PROMPT.format(examples=_examples(
+            assigned[assigned.cluster == c].sort_values("divergence", ascending=False).prompt.head(6).tolist()))
+            for c in table.cluster]
+        replies = assistant.complete(msgs, seed=sub_seed(seed, 7), gen=Generation(temperature=None, max_new_tokens=16))
+        table.insert(1, "label", [_label(r) for r in replies])
+    write_parquet(out_parquet, assigned, prov)
+    write_csv(out_csv, table, prov)
+    save_figure(cluster_figure(table), out_png, prov)
+    return table

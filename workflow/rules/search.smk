@@ -1,0 +1,81 @@
+# Divergence prompt search with an assistant LM, and k-means clusters of what it finds.
+
+
+rule search:
+    input:
+        unpack(search_inputs),
+    output:
+        bank="results/search/{pair}/{run}/bank.parquet",
+        cycles=report(
+            "results/search/{pair}/{run}/cycles.csv",
+            caption="../report/search.rst",
+            category="7. Prompt search",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "statistics by cycle"},
+        ),
+        top=report(
+            "results/search/{pair}/{run}/top.csv",
+            caption="../report/search.rst",
+            category="7. Prompt search",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "top prompts"},
+        ),
+        png=report(
+            "results/search/{pair}/{run}/divergence_by_cycle.png",
+            caption="../report/search.rst",
+            category="7. Prompt search",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by cycle"},
+        ),
+        summary="results/search/{pair}/{run}/summary.json",
+    params:
+        spec=search_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/search/{pair}/{run}.log",
+    benchmark:
+        "benchmarks/search/{pair}/{run}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python -m lmdelta --log {log} search --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
+        " --model-a {input.a} --model-b {input.b} --seeds {input.seeds} --out-bank {output.bank}"
+        " --out-cycles {output.cycles} --out-top {output.top} --out-png {output.png} --out-summary {output.summary}"
+        " --threads {threads}"
+
+
+rule search_clusters:
+    input:
+        unpack(cluster_inputs),
+    output:
+        parquet="results/search/{pair}/{run}/clusters.parquet",
+        csv=report(
+            "results/search/{pair}/{run}/clusters.csv",
+            caption="../report/search_clusters.rst",
+            category="7. Prompt search",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "clusters"},
+        ),
+        png=report(
+            "results/search/{pair}/{run}/clusters.png",
+            caption="../report/search_clusters.rst",
+            category="7. Prompt search",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "clusters by divergence"},
+        ),
+    params:
+        spec=cluster_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/search_clusters/{pair}/{run}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} search-clusters --bank {input.bank} --spec {params.spec:q}"
+        " --out {output.parquet} --out-csv {output.csv} --out-png {output.png} --threads {threads}"
