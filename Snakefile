@@ -18,6 +18,7 @@ include: "workflow/rules/completions.smk"
 include: "workflow/rules/uid.smk"
 include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/softprompt.smk"
 
 
 rule all:

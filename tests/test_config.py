@@ -100,6 +100,10 @@ BAD = [
      ["search.runs.r.assistant.http.base_url"]),
     (_with("search", {"runs": {"r": {"seeds": "default", "assistant": {"model": "m"}, "divergence": "tv"}}}),
      ["search.runs.r.divergence", "kl_a_b, kl_b_a, js"]),
+    (_with("softprompt", {"runs": {"r": {}}}), ["softprompt.runs.r", "give corpus:"]),
+    (_with("softprompt", {"runs": {"r": {"corpus": "zz"}}}), ["softprompt.runs.r.corpus: 'zz' is not defined under corpora:"]),
+    (_with("softprompt", {"runs": {"r": {"corpus": "c", "init": "text"}}}), ["softprompt.runs.r.init_text"]),
+    (_with("softprompt", {"runs": {"r": {"corpus": "c", "placement": "middle"}}}), ["softprompt.runs.r.placement", "prefix, chat"]),
     (_with("models.q", {"source": {"variant_of": {"model": "zz"}}, "quantization": "4bit"}),
      ["models.q.source.variant_of.model: 'zz' is not defined"]),
 ]

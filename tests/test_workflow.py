@@ -62,6 +62,10 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
         "search": {"runs": {"find": {"seeds": "default", "assistant": {"model": "neox", "max_new_tokens": 16}, "cycles": 2,
                                      "requests": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.",
                                      "clusters": {"k": 3, "label": True}}}},
+        "softprompt": {"runs": {"sp": {"corpus": "docs", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 4, "eval_every": 2,
+                                       "eval_windows": 4, "autocast": "none",
+                                       "hard": {"pez_steps": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
+                                                "max_new_tokens": 3, "n_top": 2, "k_clusters": 2}}}},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -122,6 +126,11 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     summary = json.loads((search / "summary.json").read_text())
     assert summary["planted"]["trigger_keywords"] == ["volcanoes"] and summary["bank_size"] == len(bank)
     assert pd.read_csv(search / "clusters.csv")["size"].sum() == len(bank)
+    # soft prompt and the hard prompts extracted from it
+    soft = json.loads((tmp_path / "results" / "softprompt" / "planted" / "sp" / "summary.json").read_text())
+    assert soft["steps_run"] == 4 and soft["heldout_without_prompt"] > 0
+    hard = pd.read_parquet(tmp_path / "results" / "hardprompt" / "planted" / "sp" / "prompts.parquet")
+    assert set(hard.method) >= {"nearest-cosine", "snippet"} and hard.is_baseline.sum() == (~hard.is_baseline).sum()
     # the derived model and the check of its planted behaviour
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3

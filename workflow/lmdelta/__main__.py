@@ -112,6 +112,30 @@ def cmd_search_clusters(a: argparse.Namespace) -> None:
                  out_parquet=Path(a.out), out_csv=Path(a.out_csv), out_png=Path(a.out_png), threads=a.threads)
 
 
+def cmd_softprompt(a: argparse.Namespace) -> None:
+    from lmdelta.softprompt import SoftPromptParams, run_softprompt
+
+    spec = json.loads(a.spec)
+    run_softprompt(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
+                   params=SoftPromptParams.from_dict(spec["run"]), load_options=tuple(spec["load_options"]),
+                   corpus=Path(a.corpus), out_prompt=Path(a.out), out_metrics=Path(a.out_metrics), out_png=Path(a.out_png),
+                   out_summary=Path(a.out_summary), ckpt_dir=Path(a.checkpoints),
+                   tensorboard_dir=Path(a.tensorboard) if a.tensorboard else None, threads=a.threads)
+
+
+def cmd_hardprompt(a: argparse.Namespace) -> None:
+    from lmdelta.hardprompt import HardPromptParams, run_hardprompt
+    from lmdelta.softprompt import SoftPromptParams
+
+    spec = json.loads(a.spec)
+    run_hardprompt(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
+                   soft_path=Path(a.soft), sp_params=SoftPromptParams.from_dict(spec["run"]),
+                   hp_params=HardPromptParams.from_dict(spec["run"].get("hard", {})), load_options=tuple(spec["load_options"]),
+                   corpus=Path(a.corpus), planted=spec.get("planted"), embedder=spec["run"].get("embedder"),
+                   out_prompts=Path(a.out), out_csv=Path(a.out_csv), out_projection=Path(a.out_projection),
+                   out_summary=Path(a.out_summary), out_clusters=Path(a.out_clusters), out_png=Path(a.out_png), threads=a.threads)
+
+
 def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
@@ -351,6 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(opt, required=True)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_search_clusters)
+
+    sp = sub.add_parser("softprompt", help="train a soft prompt that maximises a pair's divergence")
+    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--corpus", "--out", "--out-metrics", "--out-png",
+                "--out-summary", "--checkpoints"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--tensorboard", help="TensorBoard log folder (used when tensorboard is installed)")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_softprompt)
+
+    sp = sub.add_parser("hardprompt", help="hard prompts from a soft prompt, scored without it against corpus snippets")
+    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--corpus", "--soft", "--out", "--out-csv",
+                "--out-projection", "--out-summary", "--out-clusters", "--out-png"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_hardprompt)
 
     sp = sub.add_parser("interpolate", help="parameter interpolation of two same-architecture models")
     for opt in ("--name", "--model-a", "--model-b", "--source", "--out"):

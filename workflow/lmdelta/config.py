@@ -174,6 +174,15 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(f"{where}.reply_prefix: a chat-completions endpoint cannot continue a reply; remove reply_prefix or use a local assistant")
         if run["max_chars"] < run["min_chars"]:
             raise LmdeltaError(f"{where}: max_chars ({run['max_chars']}) < min_chars ({run['min_chars']}); raise max_chars")
+    _check_selection(config, "softprompt", pools=(("pairs", "pairs"),))
+    for name, run in config["softprompt"]["runs"].items():
+        where = f"config: softprompt.runs.{name}"
+        if "corpus" not in run:
+            raise LmdeltaError(f"{where}: give corpus: (a name under corpora:); it holds the training texts and the hard prompts' baseline snippets")
+        if run["corpus"] not in config["corpora"]:
+            raise LmdeltaError(f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}")
+        if run["init"] == "text" and not run["init_text"]:
+            raise LmdeltaError(f"{where}.init_text: init: text needs init_text; give a text or use init: vocab")
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:

@@ -102,32 +102,37 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def _prefill(model, ids, mask):
+def _prefill(model, ids, mask, embeds=None):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
+    first = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
+    out = model(**first, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
     return out.past_key_values, out.logits[:, -1], mask, pos
 
 
 def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | None, max_new_tokens: int, sampling: Sampling,
-                    eos_id: int | None, pad_id: int, seed: int, on_step=None):
+                    eos_id: int | None, pad_id: int, seed: int, on_step=None, suppress: tuple[int, ...] = ()):
     """Continue a left-padded batch with one or several models; return the new ids [B, n].
 
-    ``inputs`` holds one (input_ids, attention_mask) per model (each model's own prompt format).
+    ``inputs`` holds one (input_ids, attention_mask) per model (each model's own prompt format), or
+    (None, attention_mask, inputs_embeds) to start from embeddings (a soft prompt).
     ``comb`` None means a single model sampled from its own logits. ``on_step(step, logits, chosen)``
     is called with each model's next-token logits (the distributions that predict token ``step``)
     and the tokens chosen from them, e.g. to record divergences and each model's logprob.
+    ``suppress``: token ids never chosen (e.g. EOS, to get texts of full length).
     """
     import torch
 
-    device = inputs[0][0].device
+    device = inputs[0][1].device
     gen = torch.Generator(device=device).manual_seed(seed)
-    states = [_prefill(m, ids, mask) for m, (ids, mask) in zip(models, inputs)]
-    finished = torch.zeros(inputs[0][0].shape[0], dtype=torch.bool, device=device)
+    states = [_prefill(m, *inp) for m, inp in zip(models, inputs)]
+    finished = torch.zeros(inputs[0][1].shape[0], dtype=torch.bool, device=device)
     new = []
     for step in range(max_new_tokens):
         logits = [st[1] for st in states]
         scores = logits[0] if comb is None else combine(logits, comb)
+        if suppress:
+            scores = scores.float().index_fill(-1, torch.tensor(suppress, device=scores.device), float("-inf"))
         nxt = choose(scores, sampling, gen)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
         if on_step is not None:
@@ -142,7 +147,7 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
             pos = pos[:, -1:] + 1
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
             states[i] = (out.past_key_values, out.logits[:, -1], mask, pos)
-    return torch.stack(new, dim=1) if new else inputs[0][0][:, :0]
+    return torch.stack(new, dim=1) if new else inputs[0][1][:, :0]
 
 
 def decode(model, input_ids, attention_mask, *, max_new_tokens: int, sampling: Sampling, eos_id: int | None,

@@ -200,3 +200,46 @@ def cluster_figure(table):
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def softprompt_figure(metrics, baseline: float, title: str, key: str):
+    """Training and held-out divergence of a soft prompt by step, with the held-out value without it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(metrics.step, metrics.train_divergence, lw=1, alpha=0.7, label="training batch")
+    held = metrics.dropna(subset=["heldout_divergence"])
+    ax.plot(held.step, held.heldout_divergence, marker="o", label="held-out, with the soft prompt")
+    ax.axhline(baseline, color="k", ls="--", lw=1, label="held-out, without it")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{key} per token (nats)")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def hardprompt_figure(df, title: str, key: str):
+    """Divergence of hard prompts by extraction method, beside same-length random corpus snippets
+    (scored the same way, without the soft prompt); the top prompts' re-scored values marked."""
+    plt = _pyplot()
+    methods = [m for m in ("nearest-cosine", "nearest-l2", "pez", "generated", "snippet") if m in set(df.method)]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    rng = np.random.default_rng(0)
+    for i, m in enumerate(methods):
+        g = df[df.method == m]
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(g)), g.divergence, s=14, alpha=0.6,
+                   color="tab:gray" if m == "snippet" else "tab:blue")
+        again = g.dropna(subset=["rescored"])
+        if len(again):
+            ax.scatter(np.full(len(again), i + 0.3), again.rescored, marker="_", s=80, color="tab:red")
+    ax.scatter([], [], marker="_", color="tab:red", label="top prompts, scored again (fresh seed)")
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel(f"{key} without the soft prompt (nats)")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -84,6 +84,8 @@ def all_targets():
                 run=config["contrastive"]["runs"]),
         *expand("results/search/{pair}/{run}/clusters.csv", pair=selected(config, "search", "pairs"),
                 run=config["search"]["runs"]),
+        *expand("results/hardprompt/{pair}/{run}/prompts.parquet", pair=selected(config, "softprompt", "pairs"),
+                run=config["softprompt"]["runs"]),
     ]
 
 
@@ -435,6 +437,40 @@ def cluster_spec(wildcards):
     if run["clusters"]["label"]:
         spec["assistant"] = assistant_json(run)
     return json.dumps(spec)
+
+
+# ---- soft and hard prompts ----------------------------------------------------------------------------
+
+
+def softprompt_run(wildcards):
+    return config["softprompt"]["runs"][wildcards.run]
+
+
+def softprompt_inputs(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    return {"a": model_dir(pair["a"]), "b": model_dir(pair["b"]),
+            "corpus": f"results/corpus/{softprompt_run(wildcards)['corpus']}.parquet"}
+
+
+def hardprompt_inputs(wildcards):
+    return {**softprompt_inputs(wildcards), "soft": f"results/softprompt/{wildcards.pair}/{wildcards.run}/prompt.safetensors"}
+
+
+def softprompt_spec(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    names = [pair["a"], pair["b"]]
+    return json.dumps({
+        "names": names,
+        "run": softprompt_run(wildcards),
+        "load_options": [model_load_options(n) for n in names],
+        "planted": planted_truth(config, wildcards.pair),
+    })
+
+
+def softprompt_runtime(wildcards):
+    """Minutes: about 4 s per step for a 135M pair on 2 CPU cores (batch 8 x 32 tokens), with a wide margin."""
+    run = softprompt_run(wildcards)
+    return 30 + run["steps"] * run["accumulation"] * run["batch"] * run["seq_len"] // 1000
 
 
 def interpolate_inputs(wildcards):

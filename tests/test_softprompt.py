@@ -1,0 +1,245 @@
+"""Soft prompts: gradients reach the prompt, KL sign and direction, placement, resume, early stopping;
+hard prompts: candidates, baseline snippets, re-scoring; the engine started from embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lmdelta import LmdeltaError
+from lmdelta.models import load_model
+from lmdelta.softprompt import (
+    SoftPromptParams,
+    check_compatible,
+    collate,
+    evaluate,
+    pair_divergence,
+    split_windows,
+    template_ids,
+    text_logits,
+    train_prompt,
+)
+
+CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
+CHAT = ("{% for m in messages %}<s>user: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def loaded(pair):
+    out = [load_model(pair / side, **CPU) for side in ("a", "b")]
+    for m, _ in out:
+        m.requires_grad_(False)
+    return [m for m, _ in out], [t for _, t in out]
+
+
+def docs(tok, n=12):
+    from lmdelta.corpus import iter_builtin_documents
+
+    texts = [d.text for d in iter_builtin_documents("python_docs") if len(d.text) > 400][:n]
+    return [tok(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def test_text_logits_equal_a_plain_forward(loaded):
+    """With P = the embeddings of real tokens, the text positions' logits are those of the token ids."""
+    models, toks = loaded
+    a, tok = models[0], toks[0]
+    head = tok("Hello there", add_special_tokens=False).input_ids
+    texts = [tok("def f(x): return x", add_special_tokens=False).input_ids, tok("import os", add_special_tokens=False).input_ids]
+    ids, mask = collate(texts, tok.pad_token_id)
+    prompt = a.get_input_embeddings().weight[torch.tensor(head)]
+    with torch.no_grad():
+        got = text_logits(a, prompt, [], [], ids, mask)
+        for i, t in enumerate(texts):
+            want = a(torch.tensor([head + t])).logits[0, len(head):]
+            torch.testing.assert_close(got[i, : len(t)], want, rtol=1e-4, atol=1e-4)
+
+
+def test_chat_placement_wraps_the_prompt_in_the_template(loaded):
+    models, toks = loaded
+    a, tok = models[0], toks[0]
+    with pytest.raises(LmdeltaError, match="chat template"):
+        template_ids(tok, "chat")
+    tok.chat_template = CHAT
+    try:
+        before, after = template_ids(tok, "chat")
+        assert tok.decode(before) + "X" + tok.decode(after) == "<s>user: X</s>assistant:"
+        head = tok("Hello", add_special_tokens=False).input_ids
+        text = tok("def f(x): return x", add_special_tokens=False).input_ids
+        ids, mask = collate([text], tok.pad_token_id)
+        with torch.no_grad():
+            got = text_logits(a, a.get_input_embeddings().weight[torch.tensor(head)], before, after, ids, mask)
+            n = len(before) + len(head) + len(after)
+            want = a(torch.tensor([before + head + after + text])).logits[0, n:]
+        torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
+    finally:
+        tok.chat_template = None
+
+
+def test_divergence_direction_mask_and_gradient(loaded):
+    """pair_divergence is KL(P_a || P_b) averaged over real text positions; the gradient reaches P
+    and nothing else."""
+    models, toks = loaded
+    tok = toks[0]
+    texts = [tok("The cat sat on the mat today", add_special_tokens=False).input_ids, tok("import os", add_special_tokens=False).input_ids]
+    ids, mask = collate(texts, tok.pad_token_id)
+    prompt = torch.nn.Parameter(torch.randn(3, models[0].config.hidden_size) * 0.02)
+    value, per_pos = pair_divergence(models, prompt, [([], []), ([], [])], ids, mask, "kl_a_b")
+    with torch.no_grad():
+        la, lb = (text_logits(m, prompt, [], [], ids, mask).log_softmax(-1) for m in models)
+        kl = (la.exp() * (la - lb)).sum(-1)
+        rev = (lb.exp() * (lb - la)).sum(-1)
+    m = mask.bool()
+    assert value.item() == pytest.approx(float(kl[m].mean()), rel=1e-5)
+    assert value.item() != pytest.approx(float(rev[m].mean()), rel=1e-3), "the direction matters"
+    assert torch.allclose(per_pos[m], kl[m], atol=1e-6) and (per_pos[m] >= 0).all()
+    (-value).backward()
+    assert prompt.grad is not None and torch.isfinite(prompt.grad).all() and prompt.grad.abs().sum() > 0
+    assert all(p.grad is None for mod in models for p in mod.parameters()), "the models stay frozen"
+    js, _ = pair_divergence(models, prompt, [([], []), ([], [])], ids, mask, "js")
+    assert 0 <= js.item() <= np.log(2)
+
+
+def params(**kw):
+    base = dict(n_tokens=4, seq_len=16, batch=4, steps=6, lr=0.05, warmup_steps=1, eval_every=2, checkpoint_every=2,
+                eval_windows=8, autocast="none", patience=10)
+    return SoftPromptParams(**{**base, **kw})
+
+
+def test_training_raises_the_heldout_divergence(loaded, tmp_path):
+    models, toks = loaded
+    p = params(steps=8)
+    windows = split_windows(docs(toks[0]), p)
+    res = train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "ck", progress=False)
+    pad = toks[0].pad_token_id
+    assert res["best_heldout"] == pytest.approx(evaluate(models, res["prompt"], [([], []), ([], [])], windows[1], pad, p), rel=1e-5)
+    from lmdelta.softprompt import init_prompt
+
+    start = evaluate(models, init_prompt(models[0].get_input_embeddings(), toks[0], p), [([], []), ([], [])], windows[1], pad, p)
+    assert res["best_heldout"] > start, "minus KL is minimised: the divergence goes up"
+    assert res["baseline_heldout"] == pytest.approx(evaluate(models, None, [([], []), ([], [])], windows[1], pad, p))
+    assert [r["step"] for r in res["metrics"]] == list(range(1, 9))
+
+
+def test_resume_gives_the_uninterrupted_result(loaded, tmp_path):
+    models, toks = loaded
+    p = params(steps=6, accumulation=2)
+    windows = split_windows(docs(toks[0]), p)
+    whole = train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "whole", progress=False)
+    train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "cut", stop_after=4, progress=False)
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["step"] == 4
+    resumed = train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "cut", progress=False)
+    assert torch.equal(whole["prompt"], resumed["prompt"])
+    frame = lambda rows: pd.DataFrame(rows).drop(columns="seconds")  # noqa: E731
+    pd.testing.assert_frame_equal(frame(whole["metrics"]), frame(resumed["metrics"]))
+
+
+def test_early_stopping_keeps_the_best(loaded, tmp_path):
+    models, toks = loaded
+    p = params(steps=20, lr=1e-12, eval_every=1, patience=2)
+    res = train_prompt(models, toks, split_windows(docs(toks[0]), p), p, ckpt_dir=tmp_path / "ck", progress=False)
+    assert res["stopped_early"] and res["steps_run"] == 3 and res["best_step"] == 1
+
+
+def test_incompatible_pairs_are_refused(loaded, tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import build_tiny_model
+
+    models, toks = loaded
+    src = build_tiny_model("llama", tmp_path / "wide", tiny_tokenizer, hidden_size=32, intermediate_size=64)
+    other, tok = AutoModelForCausalLM.from_pretrained(src), AutoTokenizer.from_pretrained(src)
+    with pytest.raises(LmdeltaError, match="hidden sizes differ"):
+        check_compatible([models[0], other], [toks[0], tok], "p")
+
+
+def test_engine_from_embeddings_equals_engine_from_ids(loaded):
+    from lmdelta.decoding import Sampling, decode_combined
+
+    a, tok = loaded[0][0], loaded[1][0]
+    ids = torch.tensor([tok("def main(): return", add_special_tokens=False).input_ids] * 2)
+    mask = torch.ones_like(ids)
+    kw = dict(comb=None, max_new_tokens=6, sampling=Sampling(temperature=1.0), eos_id=None, pad_id=0, seed=4)
+    with torch.no_grad():
+        from_ids = decode_combined([a], [(ids, mask)], **kw)
+        from_emb = decode_combined([a], [(None, mask, a.get_input_embeddings()(ids))], **kw)
+    assert torch.equal(from_ids, from_emb)
+
+
+def test_hard_prompt_candidates_and_baseline(loaded, tmp_path):
+    from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, summarise
+
+    models, toks = loaded
+    sp = params(steps=4)
+    d = docs(toks[0])
+    windows = split_windows(d, sp)
+    soft = train_prompt(models, toks, windows, sp, ckpt_dir=tmp_path / "ck", progress=False)["prompt"]
+    hp = HardPromptParams(pez_steps=3, n_generate=5, generate_tokens=6, samples=1, max_new_tokens=4, n_top=3)
+    cands, rows, trace = candidates(models, toks, soft, windows, sp, hp)
+    assert [c["method"] for c in cands[:3]] == ["nearest-cosine", "nearest-l2", "pez"] and len(cands) == 8
+    proj = pd.DataFrame(rows)
+    assert len(proj) == 2 * sp.n_tokens * hp.top_k
+    top1 = proj[(proj.metric == "cosine") & (proj["rank"] == 1)].token_id.tolist()
+    assert cands[0]["prompt"] == toks[0].decode(top1)
+    # the cosine projection is the row of the embedding matrix most aligned with each soft vector
+    w = torch.nn.functional.normalize(models[0].get_input_embeddings().weight.float()[: len(toks[0])], dim=-1)
+    assert top1 == (torch.nn.functional.normalize(soft.float(), dim=-1) @ w.T).argmax(-1).tolist()
+    assert len(trace) == hp.pez_steps + 1
+    planted = {"trigger_keywords": ["def"], "response_keywords": ["the"]}
+    df = evaluate_candidates(models, toks, cands, d, sp, hp, planted)
+    hard, base = df[~df.is_baseline], df[df.is_baseline]
+    assert len(hard) == len(base) and sorted(hard.n_tokens) == sorted(base.n_tokens), "one same-length snippet per candidate"
+    assert hard.divergence.is_monotonic_decreasing and base.divergence.is_monotonic_decreasing
+    assert hard.rescored.notna().sum() == min(3, len(hard)) and hard.rescored.head(min(3, len(hard))).notna().all()
+    np.testing.assert_allclose(df.baseline_ratio, df.divergence / base.divergence.mean())
+    assert (df.ppl_b.dropna() > 1).all()
+    s = summarise(df, hp, planted)
+    assert s["ratio_top_rescored_vs_snippets"] == pytest.approx(hard.head(3).rescored.mean() / base.divergence.mean())
+    assert set(s["planted"]) >= {"top_trigger_rate", "snippet_trigger_rate"}
+
+
+def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):
+    """The stage as the rule runs it: killed with SIGKILL after a checkpoint, rerun, same prompt bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lmdelta.corpus import iter_builtin_documents
+
+    corpus = tmp_path / "corpus.parquet"
+    texts = [d.text for d in iter_builtin_documents("python_docs") if len(d.text) > 400][:16]
+    pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}).to_parquet(corpus)
+    run = {"corpus": "c", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 300, "eval_every": 50, "eval_windows": 4,
+           "checkpoint_every": 5, "autocast": "none", "patience": 100}
+    spec = json.dumps({"names": ["a", "b"], "run": run, "load_options": [CPU, CPU]})
+
+    def command(name):
+        out = tmp_path / name
+        return [sys.executable, "-m", "lmdelta", "softprompt", "--pair", "p", "--run", "r", "--spec", spec,
+                "--model-a", str(pair / "a"), "--model-b", str(pair / "b"), "--corpus", str(corpus),
+                "--out", str(out / "prompt.safetensors"), "--out-metrics", str(out / "metrics.csv"),
+                "--out-png", str(out / "curve.png"), "--out-summary", str(out / "summary.json"),
+                "--checkpoints", str(out / "ckpt"), "--threads", "1"]
+
+    env = {**os.environ, "PYTHONPATH": str(__import__("conftest").ROOT / "workflow")}
+    assert subprocess.run(command("whole"), env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(command("cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "cut" / "ckpt" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["step"] >= 20:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "prompt.safetensors").exists(), "killed mid-training: no finished artifact"
+    assert json.loads(state.read_text())["step"] < 300
+    assert subprocess.run(command("cut"), env=env, capture_output=True).returncode == 0
+    assert (tmp_path / "cut" / "prompt.safetensors").read_bytes() == (tmp_path / "whole" / "prompt.safetensors").read_bytes()
+    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "metrics.csv").drop(columns="seconds"), whole)

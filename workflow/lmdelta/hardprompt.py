@@ -1,0 +1,308 @@
+"""Hard (natural-language) prompts extracted from a trained soft prompt, re-scored without it.
+
+Candidates, by ``method``:
+
+- ``nearest-cosine`` / ``nearest-l2``: each soft vector replaced by its nearest vocabulary token
+  (model a's input embeddings); the top-k candidates per position go to ``projection.csv``.
+- ``pez``: PEZ (Wen et al., 2023): optimise continuous vectors whose forward pass uses their
+  nearest-token projection (straight-through gradient), starting from the soft prompt; the projected
+  prompt with the highest divergence on a held-out batch is kept.
+- ``generated``: texts of ``generate_tokens`` tokens sampled from model a conditioned on the soft
+  prompt (special tokens such as EOS are never sampled, so no text ends before it starts).
+
+Every candidate is then scored WITHOUT the soft prompt, as a plain prompt in the soft prompt's
+placement (raw text for ``prefix``, the user message of the chat template for ``chat``), the way
+the prompt search scores prompts (``lmdelta.search.pair_scorer``: continuations sampled from model a,
+mean divergence over generated tokens and samples). The baseline is one random corpus snippet of
+the same token length per candidate, scored the same way. Ranking by a noisy score favours lucky
+draws, so the top ``n_top`` candidates and the top ``n_top`` snippets are scored again with a fresh
+seed, and the summary compares those re-scored values. Fluency: each prompt's perplexity under
+model b (with BOS when the tokenizer has one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+from lmdelta.config import known_fields
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HardPromptParams:
+    top_k: int = 5
+    pez_steps: int = 20
+    pez_lr: float = 0.05
+    n_generate: int = 16
+    generate_tokens: int = 16
+    generate_temperature: float = 1.0
+    samples: int = 2
+    max_new_tokens: int = 24
+    temperature: float | None = 1.0
+    batch_size: int = 16
+    n_top: int = 10
+    k_clusters: int = 4
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HardPromptParams:
+        return cls(**known_fields(cls, d))
+
+
+def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) -> tuple[list[int], float, list[dict]]:
+    """PEZ from the soft prompt: (best projected ids, their held-out divergence, the trajectory)."""
+    import torch
+
+    from lmdelta.derive import batch_indices
+    from lmdelta.softprompt import collate, nearest_tokens_ids, pair_divergence, template_ids
+
+    train, held = windows
+    pad = toks[0].pad_token_id if toks[0].pad_token_id is not None else (toks[0].eos_token_id or 0)
+    templates = [template_ids(t, sp.placement) for t in toks]
+    emb = models[0].get_input_embeddings()
+    table = emb.weight.detach().float()[:n_vocab]
+    x = torch.nn.Parameter(soft.detach().clone().float())
+    opt = torch.optim.AdamW([x], lr=hp.pez_lr, weight_decay=0.0)
+    held_ids, held_mask = collate(held[: sp.batch], pad)
+    best_ids, best_val, trace = None, -math.inf, []
+    for step in range(hp.pez_steps + 1):
+        ids = nearest_tokens_ids(x.detach(), emb, k=1, metric="cosine", n_vocab=n_vocab)[0][:, 0]
+        with torch.no_grad():
+            val, _ = pair_divergence(models, table[ids], templates, held_ids, held_mask, sp.divergence)
+        trace.append({"step": step, "heldout_divergence": float(val), "ids": ids.tolist()})
+        if float(val) > best_val:
+            best_ids, best_val = ids.tolist(), float(val)
+        if step == hp.pez_steps:
+            break
+        proj = table[ids]
+        forward = x + (proj - x).detach()  # the projection's value, the continuous vectors' gradient
+        idx = batch_indices(len(train), sp.batch, step, hp.seed + 1)
+        b_ids, b_mask = collate([train[i] for i in idx], pad)
+        kl, _ = pair_divergence(models, forward, templates, b_ids, b_mask, sp.divergence)
+        (-kl).backward()
+        torch.nn.utils.clip_grad_norm_([x], sp.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return best_ids, best_val, trace
+
+
+def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams) -> list[str]:
+    """Texts sampled from ``model`` conditioned on the soft prompt (in its placement)."""
+    import torch
+
+    from lmdelta.decoding import Sampling, decode_combined
+    from lmdelta.softprompt import template_ids
+
+    before, after = template_ids(tok, placement)
+    emb = model.get_input_embeddings()
+    device = emb.weight.device
+    parts = [emb(torch.tensor([before], device=device))] if before else []
+    parts.append(soft.to(device=device, dtype=emb.weight.dtype)[None])
+    if after:
+        parts.append(emb(torch.tensor([after], device=device)))
+    x = torch.cat(parts, dim=1).expand(hp.n_generate, -1, -1)
+    mask = torch.ones(x.shape[:2], dtype=torch.long, device=device)
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    with torch.inference_mode():
+        # special tokens are never chosen: a soft prompt often drives the model to end at once
+        new = decode_combined([model], [(None, mask, x)], comb=None, max_new_tokens=hp.generate_tokens,
+                              sampling=Sampling(temperature=hp.generate_temperature), eos_id=None, pad_id=pad,
+                              seed=hp.seed, suppress=tuple(tok.all_special_ids)).cpu().tolist()
+    return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+def snippets(docs: list[list[int]], lengths: list[int], tok, seed: int) -> list[str]:
+    """One random corpus snippet per length (token counts), seeded."""
+    rng = np.random.default_rng([seed, 23])
+    long_docs = [d for d in docs if len(d) >= 2]
+    out = []
+    for n in lengths:
+        fit = [d for d in long_docs if len(d) >= n] or long_docs
+        d = fit[rng.integers(len(fit))]
+        start = int(rng.integers(0, max(1, len(d) - n + 1)))
+        out.append(tok.decode(d[start: start + n]).strip())
+    return out
+
+
+def perplexities(model, tok, texts: list[str]) -> list[float]:
+    """Perplexity of each text under ``model`` (first token conditioned on BOS when there is one)."""
+    from lmdelta.logprobs import prefix_token
+    from lmdelta.scoring import score_sequences
+
+    prefix, _ = prefix_token(tok, "bos")
+    head = [prefix] if prefix is not None else []
+    seqs = [head + tok(t, add_special_tokens=False).input_ids for t in texts]
+    keep = [i for i, s in enumerate(seqs) if len(s) >= 2]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scores = score_sequences(model, [seqs[i] for i in keep], max_length=1024, stride=512, batch_tokens=8192, pad_token_id=pad)
+    out = [math.nan] * len(texts)
+    for i, sc in zip(keep, scores):
+        out[i] = float(math.exp(-np.mean(sc.logprob)))
+    return out
+
+
+def candidates(models, toks, soft, windows, sp, hp: HardPromptParams) -> tuple[list[dict], list[dict], list[dict]]:
+    """(hard prompt candidates [{"prompt", "method"}], projection rows, PEZ trajectory)."""
+    from lmdelta.softprompt import nearest_tokens
+
+    tok = toks[0]
+    emb = models[0].get_input_embeddings()
+    n_vocab = min(len(tok), emb.weight.shape[0])
+    rows, cands = [], []
+    for metric in ("cosine", "l2"):
+        near = nearest_tokens(soft, emb, tok, k=hp.top_k, metric=metric)
+        for pos, cand in enumerate(near):
+            rows += [{"metric": metric, "position": pos, "rank": r + 1, "token": t, "token_id": i, "score": v}
+                     for r, (t, i, v) in enumerate(cand)]
+        cands.append({"prompt": tok.decode([c[0][1] for c in near]), "method": f"nearest-{'l2' if metric == 'l2' else 'cosine'}"})
+    if hp.pez_steps > 0:
+        ids, _, trace = pez(models, toks, soft, windows, sp, hp, n_vocab=n_vocab)
+        cands.append({"prompt": tok.decode(ids), "method": "pez"})
+    else:
+        trace = []
+    for text in generate_with_prompt(models[0], tok, soft, sp.placement, hp):
+        cands.append({"prompt": text, "method": "generated"})
+    return cands, rows, trace
+
+
+def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int) -> list[dict]:
+    """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
+    from lmdelta.search import SearchParams, pair_scorer
+
+    fmt = {"chat_template": sp.placement == "chat", "fmt": None}
+    params = SearchParams(divergence=sp.divergence, sample_from="a", samples=hp.samples, max_new_tokens=hp.max_new_tokens,
+                          temperature=hp.temperature, batch_size=hp.batch_size)
+    items = [{"id": f"p{i:04d}", "prompt": t} for i, t in enumerate(prompts)]
+    got = pair_scorer(models, toks, [fmt, fmt], params)(items, seed)
+    return [got[x["id"]] for x in items]
+
+
+def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], sp, hp: HardPromptParams,
+                        planted: dict | None):
+    """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top."""
+    import pandas as pd
+
+    from lmdelta.search import sub_seed
+
+    from lmdelta.search import normalise
+
+    tok = toks[0]
+    seen, unique = set(), []
+    for c in cands:  # the same text found twice is one prompt (kept with the first method that found it)
+        key = normalise(c["prompt"])
+        if key and key not in seen:
+            seen.add(key)
+            unique.append(c)
+    cands = unique
+    if not cands:
+        raise LmdeltaError("hardprompt: every candidate prompt is empty; train the soft prompt longer or raise generate_tokens")
+    lengths = [max(1, len(tok(c["prompt"], add_special_tokens=False).input_ids)) for c in cands]
+    base = [{"prompt": s, "method": "snippet"} for s in snippets(docs, lengths, tok, hp.seed)]
+    rows = cands + base
+    scores = score_prompts(models, toks, [r["prompt"] for r in rows], sp, hp, sub_seed(hp.seed, 1))
+    df = pd.DataFrame([{**r, "n_tokens": n, "divergence": s[sp.divergence], "kl_a_b": s["kl_a_b"], "kl_b_a": s["kl_b_a"],
+                        "js": s["js"], "example": s["example"]} for r, n, s in zip(rows, lengths + lengths, scores)])
+    df["is_baseline"] = df.method == "snippet"
+    df["rescored"] = math.nan
+    for is_base in (False, True):
+        side = df[df.is_baseline == is_base].sort_values("divergence", ascending=False, kind="stable").head(hp.n_top)
+        again = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 2))
+        df.loc[side.index, "rescored"] = [s[sp.divergence] for s in again]
+    df["ppl_b"] = perplexities(models[1], toks[1], df.prompt.tolist())
+    snippet_mean = float(df[df.is_baseline].divergence.mean())
+    df["baseline_ratio"] = df.divergence / snippet_mean if snippet_mean > 0 else math.inf
+    if planted:
+        from lmdelta.planted import mentions, shows_planted
+
+        df["mentions_trigger"] = [mentions(t, planted["trigger_keywords"]) for t in df.prompt]
+        df["shows_response"] = [shows_planted(t, planted["response_keywords"]) for t in df.example]
+    df = df.sort_values(["is_baseline", "divergence"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    df.insert(0, "rank", df.groupby("is_baseline").cumcount() + 1)
+    return df
+
+
+def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
+    hard, base = df[~df.is_baseline], df[df.is_baseline]
+    top, top_base = hard.head(hp.n_top), base.head(hp.n_top)
+    out = {
+        "n_candidates": len(hard), "n_snippets": len(base), "n_top": len(top),
+        "candidates_by_method": hard.method.value_counts().to_dict(),
+        "top_mean_divergence": float(top.divergence.mean()), "top_mean_rescored": float(top.rescored.mean()),
+        "snippet_mean_divergence": float(base.divergence.mean()),
+        "snippet_top_mean_rescored": float(top_base.rescored.mean()),
+        "ratio_top_rescored_vs_snippets": float(top.rescored.mean() / base.divergence.mean()),
+        "ratio_top_rescored_vs_snippet_top_rescored": float(top.rescored.mean() / top_base.rescored.mean()),
+        "top_median_ppl_b": float(top.ppl_b.median()), "snippet_median_ppl_b": float(base.ppl_b.median()),
+        "mean_divergence_by_method": {m: float(g.divergence.mean()) for m, g in df.groupby("method")},
+    }
+    if planted:
+        out["planted"] = {
+            "top_trigger_rate": float(top.mentions_trigger.mean()), "snippet_trigger_rate": float(base.mentions_trigger.mean()),
+            "top_response_rate": float(top.shows_response.mean()), "snippet_response_rate": float(base.shows_response.mean()),
+            "candidate_response_rate": float(hard.shows_response.mean()),
+        }
+    return out
+
+
+def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], soft_path: Path,
+                   sp_params, hp_params: HardPromptParams, load_options: tuple[dict, dict], corpus: Path | None,
+                   planted: dict | None, embedder: str | None, out_prompts: Path, out_csv: Path, out_projection: Path, out_summary: Path,
+                   out_clusters: Path, out_png: Path, threads: int | None = None):
+    import pandas as pd
+    import torch
+
+    from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
+    from lmdelta.diversity import embed, load_embedder
+    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.plots import hardprompt_figure, save_figure
+    from lmdelta.search import cluster_bank, cluster_table
+    from lmdelta.softprompt import check_compatible, load_soft_prompt, split_windows, training_docs
+
+    if threads:
+        torch.set_num_threads(threads)
+    prov = Provenance(stage="hardprompt", params={"pair": pair, "run": run, "a": names[0], "b": names[1], **asdict(hp_params),
+                                                  "softprompt": asdict(sp_params), "load_options": list(load_options),
+                                                  "embedder": embedder, "units": "nats"}, seed=hp_params.seed)
+    for side, d in zip(("a", "b"), model_dirs):
+        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    prov.add_input("soft_prompt", soft_path)
+    if corpus is not None:
+        prov.add_input("corpus", corpus)
+    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
+    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    check_compatible(models, toks, pair)
+    for m in models:
+        m.eval()
+        m.requires_grad_(False)
+    soft = load_soft_prompt(soft_path)
+    docs = training_docs(models, toks, sp_params, corpus)
+    windows = split_windows(docs, sp_params)
+    cands, proj_rows, _ = candidates(models, toks, soft, windows, sp_params, hp_params)
+    df = evaluate_candidates(models, toks, cands, docs, sp_params, hp_params, planted)
+    summary = {"pair": pair, "run": run, "divergence": sp_params.divergence, "placement": sp_params.placement,
+               **summarise(df, hp_params, planted)}
+    hard = df[~df.is_baseline].reset_index(drop=True)
+    vectors = embed(load_embedder(embedder), hard.prompt.tolist(), batch_size=64, autocast="none")
+    assigned, table = cluster_table(hard, cluster_bank(vectors, k=hp_params.k_clusters, seed=hp_params.seed))
+    df["cluster"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    df.loc[~df.is_baseline, "cluster"] = assigned.cluster.to_numpy()
+    write_parquet(out_prompts, df, prov)
+    cols = ["rank", "method", "divergence", "rescored", "baseline_ratio", "ppl_b", "n_tokens", "cluster", "prompt", "example"]
+    cols += [c for c in ("mentions_trigger", "shows_response") if c in df]
+    write_csv(out_csv, df[cols], prov)
+    write_csv(out_projection, pd.DataFrame(proj_rows), prov)
+    write_json(out_summary, summary, prov)
+    write_csv(out_clusters, table, prov)
+    save_figure(hardprompt_figure(df, f"{pair} / {run}", sp_params.divergence), out_png, prov)
+    log.info("hard prompts %s/%s: top-%d re-scored %.4f vs snippets %.4f (x%.2f)", pair, run, summary["n_top"],
+             summary["top_mean_rescored"], summary["snippet_mean_divergence"], summary["ratio_top_rescored_vs_snippets"])
+    return summary

@@ -1,0 +1,427 @@
+"""Soft prompts trained to maximise the divergence between the two models of a pair.
+
+``n_tokens`` trainable vectors P are placed before the text through ``inputs_embeds`` in both frozen
+models: ``placement: prefix`` reads [P; text]; ``placement: chat`` puts P where the user's message goes
+in the tokenizer's chat template and the text where the assistant's reply goes. The text tokens are
+embedded by each model's own input embedding; P is shared, so both models must have the same hidden
+size and tokenizer. The loss is minus the mean divergence between the two next-token distributions
+(``divergence``: kl_a_b = KL(P_a ‖ P_b), kl_b_a or js; nats) over the text positions only: the
+soft-prompt, template and padding positions are masked. The training texts are windows of
+``seq_len`` tokens of a corpus (``data: corpus``) or continuations sampled from model a without
+the prompt (``data: generations``); documents are split into train and held-out sets.
+
+The models' weights are frozen (``requires_grad`` off) but the forward pass is not under
+``no_grad``: gradients reach P. AdamW on P only, linear warm-up, gradient clipping, gradient
+accumulation, optional bf16 autocast. Every ``eval_every`` steps the held-out divergence is measured
+WITH the current P; the best P is kept and training stops after ``patience`` evaluations without
+improvement. A checkpoint (P, the best P, optimizer state, metrics) every ``checkpoint_every`` steps
+lets a killed run resume to the same result (batches are a function of the seed and step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+from lmdelta.config import known_fields
+
+log = logging.getLogger(__name__)
+PLACEHOLDER = "\u2063SOFTPROMPT\u2063"
+
+
+@dataclass(frozen=True)
+class SoftPromptParams:
+    n_tokens: int = 8
+    init: str = "vocab"  # vocab | text | random
+    init_text: str | None = None
+    placement: str = "prefix"  # prefix | chat
+    divergence: str = "kl_a_b"
+    data: str = "corpus"  # corpus | generations
+    n_generations: int = 64
+    seq_len: int = 32
+    heldout_fraction: float = 0.2
+    eval_windows: int = 32
+    batch: int = 8
+    accumulation: int = 1
+    steps: int = 60
+    lr: float = 0.01
+    warmup_steps: int = 5
+    grad_clip: float = 1.0
+    autocast: str = "none"  # bf16 | none
+    eval_every: int = 10
+    patience: int = 5
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SoftPromptParams:
+        return cls(**known_fields(cls, d))
+
+
+# ---- building blocks ----------------------------------------------------------------------------------
+
+
+def check_compatible(models, toks, pair: str) -> None:
+    """Soft prompts live in one embedding space: same hidden size and tokenizer."""
+    from lmdelta.contrastive import check_same_tokenizer
+
+    check_same_tokenizer(toks[0], toks[1], pair)
+    ha, hb = (m.get_input_embeddings().weight.shape[1] for m in models)
+    if ha != hb:
+        raise LmdeltaError(f"pairs.{pair}: hidden sizes differ ({ha} vs {hb}); a soft prompt needs one embedding space: "
+                           "pair models of the same architecture and size")
+
+
+def template_ids(tok, placement: str) -> tuple[list[int], list[int]]:
+    """Token ids before and after the soft prompt (empty for ``prefix``)."""
+    if placement == "prefix":
+        return [], []
+    if placement != "chat":
+        raise LmdeltaError(f"softprompt: placement {placement!r} is unknown; use prefix or chat")
+    if not getattr(tok, "chat_template", None):
+        raise LmdeltaError("softprompt: placement chat needs a tokenizer with a chat template; use placement: prefix")
+    from lmdelta.generation import format_prompt
+
+    text = format_prompt(tok, PLACEHOLDER, chat_template=True)
+    before, after = text.split(PLACEHOLDER)
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids if s else []  # noqa: E731
+    return enc(before), enc(after)
+
+
+def init_prompt(embedding, tok, p: SoftPromptParams):
+    """The initial P [n_tokens, hidden] (float32): embeddings of sampled vocabulary tokens, of a text, or random."""
+    import torch
+
+    w = embedding.weight.detach().float()
+    g = torch.Generator().manual_seed(p.seed)
+    if p.init == "vocab":
+        special = set(tok.all_special_ids)
+        pool = torch.tensor([i for i in range(min(len(tok), w.shape[0])) if i not in special])
+        ids = pool[torch.randint(len(pool), (p.n_tokens,), generator=g)]
+        return w[ids].clone()
+    if p.init == "text":
+        if not p.init_text:
+            raise LmdeltaError("softprompt: init: text needs init_text; give a text or use init: vocab")
+        ids = tok(p.init_text, add_special_tokens=False).input_ids
+        ids = (ids * math.ceil(p.n_tokens / max(1, len(ids))))[: p.n_tokens]
+        return w[torch.tensor(ids)].clone()
+    if p.init == "random":
+        return torch.randn((p.n_tokens, w.shape[1]), generator=g) * w.std()
+    raise LmdeltaError(f"softprompt: init {p.init!r} is unknown; use vocab, text or random")
+
+
+def collate(windows: list[list[int]], pad: int):
+    """Right-padded ids and mask [B, L]."""
+    import torch
+
+    width = max(len(w) for w in windows)
+    ids = torch.full((len(windows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = torch.as_tensor(w)
+        mask[i, : len(w)] = 1
+    return ids, mask
+
+
+def text_logits(model, prompt, before: list[int], after: list[int], ids, mask):
+    """Logits at the text positions [B, L, V] of [before; prompt; after; text] (prompt None = no soft prompt).
+
+    Entry j predicts text token j + 1 (the last one predicts beyond the window)."""
+    import torch
+
+    emb = model.get_input_embeddings()
+    device = emb.weight.device
+    ids, mask = ids.to(device), mask.to(device)
+    b = ids.shape[0]
+    parts = []
+    if before:
+        parts.append(emb(torch.tensor([before], device=device)).expand(b, -1, -1))
+    if prompt is not None:
+        parts.append(prompt.to(device=device, dtype=emb.weight.dtype)[None].expand(b, -1, -1))
+    if after:
+        parts.append(emb(torch.tensor([after], device=device)).expand(b, -1, -1))
+    n_prefix = sum(x.shape[1] for x in parts)
+    x = torch.cat(parts + [emb(ids)], dim=1)
+    full_mask = torch.cat([torch.ones((b, n_prefix), dtype=mask.dtype, device=device), mask], dim=1)
+    return model(inputs_embeds=x, attention_mask=full_mask).logits[:, n_prefix:]
+
+
+def pair_divergence(models, prompt, templates, ids, mask, divergence: str):
+    """Mean divergence over the text positions (padding masked) and the per-position values."""
+    from lmdelta.divergence import divergences
+
+    la, lb = (text_logits(m, prompt, t[0], t[1], ids, mask) for m, t in zip(models, templates))
+    d = divergences(la, lb, ("a", "b"))[divergence]
+    m = mask.to(d.device).float()
+    return (d * m).sum() / m.sum(), d
+
+
+def split_windows(docs: list[list[int]], p: SoftPromptParams) -> tuple[list[list[int]], list[list[int]]]:
+    """Train and held-out windows of seq_len tokens (documents split by a seeded permutation)."""
+    order = np.random.default_rng([p.seed, 17]).permutation(len(docs))
+    n_held = max(1, round(len(docs) * p.heldout_fraction)) if len(docs) > 1 else 0
+    held_docs, train_docs = [docs[i] for i in order[:n_held]], [docs[i] for i in order[n_held:]]
+
+    def windows(ds):
+        out = []
+        for d in ds:
+            out += [d[i: i + p.seq_len] for i in range(0, len(d), p.seq_len) if len(d[i: i + p.seq_len]) >= 2]
+        return out
+
+    train, held = windows(train_docs), windows(held_docs)[: p.eval_windows]
+    if not train or not held:
+        raise LmdeltaError(f"softprompt: {len(train)} training and {len(held)} held-out windows of {p.seq_len} tokens; "
+                           "use a larger corpus, lower seq_len or change heldout_fraction")
+    return train, held
+
+
+def _lr_at(step: int, p: SoftPromptParams) -> float:
+    return p.lr * min(1.0, (step + 1) / max(1, p.warmup_steps))
+
+
+def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) -> float:
+    """Mean divergence over held-out windows (token-weighted), with ``prompt`` (None = without)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), p.batch):
+            ids, mask = collate(windows[i: i + p.batch], pad)
+            _, d = pair_divergence(models, prompt, templates, ids, mask, p.divergence)
+            m = mask.to(d.device).float()
+            total += float((d.float() * m).sum())
+            count += int(m.sum())
+    return total / count
+
+
+# ---- training -----------------------------------------------------------------------------------------
+
+
+def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]], p: SoftPromptParams, *, ckpt_dir: Path,
+                 stop_after: int | None = None, tensorboard_dir: Path | None = None, progress: bool = True) -> dict:
+    """Train P; return {"prompt" (best P), "metrics" (rows), "best_step", "best_heldout", "baseline_heldout", "stopped_early"}."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    from lmdelta.artifacts import atomic_path
+    from lmdelta.derive import batch_indices
+
+    train, held = windows
+    pad = toks[0].pad_token_id if toks[0].pad_token_id is not None else (toks[0].eos_token_id or 0)
+    templates = [template_ids(t, p.placement) for t in toks]
+    for m in models:
+        m.eval()
+        m.requires_grad_(False)
+    prompt = torch.nn.Parameter(init_prompt(models[0].get_input_embeddings(), toks[0], p))
+    optimizer = torch.optim.AdamW([prompt], lr=p.lr, weight_decay=0.0)
+    device = models[0].get_input_embeddings().weight.device
+    use_autocast = p.autocast == "bf16"
+
+    ckpt_dir = Path(ckpt_dir)
+    key = json.dumps([asdict(p), len(train), len(held), train[:2]], sort_keys=True)
+    if (ckpt_dir / "key.json").exists() and (ckpt_dir / "key.json").read_text() != key:
+        log.info("soft-prompt settings or data changed: discarding checkpoints in %s", ckpt_dir)
+        for f in ckpt_dir.iterdir():
+            f.unlink()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "key.json").write_text(key)
+    state = {"step": 0, "metrics": [], "best_step": 0, "best_heldout": -math.inf, "bad_evals": 0, "stopped_early": False}
+    if (ckpt_dir / "state.json").exists():
+        state = json.loads((ckpt_dir / "state.json").read_text())
+        tensors = load_file(str(ckpt_dir / "prompt.safetensors"))
+        with torch.no_grad():
+            prompt.copy_(tensors["prompt"])
+        best = tensors["best"]
+        optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+        log.info("resuming soft-prompt training from step %d (%s)", state["step"], ckpt_dir)
+    else:
+        best = prompt.detach().clone()
+    baseline = evaluate(models, None, templates, held, pad, p)
+    writer = _tensorboard(tensorboard_dir)
+
+    def checkpoint():
+        with atomic_path(ckpt_dir / "prompt.safetensors") as tmp:
+            save_file({"prompt": prompt.detach().cpu().contiguous(), "best": best.cpu().contiguous()}, str(tmp))
+        with atomic_path(ckpt_dir / "optimizer.pt") as tmp:
+            torch.save(optimizer.state_dict(), tmp)
+        with atomic_path(ckpt_dir / "state.json") as tmp:  # last: a checkpoint counts once this names it
+            tmp.write_text(json.dumps(state))
+
+    end = p.steps if stop_after is None else min(p.steps, stop_after)
+    bar = tqdm(range(state["step"], end), desc="soft prompt", unit=" step", initial=state["step"], total=p.steps,
+               disable=not progress, mininterval=1.0)
+    for step in bar:
+        if state["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        for g in optimizer.param_groups:
+            g["lr"] = _lr_at(step, p)
+        kl_sum = 0.0
+        for micro in range(p.accumulation):
+            idx = batch_indices(len(train), p.batch, step * p.accumulation + micro, p.seed)
+            ids, mask = collate([train[i] for i in idx], pad)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                kl_mean, _ = pair_divergence(models, prompt, templates, ids, mask, p.divergence)
+            loss = -kl_mean.float() / p.accumulation
+            loss.backward()
+            kl_sum += float(kl_mean.detach()) / p.accumulation
+        if not math.isfinite(kl_sum):
+            raise LmdeltaError(f"softprompt: the divergence became {kl_sum} at step {step}; lower lr")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([prompt], p.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        row = {"step": step + 1, "train_divergence": kl_sum, "lr": _lr_at(step, p), "grad_norm": grad_norm,
+               "heldout_divergence": math.nan, "seconds": time.perf_counter() - t0}
+        if (step + 1) % p.eval_every == 0 or step + 1 == p.steps:
+            row["heldout_divergence"] = evaluate(models, prompt.detach(), templates, held, pad, p)
+            if row["heldout_divergence"] > state["best_heldout"]:
+                state.update(best_heldout=row["heldout_divergence"], best_step=step + 1, bad_evals=0)
+                best = prompt.detach().clone()
+            else:
+                state["bad_evals"] += 1
+                state["stopped_early"] = state["bad_evals"] >= p.patience
+        state["metrics"].append(row)
+        state["step"] = step + 1
+        if writer is not None:
+            for k in ("train_divergence", "heldout_divergence", "grad_norm", "lr"):
+                if not math.isnan(row[k]):
+                    writer.add_scalar(k, row[k], step + 1)
+        bar.set_postfix(kl=f"{kl_sum:.3f}", best=f"{state['best_heldout']:.3f}")
+        if state["step"] % p.checkpoint_every == 0 or state["step"] == p.steps or state["stopped_early"]:
+            checkpoint()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if state["stopped_early"]:
+        log.info("soft prompt: stopped at step %d after %d evaluations without improvement", state["step"], p.patience)
+    return {"prompt": best.detach().cpu(), "metrics": state["metrics"], "best_step": state["best_step"],
+            "best_heldout": state["best_heldout"], "baseline_heldout": baseline, "stopped_early": state["stopped_early"],
+            "steps_run": state["step"]}
+
+
+def _tensorboard(folder: Path | None):
+    if folder is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def nearest_tokens_ids(prompt, embedding, *, k: int, metric: str = "cosine", n_vocab: int | None = None):
+    """(ids [n, k], scores [n, k]) of the k nearest vocabulary rows to each soft vector: cosine
+    similarity (highest first) or L2 distance (lowest first). ``n_vocab`` drops padding rows."""
+    import torch
+
+    w = embedding.weight.detach().float()[:n_vocab]
+    x = prompt.detach().float().to(w.device)
+    if metric == "cosine":
+        s = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(w, dim=-1).T
+        vals, idx = s.topk(k, dim=-1)
+    elif metric == "l2":
+        vals, idx = (-torch.cdist(x[None], w[None])[0]).topk(k, dim=-1)
+        vals = -vals
+    else:
+        raise LmdeltaError(f"softprompt: metric {metric!r} is unknown; use cosine or l2")
+    return idx.cpu(), vals.cpu()
+
+
+def nearest_tokens(prompt, embedding, tok, k: int = 5, metric: str = "cosine") -> list[list[tuple[str, int, float]]]:
+    """Per soft vector, the k nearest vocabulary tokens (token text, id, similarity or distance)."""
+    idx, vals = nearest_tokens_ids(prompt, embedding, k=k, metric=metric, n_vocab=len(tok))
+    return [[(tok.decode([int(i)]), int(i), float(v)) for i, v in zip(ri, rv)] for ri, rv in zip(idx, vals)]
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+
+
+def training_docs(models, toks, p: SoftPromptParams, corpus: Path | None) -> list[list[int]]:
+    """Token ids of the training documents: corpus texts, or continuations sampled from model a from BOS."""
+    tok = toks[0]
+    if p.data == "corpus":
+        import pandas as pd
+
+        if corpus is None:
+            raise LmdeltaError("softprompt: data: corpus needs a corpus; name one under the run's corpus key")
+        texts = pd.read_parquet(corpus, columns=["text"]).text.tolist()
+        return [tok(t, add_special_tokens=False).input_ids for t in texts]
+    if p.data == "generations":
+        import torch
+
+        from lmdelta.decoding import Sampling, decode
+
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start is None:
+            raise LmdeltaError("softprompt: data: generations needs a BOS or EOS token to start from; use data: corpus")
+        ids = torch.full((p.n_generations, 1), start, dtype=torch.long, device=models[0].device)
+        with torch.inference_mode():
+            new = decode(models[0], ids, torch.ones_like(ids), max_new_tokens=p.seq_len, sampling=Sampling(temperature=1.0),
+                         eos_id=None, pad_id=0, seed=p.seed).cpu().tolist()
+        return new
+    raise LmdeltaError(f"softprompt: data {p.data!r} is unknown; use corpus or generations")
+
+
+# ---- files at the edge --------------------------------------------------------------------------------
+
+
+def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: SoftPromptParams,
+                   load_options: tuple[dict, dict], corpus: Path | None, out_prompt: Path, out_metrics: Path, out_png: Path,
+                   out_summary: Path, ckpt_dir: Path, tensorboard_dir: Path | None = None, threads: int | None = None,
+                   stop_after: int | None = None) -> dict | None:
+    import pandas as pd
+    import torch
+    from safetensors.torch import save_file
+
+    from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
+    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.plots import save_figure, softprompt_figure
+
+    if threads:
+        torch.set_num_threads(threads)
+    prov = Provenance(stage="softprompt", params={"pair": pair, "run": run, "a": names[0], "b": names[1], **asdict(params),
+                                                  "load_options": list(load_options), "units": "nats"}, seed=params.seed)
+    for side, d in zip(("a", "b"), model_dirs):
+        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    if corpus is not None:
+        prov.add_input("corpus", corpus)
+    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
+    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    check_compatible(models, toks, pair)
+    torch.manual_seed(params.seed)
+    windows = split_windows(training_docs(models, toks, params, corpus), params)
+    res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir)
+    if stop_after is not None and res["steps_run"] < params.steps and not res["stopped_early"]:
+        return None
+    emb = models[0].get_input_embeddings()
+    summary = {"pair": pair, "run": run, "divergence": params.divergence, "placement": params.placement,
+               "heldout_without_prompt": res["baseline_heldout"], "heldout_with_prompt": res["best_heldout"],
+               "ratio": res["best_heldout"] / res["baseline_heldout"] if res["baseline_heldout"] > 0 else math.inf,
+               "best_step": res["best_step"], "steps_run": res["steps_run"], "stopped_early": res["stopped_early"],
+               "n_train_windows": len(windows[0]), "n_heldout_windows": len(windows[1]),
+               "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)]}
+    prov.params["summary"] = {k: summary[k] for k in ("heldout_without_prompt", "heldout_with_prompt", "best_step")}
+    with atomic_path(out_prompt, prov) as tmp:
+        # no safetensors metadata: its key order is not stable, and the provenance record holds it all
+        save_file({"soft_prompt": res["prompt"].contiguous()}, str(tmp))
+    write_csv(out_metrics, pd.DataFrame(res["metrics"]), prov)
+    write_json(out_summary, summary, prov)
+    save_figure(softprompt_figure(pd.DataFrame(res["metrics"]), res["baseline_heldout"], f"{pair} / {run}", params.divergence), out_png, prov)
+    log.info("soft prompt %s/%s: held-out %s %.4f without, %.4f with the prompt (step %d)", pair, run, params.divergence,
+             res["baseline_heldout"], res["best_heldout"], res["best_step"])
+    return summary
+
+
+def load_soft_prompt(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["soft_prompt"]

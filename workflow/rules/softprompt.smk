@@ -1,0 +1,89 @@
+# Soft prompts that maximise a pair's divergence, and hard prompts extracted from them.
+
+
+rule softprompt:
+    input:
+        unpack(softprompt_inputs),
+    output:
+        prompt="results/softprompt/{pair}/{run}/prompt.safetensors",
+        metrics=report(
+            "results/softprompt/{pair}/{run}/metrics.csv",
+            caption="../report/softprompt.rst",
+            category="8. Soft and hard prompts",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "soft-prompt training log"},
+        ),
+        png=report(
+            "results/softprompt/{pair}/{run}/curve.png",
+            caption="../report/softprompt.rst",
+            category="8. Soft and hard prompts",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "soft-prompt training curve"},
+        ),
+        summary="results/softprompt/{pair}/{run}/summary.json",
+    params:
+        spec=softprompt_spec,
+        checkpoints="resources/softprompt/{pair}/{run}/checkpoints",
+        tensorboard="logs/softprompt/{pair}/{run}.tensorboard",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/softprompt/{pair}/{run}.log",
+    benchmark:
+        "benchmarks/softprompt/{pair}/{run}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=softprompt_runtime,
+    shell:
+        "python -m lmdelta --log {log} softprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
+        " --model-a {input.a} --model-b {input.b} --corpus {input.corpus} --out {output.prompt}"
+        " --out-metrics {output.metrics} --out-png {output.png} --out-summary {output.summary}"
+        " --checkpoints {params.checkpoints} --tensorboard {params.tensorboard} --threads {threads}"
+
+
+rule hardprompt:
+    input:
+        unpack(hardprompt_inputs),
+    output:
+        prompts="results/hardprompt/{pair}/{run}/prompts.parquet",
+        csv=report(
+            "results/hardprompt/{pair}/{run}/prompts.csv",
+            caption="../report/hardprompt.rst",
+            category="8. Soft and hard prompts",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts and snippets, ranked"},
+        ),
+        projection="results/hardprompt/{pair}/{run}/projection.csv",
+        summary="results/hardprompt/{pair}/{run}/summary.json",
+        clusters=report(
+            "results/hardprompt/{pair}/{run}/clusters.csv",
+            caption="../report/hardprompt.rst",
+            category="8. Soft and hard prompts",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "hard-prompt clusters"},
+        ),
+        png=report(
+            "results/hardprompt/{pair}/{run}/divergence.png",
+            caption="../report/hardprompt.rst",
+            category="8. Soft and hard prompts",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts vs snippets"},
+        ),
+    params:
+        spec=softprompt_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/hardprompt/{pair}/{run}.log",
+    benchmark:
+        "benchmarks/hardprompt/{pair}/{run}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m lmdelta --log {log} hardprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
+        " --model-a {input.a} --model-b {input.b} --corpus {input.corpus} --soft {input.soft} --out {output.prompts}"
+        " --out-csv {output.csv} --out-projection {output.projection} --out-summary {output.summary}"
+        " --out-clusters {output.clusters} --out-png {output.png} --threads {threads}"
