@@ -23,6 +23,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import known_fields
+from lmdelta.models import pad_id
 
 log = logging.getLogger(__name__)
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
@@ -105,7 +106,7 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
 
     device = next(models[0].parameters()).device
     eos = toks[0].eos_token_id
-    pad = toks[0].pad_token_id if toks[0].pad_token_id is not None else (eos if eos is not None else 0)
+    pad = pad_id(toks[0])
     comb = Combination(weights=tuple(p.weights), space=p.space, plausibility_alpha=p.plausibility_alpha, expert=0)
     sampling = Sampling(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
     jobs = [(q, s) for q in prompts for s in range(p.samples)]

@@ -23,6 +23,7 @@ import numpy as np
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, write_csv
 from lmdelta.config import known_fields
+from lmdelta.models import pad_id
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def train(
     start, losses = _load_checkpoint(ckpt_dir, model, optimizer)
 
     examples = encode_examples(tok, records, chat_template=params.chat_template, max_tokens=params.max_tokens)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad = pad_id(tok)
     use_autocast = params.autocast == "bf16"
     end = params.steps if stop_after is None else min(params.steps, stop_after)
     bar = tqdm(range(start, end), desc=f"derive {name}", unit=" step", initial=start, total=params.steps)

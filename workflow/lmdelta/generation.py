@@ -9,6 +9,7 @@ seed, and whether prompts go through the tokenizer's chat template. The token lo
 from __future__ import annotations
 
 from lmdelta.decoding import Sampling, decode
+from lmdelta.models import pad_id
 
 __all__ = ["Sampling", "format_prompt", "generate_texts"]
 
@@ -45,7 +46,7 @@ def generate_texts(
 
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    pad = pad_id(tokenizer)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[dict] = []

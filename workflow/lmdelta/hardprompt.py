@@ -8,7 +8,9 @@ Candidates, by ``method``:
   nearest-token projection (straight-through gradient), starting from the soft prompt; the projected
   prompt with the highest divergence on a held-out batch is kept.
 - ``generated``: texts of ``generate_tokens`` tokens sampled from model a conditioned on the soft
-  prompt (special tokens such as EOS are never sampled, so no text ends before it starts).
+  prompt (special tokens such as EOS are never sampled, so no text ends before it starts): with the
+  chat placement, a's reply to it (``generate_in: reply``) or a continuation of the user message
+  itself (``prompt``).
 
 Every candidate is then scored WITHOUT the soft prompt, as a plain prompt in the soft prompt's
 placement (raw text for ``prefix``, the user message of the chat template for ``chat``), the way
@@ -32,6 +34,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import known_fields
+from lmdelta.models import pad_id
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class HardPromptParams:
     n_generate: int = 16
     generate_tokens: int = 16
     generate_temperature: float = 1.0
+    generate_in: str = "reply"  # reply: the model's reply to the soft prompt (chat) | prompt: continue the soft prompt itself
     samples: int = 2
     max_new_tokens: int = 24
     temperature: float | None = 1.0
@@ -65,7 +69,7 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) 
     from lmdelta.softprompt import collate, nearest_tokens_ids, pair_divergence, template_ids
 
     train, held = windows
-    pad = toks[0].pad_token_id if toks[0].pad_token_id is not None else (toks[0].eos_token_id or 0)
+    pad = pad_id(toks[0])
     templates = [template_ids(t, sp.placement) for t in toks]
     emb = models[0].get_input_embeddings()
     table = emb.weight.detach().float()[:n_vocab]
@@ -106,12 +110,11 @@ def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams)
     device = emb.weight.device
     parts = [emb(torch.tensor([before], device=device))] if before else []
     parts.append(soft.to(device=device, dtype=emb.weight.dtype)[None])
-    if after:
+    if after and hp.generate_in == "reply":
         parts.append(emb(torch.tensor([after], device=device)))
     x = torch.cat(parts, dim=1).expand(hp.n_generate, -1, -1)
     mask = torch.ones(x.shape[:2], dtype=torch.long, device=device)
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    pad = pad_id(tok)
     with torch.inference_mode():
         # special tokens are never chosen: a soft prompt often drives the model to end at once
         new = decode_combined([model], [(None, mask, x)], comb=None, max_new_tokens=hp.generate_tokens,
@@ -142,7 +145,7 @@ def perplexities(model, tok, texts: list[str]) -> list[float]:
     head = [prefix] if prefix is not None else []
     seqs = [head + tok(t, add_special_tokens=False).input_ids for t in texts]
     keep = [i for i, s in enumerate(seqs) if len(s) >= 2]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     scores = score_sequences(model, [seqs[i] for i in keep], max_length=1024, stride=512, batch_tokens=8192, pad_token_id=pad)
     out = [math.nan] * len(texts)
     for i, sc in zip(keep, scores):

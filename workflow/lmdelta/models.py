@@ -225,6 +225,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def pad_id(tok) -> int:
+    """The id that fills padded positions: the tokenizer's pad token, else EOS, else 0 (padded
+    positions are masked, so the choice never changes a number)."""
+    if tok.pad_token_id is not None:
+        return tok.pad_token_id
+    return tok.eos_token_id if tok.eos_token_id is not None else 0
+
+
 def load_model(
     folder: str | Path,
     *,

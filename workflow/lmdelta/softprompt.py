@@ -32,6 +32,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import known_fields
+from lmdelta.models import pad_id
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "\u2063SOFTPROMPT\u2063"
@@ -216,7 +217,7 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
     from lmdelta.derive import batch_indices
 
     train, held = windows
-    pad = toks[0].pad_token_id if toks[0].pad_token_id is not None else (toks[0].eos_token_id or 0)
+    pad = pad_id(toks[0])
     templates = [template_ids(t, p.placement) for t in toks]
     for m in models:
         m.eval()
