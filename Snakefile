@@ -19,6 +19,7 @@ include: "workflow/rules/uid.smk"
 include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/softprompt.smk"
+include: "workflow/rules/comparator.smk"
 
 
 rule all:

@@ -131,6 +131,9 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert soft["steps_run"] == 4 and soft["heldout_without_prompt"] > 0
     hard = pd.read_parquet(tmp_path / "results" / "hardprompt" / "planted" / "sp" / "prompts.parquet")
     assert set(hard.method) >= {"nearest-cosine", "snippet"} and hard.is_baseline.sum() == (~hard.is_baseline).sum()
+    # the pair's completions exported for LLM Comparator
+    doc = json.loads((tmp_path / "results" / "comparator" / "planted" / "default.json").read_text())
+    assert doc["models"] == [{"name": "neox-planted"}, {"name": "neox"}] and len(doc["examples"]) == 40 * 2
     # the derived model and the check of its planted behaviour
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3

@@ -136,6 +136,16 @@ def cmd_hardprompt(a: argparse.Namespace) -> None:
                    out_summary=Path(a.out_summary), out_clusters=Path(a.out_clusters), out_png=Path(a.out_png), threads=a.threads)
 
 
+def cmd_comparator(a: argparse.Namespace) -> None:
+    from lmdelta.comparator import run_comparator
+
+    spec = json.loads(a.spec)
+    run_comparator(pair=a.pair, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
+                   load_options=tuple(spec["load_options"]), formats=tuple(spec["formats"]), promptset=Path(a.promptset),
+                   completions=tuple(Path(p) for p in a.completions), diversity=tuple(Path(p) for p in a.diversity),
+                   planted=spec.get("planted"), out=Path(a.out), batch_size=spec["batch_size"], threads=a.threads)
+
+
 def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
@@ -390,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(opt, required=True)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_hardprompt)
+
+    sp = sub.add_parser("comparator", help="export a pair's completions as LLM Comparator JSON")
+    for opt in ("--pair", "--spec", "--model-a", "--model-b", "--promptset", "--out"):
+        sp.add_argument(opt, required=True)
+    sp.add_argument("--completions", nargs=2, required=True, help="completions of model a, then of model b")
+    sp.add_argument("--diversity", nargs=2, required=True, help="diversity cells of model a, then of model b")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(func=cmd_comparator)
 
     sp = sub.add_parser("interpolate", help="parameter interpolation of two same-architecture models")
     for opt in ("--name", "--model-a", "--model-b", "--source", "--out"):

@@ -183,6 +183,12 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}")
         if run["init"] == "text" and not run["init_text"]:
             raise LmdeltaError(f"{where}.init_text: init: text needs init_text; give a text or use init: vocab")
+    _check_selection(config, "comparator", pools=(("pairs", "pairs"), ("promptsets", "promptsets")))
+    have = set(selected(config, "completions", "models"))
+    for name in config["comparator"]["pairs"] or []:
+        missing = [config["pairs"][name][s] for s in ("a", "b") if config["pairs"][name][s] not in have]
+        if missing:
+            raise LmdeltaError(f"config: comparator.pairs: pair {name!r} needs completions of {', '.join(missing)}; add them to completions.models")
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:
@@ -269,6 +275,12 @@ def planted_truth(config: dict[str, Any], pair: str) -> dict[str, Any] | None:
             return {"model": name, "side": side, "trigger_keywords": trigger_keywords(planted),
                     "response_keywords": list(planted["response_keywords"])}
     return None
+
+
+def comparator_pairs(config: dict[str, Any]) -> list[str]:
+    """Pairs exported for LLM Comparator: the selected ones whose two models have completions."""
+    have = set(selected(config, "completions", "models"))
+    return [p for p in selected(config, "comparator", "pairs") if {config["pairs"][p]["a"], config["pairs"][p]["b"]} <= have]
 
 
 def _check_selection(config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))) -> None:

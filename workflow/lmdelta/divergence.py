@@ -39,3 +39,42 @@ def divergences(a_logits, b_logits, names: tuple[str, str] = ("a", "b")) -> dict
     """KL in both directions and JS, keyed by direction, e.g. ``kl_tuned_base``."""
     x, y = names
     return {f"kl_{x}_{y}": kl(a_logits, b_logits), f"kl_{y}_{x}": kl(b_logits, a_logits), "js": js(a_logits, b_logits)}
+
+
+def text_divergences(models, seqs: list[tuple[list[int], list[int]]], starts: list[tuple[int, int]], *, pad: int,
+                     batch_size: int = 8) -> list[dict]:
+    """Teacher-forced divergences of two models on shared text tokens, each model reading its own prefix.
+
+    ``seqs[i]`` holds model a's and model b's token ids (own prompt format, then the same text tokens);
+    ``starts[i]`` the index in each of the first text token. Returns, per text, the mean over its
+    tokens of ``kl_a_b``, ``kl_b_a`` and ``js`` between the distributions that predict each text token
+    (NaN for an empty text) and ``n_tokens``.
+    """
+    import math
+
+    import torch
+
+    out = []
+    for b in range(0, len(seqs), batch_size):
+        chunk, where = seqs[b:b + batch_size], starts[b:b + batch_size]
+        logits = []
+        for side, model in enumerate(models):
+            rows = [s[side] for s in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.as_tensor(r)
+                mask[i, : len(r)] = 1
+            device = next(model.parameters()).device
+            with torch.inference_mode():
+                logits.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu())
+        for i, (s, (sa, sb)) in enumerate(zip(chunk, where)):
+            n = len(s[0]) - sa
+            if n <= 0 or sa == 0 or sb == 0:
+                out.append({"kl_a_b": math.nan, "kl_b_a": math.nan, "js": math.nan, "n_tokens": max(n, 0)})
+                continue
+            za, zb = logits[0][i, sa - 1: sa - 1 + n], logits[1][i, sb - 1: sb - 1 + n]
+            d = divergences(za, zb, ("a", "b"))
+            out.append({k: float(v.mean()) for k, v in d.items()} | {"n_tokens": n})
+    return out

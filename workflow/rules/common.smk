@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from lmdelta import LmdeltaError  # noqa: E402
 from lmdelta.config import (  # noqa: E402
     LOAD_OPTION_KEYS,
+    comparator_pairs,
     derived_models,
     interpolated_models,
     materialised_models,
@@ -86,6 +87,8 @@ def all_targets():
                 run=config["search"]["runs"]),
         *expand("results/hardprompt/{pair}/{run}/prompts.parquet", pair=selected(config, "softprompt", "pairs"),
                 run=config["softprompt"]["runs"]),
+        *expand("results/comparator/{pair}/{promptset}.json", pair=comparator_pairs(config),
+                promptset=[p for p in selected(config, "comparator", "promptsets") if p in selected(config, "completions", "promptsets")]),
     ]
 
 
@@ -439,6 +442,29 @@ def cluster_spec(wildcards):
     return json.dumps(spec)
 
 
+# ---- LLM Comparator export ----------------------------------------------------------------------------
+
+
+def comparator_inputs(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    names = [pair["a"], pair["b"]]
+    return {"a": model_dir(names[0]), "b": model_dir(names[1]), "promptset": promptset_file(wildcards.promptset),
+            "completions": expand("results/completions/{promptset}/{model}.parquet", promptset=wildcards.promptset, model=names),
+            "diversity": expand("results/diversity/{promptset}/{model}.parquet", promptset=wildcards.promptset, model=names)}
+
+
+def comparator_spec(wildcards):
+    pair = config["pairs"][wildcards.pair]
+    names = [pair["a"], pair["b"]]
+    return json.dumps({
+        "names": names,
+        "load_options": [model_load_options(n) for n in names],
+        "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
+        "planted": planted_truth(config, wildcards.pair),
+        "batch_size": config["comparator"]["batch_size"],
+    })
+
+
 # ---- soft and hard prompts ----------------------------------------------------------------------------
 
 
@@ -457,6 +483,14 @@ def hardprompt_inputs(wildcards):
 
 
 def softprompt_spec(wildcards):
+    """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
+    pair = config["pairs"][wildcards.pair]
+    names = [pair["a"], pair["b"]]
+    run = {k: v for k, v in softprompt_run(wildcards).items() if k not in ("hard", "embedder")}
+    return json.dumps({"names": names, "run": run, "load_options": [model_load_options(n) for n in names]})
+
+
+def hardprompt_spec(wildcards):
     pair = config["pairs"][wildcards.pair]
     names = [pair["a"], pair["b"]]
     return json.dumps({

@@ -71,7 +71,7 @@ rule hardprompt:
             labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts vs snippets"},
         ),
     params:
-        spec=softprompt_spec,
+        spec=hardprompt_spec,
     conda:
         CONDA_ENV
     log:

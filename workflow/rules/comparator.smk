@@ -1,0 +1,22 @@
+# Completions of a pair exported for the LLM Comparator viewer.
+
+
+rule comparator:
+    input:
+        unpack(comparator_inputs),
+    output:
+        "results/comparator/{pair}/{promptset}.json",
+    params:
+        spec=comparator_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/comparator/{pair}/{promptset}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m lmdelta --log {log} comparator --pair {wildcards.pair} --spec {params.spec:q} --model-a {input.a}"
+        " --model-b {input.b} --promptset {input.promptset} --completions {input.completions} --diversity {input.diversity}"
+        " --out {output} --threads {threads}"
