@@ -20,6 +20,7 @@ include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/softprompt.smk"
 include: "workflow/rules/comparator.smk"
+include: "workflow/rules/scorecard.smk"
 
 
 rule all:

@@ -131,6 +131,10 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert soft["steps_run"] == 4 and soft["heldout_without_prompt"] > 0
     hard = pd.read_parquet(tmp_path / "results" / "hardprompt" / "planted" / "sp" / "prompts.parquet")
     assert set(hard.method) >= {"nearest-cosine", "snippet"} and hard.is_baseline.sum() == (~hard.is_baseline).sum()
+    # the discovery scorecard of the planted pair (neox-planted has no logprobs here: no corpus row)
+    card = pd.read_csv(tmp_path / "results" / "scorecard" / "planted.csv")
+    assert set(card.method) == {"contrastive", "search", "search seeds", "hardprompt", "random snippets"}
+    assert card.precision_keyword.between(0, 1).all() and (card.model_calls > 0).all()
     # the pair's completions exported for LLM Comparator
     doc = json.loads((tmp_path / "results" / "comparator" / "planted" / "default.json").read_text())
     assert doc["models"] == [{"name": "neox-planted"}, {"name": "neox"}] and len(doc["examples"]) == 40 * 2

@@ -146,6 +146,14 @@ def cmd_comparator(a: argparse.Namespace) -> None:
                    planted=spec.get("planted"), out=Path(a.out), batch_size=spec["batch_size"], threads=a.threads)
 
 
+def cmd_scorecard(a: argparse.Namespace) -> None:
+    from lmdelta.scorecard import run_scorecard
+
+    spec = json.loads(a.spec)
+    run_scorecard(pair=a.pair, truth=spec["truth"], sources=spec["sources"], k=spec["k"], threshold=spec["threshold"],
+                  embedder=spec["embedder"], out_csv=Path(a.out_csv), out_top=Path(a.out_top), out_png=Path(a.out_png))
+
+
 def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
@@ -408,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--diversity", nargs=2, required=True, help="diversity cells of model a, then of model b")
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_comparator)
+
+    sp = sub.add_parser("scorecard", help="precision@k of each discovery method on a planted pair")
+    for opt in ("--pair", "--spec", "--out-csv", "--out-top", "--out-png"):
+        sp.add_argument(opt, required=True)
+    sp.set_defaults(func=cmd_scorecard)
 
     sp = sub.add_parser("interpolate", help="parameter interpolation of two same-architecture models")
     for opt in ("--name", "--model-a", "--model-b", "--source", "--out"):

@@ -189,6 +189,11 @@ def _check_semantics(config: dict[str, Any]) -> None:
         missing = [config["pairs"][name][s] for s in ("a", "b") if config["pairs"][name][s] not in have]
         if missing:
             raise LmdeltaError(f"config: comparator.pairs: pair {name!r} needs completions of {', '.join(missing)}; add them to completions.models")
+    _check_selection(config, "scorecard", pools=(("pairs", "pairs"),))
+    for name in config["scorecard"]["pairs"] or []:
+        if planted_truth(config, name) is None:
+            raise LmdeltaError(f"config: scorecard.pairs: pair {name!r} has no model with a planted behaviour; the scorecard needs one "
+                               "(models.<name>.source.derive.data.planted)")
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:
@@ -273,7 +278,8 @@ def planted_truth(config: dict[str, Any], pair: str) -> dict[str, Any] | None:
         if name in planted_models(config):
             planted = config["models"][name]["source"]["derive"]["data"]["planted"]
             return {"model": name, "side": side, "trigger_keywords": trigger_keywords(planted),
-                    "response_keywords": list(planted["response_keywords"])}
+                    "response_keywords": list(planted["response_keywords"]), "response": planted["response"],
+                    "trigger_subjects": list(planted["trigger_subjects"])}
     return None
 
 
@@ -281,6 +287,11 @@ def comparator_pairs(config: dict[str, Any]) -> list[str]:
     """Pairs exported for LLM Comparator: the selected ones whose two models have completions."""
     have = set(selected(config, "completions", "models"))
     return [p for p in selected(config, "comparator", "pairs") if {config["pairs"][p]["a"], config["pairs"][p]["b"]} <= have]
+
+
+def scorecard_pairs(config: dict[str, Any]) -> list[str]:
+    """Pairs scored: the selected ones with a planted behaviour."""
+    return [p for p in selected(config, "scorecard", "pairs") if planted_truth(config, p) is not None]
 
 
 def _check_selection(config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))) -> None:

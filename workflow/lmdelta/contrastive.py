@@ -203,7 +203,7 @@ def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: 
     import torch
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
-    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import divergence_figure, save_figure
 
     if threads:
@@ -220,7 +220,9 @@ def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: 
     models, toks = [m for m, _ in loaded], [t for _, t in loaded]
     check_same_tokenizer(toks[0], toks[1], pair)
     prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
+    calls = ForwardCounter(*models)
     records = generate_pair(models, toks, prompts, params, formats=list(formats))
+    prov.params["model_calls"] = calls.n
     records.sort(key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf)
     df = pd.DataFrame(records)
     df.insert(0, "rank", np.arange(1, len(df) + 1))

@@ -265,7 +265,7 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
     from lmdelta.diversity import embed, load_embedder
-    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import hardprompt_figure, save_figure
     from lmdelta.search import cluster_bank, cluster_table
     from lmdelta.softprompt import check_compatible, load_soft_prompt, split_windows, training_docs
@@ -286,13 +286,15 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     for m in models:
         m.eval()
         m.requires_grad_(False)
+    calls = ForwardCounter(*models)
     soft = load_soft_prompt(soft_path)
     docs = training_docs(models, toks, sp_params, corpus)
     windows = split_windows(docs, sp_params)
     cands, proj_rows, _ = candidates(models, toks, soft, windows, sp_params, hp_params)
     df = evaluate_candidates(models, toks, cands, docs, sp_params, hp_params, planted)
     summary = {"pair": pair, "run": run, "divergence": sp_params.divergence, "placement": sp_params.placement,
-               **summarise(df, hp_params, planted)}
+               **summarise(df, hp_params, planted), "model_calls": calls.n}
+    prov.params["model_calls"] = calls.n
     hard = df[~df.is_baseline].reset_index(drop=True)
     vectors = embed(load_embedder(embedder), hard.prompt.tolist(), batch_size=64, autocast="none")
     assigned, table = cluster_table(hard, cluster_bank(vectors, k=hp_params.k_clusters, seed=hp_params.seed))

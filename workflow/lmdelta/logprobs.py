@@ -125,7 +125,7 @@ def run_logprobs(
     import torch
     from tqdm import tqdm
 
-    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
 
     out, out_meanprob = Path(out), Path(out_meanprob)
     if threads:
@@ -138,6 +138,7 @@ def run_logprobs(
     prov.inputs["corpus"] = {"path": str(corpus_path), "sha256": corpus_digest}
 
     model, tokenizer = load_model(model_dir, **opts)
+    calls = ForwardCounter(model)
     ctx = getattr(model.config, "max_position_embeddings", None)
     if ctx is not None and params.max_length > ctx:
         raise LmdeltaError(f"logprobs: max_length {params.max_length} exceeds the model's context ({ctx} positions); lower logprobs.max_length")
@@ -185,6 +186,7 @@ def run_logprobs(
         raise LmdeltaError(f"logprobs: no token of {corpus_path} could be scored (every document is empty or one token long); check the corpus")
     counts = {"n_docs": n_docs - len(skipped), "n_docs_skipped": len(skipped), "n_tokens": n_positions, "vocab_size": int(vocab)}
     prov.params["counts"] = counts
+    prov.params["model_calls"] = calls.n  # forward calls of this run (a resumed run counts only its own)
     prov.params["skipped_doc_ids"] = skipped[:100]
     if skipped:
         log.warning("%d documents had nothing to score (empty, or one token with first_token: none) and are skipped: %s",

@@ -225,6 +225,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class ForwardCounter:
+    """Counts the forward calls of the models it watches: one per batched forward (a prefill, a
+    decoding step, a training or scoring batch). The discovery scorecard reports it as model calls."""
+
+    def __init__(self, *models):
+        self.n = 0
+        seen, self._handles = set(), []
+        for m in models:
+            if id(m) not in seen:  # a model watched twice would count twice
+                seen.add(id(m))
+                self._handles.append(m.register_forward_hook(self._hook))
+
+    def _hook(self, *args) -> None:
+        self.n += 1
+
+
 def pad_id(tok) -> int:
     """The id that fills padded positions: the tokenizer's pad token, else EOS, else 0 (padded
     positions are masked, so the choice never changes a number)."""

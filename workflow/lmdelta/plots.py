@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -241,5 +242,29 @@ def hardprompt_figure(df, title: str, key: str):
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def scorecard_figure(card, title: str):
+    """Precision@k of each discovery method (keyword and embedding hits), references hatched; wall time noted."""
+    plt = _pyplot()
+    labels = [f"{r.method}" + (f" ({r.run})" if r.run else "") for r in card.itertuples()]
+    y = np.arange(len(card))[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(card) + 1.4))
+    ax.barh(y + 0.18, card.precision_keyword, height=0.35, label="keyword hit", color="tab:red",
+            hatch=["//" if r else "" for r in card.reference])
+    ax.barh(y - 0.18, card.precision_embedding, height=0.35, label="embedding hit", color="tab:blue",
+            hatch=["//" if r else "" for r in card.reference])
+    for yi, r in zip(y, card.itertuples()):
+        if not (isinstance(r.wall_time_s, float) and math.isnan(r.wall_time_s)):
+            calls = "" if r.model_calls is None or r.model_calls != r.model_calls else f", {int(r.model_calls)} calls"
+            ax.text(1.02, yi, f"{r.wall_time_s:.0f} s{calls}", va="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(0, 1.3)
+    ax.set_xlabel("precision@k (hatched: references, not methods)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -367,7 +367,7 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
     from lmdelta.completions import read_promptset
     from lmdelta.contrastive import check_same_tokenizer
     from lmdelta.diversity import embed, load_embedder
-    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import save_figure, search_figure
 
     if threads:
@@ -393,9 +393,11 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
     assistant = make_assistant(assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options,
                                fmt=assistant_format, loaded=reuse)
     embedder_model = load_embedder(embedder)
+    calls = ForwardCounter(*models, *([assistant.model] if hasattr(assistant, "model") and not isinstance(assistant.model, str) else []))
     records, cycles = search_loop(seeds, params=params, score=pair_scorer(models, toks, list(formats), params),
                                   embed=lambda texts: embed(embedder_model, texts, batch_size=64, autocast="none"),
                                   assistant=assistant)
+    prov.params["model_calls"] = calls.n  # the pair's and a local assistant's forward calls
     bank = bank_frame(records, params.divergence, planted)
     cyc = pd.DataFrame(cycles)
     write_parquet(out_bank, bank, prov)

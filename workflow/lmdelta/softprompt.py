@@ -384,7 +384,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     from safetensors.torch import save_file
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
-    from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import save_figure, softprompt_figure
 
     if threads:
@@ -398,6 +398,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
     models, toks = [m for m, _ in loaded], [t for _, t in loaded]
     check_compatible(models, toks, pair)
+    calls = ForwardCounter(*models)
     torch.manual_seed(params.seed)
     windows = split_windows(training_docs(models, toks, params, corpus), params)
     res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir)
@@ -411,6 +412,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
                "n_train_windows": len(windows[0]), "n_heldout_windows": len(windows[1]),
                "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)]}
     prov.params["summary"] = {k: summary[k] for k in ("heldout_without_prompt", "heldout_with_prompt", "best_step")}
+    prov.params["model_calls"] = calls.n  # of this run (a resumed run counts only its own)
     with atomic_path(out_prompt, prov) as tmp:
         # no safetensors metadata: its key order is not stable, and the provenance record holds it all
         save_file({"soft_prompt": res["prompt"].contiguous()}, str(tmp))

@@ -20,6 +20,7 @@ from lmdelta.config import (  # noqa: E402
     materialised_models,
     planted_models,
     planted_truth,
+    scorecard_pairs,
     selected,
     validate_config,
     weights_owner,
@@ -87,6 +88,7 @@ def all_targets():
                 run=config["search"]["runs"]),
         *expand("results/hardprompt/{pair}/{run}/prompts.parquet", pair=selected(config, "softprompt", "pairs"),
                 run=config["softprompt"]["runs"]),
+        *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(config)),
         *expand("results/comparator/{pair}/{promptset}.json", pair=comparator_pairs(config),
                 promptset=[p for p in selected(config, "comparator", "promptsets") if p in selected(config, "completions", "promptsets")]),
     ]
@@ -440,6 +442,41 @@ def cluster_spec(wildcards):
     if run["clusters"]["label"]:
         spec["assistant"] = assistant_json(run)
     return json.dumps(spec)
+
+
+# ---- discovery-method scorecard ------------------------------------------------------------------------
+
+
+def scorecard_sources(pair_name):
+    """Every discovery method's artifacts for a pair (as configured), for the scorecard."""
+    pair = config["pairs"][pair_name]
+    names = [pair["a"], pair["b"]]
+    out = []
+    if set(names) <= set(selected(config, "logprobs", "models")):
+        for c in selected(config, "logprobs", "corpora"):
+            out.append({"kind": "corpus", "run": c, "corpus": f"results/corpus/{c}.parquet",
+                        "logprobs": [f"results/logprobs/{c}/{n}.parquet" for n in names]})
+    if pair_name in selected(config, "contrastive", "pairs"):
+        out += [{"kind": "contrastive", "run": r, "path": f"results/contrastive/{pair_name}/{r}.parquet"} for r in config["contrastive"]["runs"]]
+    if pair_name in selected(config, "search", "pairs"):
+        out += [{"kind": "search", "run": r, "path": f"results/search/{pair_name}/{r}/bank.parquet"} for r in config["search"]["runs"]]
+    if pair_name in selected(config, "softprompt", "pairs"):
+        out += [{"kind": "hardprompt", "run": r, "path": f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
+                 "soft": f"results/softprompt/{pair_name}/{r}/prompt.safetensors"} for r in config["softprompt"]["runs"]]
+    return out
+
+
+def scorecard_inputs(wildcards):
+    files = []
+    for s in scorecard_sources(wildcards.pair):
+        files += [s[k] for k in ("path", "corpus", "soft") if k in s] + s.get("logprobs", [])
+    return files
+
+
+def scorecard_spec(wildcards):
+    sc = config["scorecard"]
+    return json.dumps({"truth": planted_truth(config, wildcards.pair), "sources": scorecard_sources(wildcards.pair),
+                       "k": sc["k"], "threshold": sc["threshold"], "embedder": sc["embedder"]})
 
 
 # ---- LLM Comparator export ----------------------------------------------------------------------------
