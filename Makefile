@@ -38,6 +38,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
 	$(BIN)/snakemake --configfile config.yaml --report results/report.html
+	@if command -v chromium >/dev/null 2>&1; then $(BIN)/python -m lmdelta check-report results/report.html; \
+	else echo "(Chromium not installed: the report was not checked; apt-get install chromium to check it)"; fi
 	@echo "demo finished: open results/report.html; artifacts are in results/ and resources/models/"
 
 test: $(STAMP)

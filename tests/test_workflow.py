@@ -134,7 +134,7 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     # the discovery scorecard of the planted pair (neox-planted has no logprobs here: no corpus row)
     card = pd.read_csv(tmp_path / "results" / "scorecard" / "planted.csv")
     assert set(card.method) == {"contrastive", "search", "search seeds", "hardprompt", "random snippets"}
-    assert card.precision_keyword.between(0, 1).all() and (card.model_calls > 0).all()
+    assert card.precision_keyword.between(0, 1).all() and (card[~card.reference].model_calls > 0).all()
     # the pair's completions exported for LLM Comparator
     doc = json.loads((tmp_path / "results" / "comparator" / "planted" / "default.json").read_text())
     assert doc["models"] == [{"name": "neox-planted"}, {"name": "neox"}] and len(doc["examples"]) == 40 * 2
@@ -144,6 +144,19 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     check = json.loads((tmp_path / "results" / "planted" / "neox-planted.json").read_text())
     assert {k: v["n"] for k, v in check["rates"].items()} == {"base/trigger": 4, "base/ordinary": 4, "tuned/trigger": 4, "tuned/ordinary": 4}
     assert len(pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")) == 4
+
+    # One report with every stage's figures, checked as rendered in headless Chromium.
+    r = snakemake("--configfile", "tiny.yaml", "--report", "report.html", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from lmdelta.reportcheck import check_report, embedded, find_chromium
+
+    categories = embedded((tmp_path / "report.html").read_text(), "categories")
+    stages = ["2. Entropy and perplexity", "3. Output diversity", "4. Surprisal and UID", "5. Contrastive decoding",
+              "6. Prompt search", "7. Soft and hard prompts", "8. Discovery scorecard", "1. Planted behaviour"]
+    assert set(stages) <= set(categories)
+    if find_chromium() or os.environ.get("LMDELTA_REQUIRE_CHROMIUM"):
+        got = check_report(tmp_path / "report.html", expect=stages, screenshot=tmp_path / "report.png")
+        assert got["results"] >= 20 and (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     # A finished workflow re-run does nothing.
     r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)

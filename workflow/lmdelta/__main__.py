@@ -154,6 +154,13 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
                   embedder=spec["embedder"], out_csv=Path(a.out_csv), out_top=Path(a.out_top), out_png=Path(a.out_png))
 
 
+def cmd_check_report(a: argparse.Namespace) -> None:
+    from lmdelta.reportcheck import check_report
+
+    got = check_report(Path(a.report), expect=a.expect, screenshot=Path(a.screenshot) if a.screenshot else None)
+    print(f"report {a.report}: {got['categories']} categories, {got['results']} results, {got['links']} links; renders in Chromium")
+
+
 def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
@@ -421,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--pair", "--spec", "--out-csv", "--out-top", "--out-png"):
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_scorecard)
+
+    sp = sub.add_parser("check-report", help="check a snakemake --report file rendered in headless Chromium")
+    sp.add_argument("report")
+    sp.add_argument("--expect", nargs="*", default=[], help="categories that must be present")
+    sp.add_argument("--screenshot", help="save a screenshot of the rendered page (PNG)")
+    sp.set_defaults(func=cmd_check_report)
 
     sp = sub.add_parser("interpolate", help="parameter interpolation of two same-architecture models")
     for opt in ("--name", "--model-a", "--model-b", "--source", "--out"):

@@ -235,7 +235,11 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
             f.unlink()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / "key.json").write_text(key)
-    state = {"step": 0, "metrics": [], "best_step": 0, "best_heldout": -math.inf, "bad_evals": 0, "stopped_early": False}
+    from lmdelta.models import ForwardCounter
+
+    calls = ForwardCounter(*models)  # forward calls, added up over resumed runs in the checkpoint state
+    state = {"step": 0, "metrics": [], "best_step": 0, "best_heldout": -math.inf, "bad_evals": 0, "stopped_early": False,
+             "model_calls": 0}
     if (ckpt_dir / "state.json").exists():
         state = json.loads((ckpt_dir / "state.json").read_text())
         tensors = load_file(str(ckpt_dir / "prompt.safetensors"))
@@ -246,10 +250,12 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
         log.info("resuming soft-prompt training from step %d (%s)", state["step"], ckpt_dir)
     else:
         best = prompt.detach().clone()
+    calls_before = state.get("model_calls", 0)
     baseline = evaluate(models, None, templates, held, pad, p)
     writer = _tensorboard(tensorboard_dir)
 
     def checkpoint():
+        state["model_calls"] = calls_before + calls.n
         with atomic_path(ckpt_dir / "prompt.safetensors") as tmp:
             save_file({"prompt": prompt.detach().cpu().contiguous(), "best": best.cpu().contiguous()}, str(tmp))
         with atomic_path(ckpt_dir / "optimizer.pt") as tmp:
@@ -306,7 +312,7 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
         log.info("soft prompt: stopped at step %d after %d evaluations without improvement", state["step"], p.patience)
     return {"prompt": best.detach().cpu(), "metrics": state["metrics"], "best_step": state["best_step"],
             "best_heldout": state["best_heldout"], "baseline_heldout": baseline, "stopped_early": state["stopped_early"],
-            "steps_run": state["step"]}
+            "steps_run": state["step"], "model_calls": calls_before + calls.n}
 
 
 def _tensorboard(folder: Path | None):
@@ -384,7 +390,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     from safetensors.torch import save_file
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
-    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+    from lmdelta.models import load_model, read_fingerprint
     from lmdelta.plots import save_figure, softprompt_figure
 
     if threads:
@@ -398,7 +404,6 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
     models, toks = [m for m, _ in loaded], [t for _, t in loaded]
     check_compatible(models, toks, pair)
-    calls = ForwardCounter(*models)
     torch.manual_seed(params.seed)
     windows = split_windows(training_docs(models, toks, params, corpus), params)
     res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir)
@@ -412,7 +417,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
                "n_train_windows": len(windows[0]), "n_heldout_windows": len(windows[1]),
                "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)]}
     prov.params["summary"] = {k: summary[k] for k in ("heldout_without_prompt", "heldout_with_prompt", "best_step")}
-    prov.params["model_calls"] = calls.n  # of this run (a resumed run counts only its own)
+    prov.params["model_calls"] = res["model_calls"]  # training's forward calls, over every resumed run
     with atomic_path(out_prompt, prov) as tmp:
         # no safetensors metadata: its key order is not stable, and the provenance record holds it all
         save_file({"soft_prompt": res["prompt"].contiguous()}, str(tmp))

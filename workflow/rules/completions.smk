@@ -72,14 +72,14 @@ rule compare_diversity:
         csv=report(
             "results/diversity/{promptset}/comparison.csv",
             caption="../report/diversity_table.rst",
-            category="4. Output diversity",
+            category="3. Output diversity",
             subcategory="{promptset}",
             labels={"prompt set": "{promptset}", "figure": "table across models"},
         ),
         png=report(
             "results/diversity/{promptset}/diversity.png",
             caption="../report/diversity_figure.rst",
-            category="4. Output diversity",
+            category="3. Output diversity",
             subcategory="{promptset}",
             labels={"prompt set": "{promptset}", "figure": "metrics vs temperature"},
         ),

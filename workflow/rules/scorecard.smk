@@ -8,19 +8,19 @@ rule scorecard:
         csv=report(
             "results/scorecard/{pair}.csv",
             caption="../report/scorecard.rst",
-            category="9. Discovery scorecard",
+            category="8. Discovery scorecard",
             labels={"pair": "{pair}", "figure": "scorecard table"},
         ),
         top=report(
             "results/scorecard/{pair}.top.csv",
             caption="../report/scorecard.rst",
-            category="9. Discovery scorecard",
+            category="8. Discovery scorecard",
             labels={"pair": "{pair}", "figure": "surfaced texts"},
         ),
         png=report(
             "results/scorecard/{pair}.png",
             caption="../report/scorecard.rst",
-            category="9. Discovery scorecard",
+            category="8. Discovery scorecard",
             labels={"pair": "{pair}", "figure": "scorecard"},
         ),
     params:
