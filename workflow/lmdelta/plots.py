@@ -213,7 +213,7 @@ def softprompt_figure(metrics, baseline: float, title: str, key: str):
     ax.axhline(baseline, color="k", ls="--", lw=1, label="held-out, without it")
     ax.set_xlabel("step")
     ax.set_ylabel(f"{key} per token (nats)")
-    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_yscale("log")  # divergences are positive and span orders of magnitude
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title)
@@ -238,7 +238,6 @@ def hardprompt_figure(df, title: str, key: str):
     ax.scatter([], [], marker="_", color="tab:red", label="top prompts, scored again (fresh seed)")
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel(f"{key} without the soft prompt (nats)")
-    ax.set_yscale("symlog", linthresh=0.1)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     ax.set_title(title)
