@@ -102,6 +102,7 @@ BAD = [
      ["search.runs.r.divergence", "kl_a_b, kl_b_a, js"]),
     (_with("softprompt", {"runs": {"r": {}}}), ["softprompt.runs.r", "give corpus:"]),
     (_with("comparator", {"pairs": ["p"]}), ["comparator.pairs: 'p' is not defined under pairs:"]),
+    (_with("scorecard", {"pairs": ["p"]}), ["scorecard.pairs: 'p' is not defined under pairs:"]),
     (_with("softprompt", {"runs": {"r": {"corpus": "zz"}}}), ["softprompt.runs.r.corpus: 'zz' is not defined under corpora:"]),
     (_with("softprompt", {"runs": {"r": {"corpus": "c", "init": "text"}}}), ["softprompt.runs.r.init_text"]),
     (_with("softprompt", {"runs": {"r": {"corpus": "c", "placement": "middle"}}}), ["softprompt.runs.r.placement", "prefix, chat"]),

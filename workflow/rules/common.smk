@@ -354,6 +354,22 @@ def uid_params(wildcards):
     return json.dumps({k: u[k] for k in ("lengths", "n_boot", "seed", "word_level")})
 
 
+def model_format(name):
+    """How a model reads a prompt: its chat template, or its prompt_format."""
+    return {"chat_template": config["models"][name]["chat_template"], "fmt": config["models"][name]["prompt_format"]}
+
+
+def pair_models(pair_name, run=None, formats=True):
+    """The two models of a pair as the stages take them: names (a, b), the run's settings, load
+    options and prompt formats (in this key order, which the rules' params keep stable)."""
+    pair = config["pairs"][pair_name]
+    names = [pair["a"], pair["b"]]
+    out = {"names": names, **({"run": run} if run is not None else {}), "load_options": [model_load_options(n) for n in names]}
+    if formats:
+        out["formats"] = [model_format(n) for n in names]
+    return out
+
+
 # ---- contrastive decoding -----------------------------------------------------------------------------
 
 
@@ -369,14 +385,7 @@ def contrastive_inputs(wildcards):
 
 
 def contrastive_spec(wildcards):
-    pair = config["pairs"][wildcards.pair]
-    names = [pair["a"], pair["b"]]
-    return json.dumps({
-        "names": names,
-        "run": config["contrastive"]["runs"][wildcards.run],
-        "load_options": [model_load_options(n) for n in names],
-        "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
-    })
+    return json.dumps(pair_models(wildcards.pair, run=config["contrastive"]["runs"][wildcards.run]))
 
 
 def contrastive_prompt_args(wildcards, input):
@@ -404,9 +413,7 @@ def assistant_json(run):
     a = run["assistant"]
     out = {"spec": a}
     if "model" in a:
-        m = config["models"][a["model"]]
-        out.update(dir=model_dir(a["model"]), load_options=model_load_options(a["model"]),
-                   format={"chat_template": m["chat_template"], "fmt": m["prompt_format"]})
+        out.update(dir=model_dir(a["model"]), load_options=model_load_options(a["model"]), format=model_format(a["model"]))
     return out
 
 
@@ -418,13 +425,8 @@ def search_inputs(wildcards):
 
 
 def search_spec(wildcards):
-    pair = config["pairs"][wildcards.pair]
-    names = [pair["a"], pair["b"]]
     return json.dumps({
-        "names": names,
-        "run": search_run(wildcards),
-        "load_options": [model_load_options(n) for n in names],
-        "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
+        **pair_models(wildcards.pair, run=search_run(wildcards)),
         "assistant": assistant_json(search_run(wildcards)),
         "planted": planted_truth(config, wildcards.pair),
     })
@@ -491,12 +493,8 @@ def comparator_inputs(wildcards):
 
 
 def comparator_spec(wildcards):
-    pair = config["pairs"][wildcards.pair]
-    names = [pair["a"], pair["b"]]
     return json.dumps({
-        "names": names,
-        "load_options": [model_load_options(n) for n in names],
-        "formats": [{"chat_template": config["models"][n]["chat_template"], "fmt": config["models"][n]["prompt_format"]} for n in names],
+        **pair_models(wildcards.pair),
         "planted": planted_truth(config, wildcards.pair),
         "batch_size": config["comparator"]["batch_size"],
     })
@@ -521,21 +519,13 @@ def hardprompt_inputs(wildcards):
 
 def softprompt_spec(wildcards):
     """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
-    pair = config["pairs"][wildcards.pair]
-    names = [pair["a"], pair["b"]]
     run = {k: v for k, v in softprompt_run(wildcards).items() if k not in ("hard", "embedder")}
-    return json.dumps({"names": names, "run": run, "load_options": [model_load_options(n) for n in names]})
+    return json.dumps(pair_models(wildcards.pair, run=run, formats=False))
 
 
 def hardprompt_spec(wildcards):
-    pair = config["pairs"][wildcards.pair]
-    names = [pair["a"], pair["b"]]
-    return json.dumps({
-        "names": names,
-        "run": softprompt_run(wildcards),
-        "load_options": [model_load_options(n) for n in names],
-        "planted": planted_truth(config, wildcards.pair),
-    })
+    return json.dumps({**pair_models(wildcards.pair, run=softprompt_run(wildcards), formats=False),
+                       "planted": planted_truth(config, wildcards.pair)})
 
 
 def softprompt_runtime(wildcards):
