@@ -138,6 +138,23 @@ def model_mem_mb(wildcards, input, attempt):
     return int((fp["n_parameters"] * per_param + logits) / 1e6 * 1.2 + 1500) * attempt
 
 
+def pair_mem_mb(wildcards, input, attempt):
+    """Memory for a job that holds both models of a pair (contrastive decoding, search, soft and hard
+    prompts, the comparator export): their weights in the load dtype, plus 3 GB for activations,
+    logits and the runtime; more on each retry. 8 GB per model while a size is unknown (dry run)."""
+    pair = config["pairs"][wildcards.pair]
+    total = 3000
+    for side in ("a", "b"):
+        fp_path = Path(getattr(input, side)) / "fingerprint.json"
+        if not fp_path.exists():
+            total += 8000
+            continue
+        m = config["models"][pair[side]]
+        per_param = {"8bit": 1, "4bit": 0.5}.get(m["quantization"], _BYTES_PER_PARAM[m["dtype"]])
+        total += json.loads(fp_path.read_text())["n_parameters"] * per_param / 1e6 * 1.2
+    return int(total) * attempt
+
+
 # ---- corpora ------------------------------------------------------------------------------------
 
 

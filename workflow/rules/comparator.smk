@@ -14,7 +14,7 @@ rule comparator:
         "logs/comparator/{pair}/{promptset}.log",
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=pair_mem_mb,
         runtime=60,
     shell:
         "python -m lmdelta --log {log} comparator --pair {wildcards.pair} --spec {params.spec:q} --model-a {input.a}"

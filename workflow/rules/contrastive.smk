@@ -38,7 +38,7 @@ rule contrastive:
         "benchmarks/contrastive/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=pair_mem_mb,
         runtime=120,
     shell:
         "python -m lmdelta --log {log} contrastive --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"

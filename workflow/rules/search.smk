@@ -38,7 +38,7 @@ rule search:
         "benchmarks/search/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=pair_mem_mb,
         runtime=240,
     shell:
         "python -m lmdelta --log {log} search --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"

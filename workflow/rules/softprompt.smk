@@ -33,7 +33,7 @@ rule softprompt:
         "benchmarks/softprompt/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=pair_mem_mb,
         runtime=softprompt_runtime,
     shell:
         "python -m lmdelta --log {log} softprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
@@ -80,7 +80,7 @@ rule hardprompt:
         "benchmarks/hardprompt/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=pair_mem_mb,
         runtime=60,
     shell:
         "python -m lmdelta --log {log} hardprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
