@@ -54,18 +54,14 @@ def text_divergences(models, seqs: list[tuple[list[int], list[int]]], starts: li
 
     import torch
 
+    from lmdelta.models import right_pad
+
     out = []
     for b in range(0, len(seqs), batch_size):
         chunk, where = seqs[b:b + batch_size], starts[b:b + batch_size]
         logits = []
         for side, model in enumerate(models):
-            rows = [s[side] for s in chunk]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)] = torch.as_tensor(r)
-                mask[i, : len(r)] = 1
+            ids, mask = right_pad([s[side] for s in chunk], pad)
             device = next(model.parameters()).device
             with torch.inference_mode():
                 logits.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu())

@@ -241,6 +241,19 @@ class ForwardCounter:
         self.n += 1
 
 
+def right_pad(windows: list[list[int]], pad: int):
+    """Right-padded ids and mask [B, L]."""
+    import torch
+
+    width = max(len(w) for w in windows)
+    ids = torch.full((len(windows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = torch.as_tensor(w)
+        mask[i, : len(w)] = 1
+    return ids, mask
+
+
 def pad_id(tok) -> int:
     """The id that fills padded positions: the tokenizer's pad token, else EOS, else 0 (padded
     positions are masked, so the choice never changes a number)."""

@@ -33,6 +33,7 @@ import numpy as np
 from lmdelta import LmdeltaError
 from lmdelta.config import known_fields
 from lmdelta.models import pad_id
+from lmdelta.models import right_pad as collate  # noqa: F401 (the batches of training windows)
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "\u2063SOFTPROMPT\u2063"
@@ -117,19 +118,6 @@ def init_prompt(embedding, tok, p: SoftPromptParams):
     if p.init == "random":
         return torch.randn((p.n_tokens, w.shape[1]), generator=g) * w.std()
     raise LmdeltaError(f"softprompt: init {p.init!r} is unknown; use vocab, text or random")
-
-
-def collate(windows: list[list[int]], pad: int):
-    """Right-padded ids and mask [B, L]."""
-    import torch
-
-    width = max(len(w) for w in windows)
-    ids = torch.full((len(windows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(windows), width), dtype=torch.long)
-    for i, w in enumerate(windows):
-        ids[i, : len(w)] = torch.as_tensor(w)
-        mask[i, : len(w)] = 1
-    return ids, mask
 
 
 def text_logits(model, prompt, before: list[int], after: list[int], ids, mask):
