@@ -63,7 +63,7 @@ def main() -> None:
         src = build_tiny_model("llama", work / "src", build_tiny_tokenizer(work / "tok"), **SMOLLM2_DIMS)
         model = work / "model"
         materialise(ModelSpec(name="bench", source={"local": {"path": str(src)}}), model)
-    params = json.dumps({"max_length": 256, "stride": 256, "first_token": "bos", "batch_tokens": 2048, "chunk_positions": 32, "shard_docs": 16})
+    params = json.dumps({"max_length": 256, "stride": 256, "first_token": "bos", "batch_tokens": 2048, "chunk_positions": 32, "part_docs": 16})
     options = json.dumps({"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False})
     results = {}
     for n in (args.docs, 10 * args.docs):

@@ -110,6 +110,19 @@ def test_completions_grid_and_determinism(tmp_path, model_dir, promptset):
         run_completions(model_dir, promptset, tmp_path / "d.parquet", **{**kw, "params": CompletionParams(temperatures=(0.0,))})
 
 
+@pytest.mark.parametrize("n_shards", [4, 8])
+def test_sharded_completions_are_byte_identical_to_one_job(tmp_path, model_dir, promptset, n_shards):
+    """2 temperatures x 3 batches of 4 sequences dealt out to 4 or 8 jobs (8: two shards are empty)."""
+    kw = dict(params=CompletionParams(temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=7, batch_size=4),
+              load_options=CPU, chat_template=True, prompt_format=None)
+    run_completions(model_dir, promptset, tmp_path / "one.parquet", **kw)
+    run_completions(model_dir, promptset, tmp_path / "sharded.parquet", n_shards=n_shards, **kw)
+    assert (tmp_path / "sharded.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+    rec = read_provenance(tmp_path / "sharded.parquet")
+    assert rec["params"]["shards"] == n_shards and rec["stage"] == "completions" and "shard" not in rec["params"]
+    assert not list((tmp_path / "shards").rglob("*.parquet")), "shard files are removed after the gather"
+
+
 def test_diversity_stage_and_comparison(tmp_path, model_dir, promptset):
     params = CompletionParams(temperatures=(0.7, 1.4), samples=4, max_new_tokens=8, seed=0, batch_size=8)
     run_completions(model_dir, promptset, tmp_path / "c.parquet", params=params, load_options=CPU, chat_template=True, prompt_format=None)

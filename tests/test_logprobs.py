@@ -40,11 +40,11 @@ def setup(tmp_path_factory, tiny_models):
     return root, model_dir, corpus
 
 
-def run(setup, name, **params):
+def run(setup, name, n_shards=1, **params):
     root, model_dir, corpus = setup
     out = root / name / "m.parquet"
-    p = LogprobParams(**{"max_length": 16, "stride": 6, "batch_tokens": 64, "shard_docs": 2, **params})
-    run_logprobs(model_dir, corpus, out, out.with_suffix(".meanprob.npy"), params=p, load_options=CPU)
+    p = LogprobParams(**{"max_length": 16, "stride": 6, "batch_tokens": 64, "part_docs": 2, **params})
+    run_logprobs(model_dir, corpus, out, out.with_suffix(".meanprob.npy"), params=p, load_options=CPU, n_shards=n_shards)
     return out
 
 
@@ -98,14 +98,42 @@ def test_first_token_none_and_tokenizer_without_bos(setup, tmp_path):
     with pytest.raises(LmdeltaError, match="tokenizer has no BOS or EOS token; set logprobs.first_token: none"):
         run_logprobs(bare, corpus, tmp_path / "x.parquet", tmp_path / "x.npy", params=p, load_options=CPU)
     run_logprobs(bare, corpus, tmp_path / "y.parquet", tmp_path / "y.npy",
-                 params=LogprobParams(max_length=16, stride=6, batch_tokens=64, shard_docs=2, first_token="none"), load_options=CPU)
+                 params=LogprobParams(max_length=16, stride=6, batch_tokens=64, part_docs=2, first_token="none"), load_options=CPU)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "y.parquet"), df)
 
 
 def test_windowing_and_batching_do_not_change_results(setup):
     a = pd.read_parquet(run(setup, "w1", max_length=16, stride=16, batch_tokens=16))
-    b = pd.read_parquet(run(setup, "w2", max_length=16, stride=16, batch_tokens=4096, shard_docs=100))
+    b = pd.read_parquet(run(setup, "w2", max_length=16, stride=16, batch_tokens=4096, part_docs=100))
     pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_shards", [2, 3, 6])
+def test_sharded_run_is_byte_identical_to_one_job(setup, n_shards):
+    """4 parts of 2 documents dealt out to 2, 3 or 6 jobs (6: two shards are empty)."""
+    whole = run(setup, "one-job")
+    sharded = run(setup, f"sharded-{n_shards}", n_shards=n_shards)
+    assert sharded.read_bytes() == whole.read_bytes()
+    assert sharded.with_suffix(".meanprob.npy").read_bytes() == whole.with_suffix(".meanprob.npy").read_bytes()
+    rec = read_provenance(sharded)
+    assert rec["params"]["shards"] == n_shards and rec["params"]["counts"] == read_provenance(whole)["params"]["counts"]
+    assert rec["compute_time_s"] >= rec["wall_time_s"]
+
+
+def test_gather_refuses_missing_or_mismatched_shards(setup):
+    from lmdelta.logprobs import gather_logprobs, score_logprobs_shard
+
+    root, model_dir, corpus = setup
+    p = LogprobParams(max_length=16, stride=6, batch_tokens=64, part_docs=2)
+    d = root / "gather" / "shards" / "m"
+    score_logprobs_shard(model_dir, corpus, d / "0-of-2", params=p, load_options=CPU, shard=0, n_shards=2)
+    with pytest.raises(LmdeltaError, match="not shards 0..1 of 2"):
+        gather_logprobs([d / "0-of-2"], root / "gather" / "m.parquet", root / "gather" / "m.npy")
+    score_logprobs_shard(model_dir, corpus, d / "1-of-2", params=LogprobParams(max_length=16, stride=8, batch_tokens=64, part_docs=2),
+                         load_options=CPU, shard=1, n_shards=2)
+    with pytest.raises(LmdeltaError, match="other settings"):
+        gather_logprobs([d / "0-of-2", d / "1-of-2"], root / "gather" / "m.parquet", root / "gather" / "m.npy")
+    assert not (root / "gather" / "m.parquet").exists()
 
 
 def test_killed_run_resumes_from_finished_shards_and_equals_uninterrupted(setup, monkeypatch):
@@ -113,20 +141,20 @@ def test_killed_run_resumes_from_finished_shards_and_equals_uninterrupted(setup,
 
     whole = run(setup, "whole")
     calls = []
-    real = lp.score_shard
+    real = lp.score_part
 
-    def dies_on_third_shard(*a, **k):
+    def dies_on_third_part(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(lp, "score_shard", dies_on_third_shard)
+    monkeypatch.setattr(lp, "score_part", dies_on_third_part)
     with pytest.raises(KeyboardInterrupt):
         run(setup, "resumed")
     out = setup[0] / "resumed" / "m.parquet"
     assert not out.exists(), "no final artifact after a kill"
-    parts = list(out.parent.glob(".m.parts-*/shard-*.parquet"))
+    parts = list(out.parent.glob("shards/m/.0-of-1.parts-*/part-*.parquet"))
     assert len(parts) == 2
     calls.clear()
     run(setup, "resumed")

@@ -1,14 +1,15 @@
 """The workflow on a real SLURM cluster through profiles/slurm (snakemake-executor-plugin-slurm).
 
 Runs when LMDELTA_SLURM=1 (set by .ci/run once .ci/slurm_up.sh has started a single-node cluster
-on this machine); skipped otherwise. A four-rule chain (corpus sample, model materialisation,
-logprobs, entropy/perplexity) on a tiny model goes through sbatch, and sacct must report every job
-COMPLETED.
+on this machine); skipped otherwise. The tiny end-to-end workflow of test_workflow.py, with logprobs
+and completions split into shards, goes through sbatch job by job and sacct must report every job
+COMPLETED; a job that fails is reported FAILED and leaves no artifact.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,29 +19,62 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from lmdelta.artifacts import read_provenance
+from test_workflow import tiny_config
 
 pytestmark = pytest.mark.skipif(os.environ.get("LMDELTA_SLURM") != "1",
                                 reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)")
 
 
-def test_tiny_chain_through_the_slurm_profile(tmp_path, tiny_models):
-    config = {
-        "models": {"neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"}},
-        "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 4, "min_chars": 100}}},
-        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+def sacct_states() -> dict[str, str]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State"], capture_output=True, text=True, check=True).stdout
+    return {row.split("|")[0]: row.split("|")[2] for row in out.splitlines() if row}
+
+
+def slurm_snakemake(*args, cwd: Path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    before = set(subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID"], capture_output=True, text=True).stdout.split())
-    r = subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "slurm"),
-                        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
-                        "--configfile", "tiny.yaml", "--", "results/entropy_perplexity/docs/neox.json"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # The node has 2 CPUs: --max-threads keeps every job's request within it. Fast polling for short jobs.
+    return subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "slurm"),
+                           "--max-threads", "2", "--slurm-init-seconds-before-status-checks", "2",
+                           "--seconds-between-status-checks", "2", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_models, http_server):
+    config = tiny_config(tmp_path, tiny_models, http_server)
+    config["logprobs"]["shards"] = 2
+    config["completions"]["shards"] = 2
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = set(sacct_states())
+    r = slurm_snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert pd.read_parquet(tmp_path / "results" / "corpus" / "docs.parquet").shape[0] == 4
-    assert (tmp_path / "results" / "entropy_perplexity" / "docs" / "neox.json").exists()
-    rows = [ln.split("|") for ln in subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State"],
-                                                   capture_output=True, text=True).stdout.splitlines()]
-    ours = [row for row in rows if row[0] not in before]
-    assert len(ours) == 4 and all(row[1] == "COMPLETED" for row in ours), ours  # one SLURM job per rule
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", r.stdout + r.stderr)
+    ours = {k: v for k, v in sacct_states().items() if k not in before}
+    assert len(submitted) >= 40 and set(submitted) == set(ours), (len(submitted), len(ours))
+    assert set(ours.values()) == {"COMPLETED"}, ours
+    # every stage's final artifact is there, sharded stages gathered
+    assert pd.read_csv(tmp_path / "results" / "scorecard" / "planted.csv").shape[0] > 0
+    assert read_provenance(tmp_path / "results" / "logprobs" / "docs" / "neox.parquet")["params"]["shards"] == 2
+    assert len(pd.read_parquet(tmp_path / "results" / "completions" / "default" / "neox-planted.parquet")) == 40 * 2
+    assert (tmp_path / "results" / "hardprompt" / "planted" / "sp" / "prompts.parquet").exists()
+    assert (tmp_path / "results" / "uid" / "default" / "neox" / "comparisons.csv").exists()
+    # a finished workflow submits nothing more
+    r = slurm_snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_failed_slurm_job_is_reported_and_leaves_no_artifact(tmp_path, tiny_models):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    config = {"models": {"neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}}},
+              "corpora": {"bad": {"source": {"file": {"path": str(bad)}}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    before = set(sacct_states())
+    r = slurm_snakemake("--configfile", "c.yaml", "--", "results/corpus/bad.parquet", cwd=tmp_path)
+    assert r.returncode != 0
+    ours = {k: v for k, v in sacct_states().items() if k not in before}
+    assert list(ours.values()) == ["FAILED"], ours
+    assert not (tmp_path / "results" / "corpus" / "bad.parquet").exists()
+    log = (tmp_path / "logs" / "corpus_sample" / "bad.log").read_text()
+    assert "bad.jsonl line 2 is not valid JSON" in log and "fix or remove that line" in log

@@ -19,16 +19,18 @@ from lmdelta.models import load_model
 from test_corpus import jsonl_bytes, zst_multiframe
 
 
-def snakemake(*args, cwd: Path, timeout=600):
+def snakemake(*args, cwd: Path, timeout=600, env=None):
     env_bin = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{env_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PATH": f"{env_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
     )
 
 
-def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
+def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
+    """The tiny end-to-end workflow: every stage, every source kind that runs offline, on tiny models
+    (its input files are written under tmp_path; the web corpus is served by http_server)."""
     www, base = http_server
     payload = zst_multiframe(jsonl_bytes())
     (www / "val.jsonl.zst").write_bytes(payload)
@@ -67,6 +69,12 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
                                        "hard": {"pez_steps": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
                                                 "max_new_tokens": 3, "n_top": 2, "k_clusters": 2}}}},
     }
+    return config
+
+
+def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
+    config = tiny_config(tmp_path, tiny_models, http_server)
+    payload = (http_server[0] / "val.jsonl.zst").read_bytes()
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
@@ -86,7 +94,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
         assert model(ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
     for log in ("materialise_model/neox.log", "corpus_fetch/web.log", "corpus_sample/docs.log"):
         assert (tmp_path / "logs" / log).stat().st_size > 0
-    assert (tmp_path / "benchmarks" / "materialise_model" / "neox.tsv").exists()
+    assert (tmp_path / "benchmarks" / "logprobs" / "docs" / "neox.0-of-1.tsv").exists()
+    assert not (tmp_path / "results" / "logprobs" / "docs" / "shards" / "neox").exists(), "shards are temporary"
     for corpus in ("web", "docs"):
         table = pd.read_csv(tmp_path / "results" / "entropy_perplexity" / corpus / "comparison.csv")
         assert list(table.model) == ["neox", "llama-gguf", "neox-8bit"]
@@ -168,8 +177,47 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     r = snakemake("--configfile", "tiny.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
-    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample"] + ["entropy_perplexity"] * 3 + ["logprobs"] * 3
+    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample"] + ["entropy_perplexity"] * 3 + ["logprobs"] * 3 + ["logprobs_shard"] * 3
     assert "wildcards: corpus=web" in r.stdout
+
+
+def test_sharded_run_equals_unsharded_and_cache_is_shared_between_projects(tmp_path, tiny_models, http_server):
+    """Two projects on one machine: the first unsharded, the second with logprobs in 2 jobs and
+    completions in 3; both with --cache and one SNAKEMAKE_OUTPUT_CACHE. The second takes the
+    download and the materialised model from the cache and its artifacts equal the first's, byte for byte."""
+    www, base = http_server
+    payload = zst_multiframe(jsonl_bytes())
+    (www / "val.jsonl.zst").write_bytes(payload)
+    config = {
+        "models": {"neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"}},
+        "corpora": {"web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
+                            "sample": {"n_docs": 5, "seed": 3}}},
+        "logprobs": {"max_length": 32, "stride": 16, "batch_tokens": 256, "part_docs": 2},
+        "completions": {"temperatures": [0.5, 1.0], "samples": 2, "max_new_tokens": 4, "batch_size": 16},
+    }
+    targets = ["results/logprobs/web/neox.parquet", "results/completions/default/neox.parquet"]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    runs = {}
+    for name, shards in (("one", (1, 1)), ("sharded", (2, 3))):
+        project = tmp_path / name
+        project.mkdir()
+        cfg = {**config, "logprobs": {**config["logprobs"], "shards": shards[0]}, "completions": {**config["completions"], "shards": shards[1]}}
+        (project / "c.yaml").write_text(yaml.safe_dump(cfg))
+        r = snakemake(*targets, "--cache", "--configfile", "c.yaml", cwd=project, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)})
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = r.stdout + r.stderr
+    assert len(re.findall(r"^(?:local)?rule logprobs_shard:", runs["sharded"], re.M)) == 2
+    assert len(re.findall(r"^(?:local)?rule completions_shard:", runs["sharded"], re.M)) == 3
+    for t in targets:
+        assert (tmp_path / "sharded" / t).read_bytes() == (tmp_path / "one" / t).read_bytes(), t
+    assert read_provenance(tmp_path / "sharded" / targets[1])["params"]["shards"] == 3
+    # the second project ran neither the download nor the materialisation: both came from the cache
+    for log in ("corpus_fetch/web.log", "materialise_model/neox.log"):  # Snakemake touches the log of a cached job
+        assert (tmp_path / "one" / "logs" / log).stat().st_size > 0 and (tmp_path / "sharded" / "logs" / log).stat().st_size == 0, log
+    assert "Symlinking output file resources/corpus/web/raw from cache" in runs["sharded"]
+    assert (tmp_path / "sharded" / "resources" / "corpus" / "web" / "raw").is_symlink()
+    assert (tmp_path / "sharded" / "resources" / "models" / "neox" / "config.json").resolve().is_relative_to(cache)
 
 
 def test_failed_rule_leaves_no_artifact_and_a_one_line_error(tmp_path):

@@ -63,11 +63,22 @@ def cmd_corpus_sample(a: argparse.Namespace) -> None:
     build_corpus(_spec("corpus", a.name, a.spec), a.raw, a.out)
 
 
-def cmd_logprobs(a: argparse.Namespace) -> None:
-    from lmdelta.logprobs import LogprobParams, run_logprobs
+def add_shard_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--shard", type=int, default=0, help="which shard, from 0")
+    sp.add_argument("--n-shards", type=int, default=1, help="how many shards the work is split into")
 
-    run_logprobs(a.model_dir, a.corpus, a.out, a.out_meanprob, params=LogprobParams.from_dict(json.loads(a.params)),
-                 load_options=json.loads(a.load_options), threads=a.threads)
+
+def cmd_logprobs_shard(a: argparse.Namespace) -> None:
+    from lmdelta.logprobs import LogprobParams, score_logprobs_shard
+
+    score_logprobs_shard(a.model_dir, a.corpus, a.out, params=LogprobParams.from_dict(json.loads(a.params)),
+                         load_options=json.loads(a.load_options), shard=a.shard, n_shards=a.n_shards, threads=a.threads)
+
+
+def cmd_logprobs_gather(a: argparse.Namespace) -> None:
+    from lmdelta.logprobs import gather_logprobs
+
+    gather_logprobs(a.shards, a.out, a.out_meanprob)
 
 
 def cmd_entropy_perplexity(a: argparse.Namespace) -> None:
@@ -182,12 +193,18 @@ def cmd_check_planted(a: argparse.Namespace) -> None:
               chat_template=a.chat_template == "true", load_options=json.loads(a.load_options), name=a.name)
 
 
-def cmd_completions(a: argparse.Namespace) -> None:
-    from lmdelta.completions import CompletionParams, run_completions
+def cmd_completions_shard(a: argparse.Namespace) -> None:
+    from lmdelta.completions import CompletionParams, run_completions_shard
 
-    run_completions(a.model_dir, a.promptset, a.out, params=CompletionParams.from_dict(json.loads(a.params)),
-                    load_options=json.loads(a.load_options), chat_template=a.chat_template == "true",
-                    prompt_format=json.loads(a.prompt_format), threads=a.threads)
+    run_completions_shard(a.model_dir, a.promptset, a.out, params=CompletionParams.from_dict(json.loads(a.params)),
+                          load_options=json.loads(a.load_options), chat_template=a.chat_template == "true",
+                          prompt_format=json.loads(a.prompt_format), shard=a.shard, n_shards=a.n_shards, threads=a.threads)
+
+
+def cmd_completions_gather(a: argparse.Namespace) -> None:
+    from lmdelta.completions import gather_completions
+
+    gather_completions(a.shards, a.out)
 
 
 def cmd_diversity(a: argparse.Namespace) -> None:
@@ -294,15 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_corpus_sample)
 
-    sp = sub.add_parser("logprobs", help="per-token logprob, entropy, top-1, rank of one model on one corpus")
+    sp = sub.add_parser("logprobs-shard", help="per-token logprob, entropy, top-1, rank of one model on one shard of a corpus")
     sp.add_argument("--model-dir", required=True)
     sp.add_argument("--corpus", required=True, help="results/corpus/<name>.parquet")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--out-meanprob", required=True)
+    sp.add_argument("--out", required=True, help="the shard's folder, .../<i>-of-<n>")
     sp.add_argument("--params", required=True, help="the logprobs config section as JSON")
     sp.add_argument("--load-options", required=True, help="the model's load options as JSON")
+    add_shard_args(sp)
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    sp.set_defaults(func=cmd_logprobs)
+    sp.set_defaults(func=cmd_logprobs_shard)
+
+    sp = sub.add_parser("logprobs-gather", help="join logprobs shards into the logprobs artifact")
+    sp.add_argument("--shards", nargs="+", required=True, help="every shard folder, in order")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--out-meanprob", required=True)
+    sp.set_defaults(func=cmd_logprobs_gather)
 
     sp = sub.add_parser("entropy-perplexity", help="summary of one logprobs artifact")
     for opt in ("--logprobs", "--meanprob", "--corpus", "--out-json", "--out-docs", "--model", "--corpus-name"):
@@ -338,12 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chat-template", choices=["true", "false"], required=True)
     sp.set_defaults(func=cmd_check_planted)
 
-    sp = sub.add_parser("completions", help="sampled completions of a prompt set over a temperature grid")
+    sp = sub.add_parser("completions-shard", help="one shard of the sampled completions of a prompt set over a temperature grid")
     for opt in ("--model-dir", "--promptset", "--out", "--params", "--load-options", "--prompt-format"):
         sp.add_argument(opt, required=True)
     sp.add_argument("--chat-template", choices=["true", "false"], required=True)
+    add_shard_args(sp)
     sp.add_argument("--threads", type=int, default=None)
-    sp.set_defaults(func=cmd_completions)
+    sp.set_defaults(func=cmd_completions_shard)
+
+    sp = sub.add_parser("completions-gather", help="join completion shards into the completions artifact")
+    sp.add_argument("--shards", nargs="+", required=True, help="every shard file, in order")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_completions_gather)
 
     sp = sub.add_parser("diversity", help="diversity metrics per (prompt, temperature) cell of one model's completions")
     for opt in ("--completions", "--out", "--params"):

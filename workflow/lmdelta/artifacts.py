@@ -127,6 +127,8 @@ class Provenance:
     inputs: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     started: float = field(default_factory=time.time)
+    #: Seconds spent by earlier jobs whose outputs this artifact joins (the shards of a gather).
+    prior_time_s: float = 0.0
 
     def add_input(self, name: str, path: str | os.PathLike) -> None:
         self.inputs[name] = input_fingerprint(path)
@@ -146,6 +148,7 @@ class Provenance:
             "host": socket.gethostname(),
             "started_utc": datetime.fromtimestamp(self.started, timezone.utc).isoformat(),
             "wall_time_s": round(now - self.started, 3),
+            "compute_time_s": round(now - self.started + self.prior_time_s, 3),
         }
 
 
@@ -210,7 +213,8 @@ def write_parquet(path: str | os.PathLike, table, prov: Provenance | None = None
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     # pandas metadata holds nothing run-specific, but drop it so the file depends on data alone.
-    table = table.replace_schema_metadata(None)
+    # One chunk per column: the bytes must not depend on how the table was assembled (a gather of shards).
+    table = table.replace_schema_metadata(None).combine_chunks()
     with atomic_path(path, prov) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

@@ -5,7 +5,9 @@ assistant prefix appended after the formatted prompt. Output ``results/completio
 prompt_id, category, temperature, sample, text, n_tokens, finish_reason, seed. All prompts x samples
 of a temperature are generated in batches of ``batch_size`` sequences with a KV cache; the seed of a
 batch is ``seed + 100003 * temperature index + batch start``, so the output is deterministic for a
-fixed config (batch_size included, as batch composition changes the random stream).
+fixed config (batch_size included, as batch composition changes the random stream). The batches
+are dealt out to ``shards`` independent jobs and gathered in order: the artifact's bytes do not
+depend on the shard count.
 """
 
 from __future__ import annotations
@@ -67,48 +69,99 @@ def read_promptset(path: str | Path) -> list[dict[str, Any]]:
     return prompts
 
 
-def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Path, *, params: CompletionParams,
-                    load_options: dict[str, Any], chat_template: bool, prompt_format: str | None,
-                    threads: int | None = None) -> int:
-    import pandas as pd
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("prompt_id", pa.string()), ("category", pa.string()), ("temperature", pa.float32()), ("sample", pa.int32()),
+                      ("text", pa.string()), ("n_tokens", pa.int32()), ("finish_reason", pa.string()), ("seed", pa.int64())])
+
+
+def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str | Path, *, params: CompletionParams,
+                          load_options: dict[str, Any], chat_template: bool, prompt_format: str | None,
+                          shard: int = 0, n_shards: int = 1, threads: int | None = None) -> int:
+    """Shard ``shard`` of ``n_shards`` of a model's completions: a contiguous range of the generation
+    batches (temperature by temperature, ``batch_size`` sequences each), written to ``out``."""
+    import pyarrow as pa
     import torch
     from tqdm import tqdm
 
     from lmdelta.artifacts import Provenance, write_parquet
     from lmdelta.generation import Sampling, format_prompt, generate_texts
     from lmdelta.models import load_model, read_fingerprint
+    from lmdelta.shards import shard_range
 
     if any(t <= 0 for t in params.temperatures):
         raise LmdeltaError(f"completions: temperatures must be > 0 (got {list(params.temperatures)}); greedy decoding is not a temperature")
     if threads:
         torch.set_num_threads(threads)
     prompts = read_promptset(promptset)
-    prov = Provenance(stage="completions", params={**asdict(params), "prompt_format": prompt_format,
-                                                  "chat_template": chat_template, "load_options": load_options}, seed=params.seed)
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(params.samples)]
+    units = [(t_index, b) for t_index in range(len(params.temperatures)) for b in range(0, len(jobs), params.batch_size)]
+    mine = [units[u] for u in shard_range(len(units), shard, n_shards)]
+    prov = Provenance(stage="completions_shard", params={**asdict(params), "prompt_format": prompt_format, "chat_template": chat_template,
+                                                        "load_options": load_options, "shard": shard, "n_shards": n_shards}, seed=params.seed)
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
     prov.add_input("promptset", promptset)
-    model, tok = load_model(model_dir, **load_options)
-    texts = [format_prompt(tok, p["prompt"], chat_template=chat_template, guide=p.get("guide", ""), fmt=prompt_format) for p in prompts]
-    jobs = [(i, s) for i in range(len(prompts)) for s in range(params.samples)]
     rows = []
-    bar = tqdm(total=len(jobs) * len(params.temperatures), desc=f"completions {Path(out).stem}", unit=" seq", mininterval=2.0)
-    for t_index, temp in enumerate(params.temperatures):
-        sampling = Sampling(temperature=temp, top_p=params.top_p, top_k=params.top_k)
-        for b in range(0, len(jobs), params.batch_size):
+    if mine:
+        model, tok = load_model(model_dir, **load_options)
+        texts = [format_prompt(tok, p["prompt"], chat_template=chat_template, guide=p.get("guide", ""), fmt=prompt_format) for p in prompts]
+        bar = tqdm(total=sum(len(jobs[b:b + params.batch_size]) for _, b in mine), desc=f"completions {Path(out).stem}",
+                   unit=" seq", mininterval=2.0)
+        for t_index, b in mine:
+            temp = params.temperatures[t_index]
             chunk = jobs[b:b + params.batch_size]
             seed = params.seed + 100003 * t_index + b
             outs = generate_texts(model, tok, [texts[i] for i, _ in chunk], max_new_tokens=params.max_new_tokens,
-                                  sampling=sampling, seed=seed, batch_size=len(chunk))
+                                  sampling=Sampling(temperature=temp, top_p=params.top_p, top_k=params.top_k), seed=seed, batch_size=len(chunk))
             for (i, s), o in zip(chunk, outs):
                 rows.append({"prompt_id": prompts[i]["id"], "category": prompts[i]["category"], "temperature": temp,
                              "sample": s, "text": o["text"], "n_tokens": o["n_tokens"], "finish_reason": o["finish_reason"], "seed": seed})
             bar.update(len(chunk))
-    bar.close()
-    df = pd.DataFrame(rows).astype({"temperature": "float32", "sample": "int32", "n_tokens": "int32", "seed": "int64"})
-    write_parquet(out, df, prov)
-    log.info("completions: %d texts (%d prompts x %d samples x %d temperatures) -> %s",
-             len(df), len(prompts), params.samples, len(params.temperatures), out)
-    return len(df)
+        bar.close()
+    table = pa.Table.from_pylist(rows, schema=_schema())
+    write_parquet(out, table, prov)
+    log.info("completions shard %d of %d: %d texts -> %s", shard, n_shards, len(rows), out)
+    return len(rows)
+
+
+def gather_completions(shards: list[str | Path], out: str | Path) -> int:
+    """Join completion shards in order into ``out``: the same bytes whatever the shard count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmdelta.artifacts import Provenance, read_provenance, write_parquet
+    from lmdelta.shards import check_complete
+
+    n_shards = check_complete(shards)
+    recs = [read_provenance(p) for p in shards]
+    settings = {k: v for k, v in recs[0]["params"].items() if k != "shard"}
+    for p, r in zip(shards, recs):
+        if {k: v for k, v in r["params"].items() if k != "shard"} != settings or r["inputs"] != recs[0]["inputs"]:
+            raise LmdeltaError(f"{p} was generated with other settings or inputs than {shards[0]}; rerun its shard")
+    prov = Provenance(stage="completions", params={**{k: v for k, v in settings.items() if k != "n_shards"}, "shards": n_shards},
+                      seed=recs[0]["seed"], prior_time_s=sum(r.get("compute_time_s", r["wall_time_s"]) for r in recs))
+    prov.inputs = recs[0]["inputs"]
+    table = pa.concat_tables([pq.read_table(p, schema=_schema()) for p in shards])
+    write_parquet(out, table, prov)
+    log.info("completions: %d texts from %d shard(s) -> %s", table.num_rows, n_shards, out)
+    return table.num_rows
+
+
+def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Path, *, n_shards: int = 1, **kw) -> int:
+    """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
+    import shutil
+
+    from lmdelta.shards import shard_name
+
+    out = Path(out)
+    folder = out.parent / "shards" / out.stem
+    paths = [folder / f"{shard_name(i, n_shards)}.parquet" for i in range(n_shards)]
+    for i, p in enumerate(paths):
+        run_completions_shard(model_dir, promptset, p, shard=i, n_shards=n_shards, **kw)
+    n = gather_completions(paths, out)
+    shutil.rmtree(folder, ignore_errors=True)
+    return n
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

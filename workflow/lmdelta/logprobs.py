@@ -11,9 +11,11 @@ no BOS; the id used is recorded) so that the document's first token is scored to
 EOS; ``none`` prepends nothing and the first token is not scored. Documents are tokenised without
 the tokenizer's own special tokens, so a prefix is never added twice.
 
-Work is split into shards of ``shard_docs`` documents; each finished shard is kept in a parts folder
-beside the output, so a killed job restarts from its last finished shard. Parts are keyed by the
+Work is split into parts of ``part_docs`` documents; each finished part is kept in a hidden folder
+beside the job's output, so a killed job restarts from its last finished part. Parts are keyed by the
 parameters, the model fingerprint and the corpus digest: changed settings never reuse old parts.
+Parts are dealt out to ``shards`` independent jobs (``score_logprobs_shard``, one contiguous range
+each) and joined in order by ``gather_logprobs``: the artifact's bytes do not depend on the shard count.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +47,7 @@ class LogprobParams:
     first_token: str = "bos"  # bos | eos | none
     batch_tokens: int = 4096
     chunk_positions: int = 32
-    shard_docs: int = 256
+    part_docs: int = 256
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LogprobParams:
@@ -76,8 +79,8 @@ def _empty_table():
     })
 
 
-def score_shard(model, tokenizer, doc_ids: list[str], texts: list[str], p: LogprobParams, prefix: int | None, prob_sum):
-    """Score one shard of documents; return (pyarrow table, skipped doc ids).
+def score_part(model, tokenizer, doc_ids: list[str], texts: list[str], p: LogprobParams, prefix: int | None, prob_sum):
+    """Score one part of documents; return (pyarrow table, skipped doc ids).
 
     ``prefix`` is the id prepended to each document (see ``prefix_token``), or None.
     """
@@ -110,32 +113,42 @@ def score_shard(model, tokenizer, doc_ids: list[str], texts: list[str], p: Logpr
     return table, skipped
 
 
-def run_logprobs(
+def score_logprobs_shard(
     model_dir: str | Path,
     corpus_path: str | Path,
-    out: str | Path,
-    out_meanprob: str | Path,
+    out_dir: str | Path,
     *,
     params: LogprobParams,
     load_options: dict[str, Any],
+    shard: int = 0,
+    n_shards: int = 1,
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Score a corpus (``results/corpus/<name>.parquet``) with a materialised model; resumable by shard."""
+) -> int:
+    """Score shard ``shard`` of ``n_shards`` of a corpus into the folder ``out_dir``: one
+    ``part-KKKKK.parquet`` (+ ``.npz`` with the probability sum, position count and skipped ids) per
+    part of ``part_docs`` documents in the shard's range. Resumable by part; returns the part count."""
     import pyarrow.parquet as pq
     import torch
     from tqdm import tqdm
 
     from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+    from lmdelta.shards import shard_range
 
-    out, out_meanprob = Path(out), Path(out_meanprob)
+    out_dir = Path(out_dir)
     if threads:
         torch.set_num_threads(threads)
     fingerprint = read_fingerprint(model_dir)
     corpus_digest = sha256_file(corpus_path)
     opts = {k: load_options[k] for k in LOAD_OPTION_KEYS if k in load_options}
-    prov = Provenance(stage="logprobs", params={**asdict(params), "load_options": opts, "units": "nats"})
+    prov = Provenance(stage="logprobs_shard", params={**asdict(params), "load_options": opts, "units": "nats"})
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": fingerprint["digest"]}
     prov.inputs["corpus"] = {"path": str(corpus_path), "sha256": corpus_digest}
+
+    pf = pq.ParquetFile(corpus_path)
+    n_docs = pf.metadata.num_rows
+    n_parts = max(1, -(-n_docs // params.part_docs))
+    mine = shard_range(n_parts, shard, n_shards)
+    prov.params.update(shard=shard, n_shards=n_shards, n_parts=n_parts, parts=[mine.start, mine.stop])
 
     model, tokenizer = load_model(model_dir, **opts)
     calls = ForwardCounter(model)
@@ -146,47 +159,85 @@ def run_logprobs(
     prov.params["prefix_token_id"], prov.params["prefix_token"] = prefix_id, prefix_text
     device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
+    prov.params["vocab_size"] = int(vocab)
 
-    key = hashlib.sha256(json.dumps([asdict(params), opts, fingerprint["digest"], corpus_digest], sort_keys=True).encode()).hexdigest()[:16]
-    parts = out.parent / f".{out.stem}.parts-{key}"
-    for stale in out.parent.glob(f".{out.stem}.parts-*"):
+    key = hashlib.sha256(json.dumps([asdict(params), opts, fingerprint["digest"], corpus_digest, shard, n_shards],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    parts = out_dir.parent / f".{out_dir.name}.parts-{key}"
+    for stale in out_dir.parent.glob(f".{out_dir.name}.parts-*"):
         if stale != parts:
             shutil.rmtree(stale, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
-
-    pf = pq.ParquetFile(corpus_path)
-    n_docs = pf.metadata.num_rows
-    n_shards = max(1, -(-n_docs // params.shard_docs))
-    done = sum((parts / f"shard-{k:05d}.parquet").exists() for k in range(n_shards))
+    done = sum((parts / f"part-{k:05d}.parquet").exists() for k in mine)
     if done:
-        log.info("resuming: %d of %d shards already scored in %s", done, n_shards, parts)
-    bar = tqdm(total=n_docs, desc=f"logprobs {out.parent.name}/{out.stem}", unit=" docs", mininterval=2.0)
-    for k, batch in enumerate(pf.iter_batches(batch_size=params.shard_docs, columns=["doc_id", "text"])):
-        part = parts / f"shard-{k:05d}.parquet"
+        log.info("resuming: %d of %d parts already scored in %s", done, len(mine), parts)
+
+    first_doc, last_doc = mine.start * params.part_docs, min(n_docs, mine.stop * params.part_docs)
+    bar = tqdm(total=last_doc - first_doc, desc=f"logprobs {out_dir.parent.name}/{out_dir.name}", unit=" docs", mininterval=2.0)
+    for k, batch in enumerate(pf.iter_batches(batch_size=params.part_docs, columns=["doc_id", "text"])):
+        if k not in mine:
+            continue
+        part = parts / f"part-{k:05d}.parquet"
         if part.exists():
             bar.update(batch.num_rows)
             continue
         prob_sum = torch.zeros(vocab, dtype=torch.float64, device=device)
-        table, skipped = score_shard(model, tokenizer, batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(), params, prefix_id, prob_sum)
-        with atomic_path(parts / f"shard-{k:05d}.npz") as tmp, open(tmp, "wb") as fh:
+        table, skipped = score_part(model, tokenizer, batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(), params, prefix_id, prob_sum)
+        with atomic_path(parts / f"part-{k:05d}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, prob_sum=prob_sum.cpu().numpy(), n_positions=np.int64(table.num_rows), skipped=np.array(skipped, dtype=str))
         with atomic_path(part) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         bar.update(batch.num_rows)
     bar.close()
+    prov.params["model_calls"] = calls.n  # forward calls of this run (a resumed run counts only its own)
+    with atomic_path(out_dir, prov) as tmp:
+        os.replace(parts, tmp)
+    return len(mine)
 
+
+def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob: str | Path) -> dict[str, Any]:
+    """Join the shards of ``score_logprobs_shard`` into the logprobs artifact and the mean
+    next-token distribution, part by part in order: the same bytes whatever the shard count."""
+    import pyarrow.parquet as pq
+
+    from lmdelta.artifacts import read_provenance
+    from lmdelta.shards import check_complete
+
+    shard_dirs = [Path(d) for d in shard_dirs]
+    n_shards = check_complete(shard_dirs)
+    recs = [read_provenance(d) for d in shard_dirs]
+    settings = {k: v for k, v in recs[0]["params"].items() if k not in ("shard", "parts", "model_calls")}
+    for d, r in zip(shard_dirs, recs):
+        if {k: v for k, v in r["params"].items() if k not in ("shard", "parts", "model_calls")} != settings or r["inputs"] != recs[0]["inputs"]:
+            raise LmdeltaError(f"{d} was scored with other settings or inputs than {shard_dirs[0]}; rerun its shard")
+    n_parts = settings["n_parts"]
+    files = {}
+    for d, r in zip(shard_dirs, recs):
+        for k in range(*r["params"]["parts"]):
+            files[k] = d / f"part-{k:05d}"
+    if sorted(files) != list(range(n_parts)):
+        raise LmdeltaError(f"the shards of {out} do not cover parts 0..{n_parts - 1}; rerun the logprobs shards")
+
+    prov = Provenance(stage="logprobs", params={k: v for k, v in settings.items() if k not in ("n_shards", "n_parts", "vocab_size")},
+                      prior_time_s=sum(r.get("compute_time_s", r["wall_time_s"]) for r in recs))
+    prov.inputs = recs[0]["inputs"]
+    vocab = settings["vocab_size"]
     prob_sum = np.zeros(vocab, np.float64)
     n_positions, skipped = 0, []
-    for k in range(n_shards):
-        with np.load(parts / f"shard-{k:05d}.npz") as z:
+    for k in range(n_parts):
+        with np.load(files[k].with_suffix(".npz")) as z:
             prob_sum += z["prob_sum"]
             n_positions += int(z["n_positions"])
             skipped += [str(s) for s in z["skipped"]]
+    corpus = recs[0]["inputs"]["corpus"]["path"]
     if n_positions == 0:
-        raise LmdeltaError(f"logprobs: no token of {corpus_path} could be scored (every document is empty or one token long); check the corpus")
-    counts = {"n_docs": n_docs - len(skipped), "n_docs_skipped": len(skipped), "n_tokens": n_positions, "vocab_size": int(vocab)}
+        raise LmdeltaError(f"logprobs: no token of {corpus} could be scored (every document is empty or one token long); check the corpus")
+    n_docs = pq.ParquetFile(corpus).metadata.num_rows if Path(corpus).exists() else None
+    counts = {"n_docs": None if n_docs is None else n_docs - len(skipped), "n_docs_skipped": len(skipped),
+              "n_tokens": n_positions, "vocab_size": int(vocab)}
     prov.params["counts"] = counts
-    prov.params["model_calls"] = calls.n  # forward calls of this run (a resumed run counts only its own)
+    prov.params["shards"] = n_shards
+    prov.params["model_calls"] = sum(r["params"]["model_calls"] for r in recs)
     prov.params["skipped_doc_ids"] = skipped[:100]
     if skipped:
         log.warning("%d documents had nothing to score (empty, or one token with first_token: none) and are skipped: %s",
@@ -196,8 +247,21 @@ def run_logprobs(
         np.save(fh, prob_sum / n_positions)
     with atomic_path(out, prov) as tmp:
         with pq.ParquetWriter(tmp, _empty_table().schema, compression="zstd") as writer:
-            for k in range(n_shards):
-                writer.write_table(pq.read_table(parts / f"shard-{k:05d}.parquet"))
-    shutil.rmtree(parts, ignore_errors=True)
-    log.info("logprobs: %d tokens of %d documents -> %s", n_positions, counts["n_docs"], out)
+            for k in range(n_parts):
+                writer.write_table(pq.read_table(files[k].with_suffix(".parquet")))
+    log.info("logprobs: %d tokens of %d documents from %d shard(s) -> %s", n_positions, counts["n_docs"] or 0, n_shards, out)
+    return counts
+
+
+def run_logprobs(model_dir: str | Path, corpus_path: str | Path, out: str | Path, out_meanprob: str | Path, *,
+                 params: LogprobParams, load_options: dict[str, Any], n_shards: int = 1, threads: int | None = None) -> dict[str, Any]:
+    """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
+    from lmdelta.shards import shard_name
+
+    out = Path(out)
+    dirs = [out.parent / "shards" / out.stem / shard_name(i, n_shards) for i in range(n_shards)]
+    for i, d in enumerate(dirs):
+        score_logprobs_shard(model_dir, corpus_path, d, params=params, load_options=load_options, shard=i, n_shards=n_shards, threads=threads)
+    counts = gather_logprobs(dirs, out, out_meanprob)
+    shutil.rmtree(out.parent / "shards" / out.stem, ignore_errors=True)
     return counts

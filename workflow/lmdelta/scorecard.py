@@ -43,7 +43,7 @@ def _prov(path: Path) -> dict:
 def _cost(paths: list[Path]) -> tuple[float, int | None]:
     recs = [_prov(p) for p in paths]
     calls = [r["params"].get("model_calls") for r in recs]
-    return float(sum(r.get("wall_time_s") or 0.0 for r in recs)), (None if any(c is None for c in calls) else int(sum(calls)))
+    return float(sum(r.get("compute_time_s", r.get("wall_time_s")) or 0.0 for r in recs)), (None if any(c is None for c in calls) else int(sum(calls)))
 
 
 def _join(*parts) -> str:

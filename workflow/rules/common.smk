@@ -1,4 +1,5 @@
 # Config validation, helpers that build inputs, params and targets, wildcard constraints.
+import hashlib
 import json
 import re
 import sys
@@ -68,6 +69,8 @@ wildcard_constraints:
     context="none|prompt",
     pair=NAME,
     run=NAME,
+    shard=r"\d+",
+    n=r"\d+",
 
 
 # Conda users (--sdm conda) get this environment; it installs the same packages as pyproject.toml.
@@ -97,10 +100,30 @@ def all_targets():
 # ---- models -------------------------------------------------------------------------------------
 
 
+def local_stamp(source):
+    """For a local folder or file without a sha256: a digest of its files' names, sizes and
+    modification times. It is a materialise param, so a changed local model is materialised again,
+    and --cache never hands out a copy of an older version."""
+    kind, spec = next(iter(source.items()))
+    if kind not in ("local", "gguf") or spec.get("sha256") or re.match(r"https?://", spec["path"]):
+        return ""
+    root = Path(spec["path"])
+    if not root.exists():
+        return ""  # materialise names the missing path and the fix
+    files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else [root]
+    stats = [(q.relative_to(root).as_posix() if root.is_dir() else q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
 def materialise_spec(wildcards):
     """Only what determines the materialised folder: load options (dtype, device...) apply later."""
     m = config["models"][wildcards.model]
     return json.dumps({"source": m["source"], "trust_remote_code": m["trust_remote_code"]})
+
+
+def materialise_stamp(wildcards):
+    """Not passed to the job: a param only so that a changed local source reruns materialisation."""
+    return local_stamp(config["models"][wildcards.model]["source"])
 
 
 def model_dir(name):
@@ -136,6 +159,23 @@ def model_mem_mb(wildcards, input, attempt):
     per_param = {"8bit": 1, "4bit": 0.5}.get(m["quantization"], _BYTES_PER_PARAM[m["dtype"]])
     logits = 2 * 4 * config["logprobs"]["batch_tokens"] * fp["vocab_size"]
     return int((fp["n_parameters"] * per_param + logits) / 1e6 * 1.2 + 1500) * attempt
+
+
+def job_models(wildcards):
+    """The models a job loads, from its wildcards: its scorer (the UID stage, whose model wildcard
+    names whose texts are scored), else its model, and a pair's two models."""
+    names = [wildcards.scorer] if hasattr(wildcards, "scorer") else [wildcards.model] if hasattr(wildcards, "model") else []
+    if hasattr(wildcards, "pair"):
+        names += [config["pairs"][wildcards.pair][side] for side in ("a", "b")]
+    return names
+
+
+def job_gpus(wildcards):
+    """GPUs a job that runs models asks for: 1 when one of its models has device: cuda, else 0
+    (device auto or cpu: a profile's set-resources can still ask for one). The SLURM plugin turns it
+    into --gpus; local runs ignore it unless --resources gpu=N is given (then at most N GPU jobs run
+    at once)."""
+    return int(any(config["models"][m]["device"] == "cuda" for m in job_models(wildcards)))
 
 
 def pair_mem_mb(wildcards, input, attempt):
@@ -189,7 +229,12 @@ def corpus_raw_arg(wildcards, input):
 
 def logprobs_params(wildcards):
     lp = config["logprobs"]
-    return json.dumps({k: lp[k] for k in ("max_length", "stride", "first_token", "batch_tokens", "chunk_positions", "shard_docs")})
+    return json.dumps({k: lp[k] for k in ("max_length", "stride", "first_token", "batch_tokens", "chunk_positions", "part_docs")})
+
+
+def logprobs_shards(wildcards):
+    n = config["logprobs"]["shards"]
+    return [f"results/logprobs/{wildcards.corpus}/shards/{wildcards.model}/{i}-of-{n}" for i in range(n)]
 
 
 def logprobs_targets():
@@ -305,6 +350,11 @@ def prompts_n(wildcards):
 def completion_params(wildcards):
     c = config["completions"]
     return json.dumps({k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")})
+
+
+def completions_shards(wildcards):
+    n = config["completions"]["shards"]
+    return [f"results/completions/{wildcards.promptset}/shards/{wildcards.model}/{i}-of-{n}.parquet" for i in range(n)]
 
 
 def prompt_format_arg(wildcards):

@@ -16,6 +16,7 @@ rule comparator:
     resources:
         mem_mb=pair_mem_mb,
         runtime=60,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} comparator --pair {wildcards.pair} --spec {params.spec:q} --model-a {input.a}"
         " --model-b {input.b} --promptset {input.promptset} --completions {input.completions} --diversity {input.diversity}"

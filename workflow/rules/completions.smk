@@ -18,12 +18,12 @@ rule prompts_from_corpus:
         " --n-prompts {params.n:q} --out {output}"
 
 
-rule completions:
+rule completions_shard:
     input:
         model=model_input,
         promptset=promptset_path,
     output:
-        "results/completions/{promptset}/{model}.parquet",
+        temp("results/completions/{promptset}/shards/{model}/{shard}-of-{n}.parquet"),
     params:
         params=completion_params,
         options=load_options,
@@ -32,17 +32,35 @@ rule completions:
     conda:
         CONDA_ENV
     log:
-        "logs/completions/{promptset}/{model}.log",
+        "logs/completions/{promptset}/{model}.{shard}-of-{n}.log",
     benchmark:
-        "benchmarks/completions/{promptset}/{model}.tsv"
+        "benchmarks/completions/{promptset}/{model}.{shard}-of-{n}.tsv"
     threads: 4
     resources:
         mem_mb=model_mem_mb,
         runtime=240,
+        gpu=job_gpus,
     shell:
-        "python -m lmdelta --log {log} completions --model-dir {input.model} --promptset {input.promptset}"
+        "python -m lmdelta --log {log} completions-shard --model-dir {input.model} --promptset {input.promptset}"
         " --out {output} --params {params.params:q} --load-options {params.options:q}"
-        " --chat-template {params.chat_template} --prompt-format {params.prompt_format:q} --threads {threads}"
+        " --chat-template {params.chat_template} --prompt-format {params.prompt_format:q}"
+        " --shard {wildcards.shard} --n-shards {wildcards.n} --threads {threads}"
+
+
+rule completions:
+    input:
+        completions_shards,
+    output:
+        "results/completions/{promptset}/{model}.parquet",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/completions/{promptset}/{model}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} completions-gather --shards {input} --out {output}"
 
 
 rule diversity:

@@ -40,6 +40,7 @@ rule contrastive:
     resources:
         mem_mb=pair_mem_mb,
         runtime=120,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} contrastive --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
         " --model-a {input.a} --model-b {input.b} {params.prompts} --out {output.parquet} --out-csv {output.csv}"

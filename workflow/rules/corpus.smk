@@ -6,6 +6,7 @@ rule corpus_fetch:
         "resources/corpus/{corpus}/raw",
     params:
         spec=corpus_fetch_spec,
+    cache: "omit-software"  # shared between workflows with --cache (SNAKEMAKE_OUTPUT_CACHE)
     conda:
         CONDA_ENV
     log:

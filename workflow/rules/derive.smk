@@ -22,6 +22,7 @@ rule derive_data:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} derive-data --name {wildcards.model} --base {input.base}"
         " --planted {params.planted:q} --out-train {output.train} --out-heldout {output.heldout}"
@@ -50,6 +51,7 @@ rule derive_model:
     resources:
         mem_mb=8000,
         runtime=derive_runtime,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} derive --name {wildcards.model} --base {input.base} --data {input.data}"
         " --out {output.model} --loss-csv {output.loss} --source {params.source:q}"
@@ -81,6 +83,7 @@ rule check_planted:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} check-planted --name {wildcards.model} --base {input.base} --tuned {input.tuned}"
         " --heldout {input.heldout} --planted {params.planted:q} --out-json {output.json} --out-csv {output.table}"

@@ -1,30 +1,47 @@
 # Per-token logprobs, entropy and perplexity per model, compared across models.
 
 
-rule logprobs:
+rule logprobs_shard:
     input:
         model=model_input,
         corpus="results/corpus/{corpus}.parquet",
     output:
-        tokens="results/logprobs/{corpus}/{model}.parquet",
-        meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
+        temp(directory("results/logprobs/{corpus}/shards/{model}/{shard}-of-{n}")),
     params:
         params=logprobs_params,
         options=load_options,
     conda:
         CONDA_ENV
     log:
-        "logs/logprobs/{corpus}/{model}.log",
+        "logs/logprobs/{corpus}/{model}.{shard}-of-{n}.log",
     benchmark:
-        "benchmarks/logprobs/{corpus}/{model}.tsv"
+        "benchmarks/logprobs/{corpus}/{model}.{shard}-of-{n}.tsv"
     threads: 4
     resources:
         mem_mb=model_mem_mb,
         runtime=240,
+        gpu=job_gpus,
     shell:
-        "python -m lmdelta --log {log} logprobs --model-dir {input.model} --corpus {input.corpus}"
-        " --out {output.tokens} --out-meanprob {output.meanprob} --params {params.params:q}"
-        " --load-options {params.options:q} --threads {threads}"
+        "python -m lmdelta --log {log} logprobs-shard --model-dir {input.model} --corpus {input.corpus}"
+        " --out {output} --params {params.params:q} --load-options {params.options:q}"
+        " --shard {wildcards.shard} --n-shards {wildcards.n} --threads {threads}"
+
+
+rule logprobs:
+    input:
+        logprobs_shards,
+    output:
+        tokens="results/logprobs/{corpus}/{model}.parquet",
+        meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/logprobs/{corpus}/{model}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m lmdelta --log {log} logprobs-gather --shards {input} --out {output.tokens} --out-meanprob {output.meanprob}"
 
 
 rule entropy_perplexity:

@@ -6,14 +6,14 @@ rule materialise_model:
         directory("resources/models/{model}"),
     params:
         spec=materialise_spec,
+        stamp=materialise_stamp,
+    cache: "omit-software"  # shared between workflows with --cache (SNAKEMAKE_OUTPUT_CACHE)
     conda:
         CONDA_ENV
     log:
         "logs/materialise_model/{model}.log",
     wildcard_constraints:
         model=SOURCED,
-    benchmark:
-        "benchmarks/materialise_model/{model}.tsv"
     resources:
         mem_mb=8000,
         runtime=60,

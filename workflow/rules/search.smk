@@ -40,6 +40,7 @@ rule search:
     resources:
         mem_mb=pair_mem_mb,
         runtime=240,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} search --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
         " --model-a {input.a} --model-b {input.b} --seeds {input.seeds} --out-bank {output.bank}"

@@ -35,6 +35,7 @@ rule softprompt:
     resources:
         mem_mb=pair_mem_mb,
         runtime=softprompt_runtime,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} softprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
         " --model-a {input.a} --model-b {input.b} --corpus {input.corpus} --out {output.prompt}"
@@ -82,6 +83,7 @@ rule hardprompt:
     resources:
         mem_mb=pair_mem_mb,
         runtime=60,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} hardprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
         " --model-a {input.a} --model-b {input.b} --corpus {input.corpus} --soft {input.soft} --out {output.prompts}"

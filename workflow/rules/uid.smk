@@ -18,6 +18,7 @@ rule uid_score_texts:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=job_gpus,
     shell:
         "python -m lmdelta --log {log} uid-score-texts --model-dir {input.model} --completions {input.completions}"
         " --out {output} --params {params.params:q} --load-options {params.options:q} --context {wildcards.context}"
