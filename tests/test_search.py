@@ -289,7 +289,7 @@ def test_http_assistant_request_retries_and_key(chat_server, monkeypatch, caplog
     assert first["body"]["model"] == "m1" and first["body"]["messages"] == [{"role": "user", "content": "first"}]
     assert first["body"]["seed"] == 5 and first["body"]["temperature"] == 1.0
     assert len(server.seen) == 5
-    assert "sk-secret-123" not in caplog.text
+    assert "sk-secret-123" not in caplog.text and "sk-secret-123" not in repr(vars(a)), "the key is read per request, never kept"
 
 
 def test_http_assistant_timeout_then_gives_up(chat_server):

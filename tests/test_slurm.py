@@ -20,7 +20,7 @@ import yaml
 
 from conftest import ROOT
 from lmdelta.artifacts import read_provenance
-from test_workflow import tiny_config
+from test_workflow import snakemake, tiny_config
 
 pytestmark = pytest.mark.skipif(os.environ.get("LMDELTA_SLURM") != "1",
                                 reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)")
@@ -34,15 +34,33 @@ def sacct_states() -> dict[str, str]:
 def slurm_snakemake(*args, cwd: Path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    # The node has 2 CPUs: --max-threads keeps every job's request within it. Fast polling for short jobs.
+    # The node has 2 CPUs: --max-threads 1 lets two jobs run at once. Fast polling for short jobs.
     return subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "slurm"),
-                           "--max-threads", "2", "--slurm-init-seconds-before-status-checks", "2",
+                           "--max-threads", "1", "--slurm-init-seconds-before-status-checks", "2",
                            "--seconds-between-status-checks", "2", *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
+TABULAR = (".parquet", ".csv", ".json", ".jsonl", ".npy")
+#: Tabular artifacts that legitimately differ between runs: measured costs (seconds) of each method.
+VARYING = {"results/scorecard/planted.csv", "results/scorecard/planted.top.csv"}
+
+
+def tabular_artifacts(project: Path) -> dict[str, bytes]:
+    out = {}
+    for top in ("results", "resources/derive"):
+        for f in (project / top).rglob("*"):
+            if f.is_file() and f.suffix in TABULAR and not f.name.endswith(".prov.json") and f.name != "provenance.json":
+                out[f.relative_to(project).as_posix()] = f.read_bytes()
+    return out
+
+
 def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_models, http_server):
+    """The tiny workflow, sharded, through SLURM; then once more from scratch on this machine,
+    unsharded: every tabular artifact of the two runs is byte-identical."""
     config = tiny_config(tmp_path, tiny_models, http_server)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     config["logprobs"]["shards"] = 2
     config["completions"]["shards"] = 2
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -62,6 +80,14 @@ def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_models, http_ser
     # a finished workflow submits nothing more
     r = slurm_snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+    # determinism: the same workflow from scratch, locally and unsharded, gives the same bytes
+    r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path / "local")
+    assert r.returncode == 0, r.stderr[-3000:]
+    slurm, local = tabular_artifacts(tmp_path), tabular_artifacts(tmp_path / "local")
+    assert sorted(slurm) == sorted(local) and len(slurm) > 60
+    differ = sorted(k for k in slurm if slurm[k] != local[k])
+    assert differ == sorted(VARYING), differ
 
 
 def test_failed_slurm_job_is_reported_and_leaves_no_artifact(tmp_path, tiny_models):

@@ -73,8 +73,8 @@ wildcard_constraints:
     n=r"\d+",
 
 
-# Conda users (--sdm conda) get this environment; it installs the same packages as pyproject.toml.
-CONDA_ENV = "../../envs/lmdelta.yaml"
+# Conda users (--sdm conda) get envs/lmdelta-cpu.yaml or -cuda.yaml (conda_env); the same packages as pyproject.toml.
+CONDA_ENV = f"../../envs/lmdelta-{config['conda_env']}.yaml"
 
 
 def all_targets():
