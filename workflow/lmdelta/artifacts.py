@@ -13,6 +13,7 @@ final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -165,8 +166,12 @@ def atomic_path(final: str | os.PathLike, prov: Provenance | None = None) -> Ite
     temporary is removed and ``final`` is left as it was.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)) / final.name
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)) / final.name
+    except OSError as e:
+        _raise_if_full(e, final)
+        raise
     try:
         yield tmp
         if not tmp.exists():
@@ -185,8 +190,19 @@ def atomic_path(final: str | os.PathLike, prov: Provenance | None = None) -> Ite
             if prov is not None:
                 write_json(prov_path(final), prov.record(sha256_file(tmp)))
             os.replace(tmp, final)
+    except OSError as e:
+        _raise_if_full(e, final)
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _raise_if_full(e: OSError, final: Path) -> None:
+    """A full disk or quota is the user's to fix: one line naming the artifact (it is left as it was)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise LmdeltaError(f"no space left on the device while writing {final} ({os.strerror(e.errno)}); "
+                           f"free space there (or move results/ and resources/ to a larger disk) and rerun: "
+                           f"the previous {final.name}, if any, is untouched") from None
 
 
 def _fsync_file(path: Path) -> None:

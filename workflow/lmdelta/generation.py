@@ -8,6 +8,7 @@ seed, and whether prompts go through the tokenizer's chat template. The token lo
 
 from __future__ import annotations
 
+from lmdelta import LmdeltaError
 from lmdelta.decoding import Sampling, decode
 from lmdelta.models import pad_id
 
@@ -30,6 +31,18 @@ def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "
     return text + guide
 
 
+def check_context(model, tokenizer, texts: list[str], max_new_tokens: int) -> None:
+    """Refuse, before any generation, a prompt that leaves no room for max_new_tokens in the model's context."""
+    ctx = getattr(model.config, "max_position_embeddings", None)
+    if ctx is None:
+        return
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    worst = max(range(len(texts)), key=lengths.__getitem__, default=None)
+    if worst is not None and lengths[worst] + max_new_tokens > ctx:
+        raise LmdeltaError(f"a prompt of {lengths[worst]} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context "
+                           f"of {ctx} positions (prompt starts {texts[worst][:40]!r}); lower max_new_tokens or shorten the prompt")
+
+
 def generate_texts(
     model,
     tokenizer,
@@ -44,6 +57,7 @@ def generate_texts(
     (``eos`` or ``length``). Left padding, one KV cache per batch; batch b is seeded ``seed + b``."""
     import torch
 
+    check_context(model, tokenizer, texts, max_new_tokens)
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = pad_id(tokenizer)

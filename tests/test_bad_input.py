@@ -1,0 +1,65 @@
+"""Bad input the other test files do not cover: a full disk while writing an artifact, and a prompt
+that leaves no room in the model's context. Each gives one line naming the problem and the fix,
+exits non-zero, and leaves existing artifacts untouched."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from lmdelta import LmdeltaError
+from lmdelta.__main__ import main
+from lmdelta.config import validate_config
+
+CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
+
+
+def corpus_spec(n_docs: int) -> str:
+    cfg = validate_config({"models": {"m": {"source": {"local": {"path": "."}}}},
+                           "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": n_docs}}}})
+    return json.dumps(cfg["corpora"]["docs"])
+
+
+def test_disk_full_while_writing_leaves_the_previous_artifact(tmp_path, monkeypatch, capsys):
+    import lmdelta.artifacts as artifacts
+
+    out = tmp_path / "results" / "corpus" / "docs.parquet"
+    assert main(["corpus-sample", "--name", "docs", "--spec", corpus_spec(5), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert set(before) == {"docs.parquet", "docs.parquet.prov.json"}
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "_fsync_file", full)  # the data is written, flushing it fails
+    capsys.readouterr()
+    assert main(["corpus-sample", "--name", "docs", "--spec", corpus_spec(7), "--out", str(out)]) == 2
+    stderr = capsys.readouterr().err
+    err = [ln for ln in stderr.splitlines() if ln.startswith("lmdelta:")]  # the rest is the progress bar
+    assert len(err) == 1 and err[0].startswith("lmdelta: error: no space left on the device while writing") and "Traceback" not in stderr
+    assert "free space there" in err[0] and "untouched" in err[0]
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before, "previous artifact and provenance as they were, no temporaries"
+
+
+@pytest.mark.parametrize("max_new_tokens,ok", [(8, True), (10_000, False)])
+def test_prompt_longer_than_the_context_is_refused_before_generating(tmp_path, tiny_models, max_new_tokens, ok):
+    from lmdelta.completions import CompletionParams, run_completions
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import materialise
+
+    model_dir = tmp_path / "m"
+    materialise(ModelSpec(name="m", source={"local": {"path": str(tiny_models["llama"])}}), model_dir)
+    ps = tmp_path / "p.jsonl"
+    ps.write_text(json.dumps({"id": "a", "category": "c", "prompt": "Tell me about rivers."}) + "\n")
+    out = tmp_path / "c.parquet"
+    kw = dict(params=CompletionParams(temperatures=(1.0,), samples=1, max_new_tokens=max_new_tokens),
+              load_options=CPU, chat_template=False, prompt_format=None)
+    if ok:
+        run_completions(model_dir, ps, out, **kw)
+        assert out.exists()
+    else:
+        with pytest.raises(LmdeltaError, match=r"plus max_new_tokens 10000 exceeds the model's context of \d+ positions .*lower max_new_tokens"):
+            run_completions(model_dir, ps, out, **kw)
+        assert not out.exists() and not list(tmp_path.glob("**/*-of-*.parquet"))
