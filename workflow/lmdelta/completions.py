@@ -86,7 +86,7 @@ def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str
     from tqdm import tqdm
 
     from lmdelta.artifacts import Provenance, write_parquet
-    from lmdelta.generation import Sampling, format_prompt, generate_texts
+    from lmdelta.generation import Sampling, check_context, format_prompt, generate_texts
     from lmdelta.models import load_model, read_fingerprint
     from lmdelta.shards import shard_range
 
@@ -106,6 +106,7 @@ def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str
     if mine:
         model, tok = load_model(model_dir, **load_options)
         texts = [format_prompt(tok, p["prompt"], chat_template=chat_template, guide=p.get("guide", ""), fmt=prompt_format) for p in prompts]
+        check_context(model, tok, texts, params.max_new_tokens)  # every prompt, before generating anything
         bar = tqdm(total=sum(len(jobs[b:b + params.batch_size]) for _, b in mine), desc=f"completions {Path(out).stem}",
                    unit=" seq", mininterval=2.0)
         for t_index, b in mine:
