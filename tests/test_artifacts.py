@@ -57,7 +57,7 @@ def test_disk_full_while_writing_leaves_nothing_half_written(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(LmdeltaError, match="no space left on the device while writing .*t.parquet.*free space"):
         write_parquet(out, pd.DataFrame({"x": [2]}), Provenance(stage="t"))
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet", "t.parquet.prov.json"]

@@ -131,7 +131,7 @@ def test_gather_refuses_missing_or_mismatched_shards(setup):
         gather_logprobs([d / "0-of-2"], root / "gather" / "m.parquet", root / "gather" / "m.npy")
     score_logprobs_shard(model_dir, corpus, d / "1-of-2", params=LogprobParams(max_length=16, stride=8, batch_tokens=64, part_docs=2),
                          load_options=CPU, shard=1, n_shards=2)
-    with pytest.raises(LmdeltaError, match="other settings"):
+    with pytest.raises(LmdeltaError, match="other settings or inputs"):
         gather_logprobs([d / "0-of-2", d / "1-of-2"], root / "gather" / "m.parquet", root / "gather" / "m.npy")
     assert not (root / "gather" / "m.parquet").exists()
 

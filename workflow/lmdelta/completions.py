@@ -132,14 +132,11 @@ def gather_completions(shards: list[str | Path], out: str | Path) -> int:
     import pyarrow.parquet as pq
 
     from lmdelta.artifacts import Provenance, read_provenance, write_parquet
-    from lmdelta.shards import check_complete
+    from lmdelta.shards import check_complete, shared_settings
 
     n_shards = check_complete(shards)
     recs = [read_provenance(p) for p in shards]
-    settings = {k: v for k, v in recs[0]["params"].items() if k != "shard"}
-    for p, r in zip(shards, recs):
-        if {k: v for k, v in r["params"].items() if k != "shard"} != settings or r["inputs"] != recs[0]["inputs"]:
-            raise LmdeltaError(f"{p} was generated with other settings or inputs than {shards[0]}; rerun its shard")
+    settings = shared_settings(shards, recs, vary=("shard",))
     prov = Provenance(stage="completions", params={**{k: v for k, v in settings.items() if k != "n_shards"}, "shards": n_shards},
                       seed=recs[0]["seed"], prior_time_s=sum(r.get("compute_time_s", r["wall_time_s"]) for r in recs))
     prov.inputs = recs[0]["inputs"]

@@ -201,15 +201,12 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
     import pyarrow.parquet as pq
 
     from lmdelta.artifacts import read_provenance
-    from lmdelta.shards import check_complete
+    from lmdelta.shards import check_complete, shared_settings
 
     shard_dirs = [Path(d) for d in shard_dirs]
     n_shards = check_complete(shard_dirs)
     recs = [read_provenance(d) for d in shard_dirs]
-    settings = {k: v for k, v in recs[0]["params"].items() if k not in ("shard", "parts", "model_calls")}
-    for d, r in zip(shard_dirs, recs):
-        if {k: v for k, v in r["params"].items() if k not in ("shard", "parts", "model_calls")} != settings or r["inputs"] != recs[0]["inputs"]:
-            raise LmdeltaError(f"{d} was scored with other settings or inputs than {shard_dirs[0]}; rerun its shard")
+    settings = shared_settings(shard_dirs, recs, vary=("shard", "parts", "model_calls"))
     n_parts = settings["n_parts"]
     files = {}
     for d, r in zip(shard_dirs, recs):

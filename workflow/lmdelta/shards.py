@@ -40,3 +40,15 @@ def check_complete(paths: list[str | Path]) -> int:
     if parsed != [(i, n) for i in range(n)]:
         raise LmdeltaError(f"shards {[shard_name(*s) for s in parsed]} are not shards 0..{n - 1} of {n} in order; gather every shard once")
     return n
+
+
+def shared_settings(paths: list[str | Path], records: list[dict], vary: tuple[str, ...]) -> dict:
+    """The params every shard's provenance record shares (all but ``vary``); an error naming the
+    first shard computed with other settings or inputs, which must be rerun before a gather."""
+    def strip(r):
+        return {k: v for k, v in r["params"].items() if k not in vary}
+
+    for p, r in zip(paths, records):
+        if strip(r) != strip(records[0]) or r["inputs"] != records[0]["inputs"]:
+            raise LmdeltaError(f"{p} was computed with other settings or inputs than {paths[0]}; rerun its shard")
+    return strip(records[0])
