@@ -85,7 +85,7 @@ def test_logprobs_killed_resumes_from_its_parts(tmp_path, tiny_models):
 def test_completions_killed_restart_cleanly(tmp_path, tiny_models):
     m = model(tmp_path, tiny_models)
     promptset = ROOT / "workflow" / "lmdelta" / "data" / "prompts_default.jsonl"
-    params = json.dumps({"temperatures": [0.7, 1.2], "samples": 4, "max_new_tokens": 24, "top_p": 1.0, "top_k": 0,
+    params = json.dumps({"temperatures": [0.7, 1.2], "samples": 8, "max_new_tokens": 24, "top_p": 1.0, "top_k": 0,
                          "seed": 0, "batch_size": 8})
 
     def shard(name):
@@ -95,9 +95,8 @@ def test_completions_killed_restart_cleanly(tmp_path, tiny_models):
 
     run(shard("whole"))
 
-    def started(stderr):  # tqdm shows some sequences done, not all
-        counts = re.findall(r"(\d+)/(\d+) \[", stderr)
-        return any(0 < int(a) < int(b) for a, b in counts)
+    def started(stderr):  # the progress bar is up: the model is loaded and generation has begun (80 batches to go)
+        return re.search(r"\d+/\d+ \[", stderr) is not None
 
     kill_when(shard("cut"), started)
     assert not (tmp_path / "cut.parquet").exists() and not list(tmp_path.glob("cut.parquet.prov.json"))
