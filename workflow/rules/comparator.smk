@@ -12,6 +12,8 @@ rule comparator:
         CONDA_ENV
     log:
         "logs/comparator/{pair}/{promptset}.log",
+    benchmark:
+        "benchmarks/comparator/{pair}/{promptset}.tsv"
     threads: 2
     resources:
         mem_mb=pair_mem_mb,

@@ -13,6 +13,8 @@ rule prompts_from_corpus:
         CONDA_ENV
     log:
         "logs/prompts_from_corpus/{promptset}.log",
+    benchmark:
+        "benchmarks/prompts_from_corpus/{promptset}.tsv"
     shell:
         "python -m lmdelta --log {log} prompts-from-corpus --corpus {input} --corpus-name {params.corpus}"
         " --n-prompts {params.n:q} --out {output}"
@@ -56,6 +58,8 @@ rule completions:
         CONDA_ENV
     log:
         "logs/completions/{promptset}/{model}.log",
+    benchmark:
+        "benchmarks/completions/{promptset}/{model}.gather.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -107,6 +111,8 @@ rule compare_diversity:
         CONDA_ENV
     log:
         "logs/compare_diversity/{promptset}.log",
+    benchmark:
+        "benchmarks/compare_diversity/{promptset}.tsv"
     resources:
         mem_mb=2000,
         runtime=30,

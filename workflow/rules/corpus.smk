@@ -30,6 +30,8 @@ rule corpus_sample:
         CONDA_ENV
     log:
         "logs/corpus_sample/{corpus}.log",
+    benchmark:
+        "benchmarks/corpus_sample/{corpus}.tsv"
     resources:
         mem_mb=2000,
         runtime=60,

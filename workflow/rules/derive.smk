@@ -79,6 +79,8 @@ rule check_planted:
         CONDA_ENV
     log:
         "logs/check_planted/{model}.log",
+    benchmark:
+        "benchmarks/check_planted/{model}.tsv"
     threads: 4
     resources:
         mem_mb=4000,

@@ -37,6 +37,8 @@ rule logprobs:
         CONDA_ENV
     log:
         "logs/logprobs/{corpus}/{model}.log",
+    benchmark:
+        "benchmarks/logprobs/{corpus}/{model}.gather.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -56,6 +58,8 @@ rule entropy_perplexity:
         CONDA_ENV
     log:
         "logs/entropy_perplexity/{corpus}/{model}.log",
+    benchmark:
+        "benchmarks/entropy_perplexity/{corpus}/{model}.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -96,6 +100,8 @@ rule compare_entropy_perplexity:
         CONDA_ENV
     log:
         "logs/compare_entropy_perplexity/{corpus}.log",
+    benchmark:
+        "benchmarks/compare_entropy_perplexity/{corpus}.tsv"
     resources:
         mem_mb=2000,
         runtime=30,

@@ -34,6 +34,8 @@ rule interpolate_model:
         CONDA_ENV
     log:
         "logs/interpolate_model/{model}.log",
+    benchmark:
+        "benchmarks/interpolate_model/{model}.tsv"
     resources:
         mem_mb=8000,
         runtime=30,

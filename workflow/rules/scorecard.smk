@@ -29,6 +29,8 @@ rule scorecard:
         CONDA_ENV
     log:
         "logs/scorecard/{pair}.log",
+    benchmark:
+        "benchmarks/scorecard/{pair}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

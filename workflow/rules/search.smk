@@ -73,6 +73,8 @@ rule search_clusters:
         CONDA_ENV
     log:
         "logs/search_clusters/{pair}/{run}.log",
+    benchmark:
+        "benchmarks/search_clusters/{pair}/{run}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

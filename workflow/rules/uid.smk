@@ -14,6 +14,8 @@ rule uid_score_texts:
         CONDA_ENV
     log:
         "logs/uid_score_texts/{promptset}/{scorer}/{model}.{context}.log",
+    benchmark:
+        "benchmarks/uid_score_texts/{promptset}/{scorer}/{model}.{context}.tsv"
     threads: 4
     resources:
         mem_mb=4000,
@@ -66,6 +68,8 @@ rule uid:
         CONDA_ENV
     log:
         "logs/uid/{promptset}/{scorer}.log",
+    benchmark:
+        "benchmarks/uid/{promptset}/{scorer}.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
