@@ -3,7 +3,7 @@ and on one of 10 x N, in one run.
 
 Runs Snakemake twice on the same config but for the corpus size (the prompt set is made from the
 corpus, so completions, diversity, UID and contrastive decoding grow 10x too), then reads the peak
-RSS that Snakemake's `benchmark:` records for every job and prints, per rule, the largest peak at
+RSS that every job logs as it ends (`python -m lmdelta` logs its max RSS) and prints, per rule, the largest peak at
 each size, the growth in MB and the ratio. Goal: every ratio <= 1.20x.
 
     python bench/stage_memory.py [--docs 40] [--model tiny|smollm2-config] [--check]
@@ -16,9 +16,9 @@ the Python runtime (torch, transformers: ~0.5 GB), so read the growth column too
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,16 +74,18 @@ def config(model: Path, corpus: Path, n_docs: int) -> dict:
     }
 
 
+PEAK = re.compile(r": peak memory (\d+) MB \(max RSS\)")
+
+
 def peaks(project: Path) -> dict[str, float]:
-    """Largest max_rss (MB) per rule, from the benchmark files (benchmarks/<rule or stage>/...)."""
+    """Largest peak RSS (MB) per rule, from the line every `python -m lmdelta` job logs as it ends
+    (the kernel's high-water mark; Snakemake's benchmark samples RSS and misses short peaks)."""
     out: dict[str, float] = defaultdict(float)
-    for f in (project / "benchmarks").rglob("*.tsv"):
-        rel = f.relative_to(project / "benchmarks")
-        name = rel.parts[0] + (" (gather)" if f.name.endswith(".gather.tsv") else "")
-        with open(f) as fh:
-            for row in csv.DictReader(fh, delimiter="\t"):
-                if row["max_rss"] not in ("NA", ""):
-                    out[name] = max(out[name], float(row["max_rss"]))
+    for f in (project / "logs").rglob("*.log"):
+        rel = f.relative_to(project / "logs")
+        name = rel.parts[0] + (" (gather)" if rel.parts[0] in ("logprobs", "completions") and "-of-" not in f.name else "")
+        for m in PEAK.finditer(f.read_text()):
+            out[name] = max(out[name], float(m.group(1)))
     return dict(out)
 
 

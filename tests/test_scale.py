@@ -2,7 +2,7 @@
 
 The workflow runs on a corpus of 30 documents and on one of 300 (the prompt set is made from the
 corpus, so completions, diversity, UID, contrastive decoding and the comparator export grow too);
-Snakemake's benchmark records each job's peak RSS. Goal from the reliability plan: <= 1.2x per rule.
+each job logs its peak RSS (max RSS from the kernel). Goal from the reliability plan: <= 1.2x per rule.
 """
 
 from __future__ import annotations

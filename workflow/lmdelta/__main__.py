@@ -509,7 +509,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e, extra={"user_error": True})
         print(f"lmdelta: error: {e}", file=sys.stderr)
         return 2
+    log.info("%s: peak memory %.0f MB (max RSS)", a.command, peak_rss_mb())
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (the kernel's high-water mark, not a sample)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

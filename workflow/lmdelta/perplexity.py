@@ -42,7 +42,7 @@ def summarise(logprobs_path: str | Path, meanprob_path: str | Path, corpus_path:
     hist = np.zeros(len(edges) - 1, np.int64)
     per_doc = []
     pf = pq.ParquetFile(logprobs_path)
-    for batch in pf.iter_batches(columns=["doc_id", "logprob", "entropy", "top1_prob"], batch_size=1 << 20):
+    for batch in pf.iter_batches(columns=["doc_id", "logprob", "entropy", "top1_prob"], batch_size=1 << 16):
         df = batch.to_pandas().astype({"logprob": np.float64, "entropy": np.float64, "top1_prob": np.float64})
         df["nll"] = -df["logprob"]
         hist += np.histogram(np.clip(df["entropy"].to_numpy(), 0, ENTROPY_MAX - 1e-9), bins=edges)[0]
@@ -50,8 +50,10 @@ def summarise(logprobs_path: str | Path, meanprob_path: str | Path, corpus_path:
             n_tokens=("nll", "size"), nll_sum=("nll", "sum"), entropy_sum=("entropy", "sum"), top1_sum=("top1_prob", "sum"),
         ))
     docs = pd.concat(per_doc).groupby(level=0, sort=False).sum()
-    texts = pq.read_table(corpus_path, columns=["doc_id", "text"]).to_pandas().set_index("doc_id")["text"]
-    docs["n_bytes"] = [len(texts[d].encode("utf-8")) for d in docs.index]
+    n_bytes = {}
+    for batch in pq.ParquetFile(corpus_path).iter_batches(columns=["doc_id", "text"], batch_size=1024):
+        n_bytes.update((d, len(t.encode("utf-8"))) for d, t in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist()))
+    docs["n_bytes"] = [n_bytes[d] for d in docs.index]
     docs["mean_nll"] = docs.nll_sum / docs.n_tokens
     docs["perplexity"] = np.exp(docs.mean_nll)
     docs["mean_entropy"] = docs.entropy_sum / docs.n_tokens
