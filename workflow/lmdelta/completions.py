@@ -131,14 +131,12 @@ def gather_completions(shards: list[str | Path], out: str | Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lmdelta.artifacts import Provenance, read_provenance, write_parquet
-    from lmdelta.shards import check_complete, shared_settings
+    from lmdelta.artifacts import Provenance, write_parquet
+    from lmdelta.shards import read_shards
 
-    n_shards = check_complete(shards)
-    recs = [read_provenance(p) for p in shards]
-    settings = shared_settings(shards, recs, vary=("shard",))
+    n_shards, recs, settings, prior_time_s = read_shards(shards, vary=("shard",))
     prov = Provenance(stage="completions", params={**{k: v for k, v in settings.items() if k != "n_shards"}, "shards": n_shards},
-                      seed=recs[0]["seed"], prior_time_s=sum(r.get("compute_time_s", r["wall_time_s"]) for r in recs))
+                      seed=recs[0]["seed"], prior_time_s=prior_time_s)
     prov.inputs = recs[0]["inputs"]
     table = pa.concat_tables([pq.read_table(p, schema=_schema()) for p in shards])
     write_parquet(out, table, prov)

@@ -175,7 +175,9 @@ def score_logprobs_shard(
     first_doc, last_doc = mine.start * params.part_docs, min(n_docs, mine.stop * params.part_docs)
     bar = tqdm(total=last_doc - first_doc, desc=f"logprobs {out_dir.parent.name}/{out_dir.name}", unit=" docs", mininterval=2.0)
     for k, batch in enumerate(pf.iter_batches(batch_size=params.part_docs, columns=["doc_id", "text"])):
-        if k not in mine:
+        if k >= mine.stop:
+            break  # the rest of the corpus belongs to later shards
+        if k < mine.start:
             continue
         part = parts / f"part-{k:05d}.parquet"
         if part.exists():
@@ -200,13 +202,10 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
     next-token distribution, part by part in order: the same bytes whatever the shard count."""
     import pyarrow.parquet as pq
 
-    from lmdelta.artifacts import read_provenance
-    from lmdelta.shards import check_complete, shared_settings
+    from lmdelta.shards import read_shards
 
     shard_dirs = [Path(d) for d in shard_dirs]
-    n_shards = check_complete(shard_dirs)
-    recs = [read_provenance(d) for d in shard_dirs]
-    settings = shared_settings(shard_dirs, recs, vary=("shard", "parts", "model_calls"))
+    n_shards, recs, settings, prior_time_s = read_shards(shard_dirs, vary=("shard", "parts", "model_calls"))
     n_parts = settings["n_parts"]
     files = {}
     for d, r in zip(shard_dirs, recs):
@@ -216,7 +215,7 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
         raise LmdeltaError(f"the shards of {out} do not cover parts 0..{n_parts - 1}; rerun the logprobs shards")
 
     prov = Provenance(stage="logprobs", params={k: v for k, v in settings.items() if k not in ("n_shards", "n_parts", "vocab_size")},
-                      prior_time_s=sum(r.get("compute_time_s", r["wall_time_s"]) for r in recs))
+                      prior_time_s=prior_time_s)
     prov.inputs = recs[0]["inputs"]
     vocab = settings["vocab_size"]
     prob_sum = np.zeros(vocab, np.float64)

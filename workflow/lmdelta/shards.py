@@ -42,13 +42,20 @@ def check_complete(paths: list[str | Path]) -> int:
     return n
 
 
-def shared_settings(paths: list[str | Path], records: list[dict], vary: tuple[str, ...]) -> dict:
-    """The params every shard's provenance record shares (all but ``vary``); an error naming the
-    first shard computed with other settings or inputs, which must be rerun before a gather."""
+def read_shards(paths: list[str | Path], vary: tuple[str, ...]) -> tuple[int, list[dict], dict, float]:
+    """What a gather needs from its inputs: the shard count (all of 0..n-1, in order), each shard's
+    provenance record, the params they all share (all but ``vary``), and their summed compute time.
+    An error names the first shard computed with other settings or inputs: rerun it before a gather."""
+    from lmdelta.artifacts import read_provenance
+
+    n_shards = check_complete(paths)
+    records = [read_provenance(p) for p in paths]
+
     def strip(r):
         return {k: v for k, v in r["params"].items() if k not in vary}
 
     for p, r in zip(paths, records):
         if strip(r) != strip(records[0]) or r["inputs"] != records[0]["inputs"]:
             raise LmdeltaError(f"{p} was computed with other settings or inputs than {paths[0]}; rerun its shard")
-    return strip(records[0])
+    prior_time_s = sum(r.get("compute_time_s", r["wall_time_s"]) for r in records)
+    return n_shards, records, strip(records[0]), prior_time_s
