@@ -178,3 +178,25 @@ def test_lint_has_no_findings():
 def test_shipped_configs_are_valid(path):
     cfg = load_config_file(path)
     assert cfg["models"] and cfg["corpora"]
+
+
+@pytest.mark.parametrize("schema_def, cls_path, elsewhere", [
+    ("search_run", "lmdelta.search:SearchParams", {"seeds", "assistant", "n_top", "embedder", "clusters"}),
+    ("softprompt_run", "lmdelta.softprompt:SoftPromptParams", {"corpus", "embedder", "hard"}),
+    ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams", set()),
+])
+def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere):
+    """A key in the schema that no stage reads would be accepted and silently do nothing; a stage
+    parameter missing from the schema could never be set."""
+    import importlib
+    from dataclasses import fields
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    name, *sub = schema_def.split(".")
+    node = schema["$defs"][name]
+    for s in sub:
+        node = node["properties"][s]
+    module, cls = cls_path.split(":")
+    params = {f.name for f in fields(getattr(importlib.import_module(module), cls))}
+    keys = set(node["properties"])
+    assert keys - elsewhere == params, (sorted(keys - elsewhere - params), sorted(params - keys))

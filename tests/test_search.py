@@ -160,6 +160,40 @@ def test_loop_binds_scores_by_id_and_improves():
     assert [r["prompt"] for r in other] != [r["prompt"] for r in records]
 
 
+def test_pool_scores_is_the_sample_weighted_mean():
+    from lmdelta.search import pool_scores
+
+    old = {"id": "p", "kl_a_b": 1.0, "kl_b_a": 4.0, "js": 0.2, "example": "first", "n_samples": 2}
+    new = {"kl_a_b": 4.0, "kl_b_a": 1.0, "js": 0.5, "example": "second", "n_samples": 4}
+    got = pool_scores(old, new)
+    assert got == {"id": "p", "kl_a_b": 3.0, "kl_b_a": 2.0, "js": pytest.approx(0.4), "example": "first", "n_samples": 6}
+
+
+def test_rescore_top_pools_fresh_samples_of_the_best():
+    """A noisy scorer: each scoring draws one sample per prompt from its seed. With rescore_top=2 the two best
+    prompts of every cycle get one more sample, and each prompt's score is the mean of all its draws."""
+    draws: dict[str, list[float]] = {}
+
+    def noisy(items, seed):
+        out = {}
+        for x in items:
+            v = zscore(x["prompt"]) + float(np.random.default_rng([seed, int(x["id"][1:] if x["id"][0] == "s" else 0),
+                                                                     len(x["prompt"])]).normal())
+            draws.setdefault(x["id"], []).append(v)
+            out[x["id"]] = {"kl_a_b": v, "kl_b_a": v, "js": 0.0, "example": x["prompt"], "n_samples": 1}
+        return out
+
+    p = SearchParams(cycles=3, patience=9, requests=2, shown=2, proposals=2, seed=3, rescore_top=2)
+    records, cycles = search_loop(SEEDS, params=p, score=noisy, embed=fake_embed, assistant=EchoAssistant(), progress=False)
+    for r in records:
+        assert r["n_samples"] == len(draws[r["id"]]) and r["kl_a_b"] == pytest.approx(np.mean(draws[r["id"]]))
+    assert all(c["rescored"] == 2 for c in cycles)
+    assert sum(r["n_samples"] for r in records) == len(records) + 2 * len(cycles), "two extra draws per cycle"
+    assert max(r["n_samples"] for r in records) > 1
+    # top_decile_mean of the last cycle is taken after its re-evaluation: the final bank's
+    assert cycles[-1]["top_decile_mean"] == pytest.approx(top_decile_mean([r["kl_a_b"] for r in records]))
+
+
 class GarbageAssistant(EchoAssistant):
     def complete(self, messages, *, seed, gen=None, prefix=""):
         return ["", "???", None][: len(messages)]

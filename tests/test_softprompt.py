@@ -196,11 +196,53 @@ def test_hard_prompt_candidates_and_baseline(loaded, tmp_path):
     assert len(hard) == len(base) and sorted(hard.n_tokens) == sorted(base.n_tokens), "one same-length snippet per candidate"
     assert hard.divergence.is_monotonic_decreasing and base.divergence.is_monotonic_decreasing
     assert hard.rescored.notna().sum() == min(3, len(hard)) and hard.rescored.head(min(3, len(hard))).notna().all()
+    assert (df.screen == df.divergence).all() and (df.n_samples == 1).all(), "one round without confirm_top"
     np.testing.assert_allclose(df.baseline_ratio, df.divergence / base.divergence.mean())
     assert (df.ppl_b.dropna() > 1).all()
     s = summarise(df, hp, planted)
     assert s["ratio_top_rescored_vs_snippets"] == pytest.approx(hard.head(3).rescored.mean() / base.divergence.mean())
     assert set(s["planted"]) >= {"top_trigger_rate", "snippet_trigger_rate"}
+
+
+def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loaded, tmp_path):
+    from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, score_prompts, summarise
+    from lmdelta.search import sub_seed
+
+    models, toks = loaded
+    sp = params(steps=4)
+    d = docs(toks[0])
+    windows = split_windows(d, sp)
+    soft = train_prompt(models, toks, windows, sp, ckpt_dir=tmp_path / "ck", progress=False)["prompt"]
+    hp = HardPromptParams(pez_steps=4, pez_lr=0.5, pez_keep=3, n_generate=4, generate_tokens=6, samples=1, max_new_tokens=4,
+                          n_top=2, confirm_top=3, confirm_samples=2)
+    cands, _, trace = candidates(models, toks, soft, windows, sp, hp)
+    # the kept PEZ prompts: the best distinct projections of the trajectory by held-out divergence, best first
+    best: dict = {}
+    for t in trace:
+        best[tuple(t["ids"])] = max(best.get(tuple(t["ids"]), -1e9), t["heldout_divergence"])
+    want = [toks[0].decode(list(k)) for k, _ in sorted(best.items(), key=lambda kv: -kv[1])[:3]]
+    assert [c["prompt"] for c in cands if c["method"] == "pez"] == want
+    df = evaluate_candidates(models, toks, cands, d, sp, hp, None)
+    for is_base in (False, True):
+        side = df[df.is_baseline == is_base]
+        confirmed = side.sort_values("screen", ascending=False, kind="stable").head(3)
+        assert (confirmed.n_samples == 3).all() and (side.drop(confirmed.index).n_samples == 1).all()
+        # pooled = (1 x first score + 2 x the confirmation's mean) / 3, the confirmation scored independently here
+        again = score_prompts(models, toks, confirmed.prompt.tolist(), sp, hp, sub_seed(hp.seed, 3), samples=2)
+        np.testing.assert_allclose(confirmed.divergence, (confirmed.screen + 2 * np.array([a["kl_a_b"] for a in again])) / 3)
+        assert side.divergence.is_monotonic_decreasing, "ranked by the pooled score"
+        assert side.head(2).rescored.notna().all() and side.iloc[2:].rescored.isna().all()
+    base = df[df.is_baseline]
+    s = summarise(df, hp, None)
+    assert s["snippet_mean_divergence"] == pytest.approx(base.screen.mean()), "the baseline is the first round's unbiased mean"
+    assert s["ratio_top_rescored_vs_snippets"] == pytest.approx(df[~df.is_baseline].head(2).rescored.mean() / base.screen.mean())
+    # the bootstrap CI of the ratio, recomputed by hand with the same draws
+    top2 = df[~df.is_baseline].head(2).rescored.to_numpy()
+    rng = np.random.default_rng(hp.seed)
+    ia, ib = rng.integers(0, 2, (2000, 2)), rng.integers(0, len(base), (2000, len(base)))
+    ratios = top2[ia].mean(1) / base.screen.to_numpy()[ib].mean(1)
+    np.testing.assert_allclose(s["ratio_ci95"], np.quantile(ratios, [0.025, 0.975]))
+    assert s["ratio_ci95"][0] <= s["ratio_top_rescored_vs_snippets"] <= s["ratio_ci95"][1]
 
 
 def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):

@@ -5,8 +5,9 @@ Candidates, by ``method``:
 - ``nearest-cosine`` / ``nearest-l2``: each soft vector replaced by its nearest vocabulary token
   (model a's input embeddings); the top-k candidates per position go to ``projection.csv``.
 - ``pez``: PEZ (Wen et al., 2023): optimise continuous vectors whose forward pass uses their
-  nearest-token projection (straight-through gradient), starting from the soft prompt; the projected
-  prompt with the highest divergence on a held-out batch is kept.
+  nearest-token projection (straight-through gradient), starting from the soft prompt; the
+  ``pez_keep`` distinct projected prompts of the trajectory with the highest divergence on a
+  held-out batch are kept.
 - ``generated``: texts of ``generate_tokens`` tokens sampled from model a conditioned on the soft
   prompt (special tokens such as EOS are never sampled, so no text ends before it starts): with the
   chat placement, a's reply to it (``generate_in: reply``) or a continuation of the user message
@@ -18,7 +19,13 @@ the prompt search scores prompts (``lmdelta.search.pair_scorer``: continuations 
 mean divergence over generated tokens and samples). The baseline is one random corpus snippet of
 the same token length per candidate, scored the same way. Ranking by a noisy score favours lucky
 draws, so the top ``n_top`` candidates and the top ``n_top`` snippets are scored again with a fresh
-seed, and the summary compares those re-scored values. Fluency: each prompt's perplexity under
+seed, and the summary compares those re-scored values. With ``confirm_top`` = k > 0 the choice of
+the top is made in two rounds: the k best of each side (candidates, snippets) by the first score
+get ``confirm_samples`` more continuations, pooled with the first ones
+(``lmdelta.search.pool_scores``), and the top ``n_top`` are the best by the pooled score; the
+re-scoring with a fresh seed stays the measure. The snippets' mean (the baseline) is always the mean
+of the first scores (``screen``), which are unbiased; pooled scores of a selected few are not.
+Fluency: each prompt's perplexity under
 model b (with BOS when the tokenizer has one).
 """
 
@@ -44,6 +51,7 @@ class HardPromptParams:
     top_k: int = 5
     pez_steps: int = 20
     pez_lr: float = 0.05
+    pez_keep: int = 1
     n_generate: int = 16
     generate_tokens: int = 16
     generate_temperature: float = 1.0
@@ -53,6 +61,8 @@ class HardPromptParams:
     temperature: float | None = 1.0
     batch_size: int = 16
     n_top: int = 10
+    confirm_top: int = 0
+    confirm_samples: int = 4
     k_clusters: int = 4
     seed: int = 0
 
@@ -61,8 +71,9 @@ class HardPromptParams:
         return cls(**known_fields(cls, d))
 
 
-def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) -> tuple[list[int], float, list[dict]]:
-    """PEZ from the soft prompt: (best projected ids, their held-out divergence, the trajectory)."""
+def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) -> tuple[list[list[int]], list[float], list[dict]]:
+    """PEZ from the soft prompt: (the ``pez_keep`` best distinct projected prompts' ids, their held-out
+    divergences, best first; the trajectory)."""
     import torch
 
     from lmdelta.derive import batch_indices
@@ -76,14 +87,15 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) 
     x = torch.nn.Parameter(soft.detach().clone().float())
     opt = torch.optim.AdamW([x], lr=hp.pez_lr, weight_decay=0.0)
     held_ids, held_mask = collate(held[: sp.batch], pad)
-    best_ids, best_val, trace = None, -math.inf, []
+    best: dict[tuple[int, ...], float] = {}
+    trace = []
     for step in range(hp.pez_steps + 1):
         ids = nearest_tokens_ids(x.detach(), emb, k=1, metric="cosine", n_vocab=n_vocab)[0][:, 0]
         with torch.no_grad():
             val, _ = pair_divergence(models, table[ids], templates, held_ids, held_mask, sp.divergence)
         trace.append({"step": step, "heldout_divergence": float(val), "ids": ids.tolist()})
-        if float(val) > best_val:
-            best_ids, best_val = ids.tolist(), float(val)
+        key = tuple(ids.tolist())
+        best[key] = max(best.get(key, -math.inf), float(val))
         if step == hp.pez_steps:
             break
         proj = table[ids]
@@ -95,7 +107,8 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) 
         torch.nn.utils.clip_grad_norm_([x], sp.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return best_ids, best_val, trace
+    kept = sorted(best.items(), key=lambda kv: -kv[1])[: hp.pez_keep]  # stable: the earliest of equal ones first
+    return [list(k) for k, _ in kept], [v for _, v in kept], trace
 
 
 def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams) -> list[str]:
@@ -168,8 +181,8 @@ def candidates(models, toks, soft, windows, sp, hp: HardPromptParams) -> tuple[l
                      for r, (t, i, v) in enumerate(cand)]
         cands.append({"prompt": tok.decode([c[0][1] for c in near]), "method": f"nearest-{'l2' if metric == 'l2' else 'cosine'}"})
     if hp.pez_steps > 0:
-        ids, _, trace = pez(models, toks, soft, windows, sp, hp, n_vocab=n_vocab)
-        cands.append({"prompt": tok.decode(ids), "method": "pez"})
+        kept, _, trace = pez(models, toks, soft, windows, sp, hp, n_vocab=n_vocab)
+        cands += [{"prompt": tok.decode(ids), "method": "pez"} for ids in kept]
     else:
         trace = []
     for text in generate_with_prompt(models[0], tok, soft, sp.placement, hp):
@@ -177,12 +190,12 @@ def candidates(models, toks, soft, windows, sp, hp: HardPromptParams) -> tuple[l
     return cands, rows, trace
 
 
-def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int) -> list[dict]:
+def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int, samples: int | None = None) -> list[dict]:
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
     from lmdelta.search import SearchParams, pair_scorer
 
     fmt = {"chat_template": sp.placement == "chat", "fmt": None}
-    params = SearchParams(divergence=sp.divergence, sample_from="a", samples=hp.samples, max_new_tokens=hp.max_new_tokens,
+    params = SearchParams(divergence=sp.divergence, sample_from="a", samples=samples or hp.samples, max_new_tokens=hp.max_new_tokens,
                           temperature=hp.temperature, batch_size=hp.batch_size)
     items = [{"id": f"p{i:04d}", "prompt": t} for i, t in enumerate(prompts)]
     got = pair_scorer(models, toks, [fmt, fmt], params)(items, seed)
@@ -194,9 +207,7 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
     """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top."""
     import pandas as pd
 
-    from lmdelta.search import sub_seed
-
-    from lmdelta.search import normalise
+    from lmdelta.search import DIVERGENCES, normalise, pool_scores, sub_seed
 
     tok = toks[0]
     seen, unique = set(), []
@@ -212,16 +223,24 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
     base = [{"prompt": s, "method": "snippet"} for s in snippets(docs, lengths, tok, hp.seed)]
     rows = cands + base
     scores = score_prompts(models, toks, [r["prompt"] for r in rows], sp, hp, sub_seed(hp.seed, 1))
-    df = pd.DataFrame([{**r, "n_tokens": n, "divergence": s[sp.divergence], "kl_a_b": s["kl_a_b"], "kl_b_a": s["kl_b_a"],
-                        "js": s["js"], "example": s["example"]} for r, n, s in zip(rows, lengths + lengths, scores)])
+    df = pd.DataFrame([{**r, "n_tokens": n, "screen": s[sp.divergence], "divergence": s[sp.divergence],
+                        **{k: s[k] for k in DIVERGENCES}, "n_samples": s["n_samples"], "example": s["example"]}
+                       for r, n, s in zip(rows, lengths + lengths, scores)])
     df["is_baseline"] = df.method == "snippet"
     df["rescored"] = math.nan
     for is_base in (False, True):
+        if hp.confirm_top > 0:  # a second round for the best few of each side, pooled with the first
+            side = df[df.is_baseline == is_base].sort_values("screen", ascending=False, kind="stable").head(hp.confirm_top)
+            more = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 3), samples=hp.confirm_samples)
+            for i, s in zip(side.index, more):
+                pooled = pool_scores(df.loc[i, [*DIVERGENCES, "n_samples"]].to_dict(), s)
+                df.loc[i, [*DIVERGENCES, "n_samples"]] = [pooled[k] for k in (*DIVERGENCES, "n_samples")]
+                df.loc[i, "divergence"] = pooled[sp.divergence]
         side = df[df.is_baseline == is_base].sort_values("divergence", ascending=False, kind="stable").head(hp.n_top)
         again = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 2))
         df.loc[side.index, "rescored"] = [s[sp.divergence] for s in again]
     df["ppl_b"] = perplexities(models[1], toks[1], df.prompt.tolist())
-    snippet_mean = float(df[df.is_baseline].divergence.mean())
+    snippet_mean = float(df[df.is_baseline].screen.mean())
     df["baseline_ratio"] = df.divergence / snippet_mean if snippet_mean > 0 else math.inf
     if planted:
         from lmdelta.planted import mentions, shows_planted
@@ -234,18 +253,24 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
 
 
 def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
+    """The top n_top against the snippets. ``ratio_ci95``: a percentile bootstrap of the ratio over the top
+    prompts' re-scored values and the snippets' first scores (the noise of the scores that were
+    measured, not of the choice of the top)."""
+    from lmdelta.uid import bootstrap_ci
+
     hard, base = df[~df.is_baseline], df[df.is_baseline]
     top, top_base = hard.head(hp.n_top), base.head(hp.n_top)
     out = {
         "n_candidates": len(hard), "n_snippets": len(base), "n_top": len(top),
         "candidates_by_method": hard.method.value_counts().to_dict(),
         "top_mean_divergence": float(top.divergence.mean()), "top_mean_rescored": float(top.rescored.mean()),
-        "snippet_mean_divergence": float(base.divergence.mean()),
+        "snippet_mean_divergence": float(base.screen.mean()),
         "snippet_top_mean_rescored": float(top_base.rescored.mean()),
-        "ratio_top_rescored_vs_snippets": float(top.rescored.mean() / base.divergence.mean()),
+        "ratio_top_rescored_vs_snippets": float(top.rescored.mean() / base.screen.mean()),
+        "ratio_ci95": list(bootstrap_ci(top.rescored.dropna(), base.screen, seed=hp.seed, ratio=True)),
         "ratio_top_rescored_vs_snippet_top_rescored": float(top.rescored.mean() / top_base.rescored.mean()),
         "top_median_ppl_b": float(top.ppl_b.median()), "snippet_median_ppl_b": float(base.ppl_b.median()),
-        "mean_divergence_by_method": {m: float(g.divergence.mean()) for m, g in df.groupby("method")},
+        "mean_divergence_by_method": {m: float(g.screen.mean()) for m, g in df.groupby("method")},
     }
     if planted:
         out["planted"] = {
@@ -301,13 +326,13 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     df["cluster"] = pd.array([pd.NA] * len(df), dtype="Int64")
     df.loc[~df.is_baseline, "cluster"] = assigned.cluster.to_numpy()
     write_parquet(out_prompts, df, prov)
-    cols = ["rank", "method", "divergence", "rescored", "baseline_ratio", "ppl_b", "n_tokens", "cluster", "prompt", "example"]
+    cols = ["rank", "method", "screen", "divergence", "n_samples", "rescored", "baseline_ratio", "ppl_b", "n_tokens", "cluster", "prompt", "example"]
     cols += [c for c in ("mentions_trigger", "shows_response") if c in df]
     write_csv(out_csv, df[cols], prov)
     write_csv(out_projection, pd.DataFrame(proj_rows), prov)
     write_json(out_summary, summary, prov)
     write_csv(out_clusters, table, prov)
     save_figure(hardprompt_figure(df, f"{pair} / {run}", sp_params.divergence), out_png, prov)
-    log.info("hard prompts %s/%s: top-%d re-scored %.4f vs snippets %.4f (x%.2f)", pair, run, summary["n_top"],
-             summary["top_mean_rescored"], summary["snippet_mean_divergence"], summary["ratio_top_rescored_vs_snippets"])
+    log.info("hard prompts %s/%s: top-%d re-scored %.4f vs snippets %.4f (x%.2f, 95%% CI %.2f-%.2f)", pair, run, summary["n_top"],
+             summary["top_mean_rescored"], summary["snippet_mean_divergence"], summary["ratio_top_rescored_vs_snippets"], *summary["ratio_ci95"])
     return summary

@@ -18,6 +18,12 @@ The loop, per run:
    ids of the prompts shown (``parents``).
 5. A cycle *fails* when none of its prompts beats the bank's 90th percentile of divergence before the
    cycle; the run stops after ``cycles`` cycles or ``patience`` failed cycles in a row.
+6. Re-evaluation (``rescore_top`` = k > 0): at the end of every cycle, the seeds' included, the k
+   best prompts of the bank are scored again on ``samples`` fresh continuations and their scores
+   become the mean over all their samples (``n_samples`` counts them). A score from a few samples is
+   noisy and the best of many noisy scores is mostly luck (the winner's curse); re-scoring the best
+   keeps a lucky draw from holding the top of the bank, so the bank's top decile measures prompts,
+   not draws. ``top_decile_mean`` of a cycle is computed after its re-evaluation.
 
 Scoring a prompt: ``samples`` continuations are sampled from one model of the pair (``sample_from``)
 through the decoding engine, and the divergence between the two models' next-token distributions
@@ -81,6 +87,7 @@ class SearchParams:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 16
+    rescore_top: int = 0
     reply_prefix: str = ""
     min_chars: int = 10
     max_chars: int = 300
@@ -92,6 +99,14 @@ class SearchParams:
         if "weighting" in kw:
             kw["weighting"] = Weighting(**known_fields(Weighting, kw["weighting"]))
         return cls(**kw)
+
+
+def pool_scores(old: dict, new: dict) -> dict:
+    """One prompt's scores over the samples of both scorings: each divergence the sample-weighted mean.
+    The example (the most divergent continuation of the first scoring) is kept."""
+    n0, n1 = int(old["n_samples"]), int(new["n_samples"])
+    mean = {k: (n0 * old[k] + n1 * new[k]) / (n0 + n1) for k in DIVERGENCES if k in old and k in new}
+    return {**old, **mean, "n_samples": n0 + n1}
 
 
 def sub_seed(seed: int, *path: int) -> int:
@@ -217,6 +232,18 @@ class Bank:
     def ids(self) -> list[str]:
         return list(self.entries)
 
+    def rescore(self, k: int, key: str, score: Scorer, seed: int) -> int:
+        """Score the k best prompts (by ``key``, ties by id) again and pool their samples; how many were."""
+        if k <= 0:
+            return 0
+        best = sorted(self.entries.values(), key=lambda e: (-e[key], e["id"]))[:k]
+        again = score([{"id": e["id"], "prompt": e["prompt"]} for e in best], seed)
+        for e in best:
+            if e["id"] not in again:
+                raise LmdeltaError(f"search: the scorer returned no score for prompt {e['id']}")
+            self.entries[e["id"]] = pool_scores(e, again[e["id"]])
+        return len(best)
+
     def column(self, key: str) -> np.ndarray:
         return np.array([e[key] for e in self.entries.values()], np.float64)
 
@@ -248,7 +275,8 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
     bank.add(first, score(first, sub_seed(p.seed, 0, 1)), embed([x["prompt"] for x in first]))
     zero = {k: 0 for k in ("requests", "failed_requests", "json_replies", "fallback_replies", "unparsed_replies",
                            "duplicates", "rejected_length")}
-    cycles = [_cycle_stats(bank, 0, key, proposed=len(first), added=len(first), failed=False, **zero)]
+    rescored = bank.rescore(p.rescore_top, key, score, sub_seed(p.seed, 0, 3))
+    cycles = [_cycle_stats(bank, 0, key, proposed=len(first), added=len(first), failed=False, rescored=rescored, **zero)]
     failed_run = 0
     bar = tqdm(range(1, p.cycles + 1), desc="search", unit="cycle", disable=not progress, mininterval=1.0)
     for c in bar:
@@ -297,6 +325,7 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
             bank.add(new, scores, embed([x["prompt"] for x in new]))
             failed = not any(scores[x["id"]][key] > threshold for x in new)
         failed_run = failed_run + 1 if failed else 0
+        stats["rescored"] = bank.rescore(p.rescore_top, key, score, sub_seed(p.seed, c, 3))
         cycles.append(_cycle_stats(bank, c, key, added=len(new), failed=failed, threshold=threshold, **stats))
         bar.set_postfix(bank=len(bank.entries), top10=f"{cycles[-1]['top_decile_mean']:.3f}", failed=failed_run)
         log.info("search cycle %d: %d proposed, %d added, top-decile mean %s %.4f%s", c, stats["proposed"], len(new), key,

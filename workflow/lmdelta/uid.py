@@ -86,14 +86,16 @@ def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
     return float((a.mean() - b.mean()) / pooled) if pooled > 0 else math.nan
 
 
-def bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b), resampling each source independently."""
+def bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 ratio: bool = False) -> tuple[float, float]:
+    """Percentile bootstrap CI of mean(a) - mean(b) (or mean(a) / mean(b) with ``ratio``), resampling each
+    source independently."""
     rng = np.random.default_rng(seed)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     ia = rng.integers(0, len(a), (n_boot, len(a)))
     ib = rng.integers(0, len(b), (n_boot, len(b)))
-    diffs = a[ia].mean(1) - b[ib].mean(1)
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    stats = a[ia].mean(1) / b[ib].mean(1) if ratio else a[ia].mean(1) - b[ib].mean(1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
 
