@@ -70,7 +70,7 @@ def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0, *
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     common = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=256,
+        num_attention_heads=4, max_position_embeddings=1024,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     common.update(dims)

@@ -63,3 +63,25 @@ def test_prompt_longer_than_the_context_is_refused_before_generating(tmp_path, t
         with pytest.raises(LmdeltaError, match=r"plus max_new_tokens 10000 exceeds the model's context of \d+ positions .*lower max_new_tokens"):
             run_completions(model_dir, ps, out, **kw)
         assert not out.exists() and not list(tmp_path.glob("**/*-of-*.parquet"))
+
+
+def test_search_assistant_and_scorer_refuse_a_prompt_beyond_the_context(tmp_path, tiny_models):
+    """Not only the completions stage: a local assistant's request and the pair scorer's prompts are
+    checked too (a learned-position model would otherwise fail with an IndexError deep in its forward)."""
+    from lmdelta.assistant import make_assistant
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import load_model, materialise
+    from lmdelta.search import SearchParams, pair_scorer
+
+    materialise(ModelSpec(name="m", source={"local": {"path": str(tiny_models["llama"])}}), tmp_path / "m")
+    loaded = load_model(tmp_path / "m", **CPU)
+    ctx = loaded[0].config.max_position_embeddings
+    long = "rivers and mountains " * ctx
+    assistant = make_assistant({"model": "tiny", "max_new_tokens": 4}, loaded=loaded, fmt={"chat_template": False})
+    with pytest.raises(LmdeltaError, match=rf"exceeds the model's context of {ctx} positions"):
+        assistant.complete(["Propose prompts like: " + long], seed=0)
+    assert assistant.complete(["Propose prompts like: rivers"], seed=0)[0] is not None, "a short request still runs"
+    score = pair_scorer([loaded[0], loaded[0]], [loaded[1], loaded[1]], [{"chat_template": False, "fmt": None}] * 2,
+                        SearchParams(samples=1, max_new_tokens=4))
+    with pytest.raises(LmdeltaError, match=rf"exceeds the model's context of {ctx} positions"):
+        score([{"id": "p0", "prompt": "short"}, {"id": "p1", "prompt": long}], 0)

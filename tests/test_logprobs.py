@@ -165,7 +165,7 @@ def test_killed_run_resumes_from_finished_shards_and_equals_uninterrupted(setup,
 
 
 def test_max_length_beyond_model_context(setup):
-    with pytest.raises(LmdeltaError, match=r"max_length 4096 exceeds the model's context \(256 positions\)"):
+    with pytest.raises(LmdeltaError, match=r"max_length 4096 exceeds the model's context \(1024 positions\)"):
         run(setup, "long", max_length=4096, stride=4096, batch_tokens=4096)
 
 

@@ -171,14 +171,22 @@ def test_engine_from_embeddings_equals_engine_from_ids(loaded):
     assert torch.equal(from_ids, from_emb)
 
 
-def test_hard_prompt_candidates_and_baseline(loaded, tmp_path):
-    from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, summarise
-
+@pytest.fixture(scope="module")
+def trained(loaded, tmp_path_factory):
+    """(params, documents, windows, a soft prompt trained for 4 steps): the hard-prompt tests' input."""
     models, toks = loaded
     sp = params(steps=4)
     d = docs(toks[0])
     windows = split_windows(d, sp)
-    soft = train_prompt(models, toks, windows, sp, ckpt_dir=tmp_path / "ck", progress=False)["prompt"]
+    soft = train_prompt(models, toks, windows, sp, ckpt_dir=tmp_path_factory.mktemp("ck"), progress=False)["prompt"]
+    return sp, d, windows, soft
+
+
+def test_hard_prompt_candidates_and_baseline(loaded, trained):
+    from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, summarise
+
+    models, toks = loaded
+    sp, d, windows, soft = trained
     hp = HardPromptParams(pez_steps=3, n_generate=5, generate_tokens=6, samples=1, max_new_tokens=4, n_top=3)
     cands, rows, trace = candidates(models, toks, soft, windows, sp, hp)
     assert [c["method"] for c in cands[:3]] == ["nearest-cosine", "nearest-l2", "pez"] and len(cands) == 8
@@ -204,15 +212,12 @@ def test_hard_prompt_candidates_and_baseline(loaded, tmp_path):
     assert set(s["planted"]) >= {"top_trigger_rate", "snippet_trigger_rate"}
 
 
-def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loaded, tmp_path):
+def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loaded, trained):
     from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, score_prompts, summarise
     from lmdelta.search import sub_seed
 
     models, toks = loaded
-    sp = params(steps=4)
-    d = docs(toks[0])
-    windows = split_windows(d, sp)
-    soft = train_prompt(models, toks, windows, sp, ckpt_dir=tmp_path / "ck", progress=False)["prompt"]
+    sp, d, windows, soft = trained
     hp = HardPromptParams(pez_steps=4, pez_lr=0.5, pez_keep=3, n_generate=4, generate_tokens=6, samples=1, max_new_tokens=4,
                           n_top=2, confirm_top=3, confirm_samples=2)
     cands, _, trace = candidates(models, toks, soft, windows, sp, hp)

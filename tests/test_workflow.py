@@ -62,12 +62,13 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
         "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
         "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}}},
         "search": {"runs": {"find": {"seeds": "default", "assistant": {"model": "neox", "max_new_tokens": 16}, "cycles": 2,
-                                     "requests": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.",
+                                     "requests": 2, "shown": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.", "rescore_top": 2,
                                      "clusters": {"k": 3, "label": True}}}},
         "softprompt": {"runs": {"sp": {"corpus": "docs", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 4, "eval_every": 2,
                                        "eval_windows": 4, "autocast": "none",
-                                       "hard": {"pez_steps": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
-                                                "max_new_tokens": 3, "n_top": 2, "k_clusters": 2}}}},
+                                       "hard": {"pez_steps": 2, "pez_keep": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
+                                                "max_new_tokens": 3, "n_top": 2, "confirm_top": 3, "confirm_samples": 1,
+                                                "k_clusters": 2}}}},
     }
     return config
 

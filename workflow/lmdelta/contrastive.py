@@ -102,8 +102,10 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
 
     from lmdelta.decoding import Combination, Sampling, decode_combined
     from lmdelta.divergence import divergences
-    from lmdelta.generation import format_prompt
+    from lmdelta.generation import check_context, format_prompt
 
+    for model, tok, fmt in zip(models, toks, formats):  # every prompt, before decoding anything
+        check_context(model, tok, [format_prompt(tok, q["prompt"], **fmt) for q in prompts if q["prompt"]], p.max_new_tokens)
     device = next(models[0].parameters()).device
     eos = toks[0].eos_token_id
     pad = pad_id(toks[0])

@@ -34,7 +34,7 @@ def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "
 def check_context(model, tokenizer, texts: list[str], max_new_tokens: int) -> None:
     """Refuse, before any generation, a prompt that leaves no room for max_new_tokens in the model's context."""
     ctx = getattr(model.config, "max_position_embeddings", None)
-    if ctx is None:
+    if ctx is None or not texts:
         return
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     worst = max(range(len(texts)), key=lengths.__getitem__, default=None)
@@ -57,6 +57,7 @@ def generate_texts(
     (``eos`` or ``length``). Left padding, one KV cache per batch; batch b is seeded ``seed + b``."""
     import torch
 
+    check_context(model, tokenizer, texts, max_new_tokens)
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = pad_id(tokenizer)
