@@ -104,21 +104,22 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
     from lmdelta.divergence import divergences
     from lmdelta.generation import check_context, format_prompt
 
-    for model, tok, fmt in zip(models, toks, formats):  # every prompt, before decoding anything
-        check_context(model, tok, [format_prompt(tok, q["prompt"], **fmt) for q in prompts if q["prompt"]], p.max_new_tokens)
+    # each prompt formatted once per model; every one checked against the context before decoding anything
+    formatted = [[format_prompt(tok, q["prompt"], **fmt) if q["prompt"] else "" for q in prompts] for tok, fmt in zip(toks, formats)]
+    for model, tok, texts in zip(models, toks, formatted):
+        check_context(model, tok, [t for t in texts if t], p.max_new_tokens)
     device = next(models[0].parameters()).device
     eos = toks[0].eos_token_id
     pad = pad_id(toks[0])
     comb = Combination(weights=tuple(p.weights), space=p.space, plausibility_alpha=p.plausibility_alpha, expert=0)
     sampling = Sampling(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
-    jobs = [(q, s) for q in prompts for s in range(p.samples)]
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(p.samples)]
     results = []
     for b in range(0, len(jobs), p.batch_size):
         chunk = jobs[b:b + p.batch_size]
         inputs = []
-        for tok, fmt in zip(toks, formats):
-            texts = [format_prompt(tok, q["prompt"], **fmt) if q["prompt"] else "" for q, _ in chunk]
-            ids, mask = _left_pad([_encode(tok, t) for t in texts], pad)
+        for tok, texts in zip(toks, formatted):
+            ids, mask = _left_pad([_encode(tok, texts[i]) for i, _ in chunk], pad)
             inputs.append((ids.to(device), mask.to(device)))
         prompt_div = _prompt_divergences(models, inputs) if p.include_prompt else None
         steps: list[dict] = []
@@ -138,7 +139,8 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
         with torch.inference_mode():
             new = decode_combined(models, inputs, comb=comb, max_new_tokens=p.max_new_tokens, sampling=sampling,
                                   eos_id=eos, pad_id=pad, seed=seed, on_step=record).cpu().tolist()
-        for r, ((q, s), row) in enumerate(zip(chunk, new)):
+        for r, ((i, s), row) in enumerate(zip(chunk, new)):
+            q = prompts[i]
             n = row.index(eos) + 1 if eos in row else len(row)
             tokens = [toks[0].decode([t]) for t in row[:n]]
             rec = {"prompt_id": q["id"], "sample": s, "prompt": q["prompt"], "seed": seed, "n_tokens": n,

@@ -212,6 +212,13 @@ Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], se
 Embedder = Callable[[list[str]], np.ndarray]
 
 
+def _score_of(scores: dict[str, dict], prompt_id: str) -> dict:
+    """A prompt's scores, found by its id (never by position)."""
+    if prompt_id not in scores:
+        raise LmdeltaError(f"search: the scorer returned no score for prompt {prompt_id}")
+    return scores[prompt_id]
+
+
 @dataclass
 class Bank:
     """Prompts and their scores, keyed by id (the only link between a prompt and its score)."""
@@ -222,10 +229,7 @@ class Bank:
 
     def add(self, items: list[dict], scores: dict[str, dict], embeddings: np.ndarray) -> None:
         for item, vec in zip(items, embeddings):
-            s = scores.get(item["id"])
-            if s is None:
-                raise LmdeltaError(f"search: the scorer returned no score for prompt {item['id']}")
-            self.entries[item["id"]] = {**item, **s}
+            self.entries[item["id"]] = {**item, **_score_of(scores, item["id"])}
             self.keys.add(normalise(item["prompt"]))
             self.vectors[item["id"]] = vec
 
@@ -239,9 +243,7 @@ class Bank:
         best = sorted(self.entries.values(), key=lambda e: (-e[key], e["id"]))[:k]
         again = score([{"id": e["id"], "prompt": e["prompt"]} for e in best], seed)
         for e in best:
-            if e["id"] not in again:
-                raise LmdeltaError(f"search: the scorer returned no score for prompt {e['id']}")
-            self.entries[e["id"]] = pool_scores(e, again[e["id"]])
+            self.entries[e["id"]] = pool_scores(e, _score_of(again, e["id"]))
         return len(best)
 
     def column(self, key: str) -> np.ndarray:
