@@ -21,16 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
 
-from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
-from lmdelta.config import ModelSpec  # noqa: E402
-from lmdelta.models import load_model, materialise  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+from lmdelta.models import load_model  # noqa: E402
+from random_models import PYTHIA_1B, SMOLLM2_135M, build, tokenizer_dir  # noqa: E402
 
-CONFIGS = {
-    "smollm2-135m (llama)": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)),
-    "pythia-1b (gpt_neox)": ("gpt_neox", dict(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                              num_attention_heads=8, max_position_embeddings=2048, rotary_pct=0.25)),
-}
+CONFIGS = {"smollm2-135m (llama)": SMOLLM2_135M, "pythia-1b (gpt_neox)": PYTHIA_1B}
 OPTIONS = [("float32", "none"), ("bfloat16", "none"), ("float16", "none"), ("auto", "8bit"), ("bfloat16", "4bit")]
 BATCH, SEQ, REPS = 8, 512, 5
 
@@ -56,12 +51,10 @@ def main() -> None:
         sys.exit("bench/cuda_load_options.py needs a CUDA GPU")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     work = Path(tempfile.mkdtemp())
-    tok = build_tiny_tokenizer(work / "tok")
+    tok = tokenizer_dir(work)
     print(f"{'model':22} {'dtype':9} {'quant':5} {'load s':>7} {'weights GB':>10} {'tok/s':>9} {'x fp32':>7} {'max|dlogp|':>10}")
-    for label, (arch, dims) in CONFIGS.items():
-        src = build_tiny_model(arch, work / f"{arch}-src", tok, **dims)
-        folder = work / arch
-        materialise(ModelSpec(name=arch, source={"local": {"path": str(src)}}), folder)
+    for label, config in CONFIGS.items():
+        folder = build(config, work, tok, name=config[0])
         ids = torch.randint(0, 512, (BATCH, SEQ), generator=torch.Generator().manual_seed(0)).cuda()
         base_tps = base_lp = None
         for dtype, quant in OPTIONS:

@@ -28,26 +28,19 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
 
 from lmdelta.models import load_model  # noqa: E402
 from lmdelta.scoring import score_sequences  # noqa: E402
-
-SMOLLM2_DIMS = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
 
 
 def get_model(args):
     folder = Path(args.model) if args.model else None
     if folder is None or not folder.exists():
-        from conftest import build_tiny_model, build_tiny_tokenizer
-        from lmdelta.config import ModelSpec
-        from lmdelta.models import materialise
+        from random_models import SMOLLM2_135M, build, tokenizer_dir
 
         work = Path(tempfile.mkdtemp())
-        src = build_tiny_model("llama", work / "src", build_tiny_tokenizer(work / "tok"), **SMOLLM2_DIMS)
-        folder = work / "m"
-        materialise(ModelSpec(name="bench", source={"local": {"path": str(src)}}), folder)
+        folder = build(SMOLLM2_135M, work, tokenizer_dir(work))
     model, _ = load_model(folder, dtype=args.dtype, device=args.device)
     return model, folder
 

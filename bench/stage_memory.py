@@ -49,9 +49,10 @@ def build_model(work: Path, kind: str) -> Path:
     tok = build_tiny_tokenizer(work / "tok")
     if kind == "tiny":
         return build_tiny_model("gpt_neox", work / "model", tok)
-    from logprobs_throughput import SMOLLM2_DIMS
+    from random_models import SMOLLM2_135M
 
-    return build_tiny_model("llama", work / "model", tok, **SMOLLM2_DIMS)
+    arch, dims = SMOLLM2_135M
+    return build_tiny_model(arch, work / "model", tok, **dims)
 
 
 def config(model: Path, corpus: Path, n_docs: int) -> dict:

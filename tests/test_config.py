@@ -71,6 +71,7 @@ BAD = [
     (_with("corpora.c.source", {"file": {"path": "/no/such/file.jsonl"}}), ["corpora.c.source.file.path", "does not exist"]),
     (_with("corpora.c.source", {"builtin": {"name": "wikipedia"}}), ["corpora.c.source.builtin.name", "python_docs"]),
     (_with("corpora.c.sample", {"n_docs": 0}), ["corpora.c.sample.n_docs", "minimum"]),
+    (_with("logprobs", {"chunk_positions": "big"}), ["logprobs.chunk_positions", "'big'", "integer >= 1 or auto"]),
     (_with("corpora.c.sample", {"method": "best"}), ["corpora.c.sample.method", "first, random"]),
     (_with("corpora.c.sample", {"min_chars": 500, "max_chars": 100}), ["max_chars (100) < min_chars (500)"]),
     (_with("logprobs", {"max_length": 128, "stride": 256}), ["logprobs.stride (256) > max_length (128)", "lower stride"]),

@@ -117,3 +117,22 @@ def test_rank_counts_ties_in_the_tokens_favour():
     assert rank.tolist() == [1, 1]
     torch.testing.assert_close(ent[1], torch.tensor(np.log(4.0), dtype=torch.float32))
     torch.testing.assert_close(top1[1], torch.tensor(0.25))
+
+
+def test_chunk_size_changes_speed_not_numbers(models):
+    """auto is 32 on a CPU and a memory budget on a GPU; any chunk size gives the same numbers."""
+    from lmdelta.scoring import GPU_CHUNK_BYTES, resolve_chunk
+
+    assert resolve_chunk("auto", torch.device("cpu"), 49152) == 32
+    assert resolve_chunk("auto", torch.device("cuda", 0), 49152) == GPU_CHUNK_BYTES // (4 * 49152) == 1365
+    assert resolve_chunk("auto", torch.device("cuda", 0), 10**7) == 32  # never fewer than on a CPU
+    assert resolve_chunk(7, torch.device("cuda", 0), 49152) == 7
+    model = models["llama"]
+    g = torch.Generator().manual_seed(2)
+    seqs = [[1] + torch.randint(4, 500, (n,), generator=g).tolist() for n in (5, 40, 63)]
+    runs = [score_sequences(model, seqs, max_length=32, stride=16, batch_tokens=256, pad_token_id=3, chunk_positions=c)
+            for c in ("auto", 1, 7, 10_000)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            for field in ("logprob", "entropy", "top1_prob", "rank"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))

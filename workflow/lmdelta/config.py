@@ -61,7 +61,19 @@ def _explain(error) -> str:
         return f"{where}: {error.message}; change the value"
     if v == "minLength":
         return f"{where}: must not be empty; give a value"
+    if v in ("oneOf", "anyOf") and all("type" in o or "enum" in o for o in schema[v]):
+        return f"{where}: {inst!r} is not valid; give {' or '.join(_describe(o) for o in schema[v])}"
     return f"{where}: {error.message}"
+
+
+def _describe(alternative: dict[str, Any]) -> str:
+    """One alternative of a oneOf, in words: 'an integer >= 1', 'auto'."""
+    if "enum" in alternative:
+        return " or ".join(map(str, alternative["enum"]))
+    text = f"a value of type {alternative['type']}"
+    if "minimum" in alternative:
+        text += f" >= {alternative['minimum']}"
+    return text
 
 
 def _set_defaults(validator_cls):

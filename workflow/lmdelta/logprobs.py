@@ -46,7 +46,7 @@ class LogprobParams:
     stride: int = 256
     first_token: str = "bos"  # bos | eos | none
     batch_tokens: int = 4096
-    chunk_positions: int = 32
+    chunk_positions: int | str = "auto"  # auto: 32 on a CPU, 256 MiB of logits on a GPU
     part_docs: int = 256
 
     @classmethod

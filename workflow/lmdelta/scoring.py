@@ -10,7 +10,8 @@ fed as context only. Every token is scored exactly once, each with at least
 ``stride == max_length`` gives disjoint windows (lm-eval's default, ``context_len = 1``).
 
 Per scored token the reductions are made from the logits on the model's device, in chunks of
-positions, in float32: log-probability of the actual token, entropy of the full next-token
+positions (``chunk_positions``; "auto": 32 on a CPU, on a GPU as many as fit 256 MiB of float32
+logits, since small chunks leave a GPU waiting on kernel launches), in float32: log-probability of the actual token, entropy of the full next-token
 distribution, top-1 probability, and rank of the actual token (1 = argmax; ties counted in the
 token's favour). A sum of next-token distributions is accumulated too (for the mean distribution).
 Nothing vocabulary-sized goes to the host except that one accumulated vector.
@@ -100,7 +101,7 @@ def score_sequences(
     stride: int,
     batch_tokens: int,
     pad_token_id: int,
-    chunk_positions: int = 32,
+    chunk_positions: int | str = "auto",
     padding_side: str = "right",
     prob_sum=None,
     progress: Callable[[int], None] | None = None,
@@ -114,6 +115,7 @@ def score_sequences(
     import torch
 
     device = next(model.parameters()).device
+    chunk_positions = resolve_chunk(chunk_positions, device, model.config.vocab_size)
     items = [
         _Item(i, s, e, f)
         for i, seq in enumerate(seqs)
@@ -173,6 +175,19 @@ def score_sequences(
             top1_prob=out["top1_prob"][i], rank=out["rank"][i],
         ))
     return result
+
+
+GPU_CHUNK_BYTES = 256 * 2**20  # float32 logits per reduced chunk on a GPU
+
+
+def resolve_chunk(chunk_positions: int | str, device, vocab_size: int) -> int:
+    """Positions reduced at once: the given number, or "auto" (32 on a CPU; on a GPU, GPU_CHUNK_BYTES of
+    float32 logits). Speed and memory only: each position's numbers do not depend on it."""
+    if chunk_positions != "auto":
+        return int(chunk_positions)
+    if getattr(device, "type", str(device)) == "cpu":
+        return 32
+    return max(32, GPU_CHUNK_BYTES // (4 * vocab_size))
 
 
 def _batches(items: list[_Item], batch_tokens: int):

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every CUDA benchmark in one go, for a lent GPU machine (no network there; see README "Benchmarks").
+#   bash bench/cuda_run.sh [TOKENIZER_DIR] [LOG_DIR]
+# Wheels in .whl/ (bitsandbytes, the transformers of pyproject's range) are installed to /tmp/site first.
+set -uo pipefail
+tok=${1:-resources/models/smollm2}
+log=${2:-.}
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+rc=0
+run() { echo "=== $*"; "$@" 2>&1 | grep -v "Loading weights\|Writing model shards\|past_key_values\|return forward_call" | tee -a "$log/cuda_bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || rc=1; }
+run python3 bench/cuda_paths.py --tokenizer "$tok"
+run python3 bench/logprobs_throughput.py --model none --device cuda --dtype bfloat16 --docs 64 --tokens 512 --batch 32 --threads 16
+run python3 bench/logprobs_throughput.py --model none --device cuda --dtype float32 --docs 64 --tokens 512 --batch 32 --threads 16
+run python3 bench/generation_throughput.py --model none --tokenizer "$tok" --device cuda --prompts 4 --samples 25 --tokens 64 --batch 100 --dtypes float32,bfloat16 --threads 16
+run python3 bench/cuda_load_options.py
+exit $rc
