@@ -15,8 +15,8 @@ python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 
 rc=0
 run() { echo "=== $*"; "$@" 2>&1 | grep -v "Loading weights\|Writing model shards\|past_key_values\|return forward_call" | tee -a "$log/cuda_bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || rc=1; }
 run python3 bench/cuda_paths.py --tokenizer "$tok"
-run python3 bench/logprobs_throughput.py --model none --device cuda --dtype bfloat16 --docs 64 --tokens 512 --batch 32 --threads 16
-run python3 bench/logprobs_throughput.py --model none --device cuda --dtype float32 --docs 64 --tokens 512 --batch 32 --threads 16
+run python3 bench/logprobs_throughput.py --model none --device cuda --dtype bfloat16 --docs 32 --tokens 512 --batch 32 --threads 16
+run python3 bench/logprobs_throughput.py --model none --device cuda --dtype float32 --docs 32 --tokens 512 --batch 32 --threads 16
 run python3 bench/generation_throughput.py --model none --tokenizer "$tok" --device cuda --prompts 4 --samples 25 --tokens 64 --batch 100 --dtypes float32,bfloat16 --threads 16
 run python3 bench/cuda_load_options.py
 exit $rc
