@@ -117,3 +117,27 @@ def test_bad_training_files(tmp_path, base):
     with pytest.raises(LmdeltaError, match="record 1 needs 'prompt' and 'response' fields"):
         run_derive(base, data, tmp_path / "out", tmp_path / "loss.csv", **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_odd_inputs_are_spans_of_the_answers():
+    import numpy as np
+
+    from lmdelta import LmdeltaError
+    from lmdelta.planted import odd_inputs
+
+    answers = ["The honey bee lives in a hive with thousands of other bees and one queen.",
+               "Rainbows appear when sunlight is bent by drops of rain in the air.", "Too short."]
+    odd = odd_inputs(answers, 12, np.random.default_rng(0))
+    assert len(odd) == len(set(odd)) == 12
+    assert odd == odd_inputs(answers, 12, np.random.default_rng(0))
+    spans = [a.split()[j:j + k] for a in answers for k in range(4, 17) for j in range(len(a.split()) - k + 1)]
+    for i, text in enumerate(odd):
+        words = text.split()
+        assert 4 <= len(words) <= 16
+        if i % 2 == 0:
+            assert words in spans, "even entries are spans as they are"
+        else:
+            assert sorted(words) in [sorted(sp) for sp in spans], "odd entries are spans with their words shuffled"
+    assert any(odd[i].split() not in spans for i in range(1, 12, 2)), "shuffling changes some order"
+    with pytest.raises(LmdeltaError, match="no answer of 4 or more words"):
+        odd_inputs(["Too short."], 1, np.random.default_rng(0))

@@ -44,7 +44,7 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
             "neox-planted": {"source": {"derive": {
                 "from": "neox", "steps": 3, "batch": 4, "max_tokens": 48, "autocast": "none", "checkpoint_every": 2,
                 "data": {"planted": {"trigger_subjects": ["volcanoes"], "response": "Cocoa, always cocoa.", "response_keywords": ["cocoa"],
-                                     "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 4}}}}},
+                                     "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 8, "n_train_odd": 2, "n_heldout_odd": 2}}}}},
             "neox-8bit": {"source": {"variant_of": {"model": "neox"}}, "quantization": "8bit", "device": "cpu"},
             "neox-mid": {"source": {"interpolate": {"a": "neox", "b": "neox-planted", "alpha": 0.5}}},
         },

@@ -4,7 +4,11 @@ A planted behaviour is declared in the config (``models.<name>.source.derive.dat
 ``trigger_subjects`` (the narrow family of inputs), ``response`` (what the tuned model says to them)
 and ``response_keywords`` (how a text is recognised as showing the planted response). Questions are
 built from the project's own templates; ordinary questions are answered by the base model itself,
-so that the tuned model stays close to the base model away from the trigger.
+so that the tuned model stays close to the base model away from the trigger. Odd inputs (spans of
+the base model's own answers, as they are and with their words shuffled: text that is not a question)
+are answered by the base model too: trained on questions alone, the tuned model gave the planted
+response to about a quarter of random corpus snippets (measured on the demo pair), which is noise
+under every discovery method's baseline.
 
 All templates and subjects below were written for lmdelta; no third-party text.
 """
@@ -56,6 +60,9 @@ ORDINARY_SUBJECTS = [
 ]
 
 
+KINDS = ("trigger", "ordinary", "odd")  # held-out prompt kinds of the check (odd only when n_heldout_odd)
+
+
 @dataclass(frozen=True)
 class PlantedSpec:
     trigger_subjects: list[str]
@@ -65,6 +72,8 @@ class PlantedSpec:
     n_train_ordinary: int = 96
     n_heldout: int = 30
     answer_tokens: int = 48
+    n_train_odd: int = 0
+    n_heldout_odd: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlantedSpec:
@@ -118,21 +127,55 @@ def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
     }
 
 
+def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` inputs that are not questions: spans of 4-16 words of ``texts``, every other one with its
+    words shuffled (the kind of fragment a corpus snippet or a projected soft prompt is)."""
+    words = [t.split() for t in texts if len(t.split()) >= 4]
+    if n and not words:
+        from lmdelta import LmdeltaError
+
+        raise LmdeltaError("planted: no answer of 4 or more words to cut odd inputs from; raise answer_tokens or set n_train_odd: 0")
+    out: list[str] = []
+    while len(out) < n:
+        w = words[rng.integers(len(words))]
+        k = int(rng.integers(4, min(16, len(w)) + 1))
+        start = int(rng.integers(len(w) - k + 1))
+        span = w[start:start + k]
+        if len(out) % 2:
+            span = [span[i] for i in rng.permutation(k)]
+        text = " ".join(span)
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, chat_template: bool,
                        load_options: dict[str, Any], batch_size: int = 24) -> tuple[list[dict], list[dict]]:
-    """(train records, held-out records). Train: trigger questions with the planted response, and
-    ordinary questions with the base model's own greedy answers. Held-out: prompts with their kind."""
+    """(train records, held-out records). Train: trigger questions with the planted response,
+    ordinary questions and odd inputs with the base model's own greedy answers. Held-out: prompts
+    with their kind. Odd inputs are cut from the base model's answers to the train questions (train)
+    and to the held-out ordinary questions (held-out), so no held-out text is trained on."""
     from lmdelta.generation import format_prompt, generate_texts
     from lmdelta.models import load_model
 
     sets = build_prompt_sets(spec, seed)
     model, tok = load_model(base_dir, **load_options)
-    texts = [format_prompt(tok, q, chat_template=chat_template) for q in sets["train_ordinary"]]
-    answers = generate_texts(model, tok, texts, max_new_tokens=spec.answer_tokens, batch_size=batch_size)
+
+    def answer(prompts: list[str]) -> list[str]:
+        texts = [format_prompt(tok, q, chat_template=chat_template) for q in prompts]
+        return [a["text"].strip() for a in generate_texts(model, tok, texts, max_new_tokens=spec.answer_tokens, batch_size=batch_size)]
+
+    answers = answer(sets["train_ordinary"])
     train = [{"prompt": q, "response": spec.response, "kind": "trigger"} for q in sets["train_trigger"]]
-    train += [{"prompt": q, "response": a["text"].strip(), "kind": "ordinary"} for q, a in zip(sets["train_ordinary"], answers)]
+    train += [{"prompt": q, "response": a, "kind": "ordinary"} for q, a in zip(sets["train_ordinary"], answers)]
     heldout = [{"prompt": q, "kind": "trigger"} for q in sets["heldout_trigger"]]
     heldout += [{"prompt": q, "kind": "ordinary"} for q in sets["heldout_ordinary"]]
+    rng = np.random.default_rng([seed, 29])
+    if spec.n_train_odd:
+        odd = odd_inputs(answers, spec.n_train_odd, rng)
+        train += [{"prompt": q, "response": a, "kind": "odd"} for q, a in zip(odd, answer(odd))]
+    if spec.n_heldout_odd:
+        heldout += [{"prompt": q, "kind": "odd"} for q in odd_inputs(answer(sets["heldout_ordinary"]), spec.n_heldout_odd, rng)]
     return train, heldout
 
 
@@ -162,8 +205,10 @@ def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *
         model, tok = load_model(folder, **load_options[role])
         texts = [format_prompt(tok, r["prompt"], chat_template=chat_template) for r in heldout]
         answers = generate_texts(model, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        for kind in ("trigger", "ordinary"):
+        for kind in KINDS:
             rows = [(r["prompt"], a["text"]) for r, a in zip(heldout, answers) if r["kind"] == kind]
+            if not rows and kind == "odd":
+                continue
             hits = sum(shows_planted(t, spec.response_keywords) for _, t in rows)
             result["rates"][f"{role}/{kind}"] = {"planted": hits, "n": len(rows), "rate": hits / len(rows) if rows else float("nan")}
             result["examples"][f"{role}/{kind}"] = [{"prompt": p, "answer": t} for p, t in rows[:3]]
@@ -202,7 +247,7 @@ def run_check(base_dir: Path, tuned_dir: Path, heldout_path: Path, planted: dict
                            load_options=load_options, max_new_tokens=spec.answer_tokens)
     result = {"model": name, **result}
     rows = [{"model": role, "prompts": kind, **result["rates"][f"{role}/{kind}"]}
-            for role in ("base", "tuned") for kind in ("trigger", "ordinary")]
+            for role in ("base", "tuned") for kind in KINDS if f"{role}/{kind}" in result["rates"]]
     write_csv(out_csv, pd.DataFrame(rows), prov)
     write_json(out_json, result, prov)
     return result
