@@ -137,6 +137,12 @@ def test_resume_gives_the_uninterrupted_result(loaded, tmp_path):
     assert torch.equal(whole["prompt"], resumed["prompt"])
     frame = lambda rows: pd.DataFrame(rows).drop(columns="seconds")  # noqa: E731
     pd.testing.assert_frame_equal(frame(whole["metrics"]), frame(resumed["metrics"]))
+    # the same folder with other models (another identity) starts afresh instead of resuming
+    finished = train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "cut", progress=False)
+    reused_calls = finished["model_calls"] - resumed["model_calls"]  # only the baseline evaluation
+    other = train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "cut", progress=False, identity="other models")
+    assert other["model_calls"] == whole["model_calls"] > 2 * reused_calls, "another identity trains from step 0"
+    assert torch.equal(other["prompt"], whole["prompt"])
 
 
 def test_early_stopping_keeps_the_best(loaded, tmp_path):

@@ -195,8 +195,10 @@ def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) 
 
 
 def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]], p: SoftPromptParams, *, ckpt_dir: Path,
-                 stop_after: int | None = None, tensorboard_dir: Path | None = None, progress: bool = True) -> dict:
-    """Train P; return {"prompt" (best P), "metrics" (rows), "best_step", "best_heldout", "baseline_heldout", "stopped_early"}."""
+                 stop_after: int | None = None, tensorboard_dir: Path | None = None, progress: bool = True,
+                 identity: str = "") -> dict:
+    """Train P (checkpoints in ``ckpt_dir`` are reused only for the same settings, data and ``identity``:
+    the models' fingerprints, so a changed model starts afresh); return {"prompt" (best P), "metrics" (rows), "best_step", "best_heldout", "baseline_heldout", "stopped_early"}."""
     import torch
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
@@ -216,9 +218,9 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
     use_autocast = p.autocast == "bf16"
 
     ckpt_dir = Path(ckpt_dir)
-    key = json.dumps([asdict(p), len(train), len(held), train[:2]], sort_keys=True)
+    key = json.dumps([asdict(p), len(train), len(held), train[:2], identity], sort_keys=True)
     if (ckpt_dir / "key.json").exists() and (ckpt_dir / "key.json").read_text() != key:
-        log.info("soft-prompt settings or data changed: discarding checkpoints in %s", ckpt_dir)
+        log.info("soft-prompt settings, data or models changed: discarding checkpoints in %s", ckpt_dir)
         for f in ckpt_dir.iterdir():
             f.unlink()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -394,7 +396,9 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     check_compatible(models, toks, pair)
     torch.manual_seed(params.seed)
     windows = split_windows(training_docs(models, toks, params, corpus), params)
-    res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir)
+    identity = " ".join(prov.inputs[f"model_{side}"]["fingerprint"] for side in ("a", "b"))
+    res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir,
+                       identity=identity)
     if stop_after is not None and res["steps_run"] < params.steps and not res["stopped_early"]:
         return None
     emb = models[0].get_input_embeddings()
