@@ -28,6 +28,7 @@ from lmdelta.search import (
     search_loop,
     selection_probabilities,
     top_decile_mean,
+    top_k_mean,
 )
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
@@ -87,6 +88,7 @@ def test_novelty_is_one_minus_nearest_cosine():
 def test_top_decile_mean():
     assert top_decile_mean(range(1, 21)) == pytest.approx(19.5)
     assert top_decile_mean([3.0, 1.0]) == 3.0
+    assert top_k_mean(range(1, 21), 10) == pytest.approx(15.5) and top_k_mean([3.0, 1.0], 10) == 2.0
 
 
 # ---- the loop with stand-ins ----------------------------------------------------------------------------
@@ -192,6 +194,7 @@ def test_rescore_top_pools_fresh_samples_of_the_best():
     assert max(r["n_samples"] for r in records) > 1
     # top_decile_mean of the last cycle is taken after its re-evaluation: the final bank's
     assert cycles[-1]["top_decile_mean"] == pytest.approx(top_decile_mean([r["kl_a_b"] for r in records]))
+    assert cycles[-1]["top10_mean"] == pytest.approx(top_k_mean([r["kl_a_b"] for r in records], 10))
 
 
 class GarbageAssistant(EchoAssistant):

@@ -172,6 +172,8 @@ def search_figure(bank, cycles, title: str, key: str):
     ax_s.set_xlabel("cycle (0 = seeds)")
     ax_s.set_ylabel(f"divergence, mean {key} (nats)")
     ax_c.plot(cycles.cycle, cycles.top_decile_mean, marker="o", label="bank: top-decile mean")
+    if "top10_mean" in cycles:
+        ax_c.plot(cycles.cycle, cycles.top10_mean, marker="^", label="bank: mean of the 10 best")
     ax_c.plot(cycles.cycle, cycles.new_mean, marker="s", label="prompts new in the cycle: mean")
     failed = cycles[cycles.failed.astype(bool)]
     if len(failed):

@@ -347,12 +347,19 @@ def top_decile_mean(values) -> float:
     return float(v[: max(1, math.ceil(len(v) / 10))].mean())
 
 
+def top_k_mean(values, k: int = 10) -> float:
+    """Mean of the k best (all when fewer): unlike the decile, a fixed number of prompts, so it does
+    not change meaning as the bank grows."""
+    v = np.sort(np.asarray(values, np.float64))[::-1]
+    return float(v[:k].mean())
+
+
 def _cycle_stats(bank: Bank, cycle: int, key: str, *, added: int, failed: bool, threshold: float = math.nan, **stats) -> dict:
     div = bank.column(key)
     new = [e[key] for e in bank.entries.values() if e["cycle"] == cycle]
     return {"cycle": cycle, **stats, "added": added, "failed": failed, "threshold": threshold, "bank_size": len(div),
             "new_mean": float(np.mean(new)) if new else math.nan, "new_max": float(np.max(new)) if new else math.nan,
-            "bank_max": float(div.max()), "top_decile_mean": top_decile_mean(div)}
+            "bank_max": float(div.max()), "top_decile_mean": top_decile_mean(div), "top10_mean": top_k_mean(div, 10)}
 
 
 # ---- scoring with the pair ----------------------------------------------------------------------------
@@ -438,6 +445,7 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
     write_csv(out_top, bank.head(n_top)[top_cols], prov)
     summary = {"pair": pair, "run": run, "divergence": params.divergence, "cycles_run": int(cyc.cycle.max()),
                "bank_size": len(bank), "top_decile_mean_by_cycle": cyc.top_decile_mean.round(6).tolist(),
+               "top10_mean_by_cycle": cyc.top10_mean.round(6).tolist(),
                **{k: int(cyc[k].fillna(0).sum()) for k in ("requests", "failed_requests", "json_replies", "fallback_replies",
                                                            "unparsed_replies", "proposed", "duplicates", "added")}}
     if planted:
