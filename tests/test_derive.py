@@ -130,14 +130,17 @@ def test_odd_inputs_are_spans_of_the_answers():
     odd = odd_inputs(answers, 12, np.random.default_rng(0))
     assert len(odd) == len(set(odd)) == 12
     assert odd == odd_inputs(answers, 12, np.random.default_rng(0))
-    spans = [a.split()[j:j + k] for a in answers for k in range(4, 17) for j in range(len(a.split()) - k + 1)]
+    spans = [a.split()[j:j + k] for a in answers for k in range(2, 17) for j in range(len(a.split()) - k + 1)]
     for i, text in enumerate(odd):
         words = text.split()
-        assert 4 <= len(words) <= 16
+        assert 4 <= len(words) <= 16 or text in ("Too short.", "short. Too")
         if i % 2 == 0:
             assert words in spans, "even entries are spans as they are"
         else:
             assert sorted(words) in [sorted(sp) for sp in spans], "odd entries are spans with their words shuffled"
     assert any(odd[i].split() not in spans for i in range(1, 12, 2)), "shuffling changes some order"
-    with pytest.raises(LmdeltaError, match="no answer of 4 or more words"):
-        odd_inputs(["Too short."], 1, np.random.default_rng(0))
+    assert sorted(odd_inputs(["Too short."], 2, np.random.default_rng(0))) == ["Too short.", "short. Too"]
+    with pytest.raises(LmdeltaError, match="too short to cut 1 odd inputs"):
+        odd_inputs(["Short."], 1, np.random.default_rng(0))
+    with pytest.raises(LmdeltaError, match="only 2 distinct odd inputs"):
+        odd_inputs(["Too short."], 3, np.random.default_rng(0))

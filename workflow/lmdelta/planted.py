@@ -128,17 +128,22 @@ def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
 
 
 def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
-    """``n`` inputs that are not questions: spans of 4-16 words of ``texts``, every other one with its
-    words shuffled (the kind of fragment a corpus snippet or a projected soft prompt is)."""
-    words = [t.split() for t in texts if len(t.split()) >= 4]
-    if n and not words:
+    """``n`` distinct inputs that are not questions: spans of 4-16 words of ``texts`` (of all their words
+    when a text is shorter), every other one with its words shuffled (the kind of fragment a corpus
+    snippet or a projected soft prompt is)."""
+    words = [t.split() for t in texts if len(t.split()) >= 2]
+    n_possible = sum(len(w) * len(w) for w in words)  # a bound on the distinct spans (with shuffles)
+    if n and (not words or n_possible < n):
         from lmdelta import LmdeltaError
 
-        raise LmdeltaError("planted: no answer of 4 or more words to cut odd inputs from; raise answer_tokens or set n_train_odd: 0")
+        raise LmdeltaError(f"planted: the base model's answers are too short to cut {n} odd inputs from; raise answer_tokens "
+                           "or lower n_train_odd / n_heldout_odd")
     out: list[str] = []
-    while len(out) < n:
+    for _ in range(100 * n):
+        if len(out) == n:
+            break
         w = words[rng.integers(len(words))]
-        k = int(rng.integers(4, min(16, len(w)) + 1))
+        k = int(rng.integers(min(4, len(w)), min(16, len(w)) + 1))
         start = int(rng.integers(len(w) - k + 1))
         span = w[start:start + k]
         if len(out) % 2:
@@ -146,6 +151,11 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
         text = " ".join(span)
         if text not in out:
             out.append(text)
+    if len(out) < n:
+        from lmdelta import LmdeltaError
+
+        raise LmdeltaError(f"planted: only {len(out)} distinct odd inputs could be cut from the base model's answers, {n} are "
+                           "needed; raise answer_tokens or lower n_train_odd / n_heldout_odd")
     return out
 
 
