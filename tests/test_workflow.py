@@ -152,8 +152,9 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3
     check = json.loads((tmp_path / "results" / "planted" / "neox-planted.json").read_text())
-    assert {k: v["n"] for k, v in check["rates"].items()} == {"base/trigger": 4, "base/ordinary": 4, "tuned/trigger": 4, "tuned/ordinary": 4}
-    assert len(pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")) == 4
+    assert {k: v["n"] for k, v in check["rates"].items()} == {"base/trigger": 4, "base/ordinary": 4, "base/odd": 2,
+                                                              "tuned/trigger": 4, "tuned/ordinary": 4, "tuned/odd": 2}
+    assert len(pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")) == 6
 
     # One report with every stage's figures, checked as rendered in headless Chromium.
     r = snakemake("--configfile", "tiny.yaml", "--report", "report.html", cwd=tmp_path)
