@@ -343,8 +343,7 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
 
 
 def top_decile_mean(values) -> float:
-    v = np.sort(np.asarray(values, np.float64))[::-1]
-    return float(v[: max(1, math.ceil(len(v) / 10))].mean())
+    return top_k_mean(values, max(1, math.ceil(len(values) / 10)))
 
 
 def top_k_mean(values, k: int = 10) -> float:
