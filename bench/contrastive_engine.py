@@ -59,7 +59,7 @@ def main() -> None:
     ids, mask = left_pad(tok, texts)
     sampling = Sampling(temperature=1.0)
     comb = Combination(weights=(1.0, -1.0), plausibility_alpha=0.1)
-    kw = dict(max_new_tokens=args.tokens, sampling=sampling, eos_id=None, pad_id=tok.eos_token_id, seed=0)
+    kw = dict(max_new_tokens=args.tokens, sampling=sampling, eos_ids=(), pad_id=tok.eos_token_id, seed=0)
     times = {}
     with torch.inference_mode():
         decode(a, ids[:1], mask[:1], **{**kw, "max_new_tokens": 2})  # warm-up

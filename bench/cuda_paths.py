@@ -96,11 +96,10 @@ def scoring(folder, docs):
 @guarded
 def generation(folder):
     from lmdelta.decoding import Sampling
-    from lmdelta.generation import format_prompt, generate_texts
+    from lmdelta.generation import TextFormat, generate_texts, prompt_ids
 
     model, tok = load_model(folder, dtype="bfloat16", device=DEV)
-    texts = [format_prompt(tok, f"Write a short poem about the number {i}.", chat_template=tok.chat_template is not None)
-             for i in range(32)]
+    texts = [prompt_ids(tok, f"Write a short poem about the number {i}.", TextFormat()) for i in range(32)]
     runs = []
     for _ in range(2):
         t0 = time.perf_counter()

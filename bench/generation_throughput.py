@@ -61,7 +61,7 @@ def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed):
         enc = tok(texts[b:b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.inference_mode():
             new = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=tokens, sampling=sampling,
-                         eos_id=None, pad_id=tok.eos_token_id, seed=seed + b)
+                         eos_ids=(), pad_id=tok.eos_token_id, seed=seed + b)
         n += new.numel()
     return n
 

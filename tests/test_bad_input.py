@@ -55,7 +55,7 @@ def test_prompt_longer_than_the_context_is_refused_before_generating(tmp_path, t
     ps.write_text(json.dumps({"id": "a", "category": "c", "prompt": "Tell me about rivers."}) + "\n")
     out = tmp_path / "c.parquet"
     kw = dict(params=CompletionParams(temperatures=(1.0,), samples=1, max_new_tokens=max_new_tokens),
-              load_options=CPU, chat_template=False, prompt_format=None)
+              load_options=CPU, text_format={"chat_template": False})
     if ok:
         run_completions(model_dir, ps, out, **kw)
         assert out.exists()

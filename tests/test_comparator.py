@@ -49,8 +49,8 @@ def test_export_format_pairing_and_divergences(pair, tmp_path):
     # output A of example 2, recomputed: model a reads the raw prompt, model b its "Q: ... A:" format
     (ma, tok), (mb, _) = load_model(pair / "a", **CPU), load_model(pair / "b", **CPU)
     text = tok("import os", add_special_tokens=False).input_ids
-    ha = tok("What is x?", add_special_tokens=False).input_ids
-    hb = tok("Q: What is x?\nA:", add_special_tokens=False).input_ids
+    ha = [tok.bos_token_id] + tok("What is x?", add_special_tokens=False).input_ids  # first_token: bos
+    hb = [tok.bos_token_id] + tok("Q: What is x?\nA:", add_special_tokens=False).input_ids
     with torch.no_grad():
         za = ma(torch.tensor([ha + text])).logits[0, len(ha) - 1: -1]
         zb = mb(torch.tensor([hb + text])).logits[0, len(hb) - 1: -1]

@@ -14,7 +14,7 @@ from lmdelta.artifacts import read_provenance
 from lmdelta.completions import CompletionParams, builtin_promptset_path, read_promptset, run_completions
 from lmdelta.config import ModelSpec
 from lmdelta.diversity import DIRECTION, run_compare, run_diversity
-from lmdelta.generation import Sampling, format_prompt, generate_texts
+from lmdelta.generation import Sampling, TextFormat, format_prompt, generate_texts, prompt_ids
 from lmdelta.models import load_model, materialise
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
@@ -68,9 +68,10 @@ def test_greedy_matches_an_argmax_loop(model_dir):
     """Independent check of generate_texts: greedy decoding equals a plain argmax loop, batched or not."""
     model, tok = load_model(model_dir, device="cpu")
     prompts = ["def f(x):", "The quick brown fox jumps over"]
-    got = generate_texts(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    got = generate_texts(model, tok, [prompt_ids(tok, p, TextFormat(chat_template=False)) for p in prompts], max_new_tokens=6,
+                         batch_size=2)
     for p, g in zip(prompts, got):
-        ids = tok(p, add_special_tokens=False, return_tensors="pt").input_ids
+        ids = torch.tensor([[tok.bos_token_id] + tok(p, add_special_tokens=False).input_ids])
         new = []
         with torch.no_grad():
             for _ in range(6):
@@ -84,14 +85,15 @@ def test_greedy_matches_an_argmax_loop(model_dir):
 
 def test_top_k_one_is_greedy(model_dir):
     model, tok = load_model(model_dir, device="cpu")
-    greedy = generate_texts(model, tok, ["Hello world"], max_new_tokens=5)
-    sampled = generate_texts(model, tok, ["Hello world"], max_new_tokens=5, sampling=Sampling(temperature=1.5, top_k=1), seed=3)
+    seqs = [tok("Hello world").input_ids]
+    greedy = generate_texts(model, tok, seqs, max_new_tokens=5)
+    sampled = generate_texts(model, tok, seqs, max_new_tokens=5, sampling=Sampling(temperature=1.5, top_k=1), seed=3)
     assert greedy[0]["text"] == sampled[0]["text"]
 
 
 def test_completions_grid_and_determinism(tmp_path, model_dir, promptset):
     params = CompletionParams(temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=7, batch_size=4)
-    kw = dict(params=params, load_options=CPU, chat_template=True, prompt_format=None)
+    kw = dict(params=params, load_options=CPU, text_format={})
     run_completions(model_dir, promptset, tmp_path / "a.parquet", **kw)
     run_completions(model_dir, promptset, tmp_path / "b.parquet", **kw)
     a = pd.read_parquet(tmp_path / "a.parquet")
@@ -114,7 +116,7 @@ def test_completions_grid_and_determinism(tmp_path, model_dir, promptset):
 def test_sharded_completions_are_byte_identical_to_one_job(tmp_path, model_dir, promptset, n_shards):
     """2 temperatures x 3 batches of 4 sequences dealt out to 4 or 8 jobs (8: two shards are empty)."""
     kw = dict(params=CompletionParams(temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=7, batch_size=4),
-              load_options=CPU, chat_template=True, prompt_format=None)
+              load_options=CPU, text_format={})
     run_completions(model_dir, promptset, tmp_path / "one.parquet", **kw)
     run_completions(model_dir, promptset, tmp_path / "sharded.parquet", n_shards=n_shards, **kw)
     assert (tmp_path / "sharded.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
@@ -125,7 +127,7 @@ def test_sharded_completions_are_byte_identical_to_one_job(tmp_path, model_dir, 
 
 def test_diversity_stage_and_comparison(tmp_path, model_dir, promptset):
     params = CompletionParams(temperatures=(0.7, 1.4), samples=4, max_new_tokens=8, seed=0, batch_size=8)
-    run_completions(model_dir, promptset, tmp_path / "c.parquet", params=params, load_options=CPU, chat_template=True, prompt_format=None)
+    run_completions(model_dir, promptset, tmp_path / "c.parquet", params=params, load_options=CPU, text_format={})
     df = run_diversity(tmp_path / "c.parquet", tmp_path / "d.parquet", truncations=[None, 3], embedder=None)
     assert len(df) == 3 * 2 * 2 and set(df.truncate_words) == {-1, 3}
     assert set(DIRECTION) <= set(df.columns) and (df.n_texts == 4).all()

@@ -42,7 +42,7 @@ def test_outputs_ranking_and_perplexity(pair, tmp_path):
     # perplexity of a text under each model, its prompt as context, against a plain forward
     tok = AutoTokenizer.from_pretrained(pair / "a")
     r = df.iloc[0]
-    prompt_ids = tok(r.prompt, add_special_tokens=False).input_ids
+    prompt_ids = [tok.bos_token_id] + tok(r.prompt, add_special_tokens=False).input_ids  # first_token: bos
     text_ids = [tok(t, add_special_tokens=False).input_ids for t in r.tokens]
     assert all(len(t) == 1 for t in text_ids), "each generated token decodes to text that re-encodes to itself"
     new_ids = [t[0] for t in text_ids]
@@ -96,7 +96,7 @@ def test_prompt_divergences_when_asked(pair, tmp_path):
     tok = AutoTokenizer.from_pretrained(pair / "a")
     models = [AutoModelForCausalLM.from_pretrained(pair / s).eval() for s in ("a", "b")]
     for r in recs:
-        ids = tok(r["prompt"], add_special_tokens=False).input_ids
+        ids = [tok.bos_token_id] + tok(r["prompt"], add_special_tokens=False).input_ids  # first_token: bos
         assert r["prompt_tokens"] == [tok.decode([i]) for i in ids]
         with torch.no_grad():
             la, lb = (torch.log_softmax(m(torch.tensor([ids])).logits[0, :-1].double(), -1) for m in models)

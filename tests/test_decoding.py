@@ -76,7 +76,7 @@ def test_contrastive_decoding_matches_a_plain_loop(tiny_models):
     with torch.no_grad():
         got = decode_combined([a, b], [(torch.tensor([prompt_a]), torch.ones(1, 4, dtype=torch.long)),
                                        (torch.tensor([prompt_b]), torch.ones(1, 5, dtype=torch.long))],
-                              comb=comb, max_new_tokens=6, sampling=Sampling(), eos_id=None, pad_id=0, seed=0,
+                              comb=comb, max_new_tokens=6, sampling=Sampling(), eos_ids=(), pad_id=0, seed=0,
                               on_step=lambda step, logits, chosen: kls.append(kl(logits[0], logits[1]).item()))
         sa, sb, ref, ref_kl = list(prompt_a), list(prompt_b), [], []
         for _ in range(6):

@@ -27,7 +27,7 @@ def base(tmp_path_factory, tiny_models):
 
 def params(**kw):
     return DeriveParams(**{"steps": 30, "lr": 1e-2, "rank": 4, "alpha": 8, "batch": 4, "max_tokens": 64, "seed": 0,
-                           "autocast": "none", "checkpoint_every": 5, "chat_template": False, **kw})
+                           "autocast": "none", "checkpoint_every": 5, "text_format": {"chat_template": False}, **kw})
 
 
 def test_batches_are_seeded_permutations_per_epoch():
@@ -49,7 +49,7 @@ def test_lora_loss_goes_down_and_folder_loads(tmp_path, base):
     model, tok = load_model(out, device="cpu", verify=True)
     ref, _ = load_model(base, device="cpu")
     # independent check through the written folder: the merged model fits the data better than the base
-    examples = encode_examples(tok, RECORDS, chat_template=False, max_tokens=64)
+    examples = encode_examples(tok, RECORDS, text_format={"chat_template": False}, max_tokens=64)
     def mean_loss(m):
         with torch.no_grad():
             return sum(m(input_ids=torch.tensor([x]), labels=torch.tensor([y])).loss.item() for x, y in examples) / len(examples)
@@ -98,7 +98,7 @@ def test_planted_prompt_sets_and_check(tmp_path, base):
     heldout = [{"prompt": q, "kind": "trigger"} for q in sets["heldout_trigger"]]
     heldout += [{"prompt": q, "kind": "ordinary"} for q in sets["heldout_ordinary"]]
     cpu = {"dtype": "float32", "device": "cpu"}
-    result = check_planted(base, base, heldout, spec, chat_template=False, load_options={"base": cpu, "tuned": cpu}, max_new_tokens=8)
+    result = check_planted(base, base, heldout, spec, text_format={"chat_template": False}, load_options={"base": cpu, "tuned": cpu}, max_new_tokens=8)
     assert set(result["rates"]) == {"base/trigger", "base/ordinary", "tuned/trigger", "tuned/ordinary"}
     assert result["rates"]["base/trigger"]["n"] == 6
     assert result["rates"]["base/trigger"] == result["rates"]["tuned/trigger"], "same model, same greedy answers"
@@ -110,7 +110,7 @@ def test_bad_training_files(tmp_path, base):
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", \n')
-    kw = dict(name="t", source={"derive": {"from": "base", "steps": 1}}, chat_template=False, ckpt_dir=tmp_path / "ck", threads=None)
+    kw = dict(name="t", source={"derive": {"from": "base", "steps": 1}}, text_format={"chat_template": False}, ckpt_dir=tmp_path / "ck", threads=None)
     with pytest.raises(LmdeltaError, match=r"derive: models.t: .*train.jsonl line 2 is not valid JSON"):
         run_derive(base, data, tmp_path / "out", tmp_path / "loss.csv", **kw)
     data.write_text('{"prompt": "a"}\n')

@@ -90,8 +90,7 @@ def test_completions_killed_restart_cleanly(tmp_path, tiny_models):
 
     def shard(name):
         return lmdelta("completions-shard", "--model-dir", m, "--promptset", promptset, "--out", tmp_path / f"{name}.parquet",
-                       "--params", params, "--load-options", json.dumps(CPU), "--chat-template", "false",
-                       "--prompt-format", "null", "--threads", 1)
+                       "--params", params, "--load-options", json.dumps(CPU), "--text-format", '{"chat_template": false}', "--threads", 1)
 
     run(shard("whole"))
 
@@ -114,7 +113,7 @@ def test_derive_killed_resumes_from_its_checkpoint(tmp_path, tiny_models):
 
     def derive(name):
         return lmdelta("derive", "--name", "t", "--base", m, "--data", data, "--out", tmp_path / name / "model",
-                       "--loss-csv", tmp_path / name / "loss.csv", "--source", source, "--chat-template", "false",
+                       "--loss-csv", tmp_path / name / "loss.csv", "--source", source, "--text-format", '{"chat_template": false}',
                        "--checkpoints", tmp_path / name / "ckpt", "--threads", 1)
 
     run(derive("whole"))

@@ -95,7 +95,7 @@ def test_first_token_none_and_tokenizer_without_bos(setup, tmp_path):
         cfg.pop(key, None)
     (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
     p = LogprobParams(max_length=16, stride=8, batch_tokens=64)
-    with pytest.raises(LmdeltaError, match="tokenizer has no BOS or EOS token; set logprobs.first_token: none"):
+    with pytest.raises(LmdeltaError, match="tokenizer has no BOS or EOS token; set the model's first_token: none"):
         run_logprobs(bare, corpus, tmp_path / "x.parquet", tmp_path / "x.npy", params=p, load_options=CPU)
     run_logprobs(bare, corpus, tmp_path / "y.parquet", tmp_path / "y.npy",
                  params=LogprobParams(max_length=16, stride=6, batch_tokens=64, part_docs=2, first_token="none"), load_options=CPU)

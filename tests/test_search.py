@@ -255,7 +255,7 @@ def test_pair_scorer_matches_direct_forward(pair):
     assert set(got) == {"x", "y", "z"}
     eos = ta.eos_token_id
     for it in items:
-        ids = ta(it["prompt"], add_special_tokens=False, return_tensors="pt").input_ids
+        ids = torch.tensor([[ta.bos_token_id] + ta(it["prompt"], add_special_tokens=False).input_ids])  # first_token: bos
         n0 = ids.shape[1]
         with torch.no_grad():
             for _ in range(params.max_new_tokens):

@@ -170,7 +170,7 @@ def test_engine_from_embeddings_equals_engine_from_ids(loaded):
     a, tok = loaded[0][0], loaded[1][0]
     ids = torch.tensor([tok("def main(): return", add_special_tokens=False).input_ids] * 2)
     mask = torch.ones_like(ids)
-    kw = dict(comb=None, max_new_tokens=6, sampling=Sampling(temperature=1.0), eos_id=None, pad_id=0, seed=4)
+    kw = dict(comb=None, max_new_tokens=6, sampling=Sampling(temperature=1.0), eos_ids=(), pad_id=0, seed=4)
     with torch.no_grad():
         from_ids = decode_combined([a], [(ids, mask)], **kw)
         from_emb = decode_combined([a], [(None, mask, a.get_input_embeddings()(ids))], **kw)
@@ -205,7 +205,7 @@ def test_hard_prompt_candidates_and_baseline(loaded, trained):
     assert top1 == (torch.nn.functional.normalize(soft.float(), dim=-1) @ w.T).argmax(-1).tolist()
     assert len(trace) == hp.pez_steps + 1
     planted = {"trigger_keywords": ["def"], "response_keywords": ["the"]}
-    df = evaluate_candidates(models, toks, cands, d, sp, hp, planted)
+    df = evaluate_candidates(models, toks, cands, d, sp, hp, planted=planted)
     hard, base = df[~df.is_baseline], df[df.is_baseline]
     assert len(hard) == len(base) and sorted(hard.n_tokens) == sorted(base.n_tokens), "one same-length snippet per candidate"
     assert hard.divergence.is_monotonic_decreasing and base.divergence.is_monotonic_decreasing

@@ -91,7 +91,7 @@ def test_score_texts_match_a_plain_forward(tmp_path, tiny_models):
     ps.write_text(json.dumps({"id": "a", "category": "creative", "prompt": "Write about rivers."}) + "\n")
     cpu = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
     run_completions(model_dir, ps, tmp_path / "c.parquet", params=CompletionParams(temperatures=(1.0,), samples=2, max_new_tokens=6),
-                    load_options=cpu, chat_template=False, prompt_format=None)
+                    load_options=cpu, text_format={"chat_template": False})
     comp = pd.read_parquet(tmp_path / "c.parquet")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -129,7 +129,7 @@ def cmd_softprompt(a: argparse.Namespace) -> None:
     spec = json.loads(a.spec)
     run_softprompt(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
                    params=SoftPromptParams.from_dict(spec["run"]), load_options=tuple(spec["load_options"]),
-                   corpus=Path(a.corpus), out_prompt=Path(a.out), out_metrics=Path(a.out_metrics), out_png=Path(a.out_png),
+                   formats=tuple(spec["formats"]), corpus=Path(a.corpus), out_prompt=Path(a.out), out_metrics=Path(a.out_metrics), out_png=Path(a.out_png),
                    out_summary=Path(a.out_summary), ckpt_dir=Path(a.checkpoints),
                    tensorboard_dir=Path(a.tensorboard) if a.tensorboard else None, threads=a.threads)
 
@@ -142,6 +142,7 @@ def cmd_hardprompt(a: argparse.Namespace) -> None:
     run_hardprompt(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
                    soft_path=Path(a.soft), sp_params=SoftPromptParams.from_dict(spec["run"]),
                    hp_params=HardPromptParams.from_dict(spec["run"].get("hard", {})), load_options=tuple(spec["load_options"]),
+                   formats=tuple(spec["formats"]),
                    corpus=Path(a.corpus), planted=spec.get("planted"), embedder=spec["run"].get("embedder"),
                    out_prompts=Path(a.out), out_csv=Path(a.out_csv), out_projection=Path(a.out_projection),
                    out_summary=Path(a.out_summary), out_clusters=Path(a.out_clusters), out_png=Path(a.out_png), threads=a.threads)
@@ -176,29 +177,29 @@ def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
     run_derive_data(Path(a.base), json.loads(a.planted), Path(a.out_train), Path(a.out_heldout), seed=a.seed,
-                    chat_template=a.chat_template == "true", load_options=json.loads(a.load_options), name=a.name)
+                    text_format=json.loads(a.text_format), load_options=json.loads(a.load_options), name=a.name)
 
 
 def cmd_derive(a: argparse.Namespace) -> None:
     from lmdelta.derive import run_derive
 
     run_derive(Path(a.base), Path(a.data), Path(a.out), Path(a.loss_csv), name=a.name, source=json.loads(a.source),
-               chat_template=a.chat_template == "true", ckpt_dir=Path(a.checkpoints), threads=a.threads)
+               text_format=json.loads(a.text_format), ckpt_dir=Path(a.checkpoints), threads=a.threads)
 
 
 def cmd_check_planted(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_check
 
     run_check(Path(a.base), Path(a.tuned), Path(a.heldout), json.loads(a.planted), Path(a.out_json), Path(a.out_csv),
-              chat_template=a.chat_template == "true", load_options=json.loads(a.load_options), name=a.name)
+              text_format=json.loads(a.text_format), load_options=json.loads(a.load_options), name=a.name)
 
 
 def cmd_completions_shard(a: argparse.Namespace) -> None:
     from lmdelta.completions import CompletionParams, run_completions_shard
 
     run_completions_shard(a.model_dir, a.promptset, a.out, params=CompletionParams.from_dict(json.loads(a.params)),
-                          load_options=json.loads(a.load_options), chat_template=a.chat_template == "true",
-                          prompt_format=json.loads(a.prompt_format), shard=a.shard, n_shards=a.n_shards, threads=a.threads)
+                          load_options=json.loads(a.load_options), text_format=json.loads(a.text_format),
+                          shard=a.shard, n_shards=a.n_shards, threads=a.threads)
 
 
 def cmd_completions_gather(a: argparse.Namespace) -> None:
@@ -342,29 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_compare_perplexity)
 
     sp = sub.add_parser("derive-data", help="planted training set and held-out prompts of a derived model")
-    for opt in ("--name", "--base", "--planted", "--out-train", "--out-heldout", "--load-options"):
+    for opt in ("--name", "--base", "--planted", "--out-train", "--out-heldout", "--load-options", "--text-format"):
         sp.add_argument(opt, required=True)
     sp.add_argument("--seed", type=int, required=True)
-    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
     sp.set_defaults(func=cmd_derive_data)
 
     sp = sub.add_parser("derive", help="fine-tune a materialised model into resources/models/<name>/")
-    for opt in ("--name", "--base", "--data", "--out", "--loss-csv", "--source", "--checkpoints"):
+    for opt in ("--name", "--base", "--data", "--out", "--loss-csv", "--source", "--checkpoints", "--text-format"):
         sp.add_argument(opt, required=True)
-    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_derive)
 
     sp = sub.add_parser("check-planted", help="rate of the planted response, base vs tuned, trigger vs ordinary")
-    for opt in ("--name", "--base", "--tuned", "--heldout", "--planted", "--out-json", "--out-csv", "--load-options"):
+    for opt in ("--name", "--base", "--tuned", "--heldout", "--planted", "--out-json", "--out-csv", "--load-options", "--text-format"):
         sp.add_argument(opt, required=True)
-    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
     sp.set_defaults(func=cmd_check_planted)
 
     sp = sub.add_parser("completions-shard", help="one shard of the sampled completions of a prompt set over a temperature grid")
-    for opt in ("--model-dir", "--promptset", "--out", "--params", "--load-options", "--prompt-format"):
+    for opt in ("--model-dir", "--promptset", "--out", "--params", "--load-options", "--text-format"):
         sp.add_argument(opt, required=True)
-    sp.add_argument("--chat-template", choices=["true", "false"], required=True)
     add_shard_args(sp)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_completions_shard)

@@ -119,6 +119,7 @@ class LocalAssistant:
     label: str
     chat_template: bool = True
     fmt: str | None = None
+    first_token: str = "bos"
     gen: Generation = field(default_factory=Generation)
     batch_size: int = 8
     failures: int = 0
@@ -129,12 +130,13 @@ class LocalAssistant:
 
     def complete(self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = "") -> list[str | None]:
         """``prefix`` starts each reply (written after the chat template, then continued by the model)."""
-        from lmdelta.generation import Sampling, format_prompt, generate_texts
+        from lmdelta.generation import Sampling, TextFormat, generate_texts, prompt_ids
 
         g = gen or self.gen
-        texts = [format_prompt(self.tokenizer, m, chat_template=self.chat_template, fmt=self.fmt, guide=prefix) for m in messages]
+        fmt = TextFormat(chat_template=self.chat_template, fmt=self.fmt, first_token=self.first_token)
+        seqs = [prompt_ids(self.tokenizer, m, fmt, guide=prefix) for m in messages]
         sampling = Sampling(temperature=g.temperature, top_p=g.top_p)
-        out = generate_texts(self.model, self.tokenizer, texts, max_new_tokens=g.max_new_tokens, sampling=sampling,
+        out = generate_texts(self.model, self.tokenizer, seqs, max_new_tokens=g.max_new_tokens, sampling=sampling,
                              seed=seed, batch_size=self.batch_size)
         return [prefix + o["text"] for o in out]
 
@@ -158,7 +160,7 @@ def make_assistant(spec: dict[str, Any], *, model_dir: Path | None = None, load_
     model, tok = loaded
     fmt = fmt or {}
     return LocalAssistant(model=model, tokenizer=tok, label=spec["model"], chat_template=fmt.get("chat_template", True),
-                          fmt=fmt.get("fmt"), gen=gen, batch_size=spec.get("batch_size", 8))
+                          fmt=fmt.get("fmt"), first_token=fmt.get("first_token", "bos"), gen=gen, batch_size=spec.get("batch_size", 8))
 
 
 YES_NO = ("{criterion}\n\nText: \"{text}\"\n\nDoes the text meet this criterion? Answer with one word, yes or no.")

@@ -76,8 +76,8 @@ def run_comparator(*, pair: str, names: tuple[str, str], model_dirs: tuple[Path,
     from lmdelta.completions import read_promptset
     from lmdelta.contrastive import check_same_tokenizer
     from lmdelta.divergence import text_divergences
-    from lmdelta.generation import format_prompt
     from lmdelta.models import load_model, pad_id, read_fingerprint
+    from lmdelta.tokens import TextFormat, prompt_ids
 
     if threads:
         torch.set_num_threads(threads)
@@ -98,8 +98,7 @@ def run_comparator(*, pair: str, names: tuple[str, str], model_dirs: tuple[Path,
     check_same_tokenizer(toks[0], toks[1], pair)
     heads = []
     for tok, fmt in zip(toks, formats):
-        heads.append({pid: tok(format_prompt(tok, p["prompt"], chat_template=fmt["chat_template"], fmt=fmt["fmt"],
-                                             guide=p.get("guide", "")), add_special_tokens=False).input_ids
+        heads.append({pid: prompt_ids(tok, p["prompt"], TextFormat.from_dict(fmt), guide=p.get("guide", ""))
                       for pid, p in prompts.items()})
     for side in ("a", "b"):
         seqs, starts = [], []

@@ -77,7 +77,7 @@ def _schema():
 
 
 def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str | Path, *, params: CompletionParams,
-                          load_options: dict[str, Any], chat_template: bool, prompt_format: str | None,
+                          load_options: dict[str, Any], text_format: dict[str, Any],
                           shard: int = 0, n_shards: int = 1, threads: int | None = None) -> int:
     """Shard ``shard`` of ``n_shards`` of a model's completions: a contiguous range of the generation
     batches (temperature by temperature, ``batch_size`` sequences each), written to ``out``."""
@@ -86,7 +86,7 @@ def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str
     from tqdm import tqdm
 
     from lmdelta.artifacts import Provenance, write_parquet
-    from lmdelta.generation import Sampling, check_context, format_prompt, generate_texts
+    from lmdelta.generation import Sampling, TextFormat, check_context, generate_texts, prompt_ids
     from lmdelta.models import load_model, read_fingerprint
     from lmdelta.shards import shard_range
 
@@ -98,22 +98,23 @@ def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str
     jobs = [(i, s) for i in range(len(prompts)) for s in range(params.samples)]
     units = [(t_index, b) for t_index in range(len(params.temperatures)) for b in range(0, len(jobs), params.batch_size)]
     mine = [units[u] for u in shard_range(len(units), shard, n_shards)]
-    prov = Provenance(stage="completions_shard", params={**asdict(params), "prompt_format": prompt_format, "chat_template": chat_template,
+    fmt = TextFormat.from_dict(text_format)
+    prov = Provenance(stage="completions_shard", params={**asdict(params), "text_format": asdict(fmt),
                                                         "load_options": load_options, "shard": shard, "n_shards": n_shards}, seed=params.seed)
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
     prov.add_input("promptset", promptset)
     rows = []
     if mine:
         model, tok = load_model(model_dir, **load_options)
-        texts = [format_prompt(tok, p["prompt"], chat_template=chat_template, guide=p.get("guide", ""), fmt=prompt_format) for p in prompts]
-        check_context(model, tok, texts, params.max_new_tokens)  # every prompt, before generating anything
+        seqs = [prompt_ids(tok, p["prompt"], fmt, guide=p.get("guide", "")) for p in prompts]
+        check_context(model, seqs, params.max_new_tokens, tok)  # every prompt, before generating anything
         bar = tqdm(total=sum(len(jobs[b:b + params.batch_size]) for _, b in mine), desc=f"completions {Path(out).stem}",
                    unit=" seq", mininterval=2.0)
         for t_index, b in mine:
             temp = params.temperatures[t_index]
             chunk = jobs[b:b + params.batch_size]
             seed = params.seed + 100003 * t_index + b
-            outs = generate_texts(model, tok, [texts[i] for i, _ in chunk], max_new_tokens=params.max_new_tokens,
+            outs = generate_texts(model, tok, [seqs[i] for i, _ in chunk], max_new_tokens=params.max_new_tokens,
                                   sampling=Sampling(temperature=temp, top_p=params.top_p, top_k=params.top_k), seed=seed, batch_size=len(chunk))
             for (i, s), o in zip(chunk, outs):
                 rows.append({"prompt_id": prompts[i]["id"], "category": prompts[i]["category"], "temperature": temp,

@@ -355,6 +355,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     chat_template: bool = True
     prompt_format: str | None = None
+    first_token: str = "bos"
 
     @property
     def source_kind(self) -> str:
@@ -366,6 +367,10 @@ class ModelSpec:
 
     def load_options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in LOAD_OPTION_KEYS}
+
+    def text_format(self) -> dict[str, Any]:
+        """How the model reads prompts and where its sequences start (``lmdelta.tokens.TextFormat``)."""
+        return {"chat_template": self.chat_template, "fmt": self.prompt_format, "first_token": self.first_token}
 
 
 @dataclass(frozen=True)

@@ -74,26 +74,17 @@ def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
                            "divergence need one vocabulary: pair models that share a tokenizer")
 
 
-def _encode(tok, text: str) -> list[int]:
-    ids = tok(text, add_special_tokens=False).input_ids if text else []
-    if not ids:  # unconditional: start from BOS (EOS when there is none)
-        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        if start is None:
-            raise LmdeltaError("contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts")
-        ids = [start]
-    return ids
+def encode_prompt(tok, prompt: str, fmt) -> list[int]:
+    """A prompt's ids as the model reads it (``lmdelta.tokens``); an empty prompt (unconditional) is the
+    model's first token alone (its BOS, else EOS, when its first_token is none)."""
+    from lmdelta.tokens import first_token_id, prompt_ids
 
-
-def _left_pad(seqs: list[list[int]], pad: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.as_tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
+    if prompt:
+        return prompt_ids(tok, prompt, fmt)
+    start = first_token_id(tok, fmt.first_token if fmt.first_token != "none" else "bos")
+    if start is None:
+        raise LmdeltaError("contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts")
+    return [start]
 
 
 def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: list[dict]) -> list[dict]:
@@ -102,14 +93,17 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
 
     from lmdelta.decoding import Combination, Sampling, decode_combined
     from lmdelta.divergence import divergences
-    from lmdelta.generation import check_context, format_prompt
+    from lmdelta.generation import check_context
+    from lmdelta.models import left_pad
+    from lmdelta.tokens import TextFormat, cut_at_eos, eos_ids
 
-    # each prompt formatted once per model; every one checked against the context before decoding anything
-    formatted = [[format_prompt(tok, q["prompt"], **fmt) if q["prompt"] else "" for q in prompts] for tok, fmt in zip(toks, formats)]
-    for model, tok, texts in zip(models, toks, formatted):
-        check_context(model, tok, [t for t in texts if t], p.max_new_tokens)
+    # each prompt encoded once per model; every one checked against the context before decoding anything
+    fmts = [f if isinstance(f, TextFormat) else TextFormat.from_dict(f) for f in formats]
+    encoded = [[encode_prompt(tok, q["prompt"], fmt) for q in prompts] for tok, fmt in zip(toks, fmts)]
+    for model, tok, seqs in zip(models, toks, encoded):
+        check_context(model, seqs, p.max_new_tokens, tok)
     device = next(models[0].parameters()).device
-    eos = toks[0].eos_token_id
+    eos = eos_ids(*zip(models, toks))  # a text ends at an EOS id either model declares
     pad = pad_id(toks[0])
     comb = Combination(weights=tuple(p.weights), space=p.space, plausibility_alpha=p.plausibility_alpha, expert=0)
     sampling = Sampling(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
@@ -118,8 +112,8 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
     for b in range(0, len(jobs), p.batch_size):
         chunk = jobs[b:b + p.batch_size]
         inputs = []
-        for tok, texts in zip(toks, formatted):
-            ids, mask = _left_pad([_encode(tok, texts[i]) for i, _ in chunk], pad)
+        for seqs in encoded:
+            ids, mask = left_pad([seqs[i] for i, _ in chunk], pad)
             inputs.append((ids.to(device), mask.to(device)))
         prompt_div = _prompt_divergences(models, inputs) if p.include_prompt else None
         steps: list[dict] = []
@@ -138,10 +132,10 @@ def generate_pair(models, toks, prompts: list[dict], p: RunParams, *, formats: l
         seed = p.seed + b
         with torch.inference_mode():
             new = decode_combined(models, inputs, comb=comb, max_new_tokens=p.max_new_tokens, sampling=sampling,
-                                  eos_id=eos, pad_id=pad, seed=seed, on_step=record).cpu().tolist()
+                                  eos_ids=eos, pad_id=pad, seed=seed, on_step=record).cpu().tolist()
         for r, ((i, s), row) in enumerate(zip(chunk, new)):
             q = prompts[i]
-            n = row.index(eos) + 1 if eos in row else len(row)
+            n, _ = cut_at_eos(row, eos)
             tokens = [toks[0].decode([t]) for t in row[:n]]
             rec = {"prompt_id": q["id"], "sample": s, "prompt": q["prompt"], "seed": seed, "n_tokens": n,
                    "text": toks[0].decode(row[:n], skip_special_tokens=True), "tokens": tokens}

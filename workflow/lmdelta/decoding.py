@@ -111,7 +111,7 @@ def _prefill(model, ids, mask, embeds=None):
 
 
 def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | None, max_new_tokens: int, sampling: Sampling,
-                    eos_id: int | None, pad_id: int, seed: int, on_step=None, suppress: tuple[int, ...] = ()):
+                    eos_ids: tuple[int, ...] = (), pad_id: int, seed: int, on_step=None, suppress: tuple[int, ...] = ()):
     """Continue a left-padded batch with one or several models; return the new ids [B, n].
 
     ``inputs`` holds one (input_ids, attention_mask) per model (each model's own prompt format), or
@@ -119,7 +119,8 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
     ``comb`` None means a single model sampled from its own logits. ``on_step(step, logits, chosen)``
     is called with each model's next-token logits (the distributions that predict token ``step``)
     and the tokens chosen from them, e.g. to record divergences and each model's logprob.
-    ``suppress``: token ids never chosen (e.g. EOS, to get texts of full length).
+    ``suppress``: token ids never chosen (e.g. EOS, to get texts of full length). A row is finished
+    at the first of ``eos_ids`` it chooses (padded with ``pad_id`` after it).
     """
     import torch
 
@@ -127,6 +128,7 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
     gen = torch.Generator(device=device).manual_seed(seed)
     states = [_prefill(m, *inp) for m, inp in zip(models, inputs)]
     finished = torch.zeros(inputs[0][1].shape[0], dtype=torch.bool, device=device)
+    stop = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     new = []
     for step in range(max_new_tokens):
         logits = [st[1] for st in states]
@@ -138,8 +140,8 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
         if on_step is not None:
             on_step(step, logits, nxt)
         new.append(nxt)
-        if eos_id is not None:
-            finished |= nxt == eos_id
+        if len(stop):
+            finished |= torch.isin(nxt, stop)
         if finished.all() or len(new) == max_new_tokens:
             break
         for i, (model, (past, _, mask, pos)) in enumerate(zip(models, states)):
@@ -150,8 +152,8 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
     return torch.stack(new, dim=1) if new else inputs[0][1][:, :0]
 
 
-def decode(model, input_ids, attention_mask, *, max_new_tokens: int, sampling: Sampling, eos_id: int | None,
+def decode(model, input_ids, attention_mask, *, max_new_tokens: int, sampling: Sampling, eos_ids: tuple[int, ...],
            pad_id: int, seed: int):
     """One model: continue a left-padded batch; return the new ids [B, n <= max_new_tokens] (pad after EOS)."""
     return decode_combined([model], [(input_ids, attention_mask)], comb=None, max_new_tokens=max_new_tokens,
-                           sampling=sampling, eos_id=eos_id, pad_id=pad_id, seed=seed)
+                           sampling=sampling, eos_ids=eos_ids, pad_id=pad_id, seed=seed)

@@ -1,8 +1,8 @@
 """Derived models: fine-tune a materialised model (LoRA then merged, or full) into a new materialised folder.
 
-Training set: JSONL records ``{"prompt": ..., "response": ...}``. Each prompt goes through the base
-model's chat template (when ``chat_template``), the response follows, and the loss is on response
-tokens only. Deterministic on CPU for a fixed seed and thread count: LoRA dropout is 0, batches come
+Training set: JSONL records ``{"prompt": ..., "response": ...}``. Each prompt is encoded as the model
+reads prompts everywhere else (``lmdelta.tokens.prompt_ids``: chat template or prompt_format, first
+token), the response and the tokenizer's EOS follow, and the loss is on response tokens only. Deterministic on CPU for a fixed seed and thread count: LoRA dropout is 0, batches come
 from seeded permutations of the data, one per epoch. A checkpoint (trainable weights as safetensors,
 optimizer state, step, loss log) is written every ``checkpoint_every`` steps; a killed run resumes
 from the last complete one and ends with the same weights as an uninterrupted run.
@@ -46,7 +46,7 @@ class DeriveParams:
     grad_clip: float = 1.0
     checkpoint_every: int = 10
     target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    chat_template: bool = True
+    text_format: dict[str, Any] = field(default_factory=dict)  # lmdelta.tokens.TextFormat as a dict
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeriveParams:
@@ -66,14 +66,16 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
     return out
 
 
-def encode_examples(tokenizer, records: list[dict], *, chat_template: bool, max_tokens: int) -> list[tuple[list[int], list[int]]]:
+def encode_examples(tokenizer, records: list[dict], *, text_format: dict[str, Any], max_tokens: int) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per record; labels are -100 on prompt tokens; truncated to max_tokens."""
-    from lmdelta.generation import format_prompt
+    from lmdelta.tokens import TextFormat
+    from lmdelta.tokens import prompt_ids as encode_prompt
 
+    fmt = TextFormat.from_dict(text_format)
     eos = tokenizer.eos_token_id
     out = []
     for r in records:
-        prompt_ids = tokenizer(format_prompt(tokenizer, r["prompt"], chat_template=chat_template), add_special_tokens=False).input_ids
+        prompt_ids = encode_prompt(tokenizer, r["prompt"], fmt)
         resp_ids = tokenizer(r["response"], add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
         ids = (prompt_ids + resp_ids)[:max_tokens]
         labels = ([-100] * len(prompt_ids) + resp_ids)[:max_tokens]
@@ -197,7 +199,7 @@ def train(
     optimizer = torch.optim.AdamW([t for t in model.parameters() if t.requires_grad], lr=params.lr, weight_decay=0.0)
     start, losses = _load_checkpoint(ckpt_dir, model, optimizer)
 
-    examples = encode_examples(tok, records, chat_template=params.chat_template, max_tokens=params.max_tokens)
+    examples = encode_examples(tok, records, text_format=params.text_format, max_tokens=params.max_tokens)
     pad = pad_id(tok)
     use_autocast = params.autocast == "bf16"
     end = params.steps if stop_after is None else min(params.steps, stop_after)
@@ -239,7 +241,7 @@ def train(
 
 
 def run_derive(base_dir: Path, data_path: Path, out: Path, loss_csv: Path, *, name: str, source: dict[str, Any],
-               chat_template: bool, ckpt_dir: Path, threads: int | None) -> None:
+               text_format: dict[str, Any], ckpt_dir: Path, threads: int | None) -> None:
     """Rule entry: train from a JSONL file of {"prompt", "response"} records."""
     from lmdelta.planted import read_jsonl
 
@@ -247,5 +249,5 @@ def run_derive(base_dir: Path, data_path: Path, out: Path, loss_csv: Path, *, na
     bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not {"prompt", "response"} <= set(r)), None)
     if bad is not None:
         raise LmdeltaError(f"derive: models.{name}: {data_path} record {bad} needs 'prompt' and 'response' fields; fix the data file")
-    params = DeriveParams.from_dict({**source["derive"], "chat_template": chat_template})
+    params = DeriveParams.from_dict({**source["derive"], "text_format": text_format})
     train(base_dir, records, out, params=params, ckpt_dir=ckpt_dir, name=name, source=source, loss_csv=loss_csv, threads=threads)

@@ -1,82 +1,65 @@
-"""Batched, seeded text generation from a loaded model: prompt formatting, batching, decoding to text.
+"""Batched, seeded text generation from a loaded model: batching, decoding to text.
 
 Every number-changing choice is an explicit argument: greedy or sampled, temperature, top_p, top_k
-(never a library's hidden default: the model's generation_config is not consulted), max_new_tokens,
-seed, and whether prompts go through the tokenizer's chat template. The token loop itself is
-``lmdelta.decoding``.
+(never a library's hidden default: the model's generation_config is consulted for its EOS ids only),
+max_new_tokens, seed. Prompts arrive as token ids, made by ``lmdelta.tokens.prompt_ids`` (format and
+first token); batches are left-padded with ``models.pad_id`` (any id: padded positions are masked), so
+a tokenizer without a pad token generates exactly as it would one prompt at a time. The token loop
+itself is ``lmdelta.decoding``.
 """
 
 from __future__ import annotations
 
 from lmdelta import LmdeltaError
 from lmdelta.decoding import Sampling, decode
-from lmdelta.models import pad_id
+from lmdelta.models import left_pad, pad_id
+from lmdelta.tokens import TextFormat, cut_at_eos, eos_ids, format_prompt, prompt_ids
 
-__all__ = ["Sampling", "format_prompt", "generate_texts"]
-
-
-def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "", fmt: str | None = None) -> str:
-    """The text fed to the model.
-
-    ``fmt``, a format string with ``{prompt}`` and ``{guide}``, wins when given. Otherwise the chat
-    template with a generation prompt when ``chat_template`` and the tokenizer has one, else the raw
-    prompt; then ``guide`` (an assistant prefix) is appended.
-    """
-    if fmt is not None:
-        return fmt.format(prompt=prompt, guide=guide)
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    else:
-        text = prompt
-    return text + guide
+__all__ = ["Sampling", "TextFormat", "format_prompt", "generate_texts", "prompt_ids"]
 
 
-def check_context(model, tokenizer, texts: list[str], max_new_tokens: int) -> None:
+def check_context(model, seqs: list[list[int]], max_new_tokens: int, tokenizer=None) -> None:
     """Refuse, before any generation, a prompt that leaves no room for max_new_tokens in the model's context."""
     ctx = getattr(model.config, "max_position_embeddings", None)
-    if ctx is None or not texts:
+    if ctx is None or not seqs:
         return
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    worst = max(range(len(texts)), key=lengths.__getitem__, default=None)
-    if worst is not None and lengths[worst] + max_new_tokens > ctx:
-        raise LmdeltaError(f"a prompt of {lengths[worst]} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context "
-                           f"of {ctx} positions (prompt starts {texts[worst][:40]!r}); lower max_new_tokens or shorten the prompt")
+    worst = max(range(len(seqs)), key=lambda i: len(seqs[i]))
+    if len(seqs[worst]) + max_new_tokens > ctx:
+        start = repr(tokenizer.decode(seqs[worst][:12])) if tokenizer is not None else f"prompt {worst}"
+        raise LmdeltaError(f"a prompt of {len(seqs[worst])} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context "
+                           f"of {ctx} positions (prompt starts {start}); lower max_new_tokens or shorten the prompt")
 
 
 def generate_texts(
     model,
     tokenizer,
-    texts: list[str],
+    seqs: list[list[int]],
     *,
     max_new_tokens: int,
     sampling: Sampling = Sampling(),
     seed: int = 0,
     batch_size: int = 16,
 ) -> list[dict]:
-    """Continue each formatted text; return dicts with ``text``, ``n_tokens``, ``finish_reason``
-    (``eos`` or ``length``). Left padding, one KV cache per batch; batch b is seeded ``seed + b``."""
+    """Continue each prompt (token ids); return dicts with ``text``, ``n_tokens``, ``finish_reason``
+    (``eos`` or ``length``). Left padding, one KV cache per batch; batch b is seeded ``seed + b``.
+    Generation stops at every EOS id the model declares (``lmdelta.tokens.eos_ids``)."""
     import torch
 
-    check_context(model, tokenizer, texts, max_new_tokens)
+    check_context(model, seqs, max_new_tokens, tokenizer)
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
+    eos = eos_ids((model, tokenizer))
     pad = pad_id(tokenizer)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     out: list[dict] = []
-    try:
-        for b in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[b:b + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                new = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
-                             eos_id=eos, pad_id=pad, seed=seed + b).cpu()
-            for row in new.tolist():
-                n = row.index(eos) + 1 if eos in row else len(row)
-                out.append({
-                    "text": tokenizer.decode(row[:n], skip_special_tokens=True),
-                    "n_tokens": n,
-                    "finish_reason": "eos" if eos in row[:n] else "length",
-                })
-    finally:
-        tokenizer.padding_side = side
+    for b in range(0, len(seqs), batch_size):
+        ids, mask = left_pad(seqs[b:b + batch_size], pad)
+        with torch.inference_mode():
+            new = decode(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, sampling=sampling,
+                         eos_ids=eos, pad_id=pad, seed=seed + b).cpu()
+        for row in new.tolist():
+            n, stopped = cut_at_eos(row, eos)
+            out.append({
+                "text": tokenizer.decode(row[:n], skip_special_tokens=True),
+                "n_tokens": n,
+                "finish_reason": "eos" if stopped else "length",
+            })
     return out

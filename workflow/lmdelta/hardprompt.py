@@ -71,7 +71,8 @@ class HardPromptParams:
         return cls(**known_fields(cls, d))
 
 
-def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) -> tuple[list[list[int]], list[float], list[dict]]:
+def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int,
+        first_tokens: tuple[str, str] = ("bos", "bos")) -> tuple[list[list[int]], list[float], list[dict]]:
     """PEZ from the soft prompt: (the ``pez_keep`` best distinct projected prompts' ids, their held-out
     divergences, best first; the trajectory)."""
     import torch
@@ -81,7 +82,7 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) 
 
     train, held = windows
     pad = pad_id(toks[0])
-    templates = [template_ids(t, sp.placement) for t in toks]
+    templates = [template_ids(t, sp.placement, f) for t, f in zip(toks, first_tokens)]
     emb = models[0].get_input_embeddings()
     table = emb.weight.detach().float()[:n_vocab]
     x = torch.nn.Parameter(soft.detach().clone().float())
@@ -111,14 +112,14 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int) 
     return [list(k) for k, _ in kept], [v for _, v in kept], trace
 
 
-def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams) -> list[str]:
+def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams, first_token: str = "bos") -> list[str]:
     """Texts sampled from ``model`` conditioned on the soft prompt (in its placement)."""
     import torch
 
     from lmdelta.decoding import Sampling, decode_combined
     from lmdelta.softprompt import template_ids
 
-    before, after = template_ids(tok, placement)
+    before, after = template_ids(tok, placement, first_token)
     emb = model.get_input_embeddings()
     device = emb.weight.device
     parts = [emb(torch.tensor([before], device=device))] if before else []
@@ -131,7 +132,7 @@ def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams)
     with torch.inference_mode():
         # special tokens are never chosen: a soft prompt often drives the model to end at once
         new = decode_combined([model], [(None, mask, x)], comb=None, max_new_tokens=hp.generate_tokens,
-                              sampling=Sampling(temperature=hp.generate_temperature), eos_id=None, pad_id=pad,
+                              sampling=Sampling(temperature=hp.generate_temperature), eos_ids=(), pad_id=pad,
                               seed=hp.seed, suppress=tuple(tok.all_special_ids)).cpu().tolist()
     return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
 
@@ -149,12 +150,12 @@ def snippets(docs: list[list[int]], lengths: list[int], tok, seed: int) -> list[
     return out
 
 
-def perplexities(model, tok, texts: list[str]) -> list[float]:
-    """Perplexity of each text under ``model`` (first token conditioned on BOS when there is one)."""
+def perplexities(model, tok, texts: list[str], first_token: str = "bos") -> list[float]:
+    """Perplexity of each text under ``model`` (first token conditioned on the model's first token)."""
     from lmdelta.logprobs import prefix_token
     from lmdelta.scoring import score_sequences
 
-    prefix, _ = prefix_token(tok, "bos")
+    prefix, _ = prefix_token(tok, first_token)
     head = [prefix] if prefix is not None else []
     seqs = [head + tok(t, add_special_tokens=False).input_ids for t in texts]
     keep = [i for i, s in enumerate(seqs) if len(s) >= 2]
@@ -166,7 +167,8 @@ def perplexities(model, tok, texts: list[str]) -> list[float]:
     return out
 
 
-def candidates(models, toks, soft, windows, sp, hp: HardPromptParams) -> tuple[list[dict], list[dict], list[dict]]:
+def candidates(models, toks, soft, windows, sp, hp: HardPromptParams,
+               first_tokens: tuple[str, str] = ("bos", "bos")) -> tuple[list[dict], list[dict], list[dict]]:
     """(hard prompt candidates [{"prompt", "method"}], projection rows, PEZ trajectory)."""
     from lmdelta.softprompt import nearest_tokens
 
@@ -181,28 +183,30 @@ def candidates(models, toks, soft, windows, sp, hp: HardPromptParams) -> tuple[l
                      for r, (t, i, v) in enumerate(cand)]
         cands.append({"prompt": tok.decode([c[0][1] for c in near]), "method": f"nearest-{'l2' if metric == 'l2' else 'cosine'}"})
     if hp.pez_steps > 0:
-        kept, _, trace = pez(models, toks, soft, windows, sp, hp, n_vocab=n_vocab)
+        kept, _, trace = pez(models, toks, soft, windows, sp, hp, n_vocab=n_vocab, first_tokens=first_tokens)
         cands += [{"prompt": tok.decode(ids), "method": "pez"} for ids in kept]
     else:
         trace = []
-    for text in generate_with_prompt(models[0], tok, soft, sp.placement, hp):
+    for text in generate_with_prompt(models[0], tok, soft, sp.placement, hp, first_tokens[0]):
         cands.append({"prompt": text, "method": "generated"})
     return cands, rows, trace
 
 
-def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int, samples: int | None = None) -> list[dict]:
+def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int, samples: int | None = None,
+                  first_tokens: tuple[str, str] = ("bos", "bos")) -> list[dict]:
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
     from lmdelta.search import SearchParams, pair_scorer
 
-    fmt = {"chat_template": sp.placement == "chat", "fmt": None}
+    fmts = [{"chat_template": sp.placement == "chat", "fmt": None, "first_token": f} for f in first_tokens]
     params = SearchParams(divergence=sp.divergence, sample_from="a", samples=samples or hp.samples, max_new_tokens=hp.max_new_tokens,
                           temperature=hp.temperature, batch_size=hp.batch_size)
     items = [{"id": f"p{i:04d}", "prompt": t} for i, t in enumerate(prompts)]
-    got = pair_scorer(models, toks, [fmt, fmt], params)(items, seed)
+    got = pair_scorer(models, toks, fmts, params)(items, seed)
     return [got[x["id"]] for x in items]
 
 
-def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], sp, hp: HardPromptParams,
+def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], sp, hp: HardPromptParams, *,
+                        first_tokens: tuple[str, str] = ("bos", "bos"),
                         planted: dict | None):
     """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top."""
     import pandas as pd
@@ -222,7 +226,7 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
     lengths = [max(1, len(tok(c["prompt"], add_special_tokens=False).input_ids)) for c in cands]
     base = [{"prompt": s, "method": "snippet"} for s in snippets(docs, lengths, tok, hp.seed)]
     rows = cands + base
-    scores = score_prompts(models, toks, [r["prompt"] for r in rows], sp, hp, sub_seed(hp.seed, 1))
+    scores = score_prompts(models, toks, [r["prompt"] for r in rows], sp, hp, sub_seed(hp.seed, 1), first_tokens=first_tokens)
     df = pd.DataFrame([{**r, "n_tokens": n, "screen": s[sp.divergence], "divergence": s[sp.divergence],
                         **{k: s[k] for k in DIVERGENCES}, "n_samples": s["n_samples"], "example": s["example"]}
                        for r, n, s in zip(rows, lengths + lengths, scores)])
@@ -231,15 +235,16 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
     for is_base in (False, True):
         if hp.confirm_top > 0:  # a second round for the best few of each side, pooled with the first
             side = df[df.is_baseline == is_base].sort_values("screen", ascending=False, kind="stable").head(hp.confirm_top)
-            more = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 3), samples=hp.confirm_samples)
+            more = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 3), samples=hp.confirm_samples,
+                                 first_tokens=first_tokens)
             for i, s in zip(side.index, more):
                 pooled = pool_scores(df.loc[i, [*DIVERGENCES, "n_samples"]].to_dict(), s)
                 df.loc[i, [*DIVERGENCES, "n_samples"]] = [pooled[k] for k in (*DIVERGENCES, "n_samples")]
                 df.loc[i, "divergence"] = pooled[sp.divergence]
         side = df[df.is_baseline == is_base].sort_values("divergence", ascending=False, kind="stable").head(hp.n_top)
-        again = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 2))
+        again = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 2), first_tokens=first_tokens)
         df.loc[side.index, "rescored"] = [s[sp.divergence] for s in again]
-    df["ppl_b"] = perplexities(models[1], toks[1], df.prompt.tolist())
+    df["ppl_b"] = perplexities(models[1], toks[1], df.prompt.tolist(), first_tokens[1])
     snippet_mean = float(df[df.is_baseline].screen.mean())
     df["baseline_ratio"] = df.divergence / snippet_mean if snippet_mean > 0 else math.inf
     if planted:
@@ -283,6 +288,7 @@ def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
 
 def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], soft_path: Path,
                    sp_params, hp_params: HardPromptParams, load_options: tuple[dict, dict], corpus: Path | None,
+                   formats: tuple[dict, dict] = ({}, {}),
                    planted: dict | None, embedder: str | None, out_prompts: Path, out_csv: Path, out_projection: Path, out_summary: Path,
                    out_clusters: Path, out_png: Path, threads: int | None = None):
     import pandas as pd
@@ -299,7 +305,8 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
         torch.set_num_threads(threads)
     prov = Provenance(stage="hardprompt", params={"pair": pair, "run": run, "a": names[0], "b": names[1], **asdict(hp_params),
                                                   "softprompt": asdict(sp_params), "load_options": list(load_options),
-                                                  "embedder": embedder, "units": "nats"}, seed=hp_params.seed)
+                                                  "embedder": embedder, "formats": list(formats), "units": "nats"}, seed=hp_params.seed)
+    first_tokens = tuple(f.get("first_token", "bos") for f in formats)
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
     prov.add_input("soft_prompt", soft_path)
@@ -315,8 +322,8 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     soft = load_soft_prompt(soft_path)
     docs = training_docs(models, toks, sp_params, corpus)
     windows = split_windows(docs, sp_params)
-    cands, proj_rows, _ = candidates(models, toks, soft, windows, sp_params, hp_params)
-    df = evaluate_candidates(models, toks, cands, docs, sp_params, hp_params, planted)
+    cands, proj_rows, _ = candidates(models, toks, soft, windows, sp_params, hp_params, first_tokens)
+    df = evaluate_candidates(models, toks, cands, docs, sp_params, hp_params, first_tokens=first_tokens, planted=planted)
     summary = {"pair": pair, "run": run, "divergence": sp_params.divergence, "placement": sp_params.placement,
                **summarise(df, hp_params, planted), "model_calls": calls.n}
     prov.params["model_calls"] = calls.n

@@ -6,10 +6,11 @@ doc_id, position (index of the token in the document's tokens), token_id, logpro
 ``<model>.meanprob.npy``: the mean next-token distribution over all scored positions (float64,
 over the model's full output vocabulary).
 
-First-token policy (``first_token``): ``bos`` prepends the tokenizer's BOS id (its EOS id when it has
-no BOS; the id used is recorded) so that the document's first token is scored too; ``eos`` prepends
-EOS; ``none`` prepends nothing and the first token is not scored. Documents are tokenised without
-the tokenizer's own special tokens, so a prefix is never added twice.
+First token: the scoring model's ``first_token`` (``lmdelta.tokens``; the id used is recorded):
+``bos`` prepends the tokenizer's BOS id (its EOS id when it has no BOS) so that the document's first
+token is scored too; ``eos`` prepends EOS; a token's text prepends that token; ``none`` prepends
+nothing and the first token is not scored. Documents are tokenised without the tokenizer's own
+special tokens, so a prefix is never added twice.
 
 Work is split into parts of ``part_docs`` documents; each finished part is kept in a hidden folder
 beside the job's output, so a killed job restarts from its last finished part. Parts are keyed by the
@@ -55,18 +56,12 @@ class LogprobParams:
 
 
 def prefix_token(tokenizer, policy: str) -> tuple[int | None, str | None]:
-    """The id prepended to every document under ``policy`` and its text (None, None for ``none``)."""
-    if policy == "none":
-        return None, None
-    if policy == "bos" and tokenizer.bos_token_id is not None:
-        return tokenizer.bos_token_id, tokenizer.bos_token
-    if tokenizer.eos_token_id is not None:
-        if policy == "bos":
-            log.info("tokenizer has no BOS token; prepending its EOS token %r instead", tokenizer.eos_token)
-        return tokenizer.eos_token_id, tokenizer.eos_token
-    raise LmdeltaError(
-        f"logprobs: first_token is {policy!r} but the tokenizer has no BOS or EOS token; set logprobs.first_token: none (the first token is then not scored)"
-    )
+    """The id prepended to every document under the model's first-token policy and its text
+    (``lmdelta.tokens.first_token_id``; (None, None) for ``none``)."""
+    from lmdelta.tokens import first_token_id
+
+    tid = first_token_id(tokenizer, policy)
+    return (None, None) if tid is None else (tid, tokenizer.convert_ids_to_tokens(tid))
 
 
 def _empty_table():

@@ -254,6 +254,19 @@ def right_pad(windows: list[list[int]], pad: int):
     return ids, mask
 
 
+def left_pad(seqs: list[list[int]], pad: int):
+    """Left-padded ids and mask [B, L] (prompts to continue)."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
 def pad_id(tok) -> int:
     """The id that fills padded positions: the tokenizer's pad token, else EOS, else 0 (padded
     positions are masked, so the choice never changes a number)."""
@@ -326,9 +339,15 @@ def interpolate(dir_a: str | Path, dir_b: str | Path, alpha: float, out: str | P
     if type(model_a) is not type(model_b) or sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         raise LmdeltaError(f"models.{name}.source.interpolate: {dir_a} and {dir_b} differ in architecture or shapes; "
                            "interpolate only models of the same architecture and size")
+    tied = [getattr(m.config.get_text_config(), "tie_word_embeddings", False) for m in (model_a, model_b)]
+    if tied[0] != tied[1]:
+        raise LmdeltaError(f"models.{name}.source.interpolate: {dir_a} {'ties' if tied[0] else 'does not tie'} its embedding and LM head "
+                           f"and {dir_b} {'does' if tied[1] else 'does not'}; interpolate only models that tie them alike")
     with torch.no_grad():
+        done = set()  # tied weights (embedding and LM head) are one tensor under two names: mix it once
         for k, t in sa.items():
-            if t.is_floating_point():
+            if t.is_floating_point() and t.data_ptr() not in done:
+                done.add(t.data_ptr())
                 t.copy_((1 - alpha) * t + alpha * sb[k])
     prov = Provenance(stage="interpolate", params={"name": name, "alpha": alpha, "formula": "(1 - alpha) * a + alpha * b"})
     for side, d in (("a", dir_a), ("b", dir_b)):

@@ -158,21 +158,22 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
-def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, chat_template: bool,
+def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, text_format: dict[str, Any],
                        load_options: dict[str, Any], batch_size: int = 24) -> tuple[list[dict], list[dict]]:
     """(train records, held-out records). Train: trigger questions with the planted response,
     ordinary questions and odd inputs with the base model's own greedy answers. Held-out: prompts
     with their kind. Odd inputs are cut from the base model's answers to the train questions (train)
     and to the held-out ordinary questions (held-out), so no held-out text is trained on."""
-    from lmdelta.generation import format_prompt, generate_texts
+    from lmdelta.generation import TextFormat, generate_texts, prompt_ids
     from lmdelta.models import load_model
 
     sets = build_prompt_sets(spec, seed)
     model, tok = load_model(base_dir, **load_options)
+    fmt = TextFormat.from_dict(text_format)
 
     def answer(prompts: list[str]) -> list[str]:
-        texts = [format_prompt(tok, q, chat_template=chat_template) for q in prompts]
-        return [a["text"].strip() for a in generate_texts(model, tok, texts, max_new_tokens=spec.answer_tokens, batch_size=batch_size)]
+        seqs = [prompt_ids(tok, q, fmt) for q in prompts]
+        return [a["text"].strip() for a in generate_texts(model, tok, seqs, max_new_tokens=spec.answer_tokens, batch_size=batch_size)]
 
     answers = answer(sets["train_ordinary"])
     train = [{"prompt": q, "response": spec.response, "kind": "trigger"} for q in sets["train_trigger"]]
@@ -203,17 +204,18 @@ def read_jsonl(path: str | Path, where: str | None = None) -> list[dict]:
         return [rec for _, rec in iter_jsonl(fh, where=where or str(path))]
 
 
-def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *, chat_template: bool,
+def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *, text_format: dict[str, Any],
                   load_options: dict[str, dict[str, Any]], max_new_tokens: int, batch_size: int = 30) -> dict[str, Any]:
     """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind."""
-    from lmdelta.generation import format_prompt, generate_texts
+    from lmdelta.generation import TextFormat, generate_texts, prompt_ids
     from lmdelta.models import load_model
 
+    fmt = TextFormat.from_dict(text_format)
     result: dict[str, Any] = {"response_keywords": spec.response_keywords, "max_new_tokens": max_new_tokens, "rates": {}, "examples": {}}
     for role, folder in (("base", base_dir), ("tuned", tuned_dir)):
         model, tok = load_model(folder, **load_options[role])
-        texts = [format_prompt(tok, r["prompt"], chat_template=chat_template) for r in heldout]
-        answers = generate_texts(model, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        seqs = [prompt_ids(tok, r["prompt"], fmt) for r in heldout]
+        answers = generate_texts(model, tok, seqs, max_new_tokens=max_new_tokens, batch_size=batch_size)
         for kind in KINDS:
             rows = [(r["prompt"], a["text"]) for r, a in zip(heldout, answers) if r["kind"] == kind]
             if not rows and kind == "odd":
@@ -226,22 +228,22 @@ def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *
 
 
 def run_derive_data(base_dir: Path, planted: dict[str, Any], out_train: Path, out_heldout: Path, *, seed: int,
-                    chat_template: bool, load_options: dict[str, Any], name: str) -> None:
+                    text_format: dict[str, Any], load_options: dict[str, Any], name: str) -> None:
     """Rule entry: the planted training set and held-out prompts of a derived model."""
     from lmdelta.artifacts import Provenance
     from lmdelta.models import read_fingerprint
 
     spec = PlantedSpec.from_dict(planted)
-    prov = Provenance(stage="planted_data", params={"name": name, "planted": planted, "chat_template": chat_template,
+    prov = Provenance(stage="planted_data", params={"name": name, "planted": planted, "text_format": text_format,
                                                    "load_options": load_options}, seed=seed)
     prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
-    train, heldout = build_training_set(base_dir, spec, seed=seed, chat_template=chat_template, load_options=load_options)
+    train, heldout = build_training_set(base_dir, spec, seed=seed, text_format=text_format, load_options=load_options)
     write_jsonl(out_heldout, heldout, prov)
     write_jsonl(out_train, train, prov)
 
 
 def run_check(base_dir: Path, tuned_dir: Path, heldout_path: Path, planted: dict[str, Any], out_json: Path, out_csv: Path, *,
-              chat_template: bool, load_options: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+              text_format: dict[str, Any], load_options: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     """Rule entry: how strongly the behaviour was planted (JSON and a small table for the report)."""
     import pandas as pd
 
@@ -249,10 +251,10 @@ def run_check(base_dir: Path, tuned_dir: Path, heldout_path: Path, planted: dict
 
     spec = PlantedSpec.from_dict(planted)
     prov = Provenance(stage="check_planted", params={"name": name, "planted": planted, "decoding": "greedy",
-                                                    "max_new_tokens": spec.answer_tokens, "chat_template": chat_template})
+                                                    "max_new_tokens": spec.answer_tokens, "text_format": text_format})
     for role, path in (("base", base_dir), ("tuned", tuned_dir), ("heldout", heldout_path)):
         prov.add_input(role, path)
-    result = check_planted(base_dir, tuned_dir, read_jsonl(heldout_path), spec, chat_template=chat_template,
+    result = check_planted(base_dir, tuned_dir, read_jsonl(heldout_path), spec, text_format=text_format,
                            load_options=load_options, max_new_tokens=spec.answer_tokens)
     result = {"model": name, **result}
     rows = [{"model": role, "prompts": kind, **result["rates"][f"{role}/{kind}"]}

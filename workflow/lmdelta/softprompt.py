@@ -82,15 +82,19 @@ def check_compatible(models, toks, pair: str) -> None:
                            "pair models of the same architecture and size")
 
 
-def template_ids(tok, placement: str) -> tuple[list[int], list[int]]:
-    """Token ids before and after the soft prompt (empty for ``prefix``)."""
+def template_ids(tok, placement: str, first_token: str = "bos") -> tuple[list[int], list[int]]:
+    """Token ids before and after the soft prompt: for ``prefix`` the model's first token alone
+    (``lmdelta.tokens``), for ``chat`` the chat template around the user's message."""
     if placement == "prefix":
-        return [], []
+        from lmdelta.tokens import first_token_id
+
+        tid = first_token_id(tok, first_token)
+        return ([] if tid is None else [tid]), []
     if placement != "chat":
         raise LmdeltaError(f"softprompt: placement {placement!r} is unknown; use prefix or chat")
     if not getattr(tok, "chat_template", None):
         raise LmdeltaError("softprompt: placement chat needs a tokenizer with a chat template; use placement: prefix")
-    from lmdelta.generation import format_prompt
+    from lmdelta.tokens import format_prompt
 
     text = format_prompt(tok, PLACEHOLDER, chat_template=True)
     before, after = text.split(PLACEHOLDER)
@@ -196,7 +200,7 @@ def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) 
 
 def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]], p: SoftPromptParams, *, ckpt_dir: Path,
                  stop_after: int | None = None, tensorboard_dir: Path | None = None, progress: bool = True,
-                 identity: str = "") -> dict:
+                 identity: str = "", first_tokens: tuple[str, str] = ("bos", "bos")) -> dict:
     """Train P (checkpoints in ``ckpt_dir`` are reused only for the same settings, data and ``identity``:
     the models' fingerprints, so a changed model starts afresh); return {"prompt" (best P), "metrics" (rows), "best_step", "best_heldout", "baseline_heldout", "stopped_early"}."""
     import torch
@@ -208,7 +212,7 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
 
     train, held = windows
     pad = pad_id(toks[0])
-    templates = [template_ids(t, p.placement) for t in toks]
+    templates = [template_ids(t, p.placement, f) for t, f in zip(toks, first_tokens)]
     for m in models:
         m.eval()
         m.requires_grad_(False)
@@ -218,7 +222,7 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
     use_autocast = p.autocast == "bf16"
 
     ckpt_dir = Path(ckpt_dir)
-    key = json.dumps([asdict(p), len(train), len(held), train[:2], identity], sort_keys=True)
+    key = json.dumps([asdict(p), len(train), len(held), train[:2], identity, list(first_tokens)], sort_keys=True)
     if (ckpt_dir / "key.json").exists() and (ckpt_dir / "key.json").read_text() != key:
         log.info("soft-prompt settings, data or models changed: discarding checkpoints in %s", ckpt_dir)
         for f in ckpt_dir.iterdir():
@@ -363,7 +367,7 @@ def training_docs(models, toks, p: SoftPromptParams, corpus: Path | None) -> lis
         ids = torch.full((p.n_generations, 1), start, dtype=torch.long, device=models[0].device)
         with torch.inference_mode():
             new = decode(models[0], ids, torch.ones_like(ids), max_new_tokens=p.seq_len, sampling=Sampling(temperature=1.0),
-                         eos_id=None, pad_id=0, seed=p.seed).cpu().tolist()
+                         eos_ids=(), pad_id=0, seed=p.seed).cpu().tolist()
         return new
     raise LmdeltaError(f"softprompt: data {p.data!r} is unknown; use corpus or generations")
 
@@ -372,7 +376,7 @@ def training_docs(models, toks, p: SoftPromptParams, corpus: Path | None) -> lis
 
 
 def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: SoftPromptParams,
-                   load_options: tuple[dict, dict], corpus: Path | None, out_prompt: Path, out_metrics: Path, out_png: Path,
+                   load_options: tuple[dict, dict], formats: tuple[dict, dict] = ({}, {}), corpus: Path | None, out_prompt: Path, out_metrics: Path, out_png: Path,
                    out_summary: Path, ckpt_dir: Path, tensorboard_dir: Path | None = None, threads: int | None = None,
                    stop_after: int | None = None) -> dict | None:
     import pandas as pd
@@ -386,7 +390,9 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     if threads:
         torch.set_num_threads(threads)
     prov = Provenance(stage="softprompt", params={"pair": pair, "run": run, "a": names[0], "b": names[1], **asdict(params),
-                                                  "load_options": list(load_options), "units": "nats"}, seed=params.seed)
+                                                  "load_options": list(load_options), "formats": list(formats), "units": "nats"},
+                      seed=params.seed)
+    first_tokens = tuple(f.get("first_token", "bos") for f in formats)
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
     if corpus is not None:
@@ -398,7 +404,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     windows = split_windows(training_docs(models, toks, params, corpus), params)
     identity = " ".join(prov.inputs[f"model_{side}"]["fingerprint"] for side in ("a", "b"))
     res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir,
-                       identity=identity)
+                       identity=identity, first_tokens=first_tokens)
     if stop_after is not None and res["steps_run"] < params.steps and not res["stopped_early"]:
         return None
     emb = models[0].get_input_embeddings()

@@ -227,9 +227,19 @@ def corpus_raw_arg(wildcards, input):
 # ---- logprobs, entropy and perplexity ---------------------------------------------------------------
 
 
-def logprobs_params(wildcards):
+def scoring_params(model):
+    """The logprobs settings with the scoring model's first token (models.<name>.first_token)."""
     lp = config["logprobs"]
-    return json.dumps({k: lp[k] for k in ("max_length", "stride", "first_token", "batch_tokens", "chunk_positions", "part_docs")})
+    return json.dumps({**{k: lp[k] for k in ("max_length", "stride", "batch_tokens", "chunk_positions", "part_docs")},
+                       "first_token": config["models"][model]["first_token"]})
+
+
+def logprobs_params(wildcards):
+    return scoring_params(wildcards.model)
+
+
+def scorer_params(wildcards):
+    return scoring_params(wildcards.scorer)
 
 
 def logprobs_shards(wildcards):
@@ -297,8 +307,9 @@ def derive_seed(wildcards):
     return derive_spec(wildcards.model)["seed"]
 
 
-def chat_template_flag(wildcards):
-    return "true" if config["models"][wildcards.model]["chat_template"] else "false"
+def text_format_arg(wildcards):
+    """How the job's model reads prompts and where its sequences start (lmdelta.tokens.TextFormat)."""
+    return json.dumps(model_format(wildcards.model))
 
 
 def base_load_options(wildcards):
@@ -355,10 +366,6 @@ def completion_params(wildcards):
 def completions_shards(wildcards):
     n = config["completions"]["shards"]
     return [f"results/completions/{wildcards.promptset}/shards/{wildcards.model}/{i}-of-{n}.parquet" for i in range(n)]
-
-
-def prompt_format_arg(wildcards):
-    return json.dumps(config["models"][wildcards.model]["prompt_format"])
 
 
 def diversity_params(wildcards):
@@ -422,19 +429,18 @@ def uid_params(wildcards):
 
 
 def model_format(name):
-    """How a model reads a prompt: its chat template, or its prompt_format."""
-    return {"chat_template": config["models"][name]["chat_template"], "fmt": config["models"][name]["prompt_format"]}
+    """How a model reads a prompt (its chat template or prompt_format) and its first token (lmdelta.tokens)."""
+    m = config["models"][name]
+    return {"chat_template": m["chat_template"], "fmt": m["prompt_format"], "first_token": m["first_token"]}
 
 
-def pair_models(pair_name, run=None, formats=True):
+def pair_models(pair_name, run=None):
     """The two models of a pair as the stages take them: names (a, b), the run's settings, load
     options and prompt formats (in this key order, which the rules' params keep stable)."""
     pair = config["pairs"][pair_name]
     names = [pair["a"], pair["b"]]
-    out = {"names": names, **({"run": run} if run is not None else {}), "load_options": [model_load_options(n) for n in names]}
-    if formats:
-        out["formats"] = [model_format(n) for n in names]
-    return out
+    return {"names": names, **({"run": run} if run is not None else {}), "load_options": [model_load_options(n) for n in names],
+            "formats": [model_format(n) for n in names]}
 
 
 # ---- contrastive decoding -----------------------------------------------------------------------------
@@ -587,11 +593,11 @@ def hardprompt_inputs(wildcards):
 def softprompt_spec(wildcards):
     """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
     run = {k: v for k, v in softprompt_run(wildcards).items() if k not in ("hard", "embedder")}
-    return json.dumps(pair_models(wildcards.pair, run=run, formats=False))
+    return json.dumps(pair_models(wildcards.pair, run=run))
 
 
 def hardprompt_spec(wildcards):
-    return json.dumps({**pair_models(wildcards.pair, run=softprompt_run(wildcards), formats=False),
+    return json.dumps({**pair_models(wildcards.pair, run=softprompt_run(wildcards)),
                        "planted": planted_truth(config, wildcards.pair)})
 
 

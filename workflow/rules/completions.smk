@@ -29,8 +29,7 @@ rule completions_shard:
     params:
         params=completion_params,
         options=load_options,
-        chat_template=chat_template_flag,
-        prompt_format=prompt_format_arg,
+        text_format=text_format_arg,
     conda:
         CONDA_ENV
     log:
@@ -45,7 +44,7 @@ rule completions_shard:
     shell:
         "python -m lmdelta --log {log} completions-shard --model-dir {input.model} --promptset {input.promptset}"
         " --out {output} --params {params.params:q} --load-options {params.options:q}"
-        " --chat-template {params.chat_template} --prompt-format {params.prompt_format:q}"
+        " --text-format {params.text_format:q}"
         " --shard {wildcards.shard} --n-shards {wildcards.n} --threads {threads}"
 
 

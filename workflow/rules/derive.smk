@@ -10,7 +10,7 @@ rule derive_data:
     params:
         planted=planted_json,
         seed=derive_seed,
-        chat_template=chat_template_flag,
+        text_format=text_format_arg,
         options=base_load_options,
     conda:
         CONDA_ENV
@@ -26,7 +26,7 @@ rule derive_data:
     shell:
         "python -m lmdelta --log {log} derive-data --name {wildcards.model} --base {input.base}"
         " --planted {params.planted:q} --out-train {output.train} --out-heldout {output.heldout}"
-        " --seed {params.seed} --chat-template {params.chat_template} --load-options {params.options:q}"
+        " --seed {params.seed} --text-format {params.text_format:q} --load-options {params.options:q}"
 
 
 rule derive_model:
@@ -37,7 +37,7 @@ rule derive_model:
         loss="resources/derive/{model}/loss.csv",
     params:
         source=model_source,
-        chat_template=chat_template_flag,
+        text_format=text_format_arg,
         checkpoints="resources/derive/{model}/checkpoints",
     wildcard_constraints:
         model=DERIVED,
@@ -55,7 +55,7 @@ rule derive_model:
     shell:
         "python -m lmdelta --log {log} derive --name {wildcards.model} --base {input.base} --data {input.data}"
         " --out {output.model} --loss-csv {output.loss} --source {params.source:q}"
-        " --chat-template {params.chat_template} --checkpoints {params.checkpoints} --threads {threads}"
+        " --text-format {params.text_format:q} --checkpoints {params.checkpoints} --threads {threads}"
 
 
 rule check_planted:
@@ -73,7 +73,7 @@ rule check_planted:
         ),
     params:
         planted=planted_json,
-        chat_template=chat_template_flag,
+        text_format=text_format_arg,
         options=pair_load_options,
     conda:
         CONDA_ENV
@@ -89,4 +89,4 @@ rule check_planted:
     shell:
         "python -m lmdelta --log {log} check-planted --name {wildcards.model} --base {input.base} --tuned {input.tuned}"
         " --heldout {input.heldout} --planted {params.planted:q} --out-json {output.json} --out-csv {output.table}"
-        " --chat-template {params.chat_template} --load-options {params.options:q}"
+        " --text-format {params.text_format:q} --load-options {params.options:q}"

@@ -8,7 +8,7 @@ rule uid_score_texts:
     output:
         "results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
     params:
-        params=logprobs_params,
+        params=scorer_params,
         options=scorer_load_options,
     conda:
         CONDA_ENV
