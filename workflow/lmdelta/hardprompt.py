@@ -78,11 +78,11 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int,
     import torch
 
     from lmdelta.derive import batch_indices
-    from lmdelta.softprompt import collate, nearest_tokens_ids, pair_divergence, template_ids
+    from lmdelta.softprompt import collate, nearest_tokens_ids, pair_divergence, pair_templates
 
     train, held = windows
     pad = pad_id(toks[0])
-    templates = [template_ids(t, sp.placement, f) for t, f in zip(toks, first_tokens)]
+    templates = pair_templates(toks, sp.placement, first_tokens)
     emb = models[0].get_input_embeddings()
     table = emb.weight.detach().float()[:n_vocab]
     x = torch.nn.Parameter(soft.detach().clone().float())
@@ -197,7 +197,14 @@ def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, se
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
     from lmdelta.search import SearchParams, pair_scorer
 
-    fmts = [{"chat_template": sp.placement == "chat", "fmt": None, "first_token": f} for f in first_tokens]
+    if sp.placement == "chat":  # both models read model a's chat template, as in training (softprompt.pair_templates)
+        from lmdelta.softprompt import PLACEHOLDER
+        from lmdelta.tokens import format_prompt
+
+        text = format_prompt(toks[0], PLACEHOLDER, chat_template=True).replace("{", "{{").replace("}", "}}")
+        fmts = [{"chat_template": False, "fmt": text.replace(PLACEHOLDER, "{prompt}") + "{guide}", "first_token": "none"}] * 2
+    else:
+        fmts = [{"chat_template": False, "fmt": None, "first_token": f} for f in first_tokens]
     params = SearchParams(divergence=sp.divergence, sample_from="a", samples=samples or hp.samples, max_new_tokens=hp.max_new_tokens,
                           temperature=hp.temperature, batch_size=hp.batch_size)
     items = [{"id": f"p{i:04d}", "prompt": t} for i, t in enumerate(prompts)]

@@ -102,6 +102,14 @@ def template_ids(tok, placement: str, first_token: str = "bos") -> tuple[list[in
     return enc(before), enc(after)
 
 
+def pair_templates(toks, placement: str, first_tokens: tuple[str, str]) -> list[tuple[list[int], list[int]]]:
+    """Each model's ids around the soft prompt: for ``prefix`` its own first token; for ``chat`` model a's
+    chat template for both (both read the same ids; a base model b often has no template of its own)."""
+    if placement == "chat":
+        return [template_ids(toks[0], placement)] * 2
+    return [template_ids(t, placement, f) for t, f in zip(toks, first_tokens)]
+
+
 def init_prompt(embedding, tok, p: SoftPromptParams):
     """The initial P [n_tokens, hidden] (float32): embeddings of sampled vocabulary tokens, of a text, or random."""
     import torch
@@ -212,7 +220,7 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
 
     train, held = windows
     pad = pad_id(toks[0])
-    templates = [template_ids(t, p.placement, f) for t, f in zip(toks, first_tokens)]
+    templates = pair_templates(toks, p.placement, first_tokens)
     for m in models:
         m.eval()
         m.requires_grad_(False)
