@@ -186,12 +186,13 @@ def test_shipped_configs_are_valid(path):
     ("search_run", "lmdelta.search:SearchParams", {"seeds", "assistant", "n_top", "embedder", "clusters"}),
     ("softprompt_run", "lmdelta.softprompt:SoftPromptParams", {"corpus", "embedder", "hard"}),
     ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams", set()),
+    ("contrastive_run", "lmdelta.contrastive:RunParams", set()),
 ])
 def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere):
     """A key in the schema that no stage reads would be accepted and silently do nothing; a stage
     parameter missing from the schema could never be set."""
     import importlib
-    from dataclasses import fields
+    from dataclasses import MISSING, fields
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     name, *sub = schema_def.split(".")
@@ -199,6 +200,16 @@ def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere)
     for s in sub:
         node = node["properties"][s]
     module, cls = cls_path.split(":")
-    params = {f.name for f in fields(getattr(importlib.import_module(module), cls))}
+    klass = getattr(importlib.import_module(module), cls)
+    params = {f.name for f in fields(klass)}
     keys = set(node["properties"])
     assert keys - elsewhere == params, (sorted(keys - elsewhere - params), sorted(params - keys))
+    # one default per key: the schema's (what a config gets) equals the stage's
+    for f in fields(klass):
+        want = node["properties"][f.name].get("default")
+        if want is None or isinstance(want, dict):
+            continue
+        have = f.default if f.default is not MISSING else f.default_factory()
+        assert (list(have) if isinstance(have, tuple) else have) == want, f"{cls}.{f.name}: schema {want!r}, stage {have!r}"
+    with pytest.raises(LmdeltaError, match="unknown key.*'no_such_key'"):
+        klass.from_dict({"no_such_key": 1})

@@ -417,6 +417,7 @@ def test_stage_outputs_and_determinism(pair, tmp_path):
     prov = read_provenance(out["bank.parquet"])
     assert prov["params"]["assistant"] == {"model": "b", "temperature": 1.0, "max_new_tokens": 24}
     assert prov["params"]["divergence"] == "kl_a_b" and prov["params"]["units"] == "nats"
+    assert isinstance(prov["params"]["weighting"], dict) and set(prov["params"]["weighting"]) == {"divergence", "diversity", "judge"}
     top = pd.read_csv(out["top.csv"])
     assert top["id"].tolist() == bank["id"].head(5).tolist()
     clusters = pd.read_csv(tmp_path / "one" / "clusters.csv")

@@ -117,12 +117,14 @@ def test_training_raises_the_heldout_divergence(loaded, tmp_path):
     windows = split_windows(docs(toks[0]), p)
     res = train_prompt(models, toks, windows, p, ckpt_dir=tmp_path / "ck", progress=False)
     pad = toks[0].pad_token_id
-    assert res["best_heldout"] == pytest.approx(evaluate(models, res["prompt"], [([], []), ([], [])], windows[1], pad, p), rel=1e-5)
+    bos = [toks[0].bos_token_id]  # placement prefix: each model's first token, then the soft prompt
+    tpl = [(bos, []), (bos, [])]
+    assert res["best_heldout"] == pytest.approx(evaluate(models, res["prompt"], tpl, windows[1], pad, p), rel=1e-5)
     from lmdelta.softprompt import init_prompt
 
-    start = evaluate(models, init_prompt(models[0].get_input_embeddings(), toks[0], p), [([], []), ([], [])], windows[1], pad, p)
+    start = evaluate(models, init_prompt(models[0].get_input_embeddings(), toks[0], p), tpl, windows[1], pad, p)
     assert res["best_heldout"] > start, "minus KL is minimised: the divergence goes up"
-    assert res["baseline_heldout"] == pytest.approx(evaluate(models, None, [([], []), ([], [])], windows[1], pad, p))
+    assert res["baseline_heldout"] == pytest.approx(evaluate(models, None, tpl, windows[1], pad, p))
     assert [r["step"] for r in res["metrics"]] == list(range(1, 9))
 
 
@@ -233,7 +235,7 @@ def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loade
         best[tuple(t["ids"])] = max(best.get(tuple(t["ids"]), -1e9), t["heldout_divergence"])
     want = [toks[0].decode(list(k)) for k, _ in sorted(best.items(), key=lambda kv: -kv[1])[:3]]
     assert [c["prompt"] for c in cands if c["method"] == "pez"] == want
-    df = evaluate_candidates(models, toks, cands, d, sp, hp, None)
+    df = evaluate_candidates(models, toks, cands, d, sp, hp, planted=None)
     for is_base in (False, True):
         side = df[df.is_baseline == is_base]
         confirmed = side.sort_values("screen", ascending=False, kind="stable").head(3)
@@ -271,7 +273,7 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):
     pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}).to_parquet(corpus)
     run = {"corpus": "c", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 300, "eval_every": 50, "eval_windows": 4,
            "checkpoint_every": 5, "autocast": "none", "patience": 100}
-    spec = json.dumps({"names": ["a", "b"], "run": run, "load_options": [CPU, CPU]})
+    spec = json.dumps({"names": ["a", "b"], "run": run, "load_options": [CPU, CPU], "formats": [{}, {}]})
 
     def command(name):
         out = tmp_path / name

@@ -234,3 +234,20 @@ def test_failed_rule_leaves_no_artifact_and_a_one_line_error(tmp_path):
     assert r.returncode != 0
     assert "lmdelta: error: corpora.bad: bad.jsonl line 1 has no field 'text' (has: body); set text_field:" in r.stderr
     assert not (tmp_path / "results" / "corpus" / "bad.parquet").exists()
+
+
+def test_jobs_run_in_snakemakes_own_python_without_an_activated_venv(tmp_path):
+    """README's `.venv/bin/snakemake ...` with no venv on PATH: jobs find lmdelta (they run `python -m
+    lmdelta` with the Python Snakemake runs in, not the first `python` on PATH)."""
+    cfg = {"models": {"m": {"source": {"local": {"path": str(tmp_path)}}}},
+           "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 2}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text("#!/bin/sh\necho 'not the venv python' >&2\nexit 3\n")
+    (tmp_path / "bin" / "python").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "1",
+                        "results/corpus/docs.parquet", "--configfile", "c.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, **env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(pd.read_parquet(tmp_path / "results" / "corpus" / "docs.parquet")) == 2

@@ -322,11 +322,16 @@ def selected(config: dict[str, Any], section: str, key: str) -> list[str]:
     return list(config[key]) if chosen is None else list(chosen)
 
 
-def known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a config section that are fields of the dataclass ``cls`` (the rest is ignored)."""
+def known_fields(cls, d: dict[str, Any], *, elsewhere: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The entries of a config section that are fields of the dataclass ``cls``. A key that is neither a
+    field nor one of ``elsewhere`` (keys another part of the stage reads) is an error naming it: a key
+    dropped silently would look set and do nothing."""
     from dataclasses import fields
 
     names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names - set(elsewhere))
+    if unknown:
+        raise LmdeltaError(f"{cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(names | set(elsewhere)))}")
     return {k: v for k, v in d.items() if k in names}
 
 

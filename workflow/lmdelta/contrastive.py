@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: 
     if threads:
         torch.set_num_threads(threads)
     prov = Provenance(stage="contrastive", params={"pair": pair, "run": run, "a": names[0], "b": names[1],
-                                                  **{k: v for k, v in params.__dict__.items()}, "formats": list(formats),
+                                                  **asdict(params), "formats": list(formats),
                                                   "load_options": list(load_options), "units": "nats"}, seed=params.seed)
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}

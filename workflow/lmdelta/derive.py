@@ -50,7 +50,7 @@ class DeriveParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeriveParams:
-        return cls(**known_fields(cls, d))
+        return cls(**known_fields(cls, d, elsewhere=("from", "data")))
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:

@@ -52,7 +52,7 @@ class HardPromptParams:
     pez_steps: int = 20
     pez_lr: float = 0.05
     pez_keep: int = 1
-    n_generate: int = 16
+    n_generate: int = 32
     generate_tokens: int = 16
     generate_temperature: float = 1.0
     generate_in: str = "reply"  # reply: the model's reply to the soft prompt (chat) | prompt: continue the soft prompt itself

@@ -38,7 +38,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class SearchParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchParams:
-        kw = known_fields(cls, d)
+        kw = known_fields(cls, d, elsewhere=("seeds", "assistant", "n_top", "embedder", "clusters"))
         if "weighting" in kw:
             kw["weighting"] = Weighting(**known_fields(Weighting, kw["weighting"]))
         return cls(**kw)
@@ -410,7 +410,7 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
     if threads:
         torch.set_num_threads(threads)
     prov = Provenance(stage="search", params={"pair": pair, "run": run, "a": names[0], "b": names[1],
-                                              **{k: v for k, v in params.__dict__.items()}, "assistant": assistant_spec,
+                                              **asdict(params), "assistant": assistant_spec,
                                               "embedder": embedder, "formats": list(formats),
                                               "load_options": list(load_options), "units": "nats"}, seed=params.seed)
     for side, d in zip(("a", "b"), model_dirs):

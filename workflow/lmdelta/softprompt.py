@@ -57,7 +57,7 @@ class SoftPromptParams:
     lr: float = 0.01
     warmup_steps: int = 5
     grad_clip: float = 1.0
-    autocast: str = "none"  # bf16 | none
+    autocast: str = "bf16"  # bf16 | none
     eval_every: int = 10
     patience: int = 5
     checkpoint_every: int = 10
@@ -65,7 +65,7 @@ class SoftPromptParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SoftPromptParams:
-        return cls(**known_fields(cls, d))
+        return cls(**known_fields(cls, d, elsewhere=("corpus", "embedder", "hard")))
 
 
 # ---- building blocks ----------------------------------------------------------------------------------

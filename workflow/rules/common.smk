@@ -2,6 +2,7 @@
 import hashlib
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,8 +11,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
 # The Snakefile imports the package from the source tree, so `snakemake -n` needs no install;
-# jobs run `python -m lmdelta`, which needs it installed (make setup / envs/*.yaml).
+# jobs run `python -m lmdelta`, which needs it installed (make setup / envs/*.yaml). That `python` is
+# the one Snakemake runs in (.venv/bin/snakemake works without an activated venv): its folder goes
+# first on PATH in every job's shell (a cluster job loads this file too, so the same holds there).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 from lmdelta import LmdeltaError  # noqa: E402
 from lmdelta.config import (  # noqa: E402
     LOAD_OPTION_KEYS,
