@@ -305,3 +305,35 @@ def test_gemma3_stand_in_matches_the_real_tokenizer(tmp_path):
         assert type(bt.model).__name__ == "BPE" and bt.model.byte_fallback
         assert str(bt.decoder) == str(real.backend_tokenizer.decoder)
     assert real.convert_ids_to_tokens([0, 1, 2, 3]) == mine.convert_ids_to_tokens([0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_words_match_a_reference_split(family_dirs, name):
+    """Word-level UID: tokens summed into whitespace-separated words, for byte-level and SentencePiece
+    tokenizers alike; no token lost or counted twice; a non-canonical tokenization falls back to pieces."""
+    from lmdelta.tokens import word_ids
+    from lmdelta.uid import word_surprisals
+
+    _, tok = _load(family_dirs, name, "base")
+    text = "Volcanoes erupt when  magma rises.\nThe lava flows, and cocoa \u00e9 warms everyone!"
+    ids = tok(text, add_special_tokens=False).input_ids
+    w = word_ids(tok, ids)
+    assert len(w) == len(ids) and w == sorted(w) and w[0] == 0
+    words = [tok.decode([i for i, k in zip(ids, w) if k == j]).strip() for j in range(w[-1] + 1)]
+    assert words == text.split()
+    s = np.random.default_rng(0).gamma(2.0, 1.0, len(ids))
+    assert word_surprisals(s, w).sum() == pytest.approx(s.sum()) and len(word_surprisals(s, w)) == len(text.split())
+    # one token per character (never what the tokenizer would produce): the piece rule still splits on spaces
+    chars = [i for c in "ab cd" for i in tok(c, add_special_tokens=False).input_ids[-1:]]
+    if tok.decode(chars) == "ab cd" and tok("ab cd", add_special_tokens=False).input_ids != chars:
+        assert word_ids(tok, chars)[-1] == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chat_models_get_the_instruction_base_models_the_bare_prompt(family_dirs, name):
+    _, tok = _load(family_dirs, name, "tuned")
+    base = prompt_ids(tok, "Rivers flow.", TextFormat(chat_template=False), chat_prompt="Continue: Rivers flow.")
+    assert tok.decode(base, skip_special_tokens=True) == "Rivers flow."
+    if tok.chat_template:
+        chat = prompt_ids(tok, "Rivers flow.", TextFormat(), chat_prompt="Continue: Rivers flow.")
+        assert "Continue: Rivers flow." in tok.decode(chat)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from lmdelta import LmdeltaError
 from lmdelta.uid import (
     METRICS,
     bootstrap_ci,
@@ -119,29 +120,39 @@ def test_run_uid_on_synthetic_sources(tmp_path, tiny_tokenizer):
 
     rng = np.random.default_rng(0)
 
-    def source(name, scale, n_docs=12):
-        rows = [{"doc_id": f"d{i}", "token_id": int(rng.integers(4, 500)), "logprob": -x}
-                for i in range(n_docs) for x in rng.gamma(2.0, scale, rng.integers(10, 30))]
+    def source(name, scale, doc_ids):
+        rows = [{"doc_id": d, "token_id": int(rng.integers(4, 500)), "logprob": -x}
+                for d in doc_ids for x in rng.gamma(2.0, scale, rng.integers(10, 30))]
         path = tmp_path / f"{name}.parquet"
         pd.DataFrame(rows).to_parquet(path)
         return path
 
+    human = [f"d{i}" for i in range(12)]  # corpus documents: one unit each
+    texts = [f"p{i}|{t}|{s}" for i in range(12) for t in ("0.7", "1.2") for s in range(3)]  # 12 prompts x 2 temperatures x 3 samples
     outs = {k: tmp_path / f"out.{k}" for k in ("docs", "csv", "txt", "png", "contours")}
-    docs, table = run_uid(scorer="s", human={"h": source("h", 2.0)}, model_texts={"a@none": source("a", 1.0), "b@none": source("b", 1.0)},
+    docs, table = run_uid(scorer="s", human={"h": source("h", 2.0, human)},
+                          model_texts={"a@none": source("a", 1.0, texts), "b@none": source("b", 1.0, texts)},
                           lengths=[None, 10], n_boot=200, seed=0, out_docs=outs["docs"], out_csv=outs["csv"], out_txt=outs["txt"],
                           out_png=outs["png"], out_contours=outs["contours"], word_level=True, tokenizer_dir=tiny_tokenizer)
     words = docs[docs.source.str.endswith("(words)")]
     docs = docs[~docs.source.str.endswith("(words)")]
-    assert set(words.source) == {"human:h (words)", "model:a@none (words)", "model:b@none (words)"}
+    models = {f"model:{m}@none@T{t}" for m in "ab" for t in ("0.7", "1.2")}
+    assert set(words.source) == {f"{s} (words)" for s in {"human:h", *models}}
     assert (words.groupby("doc_id").n_tokens.max() <= docs.groupby("doc_id").n_tokens.max()).all()
     table = table[~table.source_a.str.endswith("(words)")]
-    assert set(docs.source) == {"human:h", "model:a@none", "model:b@none"} and set(docs.length) == {-1, 10}
+    assert set(docs.source) == {"human:h", *models} and set(docs.length) == {-1, 10}
     assert (docs[docs.length == 10].n_tokens == 10).all()
-    assert set(zip(table.source_a, table.source_b)) == {("human:h", "model:a@none"), ("human:h", "model:b@none"), ("model:a@none", "model:b@none")}
-    assert (table.p_holm >= table.p).all()
-    h = table[(table.metric == "mean") & (table.source_b == "model:a@none") & (table.length == -1)].iloc[0]
-    assert h.cohens_d > 1 and h.p_holm < 0.01, "human surprisal drawn at twice the scale"
-    assert "uid_var_doc" in outs["txt"].read_text()
+    want = {("human:h", m) for m in models} | {(f"model:a@none@T{t}", f"model:b@none@T{t}") for t in ("0.7", "1.2")}
+    assert set(zip(table.source_a, table.source_b)) == want, "models compared at the same temperature only"
+    whole = table[table.length == -1]
+    assert (whole.n_a == 12).all() and (whole.n_b == 12).all(), "n counts prompts (3 samples each averaged), not samples"
+    assert (table.unit == "prompt").all() and (table.p_holm >= table.p).all()
+    # the unit's value is the mean of its samples' values
+    a07 = docs[(docs.source == "model:a@none@T0.7") & (docs.length == -1)]
+    m = table[(table.metric == "mean") & (table.source_b == "model:a@none@T0.7") & (table.length == -1)].iloc[0]
+    assert m.mean_b == pytest.approx(a07.groupby(a07.doc_id.str.split("|").str[0])["mean"].mean().mean())
+    assert m.cohens_d > 1 and m.p_holm < 0.01, "human surprisal drawn at twice the scale"
+    assert "uid_var_doc" in outs["txt"].read_text() and "Unit of analysis: the prompt" in outs["txt"].read_text()
 
 
 def test_word_ids_and_prompts_from_corpus(tmp_path, tiny_tokenizer):
@@ -151,16 +162,60 @@ def test_word_ids_and_prompts_from_corpus(tmp_path, tiny_tokenizer):
     from transformers import AutoTokenizer
 
     from lmdelta.completions import prompts_from_corpus, read_promptset
-    from lmdelta.uid import word_ids_from_tokens
+    from lmdelta.tokens import word_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
     ids = tok("assignment statements bind names", add_special_tokens=False).input_ids
-    w = word_ids_from_tokens(tok, ids)
+    w = word_ids(tok, ids)
     assert w[0] == 0 and w[-1] == 3 and w == sorted(w)
     corpus = tmp_path / "c.parquet"
     pd.DataFrame({"doc_id": ["a", "b", "c"], "text": ["First one. Then more text! End.", "No second sentence", "Q? Yes."]}).to_parquet(corpus)
-    n = prompts_from_corpus(corpus, tmp_path / "p.jsonl", name="news", n_prompts=None)
+    n = prompts_from_corpus(corpus, tmp_path / "p.jsonl", name="news", n_prompts=None, instruction="Continue: {prompt}")
     prompts = read_promptset(tmp_path / "p.jsonl")
     assert n == 2 and [p["prompt"] for p in prompts] == ["First one.", "Q?"]
-    assert prompts[0] == {"id": "a", "category": "news", "prompt": "First one.", "reference": "Then more text! End."}
+    assert prompts[0] == {"id": "a", "category": "news", "prompt": "First one.", "reference": "Then more text! End.",
+                          "chat_prompt": "Continue: First one."}
     assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])["reference"] == "Yes."
+
+
+def test_human_continuations_are_scored_like_model_texts(tmp_path, tiny_models):
+    """The matched human source: each prompt's reference, cut to the token budget, scored after the same context."""
+    import json
+
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmdelta.config import ModelSpec
+    from lmdelta.logprobs import LogprobParams
+    from lmdelta.models import materialise
+    from lmdelta.uid import score_texts
+
+    model_dir = tmp_path / "m"
+    materialise(ModelSpec(name="m", source={"local": {"path": str(tiny_models["gpt_neox"])}}), model_dir)
+    ps = tmp_path / "p.jsonl"
+    recs = [{"id": "a", "category": "news", "prompt": "Rivers flow.", "reference": "They carry water to the sea every single day."},
+            {"id": "b", "category": "news", "prompt": "Stones sit.", "reference": "Still."}]
+    ps.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cpu = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for context in ("none", "prompt"):
+        out = tmp_path / f"h.{context}.parquet"
+        score_texts(model_dir, ps, out, params=LogprobParams(max_length=64, stride=64, batch_tokens=256), load_options=cpu,
+                    context=context, human_tokens=5)
+        got = pd.read_parquet(out)
+        for r in recs:
+            text = tok(r["reference"], add_special_tokens=False).input_ids[:5]
+            ctx = tok(r["prompt"] + "\n", add_special_tokens=False).input_ids if context == "prompt" else []
+            seq = [tok.bos_token_id] + ctx + text
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([seq])).logits[0, :-1].double(), -1)
+            ref = lp.gather(1, torch.tensor(seq[1:])[:, None])[:, 0].numpy()[-len(text):]
+            mine = got[got.doc_id == f"{r['id']}|human|0"]
+            np.testing.assert_allclose(mine.logprob.to_numpy(), ref, atol=1e-5)
+    assert len(got[got.doc_id == "a|human|0"]) == 5, "cut to the budget"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "category": "c", "prompt": "Hi"}) + "\n")
+    with pytest.raises(LmdeltaError, match="no human continuation"):
+        score_texts(model_dir, bad, tmp_path / "x.parquet", params=LogprobParams(), load_options=cpu, context="none", human_tokens=5)

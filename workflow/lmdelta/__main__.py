@@ -227,7 +227,8 @@ def cmd_compare_diversity(a: argparse.Namespace) -> None:
 def cmd_prompts_from_corpus(a: argparse.Namespace) -> None:
     from lmdelta.completions import prompts_from_corpus
 
-    prompts_from_corpus(a.corpus, a.out, name=a.corpus_name, n_prompts=json.loads(a.n_prompts))
+    prompts_from_corpus(a.corpus, a.out, name=a.corpus_name, n_prompts=json.loads(a.n_prompts),
+                        instruction=json.loads(a.instruction))
 
 
 def cmd_uid_score_texts(a: argparse.Namespace) -> None:
@@ -235,7 +236,7 @@ def cmd_uid_score_texts(a: argparse.Namespace) -> None:
     from lmdelta.uid import score_texts
 
     score_texts(a.model_dir, a.completions, a.out, params=LogprobParams.from_dict(json.loads(a.params)),
-                load_options=json.loads(a.load_options), context=a.context, threads=a.threads)
+                load_options=json.loads(a.load_options), context=a.context, threads=a.threads, human_tokens=a.human_tokens)
 
 
 def cmd_uid(a: argparse.Namespace) -> None:
@@ -385,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_compare_diversity)
 
     sp = sub.add_parser("prompts-from-corpus", help="'continue the article' prompts from a corpus")
-    for opt in ("--corpus", "--corpus-name", "--out", "--n-prompts"):
+    for opt in ("--corpus", "--corpus-name", "--out", "--n-prompts", "--instruction"):
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_prompts_from_corpus)
 
@@ -393,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--model-dir", "--completions", "--out", "--params", "--load-options"):
         sp.add_argument(opt, required=True)
     sp.add_argument("--context", choices=["none", "prompt"], required=True)
+    sp.add_argument("--human-tokens", type=int, default=None,
+                    help="score a prompt set's human continuations (reference), cut to this many scorer tokens")
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_uid_score_texts)
 

@@ -1,6 +1,6 @@
 """Completions stage: sampled completions of a prompt set over a temperature grid, for one model.
 
-Prompt sets are JSONL files of ``{"id", "category", "prompt", "guide"?, "reference"?}``; ``guide`` is an
+Prompt sets are JSONL files of ``{"id", "category", "prompt", "guide"?, "reference"?, "chat_prompt"?}``; ``guide`` is an
 assistant prefix appended after the formatted prompt. Output ``results/completions/<set>/<model>.parquet``:
 prompt_id, category, temperature, sample, text, n_tokens, finish_reason, seed. All prompts x samples
 of a temperature are generated in batches of ``batch_size`` sequences with a KV cache; the seed of a
@@ -106,7 +106,7 @@ def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str
     rows = []
     if mine:
         model, tok = load_model(model_dir, **load_options)
-        seqs = [prompt_ids(tok, p["prompt"], fmt, guide=p.get("guide", "")) for p in prompts]
+        seqs = [prompt_ids(tok, p["prompt"], fmt, guide=p.get("guide", ""), chat_prompt=p.get("chat_prompt")) for p in prompts]
         check_context(model, seqs, params.max_new_tokens, tok)  # every prompt, before generating anything
         bar = tqdm(total=sum(len(jobs[b:b + params.batch_size]) for _, b in mine), desc=f"completions {Path(out).stem}",
                    unit=" seq", mininterval=2.0)
@@ -164,15 +164,19 @@ def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Pat
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_prompts: int | None) -> int:
-    """"Continue the article" prompts: each document's first sentence (reference: the rest)."""
+def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_prompts: int | None,
+                        instruction: str | None = None) -> int:
+    """"Continue the article" prompts: each document's first sentence (reference: the rest). With an
+    ``instruction`` (a format string with {prompt}), each record's ``chat_prompt`` is what a model that
+    reads a chat template is asked instead of the bare sentence."""
     import json
 
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, atomic_path
 
-    prov = Provenance(stage="prompts_from_corpus", params={"corpus": name, "n_prompts": n_prompts, "split": _SENTENCE_END.pattern})
+    prov = Provenance(stage="prompts_from_corpus", params={"corpus": name, "n_prompts": n_prompts, "split": _SENTENCE_END.pattern,
+                                                          "instruction": instruction})
     prov.add_input("corpus", corpus)
     df = pd.read_parquet(corpus, columns=["doc_id", "text"])
     if n_prompts is not None:
@@ -181,7 +185,9 @@ def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_pro
     for doc_id, text in zip(df.doc_id, df.text):
         parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
         if len(parts) == 2 and parts[0].strip() and parts[1].strip():
-            rows.append({"id": doc_id, "category": name, "prompt": parts[0].strip(), "reference": parts[1].strip()})
+            first = parts[0].strip()
+            rows.append({"id": doc_id, "category": name, "prompt": first, "reference": parts[1].strip(),
+                         **({"chat_prompt": instruction.format(prompt=first)} if instruction else {})})
     if not rows:
         raise LmdeltaError(f"promptsets: corpus {name} has no document with a first sentence and more text after it; check the corpus")
     with atomic_path(out, prov) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -98,8 +98,12 @@ def check_single_bos(tokenizer, ids: list[int]) -> None:
                            "already writes BOS: remove it from the text")
 
 
-def prompt_ids(tokenizer, prompt: str, fmt: TextFormat, *, guide: str = "") -> list[int]:
-    """Ids of a prompt as the model reads it: formatted, then the first-token rule."""
+def prompt_ids(tokenizer, prompt: str, fmt: TextFormat, *, guide: str = "", chat_prompt: str | None = None) -> list[int]:
+    """Ids of a prompt as the model reads it: formatted, then the first-token rule. ``chat_prompt``, when
+    given, replaces the prompt for a model that reads a chat template (e.g. an instruction to continue
+    a text that a base model reads bare)."""
+    if chat_prompt is not None and fmt.templated(tokenizer):
+        prompt = chat_prompt
     text = format_prompt(tokenizer, prompt, chat_template=fmt.chat_template, guide=guide, fmt=fmt.fmt)
     return encode(tokenizer, text, prefix=first_token_id(tokenizer, fmt.first_token), templated=fmt.templated(tokenizer))
 
@@ -128,3 +132,40 @@ def cut_at_eos(row: list[int], eos: tuple[int, ...]) -> tuple[int, bool]:
         if t in eos:
             return i + 1, True
     return len(row), False
+
+
+def word_ids(tokenizer, ids: list[int]) -> list[int]:
+    """The word (0, 1, ...) each token of ``ids`` belongs to, words being the whitespace-separated
+    pieces of the decoded text, whatever the tokenizer (byte-level BPE's "Ġ", SentencePiece's "▁").
+
+    Rule: a token belongs to the word that holds its first non-whitespace character; a token of
+    whitespace only belongs to the next word (the space before a word starts it, as in GPT-2's
+    tokens), or to the last word at the end of the text. So word sums of per-token values equal the
+    text's sum, and no token is lost or counted twice. The text is decoded once and re-encoded with
+    character offsets; if the re-encoding differs (a non-canonical tokenization), each token's own
+    piece is used instead: a piece that starts with whitespace or "▁" starts a word.
+    """
+    import re
+
+    ids = [int(i) for i in ids]
+    if not ids:
+        return []
+    text = tokenizer.decode(ids)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc.input_ids) == ids:
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+        out = []
+        for start, stop in enc.offset_mapping:
+            piece = text[start:stop]
+            lead = len(piece) - len(piece.lstrip())
+            pos = start + lead if lead < len(piece) else stop  # whitespace only: the next word
+            w = next((k for k, e in enumerate(ends) if pos < e), len(ends) - 1)
+            out.append(max(w, 0))
+        return out
+    out, word = [], -1
+    for i, t in enumerate(ids):
+        raw = tokenizer.convert_ids_to_tokens(t)
+        if i == 0 or raw.startswith("\u2581") or tokenizer.decode([t])[:1].isspace():
+            word += 1
+        out.append(word)
+    return out

@@ -15,20 +15,32 @@ Per document, for the token surprisals s_1..s_N:
 
 Length control: the same metrics on the first L tokens only; documents shorter than L are left out
 of that table (so that every document contributes exactly L tokens). Word level (option): token
-surprisals are summed into the words they belong to before any metric.
+surprisals are summed into the words they belong to before any metric (``lmdelta.tokens.word_ids``:
+whitespace-separated words, right for byte-level and SentencePiece tokenizers).
+
+Sources (the study's design): each model's texts per context (``none`` / ``prompt``) and temperature;
+human texts either matched, the human continuation of the same first sentence (a ``from_corpus``
+prompt set's ``reference``) cut to the model texts' token budget and scored with the same context
+choice, or unmatched, whole corpus documents (the logprobs stage's artifact). The unit of analysis is
+the prompt: the metrics of a prompt's samples (one model, context, temperature) are averaged before
+any test, so n counts prompts, not samples.
 
 Comparisons between two sources, per metric: Mann-Whitney U (two-sided), Cohen's d (pooled SD),
 a percentile bootstrap CI of the difference of means (seeded), and Holm-corrected p-values over all
-the comparisons of a table.
+the comparisons of a table. Pairs: each human source against the model sources of its context (an
+unmatched corpus against all), model sources against each other at the same context and temperature.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from lmdelta import LmdeltaError
 
 POWER_KS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 METRICS = ("mean", "median", "max", "uid_var_doc", "uid_var_corpus", "uid_pairwise_sq", "uid_pairwise_abs",
@@ -124,65 +136,72 @@ def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed:
 # Stage: score model texts, compute per-document metrics per source, compare sources
 
 
-def word_ids_from_tokens(tokenizer, ids: Sequence[int]) -> list[int]:
-    """Word index of each token: a token whose text starts with whitespace starts a new word."""
-    out, word = [], -1
-    for i, t in enumerate(ids):
-        piece = tokenizer.decode([int(t)])
-        if i == 0 or piece[:1].isspace():
-            word += 1
-        out.append(word)
+def _scored_items(df, prompts: dict[str, str], tok, context: str, head: list[int], human_tokens: int | None):
+    """(doc_id, token ids to score, index of the first text token) per row; ``human_tokens`` cuts texts
+    (the human continuations) to that many scorer tokens."""
+    out = []
+    for row in df.itertuples():
+        ctx = tok(prompts[row.prompt_id] + "\n", add_special_tokens=False).input_ids if context == "prompt" else []
+        text = tok(row.text, add_special_tokens=False).input_ids
+        if human_tokens is not None:
+            text = text[:human_tokens]
+        temp = "human" if human_tokens is not None else f"{float(row.temperature):g}"
+        out.append((f"{row.prompt_id}|{temp}|{int(row.sample)}", head + ctx + text, len(head) + len(ctx)))
     return out
 
 
-def score_texts(model_dir, completions, out, *, params, load_options: dict, context: str, threads: int | None = None) -> int:
-    """Per-token logprobs of completion texts under a scorer model, with or without their prompt as
-    context (``context`` = ``prompt`` | ``none``); only the completion's own tokens are kept.
-    doc_id = ``<prompt_id>|<temperature>|<sample>``; ``position`` counts the completion's tokens."""
+def score_texts(model_dir, completions, out, *, params, load_options: dict, context: str, threads: int | None = None,
+                human_tokens: int | None = None) -> int:
+    """Per-token logprobs of texts under a scorer model, with or without their prompt as context
+    (``context`` = ``prompt`` | ``none``: the prompt, then a newline, then the text); only the text's own
+    tokens are kept. ``completions`` is a completions artifact (model texts: doc_id =
+    ``<prompt_id>|<temperature>|<sample>``) or, with ``human_tokens``, a prompt set whose records carry
+    the human continuation (``reference``), cut to its first ``human_tokens`` scorer tokens (doc_id =
+    ``<prompt_id>|human|0``). ``position`` counts the text's tokens."""
     import pandas as pd
     import pyarrow as pa
     import torch
 
     from lmdelta.artifacts import Provenance, write_parquet
+    from lmdelta.completions import read_promptset
     from lmdelta.logprobs import prefix_token
     from lmdelta.models import load_model, read_fingerprint
     from lmdelta.scoring import score_sequences
 
     if threads:
         torch.set_num_threads(threads)
-    df = pd.read_parquet(completions)
-    prompts = _completion_prompts(completions)
-    prov = Provenance(stage="uid_score_texts", params={"context": context, "scoring": params.__dict__, "load_options": load_options,
-                                                      "units": "nats"})
+    if human_tokens is None:
+        df = pd.read_parquet(completions)
+        prompts = _completion_prompts(completions)
+    else:
+        records = read_promptset(completions)
+        missing = [r["id"] for r in records if not r.get("reference")]
+        if missing:
+            raise LmdeltaError(f"uid: prompt set {Path(completions).name} has no human continuation ('reference') for {missing[0]!r}; "
+                               "human texts matched to prompts need a from_corpus prompt set")
+        df = pd.DataFrame({"prompt_id": [r["id"] for r in records], "text": [r["reference"] for r in records], "sample": 0})
+        prompts = {r["id"]: r["prompt"] for r in records}
+    prov = Provenance(stage="uid_score_texts", params={"context": context, "context_separator": "\n", "scoring": asdict(params),
+                                                      "load_options": load_options, "units": "nats",
+                                                      "source": "model" if human_tokens is None else "human",
+                                                      "human_tokens": human_tokens})
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
-    prov.add_input("completions", completions)
+    prov.add_input("texts", completions)
     model, tok = load_model(model_dir, **load_options)
     prefix, _ = prefix_token(tok, params.first_token)
-    head = [prefix] if prefix is not None else []
-    seqs, starts, keep = [], [], []
-    for i, row in enumerate(df.itertuples()):
-        ctx = tok(prompts[row.prompt_id] + "\n", add_special_tokens=False).input_ids if context == "prompt" else []
-        text = tok(row.text, add_special_tokens=False).input_ids
-        seq = head + ctx + text
-        start = len(head) + len(ctx)  # index in seq of the first completion token
-        if not text or start == 0 and len(text) < 2:
-            continue
-        seqs.append(seq)
-        starts.append(start)
-        keep.append(i)
+    items = [it for it in _scored_items(df, prompts, tok, context, [prefix] if prefix is not None else [], human_tokens)
+             if len(it[1]) > it[2] and (it[2] > 0 or len(it[1]) >= 2)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scores = score_sequences(model, seqs, max_length=params.max_length, stride=params.stride, batch_tokens=params.batch_tokens,
-                             pad_token_id=pad, chunk_positions=params.chunk_positions)
+    scores = score_sequences(model, [seq for _, seq, _ in items], max_length=params.max_length, stride=params.stride,
+                             batch_tokens=params.batch_tokens, pad_token_id=pad, chunk_positions=params.chunk_positions)
     rows = {"doc_id": [], "position": [], "token_id": [], "logprob": []}
-    for i, start, sc in zip(keep, starts, scores):
-        r = df.iloc[i]
+    for (doc_id, _, start), sc in zip(items, scores):
         first = max(start - 1, 0)  # scores[j] scores seq id j + 1
-        offset = 0 if start >= 1 else 1  # with nothing before it, the first completion token is not scored
+        offset = 0 if start >= 1 else 1  # with nothing before it, the first text token is not scored
         lp = sc.logprob[first:]
-        ids = sc.token_ids[first:]
-        rows["doc_id"] += [f"{r.prompt_id}|{float(r.temperature):g}|{int(r['sample'])}"] * len(lp)
+        rows["doc_id"] += [doc_id] * len(lp)
         rows["position"] += list(range(offset, offset + len(lp)))
-        rows["token_id"] += ids.tolist()
+        rows["token_id"] += sc.token_ids[first:].tolist()
         rows["logprob"] += lp.tolist()
     table = pa.table({"doc_id": pa.array(rows["doc_id"], pa.string()), "position": pa.array(rows["position"], pa.int32()),
                       "token_id": pa.array(rows["token_id"], pa.int32()), "logprob": pa.array(rows["logprob"], pa.float32())})
@@ -212,16 +231,31 @@ def source_metrics(tokens, *, source: str, lengths: Sequence[int | None], word_i
             continue
         mu = float(np.concatenate(list(cut.values())).mean())
         for d, s in cut.items():
-            rows.append({"source": source, "length": -1 if length is None else length, "doc_id": d, **doc_metrics(s, mu)})
+            rows.append({"source": source, "length": -1 if length is None else length, "doc_id": d,
+                         "unit": d.split("|", 1)[0], **doc_metrics(s, mu)})
     return rows
 
 
-def comparisons(docs, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
-    """Every metric, length and pair of sources compared; Holm over the whole table."""
+def per_unit(docs):
+    """The unit of analysis: one row per source, length and prompt (a human document is its own unit),
+    each metric the mean over that prompt's samples; ``n_docs`` counts them."""
+    import pandas as pd
+
+    if docs.empty:
+        return docs
+    cols = ["n_tokens", *METRICS]
+    g = docs.groupby(["source", "length", "unit"], sort=False)
+    out = g[cols].mean()
+    out["n_docs"] = g.size()
+    return out.reset_index().astype({"n_docs": "int64"}).pipe(pd.DataFrame)
+
+
+def comparisons(units, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
+    """Every metric, length and pair of sources compared on their units (prompts); Holm over the whole table."""
     import pandas as pd
 
     out = []
-    for length, g in docs.groupby("length", sort=True):
+    for length, g in units.groupby("length", sort=True):
         for a, b in pairs:
             va, vb = g[g.source == a], g[g.source == b]
             if len(va) < 2 or len(vb) < 2:
@@ -230,7 +264,8 @@ def comparisons(docs, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
                 x, y = va[metric].dropna().to_numpy(), vb[metric].dropna().to_numpy()
                 if len(x) < 2 or len(y) < 2:
                     continue
-                out.append({"length": length, "metric": metric, "source_a": a, "source_b": b, **compare(x, y, n_boot=n_boot, seed=seed)})
+                out.append({"length": length, "metric": metric, "source_a": a, "source_b": b, "unit": "prompt",
+                            **compare(x, y, n_boot=n_boot, seed=seed)})
     table = pd.DataFrame(out)
     if len(table):
         table["p_holm"] = holm(table["p"].to_numpy())
@@ -240,26 +275,50 @@ def comparisons(docs, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
 def summary_text(table, scorer: str) -> str:
     """A few lines: for each pair, UID variance (whole texts and length-controlled) with its test."""
     lines = [f"Surprisal scorer: {scorer}. Units: bits. Length -1 = whole documents, L = first L tokens only.",
+             "Unit of analysis: the prompt (a model's samples of one prompt at one temperature are averaged; a human "
+             "document is one unit): n_a, n_b count prompts.",
              "Positive d: source_a has the larger value. p_holm: Holm-corrected over every comparison of the table.", ""]
     if table.empty:
-        return "\n".join(lines + ["No pair of sources had at least two documents each."])
+        return "\n".join(lines + ["No pair of sources had at least two units each."])
     for (length, a, b), g in table[table.metric.isin(["uid_var_doc", "mean"])].groupby(["length", "source_a", "source_b"], sort=False):
         for r in g.itertuples():
-            lines.append(f"L={length:>4}  {r.metric:<12} {a} {r.mean_a:.3f} vs {b} {r.mean_b:.3f}  d={r.cohens_d:+.2f}  "
+            lines.append(f"L={length:>4}  {r.metric:<12} {a} {r.mean_a:.3f} vs {b} {r.mean_b:.3f} (n={r.n_a}/{r.n_b})  d={r.cohens_d:+.2f}  "
                          f"CI[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]  p_holm={r.p_holm:.3g}")
     return "\n".join(lines) + "\n"
+
+
+def _model_sources(tokens, name: str) -> dict[str, object]:
+    """A model's texts split by temperature: "model:<model>@<context>@T<t>" -> its token table."""
+    temp = tokens["doc_id"].str.split("|", n=2, expand=True)[1] if len(tokens) else tokens["doc_id"]
+    return {f"model:{name}@T{t}": g for t, g in tokens.groupby(temp, sort=True)}
+
+
+def source_pairs(sources: list[str]) -> list[tuple[str, str]]:
+    """The comparisons the study needs: each human source against the model sources of the same
+    context (a corpus, unmatched, against all), and model sources of the same context and temperature."""
+    def ctx(s):  # "model:m@none@T1" -> ("none", "T1"); "human:continuation@none" -> ("none", None)
+        parts = s.split("@")
+        return (parts[1] if len(parts) > 1 else None), (parts[2] if len(parts) > 2 else None)
+
+    humans = [s for s in sources if s.startswith("human:")]
+    models = [s for s in sources if s.startswith("model:")]
+    pairs = [(h, m) for h in humans for m in models if ctx(h)[0] in (None, ctx(m)[0])]
+    pairs += [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if ctx(a) == ctx(b)]
+    return pairs
 
 
 def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path], lengths: Sequence[int | None],
             n_boot: int, seed: int, out_docs: Path, out_csv: Path, out_txt: Path, out_png: Path, out_contours: Path,
             word_level: bool = False, tokenizer_dir: Path | None = None):
-    """The UID stage for one scorer: ``human`` maps corpus name -> logprobs artifact, ``model_texts``
-    maps "<model>@<context>" -> scored completions. Sources are compared pairwise (human vs each
-    model source; models with each other under the same context)."""
+    """The UID stage for one scorer: ``human`` maps a human source name -> its scored tokens (a corpus's
+    logprobs artifact, or "continuation@<context>" -> the prompt set's human continuations scored like
+    the model texts), ``model_texts`` maps "<model>@<context>" -> scored completions (split here by
+    temperature). Metrics per document (docs.parquet), compared per prompt (``per_unit``)."""
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
     from lmdelta.plots import save_figure, surprisal_contours_figure, uid_figure
+    from lmdelta.tokens import word_ids as words_of
 
     tok = None
     if word_level:
@@ -267,27 +326,28 @@ def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path]
 
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     prov = Provenance(stage="uid", params={"scorer": scorer, "lengths": list(lengths), "n_boot": n_boot, "units": "bits",
-                                           "word_level": word_level,
+                                           "word_level": word_level, "unit_of_analysis": "prompt (samples averaged)",
                                            "normalisers": {"uid_var": "N", "uid_pairwise": "N-1"}, "power_ks": list(POWER_KS)}, seed=seed)
+    tables = {}
+    for name, path in human.items():
+        prov.add_input(f"human:{name}", path)
+        tables[f"human:{name}"] = pd.read_parquet(path, columns=["doc_id", "token_id", "logprob"])
+    for name, path in model_texts.items():
+        prov.add_input(f"model:{name}", path)
+        tables.update(_model_sources(pd.read_parquet(path, columns=["doc_id", "token_id", "logprob"]), name))
     rows, examples = [], {}
-    sources = {**{f"human:{c}": p for c, p in human.items()}, **{f"model:{m}": p for m, p in model_texts.items()}}
-    for source, path in sources.items():
-        prov.add_input(source, path)
-        tokens = pd.read_parquet(path, columns=["doc_id", "token_id", "logprob"])
+    for source, tokens in tables.items():
         rows += source_metrics(tokens, source=source, lengths=lengths)
         if tok is not None:
-            words = {d: word_ids_from_tokens(tok, g["token_id"].tolist()) for d, g in tokens.groupby("doc_id", sort=True)}
+            words = {d: words_of(tok, g["token_id"].tolist()) for d, g in tokens.groupby("doc_id", sort=True)}
             rows += [{**r, "source": f"{source} (words)"} for r in source_metrics(tokens, source=source, lengths=lengths, word_ids=words)]
         first = tokens[tokens.doc_id == tokens.doc_id.iloc[0]] if len(tokens) else tokens
         examples[source] = surprisal_bits(first["logprob"].to_numpy())
     docs = pd.DataFrame(rows)
-    humans = [s for s in sources if s.startswith("human:")]
-    models = [s for s in sources if s.startswith("model:")]
-    pairs = [(h, m) for h in humans for m in models]
-    pairs += [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if a.split("@")[1] == b.split("@")[1]]
+    pairs = source_pairs(list(tables))
     if tok is not None:
         pairs += [(f"{a} (words)", f"{b} (words)") for a, b in list(pairs)]
-    table = comparisons(docs, pairs, n_boot=n_boot, seed=seed)
+    table = comparisons(per_unit(docs), pairs, n_boot=n_boot, seed=seed)
     write_parquet(out_docs, docs, prov)
     write_csv(out_csv, table, prov)
     with atomic_path(out_txt, prov) as tmp:

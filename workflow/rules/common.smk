@@ -362,6 +362,10 @@ def prompts_n(wildcards):
     return json.dumps(config["promptsets"][wildcards.promptset]["from_corpus"]["n_prompts"])
 
 
+def prompts_instruction(wildcards):
+    return json.dumps(config["promptsets"][wildcards.promptset]["from_corpus"]["instruction"])
+
+
 def completion_params(wildcards):
     c = config["completions"]
     return json.dumps({k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")})
@@ -414,9 +418,25 @@ def scorer_load_options(wildcards):
     return json.dumps(model_load_options(wildcards.scorer))
 
 
+def uid_matched(promptset):
+    """A from_corpus prompt set carries the human continuation of each prompt: the human source then is
+    that continuation, scored like the model texts (else whole corpus documents, unmatched)."""
+    return "from_corpus" in config["promptsets"][promptset]
+
+
+def uid_human_tokens(wildcards):
+    """The human continuations' budget in scorer tokens: uid.human_tokens, else completions.max_new_tokens."""
+    return config["uid"]["human_tokens"] or config["completions"]["max_new_tokens"]
+
+
 def uid_inputs(wildcards):
+    if uid_matched(wildcards.promptset):
+        human = expand("results/uid/{promptset}/{scorer}/human.{context}.parquet", promptset=wildcards.promptset,
+                       scorer=wildcards.scorer, context=config["uid"]["contexts"])
+    else:
+        human = expand("results/logprobs/{corpus}/{scorer}.parquet", corpus=uid_corpora(wildcards.promptset), scorer=wildcards.scorer)
     return {
-        "human": expand("results/logprobs/{corpus}/{scorer}.parquet", corpus=uid_corpora(wildcards.promptset), scorer=wildcards.scorer),
+        "human": human,
         "model_texts": expand("results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet", promptset=wildcards.promptset,
                               scorer=wildcards.scorer, model=uid_models(), context=config["uid"]["contexts"]),
     }
@@ -424,7 +444,11 @@ def uid_inputs(wildcards):
 
 def uid_names(wildcards):
     models = [f"{m}@{c}" for m in uid_models() for c in config["uid"]["contexts"]]
-    return f"--human-names {' '.join(uid_corpora(wildcards.promptset))} --model-names {' '.join(models)}"
+    if uid_matched(wildcards.promptset):
+        humans = [f"continuation@{c}" for c in config["uid"]["contexts"]]
+    else:
+        humans = uid_corpora(wildcards.promptset)
+    return f"--human-names {' '.join(humans)} --model-names {' '.join(models)}"
 
 
 def uid_params(wildcards):

@@ -9,6 +9,7 @@ rule prompts_from_corpus:
     params:
         corpus=prompts_corpus_name,
         n=prompts_n,
+        instruction=prompts_instruction,
     conda:
         CONDA_ENV
     log:
@@ -17,7 +18,7 @@ rule prompts_from_corpus:
         "benchmarks/prompts_from_corpus/{promptset}.tsv"
     shell:
         "python -m lmdelta --log {log} prompts-from-corpus --corpus {input} --corpus-name {params.corpus}"
-        " --n-prompts {params.n:q} --out {output}"
+        " --n-prompts {params.n:q} --instruction {params.instruction:q} --out {output}"
 
 
 rule completions_shard:

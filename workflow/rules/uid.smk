@@ -27,6 +27,33 @@ rule uid_score_texts:
         " --threads {threads}"
 
 
+rule uid_score_human:
+    input:
+        model=scorer_input,
+        promptset="results/prompts/{promptset}.jsonl",
+    output:
+        "results/uid/{promptset}/{scorer}/human.{context}.parquet",
+    params:
+        params=scorer_params,
+        options=scorer_load_options,
+        tokens=uid_human_tokens,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/uid_score_human/{promptset}/{scorer}.{context}.log",
+    benchmark:
+        "benchmarks/uid_score_human/{promptset}/{scorer}.{context}.tsv"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=job_gpus,
+    shell:
+        "python -m lmdelta --log {log} uid-score-texts --model-dir {input.model} --completions {input.promptset}"
+        " --out {output} --params {params.params:q} --load-options {params.options:q} --context {wildcards.context}"
+        " --human-tokens {params.tokens} --threads {threads}"
+
+
 rule uid:
     input:
         unpack(uid_inputs),
