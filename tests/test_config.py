@@ -77,7 +77,7 @@ BAD = [
     (_with("logprobs", {"max_length": 128, "stride": 256}), ["logprobs.stride (256) > max_length (128)", "lower stride"]),
     (_with("logprobs", {"max_length": 1024, "batch_tokens": 512}), ["logprobs.batch_tokens (512) < max_length (1024)"]),
     (_with("logprobs", {"models": ["nope"]}), ["logprobs.models: 'nope' is not defined under models:", "use one of m"]),
-    (_with("logprobs", {"corpora": []}), ["logprobs.corpora", "should be non-empty"]),
+    (_with("logprobs", {"corpora": "c"}), ["logprobs.corpora", "expected array or null"]),
     (_with("logprobs", {"first_token": "bos"}), ["logprobs: unknown key 'first_token'", "allowed keys"]),
     (_with("models.m.first_token", 3), ["models.m.first_token", "expected string"]),
     (_with("models.t", {"source": {"derive": {"from": "nope", "data": {"file": {"path": __file__}}}}}),
@@ -213,3 +213,17 @@ def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere)
         assert (list(have) if isinstance(have, tuple) else have) == want, f"{cls}.{f.name}: schema {want!r}, stage {have!r}"
     with pytest.raises(LmdeltaError, match="unknown key.*'no_such_key'"):
         klass.from_dict({"no_such_key": 1})
+
+
+def test_an_empty_selection_turns_a_section_off(tmp_path):
+    """[] selects nothing: a paper config that studies one stage runs only that stage."""
+    base = {**GOOD, "pairs": {"p": {"a": "m", "b": "m"}}}
+    (tmp_path / "on.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "off.yaml").write_text(yaml.safe_dump({**base, "logprobs": {"models": []}, "completions": {"models": []},
+                                                       "uid": {"scorers": []}}))
+    on = _snakemake("-n", "--cores", "1", "--configfile", "on.yaml", cwd=tmp_path)
+    off = _snakemake("-n", "--cores", "1", "--configfile", "off.yaml", cwd=tmp_path)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    for rule in ("logprobs_shard", "completions_shard", "diversity", "uid"):
+        assert f"rule {rule}:" in on.stdout and f"rule {rule}:" not in off.stdout, rule
+    assert "rule materialise_model:" in off.stdout

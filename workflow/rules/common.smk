@@ -87,8 +87,8 @@ def all_targets():
         *expand("results/corpus/{corpus}.parquet", corpus=config["corpora"]),
         *logprobs_targets(),
         *expand("results/planted/{model}.json", model=planted_models(config)),
-        *expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets")),
-        *expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptsets(), scorer=uid_scorers()),
+        *diversity_targets(),
+        *uid_targets(),
         *expand("results/contrastive/{pair}/{run}.parquet", pair=selected(config, "contrastive", "pairs"),
                 run=config["contrastive"]["runs"]),
         *expand("results/search/{pair}/{run}/clusters.csv", pair=selected(config, "search", "pairs"),
@@ -254,6 +254,8 @@ def logprobs_shards(wildcards):
 def logprobs_targets():
     corpora = selected(config, "logprobs", "corpora")
     models = selected(config, "logprobs", "models")
+    if not corpora or not models:  # the section is off
+        return []
     return [
         *expand("results/entropy_perplexity/{corpus}/{model}.json", corpus=corpora, model=models),
         *expand("results/entropy_perplexity/{corpus}/comparison.csv", corpus=corpora),
@@ -393,15 +395,31 @@ def completion_models(wildcards):
 
 
 def uid_scorers():
-    return config["uid"]["scorers"] or [next(iter(config["models"]))]
+    """The scorers (null: the first model; []: none, the UID stage is off)."""
+    s = config["uid"]["scorers"]
+    return [next(iter(config["models"]))] if s is None else list(s)
 
 
 def uid_promptsets():
-    return config["uid"]["promptsets"] or selected(config, "completions", "promptsets")
+    p = config["uid"]["promptsets"]
+    return selected(config, "completions", "promptsets") if p is None else list(p)
 
 
 def uid_models():
-    return config["uid"]["models"] or selected(config, "completions", "models")
+    m = config["uid"]["models"]
+    return selected(config, "completions", "models") if m is None else list(m)
+
+
+def uid_targets():
+    if not uid_models():
+        return []
+    return expand("results/uid/{promptset}/{scorer}/comparisons.csv", promptset=uid_promptsets(), scorer=uid_scorers())
+
+
+def diversity_targets():
+    if not selected(config, "completions", "models"):
+        return []
+    return expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets"))
 
 
 def uid_corpora(promptset):

@@ -1,0 +1,181 @@
+"""Every paper configuration in configs/ runs end to end on stand-ins, through Snakemake.
+
+Each ``configs/*.yaml`` is taken as it is, except: every model's hub source becomes a tiny model of
+the same family (``tests/families.py``: its architecture and tokenizer conventions; instruct/chat/
+tuned ids get the family's instruct tokenizer and their own weights), every remote corpus becomes a
+small file of the same format (a ``.jsonl.zst`` served on 127.0.0.1 for a URL source, a local dataset
+folder for an ``hf_dataset`` source), and sizes shrink (documents, prompts, samples, steps, cycles,
+tokens) so that each runs in about a minute. Models whose stand-ins would be alike in everything but
+their weights (same family, same variant, same settings: the six Pythia sizes) are represented by the
+first of them, unless a pair, an assistant or a scorer names them; likewise "continue the article"
+prompt sets made from corpora of the same source kind (the UID study's two news/story sets). Every other key, prompt formats,
+chat templates, dtypes, placements, divergences, weightings and ablations included, is the paper's. A config added to
+configs/ is covered without touching this file; one whose models have no stand-in family fails with a
+message naming the hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from families import build_family, family_of_hf_id
+from test_workflow import snakemake
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+# caps on numbers that only make a run longer (the structure of the config is kept)
+CAPS = {"n_docs": 6, "n_prompts": 3, "samples": 2, "max_new_tokens": 6, "steps": 2, "cycles": 1, "requests": 1, "proposals": 2,
+        "shown": 2, "n_tokens": 2, "seq_len": 12, "batch": 2, "accumulation": 1, "eval_windows": 2, "eval_every": 1,
+        "checkpoint_every": 1, "warmup_steps": 1, "pez_steps": 1, "pez_keep": 1, "n_generate": 2, "generate_tokens": 3, "n_top": 2,
+        "confirm_top": 2, "confirm_samples": 1, "k_clusters": 2, "k": 2, "unconditional": 2, "n_boot": 100, "max_length": 64,
+        "stride": 64, "part_docs": 4, "rescore_top": 1, "patience": 1, "batch_size": 8, "n_generations": 4}
+TEXTS_PER_TEMPERATURE = 2
+
+
+def _shrink(node, key=None):
+    if isinstance(node, dict):
+        return {k: _shrink(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        if key == "temperatures":
+            return node[:TEXTS_PER_TEMPERATURE]
+        if key == "lengths":
+            return [None if x is None else min(x, 4) for x in node]
+        return [_shrink(v) for v in node]
+    if key in CAPS and isinstance(node, int) and not isinstance(node, bool):
+        return min(node, CAPS[key])
+    return node
+
+
+def _documents(n: int = 12) -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [" ".join(topics[k].split())[:1500] for k in sorted(topics)[:n]]
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    """A cache of built stand-in models: (family, instruct, seed) -> folder."""
+    root = tmp_path_factory.mktemp("stand-ins")
+    built: dict[tuple, Path] = {}
+
+    def get(hf_id: str) -> Path:
+        family, instruct = family_of_hf_id(hf_id)
+        seed = zlib.crc32(hf_id.encode()) % 1000  # models of one family differ in their weights
+        key = (family, instruct, seed)
+        if key not in built:
+            built[key] = build_family(family, root / f"{family}-{int(instruct)}-{seed}", instruct=instruct, seed=seed)
+        return built[key]
+
+    return get
+
+
+def _named_elsewhere(cfg: dict) -> set[str]:
+    """Models a pair, a search assistant, a derivation or the UID scorers name."""
+    names = {p[s] for p in cfg.get("pairs", {}).values() for s in ("a", "b")}
+    names |= {r["assistant"]["model"] for r in cfg.get("search", {}).get("runs", {}).values() if "model" in r.get("assistant", {})}
+    names |= set(cfg.get("uid", {}).get("scorers") or [])
+    for m in cfg["models"].values():
+        for kind, key in (("derive", "from"), ("variant_of", "model"), ("interpolate", "a"), ("interpolate", "b")):
+            if kind in m["source"]:
+                names.add(m["source"][kind][key])
+    return names
+
+
+def _representatives(cfg: dict) -> dict[str, str]:
+    """model -> the model that represents it (itself, or the first one its stand-in would equal)."""
+    keep, first = {}, {}
+    named = _named_elsewhere(cfg)
+    for name, m in cfg["models"].items():
+        if "hf" not in m["source"] or name in named:
+            keep[name] = name
+            continue
+        key = (*family_of_hf_id(m["source"]["hf"]["id"]), json.dumps({k: v for k, v in m.items() if k != "source"}, sort_keys=True))
+        keep[name] = first.setdefault(key, name)
+    return keep
+
+
+def _merge_alike_promptsets(cfg: dict) -> None:
+    """Keep the first from_corpus prompt set per corpus source kind (and drop corpora nothing uses then)."""
+    first, drop = {}, set()
+    for name, ps in cfg.get("promptsets", {}).items():
+        if "from_corpus" in ps:
+            kind = next(iter(cfg["corpora"][ps["from_corpus"]["corpus"]]["source"]))
+            if first.setdefault(kind, name) != name:
+                drop.add(name)
+    if not drop:
+        return
+    dropped_corpora = {cfg["promptsets"][n]["from_corpus"]["corpus"] for n in drop}
+    cfg["promptsets"] = {n: p for n, p in cfg["promptsets"].items() if n not in drop}
+    for section in ("completions", "uid"):
+        if cfg.get(section, {}).get("promptsets"):
+            cfg[section]["promptsets"] = [p for p in cfg[section]["promptsets"] if p not in drop]
+    used = {p["from_corpus"]["corpus"] for p in cfg["promptsets"].values() if "from_corpus" in p}
+    cfg["corpora"] = {n: c for n, c in cfg["corpora"].items() if n not in dropped_corpora or n in used}
+
+
+def stand_in_config(path: Path, tmp_path: Path, stand_ins, base_url: str, www: Path) -> dict:
+    cfg = yaml.safe_load(path.read_text())
+    rep = _representatives(cfg)
+    cfg["models"] = {n: m for n, m in cfg["models"].items() if rep[n] == n}
+    for section, key in (("logprobs", "models"), ("completions", "models"), ("uid", "models"), ("uid", "scorers")):
+        chosen = cfg.get(section, {}).get(key)
+        if chosen:
+            cfg[section][key] = list(dict.fromkeys(rep[n] for n in chosen))
+    _merge_alike_promptsets(cfg)
+    for model in cfg["models"].values():
+        src = model["source"]
+        if "hf" in src:
+            model["source"] = {"local": {"path": str(stand_ins(src["hf"]["id"]))}}
+    docs = _documents()
+    for name, corpus in cfg.get("corpora", {}).items():
+        src = corpus["source"]
+        if "url" in src:
+            url = src["url"]
+            fmt = url.get("format") or ("jsonl.zst" if url["url"].endswith(".jsonl.zst") else None)
+            assert fmt == "jsonl.zst", f"{path.name}: corpora.{name}: add a stand-in for format {fmt!r}"
+            import zstandard
+
+            field = url.get("text_field", "text")
+            payload = zstandard.ZstdCompressor().compress("".join(json.dumps({field: d, "meta": {}}) + "\n" for d in docs).encode())
+            (www / f"{name}.jsonl.zst").write_bytes(payload)
+            corpus["source"] = {"url": {**url, "url": f"{base_url}/{name}.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}}
+        elif "hf_dataset" in src:
+            h = src["hf_dataset"]
+            folder = tmp_path / "datasets" / name
+            folder.mkdir(parents=True)
+            (folder / f"{h.get('split', 'validation')}.jsonl").write_text(
+                "".join(json.dumps({h.get("text_field", "text"): d}) + "\n" for d in docs))
+            corpus["source"] = {"hf_dataset": {**h, "name": str(folder), "config": None, "revision": None}}
+    for ps in cfg.get("promptsets", {}).values():  # prompt files are relative to the project
+        if "file" in ps:
+            ps["file"] = str(ROOT / ps["file"])
+    return _shrink(cfg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
+    www, base_url = http_server
+    cfg = stand_in_config(path, tmp_path, stand_ins, base_url, www)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = snakemake("--configfile", "config.yaml", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, f"{path.name}:\n{r.stderr[-4000:]}"
+    assert "Nothing to be done" not in r.stdout + r.stderr
+    written = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file()}
+
+    def on(section, key):  # a section is off when its selection is [] (or it has no runs)
+        return section in cfg and cfg[section].get(key, None) != []
+
+    expected = {"results/entropy_perplexity/": on("logprobs", "models"), "results/diversity/": on("completions", "models"),
+                "results/uid/": on("completions", "models") and on("uid", "scorers"),
+                "results/contrastive/": bool(cfg.get("contrastive", {}).get("runs")),
+                "results/search/": bool(cfg.get("search", {}).get("runs")),
+                "results/hardprompt/": bool(cfg.get("softprompt", {}).get("runs"))}
+    for prefix, want in expected.items():
+        assert any(w.startswith(prefix) for w in written) == want, f"{path.name}: {prefix} {'missing' if want else 'written though off'}"
