@@ -337,3 +337,49 @@ def test_chat_models_get_the_instruction_base_models_the_bare_prompt(family_dirs
     if tok.chat_template:
         chat = prompt_ids(tok, "Rivers flow.", TextFormat(), chat_prompt="Continue: Rivers flow.")
         assert "Continue: Rivers flow." in tok.decode(chat)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_completions_uid_and_comparator_run(family_dirs, name, tmp_path):
+    """The completions stage (base model raw, instruct model through its template and the prompt's
+    chat_prompt), UID scoring of model and human texts, and the comparator export, on the family."""
+    import json
+
+    import pandas as pd
+
+    from lmdelta.comparator import run_comparator
+    from lmdelta.completions import CompletionParams, run_completions
+    from lmdelta.logprobs import LogprobParams
+    from lmdelta.uid import score_texts
+
+    d = family_dirs[name]
+    ps = tmp_path / "p.jsonl"
+    ps.write_text("".join(json.dumps({"id": f"p{i}", "category": "news", "prompt": p, "reference": "And then the river ran on.",
+                                      "chat_prompt": f"Continue the following text.\n\n{p}"}) + "\n"
+                          for i, p in enumerate(PROMPTS[:2])))
+    fmts = {"base": {"chat_template": False}, "tuned": {"chat_template": True}}
+    comp, div = [], []
+    for role in ("tuned", "base"):
+        out = tmp_path / f"c_{role}.parquet"
+        run_completions(d[role], ps, out, params=CompletionParams(temperatures=(1.0,), samples=2, max_new_tokens=5, batch_size=4),
+                        load_options=CPU, text_format=fmts[role])
+        df = pd.read_parquet(out)
+        assert len(df) == 4 and df.n_tokens.between(1, 5).all()
+        comp.append(out)
+        div.append(tmp_path / f"d_{role}.parquet")
+        pd.DataFrame([{"prompt_id": f"p{i}", "category": "news", "temperature": 1.0, "truncate_words": -1, "distinct_2": 0.5,
+                       "self_bleu": 0.2} for i in range(2)]).to_parquet(div[-1])
+    for context in ("none", "prompt"):
+        scored = tmp_path / f"s.{context}.parquet"
+        score_texts(d["base"], comp[1], scored, params=LogprobParams(max_length=64, stride=64, batch_tokens=256), load_options=CPU,
+                    context=context)
+        assert set(pd.read_parquet(scored).doc_id.str.split("|").str[0]) <= {"p0", "p1"}
+        human = tmp_path / f"h.{context}.parquet"
+        score_texts(d["base"], ps, human, params=LogprobParams(max_length=64, stride=64, batch_tokens=256), load_options=CPU,
+                    context=context, human_tokens=4)
+        assert pd.read_parquet(human).groupby("doc_id").size().max() <= 4
+    doc = run_comparator(pair=name, names=("tuned", "base"), model_dirs=(d["tuned"], d["base"]), load_options=(CPU, CPU),
+                         formats=(fmts["tuned"], fmts["base"]), promptset=ps, completions=tuple(comp), diversity=tuple(div),
+                         planted=None, out=tmp_path / "cmp.json")
+    assert len(doc["examples"]) == 4
+    assert all(math.isfinite(x) for e in doc["examples"] for x in e["custom_fields"]["kl_a_b"] if x is not None)
