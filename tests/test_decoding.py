@@ -90,3 +90,20 @@ def test_contrastive_decoding_matches_a_plain_loop(tiny_models):
             sb.append(t)
     assert got[0].tolist() == ref
     np.testing.assert_allclose(kls, ref_kl, rtol=1e-4, atol=1e-6)
+
+
+def test_the_engine_uses_the_current_cache_argument(tiny_models):
+    """transformers >= 5.24 deprecates past_key_values (removed in 5.40): the engine passes cache=."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from lmdelta.decoding import decode
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        with torch.inference_mode():
+            new = decode(model, ids, torch.ones_like(ids), max_new_tokens=4, sampling=Sampling(), eos_ids=(), pad_id=0, seed=0)
+    assert new.shape == (1, 4)
