@@ -122,7 +122,8 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert (tmp_path / "results" / "diversity" / "default" / "diversity.png").exists()
     # surprisal and UID: the human corpus reuses the logprobs artifact; model texts scored with and without prompt
     uid_docs = pd.read_parquet(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")
-    assert set(uid_docs.source) == {"human:docs", "model:neox@none", "model:neox@prompt", "model:neox-planted@none", "model:neox-planted@prompt"}
+    assert set(uid_docs.source) == {"human:docs", "model:neox@none@T1", "model:neox@prompt@T1", "model:neox-planted@none@T1",
+                                    "model:neox-planted@prompt@T1"}, "model sources per context and temperature"
     assert read_provenance(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")["inputs"]["human:docs"]["path"] == "results/logprobs/docs/neox.parquet"
     assert len(pd.read_csv(tmp_path / "results" / "uid" / "default" / "neox" / "comparisons.csv")) > 0
     assert read_provenance(tmp_path / "resources" / "models" / "neox-mid")["params"]["alpha"] == 0.5
