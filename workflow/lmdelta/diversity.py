@@ -234,7 +234,7 @@ def run_diversity(completions: str | Path, out: str | Path, *, truncations: list
     model = load_embedder(embedder)
     from lmdelta.models import resolve_autocast
 
-    prov.params["embed_autocast_used"] = resolve_autocast(autocast, model.device, where="diversity.embedder")
+    autocast = prov.params["embed_autocast_used"] = resolve_autocast(autocast, model.device, where="diversity.embedder")
     variants = {k: [truncate_words(t, k) for t in df.text] for k in truncations}
     unique = sorted({t for texts in variants.values() for t in texts})
     vectors = embed(model, unique, batch_size=batch_size, autocast=autocast)
