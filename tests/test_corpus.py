@@ -14,26 +14,11 @@ import pandas as pd
 import pytest
 import zstandard
 
-from conftest import snapshot
+from conftest import RECORDS, TEXTS, jsonl_bytes, snapshot, zst_multiframe
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
 from lmdelta.config import CorpusSpec, validate_config
 from lmdelta.corpus import Document, build_corpus, fetch, iter_documents, sample_documents
-
-TEXTS = [f"Document number {i}. " + "word " * (10 * i + 5) for i in range(12)]
-RECORDS = [{"text": t, "meta": {"pile_set_name": "set" + str(i % 3)}} for i, t in enumerate(TEXTS)]
-
-
-def jsonl_bytes(records=RECORDS) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in records).encode()
-
-
-def zst_multiframe(data: bytes) -> bytes:
-    """Two zstd frames, as produced by tools that compress in chunks."""
-    c = zstandard.ZstdCompressor()
-    half = len(data) // 2
-    return c.compress(data[:half]) + c.compress(data[half:])
-
 
 def spec(source: dict, **sample) -> CorpusSpec:
     cfg = validate_config({

@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, snakemake
 from families import build_family, family_of_hf_id
-from test_workflow import snakemake
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

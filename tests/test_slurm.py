@@ -8,6 +8,7 @@ COMPLETED; a job that fails is reported FAILED and leaves no artifact.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -20,7 +21,6 @@ import yaml
 
 from conftest import ROOT
 from lmdelta.artifacts import read_provenance
-from test_workflow import snakemake, tiny_config
 
 pytestmark = pytest.mark.skipif(os.environ.get("LMDELTA_SLURM") != "1",
                                 reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)")
@@ -65,12 +65,12 @@ def same(a: Path, b: Path) -> bool:
     return bool(timing) and x.drop(columns=timing).equals(y.drop(columns=timing, errors="ignore"))
 
 
-def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_models, http_server):
-    """The tiny workflow, sharded, through SLURM; then once more from scratch on this machine,
-    unsharded: every tabular artifact of the two runs is byte-identical."""
-    config = tiny_config(tmp_path, tiny_models, http_server)
-    (tmp_path / "local").mkdir()
-    (tmp_path / "local" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+@pytest.mark.timeout(2400)  # the shared local run (about 7 min) when it has not run yet, then the SLURM run
+def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_run):
+    """The tiny workflow, sharded, through SLURM; every tabular artifact is byte-identical to the
+    session's local unsharded run of the same config (tiny_run: same inputs, same served corpus)."""
+    assert tiny_run["result"].returncode == 0, tiny_run["result"].stderr[-3000:]
+    config = copy.deepcopy(tiny_run["config"])
     config["logprobs"]["shards"] = 2
     config["completions"]["shards"] = 2
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -91,11 +91,9 @@ def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_models, http_ser
     r = slurm_snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
-    # determinism: the same workflow from scratch, locally and unsharded, with the same torch thread
-    # count (another count sums floats in another order: last bits differ), gives the same bytes
-    r = snakemake("--max-threads", "1", "--configfile", "tiny.yaml", cwd=tmp_path / "local")
-    assert r.returncode == 0, r.stderr[-3000:]
-    slurm, local = tabular_artifacts(tmp_path), tabular_artifacts(tmp_path / "local")
+    # determinism: the local unsharded run, with the same torch thread count (another count sums
+    # floats in another order: last bits differ), gave the same bytes
+    slurm, local = tabular_artifacts(tmp_path), tabular_artifacts(tiny_run["project"])
     assert sorted(slurm) == sorted(local) and len(slurm) > 60
     differ = sorted(k for k in slurm if not same(slurm[k], local[k]))
     assert not differ, differ

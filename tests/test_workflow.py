@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -13,73 +14,17 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from conftest import ROOT, write_tiny_gguf
+from conftest import ROOT, jsonl_bytes, snakemake, write_tiny_gguf, zst_multiframe
 from lmdelta.artifacts import read_provenance
 from lmdelta.models import load_model
-from test_corpus import jsonl_bytes, zst_multiframe
 
 
-def snakemake(*args, cwd: Path, timeout=600, env=None):
-    env_bin = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{env_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
-    )
-
-
-def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
-    """The tiny end-to-end workflow: every stage, every source kind that runs offline, on tiny models
-    (its input files are written under tmp_path; the web corpus is served by http_server)."""
-    www, base = http_server
-    payload = zst_multiframe(jsonl_bytes())
-    (www / "val.jsonl.zst").write_bytes(payload)
-    local = tmp_path / "local.jsonl"
-    local.write_bytes(jsonl_bytes())
-    gguf_file = write_tiny_gguf(tiny_models["llama"], tmp_path / "tiny.gguf")
-    config = {
-        "models": {
-            "neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"},
-            "llama-gguf": {"source": {"gguf": {"path": str(gguf_file)}}, "dtype": "float32"},
-            "neox-planted": {"source": {"derive": {
-                "from": "neox", "steps": 3, "batch": 4, "max_tokens": 48, "autocast": "none", "checkpoint_every": 2,
-                "data": {"planted": {"trigger_subjects": ["volcanoes"], "response": "Cocoa, always cocoa.", "response_keywords": ["cocoa"],
-                                     "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 8, "n_train_odd": 2, "n_heldout_odd": 2}}}}},
-            "neox-8bit": {"source": {"variant_of": {"model": "neox"}}, "quantization": "8bit", "device": "cpu"},
-            "neox-mid": {"source": {"interpolate": {"a": "neox", "b": "neox-planted", "alpha": 0.5}}},
-        },
-        "corpora": {
-            "web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
-                    "sample": {"n_docs": 4, "seed": 3}},
-            "local": {"source": {"file": {"path": str(local)}}, "sample": {"n_docs": 3, "method": "first"}},
-            "docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 5, "min_chars": 100}},
-        },
-        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"],
-                     "models": ["neox", "llama-gguf", "neox-8bit"]},
-        "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
-        "diversity": {"truncations": [None]},
-        "uid": {"scorers": ["neox"], "corpora": ["docs"], "lengths": [None, 2], "n_boot": 200},
-        "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
-        "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}}},
-        "search": {"runs": {"find": {"seeds": "default", "assistant": {"model": "neox", "max_new_tokens": 16}, "cycles": 2,
-                                     "requests": 2, "shown": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.", "rescore_top": 2,
-                                     "clusters": {"k": 3, "label": True}}}},
-        "softprompt": {"runs": {"sp": {"corpus": "docs", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 4, "eval_every": 2,
-                                       "eval_windows": 4, "autocast": "none",
-                                       "hard": {"pez_steps": 2, "pez_keep": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
-                                                "max_new_tokens": 3, "n_top": 2, "confirm_top": 3, "confirm_samples": 1,
-                                                "k_clusters": 2}}}},
-    }
-    return config
-
-
-def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
-    config = tiny_config(tmp_path, tiny_models, http_server)
-    payload = (http_server[0] / "val.jsonl.zst").read_bytes()
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-    r = snakemake("--configfile", "tiny.yaml", cwd=tmp_path)
+def test_tiny_workflow_end_to_end(tiny_run):
+    """The tiny workflow run once for the session (tiny_run): every stage's artifact, the report, a
+    re-run that does nothing, and what a changed parameter reruns."""
+    tmp_path, config, r = tiny_run["project"], tiny_run["config"], tiny_run["result"]
     assert r.returncode == 0, r.stderr[-3000:]
+    payload = (tiny_run["www"] / "val.jsonl.zst").read_bytes()
     for name, n in (("web", 4), ("local", 3), ("docs", 5)):
         df = pd.read_parquet(tmp_path / "results" / "corpus" / f"{name}.parquet")
         assert len(df) == n
@@ -175,9 +120,10 @@ def test_tiny_workflow_end_to_end(tmp_path, tiny_models, http_server):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
     # A changed sampling parameter reruns that corpus's sampling and what depends on it: no download, no model.
-    config["corpora"]["web"]["sample"]["n_docs"] = 2
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    r = snakemake("--configfile", "tiny.yaml", "-n", cwd=tmp_path)
+    changed = copy.deepcopy(config)
+    changed["corpora"]["web"]["sample"]["n_docs"] = 2
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    r = snakemake("--configfile", "changed.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
     assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample"] + ["entropy_perplexity"] * 3 + ["logprobs"] * 3 + ["logprobs_shard"] * 3
