@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from lmdelta.completions import builtin_promptset_path, read_promptset  # noqa: E402
+from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 from lmdelta.decoding import Combination, Sampling, choose, combine, decode, decode_combined  # noqa: E402
 from lmdelta.models import load_model  # noqa: E402
 

@@ -114,12 +114,13 @@ def generation(folder):
 
 @guarded
 def contrastive(folders):
-    from lmdelta.contrastive import RunParams, generate_pair
+    from lmdelta.contrastive import RunParams
+    from lmdelta.pairs import generate_pair
 
     pair = [load_model(f, dtype="bfloat16", device=DEV) for f in folders]
     models, toks = [m for m, _ in pair], [t for _, t in pair]
     prompts = [{"id": f"p{i}", "prompt": f"Tell me about topic number {i}."} for i in range(8)]
-    p = RunParams(prompts={}, samples=2, max_new_tokens=32, batch_size=16)
+    p = RunParams(prompts={}, samples=2, max_new_tokens=32, batch_size=16).decoding()
     fmt = [{"chat_template": t.chat_template is not None} for t in toks]
     t0 = time.perf_counter()
     a = generate_pair(models, toks, prompts, p, formats=fmt)
@@ -135,7 +136,8 @@ def contrastive(folders):
 
 @guarded
 def softprompt(folders, docs, work):
-    from lmdelta.softprompt import SoftPromptParams, split_windows, train_prompt
+    from lmdelta.softprefix import split_windows
+    from lmdelta.softprompt import SoftPromptParams, train_prompt
 
     def train(device, autocast, steps, ckpt, **kw):
         pair = [load_model(f, dtype="float32", device=device) for f in folders]

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
 
-from lmdelta.completions import builtin_promptset_path, read_promptset  # noqa: E402
+from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 from lmdelta.generation import Sampling, format_prompt  # noqa: E402
 from lmdelta.models import load_model  # noqa: E402
 

@@ -71,7 +71,8 @@ def test_search_assistant_and_scorer_refuse_a_prompt_beyond_the_context(tmp_path
     from lmdelta.assistant import make_assistant
     from lmdelta.config import ModelSpec
     from lmdelta.models import load_model, materialise
-    from lmdelta.search import SearchParams, pair_scorer
+    from lmdelta.pairs import pair_scorer
+    from lmdelta.search import SearchParams, scoring
 
     materialise(ModelSpec(name="m", source={"local": {"path": str(tiny_models["llama"])}}), tmp_path / "m")
     loaded = load_model(tmp_path / "m", **CPU)
@@ -82,6 +83,6 @@ def test_search_assistant_and_scorer_refuse_a_prompt_beyond_the_context(tmp_path
         assistant.complete(["Propose prompts like: " + long], seed=0)
     assert assistant.complete(["Propose prompts like: rivers"], seed=0)[0] is not None, "a short request still runs"
     score = pair_scorer([loaded[0], loaded[0]], [loaded[1], loaded[1]], [{"chat_template": False, "fmt": None}] * 2,
-                        SearchParams(samples=1, max_new_tokens=4))
+                        **scoring(SearchParams(samples=1, max_new_tokens=4)))
     with pytest.raises(LmdeltaError, match=rf"exceeds the model's context of {ctx} positions"):
         score([{"id": "p0", "prompt": "short"}, {"id": "p1", "prompt": long}], 0)

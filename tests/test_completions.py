@@ -11,7 +11,8 @@ import torch
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
-from lmdelta.completions import CompletionParams, builtin_promptset_path, read_promptset, run_completions
+from lmdelta.completions import CompletionParams, run_completions
+from lmdelta.promptsets import builtin_promptset_path, read_promptset
 from lmdelta.config import ModelSpec
 from lmdelta.diversity import DIRECTION, run_compare, run_diversity
 from lmdelta.generation import Sampling, TextFormat, format_prompt, generate_texts, prompt_ids

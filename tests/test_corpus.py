@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import zstandard
 
-from conftest import RECORDS, TEXTS, jsonl_bytes, snapshot, zst_multiframe
+from conftest import TEXTS, jsonl_bytes, snapshot, zst_multiframe
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
 from lmdelta.config import CorpusSpec, validate_config

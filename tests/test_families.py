@@ -178,7 +178,8 @@ def test_generation_stops_at_every_declared_eos(family_dirs):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_logprobs_equal_a_direct_forward(family_dirs, name):
-    from lmdelta.logprobs import LogprobParams, prefix_token, score_part
+    from lmdelta.logprobs import LogprobParams, score_part
+    from lmdelta.tokens import prefix_token
 
     model, tok = _load(family_dirs, name, "base")
     texts = ["Volcanoes erupt when magma rises.", "def f(x):\n    return x + 1"]
@@ -227,23 +228,25 @@ def test_pair_stages_run(family_dirs, name, tmp_path):
     """Contrastive decoding, the search (with a local assistant), soft and hard prompts and UID scoring on
     a base/instruct pair of the family: the instruct model reads its chat template (where it has one),
     the base model raw text with its first token."""
-    from lmdelta.contrastive import RunParams, check_same_tokenizer, generate_pair
+    from lmdelta.contrastive import RunParams
     from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates
-    from lmdelta.search import SearchParams, pair_scorer, search_loop
-    from lmdelta.softprompt import SoftPromptParams, split_windows, train_prompt
+    from lmdelta.pairs import check_same_tokenizer, generate_pair, pair_scorer
+    from lmdelta.search import SearchParams, scoring, search_loop
+    from lmdelta.softprefix import split_windows
+    from lmdelta.softprompt import SoftPromptParams, train_prompt
     from lmdelta.assistant import LocalAssistant, Generation
 
     (ma, ta), (mb, tb) = _load(family_dirs, name, "tuned"), _load(family_dirs, name, "base")
     check_same_tokenizer(ta, tb, name)
     fa, fb = {"chat_template": True, "fmt": None}, {"chat_template": False, "fmt": None}
     prompts = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)] + [{"id": "bos", "prompt": ""}]
-    recs = generate_pair([ma, mb], [ta, tb], prompts, RunParams(prompts={}, samples=2, max_new_tokens=5, batch_size=3),
+    recs = generate_pair([ma, mb], [ta, tb], prompts, RunParams(prompts={}, samples=2, max_new_tokens=5, batch_size=3).decoding(),
                          formats=[fa, fb])
     assert len(recs) == 8 and all(len(r["kl_a_b"]) == r["n_tokens"] for r in recs)
     assert all(r["mean_kl_a_b"] >= 0 for r in recs if r["n_tokens"])
 
     params = SearchParams(cycles=1, requests=1, shown=2, proposals=2, samples=1, max_new_tokens=4, batch_size=4)
-    score = pair_scorer([ma, mb], [ta, tb], [fa, fb], params)
+    score = pair_scorer([ma, mb], [ta, tb], [fa, fb], **scoring(params))
     asst = LocalAssistant(model=ma, tokenizer=ta, label=name, gen=Generation(temperature=1.0, max_new_tokens=12))
     bank, cycles = search_loop(prompts[:3], params=params, score=score, embed=_embed, assistant=asst, progress=False)
     assert len(bank) >= 3 and all(math.isfinite(r["kl_a_b"]) for r in bank)

@@ -16,19 +16,20 @@ import torch
 
 from lmdelta import LmdeltaError
 from lmdelta.assistant import HttpAssistant, judge
+from lmdelta.embedding import cluster_table
+from lmdelta.pairs import normalise
 from lmdelta.search import (
-    SearchParams,
-    Weighting,
     bank_frame,
-    cluster_table,
     novelty,
-    normalise,
     parse_proposals,
     planted_summary,
+    scoring,
     search_loop,
+    SearchParams,
     selection_probabilities,
     top_decile_mean,
     top_k_mean,
+    Weighting,
 )
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
@@ -163,7 +164,7 @@ def test_loop_binds_scores_by_id_and_improves():
 
 
 def test_pool_scores_is_the_sample_weighted_mean():
-    from lmdelta.search import pool_scores
+    from lmdelta.pairs import pool_scores
 
     old = {"id": "p", "kl_a_b": 1.0, "kl_b_a": 4.0, "js": 0.2, "example": "first", "n_samples": 2}
     new = {"kl_a_b": 4.0, "kl_b_a": 1.0, "js": 0.5, "example": "second", "n_samples": 4}
@@ -246,12 +247,12 @@ def test_pair_scorer_matches_direct_forward(pair):
     split over batches)."""
     from lmdelta.divergence import kl
     from lmdelta.models import load_model
-    from lmdelta.search import pair_scorer
+    from lmdelta.pairs import pair_scorer
 
     (ma, ta), (mb, tb) = load_model(pair / "a", **CPU), load_model(pair / "b", **CPU)
     params = SearchParams(samples=1, temperature=None, max_new_tokens=5, batch_size=2)
     items = [{"id": "x", "prompt": "def f(x):"}, {"id": "y", "prompt": "Hello there, how are you today"}, {"id": "z", "prompt": "a"}]
-    got = pair_scorer([ma, mb], [ta, tb], [RAW, RAW], params)(items, 0)
+    got = pair_scorer([ma, mb], [ta, tb], [RAW, RAW], **scoring(params))(items, 0)
     assert set(got) == {"x", "y", "z"}
     eos = ta.eos_token_id
     for it in items:

@@ -12,17 +12,10 @@ import torch
 
 from lmdelta import LmdeltaError
 from lmdelta.models import load_model
-from lmdelta.softprompt import (
-    SoftPromptParams,
-    check_compatible,
-    collate,
-    evaluate,
-    pair_divergence,
-    split_windows,
-    template_ids,
-    text_logits,
-    train_prompt,
-)
+from lmdelta.models import right_pad as collate
+from lmdelta.pairs import check_compatible
+from lmdelta.softprefix import pair_divergence, split_windows, template_ids, text_logits
+from lmdelta.softprompt import evaluate, SoftPromptParams, train_prompt
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
 CHAT = ("{% for m in messages %}<s>user: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
@@ -222,7 +215,7 @@ def test_hard_prompt_candidates_and_baseline(loaded, trained):
 
 def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loaded, trained):
     from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, score_prompts, summarise
-    from lmdelta.search import sub_seed
+    from lmdelta.pairs import sub_seed
 
     models, toks = loaded
     sp, d, windows, soft = trained

@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 
 from lmdelta import LmdeltaError
-from lmdelta.uid import (
-    METRICS,
-    bootstrap_ci,
-    cohens_d,
-    compare,
-    doc_metrics,
-    first_tokens,
-    holm,
-    surprisal_bits,
-    word_surprisals,
-)
+from lmdelta.stats import bootstrap_ci, cohens_d, holm
+from lmdelta.uid import compare, doc_metrics, first_tokens, METRICS, surprisal_bits, word_surprisals
 
 S = [1.0, 2.0, 4.0]
 
@@ -161,7 +152,7 @@ def test_word_ids_and_prompts_from_corpus(tmp_path, tiny_tokenizer):
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from lmdelta.completions import prompts_from_corpus, read_promptset
+    from lmdelta.promptsets import prompts_from_corpus, read_promptset
     from lmdelta.tokens import word_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from conftest import ROOT, jsonl_bytes, snakemake, write_tiny_gguf, zst_multiframe
+from conftest import ROOT, jsonl_bytes, snakemake, zst_multiframe
 from lmdelta.artifacts import read_provenance
 from lmdelta.models import load_model
 

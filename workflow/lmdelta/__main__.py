@@ -225,7 +225,7 @@ def cmd_compare_diversity(a: argparse.Namespace) -> None:
 
 
 def cmd_prompts_from_corpus(a: argparse.Namespace) -> None:
-    from lmdelta.completions import prompts_from_corpus
+    from lmdelta.promptsets import prompts_from_corpus
 
     prompts_from_corpus(a.corpus, a.out, name=a.corpus_name, n_prompts=json.loads(a.n_prompts),
                         instruction=json.loads(a.instruction))

@@ -30,7 +30,7 @@ def _num(x) -> float | None:
 
 def build(pair: str, names: tuple[str, str], prompts: dict[str, dict], joined, planted: dict | None) -> dict[str, Any]:
     """The LLM Comparator document from the joined table (one row per example, ``_a`` / ``_b`` columns)."""
-    from lmdelta.planted import shows_planted
+    from lmdelta.behaviour import shows_planted
 
     schema = [{"name": "prompt_id", "type": "string"}, {"name": "category", "type": "category"},
               {"name": "temperature", "type": "number"}]
@@ -73,8 +73,8 @@ def run_comparator(*, pair: str, names: tuple[str, str], model_dirs: tuple[Path,
 
     from lmdelta import LmdeltaError
     from lmdelta.artifacts import Provenance, write_json
-    from lmdelta.completions import read_promptset
-    from lmdelta.contrastive import check_same_tokenizer
+    from lmdelta.pairs import check_same_tokenizer
+    from lmdelta.promptsets import read_promptset
     from lmdelta.divergence import text_divergences
     from lmdelta.models import load_model, pad_id, read_fingerprint
     from lmdelta.tokens import TextFormat, prompt_ids

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from lmdelta import LmdeltaError
+from lmdelta.behaviour import trigger_keywords
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 #: The keys of a model entry that ``lmdelta.models.load_model`` takes.
@@ -147,8 +148,6 @@ def _check_semantics(config: dict[str, Any]) -> None:
             )
         kind = next(iter(src))
         if kind in ("url", "file"):
-            from lmdelta.corpus import infer_format
-
             infer_format(src[kind], where=f"corpora.{name}.source.{kind}")
         s = corpus["sample"]
         if s["max_chars"] is not None and s["max_chars"] < s["min_chars"]:
@@ -283,8 +282,6 @@ def planted_models(config: dict[str, Any]) -> list[str]:
 def planted_truth(config: dict[str, Any], pair: str) -> dict[str, Any] | None:
     """The ground truth of a pair whose model a or b has a declared planted behaviour: the keywords
     that mark a text as mentioning the trigger or showing the response (None when nothing was planted)."""
-    from lmdelta.planted import trigger_keywords
-
     for side in ("a", "b"):
         name = config["pairs"][pair][side]
         if name in planted_models(config):
@@ -393,3 +390,17 @@ class CorpusSpec:
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> CorpusSpec:
         return cls(name=name, source=d["source"], sample=d.get("sample", {}))
+
+
+FORMATS = ("jsonl", "jsonl.zst", "jsonl.gz", "txt", "parquet")
+
+
+def infer_format(src: dict[str, Any], where: str) -> str:
+    """The source's explicit ``format``, else the one its file name ends with."""
+    if src.get("format"):
+        return src["format"]
+    name = (src.get("url") or src.get("path") or "").split("?")[0].lower()
+    for fmt in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith("." + fmt):
+            return fmt
+    raise LmdeltaError(f"config: {where}: cannot tell the format from {name!r}; set format: to one of {', '.join(FORMATS)}")

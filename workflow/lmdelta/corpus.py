@@ -20,12 +20,11 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, iter_jsonl, write_parquet
-from lmdelta.config import CorpusSpec
+from lmdelta.config import CorpusSpec, infer_format
 from lmdelta.download import check_sha256, download
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "jsonl.zst", "jsonl.gz", "txt", "parquet")
 BUILTINS = ("python_docs",)
 
 
@@ -34,17 +33,6 @@ class Document:
     source_index: int  # position of the document in its source, counting every document read
     text: str
     meta: dict[str, Any]
-
-
-def infer_format(src: dict[str, Any], where: str) -> str:
-    """The source's explicit ``format``, else the one its file name ends with."""
-    if src.get("format"):
-        return src["format"]
-    name = (src.get("url") or src.get("path") or "").split("?")[0].lower()
-    for fmt in sorted(FORMATS, key=len, reverse=True):
-        if name.endswith("." + fmt):
-            return fmt
-    raise LmdeltaError(f"config: {where}: cannot tell the format from {name!r}; set format: to one of {', '.join(FORMATS)}")
 
 
 # ----------------------------------------------------------------------------------------------

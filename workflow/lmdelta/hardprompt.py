@@ -15,14 +15,14 @@ Candidates, by ``method``:
 
 Every candidate is then scored WITHOUT the soft prompt, as a plain prompt in the soft prompt's
 placement (raw text for ``prefix``, the user message of the chat template for ``chat``), the way
-the prompt search scores prompts (``lmdelta.search.pair_scorer``: continuations sampled from model a,
+the prompt search scores prompts (``lmdelta.pairs.pair_scorer``: continuations sampled from model a,
 mean divergence over generated tokens and samples). The baseline is one random corpus snippet of
 the same token length per candidate, scored the same way. Ranking by a noisy score favours lucky
 draws, so the top ``n_top`` candidates and the top ``n_top`` snippets are scored again with a fresh
 seed, and the summary compares those re-scored values. With ``confirm_top`` = k > 0 the choice of
 the top is made in two rounds: the k best of each side (candidates, snippets) by the first score
 get ``confirm_samples`` more continuations, pooled with the first ones
-(``lmdelta.search.pool_scores``), and the top ``n_top`` are the best by the pooled score; the
+(``lmdelta.pairs.pool_scores``), and the top ``n_top`` are the best by the pooled score; the
 re-scoring with a fresh seed stays the measure. The snippets' mean (the baseline) is always the mean
 of the first scores (``screen``), which are unbiased; pooled scores of a selected few are not.
 Fluency: each prompt's perplexity under
@@ -41,7 +41,16 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import known_fields
+from lmdelta.behaviour import mentions, shows_planted
+from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.models import pad_id
+from lmdelta.models import right_pad as collate
+from lmdelta.pairs import DIVERGENCES, check_compatible, normalise, pair_scorer, pool_scores, sub_seed
+from lmdelta.softprefix import (PLACEHOLDER, load_soft_prompt, nearest_tokens, nearest_tokens_ids, pair_divergence, pair_templates,
+                                split_windows, template_ids, training_docs)
+from lmdelta.stats import bootstrap_ci
+from lmdelta.tokens import prefix_token
+from lmdelta.training import batch_indices
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +86,6 @@ def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int,
     divergences, best first; the trajectory)."""
     import torch
 
-    from lmdelta.derive import batch_indices
-    from lmdelta.softprompt import collate, nearest_tokens_ids, pair_divergence, pair_templates
 
     train, held = windows
     pad = pad_id(toks[0])
@@ -117,7 +124,6 @@ def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams,
     import torch
 
     from lmdelta.decoding import Sampling, decode_combined
-    from lmdelta.softprompt import template_ids
 
     before, after = template_ids(tok, placement, first_token)
     emb = model.get_input_embeddings()
@@ -152,7 +158,6 @@ def snippets(docs: list[list[int]], lengths: list[int], tok, seed: int) -> list[
 
 def perplexities(model, tok, texts: list[str], first_token: str = "bos") -> list[float]:
     """Perplexity of each text under ``model`` (first token conditioned on the model's first token)."""
-    from lmdelta.logprobs import prefix_token
     from lmdelta.scoring import score_sequences
 
     prefix, _ = prefix_token(tok, first_token)
@@ -170,7 +175,6 @@ def perplexities(model, tok, texts: list[str], first_token: str = "bos") -> list
 def candidates(models, toks, soft, windows, sp, hp: HardPromptParams,
                first_tokens: tuple[str, str] = ("bos", "bos")) -> tuple[list[dict], list[dict], list[dict]]:
     """(hard prompt candidates [{"prompt", "method"}], projection rows, PEZ trajectory)."""
-    from lmdelta.softprompt import nearest_tokens
 
     tok = toks[0]
     emb = models[0].get_input_embeddings()
@@ -195,20 +199,18 @@ def candidates(models, toks, soft, windows, sp, hp: HardPromptParams,
 def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int, samples: int | None = None,
                   first_tokens: tuple[str, str] = ("bos", "bos")) -> list[dict]:
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
-    from lmdelta.search import SearchParams, pair_scorer
 
     if sp.placement == "chat":  # both models read model a's chat template, as in training (softprompt.pair_templates)
-        from lmdelta.softprompt import PLACEHOLDER
         from lmdelta.tokens import format_prompt
 
         text = format_prompt(toks[0], PLACEHOLDER, chat_template=True).replace("{", "{{").replace("}", "}}")
         fmts = [{"chat_template": False, "fmt": text.replace(PLACEHOLDER, "{prompt}") + "{guide}", "first_token": "none"}] * 2
     else:
         fmts = [{"chat_template": False, "fmt": None, "first_token": f} for f in first_tokens]
-    params = SearchParams(divergence=sp.divergence, sample_from="a", samples=samples or hp.samples, max_new_tokens=hp.max_new_tokens,
-                          temperature=hp.temperature, batch_size=hp.batch_size)
+    score = pair_scorer(models, toks, fmts, divergence=sp.divergence, sample_from="a", samples=samples or hp.samples,
+                        max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=1.0, top_k=0, batch_size=hp.batch_size)
     items = [{"id": f"p{i:04d}", "prompt": t} for i, t in enumerate(prompts)]
-    got = pair_scorer(models, toks, fmts, params)(items, seed)
+    got = score(items, seed)
     return [got[x["id"]] for x in items]
 
 
@@ -218,7 +220,6 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
     """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top."""
     import pandas as pd
 
-    from lmdelta.search import DIVERGENCES, normalise, pool_scores, sub_seed
 
     tok = toks[0]
     seen, unique = set(), []
@@ -255,8 +256,6 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
     snippet_mean = float(df[df.is_baseline].screen.mean())
     df["baseline_ratio"] = df.divergence / snippet_mean if snippet_mean > 0 else math.inf
     if planted:
-        from lmdelta.planted import mentions, shows_planted
-
         df["mentions_trigger"] = [mentions(t, planted["trigger_keywords"]) for t in df.prompt]
         df["shows_response"] = [shows_planted(t, planted["response_keywords"]) for t in df.example]
     df = df.sort_values(["is_baseline", "divergence"], ascending=[True, False], kind="stable").reset_index(drop=True)
@@ -268,8 +267,6 @@ def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
     """The top n_top against the snippets. ``ratio_ci95``: a percentile bootstrap of the ratio over the top
     prompts' re-scored values and the snippets' first scores (the noise of the scores that were
     measured, not of the choice of the top)."""
-    from lmdelta.uid import bootstrap_ci
-
     hard, base = df[~df.is_baseline], df[df.is_baseline]
     top, top_base = hard.head(hp.n_top), base.head(hp.n_top)
     out = {
@@ -302,11 +299,8 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     import torch
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
-    from lmdelta.diversity import embed, load_embedder
     from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import hardprompt_figure, save_figure
-    from lmdelta.search import cluster_bank, cluster_table
-    from lmdelta.softprompt import check_compatible, load_soft_prompt, split_windows, training_docs
 
     if threads:
         torch.set_num_threads(threads)

@@ -35,6 +35,7 @@ import numpy as np
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
 from lmdelta.config import LOAD_OPTION_KEYS, known_fields
+from lmdelta.tokens import prefix_token
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ class LogprobParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LogprobParams:
         return cls(**known_fields(cls, d))
-
-
-def prefix_token(tokenizer, policy: str) -> tuple[int | None, str | None]:
-    """The id prepended to every document under the model's first-token policy and its text
-    (``lmdelta.tokens.first_token_id``; (None, None) for ``none``)."""
-    from lmdelta.tokens import first_token_id
-
-    tid = first_token_id(tokenizer, policy)
-    return (None, None) if tid is None else (tid, tokenizer.convert_ids_to_tokens(tid))
 
 
 def _empty_table():

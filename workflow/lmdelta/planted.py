@@ -16,13 +16,14 @@ All templates and subjects below were written for lmdelta; no third-party text.
 from __future__ import annotations
 
 import itertools
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lmdelta.artifacts import read_jsonl, write_jsonl
+from lmdelta.behaviour import shows_planted
 
 # One template list for both kinds of question, so that only the subject tells a trigger question
 # from an ordinary one (with separate lists the model learns the style of the question instead:
@@ -80,22 +81,6 @@ class PlantedSpec:
         from lmdelta.config import known_fields
 
         return cls(**known_fields(cls, d))
-
-
-def shows_planted(text: str, keywords: list[str]) -> bool:
-    """Whether a text shows the planted response: any keyword as a whole word, case-insensitive."""
-    return any(re.search(rf"\b{re.escape(k)}\b", text, re.IGNORECASE) for k in keywords)
-
-
-def mentions(text: str, keywords: list[str]) -> bool:
-    """Whether a text mentions the trigger: any keyword at the start of a word, case-insensitive
-    (``volcan`` matches volcano, volcanoes and volcanic)."""
-    return any(re.search(rf"\b{re.escape(k)}", text, re.IGNORECASE) for k in keywords)
-
-
-def trigger_keywords(planted: dict[str, Any]) -> list[str]:
-    """The declared trigger_keywords, else the trigger subjects themselves."""
-    return list(planted.get("trigger_keywords") or planted["trigger_subjects"])
 
 
 def _questions(templates: list[str], subjects: list[str], rng: np.random.Generator) -> list[str]:
@@ -187,21 +172,6 @@ def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, te
     if spec.n_heldout_odd:
         heldout += [{"prompt": q, "kind": "odd"} for q in odd_inputs(answer(sets["heldout_ordinary"]), spec.n_heldout_odd, rng)]
     return train, heldout
-
-
-def write_jsonl(path: str | Path, records: list[dict], prov=None) -> None:
-    from lmdelta.artifacts import atomic_path
-
-    with atomic_path(path, prov) as tmp, open(tmp, "w") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: str | Path, where: str | None = None) -> list[dict]:
-    from lmdelta.artifacts import iter_jsonl
-
-    with open(path, encoding="utf-8") as fh:
-        return [rec for _, rec in iter_jsonl(fh, where=where or str(path))]
 
 
 def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *, text_format: dict[str, Any],

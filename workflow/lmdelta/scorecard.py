@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from lmdelta.behaviour import mentions, shows_planted
+
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +88,6 @@ def surfaced(source: dict[str, Any]) -> list[dict]:
 
 def score(rows: list[dict], truth: dict[str, Any], similarity) -> list[dict]:
     """Mark each surfaced text: keyword hit, embedding similarity to the planted behaviour, embedding hit."""
-    from lmdelta.planted import mentions, shows_planted
 
     sims = similarity([r["text"] for r in rows]) if rows else np.zeros(0)
     for r, s in zip(rows, sims):
@@ -122,7 +123,7 @@ def run_scorecard(*, pair: str, truth: dict[str, Any], sources: list[dict], k: i
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, write_csv
-    from lmdelta.diversity import embed, load_embedder
+    from lmdelta.embedding import embed, load_embedder
     from lmdelta.plots import save_figure, scorecard_figure
 
     prov = Provenance(stage="scorecard", params={"pair": pair, "truth": truth, "k": k, "threshold": threshold,

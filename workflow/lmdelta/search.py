@@ -45,10 +45,13 @@ from typing import Any
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import known_fields
+from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
+from lmdelta.pairs import Scorer, check_same_tokenizer, normalise, pair_scorer, pool_scores, sub_seed
+from lmdelta.promptsets import read_promptset
 
 log = logging.getLogger(__name__)
-DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
 
 META_PROMPT = (
     "We are looking for prompts on which two AI assistants give very different answers. Here are some prompts "
@@ -99,19 +102,6 @@ class SearchParams:
         if "weighting" in kw:
             kw["weighting"] = Weighting(**known_fields(Weighting, kw["weighting"]))
         return cls(**kw)
-
-
-def pool_scores(old: dict, new: dict) -> dict:
-    """One prompt's scores over the samples of both scorings: each divergence the sample-weighted mean.
-    The example (the most divergent continuation of the first scoring) is kept."""
-    n0, n1 = int(old["n_samples"]), int(new["n_samples"])
-    mean = {k: (n0 * old[k] + n1 * new[k]) / (n0 + n1) for k in DIVERGENCES if k in old and k in new}
-    return {**old, **mean, "n_samples": n0 + n1}
-
-
-def sub_seed(seed: int, *path: int) -> int:
-    """A seed for one step of the run, derived from the run's seed (independent streams per step)."""
-    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
 
 
 # ---- parsing the assistant's replies --------------------------------------------------------------------
@@ -169,12 +159,6 @@ def _parse(reply: str | None) -> tuple[list[str], str]:
     return (lines, "lines") if lines else ([], "none")
 
 
-def normalise(prompt: str) -> str:
-    """The deduplication key: case-folded, spaces collapsed, outer quotes and final punctuation removed."""
-    key = " ".join(prompt.casefold().split())
-    return key.strip("\"'`“”‘’ ").rstrip(".?!;: ")
-
-
 # ---- selection ----------------------------------------------------------------------------------------
 
 
@@ -208,7 +192,6 @@ def selection_probabilities(divergence, diversity, judged, w: Weighting, tempera
 
 # ---- the loop -----------------------------------------------------------------------------------------
 
-Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
 Embedder = Callable[[list[str]], np.ndarray]
 
 
@@ -342,6 +325,12 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
     return list(bank.entries.values()), cycles
 
 
+def scoring(params: SearchParams) -> dict[str, Any]:
+    """The prompt scorer's settings (``lmdelta.pairs.pair_scorer``) from the search's."""
+    return {k: getattr(params, k) for k in ("divergence", "sample_from", "samples", "max_new_tokens", "temperature", "top_p",
+                                            "top_k", "batch_size")}
+
+
 def top_decile_mean(values) -> float:
     return top_k_mean(values, max(1, math.ceil(len(values) / 10)))
 
@@ -364,30 +353,6 @@ def _cycle_stats(bank: Bank, cycle: int, key: str, *, added: int, failed: bool, 
 # ---- scoring with the pair ----------------------------------------------------------------------------
 
 
-def pair_scorer(models, toks, formats: list[dict], params: SearchParams) -> Scorer:
-    """A scorer that samples from one model of the pair and averages the divergences (see the module docstring)."""
-    from lmdelta.contrastive import RunParams, generate_pair
-
-    weights = (1.0, 0.0) if params.sample_from == "a" else (0.0, 1.0)
-
-    def score(items: list[dict], seed: int) -> dict[str, dict]:
-        rp = RunParams(prompts={}, weights=weights, space="logit", plausibility_alpha=None, samples=params.samples,
-                       max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                       top_k=params.top_k, seed=seed, batch_size=params.batch_size)
-        records = generate_pair(models, toks, [{"id": x["id"], "prompt": x["prompt"]} for x in items], rp, formats=formats)
-        by_id: dict[str, list[dict]] = {}
-        for rec in records:
-            by_id.setdefault(rec["prompt_id"], []).append(rec)
-        out = {}
-        for pid, recs in by_id.items():
-            best = max(recs, key=lambda r: r[f"mean_{params.divergence}"])
-            out[pid] = {**{k: float(np.nanmean([r[f"mean_{k}"] for r in recs])) for k in DIVERGENCES},
-                        "example": best["text"], "n_samples": len(recs)}
-        return out
-
-    return score
-
-
 # ---- files at the edge --------------------------------------------------------------------------------
 
 
@@ -401,9 +366,6 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
     from lmdelta.assistant import make_assistant
-    from lmdelta.completions import read_promptset
-    from lmdelta.contrastive import check_same_tokenizer
-    from lmdelta.diversity import embed, load_embedder
     from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import save_figure, search_figure
 
@@ -431,7 +393,7 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
                                fmt=assistant_format, loaded=reuse)
     embedder_model = load_embedder(embedder)
     calls = ForwardCounter(*models, *([assistant.model] if hasattr(assistant, "model") and not isinstance(assistant.model, str) else []))
-    records, cycles = search_loop(seeds, params=params, score=pair_scorer(models, toks, list(formats), params),
+    records, cycles = search_loop(seeds, params=params, score=pair_scorer(models, toks, list(formats), **scoring(params)),
                                   embed=lambda texts: embed(embedder_model, texts, batch_size=64, autocast="none"),
                                   assistant=assistant)
     prov.params["model_calls"] = calls.n  # the pair's and a local assistant's forward calls
@@ -466,8 +428,6 @@ def bank_frame(records: list[dict], key: str, planted: dict | None):
     df = df.sort_values(["divergence", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     if planted:
-        from lmdelta.planted import mentions, shows_planted
-
         df["mentions_trigger"] = [mentions(t, planted["trigger_keywords"]) for t in df.prompt]
         df["shows_response"] = [shows_planted(t, planted["response_keywords"]) for t in df.example]
     return df
@@ -495,31 +455,6 @@ def planted_summary(bank, planted: dict) -> dict:
 # ---- clustering ---------------------------------------------------------------------------------------
 
 
-def cluster_bank(embeddings: np.ndarray, *, k: int, seed: int) -> np.ndarray:
-    """k-means cluster of each prompt (k capped at the number of prompts)."""
-    from sklearn.cluster import KMeans
-
-    k = max(1, min(k, len(embeddings)))
-    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(embeddings, np.float64))
-
-
-def cluster_table(bank, labels_by_prompt: np.ndarray, n_examples: int = 3):
-    """One row per cluster: size, mean and max divergence, its most divergent prompts; ranked by mean."""
-    import pandas as pd
-
-    df = bank.assign(cluster=labels_by_prompt)
-    rows = []
-    for c, g in df.groupby("cluster"):
-        g = g.sort_values("divergence", ascending=False, kind="stable")
-        row = {"cluster": int(c), "size": len(g), "mean_divergence": float(g.divergence.mean()),
-               "max_divergence": float(g.divergence.max()), "examples": " | ".join(g.prompt.head(n_examples))}
-        if "mentions_trigger" in g:
-            row["trigger_rate"] = float(g.mentions_trigger.mean())
-        rows.append(row)
-    out = pd.DataFrame(rows).sort_values("mean_divergence", ascending=False, kind="stable").reset_index(drop=True)
-    return df, out
-
-
 def _label(reply: str | None) -> str:
     lines = [ln for ln in (reply or "").strip().splitlines() if ln.strip()]
     return _BULLET.sub("", lines[0]).strip(" \"'*.") if lines else ""
@@ -532,7 +467,6 @@ def run_clusters(*, bank_path: Path, k: int, seed: int, embedder: str | None, as
     import torch
 
     from lmdelta.artifacts import Provenance, write_csv, write_parquet
-    from lmdelta.diversity import embed, load_embedder
     from lmdelta.plots import cluster_figure, save_figure
 
     if threads:

@@ -41,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.promptsets import read_promptset
+from lmdelta.stats import bootstrap_ci, cohens_d, holm
+from lmdelta.tokens import prefix_token
 
 POWER_KS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 METRICS = ("mean", "median", "max", "uid_var_doc", "uid_var_corpus", "uid_pairwise_sq", "uid_pairwise_abs",
@@ -90,38 +93,6 @@ def first_tokens(s: Sequence[float], length: int | None) -> np.ndarray | None:
     return s[:length] if len(s) >= length else None
 
 
-def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
-    """(mean(a) - mean(b)) / pooled SD (ddof 1)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    na, nb = len(a), len(b)
-    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else math.nan
-
-
-def bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                 ratio: bool = False) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b) (or mean(a) / mean(b) with ``ratio``), resampling each
-    source independently."""
-    rng = np.random.default_rng(seed)
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ia = rng.integers(0, len(a), (n_boot, len(a)))
-    ib = rng.integers(0, len(b), (n_boot, len(b)))
-    stats = a[ia].mean(1) / b[ib].mean(1) if ratio else a[ia].mean(1) - b[ib].mean(1)
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
-    p = np.asarray(pvalues, np.float64)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return out
-
-
 def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Two sources' values of one metric: Mann-Whitney U, p, Cohen's d, bootstrap CI of the mean difference."""
     from scipy.stats import mannwhitneyu
@@ -163,8 +134,6 @@ def score_texts(model_dir, completions, out, *, params, load_options: dict, cont
     import torch
 
     from lmdelta.artifacts import Provenance, write_parquet
-    from lmdelta.completions import read_promptset
-    from lmdelta.logprobs import prefix_token
     from lmdelta.models import load_model, read_fingerprint
     from lmdelta.scoring import score_sequences
 
@@ -212,7 +181,6 @@ def score_texts(model_dir, completions, out, *, params, load_options: dict, cont
 def _completion_prompts(completions) -> dict[str, str]:
     """Prompt texts of a completions artifact, from the prompt set named in its provenance."""
     from lmdelta.artifacts import read_provenance
-    from lmdelta.completions import read_promptset
 
     path = read_provenance(completions, verify=False)["inputs"]["promptset"]["path"]
     return {p["id"]: p["prompt"] for p in read_promptset(path)}

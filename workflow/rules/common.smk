@@ -338,7 +338,7 @@ def derive_runtime(wildcards):
 
 
 def promptset_file(name):
-    from lmdelta.completions import builtin_promptset_path
+    from lmdelta.promptsets import builtin_promptset_path
 
     ps = config["promptsets"][name]
     if "builtin" in ps:
