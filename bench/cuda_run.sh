@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CUDA benchmark in one go, for a lent GPU machine (no network there; see README "Benchmarks").
+# Every CUDA benchmark in one go, for a lent GPU machine (no network there; see docs/performance.md).
 #   bash bench/cuda_run.sh [TOKENIZER_DIR] [LOG_DIR]
 # Wheels in .whl/ (bitsandbytes, the transformers of pyproject's range) are installed to /tmp/site first.
 set -uo pipefail
