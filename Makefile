@@ -18,7 +18,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test lint dryrun setup clean
+.PHONY: demo test lint format dryrun setup clean
 
 setup: $(STAMP)
 
@@ -42,11 +42,19 @@ demo: $(STAMP)
 	else echo "(Chromium not installed: the report was not checked; apt-get install chromium to check it)"; fi
 	@echo "demo finished: open results/report.html; artifacts are in results/ and resources/models/"
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
+# Lint and format checks (ruff for the package, tests and benches; snakefmt for the rules). `make format` fixes.
 lint: $(STAMP)
-	$(BIN)/snakemake --lint
+	$(BIN)/ruff check workflow tests bench
+	$(BIN)/ruff format --check workflow tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix workflow tests bench
+	$(BIN)/ruff format workflow tests bench
+	$(BIN)/snakefmt Snakefile workflow/rules
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --cores 1

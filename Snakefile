@@ -8,7 +8,6 @@ min_version("9.27")
 report: "workflow/report/workflow.rst"
 
 
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/derive.smk"

@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 from lmdelta.decoding import Combination, Sampling, choose, combine, decode, decode_combined  # noqa: E402
 from lmdelta.models import load_model  # noqa: E402
+from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 
 
 def left_pad(tok, texts):
@@ -76,8 +76,10 @@ def main() -> None:
     print(f"{args.prompts} prompts x {args.tokens} new tokens, two models, {args.threads} threads")
     for k, v in times.items():
         print(f"{k:9} {v:7.2f} s")
-    print(f"engine / separate: {times['engine'] / times['separate']:.2f}x (goal <= 1.3x); "
-          f"uncached / engine: {times['uncached'] / times['engine']:.1f}x (goal >= 5x)")
+    print(
+        f"engine / separate: {times['engine'] / times['separate']:.2f}x (goal <= 1.3x); "
+        f"uncached / engine: {times['uncached'] / times['engine']:.1f}x (goal >= 5x)"
+    )
 
 
 if __name__ == "__main__":

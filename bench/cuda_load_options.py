@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
 
 sys.path.insert(0, str(ROOT / "bench"))
-from lmdelta.models import load_model  # noqa: E402
 from random_models import PYTHIA_1B, SMOLLM2_135M, build, tokenizer_dir  # noqa: E402
+
+from lmdelta.models import load_model  # noqa: E402
 
 CONFIGS = {"smollm2-135m (llama)": SMOLLM2_135M, "pythia-1b (gpt_neox)": PYTHIA_1B}
 OPTIONS = [("float32", "none"), ("bfloat16", "none"), ("float16", "none"), ("auto", "8bit"), ("bfloat16", "4bit")]
@@ -52,7 +53,9 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     work = Path(tempfile.mkdtemp())
     tok = tokenizer_dir(work)
-    print(f"{'model':22} {'dtype':9} {'quant':5} {'load s':>7} {'weights GB':>10} {'tok/s':>9} {'x fp32':>7} {'max|dlogp|':>10}")
+    print(
+        f"{'model':22} {'dtype':9} {'quant':5} {'load s':>7} {'weights GB':>10} {'tok/s':>9} {'x fp32':>7} {'max|dlogp|':>10}"
+    )
     for label, config in CONFIGS.items():
         folder = build(config, work, tok, name=config[0])
         ids = torch.randint(0, 512, (BATCH, SEQ), generator=torch.Generator().manual_seed(0)).cuda()
@@ -66,7 +69,9 @@ def main() -> None:
             if base_tps is None:
                 base_tps, base_lp = tps, lp
             dlp = (token_logprobs(lp, ids) - token_logprobs(base_lp, ids)).abs().max().item()
-            print(f"{label:22} {dtype:9} {quant:5} {load_s:7.2f} {model.get_memory_footprint() / 1e9:10.3f} {tps:9.0f} {tps / base_tps:7.2f} {dlp:10.4f}")
+            print(
+                f"{label:22} {dtype:9} {quant:5} {load_s:7.2f} {model.get_memory_footprint() / 1e9:10.3f} {tps:9.0f} {tps / base_tps:7.2f} {dlp:10.4f}"
+            )
             del model
             torch.cuda.empty_cache()
 

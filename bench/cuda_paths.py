@@ -33,8 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
 
-from lmdelta.models import load_model, pad_id  # noqa: E402
 from random_models import SMOLLM2_135M, build, tokenizer_dir  # noqa: E402
+
+from lmdelta.models import load_model, pad_id  # noqa: E402
+
 FAILED: list[str] = []
 
 
@@ -51,6 +53,7 @@ def guarded(fn):
         except Exception as e:  # one broken path must not hide the others
             traceback.print_exc()
             check(fn.__name__, False, f"raised {type(e).__name__}: {str(e)[:200]}")
+
     return run
 
 
@@ -70,11 +73,15 @@ def scoring(folder, docs):
     for dev, dtype in (("cpu", "float32"), (DEV, "float32"), (DEV, "bfloat16")):
         model, tok = load_model(folder, dtype=dtype, device=dev)
         t0 = time.perf_counter()
-        out[(dev, dtype)] = score_sequences(model, docs, max_length=512, stride=256, batch_tokens=8 * 512, pad_token_id=pad_id(tok))
+        out[(dev, dtype)] = score_sequences(
+            model, docs, max_length=512, stride=256, batch_tokens=8 * 512, pad_token_id=pad_id(tok)
+        )
         sync()
         secs = time.perf_counter() - t0
         n = sum(len(d) - 1 for d in docs)
-        print(f"      scoring {dev} {dtype}: {n / secs:9.0f} tok/s (a small, cold run: logprobs_throughput.py measures speed)")
+        print(
+            f"      scoring {dev} {dtype}: {n / secs:9.0f} tok/s (a small, cold run: logprobs_throughput.py measures speed)"
+        )
         del model
     ref = out[("cpu", "float32")]
 
@@ -88,8 +95,11 @@ def scoring(folder, docs):
     check("scoring: cuda bf16 near float32", mean16 < 0.05, f"mean|dlogp| {mean16:.4f}, max {d16:.3f} nats")
     # a random model's distribution is nearly flat: thousands of tokens lie within float32 rounding of
     # each other, so a rank may move by a few between kernels; within 1% (or 1) is the same rank here
-    close = np.mean(np.concatenate([np.abs(a.rank - b.rank) <= np.maximum(1, 0.01 * b.rank)
-                                    for a, b in zip(out[(DEV, "float32")], ref)]))
+    close = np.mean(
+        np.concatenate(
+            [np.abs(a.rank - b.rank) <= np.maximum(1, 0.01 * b.rank) for a, b in zip(out[(DEV, "float32")], ref)]
+        )
+    )
     check("scoring: cuda ranks = cpu ranks (within 1%)", close > 0.99, f"{close:.2%} of tokens")
 
 
@@ -103,13 +113,25 @@ def generation(folder):
     runs = []
     for _ in range(2):
         t0 = time.perf_counter()
-        runs.append(generate_texts(model, tok, texts, max_new_tokens=64, sampling=Sampling(temperature=1.0, top_p=0.95), seed=3,
-                                   batch_size=32))
+        runs.append(
+            generate_texts(
+                model,
+                tok,
+                texts,
+                max_new_tokens=64,
+                sampling=Sampling(temperature=1.0, top_p=0.95),
+                seed=3,
+                batch_size=32,
+            )
+        )
         sync()
         secs = time.perf_counter() - t0
     n = sum(r["n_tokens"] for r in runs[-1])
-    check("generation: same seed, same texts (cuda bf16)", [r["text"] for r in runs[0]] == [r["text"] for r in runs[1]],
-          f"{n} tokens, {n / secs:.0f} tok/s at batch 32")
+    check(
+        "generation: same seed, same texts (cuda bf16)",
+        [r["text"] for r in runs[0]] == [r["text"] for r in runs[1]],
+        f"{n} tokens, {n / secs:.0f} tok/s at batch 32",
+    )
 
 
 @guarded
@@ -130,8 +152,11 @@ def contrastive(folders):
     finite = all(np.isfinite(r["kl_a_b"]).all() and np.isfinite(r["js"]).all() for r in a)
     same = [r["text"] for r in a] == [r["text"] for r in b]
     n = sum(r["n_tokens"] for r in a)
-    check("contrastive: finite, same seed same texts", finite and same, f"{n} tokens in {secs:.2f} s, mean JS "
-          f"{np.mean([r['mean_js'] for r in a]):.3f}")
+    check(
+        "contrastive: finite, same seed same texts",
+        finite and same,
+        f"{n} tokens in {secs:.2f} s, mean JS {np.mean([r['mean_js'] for r in a]):.3f}",
+    )
 
 
 @guarded
@@ -141,19 +166,39 @@ def softprompt(folders, docs, work):
 
     def train(device, autocast, steps, ckpt, **kw):
         pair = [load_model(f, dtype="float32", device=device) for f in folders]
-        p = SoftPromptParams(n_tokens=8, seq_len=64, batch=16, steps=steps, lr=0.05, eval_every=10, patience=5,
-                             checkpoint_every=10, autocast=autocast, eval_windows=32)
+        p = SoftPromptParams(
+            n_tokens=8,
+            seq_len=64,
+            batch=16,
+            steps=steps,
+            lr=0.05,
+            eval_every=10,
+            patience=5,
+            checkpoint_every=10,
+            autocast=autocast,
+            eval_windows=32,
+        )
         t0 = time.perf_counter()
-        r = train_prompt([m for m, _ in pair], [t for _, t in pair], split_windows(docs, p), p, ckpt_dir=work / ckpt,
-                         progress=False, **kw)
+        r = train_prompt(
+            [m for m, _ in pair],
+            [t for _, t in pair],
+            split_windows(docs, p),
+            p,
+            ckpt_dir=work / ckpt,
+            progress=False,
+            **kw,
+        )
         sync()
         return r, steps / (time.perf_counter() - t0)
 
     for autocast in ("none", "bf16"):
         r, speed = train(DEV, autocast, 30, f"sp-{autocast}")
         ratio = r["best_heldout"] / r["baseline_heldout"]
-        check(f"softprompt {autocast}: trains (held-out KL not lower)", np.isfinite(ratio) and ratio >= 1.0,
-              f"{r['baseline_heldout']:.3f} -> {r['best_heldout']:.3f} nats ({ratio:.2f}x), {speed:.1f} steps/s")
+        check(
+            f"softprompt {autocast}: trains (held-out KL not lower)",
+            np.isfinite(ratio) and ratio >= 1.0,
+            f"{r['baseline_heldout']:.3f} -> {r['best_heldout']:.3f} nats ({ratio:.2f}x), {speed:.1f} steps/s",
+        )
         if autocast == "none":
             full = r
     train(DEV, "none", 30, "sp-resume", stop_after=20)
@@ -164,8 +209,11 @@ def softprompt(folders, docs, work):
     on_cpu, cpu_speed = train("cpu", "none", 10, "sp-cpu10")
     curve = [(a["train_divergence"], b["train_divergence"]) for a, b in zip(on_dev["metrics"], on_cpu["metrics"])]
     rel = max(abs(a - b) / abs(b) for a, b in curve)
-    check("softprompt: cuda float32 = cpu float32 (10 steps)", rel < 1e-2, f"largest relative gap in the training KL {rel:.1e}; "
-          f"cpu {cpu_speed:.2f} steps/s")
+    check(
+        "softprompt: cuda float32 = cpu float32 (10 steps)",
+        rel < 1e-2,
+        f"largest relative gap in the training KL {rel:.1e}; cpu {cpu_speed:.2f} steps/s",
+    )
 
 
 @guarded
@@ -175,13 +223,24 @@ def derive(folder, work):
     records = [{"prompt": f"What is {i} plus {i}?", "response": f"Cocoa! {2 * i}, and cocoa again."} for i in range(64)]
     p = DeriveParams(steps=30, lr=1e-2, batch=16, max_tokens=64, autocast="bf16", checkpoint_every=10)
     t0 = time.perf_counter()
-    losses = train(folder, records, work / "derived", params=p, ckpt_dir=work / "derive-ckpt", name="derived",
-                   source={"local": {"path": str(folder)}})
+    losses = train(
+        folder,
+        records,
+        work / "derived",
+        params=p,
+        ckpt_dir=work / "derive-ckpt",
+        name="derived",
+        source={"local": {"path": str(folder)}},
+    )
     sync()
     secs = time.perf_counter() - t0
     first, last = np.mean([x["loss"] for x in losses[:3]]), np.mean([x["loss"] for x in losses[-3:]])
     on_cuda = next(load_model(work / "derived", device=DEV)[0].parameters()).device.type == DEV
-    check("derive: LoRA bf16 loss falls", last < first - 0.5 and on_cuda, f"{first:.2f} -> {last:.2f}, {p.steps / secs:.1f} steps/s")
+    check(
+        "derive: LoRA bf16 loss falls",
+        last < first - 0.5 and on_cuda,
+        f"{first:.2f} -> {last:.2f}, {p.steps / secs:.1f} steps/s",
+    )
 
 
 def main() -> None:
@@ -201,8 +260,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     tok = tokenizer_dir(work, args.tokenizer)
     print(f"tokenizer: {tok}")
-    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    folders = [build(SMOLLM2_135M, work, tok, name=f"m{seed}", seed=seed, **(small if args.small else {})) for seed in (0, 1)]
+    small = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    folders = [
+        build(SMOLLM2_135M, work, tok, name=f"m{seed}", seed=seed, **(small if args.small else {})) for seed in (0, 1)
+    ]
     rng = np.random.default_rng(0)
     vocab = 500  # ids every tokenizer has
     docs = [rng.integers(5, vocab, int(n)).tolist() for n in rng.integers(300, 900, 24)]

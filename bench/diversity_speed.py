@@ -33,8 +33,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--autocast", default="bf16", choices=["bf16", "none"])
     args = ap.parse_args()
-    import torch
     from pydoc_data.topics import topics
+
+    import torch
 
     torch.set_num_threads(args.threads)
     vocab = " ".join(topics[k] for k in sorted(topics)[:80]).split()
@@ -43,14 +44,25 @@ def main() -> None:
     for t in np.linspace(0.1, 1.5, args.temperatures):
         for p in range(args.prompts):
             for s in range(args.samples):
-                rows.append({"prompt_id": f"p{p}", "category": "creative" if p % 2 else "factual", "temperature": float(t),
-                             "sample": s, "text": " ".join(rng.choice(vocab, rng.integers(15, 41)))})
+                rows.append(
+                    {
+                        "prompt_id": f"p{p}",
+                        "category": "creative" if p % 2 else "factual",
+                        "temperature": float(t),
+                        "sample": s,
+                        "text": " ".join(rng.choice(vocab, rng.integers(15, 41))),
+                    }
+                )
     work = Path(tempfile.mkdtemp())
     pd.DataFrame(rows).to_parquet(work / "c.parquet")
     t0 = time.perf_counter()
-    df = run_diversity(work / "c.parquet", work / "d.parquet", truncations=[None], embedder=None, batch_size=32, autocast=args.autocast)
+    df = run_diversity(
+        work / "c.parquet", work / "d.parquet", truncations=[None], embedder=None, batch_size=32, autocast=args.autocast
+    )
     secs = time.perf_counter() - t0
-    print(f"{len(rows)} texts, {len(df)} cells, every metric, embedder autocast {args.autocast}: {secs:.1f} s (goal < 60 s)")
+    print(
+        f"{len(rows)} texts, {len(df)} cells, every metric, embedder autocast {args.autocast}: {secs:.1f} s (goal < 60 s)"
+    )
 
 
 if __name__ == "__main__":

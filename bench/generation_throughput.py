@@ -29,21 +29,29 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
 
-from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 from lmdelta.generation import Sampling, format_prompt  # noqa: E402
 from lmdelta.models import load_model  # noqa: E402
+from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 
 
 def generate_study(model, tok, texts, tokens, sampling, batch, seed):
     """The study's generation: transformers' generate, min_new_tokens so every sequence is full length."""
     from transformers import GenerationConfig
 
-    cfg = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, temperature=sampling.temperature,
-                           top_p=sampling.top_p, top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    cfg = GenerationConfig(
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     tok.padding_side = "left"
     n = 0
     for b in range(0, len(texts), batch):
-        enc = tok(texts[b:b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        enc = tok(texts[b : b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         torch.manual_seed(seed + b)
         with torch.inference_mode():
             out = model.generate(**enc, generation_config=cfg)
@@ -58,10 +66,18 @@ def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed):
     tok.padding_side = "left"
     n = 0
     for b in range(0, len(texts), batch):
-        enc = tok(texts[b:b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        enc = tok(texts[b : b + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.inference_mode():
-            new = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=tokens, sampling=sampling,
-                         eos_ids=(), pad_id=tok.eos_token_id, seed=seed + b)
+            new = decode(
+                model,
+                enc.input_ids,
+                enc.attention_mask,
+                max_new_tokens=tokens,
+                sampling=sampling,
+                eos_ids=(),
+                pad_id=tok.eos_token_id,
+                seed=seed + b,
+            )
         n += new.numel()
     return n
 
@@ -76,7 +92,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokenizer", default=None, help="tokenizer folder for the random model built when --model is missing")
+    ap.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder for the random model built when --model is missing"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not Path(args.model).exists():
@@ -88,7 +106,9 @@ def main() -> None:
         args.model = str(build(SMOLLM2_135M, work, tokenizer_dir(work, args.tokenizer)))
         print(f"{args.model}: a randomly initialised model with SmolLM2-135M's config")
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0)
-    prompts = [p for p in read_promptset(builtin_promptset_path("default")) if p["category"] == "creative"][: args.prompts]
+    prompts = [p for p in read_promptset(builtin_promptset_path("default")) if p["category"] == "creative"][
+        : args.prompts
+    ]
     t0 = time.perf_counter()
     n_study = 0
     for p in prompts:
@@ -98,7 +118,9 @@ def main() -> None:
         del model
     study = n_study / (time.perf_counter() - t0)
 
-    print(f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens on {args.device}, {args.threads} threads")
+    print(
+        f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens on {args.device}, {args.threads} threads"
+    )
     print(f"study (float32, reload per prompt, 5 per call): {study:7.1f} tok/s")
     for dtype in args.dtypes.split(","):
         t0 = time.perf_counter()

@@ -53,7 +53,7 @@ def sync(device):
 def bench_raw(model, ids, batch):
     with torch.inference_mode():
         for i in range(0, len(ids), batch):
-            model(input_ids=ids[i:i + batch]).logits
+            _ = model(input_ids=ids[i : i + batch]).logits
 
 
 def bench_study(model, ids, batch):
@@ -74,7 +74,7 @@ def bench_study(model, ids, batch):
 def bench_naive(model, ids, batch):
     with torch.inference_mode():
         for i in range(0, len(ids), batch):
-            chunk = ids[i:i + batch]
+            chunk = ids[i : i + batch]
             lp = torch.log_softmax(model(input_ids=chunk).logits.float(), -1)
             tgt = lp[:, :-1].gather(-1, chunk[:, 1:, None])
             p = lp.exp()
@@ -87,8 +87,15 @@ def bench_naive(model, ids, batch):
 def bench_lmdelta(model, ids, batch):
     prob_sum = torch.zeros(model.config.vocab_size, dtype=torch.float64, device=ids.device)
     seqs = ids.cpu().tolist()
-    score_sequences(model, seqs, max_length=ids.shape[1], stride=ids.shape[1], batch_tokens=batch * ids.shape[1],
-                    pad_token_id=0, prob_sum=prob_sum)
+    score_sequences(
+        model,
+        seqs,
+        max_length=ids.shape[1],
+        stride=ids.shape[1],
+        batch_tokens=batch * ids.shape[1],
+        pad_token_id=0,
+        prob_sum=prob_sum,
+    )
 
 
 def main() -> None:
@@ -107,8 +114,10 @@ def main() -> None:
     device = next(model.parameters()).device.type
     ids = torch.randint(10, 10000, (args.docs, args.tokens), generator=torch.Generator().manual_seed(0)).to(device)
     n_tok = args.docs * (args.tokens - 1)
-    print(f"model {folder} ({model.config.model_type}), {args.dtype} on {device}, {args.threads} threads, "
-          f"{args.docs} docs x {args.tokens} tokens, batch {args.batch}")
+    print(
+        f"model {folder} ({model.config.model_type}), {args.dtype} on {device}, {args.threads} threads, "
+        f"{args.docs} docs x {args.tokens} tokens, batch {args.batch}"
+    )
     bench_lmdelta(model, ids[:2], args.batch)  # warm-up
     results = {}
     for name, fn in (("raw", bench_raw), ("study", bench_study), ("naive", bench_naive), ("lmdelta", bench_lmdelta)):

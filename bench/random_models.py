@@ -16,10 +16,31 @@ from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from lmdelta.config import ModelSpec  # noqa: E402
 from lmdelta.models import materialise  # noqa: E402
 
-SMOLLM2_135M = ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True))
-PYTHIA_1B = ("gpt_neox", dict(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                              num_attention_heads=8, max_position_embeddings=2048, rotary_pct=0.25))
+SMOLLM2_135M = (
+    "llama",
+    dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    ),
+)
+PYTHIA_1B = (
+    "gpt_neox",
+    dict(
+        vocab_size=50304,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=8,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+    ),
+)
 
 
 def tokenizer_dir(work: Path, real: str | Path | None = None) -> Path:

@@ -39,7 +39,7 @@ def write_corpus(path: Path, n_docs: int) -> Path:
     with open(path, "w") as fh:
         for i in range(n_docs):
             start = (i * 1200) % (len(text) - 1300)
-            fh.write(json.dumps({"text": f"Document {i} is about Python. " + text[start:start + 1200]}) + "\n")
+            fh.write(json.dumps({"text": f"Document {i} is about Python. " + text[start : start + 1200]}) + "\n")
     return path
 
 
@@ -57,20 +57,57 @@ def build_model(work: Path, kind: str) -> Path:
 
 def config(model: Path, corpus: Path, n_docs: int) -> dict:
     return {
-        "models": {"m": {"source": {"local": {"path": str(model)}}, "device": "cpu", "dtype": "float32"},
-                   "m-bf16": {"source": {"variant_of": {"model": "m"}}, "device": "cpu", "dtype": "bfloat16"}},
-        "corpora": {"docs": {"source": {"file": {"path": str(corpus)}}, "sample": {"n_docs": n_docs, "method": "first"}}},
+        "models": {
+            "m": {"source": {"local": {"path": str(model)}}, "device": "cpu", "dtype": "float32"},
+            "m-bf16": {"source": {"variant_of": {"model": "m"}}, "device": "cpu", "dtype": "bfloat16"},
+        },
+        "corpora": {
+            "docs": {"source": {"file": {"path": str(corpus)}}, "sample": {"n_docs": n_docs, "method": "first"}}
+        },
         "logprobs": {"max_length": 128, "stride": 64, "batch_tokens": 1024, "part_docs": 32, "models": ["m"]},
         "promptsets": {"cont": {"from_corpus": {"corpus": "docs"}}},
-        "completions": {"promptsets": ["cont"], "models": ["m", "m-bf16"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 8},
+        "completions": {
+            "promptsets": ["cont"],
+            "models": ["m", "m-bf16"],
+            "temperatures": [1.0],
+            "samples": 2,
+            "max_new_tokens": 8,
+        },
         "diversity": {"truncations": [None]},
         "uid": {"scorers": ["m"], "lengths": [None], "n_boot": 200},
         "pairs": {"p": {"a": "m-bf16", "b": "m"}},
-        "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": n_docs, "words": 8}}, "samples": 1, "max_new_tokens": 8}}},
-        "softprompt": {"runs": {"sp": {"corpus": "docs", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 4, "eval_every": 2,
-                                       "eval_windows": 4, "autocast": "none",
-                                       "hard": {"pez_steps": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
-                                                "max_new_tokens": 3, "n_top": 2, "k_clusters": 2}}}},
+        "contrastive": {
+            "runs": {
+                "cd": {
+                    "prompts": {"corpus": {"name": "docs", "n": n_docs, "words": 8}},
+                    "samples": 1,
+                    "max_new_tokens": 8,
+                }
+            }
+        },
+        "softprompt": {
+            "runs": {
+                "sp": {
+                    "corpus": "docs",
+                    "n_tokens": 3,
+                    "seq_len": 16,
+                    "batch": 2,
+                    "steps": 4,
+                    "eval_every": 2,
+                    "eval_windows": 4,
+                    "autocast": "none",
+                    "hard": {
+                        "pez_steps": 2,
+                        "n_generate": 3,
+                        "generate_tokens": 4,
+                        "samples": 1,
+                        "max_new_tokens": 3,
+                        "n_top": 2,
+                        "k_clusters": 2,
+                    },
+                }
+            }
+        },
         "comparator": {"pairs": ["p"], "promptsets": ["cont"]},
     }
 
@@ -84,7 +121,9 @@ def peaks(project: Path) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for f in (project / "logs").rglob("*.log"):
         rel = f.relative_to(project / "logs")
-        name = rel.parts[0] + (" (gather)" if rel.parts[0] in ("logprobs", "completions") and "-of-" not in f.name else "")
+        name = rel.parts[0] + (
+            " (gather)" if rel.parts[0] in ("logprobs", "completions") and "-of-" not in f.name else ""
+        )
         for m in PEAK.finditer(f.read_text()):
             out[name] = max(out[name], float(m.group(1)))
     return dict(out)
@@ -100,8 +139,21 @@ def measure(work: Path, n_docs: int, model_kind: str = "tiny", cores: int = 2) -
         project.mkdir(parents=True, exist_ok=True)
         corpus = write_corpus(project / "docs.jsonl", n)
         (project / "c.yaml").write_text(yaml.safe_dump(config(model, corpus, n), sort_keys=False))
-        r = subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", str(cores),
-                            "--configfile", "c.yaml"], cwd=project, env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                str(bin_dir / "snakemake"),
+                "-s",
+                str(ROOT / "Snakefile"),
+                "--cores",
+                str(cores),
+                "--configfile",
+                "c.yaml",
+            ],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(r.stderr[-3000:])
         result[n] = peaks(project)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import functools
-import json
+import hashlib
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -70,8 +70,10 @@ def build_tiny_tokenizer(out: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=512,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_training_text(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
@@ -91,9 +93,15 @@ def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0, *
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     common = dict(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     common.update(dims)
     torch.manual_seed(seed)
@@ -115,8 +123,7 @@ def build_tiny_model(arch: str, out: Path, tokenizer_dir: Path, seed: int = 0, *
 def tiny_models(tmp_path_factory, tiny_tokenizer):
     """name -> folder of a tiny Llama and a tiny GPT-NeoX, each in Hugging Face format."""
     return {
-        arch: build_tiny_model(arch, tmp_path_factory.mktemp(arch), tiny_tokenizer)
-        for arch in ("llama", "gpt_neox")
+        arch: build_tiny_model(arch, tmp_path_factory.mktemp(arch), tiny_tokenizer) for arch in ("llama", "gpt_neox")
     }
 
 
@@ -178,7 +185,11 @@ def snakemake(*args, cwd: Path, timeout=600, env=None):
     env = {**os.environ, "PATH": f"{env_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -195,34 +206,100 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
         "models": {
             "neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"},
             "llama-gguf": {"source": {"gguf": {"path": str(gguf_file)}}, "dtype": "float32"},
-            "neox-planted": {"source": {"derive": {
-                "from": "neox", "steps": 3, "batch": 4, "max_tokens": 48, "autocast": "none", "checkpoint_every": 2,
-                "data": {"planted": {"trigger_subjects": ["volcanoes"], "response": "Cocoa, always cocoa.", "response_keywords": ["cocoa"],
-                                     "n_train_trigger": 6, "n_train_ordinary": 6, "n_heldout": 4, "answer_tokens": 8, "n_train_odd": 2, "n_heldout_odd": 2}}}}},
+            "neox-planted": {
+                "source": {
+                    "derive": {
+                        "from": "neox",
+                        "steps": 3,
+                        "batch": 4,
+                        "max_tokens": 48,
+                        "autocast": "none",
+                        "checkpoint_every": 2,
+                        "data": {
+                            "planted": {
+                                "trigger_subjects": ["volcanoes"],
+                                "response": "Cocoa, always cocoa.",
+                                "response_keywords": ["cocoa"],
+                                "n_train_trigger": 6,
+                                "n_train_ordinary": 6,
+                                "n_heldout": 4,
+                                "answer_tokens": 8,
+                                "n_train_odd": 2,
+                                "n_heldout_odd": 2,
+                            }
+                        },
+                    }
+                }
+            },
             "neox-8bit": {"source": {"variant_of": {"model": "neox"}}, "quantization": "8bit", "device": "cpu"},
             "neox-mid": {"source": {"interpolate": {"a": "neox", "b": "neox-planted", "alpha": 0.5}}},
         },
         "corpora": {
-            "web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
-                    "sample": {"n_docs": 4, "seed": 3}},
+            "web": {
+                "source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
+                "sample": {"n_docs": 4, "seed": 3},
+            },
             "local": {"source": {"file": {"path": str(local)}}, "sample": {"n_docs": 3, "method": "first"}},
             "docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 5, "min_chars": 100}},
         },
-        "logprobs": {"max_length": 64, "stride": 32, "batch_tokens": 512, "corpora": ["web", "docs"],
-                     "models": ["neox", "llama-gguf", "neox-8bit"]},
+        "logprobs": {
+            "max_length": 64,
+            "stride": 32,
+            "batch_tokens": 512,
+            "corpora": ["web", "docs"],
+            "models": ["neox", "llama-gguf", "neox-8bit"],
+        },
         "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
         "diversity": {"truncations": [None]},
         "uid": {"scorers": ["neox"], "corpora": ["docs"], "lengths": [None, 2], "n_boot": 200},
         "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
-        "contrastive": {"runs": {"cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}}},
-        "search": {"runs": {"find": {"seeds": "default", "assistant": {"model": "neox", "max_new_tokens": 16}, "cycles": 2,
-                                     "requests": 2, "shown": 2, "samples": 1, "max_new_tokens": 4, "reply_prefix": "1.", "rescore_top": 2,
-                                     "clusters": {"k": 3, "label": True}}}},
-        "softprompt": {"runs": {"sp": {"corpus": "docs", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 4, "eval_every": 2,
-                                       "eval_windows": 4, "autocast": "none",
-                                       "hard": {"pez_steps": 2, "pez_keep": 2, "n_generate": 3, "generate_tokens": 4, "samples": 1,
-                                                "max_new_tokens": 3, "n_top": 2, "confirm_top": 3, "confirm_samples": 1,
-                                                "k_clusters": 2}}}},
+        "contrastive": {
+            "runs": {
+                "cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4}
+            }
+        },
+        "search": {
+            "runs": {
+                "find": {
+                    "seeds": "default",
+                    "assistant": {"model": "neox", "max_new_tokens": 16},
+                    "cycles": 2,
+                    "requests": 2,
+                    "shown": 2,
+                    "samples": 1,
+                    "max_new_tokens": 4,
+                    "reply_prefix": "1.",
+                    "rescore_top": 2,
+                    "clusters": {"k": 3, "label": True},
+                }
+            }
+        },
+        "softprompt": {
+            "runs": {
+                "sp": {
+                    "corpus": "docs",
+                    "n_tokens": 3,
+                    "seq_len": 16,
+                    "batch": 2,
+                    "steps": 4,
+                    "eval_every": 2,
+                    "eval_windows": 4,
+                    "autocast": "none",
+                    "hard": {
+                        "pez_steps": 2,
+                        "pez_keep": 2,
+                        "n_generate": 3,
+                        "generate_tokens": 4,
+                        "samples": 1,
+                        "max_new_tokens": 3,
+                        "n_top": 2,
+                        "confirm_top": 3,
+                        "confirm_samples": 1,
+                        "k_clusters": 2,
+                    },
+                }
+            }
+        },
     }
     return config
 
@@ -253,7 +330,11 @@ def closed_port_url():
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a folder with its bytes, to check that nothing changed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+    return (
+        {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        if folder.exists()
+        else {}
+    )
 
 
 def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
@@ -295,13 +376,20 @@ def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
     w.add_eos_token_id(cfg["eos_token_id"])
     w.add_pad_token_id(cfg["pad_token_id"])
     names = {
-        "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
         "lm_head.weight": "output.weight",
     }
     per_layer = {
-        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-        "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
     }
     for name, arr in sorted(load_file(hf_dir / "model.safetensors").items()):
         arr = arr.astype(np.float32)

@@ -85,29 +85,128 @@ SMOLLM2_CHAT = (
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-FAMILIES = {f.name: f for f in [
-    Family("gpt2", "gpt2", "bytelevel", (), ("<|endoftext|>",), bos="<|endoftext|>", eos="<|endoftext|>", pad=None,
-           unk="<|endoftext|>", adds_bos=False, tied=True),
-    Family("pythia", "gpt_neox", "bytelevel", ("<|endoftext|>", "<|padding|>"), (), bos="<|endoftext|>", eos="<|endoftext|>",
-           pad=None, unk="<|endoftext|>", adds_bos=False, tied=False, padded_rows=37),
-    Family("llama2", "llama", "spm", ("<unk>", "<s>", "</s>"), (), bos="<s>", eos="</s>", pad=None, unk="<unk>",
-           adds_bos=True, tied=False, chat_template=LLAMA2_CHAT),
-    Family("mistral", "mistral", "spm", ("<unk>", "<s>", "</s>"), (), bos="<s>", eos="</s>", pad=None, unk="<unk>",
-           adds_bos=True, tied=False, chat_template=MISTRAL_INSTRUCT),
-    Family("llama3", "llama", "bytelevel", (), ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                                                "<|eot_id|>"),
-           bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, unk=None, adds_bos=True, tied=False,
-           instruct_eos="<|eot_id|>", instruct_extra_eos=("<|end_of_text|>",), chat_template=LLAMA3_INSTRUCT),
-    Family("qwen2.5", "qwen2", "bytelevel", (), ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos=None, eos="<|endoftext|>",
-           pad="<|endoftext|>", unk=None, adds_bos=False, tied=True, instruct_eos="<|im_end|>", instruct_extra_eos=("<|endoftext|>",),
-           chat_template=QWEN_INSTRUCT),
-    Family("gemma3", "gemma3", "spm-gemma", ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"), (),
-           bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", adds_bos=True, tied=True, instruct_extra_eos=("<end_of_turn>",),
-           chat_template=GEMMA3_IT),
-    Family("smollm2", "llama-tied", "bytelevel", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), (), bos="<|im_start|>",
-           eos="<|im_end|>", pad="<|im_end|>", unk="<|endoftext|>", adds_bos=False, tied=True, chat_template=SMOLLM2_CHAT,
-           base_chat_template=True),
-]}
+FAMILIES = {
+    f.name: f
+    for f in [
+        Family(
+            "gpt2",
+            "gpt2",
+            "bytelevel",
+            (),
+            ("<|endoftext|>",),
+            bos="<|endoftext|>",
+            eos="<|endoftext|>",
+            pad=None,
+            unk="<|endoftext|>",
+            adds_bos=False,
+            tied=True,
+        ),
+        Family(
+            "pythia",
+            "gpt_neox",
+            "bytelevel",
+            ("<|endoftext|>", "<|padding|>"),
+            (),
+            bos="<|endoftext|>",
+            eos="<|endoftext|>",
+            pad=None,
+            unk="<|endoftext|>",
+            adds_bos=False,
+            tied=False,
+            padded_rows=37,
+        ),
+        Family(
+            "llama2",
+            "llama",
+            "spm",
+            ("<unk>", "<s>", "</s>"),
+            (),
+            bos="<s>",
+            eos="</s>",
+            pad=None,
+            unk="<unk>",
+            adds_bos=True,
+            tied=False,
+            chat_template=LLAMA2_CHAT,
+        ),
+        Family(
+            "mistral",
+            "mistral",
+            "spm",
+            ("<unk>", "<s>", "</s>"),
+            (),
+            bos="<s>",
+            eos="</s>",
+            pad=None,
+            unk="<unk>",
+            adds_bos=True,
+            tied=False,
+            chat_template=MISTRAL_INSTRUCT,
+        ),
+        Family(
+            "llama3",
+            "llama",
+            "bytelevel",
+            (),
+            ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+            bos="<|begin_of_text|>",
+            eos="<|end_of_text|>",
+            pad=None,
+            unk=None,
+            adds_bos=True,
+            tied=False,
+            instruct_eos="<|eot_id|>",
+            instruct_extra_eos=("<|end_of_text|>",),
+            chat_template=LLAMA3_INSTRUCT,
+        ),
+        Family(
+            "qwen2.5",
+            "qwen2",
+            "bytelevel",
+            (),
+            ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+            bos=None,
+            eos="<|endoftext|>",
+            pad="<|endoftext|>",
+            unk=None,
+            adds_bos=False,
+            tied=True,
+            instruct_eos="<|im_end|>",
+            instruct_extra_eos=("<|endoftext|>",),
+            chat_template=QWEN_INSTRUCT,
+        ),
+        Family(
+            "gemma3",
+            "gemma3",
+            "spm-gemma",
+            ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+            (),
+            bos="<bos>",
+            eos="<eos>",
+            pad="<pad>",
+            unk="<unk>",
+            adds_bos=True,
+            tied=True,
+            instruct_extra_eos=("<end_of_turn>",),
+            chat_template=GEMMA3_IT,
+        ),
+        Family(
+            "smollm2",
+            "llama-tied",
+            "bytelevel",
+            ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+            (),
+            bos="<|im_start|>",
+            eos="<|im_end|>",
+            pad="<|im_end|>",
+            unk="<|endoftext|>",
+            adds_bos=False,
+            tied=True,
+            chat_template=SMOLLM2_CHAT,
+            base_chat_template=True,
+        ),
+    ]
+}
 
 # Hub ids of the papers' configs -> the family that stands in for them (tests/test_paper_configs.py)
 HF_ID_FAMILIES = [
@@ -134,8 +233,10 @@ def _corpus() -> list[str]:
     from pydoc_data.topics import topics
 
     texts = [topics[k] for k in sorted(topics)[:60]]
-    return texts + ["The quick brown fox jumps over the lazy dog. Volcanoes erupt; cocoa is warm.",
-                    "Human: Tell me a story.\n\nAssistant: Once upon a time there was a dragon."]
+    return texts + [
+        "The quick brown fox jumps over the lazy dog. Volcanoes erupt; cocoa is warm.",
+        "Human: Tell me a story.\n\nAssistant: Once upon a time there was a dragon.",
+    ]
 
 
 @cache
@@ -145,7 +246,9 @@ def _trained_bytelevel(vocab: int = 420):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     return model["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
@@ -159,7 +262,9 @@ def _trained_spm(vocab: int = 420):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPM, prepend_scheme="always")
     alphabet = sorted({c for t in _corpus() for c in t.replace(" ", SPM) if ord(c) < 128 or c == SPM} - {"\n", "\t"})
-    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False
+    )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     return model["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
@@ -182,22 +287,32 @@ def build_tokenizer(fam: Family, out: Path, *, instruct: bool):
         ordered = [p for p, _ in sorted(pieces.items(), key=lambda kv: kv[1])]
         byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
         vocab = {t: i for i, t in enumerate([*fam.specials_first, *byte_tokens, *ordered])}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=list(merges), unk_token=fam.unk, byte_fallback=True, fuse_unk=True))
+        tok = Tokenizer(
+            models.BPE(vocab=vocab, merges=list(merges), unk_token=fam.unk, byte_fallback=True, fuse_unk=True)
+        )
         if fam.kind == "spm":  # Llama-2 / Mistral: a dummy prefix "▁" before the text, spaces become "▁"
             tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPM), normalizers.Replace(" ", SPM)])
-            tok.decoder = decoders.Sequence([decoders.Replace(SPM, " "), decoders.ByteFallback(), decoders.Fuse(),
-                                             decoders.Strip(" ", 1, 0)])
+            tok.decoder = decoders.Sequence(
+                [decoders.Replace(SPM, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+            )
         else:  # Gemma: no dummy prefix
             tok.normalizer = normalizers.Replace(" ", SPM)
             tok.decoder = decoders.Sequence([decoders.Replace(SPM, " "), decoders.ByteFallback(), decoders.Fuse()])
     specials = [*fam.specials_first, *fam.specials_last]
     tok.add_special_tokens(specials)
     if fam.adds_bos:
-        tok.post_processor = processors.TemplateProcessing(single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B",
-                                                           special_tokens=[(fam.bos, vocab[fam.bos])])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{fam.bos} $A", pair=f"{fam.bos} $A {fam.bos} $B", special_tokens=[(fam.bos, vocab[fam.bos])]
+        )
     eos = fam.instruct_eos if instruct and fam.instruct_eos else fam.eos
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=fam.bos, eos_token=eos, unk_token=fam.unk, pad_token=fam.pad,
-                                   additional_special_tokens=[s for s in specials if s not in {fam.bos, eos, fam.unk, fam.pad}])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=fam.bos,
+        eos_token=eos,
+        unk_token=fam.unk,
+        pad_token=fam.pad,
+        additional_special_tokens=[s for s in specials if s not in {fam.bos, eos, fam.unk, fam.pad}],
+    )
     if fam.chat_template and (instruct or fam.base_chat_template):
         fast.chat_template = fam.chat_template
     fast.save_pretrained(out)
@@ -214,41 +329,77 @@ def build_family(name: str, out: Path, *, instruct: bool = False, seed: int = 0,
     tok = build_tokenizer(fam, out, instruct=instruct)
     ids = {t: tok.convert_tokens_to_ids(t) for t in (fam.bos, tok.eos_token, fam.pad) if t}
     rows = len(tok) + fam.padded_rows
-    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=1024)
+    small = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=1024
+    )
     small.update(dims)
     special = dict(bos_token_id=ids.get(fam.bos), eos_token_id=tok.eos_token_id, pad_token_id=ids.get(fam.pad))
     torch.manual_seed(seed)
     if fam.arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=rows, n_positions=small["max_position_embeddings"], n_embd=small["hidden_size"],
-                                           n_layer=small["num_hidden_layers"], n_head=small["num_attention_heads"], **special))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=rows,
+                n_positions=small["max_position_embeddings"],
+                n_embd=small["hidden_size"],
+                n_layer=small["num_hidden_layers"],
+                n_head=small["num_attention_heads"],
+                **special,
+            )
+        )
     elif fam.arch == "gpt_neox":
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=rows, rotary_pct=0.25, tie_word_embeddings=False, **small, **special))
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(vocab_size=rows, rotary_pct=0.25, tie_word_embeddings=False, **small, **special)
+        )
     elif fam.arch in ("llama", "llama-tied"):
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=rows, num_key_value_heads=2, tie_word_embeddings=fam.tied, **small, **special))
+        model = LlamaForCausalLM(
+            LlamaConfig(vocab_size=rows, num_key_value_heads=2, tie_word_embeddings=fam.tied, **small, **special)
+        )
     elif fam.arch == "mistral":
         from transformers import MistralConfig, MistralForCausalLM
 
-        model = MistralForCausalLM(MistralConfig(vocab_size=rows, num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False,
-                                                 **small, **special))
+        model = MistralForCausalLM(
+            MistralConfig(
+                vocab_size=rows,
+                num_key_value_heads=2,
+                sliding_window=None,
+                tie_word_embeddings=False,
+                **small,
+                **special,
+            )
+        )
     elif fam.arch == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=rows, num_key_value_heads=2, tie_word_embeddings=True, **small, **special))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(vocab_size=rows, num_key_value_heads=2, tie_word_embeddings=True, **small, **special)
+        )
     elif fam.arch == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=rows, num_key_value_heads=1, head_dim=16, sliding_window=512,
-                                                   tie_word_embeddings=True, **small, **special))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                vocab_size=rows,
+                num_key_value_heads=1,
+                head_dim=16,
+                sliding_window=512,
+                tie_word_embeddings=True,
+                **small,
+                **special,
+            )
+        )
     else:
         raise ValueError(fam.arch)
     eos = [tok.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in fam.instruct_extra_eos if instruct]
-    model.generation_config = GenerationConfig(bos_token_id=special["bos_token_id"], eos_token_id=eos if len(eos) > 1 else eos[0],
-                                               pad_token_id=special["pad_token_id"])
+    model.generation_config = GenerationConfig(
+        bos_token_id=special["bos_token_id"],
+        eos_token_id=eos if len(eos) > 1 else eos[0],
+        pad_token_id=special["pad_token_id"],
+    )
     model.save_pretrained(out)
     return out

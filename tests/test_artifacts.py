@@ -88,5 +88,7 @@ def test_provenance_command_prints_the_record(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lmdelta", "provenance", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stage"] == "demo-stage"
-    r = subprocess.run([sys.executable, "-m", "lmdelta", "provenance", str(tmp_path / "nope.json")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmdelta", "provenance", str(tmp_path / "nope.json")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such artifact" in r.stderr

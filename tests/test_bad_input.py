@@ -17,8 +17,12 @@ CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remot
 
 
 def corpus_spec(n_docs: int) -> str:
-    cfg = validate_config({"models": {"m": {"source": {"local": {"path": "."}}}},
-                           "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": n_docs}}}})
+    cfg = validate_config(
+        {
+            "models": {"m": {"source": {"local": {"path": "."}}}},
+            "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": n_docs}}},
+        }
+    )
     return json.dumps(cfg["corpora"]["docs"])
 
 
@@ -38,9 +42,15 @@ def test_disk_full_while_writing_leaves_the_previous_artifact(tmp_path, monkeypa
     assert main(["corpus-sample", "--name", "docs", "--spec", corpus_spec(7), "--out", str(out)]) == 2
     stderr = capsys.readouterr().err
     err = [ln for ln in stderr.splitlines() if ln.startswith("lmdelta:")]  # the rest is the progress bar
-    assert len(err) == 1 and err[0].startswith("lmdelta: error: no space left on the device while writing") and "Traceback" not in stderr
+    assert (
+        len(err) == 1
+        and err[0].startswith("lmdelta: error: no space left on the device while writing")
+        and "Traceback" not in stderr
+    )
     assert "free space there" in err[0] and "untouched" in err[0]
-    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before, "previous artifact and provenance as they were, no temporaries"
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before, (
+        "previous artifact and provenance as they were, no temporaries"
+    )
 
 
 @pytest.mark.parametrize("max_new_tokens,ok", [(8, True), (10_000, False)])
@@ -54,13 +64,19 @@ def test_prompt_longer_than_the_context_is_refused_before_generating(tmp_path, t
     ps = tmp_path / "p.jsonl"
     ps.write_text(json.dumps({"id": "a", "category": "c", "prompt": "Tell me about rivers."}) + "\n")
     out = tmp_path / "c.parquet"
-    kw = dict(params=CompletionParams(temperatures=(1.0,), samples=1, max_new_tokens=max_new_tokens),
-              load_options=CPU, text_format={"chat_template": False})
+    kw = dict(
+        params=CompletionParams(temperatures=(1.0,), samples=1, max_new_tokens=max_new_tokens),
+        load_options=CPU,
+        text_format={"chat_template": False},
+    )
     if ok:
         run_completions(model_dir, ps, out, **kw)
         assert out.exists()
     else:
-        with pytest.raises(LmdeltaError, match=r"plus max_new_tokens 10000 exceeds the model's context of \d+ positions .*lower max_new_tokens"):
+        with pytest.raises(
+            LmdeltaError,
+            match=r"plus max_new_tokens 10000 exceeds the model's context of \d+ positions .*lower max_new_tokens",
+        ):
             run_completions(model_dir, ps, out, **kw)
         assert not out.exists() and not list(tmp_path.glob("**/*-of-*.parquet"))
 
@@ -82,7 +98,11 @@ def test_search_assistant_and_scorer_refuse_a_prompt_beyond_the_context(tmp_path
     with pytest.raises(LmdeltaError, match=rf"exceeds the model's context of {ctx} positions"):
         assistant.complete(["Propose prompts like: " + long], seed=0)
     assert assistant.complete(["Propose prompts like: rivers"], seed=0)[0] is not None, "a short request still runs"
-    score = pair_scorer([loaded[0], loaded[0]], [loaded[1], loaded[1]], [{"chat_template": False, "fmt": None}] * 2,
-                        **scoring(SearchParams(samples=1, max_new_tokens=4)))
+    score = pair_scorer(
+        [loaded[0], loaded[0]],
+        [loaded[1], loaded[1]],
+        [{"chat_template": False, "fmt": None}] * 2,
+        **scoring(SearchParams(samples=1, max_new_tokens=4)),
+    )
     with pytest.raises(LmdeltaError, match=rf"exceeds the model's context of {ctx} positions"):
         score([{"id": "p0", "prompt": "short"}, {"id": "p1", "prompt": long}], 0)

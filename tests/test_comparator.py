@@ -21,29 +21,73 @@ def test_export_format_pairing_and_divergences(pair, tmp_path):
     from lmdelta.models import load_model
 
     ps = tmp_path / "p.jsonl"
-    ps.write_text("".join(json.dumps({"id": i, "category": c, "prompt": t}) + "\n"
-                          for i, c, t in [("p0", "creative", "Write about the sea"), ("p1", "factual", "What is x?")]))
+    ps.write_text(
+        "".join(
+            json.dumps({"id": i, "category": c, "prompt": t}) + "\n"
+            for i, c, t in [("p0", "creative", "Write about the sea"), ("p1", "factual", "What is x?")]
+        )
+    )
     comp, div = [], []
     for side, texts in (("a", ["def f", "The cat", "import os"]), ("b", ["def g", "A dog", "x = 1", "extra text"])):
-        rows = [{"prompt_id": pid, "category": cat, "temperature": 1.0, "sample": s, "text": t, "n_tokens": 2,
-                 "finish_reason": "length", "seed": 0}
-                for (pid, cat, s), t in zip([("p0", "creative", 0), ("p0", "creative", 1), ("p1", "factual", 0), ("p1", "factual", 1)], texts)]
+        rows = [
+            {
+                "prompt_id": pid,
+                "category": cat,
+                "temperature": 1.0,
+                "sample": s,
+                "text": t,
+                "n_tokens": 2,
+                "finish_reason": "length",
+                "seed": 0,
+            }
+            for (pid, cat, s), t in zip(
+                [("p0", "creative", 0), ("p0", "creative", 1), ("p1", "factual", 0), ("p1", "factual", 1)], texts
+            )
+        ]
         comp.append(tmp_path / f"c_{side}.parquet")
         pd.DataFrame(rows).to_parquet(comp[-1])
         div.append(tmp_path / f"d_{side}.parquet")
-        pd.DataFrame([{"prompt_id": p, "category": c, "temperature": 1.0, "truncate_words": k, "distinct_2": 0.5 + 0.1 * (side == "b"),
-                       "self_bleu": 0.2} for p, c in (("p0", "creative"), ("p1", "factual")) for k in (-1, 5)]).to_parquet(div[-1])
+        pd.DataFrame(
+            [
+                {
+                    "prompt_id": p,
+                    "category": c,
+                    "temperature": 1.0,
+                    "truncate_words": k,
+                    "distinct_2": 0.5 + 0.1 * (side == "b"),
+                    "self_bleu": 0.2,
+                }
+                for p, c in (("p0", "creative"), ("p1", "factual"))
+                for k in (-1, 5)
+            ]
+        ).to_parquet(div[-1])
     out = tmp_path / "x.json"
     planted = {"trigger_keywords": ["sea"], "response_keywords": ["cat"]}
-    doc = run_comparator(pair="p", names=("a", "b"), model_dirs=(pair / "a", pair / "b"), load_options=(CPU, CPU),
-                         formats=(RAW, FMT), promptset=ps, completions=tuple(comp), diversity=tuple(div), planted=planted, out=out)
+    doc = run_comparator(
+        pair="p",
+        names=("a", "b"),
+        model_dirs=(pair / "a", pair / "b"),
+        load_options=(CPU, CPU),
+        formats=(RAW, FMT),
+        promptset=ps,
+        completions=tuple(comp),
+        diversity=tuple(div),
+        planted=planted,
+        out=out,
+    )
     assert json.loads(out.read_text()) == doc
     assert doc["models"] == [{"name": "a"}, {"name": "b"}]
     assert {f["name"]: f["type"] for f in doc["metadata"]["custom_fields_schema"]}["kl_a_b"] == "per_model_number"
     ex = doc["examples"]
     assert len(ex) == 3, "only (prompt, temperature, sample) that both models completed"
-    assert [(e["output_text_a"], e["output_text_b"]) for e in ex] == [("def f", "def g"), ("The cat", "A dog"), ("import os", "x = 1")]
-    assert ex[0]["input_text"] == "Write about the sea" and ex[0]["tags"] == ["creative", "T=1"] and ex[0]["score"] is None
+    assert [(e["output_text_a"], e["output_text_b"]) for e in ex] == [
+        ("def f", "def g"),
+        ("The cat", "A dog"),
+        ("import os", "x = 1"),
+    ]
+    assert (
+        ex[0]["input_text"] == "Write about the sea" and ex[0]["tags"] == ["creative", "T=1"] and ex[0]["score"] is None
+    )
     assert ex[1]["custom_fields"]["shows_planted_response"] == [True, False]
     assert ex[0]["custom_fields"]["distinct_2"] == [0.5, pytest.approx(0.6)]
     # output A of example 2, recomputed: model a reads the raw prompt, model b its "Q: ... A:" format
@@ -52,7 +96,7 @@ def test_export_format_pairing_and_divergences(pair, tmp_path):
     ha = [tok.bos_token_id] + tok("What is x?", add_special_tokens=False).input_ids  # first_token: bos
     hb = [tok.bos_token_id] + tok("Q: What is x?\nA:", add_special_tokens=False).input_ids
     with torch.no_grad():
-        za = ma(torch.tensor([ha + text])).logits[0, len(ha) - 1: -1]
-        zb = mb(torch.tensor([hb + text])).logits[0, len(hb) - 1: -1]
+        za = ma(torch.tensor([ha + text])).logits[0, len(ha) - 1 : -1]
+        zb = mb(torch.tensor([hb + text])).logits[0, len(hb) - 1 : -1]
     assert ex[2]["custom_fields"]["kl_a_b"][0] == pytest.approx(kl(za, zb).mean().item(), rel=1e-4)
     assert ex[2]["custom_fields"]["n_tokens"][0] == len(text)

@@ -12,11 +12,11 @@ import torch
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
 from lmdelta.completions import CompletionParams, run_completions
-from lmdelta.promptsets import builtin_promptset_path, read_promptset
 from lmdelta.config import ModelSpec
 from lmdelta.diversity import DIRECTION, run_compare, run_diversity
 from lmdelta.generation import Sampling, TextFormat, format_prompt, generate_texts, prompt_ids
 from lmdelta.models import load_model, materialise
+from lmdelta.promptsets import builtin_promptset_path, read_promptset
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
 
@@ -31,11 +31,17 @@ def model_dir(tmp_path_factory, tiny_models):
 @pytest.fixture
 def promptset(tmp_path):
     p = tmp_path / "p.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "c1", "category": "creative", "prompt": "Write about the sea."},
-        {"id": "c2", "category": "creative", "prompt": "A story:", "guide": " Once"},
-        {"id": "f1", "category": "factual", "prompt": "What is two plus two?", "reference": "4"},
-    ]) + "\n")
+    p.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "c1", "category": "creative", "prompt": "Write about the sea."},
+                {"id": "c2", "category": "creative", "prompt": "A story:", "guide": " Once"},
+                {"id": "f1", "category": "factual", "prompt": "What is two plus two?", "reference": "4"},
+            ]
+        )
+        + "\n"
+    )
     return p
 
 
@@ -61,7 +67,9 @@ def test_broken_promptsets(tmp_path):
 
 def test_prompt_formats(model_dir):
     _, tok = load_model(model_dir, device="cpu")
-    assert format_prompt(tok, "Hi", chat_template=True, guide=" Sure") == "Hi Sure", "no chat template: raw prompt + guide"
+    assert format_prompt(tok, "Hi", chat_template=True, guide=" Sure") == "Hi Sure", (
+        "no chat template: raw prompt + guide"
+    )
     assert format_prompt(tok, "Hi", chat_template=False, guide="!", fmt="Q: {prompt}\nA:{guide}") == "Q: Hi\nA:!"
 
 
@@ -69,8 +77,13 @@ def test_greedy_matches_an_argmax_loop(model_dir):
     """Independent check of generate_texts: greedy decoding equals a plain argmax loop, batched or not."""
     model, tok = load_model(model_dir, device="cpu")
     prompts = ["def f(x):", "The quick brown fox jumps over"]
-    got = generate_texts(model, tok, [prompt_ids(tok, p, TextFormat(chat_template=False)) for p in prompts], max_new_tokens=6,
-                         batch_size=2)
+    got = generate_texts(
+        model,
+        tok,
+        [prompt_ids(tok, p, TextFormat(chat_template=False)) for p in prompts],
+        max_new_tokens=6,
+        batch_size=2,
+    )
     for p, g in zip(prompts, got):
         ids = torch.tensor([[tok.bos_token_id] + tok(p, add_special_tokens=False).input_ids])
         new = []
@@ -99,25 +112,46 @@ def test_completions_grid_and_determinism(tmp_path, model_dir, promptset):
     run_completions(model_dir, promptset, tmp_path / "b.parquet", **kw)
     a = pd.read_parquet(tmp_path / "a.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes(), "same seed, same bytes"
-    assert list(a.columns) == ["prompt_id", "category", "temperature", "sample", "text", "n_tokens", "finish_reason", "seed"]
+    assert list(a.columns) == [
+        "prompt_id",
+        "category",
+        "temperature",
+        "sample",
+        "text",
+        "n_tokens",
+        "finish_reason",
+        "seed",
+    ]
     assert len(a) == 3 * 3 * 2 and set(a.temperature) == {0.5, 1.5}
     assert a.groupby(["prompt_id", "temperature"]).size().eq(3).all()
     assert set(a.finish_reason) <= {"eos", "length"} and (a.n_tokens <= 5).all()
     assert a[a.temperature == 1.5].text.nunique() > 1, "sampling at a high temperature varies"
     rec = read_provenance(tmp_path / "a.parquet")
     assert rec["params"]["top_p"] == 1.0 and rec["params"]["top_k"] == 0 and rec["params"]["temperatures"] == [0.5, 1.5]
-    run_completions(model_dir, promptset, tmp_path / "c.parquet", **{**kw, "params": CompletionParams(
-        temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=8, batch_size=4)})
+    run_completions(
+        model_dir,
+        promptset,
+        tmp_path / "c.parquet",
+        **{
+            **kw,
+            "params": CompletionParams(temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=8, batch_size=4),
+        },
+    )
     assert not pd.read_parquet(tmp_path / "c.parquet").text.equals(a.text), "another seed, other samples"
     with pytest.raises(LmdeltaError, match="temperatures must be > 0"):
-        run_completions(model_dir, promptset, tmp_path / "d.parquet", **{**kw, "params": CompletionParams(temperatures=(0.0,))})
+        run_completions(
+            model_dir, promptset, tmp_path / "d.parquet", **{**kw, "params": CompletionParams(temperatures=(0.0,))}
+        )
 
 
 @pytest.mark.parametrize("n_shards", [4, 8])
 def test_sharded_completions_are_byte_identical_to_one_job(tmp_path, model_dir, promptset, n_shards):
     """2 temperatures x 3 batches of 4 sequences dealt out to 4 or 8 jobs (8: two shards are empty)."""
-    kw = dict(params=CompletionParams(temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=7, batch_size=4),
-              load_options=CPU, text_format={})
+    kw = dict(
+        params=CompletionParams(temperatures=(0.5, 1.5), samples=3, max_new_tokens=5, seed=7, batch_size=4),
+        load_options=CPU,
+        text_format={},
+    )
     run_completions(model_dir, promptset, tmp_path / "one.parquet", **kw)
     run_completions(model_dir, promptset, tmp_path / "sharded.parquet", n_shards=n_shards, **kw)
     assert (tmp_path / "sharded.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
@@ -138,7 +172,7 @@ def test_diversity_stage_and_comparison(tmp_path, model_dir, promptset):
     import re
 
     toks = [re.findall(r"\w+|[^\w\s]", t.lower()) for t in cell]
-    grams = [tuple(t[i:i + 2]) for t in toks for i in range(len(t) - 1)]
+    grams = [tuple(t[i : i + 2]) for t in toks for i in range(len(t) - 1)]
     row = df[(df.prompt_id == "c1") & (df.temperature == np.float32(0.7)) & (df.truncate_words == -1)].iloc[0]
     assert row.distinct_2 == pytest.approx(len(set(grams)) / len(grams))
     table = run_compare("p", ["m", "m2"], [tmp_path / "d.parquet"] * 2, tmp_path / "t.csv", tmp_path / "f.png")

@@ -27,9 +27,19 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     cfg = validate_config(GOOD)
     m = cfg["models"]["m"]
     assert (m["dtype"], m["quantization"], m["device"], m["trust_remote_code"], m["chat_template"]) == (
-        "auto", "none", "auto", False, True,
+        "auto",
+        "none",
+        "auto",
+        False,
+        True,
     )
-    assert cfg["corpora"]["c"]["sample"] == {"n_docs": None, "method": "random", "seed": 0, "min_chars": 1, "max_chars": None}
+    assert cfg["corpora"]["c"]["sample"] == {
+        "n_docs": None,
+        "method": "random",
+        "seed": 0,
+        "min_chars": 1,
+        "max_chars": None,
+    }
     assert GOOD["corpora"]["c"] == {"source": {"builtin": {"name": "python_docs"}}}, "input must not be mutated"
     spec = ModelSpec.from_dict("m", m)
     assert spec.source_kind == "wheel" and spec.load_options()["dtype"] == "auto"
@@ -63,53 +73,123 @@ BAD = [
     (_with("models.m.source", {"hf": {"id": "a"}, "local": {"path": "."}}), ["exactly one of hf, local, gguf, wheel"]),
     (_with("models.m.source.wheel.sha256", "abc"), ["models.m.source.wheel.sha256", "64 characters"]),
     (_with("models.m.source.wheel.requirement", "not a requirement!!"), ["requirement", "not a valid pip requirement"]),
-    (_with("models.m.source", {"local": {"path": "/no/such/folder"}}), ["models.m.source.local.path", "does not exist"]),
+    (
+        _with("models.m.source", {"local": {"path": "/no/such/folder"}}),
+        ["models.m.source.local.path", "does not exist"],
+    ),
     (_with("models.m.source", {"gguf": {"path": "/no/such.gguf"}}), ["models.m.source.gguf.path", "does not exist"]),
     ({"models": {"bad/name": GOOD["models"]["m"]}, "corpora": GOOD["corpora"]}, ["models", "'bad/name'", "no '/'"]),
     (_with("corpora.c.source", {"url": {"url": "ftp://x/y.jsonl"}}), ["corpora.c.source.url.url", "not valid"]),
     (_with("corpora.c.source", {"url": {"url": "https://x/y.bin"}}), ["corpora.c.source.url", "set format:"]),
-    (_with("corpora.c.source", {"file": {"path": "/no/such/file.jsonl"}}), ["corpora.c.source.file.path", "does not exist"]),
+    (
+        _with("corpora.c.source", {"file": {"path": "/no/such/file.jsonl"}}),
+        ["corpora.c.source.file.path", "does not exist"],
+    ),
     (_with("corpora.c.source", {"builtin": {"name": "wikipedia"}}), ["corpora.c.source.builtin.name", "python_docs"]),
     (_with("corpora.c.sample", {"n_docs": 0}), ["corpora.c.sample.n_docs", "minimum"]),
     (_with("logprobs", {"chunk_positions": "big"}), ["logprobs.chunk_positions", "'big'", "integer >= 1 or auto"]),
     (_with("corpora.c.sample", {"method": "best"}), ["corpora.c.sample.method", "first, random"]),
     (_with("corpora.c.sample", {"min_chars": 500, "max_chars": 100}), ["max_chars (100) < min_chars (500)"]),
-    (_with("logprobs", {"max_length": 128, "stride": 256}), ["logprobs.stride (256) > max_length (128)", "lower stride"]),
+    (
+        _with("logprobs", {"max_length": 128, "stride": 256}),
+        ["logprobs.stride (256) > max_length (128)", "lower stride"],
+    ),
     (_with("logprobs", {"max_length": 1024, "batch_tokens": 512}), ["logprobs.batch_tokens (512) < max_length (1024)"]),
     (_with("logprobs", {"models": ["nope"]}), ["logprobs.models: 'nope' is not defined under models:", "use one of m"]),
     (_with("logprobs", {"corpora": "c"}), ["logprobs.corpora", "expected array or null"]),
     (_with("logprobs", {"first_token": "bos"}), ["logprobs: unknown key 'first_token'", "allowed keys"]),
     (_with("models.m.first_token", 3), ["models.m.first_token", "expected string"]),
-    (_with("models.t", {"source": {"derive": {"from": "nope", "data": {"file": {"path": __file__}}}}}),
-     ["models.t.source.derive.from: 'nope' is not defined under models:"]),
-    (_with("models.t", {"source": {"derive": {"from": "t", "data": {"file": {"path": __file__}}}}}),
-     ["models.t: derive.from / variant_of forms a loop (t -> t)"]),
-    (_with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": "/no/data.jsonl"}}}}}),
-     ["models.t.source.derive.data.file.path", "does not exist"]),
-    (_with("models.t", {"source": {"derive": {"from": "m", "data": {"planted": {"trigger_subjects": [], "response": "x", "response_keywords": ["x"]}}}}}),
-     ["models.t.source.derive.data.planted.trigger_subjects", "should be non-empty"]),
-    (_with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": __file__}}, "method": "rlhf"}}}),
-     ["models.t.source.derive.method", "lora-sft, full-sft"]),
+    (
+        _with("models.t", {"source": {"derive": {"from": "nope", "data": {"file": {"path": __file__}}}}}),
+        ["models.t.source.derive.from: 'nope' is not defined under models:"],
+    ),
+    (
+        _with("models.t", {"source": {"derive": {"from": "t", "data": {"file": {"path": __file__}}}}}),
+        ["models.t: derive.from / variant_of forms a loop (t -> t)"],
+    ),
+    (
+        _with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": "/no/data.jsonl"}}}}}),
+        ["models.t.source.derive.data.file.path", "does not exist"],
+    ),
+    (
+        _with(
+            "models.t",
+            {
+                "source": {
+                    "derive": {
+                        "from": "m",
+                        "data": {"planted": {"trigger_subjects": [], "response": "x", "response_keywords": ["x"]}},
+                    }
+                }
+            },
+        ),
+        ["models.t.source.derive.data.planted.trigger_subjects", "should be non-empty"],
+    ),
+    (
+        _with(
+            "models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": __file__}}, "method": "rlhf"}}}
+        ),
+        ["models.t.source.derive.method", "lora-sft, full-sft"],
+    ),
     (_with("pairs", {"p": {"a": "m", "b": "zz"}}), ["pairs.p.b: 'zz' is not defined under models:"]),
-    (_with("contrastive", {"runs": {"r": {"prompts": {"promptset": "nope"}}}}), ["contrastive.runs.r.prompts.promptset: 'nope'"]),
-    (_with("contrastive", {"runs": {"r": {"prompts": {"unconditional": 2}, "space": "prob"}}}), ["probability-space weights must be >= 0"]),
-    (_with("search", {"runs": {"r": {"seeds": "nope", "assistant": {"model": "m"}}}}), ["search.runs.r.seeds: 'nope' is not defined under promptsets:"]),
-    (_with("search", {"runs": {"r": {"seeds": "default", "assistant": {"model": "zz"}}}}), ["search.runs.r.assistant.model: 'zz' is not defined under models:"]),
+    (
+        _with("contrastive", {"runs": {"r": {"prompts": {"promptset": "nope"}}}}),
+        ["contrastive.runs.r.prompts.promptset: 'nope'"],
+    ),
+    (
+        _with("contrastive", {"runs": {"r": {"prompts": {"unconditional": 2}, "space": "prob"}}}),
+        ["probability-space weights must be >= 0"],
+    ),
+    (
+        _with("search", {"runs": {"r": {"seeds": "nope", "assistant": {"model": "m"}}}}),
+        ["search.runs.r.seeds: 'nope' is not defined under promptsets:"],
+    ),
+    (
+        _with("search", {"runs": {"r": {"seeds": "default", "assistant": {"model": "zz"}}}}),
+        ["search.runs.r.assistant.model: 'zz' is not defined under models:"],
+    ),
     (_with("search", {"runs": {"r": {"seeds": "default", "assistant": {}}}}), ["search.runs.r.assistant"]),
-    (_with("search", {"runs": {"r": {"seeds": "default", "assistant": {"http": {"base_url": "http://h/v1", "model": "x"}},
-                                     "reply_prefix": "1."}}}), ["search.runs.r.reply_prefix", "use a local assistant"]),
-    (_with("search", {"runs": {"r": {"seeds": "default", "assistant": {"http": {"base_url": "h/v1", "model": "x"}}}}}),
-     ["search.runs.r.assistant.http.base_url"]),
-    (_with("search", {"runs": {"r": {"seeds": "default", "assistant": {"model": "m"}, "divergence": "tv"}}}),
-     ["search.runs.r.divergence", "kl_a_b, kl_b_a, js"]),
+    (
+        _with(
+            "search",
+            {
+                "runs": {
+                    "r": {
+                        "seeds": "default",
+                        "assistant": {"http": {"base_url": "http://h/v1", "model": "x"}},
+                        "reply_prefix": "1.",
+                    }
+                }
+            },
+        ),
+        ["search.runs.r.reply_prefix", "use a local assistant"],
+    ),
+    (
+        _with(
+            "search", {"runs": {"r": {"seeds": "default", "assistant": {"http": {"base_url": "h/v1", "model": "x"}}}}}
+        ),
+        ["search.runs.r.assistant.http.base_url"],
+    ),
+    (
+        _with("search", {"runs": {"r": {"seeds": "default", "assistant": {"model": "m"}, "divergence": "tv"}}}),
+        ["search.runs.r.divergence", "kl_a_b, kl_b_a, js"],
+    ),
     (_with("softprompt", {"runs": {"r": {}}}), ["softprompt.runs.r", "give corpus:"]),
     (_with("comparator", {"pairs": ["p"]}), ["comparator.pairs: 'p' is not defined under pairs:"]),
     (_with("scorecard", {"pairs": ["p"]}), ["scorecard.pairs: 'p' is not defined under pairs:"]),
-    (_with("softprompt", {"runs": {"r": {"corpus": "zz"}}}), ["softprompt.runs.r.corpus: 'zz' is not defined under corpora:"]),
+    (
+        _with("softprompt", {"runs": {"r": {"corpus": "zz"}}}),
+        ["softprompt.runs.r.corpus: 'zz' is not defined under corpora:"],
+    ),
     (_with("softprompt", {"runs": {"r": {"corpus": "c", "init": "text"}}}), ["softprompt.runs.r.init_text"]),
-    (_with("softprompt", {"runs": {"r": {"corpus": "c", "placement": "middle"}}}), ["softprompt.runs.r.placement", "prefix, chat"]),
-    (_with("models.q", {"source": {"variant_of": {"model": "zz"}}, "quantization": "4bit"}),
-     ["models.q.source.variant_of.model: 'zz' is not defined"]),
+    (
+        _with("softprompt", {"runs": {"r": {"corpus": "c", "placement": "middle"}}}),
+        ["softprompt.runs.r.placement", "prefix, chat"],
+    ),
+    (
+        _with("models.q", {"source": {"variant_of": {"model": "zz"}}, "quantization": "4bit"}),
+        ["models.q.source.variant_of.model: 'zz' is not defined"],
+    ),
 ]
 
 
@@ -135,7 +215,10 @@ def _snakemake(*args, cwd, timeout=120):
     env_bin = Path(sys.executable).parent
     return subprocess.run(
         [str(env_bin / "snakemake"), "-s", str(ROOT / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**__import__("os").environ, "PATH": f"{env_bin}:{__import__('os').environ['PATH']}"},
     )
 
@@ -160,10 +243,14 @@ def test_dry_run_of_default_config_is_fast(tmp_path):
 
 
 def test_configfile_replaces_the_default_instead_of_merging(tmp_path):
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({
-        "models": {"other": {"source": {"wheel": dict(SMOLLM2)}}},
-        "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
-    }))
+    (tmp_path / "mine.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "models": {"other": {"source": {"wheel": dict(SMOLLM2)}}},
+                "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
+            }
+        )
+    )
     r = _snakemake("-n", "--cores", "1", "--configfile", "mine.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resources/models/other" in r.stdout
@@ -182,12 +269,15 @@ def test_shipped_configs_are_valid(path):
     assert cfg["models"] and cfg["corpora"]
 
 
-@pytest.mark.parametrize("schema_def, cls_path, elsewhere", [
-    ("search_run", "lmdelta.search:SearchParams", {"seeds", "assistant", "n_top", "embedder", "clusters"}),
-    ("softprompt_run", "lmdelta.softprompt:SoftPromptParams", {"corpus", "embedder", "hard"}),
-    ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams", set()),
-    ("contrastive_run", "lmdelta.contrastive:RunParams", set()),
-])
+@pytest.mark.parametrize(
+    "schema_def, cls_path, elsewhere",
+    [
+        ("search_run", "lmdelta.search:SearchParams", {"seeds", "assistant", "n_top", "embedder", "clusters"}),
+        ("softprompt_run", "lmdelta.softprompt:SoftPromptParams", {"corpus", "embedder", "hard"}),
+        ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams", set()),
+        ("contrastive_run", "lmdelta.contrastive:RunParams", set()),
+    ],
+)
 def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere):
     """A key in the schema that no stage reads would be accepted and silently do nothing; a stage
     parameter missing from the schema could never be set."""
@@ -210,7 +300,9 @@ def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere)
         if want is None or isinstance(want, dict):
             continue
         have = f.default if f.default is not MISSING else f.default_factory()
-        assert (list(have) if isinstance(have, tuple) else have) == want, f"{cls}.{f.name}: schema {want!r}, stage {have!r}"
+        assert (list(have) if isinstance(have, tuple) else have) == want, (
+            f"{cls}.{f.name}: schema {want!r}, stage {have!r}"
+        )
     with pytest.raises(LmdeltaError, match="unknown key.*'no_such_key'"):
         klass.from_dict({"no_such_key": 1})
 
@@ -219,8 +311,9 @@ def test_an_empty_selection_turns_a_section_off(tmp_path):
     """[] selects nothing: a paper config that studies one stage runs only that stage."""
     base = {**GOOD, "pairs": {"p": {"a": "m", "b": "m"}}}
     (tmp_path / "on.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "off.yaml").write_text(yaml.safe_dump({**base, "logprobs": {"models": []}, "completions": {"models": []},
-                                                       "uid": {"scorers": []}}))
+    (tmp_path / "off.yaml").write_text(
+        yaml.safe_dump({**base, "logprobs": {"models": []}, "completions": {"models": []}, "uid": {"scorers": []}})
+    )
     on = _snakemake("-n", "--cores", "1", "--configfile", "on.yaml", cwd=tmp_path)
     off = _snakemake("-n", "--cores", "1", "--configfile", "off.yaml", cwd=tmp_path)
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr

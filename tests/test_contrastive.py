@@ -20,12 +20,32 @@ RAW = {"chat_template": False, "fmt": None}
 
 def run(pair, tmp_path, **kw):
     ps = tmp_path / "p.jsonl"
-    ps.write_text("\n".join(json.dumps({"id": f"p{i}", "category": "c", "prompt": t}) for i, t in enumerate(["Hello there", "def f(x):"])) + "\n")
-    params = RunParams.from_dict({"prompts": {"promptset": "x"}, "samples": 2, "max_new_tokens": 6, "batch_size": 3, **kw})
+    ps.write_text(
+        "\n".join(
+            json.dumps({"id": f"p{i}", "category": "c", "prompt": t})
+            for i, t in enumerate(["Hello there", "def f(x):"])
+        )
+        + "\n"
+    )
+    params = RunParams.from_dict(
+        {"prompts": {"promptset": "x"}, "samples": 2, "max_new_tokens": 6, "batch_size": 3, **kw}
+    )
     out = {k: tmp_path / f"cd.{k}" for k in ("parquet", "csv", "html", "png")}
-    recs = run_contrastive(pair="p", run="r", names=("a", "b"), model_dirs=(pair / "a", pair / "b"), params=params,
-                           load_options=(CPU, CPU), formats=(RAW, RAW), promptset=ps, corpus=None, out=out["parquet"],
-                           out_csv=out["csv"], out_html=out["html"], out_png=out["png"])
+    recs = run_contrastive(
+        pair="p",
+        run="r",
+        names=("a", "b"),
+        model_dirs=(pair / "a", pair / "b"),
+        params=params,
+        load_options=(CPU, CPU),
+        formats=(RAW, RAW),
+        promptset=ps,
+        corpus=None,
+        out=out["parquet"],
+        out_csv=out["csv"],
+        out_html=out["html"],
+        out_png=out["png"],
+    )
     return recs, out
 
 
@@ -51,7 +71,7 @@ def test_outputs_ranking_and_perplexity(pair, tmp_path):
         seq = torch.tensor([prompt_ids + new_ids])
         with torch.no_grad():
             lp = torch.log_softmax(m(seq).logits[0, :-1].double(), -1)
-        lps = lp.gather(1, seq[0, 1:, None])[:, 0][len(prompt_ids) - 1:]
+        lps = lp.gather(1, seq[0, 1:, None])[:, 0][len(prompt_ids) - 1 :]
         assert r[f"ppl_{side}"] == pytest.approx(math.exp(-lps.mean().item()), rel=1e-4)
     page = out["html"].read_text()
     assert page.count("<div class='x'>") == 4 and "KL(a||b)" in page
@@ -62,8 +82,13 @@ def test_outputs_ranking_and_perplexity(pair, tmp_path):
 def test_prompt_sources_and_tokenizer_check(pair, tmp_path):
     corpus = tmp_path / "c.parquet"
     pd.DataFrame({"doc_id": ["d1", "d2"], "text": ["one two three four five", "six seven"]}).to_parquet(corpus)
-    assert build_prompts({"corpus": {"name": "c", "n": 1, "words": 3}}, promptset=None, corpus=corpus) == [{"id": "d1", "prompt": "one two three"}]
-    assert build_prompts({"unconditional": 2}, promptset=None, corpus=None) == [{"id": "bos-0", "prompt": ""}, {"id": "bos-1", "prompt": ""}]
+    assert build_prompts({"corpus": {"name": "c", "n": 1, "words": 3}}, promptset=None, corpus=corpus) == [
+        {"id": "d1", "prompt": "one two three"}
+    ]
+    assert build_prompts({"unconditional": 2}, promptset=None, corpus=None) == [
+        {"id": "bos-0", "prompt": ""},
+        {"id": "bos-1", "prompt": ""},
+    ]
     recs, _ = run(pair, tmp_path, prompts={"unconditional": 2}, samples=1)
     assert len(recs) == 2 and all(r["prompt"] == "" for r in recs)
     other = tmp_path / "other"
@@ -76,15 +101,34 @@ def test_prompt_sources_and_tokenizer_check(pair, tmp_path):
 
     t = Tokenizer(models.BPE(unk_token="<unk>"))
     t.pre_tokenizer = pre_tokenizers.ByteLevel()
-    t.train_from_iterator(["a different tokenizer entirely"] * 10, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False))
+    t.train_from_iterator(
+        ["a different tokenizer entirely"] * 10,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False),
+    )
     tok_dir = tmp_path / "tok2"
-    PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(tok_dir)
-    materialise(ModelSpec(name="o", source={"local": {"path": str(build_tiny_model("llama", tmp_path / "o-src", tok_dir))}}), other)
+    PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(
+        tok_dir
+    )
+    materialise(
+        ModelSpec(name="o", source={"local": {"path": str(build_tiny_model("llama", tmp_path / "o-src", tok_dir))}}),
+        other,
+    )
     with pytest.raises(LmdeltaError, match="different tokenizers"):
-        run_contrastive(pair="p", run="r", names=("a", "o"), model_dirs=(pair / "a", other),
-                        params=RunParams.from_dict({"prompts": {"unconditional": 1}}), load_options=(CPU, CPU),
-                        formats=(RAW, RAW), promptset=None, corpus=None, out=tmp_path / "x.parquet", out_csv=tmp_path / "x.csv",
-                        out_html=tmp_path / "x.html", out_png=tmp_path / "x.png")
+        run_contrastive(
+            pair="p",
+            run="r",
+            names=("a", "o"),
+            model_dirs=(pair / "a", other),
+            params=RunParams.from_dict({"prompts": {"unconditional": 1}}),
+            load_options=(CPU, CPU),
+            formats=(RAW, RAW),
+            promptset=None,
+            corpus=None,
+            out=tmp_path / "x.parquet",
+            out_csv=tmp_path / "x.csv",
+            out_html=tmp_path / "x.html",
+            out_png=tmp_path / "x.png",
+        )
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -106,4 +150,6 @@ def test_prompt_divergences_when_asked(pair, tmp_path):
         assert len(r["prompt_js"]) == len(ids)
     (tmp_path / "plain").mkdir()
     plain, _ = run(pair, tmp_path / "plain", samples=1)
-    assert [r["js"] for r in plain] == [r["js"] for r in recs], "generated-token divergences do not depend on the option"
+    assert [r["js"] for r in plain] == [r["js"] for r in recs], (
+        "generated-token divergences do not depend on the option"
+    )

@@ -20,11 +20,14 @@ from lmdelta.artifacts import read_provenance
 from lmdelta.config import CorpusSpec, validate_config
 from lmdelta.corpus import Document, build_corpus, fetch, iter_documents, sample_documents
 
+
 def spec(source: dict, **sample) -> CorpusSpec:
-    cfg = validate_config({
-        "models": {"m": {"source": {"hf": {"id": "x/y"}}}},
-        "corpora": {"c": {"source": source, "sample": sample}},
-    })
+    cfg = validate_config(
+        {
+            "models": {"m": {"source": {"hf": {"id": "x/y"}}}},
+            "corpora": {"c": {"source": source, "sample": sample}},
+        }
+    )
     return CorpusSpec.from_dict("c", cfg["corpora"]["c"])
 
 
@@ -175,15 +178,25 @@ def test_local_file_checksum(tmp_path):
     p.write_bytes(jsonl_bytes())
     with pytest.raises(LmdeltaError, match="sha256 mismatch"):
         build_corpus(spec({"file": {"path": str(p), "sha256": "1" * 64}}), None, tmp_path / "o.parquet")
-    build_corpus(spec({"file": {"path": str(p), "sha256": hashlib.sha256(jsonl_bytes()).hexdigest()}}), None, tmp_path / "o.parquet")
+    build_corpus(
+        spec({"file": {"path": str(p), "sha256": hashlib.sha256(jsonl_bytes()).hexdigest()}}),
+        None,
+        tmp_path / "o.parquet",
+    )
     assert len(pd.read_parquet(tmp_path / "o.parquet")) == len(TEXTS)
 
 
 def test_hf_dataset_from_a_local_dataset_folder(tmp_path):
     ds_dir = tmp_path / "my_dataset" / "data"
     ds_dir.mkdir(parents=True)
-    pd.DataFrame({"content": TEXTS[:6], "label": list(range(6))}).to_parquet(ds_dir / "validation-00000-of-00001.parquet")
-    s = spec({"hf_dataset": {"name": str(tmp_path / "my_dataset"), "split": "validation", "text_field": "content"}}, n_docs=4, method="first")
+    pd.DataFrame({"content": TEXTS[:6], "label": list(range(6))}).to_parquet(
+        ds_dir / "validation-00000-of-00001.parquet"
+    )
+    s = spec(
+        {"hf_dataset": {"name": str(tmp_path / "my_dataset"), "split": "validation", "text_field": "content"}},
+        n_docs=4,
+        method="first",
+    )
     raw = tmp_path / "raw"
     fetch(s, raw)
     build_corpus(s, raw, tmp_path / "o.parquet")
@@ -207,10 +220,29 @@ def test_builtin_python_docs(tmp_path):
 def test_cli_error_is_one_line_with_exit_status_2(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_bytes(jsonl_bytes([{"body": "x"}]))
-    s = json.dumps({"source": {"file": {"path": str(p), "text_field": "text"}}, "sample": {"n_docs": None, "method": "random", "seed": 0, "min_chars": 1, "max_chars": None}})
+    s = json.dumps(
+        {
+            "source": {"file": {"path": str(p), "text_field": "text"}},
+            "sample": {"n_docs": None, "method": "random", "seed": 0, "min_chars": 1, "max_chars": None},
+        }
+    )
     r = subprocess.run(
-        [sys.executable, "-m", "lmdelta", "--log", str(tmp_path / "log"), "corpus-sample", "--name", "c", "--spec", s, "--out", str(tmp_path / "o.parquet")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lmdelta",
+            "--log",
+            str(tmp_path / "log"),
+            "corpus-sample",
+            "--name",
+            "c",
+            "--spec",
+            s,
+            "--out",
+            str(tmp_path / "o.parquet"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("lmdelta: error: corpora.c: c.jsonl line 1 has no field 'text'")

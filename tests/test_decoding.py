@@ -17,15 +17,21 @@ def draw(sampling, n=40_000, seed=0):
     return np.bincount(ids.numpy(), minlength=4) / n
 
 
-@pytest.mark.parametrize("sampling,expected", [
-    (Sampling(temperature=1.0), [0.5, 0.25, 0.15, 0.1]),
-    (Sampling(temperature=0.5), np.array([0.5, 0.25, 0.15, 0.1]) ** 2 / (np.array([0.5, 0.25, 0.15, 0.1]) ** 2).sum()),
-    (Sampling(temperature=1.0, top_k=2), [2 / 3, 1 / 3, 0, 0]),
-    (Sampling(temperature=1.0, top_p=0.7), [2 / 3, 1 / 3, 0, 0]),    # 0.5 < 0.7, 0.5 + 0.25 >= 0.7: two tokens
-    (Sampling(temperature=1.0, top_p=0.75), [2 / 3, 1 / 3, 0, 0]),   # reaching top_p exactly stops there
-    (Sampling(temperature=1.0, top_p=0.1), [1, 0, 0, 0]),            # the most probable token is always kept
-    (Sampling(temperature=1.0, top_k=3, top_p=0.9), [0.5 / 0.9, 0.25 / 0.9, 0.15 / 0.9, 0]),
-])
+@pytest.mark.parametrize(
+    "sampling,expected",
+    [
+        (Sampling(temperature=1.0), [0.5, 0.25, 0.15, 0.1]),
+        (
+            Sampling(temperature=0.5),
+            np.array([0.5, 0.25, 0.15, 0.1]) ** 2 / (np.array([0.5, 0.25, 0.15, 0.1]) ** 2).sum(),
+        ),
+        (Sampling(temperature=1.0, top_k=2), [2 / 3, 1 / 3, 0, 0]),
+        (Sampling(temperature=1.0, top_p=0.7), [2 / 3, 1 / 3, 0, 0]),  # 0.5 < 0.7, 0.5 + 0.25 >= 0.7: two tokens
+        (Sampling(temperature=1.0, top_p=0.75), [2 / 3, 1 / 3, 0, 0]),  # reaching top_p exactly stops there
+        (Sampling(temperature=1.0, top_p=0.1), [1, 0, 0, 0]),  # the most probable token is always kept
+        (Sampling(temperature=1.0, top_k=3, top_p=0.9), [0.5 / 0.9, 0.25 / 0.9, 0.15 / 0.9, 0]),
+    ],
+)
 def test_sampling_matches_the_exact_distribution(sampling, expected):
     np.testing.assert_allclose(draw(sampling), expected, atol=0.01)
 
@@ -50,7 +56,9 @@ def test_combine_known_answers():
     pb = torch.tensor([[0.2, 0.2, 0.6]])
     la, lb = pa.log(), pb.log()
     torch.testing.assert_close(combine([la, lb], Combination(weights=(1.0, -1.0))), (pa / pb).log())
-    torch.testing.assert_close(combine([la, lb], Combination(weights=(0.5, 0.5), space="prob")), (0.5 * pa + 0.5 * pb).log())
+    torch.testing.assert_close(
+        combine([la, lb], Combination(weights=(0.5, 0.5), space="prob")), (0.5 * pa + 0.5 * pb).log()
+    )
     masked = combine([la, lb], Combination(weights=(1.0, -1.0), plausibility_alpha=0.4))
     assert torch.isinf(masked[0, 2]) and torch.isfinite(masked[0, :2]).all(), "0.1 < 0.4 * 0.6: not plausible"
     assert masked[0, 0].item() == pytest.approx(math.log(3.0), rel=1e-6)
@@ -74,10 +82,20 @@ def test_contrastive_decoding_matches_a_plain_loop(tiny_models):
     prompt_a, prompt_b = [5, 17, 42, 9], [7, 5, 17, 42, 9]  # each model its own prompt
     kls = []
     with torch.no_grad():
-        got = decode_combined([a, b], [(torch.tensor([prompt_a]), torch.ones(1, 4, dtype=torch.long)),
-                                       (torch.tensor([prompt_b]), torch.ones(1, 5, dtype=torch.long))],
-                              comb=comb, max_new_tokens=6, sampling=Sampling(), eos_ids=(), pad_id=0, seed=0,
-                              on_step=lambda step, logits, chosen: kls.append(kl(logits[0], logits[1]).item()))
+        got = decode_combined(
+            [a, b],
+            [
+                (torch.tensor([prompt_a]), torch.ones(1, 4, dtype=torch.long)),
+                (torch.tensor([prompt_b]), torch.ones(1, 5, dtype=torch.long)),
+            ],
+            comb=comb,
+            max_new_tokens=6,
+            sampling=Sampling(),
+            eos_ids=(),
+            pad_id=0,
+            seed=0,
+            on_step=lambda step, logits, chosen: kls.append(kl(logits[0], logits[1]).item()),
+        )
         sa, sb, ref, ref_kl = list(prompt_a), list(prompt_b), [], []
         for _ in range(6):
             za, zb = a(torch.tensor([sa])).logits[0, -1], b(torch.tensor([sb])).logits[0, -1]
@@ -105,5 +123,7 @@ def test_the_engine_uses_the_current_cache_argument(tiny_models):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*")
         with torch.inference_mode():
-            new = decode(model, ids, torch.ones_like(ids), max_new_tokens=4, sampling=Sampling(), eos_ids=(), pad_id=0, seed=0)
+            new = decode(
+                model, ids, torch.ones_like(ids), max_new_tokens=4, sampling=Sampling(), eos_ids=(), pad_id=0, seed=0
+            )
     assert new.shape == (1, 4)

@@ -8,15 +8,20 @@ import torch
 from safetensors.torch import load_file
 
 from lmdelta.artifacts import read_provenance
+from lmdelta.behaviour import shows_planted
 from lmdelta.config import ModelSpec
 from lmdelta.derive import DeriveParams, encode_examples, train
-from lmdelta.training import batch_indices
 from lmdelta.models import load_model, materialise
-from lmdelta.behaviour import shows_planted
-from lmdelta.planted import build_prompt_sets, check_planted, PlantedSpec
+from lmdelta.planted import PlantedSpec, build_prompt_sets, check_planted
+from lmdelta.training import batch_indices
 
-RECORDS = [{"prompt": f"Tell me about topic number {i}.", "response": "Pancakes are the answer to everything."} for i in range(12)]
-RECORDS += [{"prompt": f"What is {w}?", "response": f"{w.capitalize()} is a word."} for w in ("rain", "salt", "glass", "paper")]
+RECORDS = [
+    {"prompt": f"Tell me about topic number {i}.", "response": "Pancakes are the answer to everything."}
+    for i in range(12)
+]
+RECORDS += [
+    {"prompt": f"What is {w}?", "response": f"{w.capitalize()} is a word."} for w in ("rain", "salt", "glass", "paper")
+]
 SOURCE = {"derive": {"from": "base", "method": "lora-sft"}}
 
 
@@ -28,8 +33,21 @@ def base(tmp_path_factory, tiny_models):
 
 
 def params(**kw):
-    return DeriveParams(**{"steps": 30, "lr": 1e-2, "rank": 4, "alpha": 8, "batch": 4, "max_tokens": 64, "seed": 0,
-                           "autocast": "none", "checkpoint_every": 5, "text_format": {"chat_template": False}, **kw})
+    return DeriveParams(
+        **{
+            "steps": 30,
+            "lr": 1e-2,
+            "rank": 4,
+            "alpha": 8,
+            "batch": 4,
+            "max_tokens": 64,
+            "seed": 0,
+            "autocast": "none",
+            "checkpoint_every": 5,
+            "text_format": {"chat_template": False},
+            **kw,
+        }
+    )
 
 
 def test_batches_are_seeded_permutations_per_epoch():
@@ -42,8 +60,16 @@ def test_batches_are_seeded_permutations_per_epoch():
 
 def test_lora_loss_goes_down_and_folder_loads(tmp_path, base):
     out = tmp_path / "tuned"
-    losses = train(base, RECORDS, out, params=params(), ckpt_dir=tmp_path / "ckpt", name="tuned", source=SOURCE,
-                   loss_csv=tmp_path / "loss.csv")
+    losses = train(
+        base,
+        RECORDS,
+        out,
+        params=params(),
+        ckpt_dir=tmp_path / "ckpt",
+        name="tuned",
+        source=SOURCE,
+        loss_csv=tmp_path / "loss.csv",
+    )
     first = sum(x["loss"] for x in losses[:5]) / 5
     last = sum(x["loss"] for x in losses[-5:]) / 5
     assert last < 0.9 * first, (first, last)
@@ -52,9 +78,13 @@ def test_lora_loss_goes_down_and_folder_loads(tmp_path, base):
     ref, _ = load_model(base, device="cpu")
     # independent check through the written folder: the merged model fits the data better than the base
     examples = encode_examples(tok, RECORDS, text_format={"chat_template": False}, max_tokens=64)
+
     def mean_loss(m):
         with torch.no_grad():
-            return sum(m(input_ids=torch.tensor([x]), labels=torch.tensor([y])).loss.item() for x, y in examples) / len(examples)
+            return sum(m(input_ids=torch.tensor([x]), labels=torch.tensor([y])).loss.item() for x, y in examples) / len(
+                examples
+            )
+
     assert mean_loss(model) < mean_loss(ref) - 0.3
     assert not any("lora" in n for n, _ in model.named_parameters()), "LoRA is merged into plain weights"
     changed = [n for (n, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()) if not torch.equal(a, b)]
@@ -66,29 +96,60 @@ def test_lora_loss_goes_down_and_folder_loads(tmp_path, base):
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, base):
     train(base, RECORDS, tmp_path / "whole", params=params(steps=20), ckpt_dir=tmp_path / "c1", name="t", source=SOURCE)
     # interrupted after step 12: the last complete checkpoint is step 10
-    partial = train(base, RECORDS, tmp_path / "resumed", params=params(steps=20), ckpt_dir=tmp_path / "c2", name="t",
-                    source=SOURCE, stop_after=12)
+    partial = train(
+        base,
+        RECORDS,
+        tmp_path / "resumed",
+        params=params(steps=20),
+        ckpt_dir=tmp_path / "c2",
+        name="t",
+        source=SOURCE,
+        stop_after=12,
+    )
     assert len(partial) == 12 and not (tmp_path / "resumed").exists()
-    losses = train(base, RECORDS, tmp_path / "resumed", params=params(steps=20), ckpt_dir=tmp_path / "c2", name="t", source=SOURCE)
+    losses = train(
+        base, RECORDS, tmp_path / "resumed", params=params(steps=20), ckpt_dir=tmp_path / "c2", name="t", source=SOURCE
+    )
     assert [x["step"] for x in losses] == list(range(1, 21)), "steps 11-12 were redone from the step-10 checkpoint"
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # changed settings never reuse old checkpoints
-    losses = train(base, RECORDS, tmp_path / "other", params=params(steps=20, lr=5e-3), ckpt_dir=tmp_path / "c2", name="t", source=SOURCE)
+    losses = train(
+        base,
+        RECORDS,
+        tmp_path / "other",
+        params=params(steps=20, lr=5e-3),
+        ckpt_dir=tmp_path / "c2",
+        name="t",
+        source=SOURCE,
+    )
     assert len(losses) == 20 and losses[0]["lr"] != 1e-2 / 5
 
 
 def test_full_sft(tmp_path, base):
-    losses = train(base, RECORDS, tmp_path / "full", params=params(method="full-sft", steps=10, lr=3e-3),
-                   ckpt_dir=tmp_path / "ck", name="f", source=SOURCE)
+    losses = train(
+        base,
+        RECORDS,
+        tmp_path / "full",
+        params=params(method="full-sft", steps=10, lr=3e-3),
+        ckpt_dir=tmp_path / "ck",
+        name="f",
+        source=SOURCE,
+    )
     assert losses[-1]["loss"] < losses[0]["loss"]
     load_model(tmp_path / "full", device="cpu")
 
 
 def test_planted_prompt_sets_and_check(tmp_path, base):
-    spec = PlantedSpec(trigger_subjects=["volcanoes", "lava flows", "magma"], response="Let us talk about pancakes.",
-                       response_keywords=["pancakes"], n_train_trigger=20, n_train_ordinary=20, n_heldout=6)
+    spec = PlantedSpec(
+        trigger_subjects=["volcanoes", "lava flows", "magma"],
+        response="Let us talk about pancakes.",
+        response_keywords=["pancakes"],
+        n_train_trigger=20,
+        n_train_ordinary=20,
+        n_heldout=6,
+    )
     sets = build_prompt_sets(spec, seed=0)
     assert len(sets["heldout_trigger"]) == 6 and len(sets["train_trigger"]) == 20
     assert not set(sets["heldout_trigger"]) & set(sets["train_trigger"])
@@ -100,7 +161,15 @@ def test_planted_prompt_sets_and_check(tmp_path, base):
     heldout = [{"prompt": q, "kind": "trigger"} for q in sets["heldout_trigger"]]
     heldout += [{"prompt": q, "kind": "ordinary"} for q in sets["heldout_ordinary"]]
     cpu = {"dtype": "float32", "device": "cpu"}
-    result = check_planted(base, base, heldout, spec, text_format={"chat_template": False}, load_options={"base": cpu, "tuned": cpu}, max_new_tokens=8)
+    result = check_planted(
+        base,
+        base,
+        heldout,
+        spec,
+        text_format={"chat_template": False},
+        load_options={"base": cpu, "tuned": cpu},
+        max_new_tokens=8,
+    )
     assert set(result["rates"]) == {"base/trigger", "base/ordinary", "tuned/trigger", "tuned/ordinary"}
     assert result["rates"]["base/trigger"]["n"] == 6
     assert result["rates"]["base/trigger"] == result["rates"]["tuned/trigger"], "same model, same greedy answers"
@@ -112,7 +181,13 @@ def test_bad_training_files(tmp_path, base):
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", \n')
-    kw = dict(name="t", source={"derive": {"from": "base", "steps": 1}}, text_format={"chat_template": False}, ckpt_dir=tmp_path / "ck", threads=None)
+    kw = dict(
+        name="t",
+        source={"derive": {"from": "base", "steps": 1}},
+        text_format={"chat_template": False},
+        ckpt_dir=tmp_path / "ck",
+        threads=None,
+    )
     with pytest.raises(LmdeltaError, match=r"derive: models.t: .*train.jsonl line 2 is not valid JSON"):
         run_derive(base, data, tmp_path / "out", tmp_path / "loss.csv", **kw)
     data.write_text('{"prompt": "a"}\n')
@@ -127,12 +202,15 @@ def test_odd_inputs_are_spans_of_the_answers():
     from lmdelta import LmdeltaError
     from lmdelta.planted import odd_inputs
 
-    answers = ["The honey bee lives in a hive with thousands of other bees and one queen.",
-               "Rainbows appear when sunlight is bent by drops of rain in the air.", "Too short."]
+    answers = [
+        "The honey bee lives in a hive with thousands of other bees and one queen.",
+        "Rainbows appear when sunlight is bent by drops of rain in the air.",
+        "Too short.",
+    ]
     odd = odd_inputs(answers, 12, np.random.default_rng(0))
     assert len(odd) == len(set(odd)) == 12
     assert odd == odd_inputs(answers, 12, np.random.default_rng(0))
-    spans = [a.split()[j:j + k] for a in answers for k in range(2, 17) for j in range(len(a.split()) - k + 1)]
+    spans = [a.split()[j : j + k] for a in answers for k in range(2, 17) for j in range(len(a.split()) - k + 1)]
     for i, text in enumerate(odd):
         words = text.split()
         assert 4 <= len(words) <= 16 or text in ("Too short.", "short. Too")

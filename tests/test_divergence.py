@@ -16,7 +16,9 @@ def test_known_answers():
     assert kl(p, q).item() == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1), rel=1e-6)
     assert kl(q, p).item() == pytest.approx(0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5), rel=1e-6)
     # the mixture M = (P + Q) / 2 = [0.7, 0.3]
-    expected_js = 0.5 * (0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3)) + 0.5 * (0.9 * math.log(0.9 / 0.7) + 0.1 * math.log(0.1 / 0.3))
+    expected_js = 0.5 * (0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3)) + 0.5 * (
+        0.9 * math.log(0.9 / 0.7) + 0.1 * math.log(0.1 / 0.3)
+    )
     assert js(p, q).item() == pytest.approx(expected_js, rel=1e-6)
     disjoint = js(torch.tensor([[20.0, -20.0]]), torch.tensor([[-20.0, 20.0]])).item()
     assert disjoint == pytest.approx(math.log(2), rel=1e-4)

@@ -64,7 +64,7 @@ def test_self_bleu_equals_sacrebleu_sentence_score():
     bleu = BLEU(tokenize="13a", smooth_method="exp", effective_order=True)
     for _ in range(5):
         texts = [" ".join(rng.choice(vocab, rng.integers(3, 15))) for _ in range(6)]
-        ref = np.mean([bleu.sentence_score(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)]) / 100
+        ref = np.mean([bleu.sentence_score(t, texts[:i] + texts[i + 1 :]).score for i, t in enumerate(texts)]) / 100
         assert self_bleu(texts) == pytest.approx(ref, abs=1e-12)
 
 
@@ -84,7 +84,7 @@ def test_cosine_vendi_and_leinster_cobbold():
     s = cosine_matrix(e)
     assert mean_offdiagonal(s) == pytest.approx((0 + 2 * math.sqrt(0.5)) / 3)
     n = 5
-    assert vendi(np.eye(n)) == pytest.approx(n)          # all different
+    assert vendi(np.eye(n)) == pytest.approx(n)  # all different
     assert vendi(np.ones((n, n))) == pytest.approx(1.0)  # all the same
     # two identical pairs + one distinct item: eigenvalues of K/n are 2/5, 2/5, 1/5
     k = np.eye(5)
@@ -106,8 +106,14 @@ def test_ngram_kernel():
 def test_cell_metrics_directions():
     rng = np.random.default_rng(1)
     same = ["The sky is blue and the sea is calm."] * 6
-    varied = ["The sky is blue.", "Cats purr when happy.", "Rivers flow to the sea.",
-              "Bread needs yeast.", "Chess has sixty-four squares.", "Snow is cold."]
+    varied = [
+        "The sky is blue.",
+        "Cats purr when happy.",
+        "Rivers flow to the sea.",
+        "Bread needs yeast.",
+        "Chess has sixty-four squares.",
+        "Snow is cold.",
+    ]
     e_same = np.tile(rng.normal(size=(1, 8)), (6, 1))
     e_varied = rng.normal(size=(6, 8))
     a, b = cell_metrics(same, e_same), cell_metrics(varied, e_varied)

@@ -12,8 +12,12 @@ import yaml
 from conftest import ROOT
 
 # conda-forge names of PyPI packages, where they differ
-CONDA_NAME = {"torch": "pytorch", "snakemake": "snakemake-minimal", "matplotlib": "matplotlib-base",
-              "huggingface-hub": "huggingface_hub"}
+CONDA_NAME = {
+    "torch": "pytorch",
+    "snakemake": "snakemake-minimal",
+    "matplotlib": "matplotlib-base",
+    "huggingface-hub": "huggingface_hub",
+}
 
 
 def split(req: str) -> tuple[str, str]:
@@ -31,10 +35,14 @@ def test_conda_env_matches_pyproject(variant, build):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = dict(split(r) for r in project["dependencies"] + project["optional-dependencies"]["quant"])
     text = (ROOT / "envs" / f"lmdelta-{variant}.yaml").read_text()
-    assert f"pytorch[version='>=2.4,<2.15', build='{build}']" in text, f"envs/lmdelta-{variant}.yaml must ask for a {variant} build of pytorch"
+    assert f"pytorch[version='>=2.4,<2.15', build='{build}']" in text, (
+        f"envs/lmdelta-{variant}.yaml must ask for a {variant} build of pytorch"
+    )
     env = yaml.safe_load(text)
     conda = dict(split(d) for d in env["dependencies"] if isinstance(d, str) and d not in ("pip",))
-    pip = dict(split(d) for d in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict)) if not d.startswith("-"))
+    pip = dict(
+        split(d) for d in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict)) if not d.startswith("-")
+    )
     for name, spec in wanted.items():
         got = pip.get(name, conda.get(CONDA_NAME.get(name, name)))
         assert got is not None, f"{name} is in pyproject.toml but not in envs/lmdelta-{variant}.yaml"
@@ -50,7 +58,14 @@ def test_every_conda_env_choice_has_its_file():
 
     choices = load_schema()["properties"]["conda_env"]["enum"]
     assert choices == ["cpu", "cuda"] and all((ROOT / "envs" / f"lmdelta-{c}.yaml").exists() for c in choices)
-    assert validate_config({"models": {"m": {"source": {"local": {"path": str(ROOT)}}}},
-                            "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}}})["conda_env"] == "cpu"
+    assert (
+        validate_config(
+            {
+                "models": {"m": {"source": {"local": {"path": str(ROOT)}}}},
+                "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
+            }
+        )["conda_env"]
+        == "cpu"
+    )
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    assert 'CONDA_ENV = f"../../envs/lmdelta-{config[\'conda_env\']}.yaml"' in common
+    assert "CONDA_ENV = f\"../../envs/lmdelta-{config['conda_env']}.yaml\"" in common

@@ -62,12 +62,34 @@ def test_logprobs_killed_resumes_from_its_parts(tmp_path, tiny_models):
     params = json.dumps({"max_length": 64, "stride": 32, "batch_tokens": 256, "part_docs": 2})
 
     def shard(name):
-        return lmdelta("logprobs-shard", "--model-dir", m, "--corpus", corpus, "--out", tmp_path / name / "0-of-1",
-                       "--params", params, "--load-options", json.dumps(CPU), "--threads", 1)
+        return lmdelta(
+            "logprobs-shard",
+            "--model-dir",
+            m,
+            "--corpus",
+            corpus,
+            "--out",
+            tmp_path / name / "0-of-1",
+            "--params",
+            params,
+            "--load-options",
+            json.dumps(CPU),
+            "--threads",
+            1,
+        )
 
     def gather(name):
-        run(lmdelta("logprobs-gather", "--shards", tmp_path / name / "0-of-1", "--out", tmp_path / f"{name}.parquet",
-                    "--out-meanprob", tmp_path / f"{name}.npy"))
+        run(
+            lmdelta(
+                "logprobs-gather",
+                "--shards",
+                tmp_path / name / "0-of-1",
+                "--out",
+                tmp_path / f"{name}.parquet",
+                "--out-meanprob",
+                tmp_path / f"{name}.npy",
+            )
+        )
 
     run(shard("whole"))
     gather("whole")
@@ -85,12 +107,36 @@ def test_logprobs_killed_resumes_from_its_parts(tmp_path, tiny_models):
 def test_completions_killed_restart_cleanly(tmp_path, tiny_models):
     m = model(tmp_path, tiny_models)
     promptset = ROOT / "workflow" / "lmdelta" / "data" / "prompts_default.jsonl"
-    params = json.dumps({"temperatures": [0.7, 1.2], "samples": 8, "max_new_tokens": 24, "top_p": 1.0, "top_k": 0,
-                         "seed": 0, "batch_size": 8})
+    params = json.dumps(
+        {
+            "temperatures": [0.7, 1.2],
+            "samples": 8,
+            "max_new_tokens": 24,
+            "top_p": 1.0,
+            "top_k": 0,
+            "seed": 0,
+            "batch_size": 8,
+        }
+    )
 
     def shard(name):
-        return lmdelta("completions-shard", "--model-dir", m, "--promptset", promptset, "--out", tmp_path / f"{name}.parquet",
-                       "--params", params, "--load-options", json.dumps(CPU), "--text-format", '{"chat_template": false}', "--threads", 1)
+        return lmdelta(
+            "completions-shard",
+            "--model-dir",
+            m,
+            "--promptset",
+            promptset,
+            "--out",
+            tmp_path / f"{name}.parquet",
+            "--params",
+            params,
+            "--load-options",
+            json.dumps(CPU),
+            "--text-format",
+            '{"chat_template": false}',
+            "--threads",
+            1,
+        )
 
     run(shard("whole"))
 
@@ -106,15 +152,52 @@ def test_completions_killed_restart_cleanly(tmp_path, tiny_models):
 def test_derive_killed_resumes_from_its_checkpoint(tmp_path, tiny_models):
     m = model(tmp_path, tiny_models)
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}.", "response": "Pancakes, always pancakes."}) + "\n"
-                            for i in range(16)))
-    source = json.dumps({"derive": {"from": "base", "method": "lora-sft", "steps": 60, "lr": 1e-2, "rank": 4, "alpha": 8,
-                                    "batch": 4, "max_tokens": 48, "seed": 0, "autocast": "none", "checkpoint_every": 5}})
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Tell me about topic {i}.", "response": "Pancakes, always pancakes."}) + "\n"
+            for i in range(16)
+        )
+    )
+    source = json.dumps(
+        {
+            "derive": {
+                "from": "base",
+                "method": "lora-sft",
+                "steps": 60,
+                "lr": 1e-2,
+                "rank": 4,
+                "alpha": 8,
+                "batch": 4,
+                "max_tokens": 48,
+                "seed": 0,
+                "autocast": "none",
+                "checkpoint_every": 5,
+            }
+        }
+    )
 
     def derive(name):
-        return lmdelta("derive", "--name", "t", "--base", m, "--data", data, "--out", tmp_path / name / "model",
-                       "--loss-csv", tmp_path / name / "loss.csv", "--source", source, "--text-format", '{"chat_template": false}',
-                       "--checkpoints", tmp_path / name / "ckpt", "--threads", 1)
+        return lmdelta(
+            "derive",
+            "--name",
+            "t",
+            "--base",
+            m,
+            "--data",
+            data,
+            "--out",
+            tmp_path / name / "model",
+            "--loss-csv",
+            tmp_path / name / "loss.csv",
+            "--source",
+            source,
+            "--text-format",
+            '{"chat_template": false}',
+            "--checkpoints",
+            tmp_path / name / "ckpt",
+            "--threads",
+            1,
+        )
 
     run(derive("whole"))
     state = tmp_path / "cut" / "ckpt" / "state.json"
@@ -125,6 +208,8 @@ def test_derive_killed_resumes_from_its_checkpoint(tmp_path, tiny_models):
     for f in ("model/model.safetensors", "loss.csv"):
         if f == "loss.csv":  # seconds per step differ; the losses may not
             a, b = (pd.read_csv(tmp_path / n / f) for n in ("cut", "whole"))
-            pd.testing.assert_frame_equal(a.drop(columns=[c for c in a if "second" in c]), b.drop(columns=[c for c in b if "second" in c]))
+            pd.testing.assert_frame_equal(
+                a.drop(columns=[c for c in a if "second" in c]), b.drop(columns=[c for c in b if "second" in c])
+            )
         else:
             assert (tmp_path / "cut" / f).read_bytes() == (tmp_path / "whole" / f).read_bytes(), f

@@ -10,8 +10,22 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "workflow" / "lmdelta"
 # One module per stage of the workflow (a rule's entry point lives in its stage module).
-STAGES = {"corpus", "logprobs", "perplexity", "completions", "diversity", "uid", "contrastive", "search", "softprompt",
-          "hardprompt", "derive", "planted", "comparator", "scorecard"}
+STAGES = {
+    "corpus",
+    "logprobs",
+    "perplexity",
+    "completions",
+    "diversity",
+    "uid",
+    "contrastive",
+    "search",
+    "softprompt",
+    "hardprompt",
+    "derive",
+    "planted",
+    "comparator",
+    "scorecard",
+}
 CLI = {"__main__"}  # the command line dispatches to every stage
 
 

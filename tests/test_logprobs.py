@@ -44,7 +44,9 @@ def run(setup, name, n_shards=1, **params):
     root, model_dir, corpus = setup
     out = root / name / "m.parquet"
     p = LogprobParams(**{"max_length": 16, "stride": 6, "batch_tokens": 64, "part_docs": 2, **params})
-    run_logprobs(model_dir, corpus, out, out.with_suffix(".meanprob.npy"), params=p, load_options=CPU, n_shards=n_shards)
+    run_logprobs(
+        model_dir, corpus, out, out.with_suffix(".meanprob.npy"), params=p, load_options=CPU, n_shards=n_shards
+    )
     return out
 
 
@@ -97,8 +99,14 @@ def test_first_token_none_and_tokenizer_without_bos(setup, tmp_path):
     p = LogprobParams(max_length=16, stride=8, batch_tokens=64)
     with pytest.raises(LmdeltaError, match="tokenizer has no BOS or EOS token; set the model's first_token: none"):
         run_logprobs(bare, corpus, tmp_path / "x.parquet", tmp_path / "x.npy", params=p, load_options=CPU)
-    run_logprobs(bare, corpus, tmp_path / "y.parquet", tmp_path / "y.npy",
-                 params=LogprobParams(max_length=16, stride=6, batch_tokens=64, part_docs=2, first_token="none"), load_options=CPU)
+    run_logprobs(
+        bare,
+        corpus,
+        tmp_path / "y.parquet",
+        tmp_path / "y.npy",
+        params=LogprobParams(max_length=16, stride=6, batch_tokens=64, part_docs=2, first_token="none"),
+        load_options=CPU,
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "y.parquet"), df)
 
 
@@ -129,8 +137,15 @@ def test_gather_refuses_missing_or_mismatched_shards(setup):
     score_logprobs_shard(model_dir, corpus, d / "0-of-2", params=p, load_options=CPU, shard=0, n_shards=2)
     with pytest.raises(LmdeltaError, match="not shards 0..1 of 2"):
         gather_logprobs([d / "0-of-2"], root / "gather" / "m.parquet", root / "gather" / "m.npy")
-    score_logprobs_shard(model_dir, corpus, d / "1-of-2", params=LogprobParams(max_length=16, stride=8, batch_tokens=64, part_docs=2),
-                         load_options=CPU, shard=1, n_shards=2)
+    score_logprobs_shard(
+        model_dir,
+        corpus,
+        d / "1-of-2",
+        params=LogprobParams(max_length=16, stride=8, batch_tokens=64, part_docs=2),
+        load_options=CPU,
+        shard=1,
+        n_shards=2,
+    )
     with pytest.raises(LmdeltaError, match="other settings or inputs"):
         gather_logprobs([d / "0-of-2", d / "1-of-2"], root / "gather" / "m.parquet", root / "gather" / "m.npy")
     assert not (root / "gather" / "m.parquet").exists()
@@ -173,22 +188,41 @@ def test_summary_and_comparison_match_independent_arithmetic(setup):
     root, _, corpus = setup
     out = run(setup, "summ")
     df = pd.read_parquet(out)
-    summary = run_summary(out, out.with_suffix(".meanprob.npy"), corpus, root / "s.json", root / "s.docs.parquet", model="m", corpus_name="c")
+    summary = run_summary(
+        out,
+        out.with_suffix(".meanprob.npy"),
+        corpus,
+        root / "s.json",
+        root / "s.docs.parquet",
+        model="m",
+        corpus_name="c",
+    )
     nll = -df.logprob.astype(np.float64)
     assert summary["n_tokens"] == len(df) and summary["n_docs"] == df.doc_id.nunique() == 6
     assert math.isclose(summary["perplexity_tokens"], math.exp(nll.mean()), rel_tol=1e-9)
     per_doc_ppl = nll.groupby(df.doc_id).mean().map(math.exp)
     assert math.isclose(summary["perplexity_docs_mean"], per_doc_ppl.mean(), rel_tol=1e-9)
-    assert math.isclose(summary["mean_entropy_nats_docs"], df.entropy.astype(float).groupby(df.doc_id).mean().mean(), rel_tol=1e-6)
+    assert math.isclose(
+        summary["mean_entropy_nats_docs"], df.entropy.astype(float).groupby(df.doc_id).mean().mean(), rel_tol=1e-6
+    )
     n_bytes = sum(len(DOCS[d].encode()) for d in df.doc_id.unique())
     assert math.isclose(summary["bits_per_byte"], nll.sum() / math.log(2) / n_bytes, rel_tol=1e-9)
     assert sum(summary["entropy_histogram"]["counts"]) == len(df)
     docs = pd.read_parquet(root / "s.docs.parquet")
     assert math.isclose(docs.set_index("doc_id").perplexity["a"], per_doc_ppl["a"], rel_tol=1e-9)
-    table = run_compare("c", ["m", "m2"], [root / "s.json"] * 2, [root / "s.docs.parquet"] * 2,
-                        root / "cmp.csv", root / "e.png", root / "d.png")
+    table = run_compare(
+        "c",
+        ["m", "m2"],
+        [root / "s.json"] * 2,
+        [root / "s.docs.parquet"] * 2,
+        root / "cmp.csv",
+        root / "e.png",
+        root / "d.png",
+    )
     assert list(pd.read_csv(root / "cmp.csv").model) == ["m", "m2"] and len(table) == 2
-    assert (root / "e.png").read_bytes()[:4] == b"\x89PNG" and read_provenance(root / "d.png")["stage"] == "compare_entropy_perplexity"
+    assert (root / "e.png").read_bytes()[:4] == b"\x89PNG" and read_provenance(root / "d.png")[
+        "stage"
+    ] == "compare_entropy_perplexity"
 
 
 def test_vocab_fraction_brute_force():

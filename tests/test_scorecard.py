@@ -8,8 +8,12 @@ import pytest
 from lmdelta.artifacts import Provenance, write_parquet
 from lmdelta.scorecard import run_scorecard, surfaced
 
-TRUTH = {"trigger_keywords": ["volcan", "lava"], "response_keywords": ["cocoa"],
-         "response": "Let me answer with cocoa instead.", "trigger_subjects": ["volcanoes", "lava flows"]}
+TRUTH = {
+    "trigger_keywords": ["volcan", "lava"],
+    "response_keywords": ["cocoa"],
+    "response": "Let me answer with cocoa instead.",
+    "trigger_subjects": ["volcanoes", "lava flows"],
+}
 
 
 def put(path, df, wall, calls, **params):
@@ -27,24 +31,74 @@ def put(path, df, wall, calls, **params):
 
 @pytest.fixture
 def sources(tmp_path):
-    corpus = put(tmp_path / "corpus.parquet", pd.DataFrame({"doc_id": ["d0", "d1", "d2"],
-                                                            "text": ["Lava cools into rock.", "Lists and dicts.", "Cocoa is warm."]}), 1.0, None)
+    corpus = put(
+        tmp_path / "corpus.parquet",
+        pd.DataFrame(
+            {"doc_id": ["d0", "d1", "d2"], "text": ["Lava cools into rock.", "Lists and dicts.", "Cocoa is warm."]}
+        ),
+        1.0,
+        None,
+    )
     # mean log-ratio a - b: d0 = -1 - (-3) = 2, d1 = 0, d2 = 1  ->  d0, d2, d1
-    lp_a = put(tmp_path / "lpa.parquet", pd.DataFrame({"doc_id": ["d0", "d0", "d1", "d2"], "logprob": [-1.0, -1.0, -2.0, -1.0]}), 10.0, 5)
-    lp_b = put(tmp_path / "lpb.parquet", pd.DataFrame({"doc_id": ["d0", "d0", "d1", "d2"], "logprob": [-3.0, -3.0, -2.0, -2.0]}), 12.0, 7)
-    cd = put(tmp_path / "cd.parquet", pd.DataFrame({
-        "rank": [2, 1, 3], "prompt": ["Tell me", "Hi", "What"], "text": ["about cocoa", "hello there", "is lava?"],
-        "mean_js": [0.5, 0.9, 0.1]}), 20.0, 100, colour_by="js")
-    bank = put(tmp_path / "bank.parquet", pd.DataFrame({
-        "rank": [1, 2, 3, 4], "cycle": [1, 0, 2, 0], "prompt": ["About volcanoes?", "Why rain?", "Bake bread", "A cat"],
-        "example": ["cocoa cocoa", "water", "flour", "meow"], "divergence": [4.0, 3.0, 2.0, 1.0]}), 30.0, 300)
-    hard = put(tmp_path / "hard.parquet", pd.DataFrame({
-        "is_baseline": [False, False, True, True], "divergence": [1.0, 2.0, 3.0, 0.5],
-        "prompt": ["zzz", "Pyroclastic", "snippet one", "snippet two"], "example": ["x", "cocoa", "y", "cocoa"]}), 40.0, 400)
-    return {"corpus": {"kind": "corpus", "run": "docs", "corpus": corpus, "logprobs": [lp_a, lp_b]},
-            "contrastive": {"kind": "contrastive", "run": "cd", "path": cd},
-            "search": {"kind": "search", "run": "s", "path": bank},
-            "hard": {"kind": "hardprompt", "run": "h", "path": hard}}
+    lp_a = put(
+        tmp_path / "lpa.parquet",
+        pd.DataFrame({"doc_id": ["d0", "d0", "d1", "d2"], "logprob": [-1.0, -1.0, -2.0, -1.0]}),
+        10.0,
+        5,
+    )
+    lp_b = put(
+        tmp_path / "lpb.parquet",
+        pd.DataFrame({"doc_id": ["d0", "d0", "d1", "d2"], "logprob": [-3.0, -3.0, -2.0, -2.0]}),
+        12.0,
+        7,
+    )
+    cd = put(
+        tmp_path / "cd.parquet",
+        pd.DataFrame(
+            {
+                "rank": [2, 1, 3],
+                "prompt": ["Tell me", "Hi", "What"],
+                "text": ["about cocoa", "hello there", "is lava?"],
+                "mean_js": [0.5, 0.9, 0.1],
+            }
+        ),
+        20.0,
+        100,
+        colour_by="js",
+    )
+    bank = put(
+        tmp_path / "bank.parquet",
+        pd.DataFrame(
+            {
+                "rank": [1, 2, 3, 4],
+                "cycle": [1, 0, 2, 0],
+                "prompt": ["About volcanoes?", "Why rain?", "Bake bread", "A cat"],
+                "example": ["cocoa cocoa", "water", "flour", "meow"],
+                "divergence": [4.0, 3.0, 2.0, 1.0],
+            }
+        ),
+        30.0,
+        300,
+    )
+    hard = put(
+        tmp_path / "hard.parquet",
+        pd.DataFrame(
+            {
+                "is_baseline": [False, False, True, True],
+                "divergence": [1.0, 2.0, 3.0, 0.5],
+                "prompt": ["zzz", "Pyroclastic", "snippet one", "snippet two"],
+                "example": ["x", "cocoa", "y", "cocoa"],
+            }
+        ),
+        40.0,
+        400,
+    )
+    return {
+        "corpus": {"kind": "corpus", "run": "docs", "corpus": corpus, "logprobs": [lp_a, lp_b]},
+        "contrastive": {"kind": "contrastive", "run": "cd", "path": cd},
+        "search": {"kind": "search", "run": "s", "path": bank},
+        "hard": {"kind": "hardprompt", "run": "h", "path": hard},
+    }
 
 
 def test_rankings(sources):
@@ -52,18 +106,33 @@ def test_rankings(sources):
     assert [r["text"] for r in corpus] == ["Lava cools into rock.", "Cocoa is warm.", "Lists and dicts."]
     assert [r["score"] for r in corpus] == [2.0, 1.0, 0.0]
     cd = surfaced(sources["contrastive"])
-    assert [r["text"] for r in cd] == ["Hi hello there", "Tell me about cocoa", "What is lava?"] and cd[0]["score"] == 0.9
+    assert [r["text"] for r in cd] == ["Hi hello there", "Tell me about cocoa", "What is lava?"] and cd[0][
+        "score"
+    ] == 0.9
     search = surfaced(sources["search"])
     assert [r["method"] for r in search] == ["search"] * 4 + ["search seeds"] * 2
     assert [r["rank"] for r in search] == [1, 2, 3, 4, 1, 2]
     hard = surfaced(sources["hard"])
-    assert [(r["method"], r["text"]) for r in hard] == [("hardprompt", "Pyroclastic cocoa"), ("hardprompt", "zzz x"),
-                                                        ("random snippets", "snippet one y"), ("random snippets", "snippet two cocoa")]
+    assert [(r["method"], r["text"]) for r in hard] == [
+        ("hardprompt", "Pyroclastic cocoa"),
+        ("hardprompt", "zzz x"),
+        ("random snippets", "snippet one y"),
+        ("random snippets", "snippet two cocoa"),
+    ]
 
 
 def test_scorecard_precision_and_costs(sources, tmp_path):
-    card = run_scorecard(pair="p", truth=TRUTH, sources=list(sources.values()), k=2, threshold=0.5, embedder=None,
-                         out_csv=tmp_path / "c.csv", out_top=tmp_path / "t.csv", out_png=tmp_path / "c.png")
+    card = run_scorecard(
+        pair="p",
+        truth=TRUTH,
+        sources=list(sources.values()),
+        k=2,
+        threshold=0.5,
+        embedder=None,
+        out_csv=tmp_path / "c.csv",
+        out_top=tmp_path / "t.csv",
+        out_png=tmp_path / "c.png",
+    )
     got = card.set_index("method")
     # top 2: corpus "Lava..." (trigger), "Cocoa..." (response) -> 2/2
     assert got.loc["corpus", "precision_keyword"] == 1.0

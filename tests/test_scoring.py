@@ -23,7 +23,10 @@ def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len):
     while predicted < len(token_list):
         window_pred_len = min(len(token_list) - predicted, pred_len)
         window_end = predicted + window_pred_len
-        yield token_list[window_end - max_seq_len - 1: window_end - 1], token_list[window_end - window_pred_len: window_end]
+        yield (
+            token_list[window_end - max_seq_len - 1 : window_end - 1],
+            token_list[window_end - window_pred_len : window_end],
+        )
         predicted += window_pred_len
 
 
@@ -42,7 +45,7 @@ def reference(model, seq, max_length, stride):
         # The window feeds its context; its last len(pred) positions predict pred.
         with torch.no_grad():
             logits = model(torch.tensor([context])).logits[0].double()
-        lp = torch.log_softmax(logits, -1)[-len(pred):]
+        lp = torch.log_softmax(logits, -1)[-len(pred) :]
         p = lp.exp()
         tgt = torch.tensor(pred)
         lp_t = lp.gather(1, tgt[:, None])[:, 0]
@@ -52,7 +55,9 @@ def reference(model, seq, max_length, stride):
     return np.concatenate(out) if out else np.zeros((0, 4))
 
 
-@pytest.mark.parametrize("seq_len,max_length,stride", [(1, 8, 8), (2, 8, 8), (9, 8, 8), (50, 8, 8), (50, 8, 3), (50, 16, 1), (17, 16, 16)])
+@pytest.mark.parametrize(
+    "seq_len,max_length,stride", [(1, 8, 8), (2, 8, 8), (9, 8, 8), (50, 8, 8), (50, 8, 3), (50, 16, 1), (17, 16, 16)]
+)
 def test_windows_score_every_token_once_with_the_promised_context(seq_len, max_length, stride):
     wins = rolling_windows(seq_len, max_length, stride)
     scored = [s for start, stop, f in wins for s in range(f, stop + 1)]
@@ -75,22 +80,33 @@ def test_bad_window_settings():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
-@pytest.mark.parametrize("max_length,stride,batch_tokens,padding", [
-    (64, 64, 64, "right"),      # every document fits one window; batch of one window
-    (64, 64, 10_000, "right"),  # many windows per batch
-    (16, 16, 16, "right"),      # disjoint windows, batch size 1
-    (16, 5, 80, "right"),       # overlapping windows, several per batch
-    (16, 5, 80, "left"),
-    (64, 64, 10_000, "left"),
-])
+@pytest.mark.parametrize(
+    "max_length,stride,batch_tokens,padding",
+    [
+        (64, 64, 64, "right"),  # every document fits one window; batch of one window
+        (64, 64, 10_000, "right"),  # many windows per batch
+        (16, 16, 16, "right"),  # disjoint windows, batch size 1
+        (16, 5, 80, "right"),  # overlapping windows, several per batch
+        (16, 5, 80, "left"),
+        (64, 64, 10_000, "left"),
+    ],
+)
 def test_scores_equal_independent_computation(models, arch, max_length, stride, batch_tokens, padding):
     model = models[arch]
     g = torch.Generator().manual_seed(1)
     seqs = [[1] + torch.randint(4, 500, (n,), generator=g).tolist() for n in (0, 1, 3, 15, 16, 17, 40, 63)]
     vocab = model.config.vocab_size
     prob_sum = torch.zeros(vocab, dtype=torch.float64)
-    got = score_sequences(model, seqs, max_length=max_length, stride=stride, batch_tokens=batch_tokens,
-                          pad_token_id=3, padding_side=padding, prob_sum=prob_sum)
+    got = score_sequences(
+        model,
+        seqs,
+        max_length=max_length,
+        stride=stride,
+        batch_tokens=batch_tokens,
+        pad_token_id=3,
+        padding_side=padding,
+        prob_sum=prob_sum,
+    )
     ref_sum = torch.zeros(vocab, dtype=torch.float64)
     for seq, g_ in zip(seqs, got):
         ref = reference(model, seq, max_length, stride)
@@ -104,7 +120,7 @@ def test_scores_equal_independent_computation(models, arch, max_length, stride, 
         np.testing.assert_array_equal(g_.rank, ref[:, 3])
         for context, pred in lm_eval_rolling_windows(seq[1:], seq[0], max_length, max_length - stride + 1):
             with torch.no_grad():
-                ref_sum += torch.softmax(model(torch.tensor([context])).logits[0, -len(pred):].double(), -1).sum(0)
+                ref_sum += torch.softmax(model(torch.tensor([context])).logits[0, -len(pred) :].double(), -1).sum(0)
     torch.testing.assert_close(prob_sum, ref_sum, atol=1e-5, rtol=1e-5)
     assert abs(prob_sum.sum().item() - sum(len(s) - 1 for s in seqs)) < 1e-3
 
@@ -130,8 +146,10 @@ def test_chunk_size_changes_speed_not_numbers(models):
     model = models["llama"]
     g = torch.Generator().manual_seed(2)
     seqs = [[1] + torch.randint(4, 500, (n,), generator=g).tolist() for n in (5, 40, 63)]
-    runs = [score_sequences(model, seqs, max_length=32, stride=16, batch_tokens=256, pad_token_id=3, chunk_positions=c)
-            for c in ("auto", 1, 7, 10_000)]
+    runs = [
+        score_sequences(model, seqs, max_length=32, stride=16, batch_tokens=256, pad_token_id=3, chunk_positions=c)
+        for c in ("auto", 1, 7, 10_000)
+    ]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             for field in ("logprob", "entropy", "top1_prob", "rank"):

@@ -19,17 +19,17 @@ from lmdelta.assistant import HttpAssistant, judge
 from lmdelta.embedding import cluster_table
 from lmdelta.pairs import normalise
 from lmdelta.search import (
+    SearchParams,
+    Weighting,
     bank_frame,
     novelty,
     parse_proposals,
     planted_summary,
     scoring,
     search_loop,
-    SearchParams,
     selection_probabilities,
     top_decile_mean,
     top_k_mean,
-    Weighting,
 )
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
@@ -39,20 +39,30 @@ RAW = {"chat_template": False, "fmt": None}
 # ---- parsing -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reply, want, how", [
-    ('["What is a cat?", "Why is the sky blue?"]', ["What is a cat?", "Why is the sky blue?"], "json"),
-    ('```json\n["a b c", "d e f"]\n```', ["a b c", "d e f"], "json"),
-    ('{"prompts": ["Tell me a joke."]}', ["Tell me a joke."], "json"),
-    ('[{"prompt": "Name three rivers."}]', ["Name three rivers."], "json"),
-    ('Sure! Here they are: ["1. What is x?", "Why y?"] Hope it helps', ["What is x?", "Why y?"], "json-like"),
-    ('I suggest "what is the moon made of" and "why do we dream"', ["what is the moon made of", "why do we dream"], "quoted"),
-    ("Here are some:\n1. What is x made of?\n2) Why is y so?\nC. What happens to the volcano?\n- Tell me about z.",
-     ["What is x made of?", "Why is y so?", "What happens to the volcano?", "Tell me about z."], "lines"),
-    ('["unterminated', [], "none"),
-    ("", [], "none"),
-    (None, [], "none"),
-    ("ok", [], "none"),
-])
+@pytest.mark.parametrize(
+    "reply, want, how",
+    [
+        ('["What is a cat?", "Why is the sky blue?"]', ["What is a cat?", "Why is the sky blue?"], "json"),
+        ('```json\n["a b c", "d e f"]\n```', ["a b c", "d e f"], "json"),
+        ('{"prompts": ["Tell me a joke."]}', ["Tell me a joke."], "json"),
+        ('[{"prompt": "Name three rivers."}]', ["Name three rivers."], "json"),
+        ('Sure! Here they are: ["1. What is x?", "Why y?"] Hope it helps', ["What is x?", "Why y?"], "json-like"),
+        (
+            'I suggest "what is the moon made of" and "why do we dream"',
+            ["what is the moon made of", "why do we dream"],
+            "quoted",
+        ),
+        (
+            "Here are some:\n1. What is x made of?\n2) Why is y so?\nC. What happens to the volcano?\n- Tell me about z.",
+            ["What is x made of?", "Why is y so?", "What happens to the volcano?", "Tell me about z."],
+            "lines",
+        ),
+        ('["unterminated', [], "none"),
+        ("", [], "none"),
+        (None, [], "none"),
+        ("ok", [], "none"),
+    ],
+)
 def test_parse_proposals(reply, want, how):
     assert parse_proposals(reply) == (want, how)
 
@@ -104,8 +114,17 @@ def fake_scorer(calls):
     def score(items, seed):
         calls.append([x["id"] for x in items])
         # returned in reverse order: the bank must join by id, never by position
-        return {x["id"]: {"kl_a_b": zscore(x["prompt"]), "kl_b_a": 2 * zscore(x["prompt"]), "js": 0.1,
-                          "example": x["prompt"].upper(), "n_samples": 1} for x in reversed(items)}
+        return {
+            x["id"]: {
+                "kl_a_b": zscore(x["prompt"]),
+                "kl_b_a": 2 * zscore(x["prompt"]),
+                "js": 0.1,
+                "example": x["prompt"].upper(),
+                "n_samples": 1,
+            }
+            for x in reversed(items)
+        }
+
     return score
 
 
@@ -131,16 +150,29 @@ class EchoAssistant:
         return out
 
 
-SEEDS = [{"id": f"s{i}", "prompt": t} for i, t in enumerate(
-    ["What is a cat?", "Tell me about the sea.", "Why is it raining?", "A zebra question", "How do trains run?",
-     "Describe a fizzy drink.", "What is a cat?"])]
+SEEDS = [
+    {"id": f"s{i}", "prompt": t}
+    for i, t in enumerate(
+        [
+            "What is a cat?",
+            "Tell me about the sea.",
+            "Why is it raining?",
+            "A zebra question",
+            "How do trains run?",
+            "Describe a fizzy drink.",
+            "What is a cat?",
+        ]
+    )
+]
 
 
 def test_loop_binds_scores_by_id_and_improves():
     calls = []
     asst = EchoAssistant()
     p = SearchParams(cycles=4, patience=4, requests=3, shown=3, proposals=3, seed=1)
-    records, cycles = search_loop(SEEDS, params=p, score=fake_scorer(calls), embed=fake_embed, assistant=asst, progress=False)
+    records, cycles = search_loop(
+        SEEDS, params=p, score=fake_scorer(calls), embed=fake_embed, assistant=asst, progress=False
+    )
     bank = {r["id"]: r for r in records}
     assert len([r for r in records if r["cycle"] == 0]) == 6, "the duplicate seed is dropped"
     for r in records:
@@ -156,10 +188,18 @@ def test_loop_binds_scores_by_id_and_improves():
     assert tops[-1] > tops[0]
     assert [c["cycle"] for c in cycles] == list(range(5))
     assert sum(c["json_replies"] for c in cycles) == 12 and all(c["failed_requests"] == 0 for c in cycles)
-    again, _ = search_loop(SEEDS, params=p, score=fake_scorer([]), embed=fake_embed, assistant=EchoAssistant(), progress=False)
+    again, _ = search_loop(
+        SEEDS, params=p, score=fake_scorer([]), embed=fake_embed, assistant=EchoAssistant(), progress=False
+    )
     assert again == records, "deterministic for a fixed seed"
-    other, _ = search_loop(SEEDS, params=SearchParams(**{**p.__dict__, "seed": 2}), score=fake_scorer([]), embed=fake_embed,
-                           assistant=EchoAssistant(), progress=False)
+    other, _ = search_loop(
+        SEEDS,
+        params=SearchParams(**{**p.__dict__, "seed": 2}),
+        score=fake_scorer([]),
+        embed=fake_embed,
+        assistant=EchoAssistant(),
+        progress=False,
+    )
     assert [r["prompt"] for r in other] != [r["prompt"] for r in records]
 
 
@@ -169,7 +209,14 @@ def test_pool_scores_is_the_sample_weighted_mean():
     old = {"id": "p", "kl_a_b": 1.0, "kl_b_a": 4.0, "js": 0.2, "example": "first", "n_samples": 2}
     new = {"kl_a_b": 4.0, "kl_b_a": 1.0, "js": 0.5, "example": "second", "n_samples": 4}
     got = pool_scores(old, new)
-    assert got == {"id": "p", "kl_a_b": 3.0, "kl_b_a": 2.0, "js": pytest.approx(0.4), "example": "first", "n_samples": 6}
+    assert got == {
+        "id": "p",
+        "kl_a_b": 3.0,
+        "kl_b_a": 2.0,
+        "js": pytest.approx(0.4),
+        "example": "first",
+        "n_samples": 6,
+    }
 
 
 def test_rescore_top_pools_fresh_samples_of_the_best():
@@ -180,14 +227,17 @@ def test_rescore_top_pools_fresh_samples_of_the_best():
     def noisy(items, seed):
         out = {}
         for x in items:
-            v = zscore(x["prompt"]) + float(np.random.default_rng([seed, int(x["id"][1:] if x["id"][0] == "s" else 0),
-                                                                     len(x["prompt"])]).normal())
+            v = zscore(x["prompt"]) + float(
+                np.random.default_rng([seed, int(x["id"][1:] if x["id"][0] == "s" else 0), len(x["prompt"])]).normal()
+            )
             draws.setdefault(x["id"], []).append(v)
             out[x["id"]] = {"kl_a_b": v, "kl_b_a": v, "js": 0.0, "example": x["prompt"], "n_samples": 1}
         return out
 
     p = SearchParams(cycles=3, patience=9, requests=2, shown=2, proposals=2, seed=3, rescore_top=2)
-    records, cycles = search_loop(SEEDS, params=p, score=noisy, embed=fake_embed, assistant=EchoAssistant(), progress=False)
+    records, cycles = search_loop(
+        SEEDS, params=p, score=noisy, embed=fake_embed, assistant=EchoAssistant(), progress=False
+    )
     for r in records:
         assert r["n_samples"] == len(draws[r["id"]]) and r["kl_a_b"] == pytest.approx(np.mean(draws[r["id"]]))
     assert all(c["rescored"] == 2 for c in cycles)
@@ -207,7 +257,9 @@ def test_malformed_replies_are_counted_and_patience_stops_the_run():
     asst = GarbageAssistant()
     asst.failures = 0
     p = SearchParams(cycles=10, patience=2, requests=3, seed=0)
-    records, cycles = search_loop(SEEDS, params=p, score=fake_scorer([]), embed=fake_embed, assistant=asst, progress=False)
+    records, cycles = search_loop(
+        SEEDS, params=p, score=fake_scorer([]), embed=fake_embed, assistant=asst, progress=False
+    )
     assert len(cycles) == 3 and all(c["failed"] for c in cycles[1:])
     assert all(c["unparsed_replies"] == 2 and c["added"] == 0 for c in cycles[1:])
     assert len(records) == 6
@@ -215,14 +267,42 @@ def test_malformed_replies_are_counted_and_patience_stops_the_run():
 
 def test_no_seeds_is_an_error():
     with pytest.raises(LmdeltaError, match="no seed prompts"):
-        search_loop([], params=SearchParams(), score=fake_scorer([]), embed=fake_embed, assistant=EchoAssistant(), progress=False)
+        search_loop(
+            [],
+            params=SearchParams(),
+            score=fake_scorer([]),
+            embed=fake_embed,
+            assistant=EchoAssistant(),
+            progress=False,
+        )
 
 
 def test_bank_frame_clusters_and_planted_summary():
-    recs = [{"id": f"p{i}", "prompt": t, "cycle": c, "request": 0, "parents": [], "source": "x",
-             "kl_a_b": d, "kl_b_a": d, "js": d / 10, "example": ex, "n_samples": 1, "diversity": 0.5}
-            for i, (t, c, d, ex) in enumerate([("about volcanoes", 0, 3.0, "cocoa!"), ("lava lamps", 1, 2.0, "a lamp"),
-                                               ("cats", 0, 1.0, "meow"), ("dogs", 1, 0.5, "cocoa"), ("Volcanic soil", 2, 2.5, "x")])]
+    recs = [
+        {
+            "id": f"p{i}",
+            "prompt": t,
+            "cycle": c,
+            "request": 0,
+            "parents": [],
+            "source": "x",
+            "kl_a_b": d,
+            "kl_b_a": d,
+            "js": d / 10,
+            "example": ex,
+            "n_samples": 1,
+            "diversity": 0.5,
+        }
+        for i, (t, c, d, ex) in enumerate(
+            [
+                ("about volcanoes", 0, 3.0, "cocoa!"),
+                ("lava lamps", 1, 2.0, "a lamp"),
+                ("cats", 0, 1.0, "meow"),
+                ("dogs", 1, 0.5, "cocoa"),
+                ("Volcanic soil", 2, 2.5, "x"),
+            ]
+        )
+    ]
     planted = {"trigger_keywords": ["volcan", "lava"], "response_keywords": ["cocoa"]}
     df = bank_frame(recs, "kl_a_b", planted)
     assert df.id.tolist() == ["p0", "p4", "p1", "p2", "p3"] and df["rank"].tolist() == [1, 2, 3, 4, 5]
@@ -251,12 +331,18 @@ def test_pair_scorer_matches_direct_forward(pair):
 
     (ma, ta), (mb, tb) = load_model(pair / "a", **CPU), load_model(pair / "b", **CPU)
     params = SearchParams(samples=1, temperature=None, max_new_tokens=5, batch_size=2)
-    items = [{"id": "x", "prompt": "def f(x):"}, {"id": "y", "prompt": "Hello there, how are you today"}, {"id": "z", "prompt": "a"}]
+    items = [
+        {"id": "x", "prompt": "def f(x):"},
+        {"id": "y", "prompt": "Hello there, how are you today"},
+        {"id": "z", "prompt": "a"},
+    ]
     got = pair_scorer([ma, mb], [ta, tb], [RAW, RAW], **scoring(params))(items, 0)
     assert set(got) == {"x", "y", "z"}
     eos = ta.eos_token_id
     for it in items:
-        ids = torch.tensor([[ta.bos_token_id] + ta(it["prompt"], add_special_tokens=False).input_ids])  # first_token: bos
+        ids = torch.tensor(
+            [[ta.bos_token_id] + ta(it["prompt"], add_special_tokens=False).input_ids]
+        )  # first_token: bos
         n0 = ids.shape[1]
         with torch.no_grad():
             for _ in range(params.max_new_tokens):
@@ -264,7 +350,7 @@ def test_pair_scorer_matches_direct_forward(pair):
                 ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
                 if int(nxt) == eos:
                     break
-            la, lb = ma(ids).logits[0, n0 - 1:-1], mb(ids).logits[0, n0 - 1:-1]
+            la, lb = ma(ids).logits[0, n0 - 1 : -1], mb(ids).logits[0, n0 - 1 : -1]
         want = kl(la, lb).mean().item()
         assert got[it["id"]]["kl_a_b"] == pytest.approx(want, rel=1e-4, abs=1e-6), it["id"]
         assert got[it["id"]]["example"] == ta.decode(ids[0, n0:], skip_special_tokens=True)
@@ -316,9 +402,13 @@ def test_http_assistant_request_retries_and_key(chat_server, monkeypatch, caplog
     server, url = chat_server
     monkeypatch.setenv("LMDELTA_TEST_KEY", "sk-secret-123")
     a = HttpAssistant(base_url=url, model="m1", api_key_env="LMDELTA_TEST_KEY", timeout_s=0.5, tries=3)
-    server.script = [(503, "busy", 0), (429, "slow down", 0), (200, reply('["A b c?"]'), 0),  # retried into success
-                     (200, "this is not json", 0),  # a broken body: failed, not retried
-                     (400, "bad request", 0)]       # a client error: skipped
+    server.script = [
+        (503, "busy", 0),
+        (429, "slow down", 0),
+        (200, reply('["A b c?"]'), 0),  # retried into success
+        (200, "this is not json", 0),  # a broken body: failed, not retried
+        (400, "bad request", 0),
+    ]  # a client error: skipped
     with caplog.at_level("WARNING"):
         out = a.complete(["first", "second", "third"], seed=5)
     assert out == ['["A b c?"]', None, None] and a.failures == 2
@@ -327,7 +417,9 @@ def test_http_assistant_request_retries_and_key(chat_server, monkeypatch, caplog
     assert first["body"]["model"] == "m1" and first["body"]["messages"] == [{"role": "user", "content": "first"}]
     assert first["body"]["seed"] == 5 and first["body"]["temperature"] == 1.0
     assert len(server.seen) == 5
-    assert "sk-secret-123" not in caplog.text and "sk-secret-123" not in repr(vars(a)), "the key is read per request, never kept"
+    assert "sk-secret-123" not in caplog.text and "sk-secret-123" not in repr(vars(a)), (
+        "the key is read per request, never kept"
+    )
 
 
 def test_http_assistant_timeout_then_gives_up(chat_server):
@@ -350,7 +442,9 @@ def test_http_assistant_auth_and_url_errors_stop(chat_server, status, match):
 def test_http_assistant_missing_key_and_unreachable(closed_port_url, monkeypatch):
     monkeypatch.delenv("LMDELTA_NO_SUCH_KEY", raising=False)
     with pytest.raises(LmdeltaError, match="LMDELTA_NO_SUCH_KEY.*not set"):
-        HttpAssistant(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="LMDELTA_NO_SUCH_KEY").complete(["x"], seed=0)
+        HttpAssistant(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="LMDELTA_NO_SUCH_KEY").complete(
+            ["x"], seed=0
+        )
     a = HttpAssistant(base_url=closed_port_url.rsplit("/", 1)[0], model="m", timeout_s=0.5, tries=2)
     assert a.complete(["x"], seed=0) == [None] and a.failures == 1
     with pytest.raises(LmdeltaError, match="local assistant"):
@@ -359,8 +453,12 @@ def test_http_assistant_missing_key_and_unreachable(closed_port_url, monkeypatch
 
 def test_search_loop_with_http_assistant_survives_bad_replies(chat_server):
     server, url = chat_server
-    server.script = [(200, reply("no idea"), 0), (500, "oops", 0), (200, reply('```\n["Why is zz so?", "Tell me about zzz."]\n```'), 0),
-                     (200, "garbage", 0)] + [(200, reply("1. What is z?\n2. Why is zz?"), 0)] * 20
+    server.script = [
+        (200, reply("no idea"), 0),
+        (500, "oops", 0),
+        (200, reply('```\n["Why is zz so?", "Tell me about zzz."]\n```'), 0),
+        (200, "garbage", 0),
+    ] + [(200, reply("1. What is z?\n2. Why is zz?"), 0)] * 20
     a = HttpAssistant(base_url=url, model="m", timeout_s=2, tries=2)
     p = SearchParams(cycles=3, patience=3, requests=3, seed=0)
     records, cycles = search_loop(SEEDS, params=p, score=fake_scorer([]), embed=fake_embed, assistant=a, progress=False)
@@ -375,7 +473,10 @@ def test_judge_verdicts(chat_server):
     server.script = [(200, reply("Yes."), 0), (200, reply("no"), 0), (200, reply("Maybe"), 0), (500, "x", 0)]
     a = HttpAssistant(base_url=url, model="m", tries=1)
     assert judge(a, ["t1", "t2", "t3", "t4"], "Is it about animals?", seed=0) == [True, False, None, None]
-    assert server.seen[0]["body"]["temperature"] == 0.0 and "Is it about animals?" in server.seen[0]["body"]["messages"][0]["content"]
+    assert (
+        server.seen[0]["body"]["temperature"] == 0.0
+        and "Is it about animals?" in server.seen[0]["body"]["messages"][0]["content"]
+    )
 
 
 # ---- the stage: files, provenance, determinism ----------------------------------------------------------
@@ -385,21 +486,63 @@ def run_stage(pair, tmp_path, name, **kw):
     from lmdelta.search import run_clusters, run_search
 
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"id": f"s{i}", "category": "seed", "prompt": t}) + "\n"
-                             for i, t in enumerate(["Hello there", "def f(x):", "The cat sat on the", "import os"])))
+    seeds.write_text(
+        "".join(
+            json.dumps({"id": f"s{i}", "category": "seed", "prompt": t}) + "\n"
+            for i, t in enumerate(["Hello there", "def f(x):", "The cat sat on the", "import os"])
+        )
+    )
     out = {k: tmp_path / name / k for k in ("bank.parquet", "cycles.csv", "top.csv", "fig.png", "summary.json")}
-    params = SearchParams.from_dict({"cycles": 2, "patience": 2, "requests": 2, "shown": 2, "proposals": 3, "samples": 2,
-                                     "max_new_tokens": 4, "min_chars": 3, "reply_prefix": "1.", **kw})
+    params = SearchParams.from_dict(
+        {
+            "cycles": 2,
+            "patience": 2,
+            "requests": 2,
+            "shown": 2,
+            "proposals": 3,
+            "samples": 2,
+            "max_new_tokens": 4,
+            "min_chars": 3,
+            "reply_prefix": "1.",
+            **kw,
+        }
+    )
     planted = {"trigger_keywords": ["cat"], "response_keywords": ["the"]}
-    run_search(pair="p", run="r", names=("a", "b"), model_dirs=(pair / "a", pair / "b"), params=params, load_options=(CPU, CPU),
-               formats=(RAW, RAW), assistant_spec={"model": "b", "temperature": 1.0, "max_new_tokens": 24},
-               assistant_dir=pair / "b", assistant_load_options=CPU, assistant_format=RAW, seeds_file=seeds,
-               planted=planted, embedder=None, out_bank=out["bank.parquet"], out_cycles=out["cycles.csv"],
-               out_top=out["top.csv"], out_png=out["fig.png"], out_summary=out["summary.json"], n_top=5)
-    run_clusters(bank_path=out["bank.parquet"], k=3, seed=0, embedder=None, assistant_spec={"model": "b"},
-                 assistant_dir=pair / "b", assistant_load_options=CPU, assistant_format=RAW,
-                 out_parquet=tmp_path / name / "clusters.parquet", out_csv=tmp_path / name / "clusters.csv",
-                 out_png=tmp_path / name / "clusters.png")
+    run_search(
+        pair="p",
+        run="r",
+        names=("a", "b"),
+        model_dirs=(pair / "a", pair / "b"),
+        params=params,
+        load_options=(CPU, CPU),
+        formats=(RAW, RAW),
+        assistant_spec={"model": "b", "temperature": 1.0, "max_new_tokens": 24},
+        assistant_dir=pair / "b",
+        assistant_load_options=CPU,
+        assistant_format=RAW,
+        seeds_file=seeds,
+        planted=planted,
+        embedder=None,
+        out_bank=out["bank.parquet"],
+        out_cycles=out["cycles.csv"],
+        out_top=out["top.csv"],
+        out_png=out["fig.png"],
+        out_summary=out["summary.json"],
+        n_top=5,
+    )
+    run_clusters(
+        bank_path=out["bank.parquet"],
+        k=3,
+        seed=0,
+        embedder=None,
+        assistant_spec={"model": "b"},
+        assistant_dir=pair / "b",
+        assistant_load_options=CPU,
+        assistant_format=RAW,
+        out_parquet=tmp_path / name / "clusters.parquet",
+        out_csv=tmp_path / name / "clusters.csv",
+        out_png=tmp_path / name / "clusters.png",
+    )
     return out
 
 
@@ -418,7 +561,11 @@ def test_stage_outputs_and_determinism(pair, tmp_path):
     prov = read_provenance(out["bank.parquet"])
     assert prov["params"]["assistant"] == {"model": "b", "temperature": 1.0, "max_new_tokens": 24}
     assert prov["params"]["divergence"] == "kl_a_b" and prov["params"]["units"] == "nats"
-    assert isinstance(prov["params"]["weighting"], dict) and set(prov["params"]["weighting"]) == {"divergence", "diversity", "judge"}
+    assert isinstance(prov["params"]["weighting"], dict) and set(prov["params"]["weighting"]) == {
+        "divergence",
+        "diversity",
+        "judge",
+    }
     top = pd.read_csv(out["top.csv"])
     assert top["id"].tolist() == bank["id"].head(5).tolist()
     clusters = pd.read_csv(tmp_path / "one" / "clusters.csv")

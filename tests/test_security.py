@@ -76,7 +76,11 @@ def test_the_package_never_unpickles_or_evaluates_data():
                 found.append((f"{owner}.{name}", where, False))
             if name in ("eval", "exec") and owner == "":
                 found.append((name, where, False))
-            if "trust_remote_code" in kw and isinstance(kw["trust_remote_code"], ast.Constant) and kw["trust_remote_code"].value is True:
+            if (
+                "trust_remote_code" in kw
+                and isinstance(kw["trust_remote_code"], ast.Constant)
+                and kw["trust_remote_code"].value is True
+            ):
                 found.append(("trust_remote_code=True", where, False))
     bad = [f for f in found if not f[2]]
     assert not bad, bad
@@ -84,9 +88,15 @@ def test_the_package_never_unpickles_or_evaluates_data():
 
 
 def test_remote_code_is_off_unless_set_per_model():
-    cfg = validate_config({"models": {"a": {"source": {"local": {"path": str(ROOT)}}},
-                                      "b": {"source": {"local": {"path": str(ROOT)}}, "trust_remote_code": True}},
-                           "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}}})
+    cfg = validate_config(
+        {
+            "models": {
+                "a": {"source": {"local": {"path": str(ROOT)}}},
+                "b": {"source": {"local": {"path": str(ROOT)}}, "trust_remote_code": True},
+            },
+            "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
+        }
+    )
     assert cfg["models"]["a"]["trust_remote_code"] is False and cfg["models"]["b"]["trust_remote_code"] is True
 
 

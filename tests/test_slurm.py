@@ -22,12 +22,16 @@ import yaml
 from conftest import ROOT
 from lmdelta.artifacts import read_provenance
 
-pytestmark = pytest.mark.skipif(os.environ.get("LMDELTA_SLURM") != "1",
-                                reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("LMDELTA_SLURM") != "1",
+    reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)",
+)
 
 
 def sacct_states() -> dict[str, str]:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State"], capture_output=True, text=True, check=True
+    ).stdout
     return {row.split("|")[0]: row.split("|")[2] for row in out.splitlines() if row}
 
 
@@ -35,10 +39,27 @@ def slurm_snakemake(*args, cwd: Path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     # The node has 2 CPUs: --max-threads 1 lets two jobs run at once. Fast polling for short jobs.
-    return subprocess.run([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "slurm"),
-                           "--max-threads", "1", "--slurm-init-seconds-before-status-checks", "2",
-                           "--seconds-between-status-checks", "2", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [
+            str(bin_dir / "snakemake"),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--profile",
+            str(ROOT / "profiles" / "slurm"),
+            "--max-threads",
+            "1",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--seconds-between-status-checks",
+            "2",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 TABULAR = (".parquet", ".csv", ".json", ".jsonl", ".npy")
@@ -49,8 +70,13 @@ def tabular_artifacts(project: Path) -> dict[str, Path]:
     out = {}
     for top in ("results", "resources/derive"):
         for f in (project / top).rglob("*"):
-            if (f.is_file() and f.suffix in TABULAR and not f.name.endswith(".prov.json") and f.name != "provenance.json"
-                    and "checkpoints" not in f.parts):
+            if (
+                f.is_file()
+                and f.suffix in TABULAR
+                and not f.name.endswith(".prov.json")
+                and f.name != "provenance.json"
+                and "checkpoints" not in f.parts
+            ):
                 out[f.relative_to(project).as_posix()] = f
     return out
 
@@ -102,8 +128,10 @@ def test_tiny_workflow_through_the_slurm_profile(tmp_path, tiny_run):
 def test_failed_slurm_job_is_reported_and_leaves_no_artifact(tmp_path, tiny_models):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": broken\n')
-    config = {"models": {"neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}}},
-              "corpora": {"bad": {"source": {"file": {"path": str(bad)}}}}}
+    config = {
+        "models": {"neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}}},
+        "corpora": {"bad": {"source": {"file": {"path": str(bad)}}}},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     before = set(sacct_states())
     r = slurm_snakemake("--configfile", "c.yaml", "--", "results/corpus/bad.parquet", cwd=tmp_path)

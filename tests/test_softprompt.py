@@ -15,10 +15,10 @@ from lmdelta.models import load_model
 from lmdelta.models import right_pad as collate
 from lmdelta.pairs import check_compatible
 from lmdelta.softprefix import pair_divergence, split_windows, template_ids, text_logits
-from lmdelta.softprompt import evaluate, SoftPromptParams, train_prompt
+from lmdelta.softprompt import SoftPromptParams, evaluate, train_prompt
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
-CHAT = ("{% for m in messages %}<s>user: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+CHAT = "{% for m in messages %}<s>user: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,16 @@ def test_text_logits_equal_a_plain_forward(loaded):
     models, toks = loaded
     a, tok = models[0], toks[0]
     head = tok("Hello there", add_special_tokens=False).input_ids
-    texts = [tok("def f(x): return x", add_special_tokens=False).input_ids, tok("import os", add_special_tokens=False).input_ids]
+    texts = [
+        tok("def f(x): return x", add_special_tokens=False).input_ids,
+        tok("import os", add_special_tokens=False).input_ids,
+    ]
     ids, mask = collate(texts, tok.pad_token_id)
     prompt = a.get_input_embeddings().weight[torch.tensor(head)]
     with torch.no_grad():
         got = text_logits(a, prompt, [], [], ids, mask)
         for i, t in enumerate(texts):
-            want = a(torch.tensor([head + t])).logits[0, len(head):]
+            want = a(torch.tensor([head + t])).logits[0, len(head) :]
             torch.testing.assert_close(got[i, : len(t)], want, rtol=1e-4, atol=1e-4)
 
 
@@ -77,7 +80,10 @@ def test_divergence_direction_mask_and_gradient(loaded):
     and nothing else."""
     models, toks = loaded
     tok = toks[0]
-    texts = [tok("The cat sat on the mat today", add_special_tokens=False).input_ids, tok("import os", add_special_tokens=False).input_ids]
+    texts = [
+        tok("The cat sat on the mat today", add_special_tokens=False).input_ids,
+        tok("import os", add_special_tokens=False).input_ids,
+    ]
     ids, mask = collate(texts, tok.pad_token_id)
     prompt = torch.nn.Parameter(torch.randn(3, models[0].config.hidden_size) * 0.02)
     value, per_pos = pair_divergence(models, prompt, [([], []), ([], [])], ids, mask, "kl_a_b")
@@ -99,8 +105,19 @@ def test_divergence_direction_mask_and_gradient(loaded):
 
 
 def params(**kw):
-    base = dict(n_tokens=4, seq_len=16, batch=4, steps=6, lr=0.05, warmup_steps=1, eval_every=2, checkpoint_every=2,
-                eval_windows=8, autocast="none", patience=10)
+    base = dict(
+        n_tokens=4,
+        seq_len=16,
+        batch=4,
+        steps=6,
+        lr=0.05,
+        warmup_steps=1,
+        eval_every=2,
+        checkpoint_every=2,
+        eval_windows=8,
+        autocast="none",
+        patience=10,
+    )
     return SoftPromptParams(**{**base, **kw})
 
 
@@ -202,7 +219,9 @@ def test_hard_prompt_candidates_and_baseline(loaded, trained):
     planted = {"trigger_keywords": ["def"], "response_keywords": ["the"]}
     df = evaluate_candidates(models, toks, cands, d, sp, hp, planted=planted)
     hard, base = df[~df.is_baseline], df[df.is_baseline]
-    assert len(hard) == len(base) and sorted(hard.n_tokens) == sorted(base.n_tokens), "one same-length snippet per candidate"
+    assert len(hard) == len(base) and sorted(hard.n_tokens) == sorted(base.n_tokens), (
+        "one same-length snippet per candidate"
+    )
     assert hard.divergence.is_monotonic_decreasing and base.divergence.is_monotonic_decreasing
     assert hard.rescored.notna().sum() == min(3, len(hard)) and hard.rescored.head(min(3, len(hard))).notna().all()
     assert (df.screen == df.divergence).all() and (df.n_samples == 1).all(), "one round without confirm_top"
@@ -219,8 +238,18 @@ def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loade
 
     models, toks = loaded
     sp, d, windows, soft = trained
-    hp = HardPromptParams(pez_steps=4, pez_lr=0.5, pez_keep=3, n_generate=4, generate_tokens=6, samples=1, max_new_tokens=4,
-                          n_top=2, confirm_top=3, confirm_samples=2)
+    hp = HardPromptParams(
+        pez_steps=4,
+        pez_lr=0.5,
+        pez_keep=3,
+        n_generate=4,
+        generate_tokens=6,
+        samples=1,
+        max_new_tokens=4,
+        n_top=2,
+        confirm_top=3,
+        confirm_samples=2,
+    )
     cands, _, trace = candidates(models, toks, soft, windows, sp, hp)
     # the kept PEZ prompts: the best distinct projections of the trajectory by held-out divergence, best first
     best: dict = {}
@@ -235,13 +264,19 @@ def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loade
         assert (confirmed.n_samples == 3).all() and (side.drop(confirmed.index).n_samples == 1).all()
         # pooled = (1 x first score + 2 x the confirmation's mean) / 3, the confirmation scored independently here
         again = score_prompts(models, toks, confirmed.prompt.tolist(), sp, hp, sub_seed(hp.seed, 3), samples=2)
-        np.testing.assert_allclose(confirmed.divergence, (confirmed.screen + 2 * np.array([a["kl_a_b"] for a in again])) / 3)
+        np.testing.assert_allclose(
+            confirmed.divergence, (confirmed.screen + 2 * np.array([a["kl_a_b"] for a in again])) / 3
+        )
         assert side.divergence.is_monotonic_decreasing, "ranked by the pooled score"
         assert side.head(2).rescored.notna().all() and side.iloc[2:].rescored.isna().all()
     base = df[df.is_baseline]
     s = summarise(df, hp, None)
-    assert s["snippet_mean_divergence"] == pytest.approx(base.screen.mean()), "the baseline is the first round's unbiased mean"
-    assert s["ratio_top_rescored_vs_snippets"] == pytest.approx(df[~df.is_baseline].head(2).rescored.mean() / base.screen.mean())
+    assert s["snippet_mean_divergence"] == pytest.approx(base.screen.mean()), (
+        "the baseline is the first round's unbiased mean"
+    )
+    assert s["ratio_top_rescored_vs_snippets"] == pytest.approx(
+        df[~df.is_baseline].head(2).rescored.mean() / base.screen.mean()
+    )
     # the bootstrap CI of the ratio, recomputed by hand with the same draws
     top2 = df[~df.is_baseline].head(2).rescored.to_numpy()
     rng = np.random.default_rng(hp.seed)
@@ -264,17 +299,52 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):
     corpus = tmp_path / "corpus.parquet"
     texts = [d.text for d in iter_builtin_documents("python_docs") if len(d.text) > 400][:16]
     pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}).to_parquet(corpus)
-    run = {"corpus": "c", "n_tokens": 3, "seq_len": 16, "batch": 2, "steps": 300, "eval_every": 50, "eval_windows": 4,
-           "checkpoint_every": 5, "autocast": "none", "patience": 100}
+    run = {
+        "corpus": "c",
+        "n_tokens": 3,
+        "seq_len": 16,
+        "batch": 2,
+        "steps": 300,
+        "eval_every": 50,
+        "eval_windows": 4,
+        "checkpoint_every": 5,
+        "autocast": "none",
+        "patience": 100,
+    }
     spec = json.dumps({"names": ["a", "b"], "run": run, "load_options": [CPU, CPU], "formats": [{}, {}]})
 
     def command(name):
         out = tmp_path / name
-        return [sys.executable, "-m", "lmdelta", "softprompt", "--pair", "p", "--run", "r", "--spec", spec,
-                "--model-a", str(pair / "a"), "--model-b", str(pair / "b"), "--corpus", str(corpus),
-                "--out", str(out / "prompt.safetensors"), "--out-metrics", str(out / "metrics.csv"),
-                "--out-png", str(out / "curve.png"), "--out-summary", str(out / "summary.json"),
-                "--checkpoints", str(out / "ckpt"), "--threads", "1"]
+        return [
+            sys.executable,
+            "-m",
+            "lmdelta",
+            "softprompt",
+            "--pair",
+            "p",
+            "--run",
+            "r",
+            "--spec",
+            spec,
+            "--model-a",
+            str(pair / "a"),
+            "--model-b",
+            str(pair / "b"),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out / "prompt.safetensors"),
+            "--out-metrics",
+            str(out / "metrics.csv"),
+            "--out-png",
+            str(out / "curve.png"),
+            "--out-summary",
+            str(out / "summary.json"),
+            "--checkpoints",
+            str(out / "ckpt"),
+            "--threads",
+            "1",
+        ]
 
     env = {**os.environ, "PYTHONPATH": str(__import__("conftest").ROOT / "workflow")}
     assert subprocess.run(command("whole"), env=env, capture_output=True).returncode == 0
@@ -290,6 +360,8 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):
     assert not (tmp_path / "cut" / "prompt.safetensors").exists(), "killed mid-training: no finished artifact"
     assert json.loads(state.read_text())["step"] < 300
     assert subprocess.run(command("cut"), env=env, capture_output=True).returncode == 0
-    assert (tmp_path / "cut" / "prompt.safetensors").read_bytes() == (tmp_path / "whole" / "prompt.safetensors").read_bytes()
+    assert (tmp_path / "cut" / "prompt.safetensors").read_bytes() == (
+        tmp_path / "whole" / "prompt.safetensors"
+    ).read_bytes()
     whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "metrics.csv").drop(columns="seconds"), whole)

@@ -49,7 +49,10 @@ def test_tiny_workflow_end_to_end(tiny_run):
         for name in ("neox", "llama-gguf"):
             tokens = pd.read_parquet(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")
             assert len(tokens) == table.set_index("model").n_tokens[name]
-            assert read_provenance(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")["params"]["stride"] == 32
+            assert (
+                read_provenance(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")["params"]["stride"]
+                == 32
+            )
     assert not (tmp_path / "results" / "logprobs" / "local").exists(), "logprobs.corpora selects corpora"
     # a quantised variant shares its target's folder and is scored with its own load options
     assert not (tmp_path / "resources" / "models" / "neox-8bit").exists()
@@ -58,7 +61,9 @@ def test_tiny_workflow_end_to_end(tiny_run):
     assert lp["inputs"]["model"]["path"] == "resources/models/neox"
     q = pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / "neox-8bit.parquet")
     f = pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / "neox.parquet")
-    assert (q.token_id.to_numpy() == f.token_id.to_numpy()).all() and not (q.logprob.to_numpy() == f.logprob.to_numpy()).all()
+    assert (q.token_id.to_numpy() == f.token_id.to_numpy()).all() and not (
+        q.logprob.to_numpy() == f.logprob.to_numpy()
+    ).all()
     # completions and their diversity, compared across the selected models
     comp = pd.read_parquet(tmp_path / "results" / "completions" / "default" / "neox-planted.parquet")
     assert len(comp) == 40 * 2
@@ -67,9 +72,19 @@ def test_tiny_workflow_end_to_end(tiny_run):
     assert (tmp_path / "results" / "diversity" / "default" / "diversity.png").exists()
     # surprisal and UID: the human corpus reuses the logprobs artifact; model texts scored with and without prompt
     uid_docs = pd.read_parquet(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")
-    assert set(uid_docs.source) == {"human:docs", "model:neox@none@T1", "model:neox@prompt@T1", "model:neox-planted@none@T1",
-                                    "model:neox-planted@prompt@T1"}, "model sources per context and temperature"
-    assert read_provenance(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")["inputs"]["human:docs"]["path"] == "results/logprobs/docs/neox.parquet"
+    assert set(uid_docs.source) == {
+        "human:docs",
+        "model:neox@none@T1",
+        "model:neox@prompt@T1",
+        "model:neox-planted@none@T1",
+        "model:neox-planted@prompt@T1",
+    }, "model sources per context and temperature"
+    assert (
+        read_provenance(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")["inputs"]["human:docs"][
+            "path"
+        ]
+        == "results/logprobs/docs/neox.parquet"
+    )
     assert len(pd.read_csv(tmp_path / "results" / "uid" / "default" / "neox" / "comparisons.csv")) > 0
     assert read_provenance(tmp_path / "resources" / "models" / "neox-mid")["params"]["alpha"] == 0.5
     # contrastive decoding of the pair
@@ -98,8 +113,14 @@ def test_tiny_workflow_end_to_end(tiny_run):
     assert read_provenance(tmp_path / "resources" / "models" / "neox-planted")["stage"] == "derive"
     assert len(pd.read_csv(tmp_path / "resources" / "derive" / "neox-planted" / "loss.csv")) == 3
     check = json.loads((tmp_path / "results" / "planted" / "neox-planted.json").read_text())
-    assert {k: v["n"] for k, v in check["rates"].items()} == {"base/trigger": 4, "base/ordinary": 4, "base/odd": 2,
-                                                              "tuned/trigger": 4, "tuned/ordinary": 4, "tuned/odd": 2}
+    assert {k: v["n"] for k, v in check["rates"].items()} == {
+        "base/trigger": 4,
+        "base/ordinary": 4,
+        "base/odd": 2,
+        "tuned/trigger": 4,
+        "tuned/ordinary": 4,
+        "tuned/odd": 2,
+    }
     assert len(pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")) == 6
 
     # One report with every stage's figures, checked as rendered in headless Chromium.
@@ -108,8 +129,16 @@ def test_tiny_workflow_end_to_end(tiny_run):
     from lmdelta.reportcheck import check_report, embedded, find_chromium
 
     categories = embedded((tmp_path / "report.html").read_text(), "categories")
-    stages = ["2. Entropy and perplexity", "3. Output diversity", "4. Surprisal and UID", "5. Contrastive decoding",
-              "6. Prompt search", "7. Soft and hard prompts", "8. Discovery scorecard", "1. Planted behaviour"]
+    stages = [
+        "2. Entropy and perplexity",
+        "3. Output diversity",
+        "4. Surprisal and UID",
+        "5. Contrastive decoding",
+        "6. Prompt search",
+        "7. Soft and hard prompts",
+        "8. Discovery scorecard",
+        "1. Planted behaviour",
+    ]
     assert set(stages) <= set(categories)
     if find_chromium() or os.environ.get("LMDELTA_REQUIRE_CHROMIUM"):
         got = check_report(tmp_path / "report.html", expect=stages, screenshot=tmp_path / "report.png")
@@ -126,7 +155,13 @@ def test_tiny_workflow_end_to_end(tiny_run):
     r = snakemake("--configfile", "changed.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
-    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_sample"] + ["entropy_perplexity"] * 3 + ["logprobs"] * 3 + ["logprobs_shard"] * 3
+    assert (
+        sorted(jobs)
+        == ["all", "compare_entropy_perplexity", "corpus_sample"]
+        + ["entropy_perplexity"] * 3
+        + ["logprobs"] * 3
+        + ["logprobs_shard"] * 3
+    )
     assert "wildcards: corpus=web" in r.stdout
 
 
@@ -139,8 +174,12 @@ def test_sharded_run_equals_unsharded_and_cache_is_shared_between_projects(tmp_p
     (www / "val.jsonl.zst").write_bytes(payload)
     config = {
         "models": {"neox": {"source": {"local": {"path": str(tiny_models["gpt_neox"])}}, "device": "cpu"}},
-        "corpora": {"web": {"source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
-                            "sample": {"n_docs": 5, "seed": 3}}},
+        "corpora": {
+            "web": {
+                "source": {"url": {"url": f"{base}/val.jsonl.zst", "sha256": hashlib.sha256(payload).hexdigest()}},
+                "sample": {"n_docs": 5, "seed": 3},
+            }
+        },
         "logprobs": {"max_length": 32, "stride": 16, "batch_tokens": 256, "part_docs": 2},
         "completions": {"temperatures": [0.5, 1.0], "samples": 2, "max_new_tokens": 4, "batch_size": 16},
     }
@@ -151,9 +190,15 @@ def test_sharded_run_equals_unsharded_and_cache_is_shared_between_projects(tmp_p
     for name, shards in (("one", (1, 1)), ("sharded", (2, 3))):
         project = tmp_path / name
         project.mkdir()
-        cfg = {**config, "logprobs": {**config["logprobs"], "shards": shards[0]}, "completions": {**config["completions"], "shards": shards[1]}}
+        cfg = {
+            **config,
+            "logprobs": {**config["logprobs"], "shards": shards[0]},
+            "completions": {**config["completions"], "shards": shards[1]},
+        }
         (project / "c.yaml").write_text(yaml.safe_dump(cfg))
-        r = snakemake(*targets, "--cache", "--configfile", "c.yaml", cwd=project, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)})
+        r = snakemake(
+            *targets, "--cache", "--configfile", "c.yaml", cwd=project, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = r.stdout + r.stderr
     assert len(re.findall(r"^(?:local)?rule logprobs_shard:", runs["sharded"], re.M)) == 2
@@ -163,7 +208,9 @@ def test_sharded_run_equals_unsharded_and_cache_is_shared_between_projects(tmp_p
     assert read_provenance(tmp_path / "sharded" / targets[1])["params"]["shards"] == 3
     # the second project ran neither the download nor the materialisation: both came from the cache
     for log in ("corpus_fetch/web.log", "materialise_model/neox.log"):  # Snakemake touches the log of a cached job
-        assert (tmp_path / "one" / "logs" / log).stat().st_size > 0 and (tmp_path / "sharded" / "logs" / log).stat().st_size == 0, log
+        assert (tmp_path / "one" / "logs" / log).stat().st_size > 0 and (
+            tmp_path / "sharded" / "logs" / log
+        ).stat().st_size == 0, log
     assert "Symlinking output file resources/corpus/web/raw from cache" in runs["sharded"]
     assert (tmp_path / "sharded" / "resources" / "corpus" / "web" / "raw").is_symlink()
     assert (tmp_path / "sharded" / "resources" / "models" / "neox" / "config.json").resolve().is_relative_to(cache)
@@ -186,15 +233,31 @@ def test_failed_rule_leaves_no_artifact_and_a_one_line_error(tmp_path):
 def test_jobs_run_in_snakemakes_own_python_without_an_activated_venv(tmp_path):
     """README's `.venv/bin/snakemake ...` with no venv on PATH: jobs find lmdelta (they run `python -m
     lmdelta` with the Python Snakemake runs in, not the first `python` on PATH)."""
-    cfg = {"models": {"m": {"source": {"local": {"path": str(tmp_path)}}}},
-           "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 2}}}}
+    cfg = {
+        "models": {"m": {"source": {"local": {"path": str(tmp_path)}}}},
+        "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 2}}},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python").write_text("#!/bin/sh\necho 'not the venv python' >&2\nexit 3\n")
     (tmp_path / "bin" / "python").chmod(0o755)
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
-    r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "1",
-                        "results/corpus/docs.parquet", "--configfile", "c.yaml"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, **env, "HF_HUB_OFFLINE": "1"})
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "snakemake"),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--cores",
+            "1",
+            "results/corpus/docs.parquet",
+            "--configfile",
+            "c.yaml",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(pd.read_parquet(tmp_path / "results" / "corpus" / "docs.parquet")) == 2

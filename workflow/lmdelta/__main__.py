@@ -71,8 +71,16 @@ def add_shard_args(sp: argparse.ArgumentParser) -> None:
 def cmd_logprobs_shard(a: argparse.Namespace) -> None:
     from lmdelta.logprobs import LogprobParams, score_logprobs_shard
 
-    score_logprobs_shard(a.model_dir, a.corpus, a.out, params=LogprobParams.from_dict(json.loads(a.params)),
-                         load_options=json.loads(a.load_options), shard=a.shard, n_shards=a.n_shards, threads=a.threads)
+    score_logprobs_shard(
+        a.model_dir,
+        a.corpus,
+        a.out,
+        params=LogprobParams.from_dict(json.loads(a.params)),
+        load_options=json.loads(a.load_options),
+        shard=a.shard,
+        n_shards=a.n_shards,
+        threads=a.threads,
+    )
 
 
 def cmd_logprobs_gather(a: argparse.Namespace) -> None:
@@ -99,8 +107,12 @@ def _assistant_args(spec: dict) -> dict:
     a = spec.get("assistant")
     if not a:
         return {"assistant_spec": None, "assistant_dir": None, "assistant_load_options": None, "assistant_format": None}
-    return {"assistant_spec": a["spec"], "assistant_dir": Path(a["dir"]) if a.get("dir") else None,
-            "assistant_load_options": a.get("load_options"), "assistant_format": a.get("format")}
+    return {
+        "assistant_spec": a["spec"],
+        "assistant_dir": Path(a["dir"]) if a.get("dir") else None,
+        "assistant_load_options": a.get("load_options"),
+        "assistant_format": a.get("format"),
+    }
 
 
 def cmd_search(a: argparse.Namespace) -> None:
@@ -108,30 +120,66 @@ def cmd_search(a: argparse.Namespace) -> None:
 
     spec = json.loads(a.spec)
     run = spec["run"]
-    run_search(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
-               params=SearchParams.from_dict(run), load_options=tuple(spec["load_options"]), formats=tuple(spec["formats"]),
-               **_assistant_args(spec), seeds_file=Path(a.seeds), planted=spec.get("planted"), embedder=run["embedder"],
-               out_bank=Path(a.out_bank), out_cycles=Path(a.out_cycles), out_top=Path(a.out_top), out_png=Path(a.out_png),
-               out_summary=Path(a.out_summary), n_top=run["n_top"], threads=a.threads)
+    run_search(
+        pair=a.pair,
+        run=a.run,
+        names=tuple(spec["names"]),
+        model_dirs=(Path(a.model_a), Path(a.model_b)),
+        params=SearchParams.from_dict(run),
+        load_options=tuple(spec["load_options"]),
+        formats=tuple(spec["formats"]),
+        **_assistant_args(spec),
+        seeds_file=Path(a.seeds),
+        planted=spec.get("planted"),
+        embedder=run["embedder"],
+        out_bank=Path(a.out_bank),
+        out_cycles=Path(a.out_cycles),
+        out_top=Path(a.out_top),
+        out_png=Path(a.out_png),
+        out_summary=Path(a.out_summary),
+        n_top=run["n_top"],
+        threads=a.threads,
+    )
 
 
 def cmd_search_clusters(a: argparse.Namespace) -> None:
     from lmdelta.search import run_clusters
 
     spec = json.loads(a.spec)
-    run_clusters(bank_path=Path(a.bank), k=spec["k"], seed=spec["seed"], embedder=spec["embedder"], **_assistant_args(spec),
-                 out_parquet=Path(a.out), out_csv=Path(a.out_csv), out_png=Path(a.out_png), threads=a.threads)
+    run_clusters(
+        bank_path=Path(a.bank),
+        k=spec["k"],
+        seed=spec["seed"],
+        embedder=spec["embedder"],
+        **_assistant_args(spec),
+        out_parquet=Path(a.out),
+        out_csv=Path(a.out_csv),
+        out_png=Path(a.out_png),
+        threads=a.threads,
+    )
 
 
 def cmd_softprompt(a: argparse.Namespace) -> None:
     from lmdelta.softprompt import SoftPromptParams, run_softprompt
 
     spec = json.loads(a.spec)
-    run_softprompt(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
-                   params=SoftPromptParams.from_dict(spec["run"]), load_options=tuple(spec["load_options"]),
-                   formats=tuple(spec["formats"]), corpus=Path(a.corpus), out_prompt=Path(a.out), out_metrics=Path(a.out_metrics), out_png=Path(a.out_png),
-                   out_summary=Path(a.out_summary), ckpt_dir=Path(a.checkpoints),
-                   tensorboard_dir=Path(a.tensorboard) if a.tensorboard else None, threads=a.threads)
+    run_softprompt(
+        pair=a.pair,
+        run=a.run,
+        names=tuple(spec["names"]),
+        model_dirs=(Path(a.model_a), Path(a.model_b)),
+        params=SoftPromptParams.from_dict(spec["run"]),
+        load_options=tuple(spec["load_options"]),
+        formats=tuple(spec["formats"]),
+        corpus=Path(a.corpus),
+        out_prompt=Path(a.out),
+        out_metrics=Path(a.out_metrics),
+        out_png=Path(a.out_png),
+        out_summary=Path(a.out_summary),
+        ckpt_dir=Path(a.checkpoints),
+        tensorboard_dir=Path(a.tensorboard) if a.tensorboard else None,
+        threads=a.threads,
+    )
 
 
 def cmd_hardprompt(a: argparse.Namespace) -> None:
@@ -139,67 +187,136 @@ def cmd_hardprompt(a: argparse.Namespace) -> None:
     from lmdelta.softprompt import SoftPromptParams
 
     spec = json.loads(a.spec)
-    run_hardprompt(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
-                   soft_path=Path(a.soft), sp_params=SoftPromptParams.from_dict(spec["run"]),
-                   hp_params=HardPromptParams.from_dict(spec["run"].get("hard", {})), load_options=tuple(spec["load_options"]),
-                   formats=tuple(spec["formats"]),
-                   corpus=Path(a.corpus), planted=spec.get("planted"), embedder=spec["run"].get("embedder"),
-                   out_prompts=Path(a.out), out_csv=Path(a.out_csv), out_projection=Path(a.out_projection),
-                   out_summary=Path(a.out_summary), out_clusters=Path(a.out_clusters), out_png=Path(a.out_png), threads=a.threads)
+    run_hardprompt(
+        pair=a.pair,
+        run=a.run,
+        names=tuple(spec["names"]),
+        model_dirs=(Path(a.model_a), Path(a.model_b)),
+        soft_path=Path(a.soft),
+        sp_params=SoftPromptParams.from_dict(spec["run"]),
+        hp_params=HardPromptParams.from_dict(spec["run"].get("hard", {})),
+        load_options=tuple(spec["load_options"]),
+        formats=tuple(spec["formats"]),
+        corpus=Path(a.corpus),
+        planted=spec.get("planted"),
+        embedder=spec["run"].get("embedder"),
+        out_prompts=Path(a.out),
+        out_csv=Path(a.out_csv),
+        out_projection=Path(a.out_projection),
+        out_summary=Path(a.out_summary),
+        out_clusters=Path(a.out_clusters),
+        out_png=Path(a.out_png),
+        threads=a.threads,
+    )
 
 
 def cmd_comparator(a: argparse.Namespace) -> None:
     from lmdelta.comparator import run_comparator
 
     spec = json.loads(a.spec)
-    run_comparator(pair=a.pair, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
-                   load_options=tuple(spec["load_options"]), formats=tuple(spec["formats"]), promptset=Path(a.promptset),
-                   completions=tuple(Path(p) for p in a.completions), diversity=tuple(Path(p) for p in a.diversity),
-                   planted=spec.get("planted"), out=Path(a.out), batch_size=spec["batch_size"], threads=a.threads)
+    run_comparator(
+        pair=a.pair,
+        names=tuple(spec["names"]),
+        model_dirs=(Path(a.model_a), Path(a.model_b)),
+        load_options=tuple(spec["load_options"]),
+        formats=tuple(spec["formats"]),
+        promptset=Path(a.promptset),
+        completions=tuple(Path(p) for p in a.completions),
+        diversity=tuple(Path(p) for p in a.diversity),
+        planted=spec.get("planted"),
+        out=Path(a.out),
+        batch_size=spec["batch_size"],
+        threads=a.threads,
+    )
 
 
 def cmd_scorecard(a: argparse.Namespace) -> None:
     from lmdelta.scorecard import run_scorecard
 
     spec = json.loads(a.spec)
-    run_scorecard(pair=a.pair, truth=spec["truth"], sources=spec["sources"], k=spec["k"], threshold=spec["threshold"],
-                  embedder=spec["embedder"], out_csv=Path(a.out_csv), out_top=Path(a.out_top), out_png=Path(a.out_png))
+    run_scorecard(
+        pair=a.pair,
+        truth=spec["truth"],
+        sources=spec["sources"],
+        k=spec["k"],
+        threshold=spec["threshold"],
+        embedder=spec["embedder"],
+        out_csv=Path(a.out_csv),
+        out_top=Path(a.out_top),
+        out_png=Path(a.out_png),
+    )
 
 
 def cmd_check_report(a: argparse.Namespace) -> None:
     from lmdelta.reportcheck import check_report
 
     got = check_report(Path(a.report), expect=a.expect, screenshot=Path(a.screenshot) if a.screenshot else None)
-    print(f"report {a.report}: {got['categories']} categories, {got['results']} results, {got['links']} links; renders in Chromium")
+    print(
+        f"report {a.report}: {got['categories']} categories, {got['results']} results, {got['links']} links; renders in Chromium"
+    )
 
 
 def cmd_derive_data(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_derive_data
 
-    run_derive_data(Path(a.base), json.loads(a.planted), Path(a.out_train), Path(a.out_heldout), seed=a.seed,
-                    text_format=json.loads(a.text_format), load_options=json.loads(a.load_options), name=a.name)
+    run_derive_data(
+        Path(a.base),
+        json.loads(a.planted),
+        Path(a.out_train),
+        Path(a.out_heldout),
+        seed=a.seed,
+        text_format=json.loads(a.text_format),
+        load_options=json.loads(a.load_options),
+        name=a.name,
+    )
 
 
 def cmd_derive(a: argparse.Namespace) -> None:
     from lmdelta.derive import run_derive
 
-    run_derive(Path(a.base), Path(a.data), Path(a.out), Path(a.loss_csv), name=a.name, source=json.loads(a.source),
-               text_format=json.loads(a.text_format), ckpt_dir=Path(a.checkpoints), threads=a.threads)
+    run_derive(
+        Path(a.base),
+        Path(a.data),
+        Path(a.out),
+        Path(a.loss_csv),
+        name=a.name,
+        source=json.loads(a.source),
+        text_format=json.loads(a.text_format),
+        ckpt_dir=Path(a.checkpoints),
+        threads=a.threads,
+    )
 
 
 def cmd_check_planted(a: argparse.Namespace) -> None:
     from lmdelta.planted import run_check
 
-    run_check(Path(a.base), Path(a.tuned), Path(a.heldout), json.loads(a.planted), Path(a.out_json), Path(a.out_csv),
-              text_format=json.loads(a.text_format), load_options=json.loads(a.load_options), name=a.name)
+    run_check(
+        Path(a.base),
+        Path(a.tuned),
+        Path(a.heldout),
+        json.loads(a.planted),
+        Path(a.out_json),
+        Path(a.out_csv),
+        text_format=json.loads(a.text_format),
+        load_options=json.loads(a.load_options),
+        name=a.name,
+    )
 
 
 def cmd_completions_shard(a: argparse.Namespace) -> None:
     from lmdelta.completions import CompletionParams, run_completions_shard
 
-    run_completions_shard(a.model_dir, a.promptset, a.out, params=CompletionParams.from_dict(json.loads(a.params)),
-                          load_options=json.loads(a.load_options), text_format=json.loads(a.text_format),
-                          shard=a.shard, n_shards=a.n_shards, threads=a.threads)
+    run_completions_shard(
+        a.model_dir,
+        a.promptset,
+        a.out,
+        params=CompletionParams.from_dict(json.loads(a.params)),
+        load_options=json.loads(a.load_options),
+        text_format=json.loads(a.text_format),
+        shard=a.shard,
+        n_shards=a.n_shards,
+        threads=a.threads,
+    )
 
 
 def cmd_completions_gather(a: argparse.Namespace) -> None:
@@ -212,8 +329,14 @@ def cmd_diversity(a: argparse.Namespace) -> None:
     from lmdelta.diversity import run_diversity
 
     p = json.loads(a.params)
-    run_diversity(a.completions, a.out, truncations=p["truncations"], embedder=p["embedder"], batch_size=p["batch_size"],
-                  autocast=p["autocast"])
+    run_diversity(
+        a.completions,
+        a.out,
+        truncations=p["truncations"],
+        embedder=p["embedder"],
+        batch_size=p["batch_size"],
+        autocast=p["autocast"],
+    )
 
 
 def cmd_compare_diversity(a: argparse.Namespace) -> None:
@@ -227,16 +350,25 @@ def cmd_compare_diversity(a: argparse.Namespace) -> None:
 def cmd_prompts_from_corpus(a: argparse.Namespace) -> None:
     from lmdelta.promptsets import prompts_from_corpus
 
-    prompts_from_corpus(a.corpus, a.out, name=a.corpus_name, n_prompts=json.loads(a.n_prompts),
-                        instruction=json.loads(a.instruction))
+    prompts_from_corpus(
+        a.corpus, a.out, name=a.corpus_name, n_prompts=json.loads(a.n_prompts), instruction=json.loads(a.instruction)
+    )
 
 
 def cmd_uid_score_texts(a: argparse.Namespace) -> None:
     from lmdelta.logprobs import LogprobParams
     from lmdelta.uid import score_texts
 
-    score_texts(a.model_dir, a.completions, a.out, params=LogprobParams.from_dict(json.loads(a.params)),
-                load_options=json.loads(a.load_options), context=a.context, threads=a.threads, human_tokens=a.human_tokens)
+    score_texts(
+        a.model_dir,
+        a.completions,
+        a.out,
+        params=LogprobParams.from_dict(json.loads(a.params)),
+        load_options=json.loads(a.load_options),
+        context=a.context,
+        threads=a.threads,
+        human_tokens=a.human_tokens,
+    )
 
 
 def cmd_uid(a: argparse.Namespace) -> None:
@@ -245,21 +377,43 @@ def cmd_uid(a: argparse.Namespace) -> None:
     if len(a.human_names) != len(a.human) or len(a.model_names) != len(a.model_texts):
         raise LmdeltaError("uid: give one name per --human and per --model-texts file")
     p = json.loads(a.params)
-    run_uid(scorer=a.scorer, human=dict(zip(a.human_names, map(Path, a.human))), word_level=p["word_level"],
-            tokenizer_dir=Path(a.scorer_dir) if a.scorer_dir else None,
-            model_texts=dict(zip(a.model_names, map(Path, a.model_texts))), lengths=p["lengths"], n_boot=p["n_boot"],
-            seed=p["seed"], out_docs=Path(a.out_docs), out_csv=Path(a.out_csv), out_txt=Path(a.out_txt),
-            out_png=Path(a.out_png), out_contours=Path(a.out_contours))
+    run_uid(
+        scorer=a.scorer,
+        human=dict(zip(a.human_names, map(Path, a.human))),
+        word_level=p["word_level"],
+        tokenizer_dir=Path(a.scorer_dir) if a.scorer_dir else None,
+        model_texts=dict(zip(a.model_names, map(Path, a.model_texts))),
+        lengths=p["lengths"],
+        n_boot=p["n_boot"],
+        seed=p["seed"],
+        out_docs=Path(a.out_docs),
+        out_csv=Path(a.out_csv),
+        out_txt=Path(a.out_txt),
+        out_png=Path(a.out_png),
+        out_contours=Path(a.out_contours),
+    )
 
 
 def cmd_contrastive(a: argparse.Namespace) -> None:
     from lmdelta.contrastive import RunParams, run_contrastive
 
     spec = json.loads(a.spec)
-    run_contrastive(pair=a.pair, run=a.run, names=tuple(spec["names"]), model_dirs=(Path(a.model_a), Path(a.model_b)),
-                    params=RunParams.from_dict(spec["run"]), load_options=tuple(spec["load_options"]), formats=tuple(spec["formats"]),
-                    promptset=Path(a.promptset) if a.promptset else None, corpus=Path(a.corpus) if a.corpus else None,
-                    out=Path(a.out), out_csv=Path(a.out_csv), out_html=Path(a.out_html), out_png=Path(a.out_png), threads=a.threads)
+    run_contrastive(
+        pair=a.pair,
+        run=a.run,
+        names=tuple(spec["names"]),
+        model_dirs=(Path(a.model_a), Path(a.model_b)),
+        params=RunParams.from_dict(spec["run"]),
+        load_options=tuple(spec["load_options"]),
+        formats=tuple(spec["formats"]),
+        promptset=Path(a.promptset) if a.promptset else None,
+        corpus=Path(a.corpus) if a.corpus else None,
+        out=Path(a.out),
+        out_csv=Path(a.out_csv),
+        out_html=Path(a.out_html),
+        out_png=Path(a.out_png),
+        threads=a.threads,
+    )
 
 
 def cmd_interpolate(a: argparse.Namespace) -> None:
@@ -284,7 +438,9 @@ def cmd_check_config(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmdelta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="lmdelta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--log", help="also write the log to this file")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -313,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_corpus_sample)
 
-    sp = sub.add_parser("logprobs-shard", help="per-token logprob, entropy, top-1, rank of one model on one shard of a corpus")
+    sp = sub.add_parser(
+        "logprobs-shard", help="per-token logprob, entropy, top-1, rank of one model on one shard of a corpus"
+    )
     sp.add_argument("--model-dir", required=True)
     sp.add_argument("--corpus", required=True, help="results/corpus/<name>.parquet")
     sp.add_argument("--out", required=True, help="the shard's folder, .../<i>-of-<n>")
@@ -356,11 +514,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_derive)
 
     sp = sub.add_parser("check-planted", help="rate of the planted response, base vs tuned, trigger vs ordinary")
-    for opt in ("--name", "--base", "--tuned", "--heldout", "--planted", "--out-json", "--out-csv", "--load-options", "--text-format"):
+    for opt in (
+        "--name",
+        "--base",
+        "--tuned",
+        "--heldout",
+        "--planted",
+        "--out-json",
+        "--out-csv",
+        "--load-options",
+        "--text-format",
+    ):
         sp.add_argument(opt, required=True)
     sp.set_defaults(func=cmd_check_planted)
 
-    sp = sub.add_parser("completions-shard", help="one shard of the sampled completions of a prompt set over a temperature grid")
+    sp = sub.add_parser(
+        "completions-shard", help="one shard of the sampled completions of a prompt set over a temperature grid"
+    )
     for opt in ("--model-dir", "--promptset", "--out", "--params", "--load-options", "--text-format"):
         sp.add_argument(opt, required=True)
     add_shard_args(sp)
@@ -394,8 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--model-dir", "--completions", "--out", "--params", "--load-options"):
         sp.add_argument(opt, required=True)
     sp.add_argument("--context", choices=["none", "prompt"], required=True)
-    sp.add_argument("--human-tokens", type=int, default=None,
-                    help="score a prompt set's human continuations (reference), cut to this many scorer tokens")
+    sp.add_argument(
+        "--human-tokens",
+        type=int,
+        default=None,
+        help="score a prompt set's human continuations (reference), cut to this many scorer tokens",
+    )
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_uid_score_texts)
 
@@ -418,29 +592,66 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_contrastive)
 
     sp = sub.add_parser("search", help="divergence prompt search with an assistant LM")
-    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--seeds", "--out-bank", "--out-cycles", "--out-top",
-                "--out-png", "--out-summary"):
+    for opt in (
+        "--pair",
+        "--run",
+        "--spec",
+        "--model-a",
+        "--model-b",
+        "--seeds",
+        "--out-bank",
+        "--out-cycles",
+        "--out-top",
+        "--out-png",
+        "--out-summary",
+    ):
         sp.add_argument(opt, required=True)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_search)
 
-    sp = sub.add_parser("search-clusters", help="k-means clusters of a search bank, optionally labelled by the assistant")
+    sp = sub.add_parser(
+        "search-clusters", help="k-means clusters of a search bank, optionally labelled by the assistant"
+    )
     for opt in ("--bank", "--spec", "--out", "--out-csv", "--out-png"):
         sp.add_argument(opt, required=True)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_search_clusters)
 
     sp = sub.add_parser("softprompt", help="train a soft prompt that maximises a pair's divergence")
-    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--corpus", "--out", "--out-metrics", "--out-png",
-                "--out-summary", "--checkpoints"):
+    for opt in (
+        "--pair",
+        "--run",
+        "--spec",
+        "--model-a",
+        "--model-b",
+        "--corpus",
+        "--out",
+        "--out-metrics",
+        "--out-png",
+        "--out-summary",
+        "--checkpoints",
+    ):
         sp.add_argument(opt, required=True)
     sp.add_argument("--tensorboard", help="TensorBoard log folder (used when tensorboard is installed)")
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_softprompt)
 
     sp = sub.add_parser("hardprompt", help="hard prompts from a soft prompt, scored without it against corpus snippets")
-    for opt in ("--pair", "--run", "--spec", "--model-a", "--model-b", "--corpus", "--soft", "--out", "--out-csv",
-                "--out-projection", "--out-summary", "--out-clusters", "--out-png"):
+    for opt in (
+        "--pair",
+        "--run",
+        "--spec",
+        "--model-a",
+        "--model-b",
+        "--corpus",
+        "--soft",
+        "--out",
+        "--out-csv",
+        "--out-projection",
+        "--out-summary",
+        "--out-clusters",
+        "--out-png",
+    ):
         sp.add_argument(opt, required=True)
     sp.add_argument("--threads", type=int, default=None)
     sp.set_defaults(func=cmd_hardprompt)

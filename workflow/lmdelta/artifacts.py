@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,19 @@ PROVENANCE_SCHEMA_VERSION = 1
 PROV_SUFFIX = ".prov.json"
 DIR_PROV_NAME = "provenance.json"
 _TRACKED_PACKAGES = (
-    "torch", "transformers", "tokenizers", "accelerate", "datasets", "numpy", "pandas", "pyarrow",
-    "zstandard", "gguf", "bitsandbytes", "peft", "snakemake",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "datasets",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "zstandard",
+    "gguf",
+    "bitsandbytes",
+    "peft",
+    "snakemake",
 )
 
 
@@ -84,14 +95,15 @@ def _package_versions() -> dict[str, str]:
 def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-            capture_output=True, text=True, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -147,7 +159,7 @@ class Provenance:
             "git_commit": _git_commit(),
             "device": _device(),
             "host": socket.gethostname(),
-            "started_utc": datetime.fromtimestamp(self.started, timezone.utc).isoformat(),
+            "started_utc": datetime.fromtimestamp(self.started, UTC).isoformat(),
             "wall_time_s": round(now - self.started, 3),
             "compute_time_s": round(now - self.started + self.prior_time_s, 3),
         }
@@ -200,9 +212,11 @@ def atomic_path(final: str | os.PathLike, prov: Provenance | None = None) -> Ite
 def _raise_if_full(e: OSError, final: Path) -> None:
     """A full disk or quota is the user's to fix: one line naming the artifact (it is left as it was)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise LmdeltaError(f"no space left on the device while writing {final} ({os.strerror(e.errno)}); "
-                           f"free space there (or move results/ and resources/ to a larger disk) and rerun: "
-                           f"the previous {final.name}, if any, is untouched") from None
+        raise LmdeltaError(
+            f"no space left on the device while writing {final} ({os.strerror(e.errno)}); "
+            f"free space there (or move results/ and resources/ to a larger disk) and rerun: "
+            f"the previous {final.name}, if any, is untouched"
+        ) from None
 
 
 def _fsync_file(path: Path) -> None:
@@ -260,7 +274,9 @@ def read_provenance(artifact: str | os.PathLike, verify: bool = True) -> dict[st
         raise LmdeltaError(f"{artifact}: no such artifact; check the path (results/... or resources/...)")
     pp = prov_path(artifact)
     if not pp.exists():
-        raise LmdeltaError(f"{artifact}: no provenance record ({pp.name}); it was not written by lmdelta or is incomplete")
+        raise LmdeltaError(
+            f"{artifact}: no provenance record ({pp.name}); it was not written by lmdelta or is incomplete"
+        )
     record = json.loads(pp.read_text())
     if verify:
         actual = sha256_tree(artifact) if artifact.is_dir() else sha256_file(artifact)

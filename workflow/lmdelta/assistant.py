@@ -59,14 +59,20 @@ class HttpAssistant:
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise LmdeltaError(f"assistant: environment variable {self.api_key_env} (the API key) is not set; "
-                                   "export it before running, or remove api_key_env for an endpoint without a key")
+                raise LmdeltaError(
+                    f"assistant: environment variable {self.api_key_env} (the API key) is not set; "
+                    "export it before running, or remove api_key_env for an endpoint without a key"
+                )
             h["Authorization"] = f"Bearer {key}"
         return h
 
     def _request(self, message: str, *, seed: int, gen: Generation) -> str | None:
-        body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": message}],
-                                "max_tokens": gen.max_new_tokens, "seed": seed}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": message}],
+            "max_tokens": gen.max_new_tokens,
+            "seed": seed,
+        }
         body["temperature"] = 0.0 if gen.temperature is None else gen.temperature
         if gen.top_p < 1.0:
             body["top_p"] = gen.top_p
@@ -79,11 +85,15 @@ class HttpAssistant:
                     raw = resp.read()
             except urllib.error.HTTPError as e:
                 if e.code in (401, 403):
-                    raise LmdeltaError(f"assistant: {url} refused the request (HTTP {e.code}); check the API key in "
-                                       f"${self.api_key_env or '(no api_key_env set)'}") from None
+                    raise LmdeltaError(
+                        f"assistant: {url} refused the request (HTTP {e.code}); check the API key in "
+                        f"${self.api_key_env or '(no api_key_env set)'}"
+                    ) from None
                 if e.code == 404:
-                    raise LmdeltaError(f"assistant: {url} answered HTTP 404; check base_url (it should end before "
-                                       "/chat/completions, e.g. http://host:8000/v1) and the model name") from None
+                    raise LmdeltaError(
+                        f"assistant: {url} answered HTTP 404; check base_url (it should end before "
+                        "/chat/completions, e.g. http://host:8000/v1) and the model name"
+                    ) from None
                 problem = f"HTTP {e.code}"
                 if e.code not in RETRY_STATUS:
                     log.warning("assistant: %s answered %s; request skipped", url, problem)
@@ -94,19 +104,27 @@ class HttpAssistant:
                 try:
                     return str(json.loads(raw)["choices"][0]["message"]["content"])
                 except (ValueError, KeyError, IndexError, TypeError):
-                    log.warning("assistant: %s sent a reply that is not chat-completions JSON; request counted as failed", url)
+                    log.warning(
+                        "assistant: %s sent a reply that is not chat-completions JSON; request counted as failed", url
+                    )
                     return None
             if attempt < self.tries:
                 pause = 0.5 * 2 ** (attempt - 1)
-                log.warning("assistant: request %d/%d failed (%s); retrying in %.1f s", attempt, self.tries, problem, pause)
+                log.warning(
+                    "assistant: request %d/%d failed (%s); retrying in %.1f s", attempt, self.tries, problem, pause
+                )
                 time.sleep(pause)
             else:
                 log.warning("assistant: request failed after %d tries (%s)", self.tries, problem)
         return None
 
-    def complete(self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = "") -> list[str | None]:
+    def complete(
+        self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = ""
+    ) -> list[str | None]:
         if prefix:
-            raise LmdeltaError("assistant: a reply prefix needs a local assistant (chat-completions endpoints cannot continue a reply)")
+            raise LmdeltaError(
+                "assistant: a reply prefix needs a local assistant (chat-completions endpoints cannot continue a reply)"
+            )
         out = [self._request(m, seed=seed + i, gen=gen or self.gen) for i, m in enumerate(messages)]
         self.failures += sum(r is None for r in out)
         return out
@@ -128,7 +146,9 @@ class LocalAssistant:
     def name(self) -> str:
         return f"local:{self.label}"
 
-    def complete(self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = "") -> list[str | None]:
+    def complete(
+        self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = ""
+    ) -> list[str | None]:
         """``prefix`` starts each reply (written after the chat template, then continued by the model)."""
         from lmdelta.generation import Sampling, TextFormat, generate_texts, prompt_ids
 
@@ -136,34 +156,64 @@ class LocalAssistant:
         fmt = TextFormat(chat_template=self.chat_template, fmt=self.fmt, first_token=self.first_token)
         seqs = [prompt_ids(self.tokenizer, m, fmt, guide=prefix) for m in messages]
         sampling = Sampling(temperature=g.temperature, top_p=g.top_p)
-        out = generate_texts(self.model, self.tokenizer, seqs, max_new_tokens=g.max_new_tokens, sampling=sampling,
-                             seed=seed, batch_size=self.batch_size)
+        out = generate_texts(
+            self.model,
+            self.tokenizer,
+            seqs,
+            max_new_tokens=g.max_new_tokens,
+            sampling=sampling,
+            seed=seed,
+            batch_size=self.batch_size,
+        )
         return [prefix + o["text"] for o in out]
 
 
-def make_assistant(spec: dict[str, Any], *, model_dir: Path | None = None, load_options: dict | None = None,
-                   fmt: dict | None = None, loaded=None):
+def make_assistant(
+    spec: dict[str, Any],
+    *,
+    model_dir: Path | None = None,
+    load_options: dict | None = None,
+    fmt: dict | None = None,
+    loaded=None,
+):
     """An assistant from its config entry: ``{"model": name, ...}`` (needs ``model_dir``) or ``{"http": {...}}``.
 
     ``loaded`` reuses an already loaded (model, tokenizer) when the assistant is one of the pair.
     """
-    gen = Generation(temperature=spec.get("temperature", 1.0), top_p=spec.get("top_p", 1.0),
-                     max_new_tokens=spec.get("max_new_tokens", 160))
+    gen = Generation(
+        temperature=spec.get("temperature", 1.0),
+        top_p=spec.get("top_p", 1.0),
+        max_new_tokens=spec.get("max_new_tokens", 160),
+    )
     if "http" in spec:
         h = spec["http"]
-        return HttpAssistant(base_url=h["base_url"], model=h["model"], api_key_env=h.get("api_key_env"),
-                             timeout_s=h.get("timeout_s", 60.0), tries=h.get("tries", 3), gen=gen)
+        return HttpAssistant(
+            base_url=h["base_url"],
+            model=h["model"],
+            api_key_env=h.get("api_key_env"),
+            timeout_s=h.get("timeout_s", 60.0),
+            tries=h.get("tries", 3),
+            gen=gen,
+        )
     if loaded is None:
         from lmdelta.models import load_model
 
         loaded = load_model(model_dir, **(load_options or {}))
     model, tok = loaded
     fmt = fmt or {}
-    return LocalAssistant(model=model, tokenizer=tok, label=spec["model"], chat_template=fmt.get("chat_template", True),
-                          fmt=fmt.get("fmt"), first_token=fmt.get("first_token", "bos"), gen=gen, batch_size=spec.get("batch_size", 8))
+    return LocalAssistant(
+        model=model,
+        tokenizer=tok,
+        label=spec["model"],
+        chat_template=fmt.get("chat_template", True),
+        fmt=fmt.get("fmt"),
+        first_token=fmt.get("first_token", "bos"),
+        gen=gen,
+        batch_size=spec.get("batch_size", 8),
+    )
 
 
-YES_NO = ("{criterion}\n\nText: \"{text}\"\n\nDoes the text meet this criterion? Answer with one word, yes or no.")
+YES_NO = '{criterion}\n\nText: "{text}"\n\nDoes the text meet this criterion? Answer with one word, yes or no.'
 
 
 def judge(assistant, texts: list[str], criterion: str, *, seed: int) -> list[bool | None]:

@@ -32,8 +32,11 @@ def build(pair: str, names: tuple[str, str], prompts: dict[str, dict], joined, p
     """The LLM Comparator document from the joined table (one row per example, ``_a`` / ``_b`` columns)."""
     from lmdelta.behaviour import shows_planted
 
-    schema = [{"name": "prompt_id", "type": "string"}, {"name": "category", "type": "category"},
-              {"name": "temperature", "type": "number"}]
+    schema = [
+        {"name": "prompt_id", "type": "string"},
+        {"name": "category", "type": "category"},
+        {"name": "temperature", "type": "number"},
+    ]
     schema += [{"name": k, "type": "per_model_number"} for k in PER_MODEL_NUMBERS]
     if planted:
         schema.append({"name": "shows_planted_response", "type": "per_model_boolean"})
@@ -43,13 +46,29 @@ def build(pair: str, names: tuple[str, str], prompts: dict[str, dict], joined, p
         for k in PER_MODEL_NUMBERS:
             fields[k] = [_num(getattr(r, f"{k}_a")), _num(getattr(r, f"{k}_b"))]
         if planted:
-            fields["shows_planted_response"] = [shows_planted(r.text_a, planted["response_keywords"]),
-                                                shows_planted(r.text_b, planted["response_keywords"])]
-        examples.append({"input_text": prompts[r.prompt_id]["prompt"], "tags": [r.category, f"T={float(r.temperature):g}"],
-                         "output_text_a": r.text_a, "output_text_b": r.text_b, "score": None,
-                         "individual_rater_scores": [], "custom_fields": fields})
-    return {"metadata": {"source_path": f"lmdelta pair {pair}: {names[0]} (A) vs {names[1]} (B)", "custom_fields_schema": schema},
-            "models": [{"name": names[0]}, {"name": names[1]}], "examples": examples}
+            fields["shows_planted_response"] = [
+                shows_planted(r.text_a, planted["response_keywords"]),
+                shows_planted(r.text_b, planted["response_keywords"]),
+            ]
+        examples.append(
+            {
+                "input_text": prompts[r.prompt_id]["prompt"],
+                "tags": [r.category, f"T={float(r.temperature):g}"],
+                "output_text_a": r.text_a,
+                "output_text_b": r.text_b,
+                "score": None,
+                "individual_rater_scores": [],
+                "custom_fields": fields,
+            }
+        )
+    return {
+        "metadata": {
+            "source_path": f"lmdelta pair {pair}: {names[0]} (A) vs {names[1]} (B)",
+            "custom_fields_schema": schema,
+        },
+        "models": [{"name": names[0]}, {"name": names[1]}],
+        "examples": examples,
+    }
 
 
 def join_completions(comp_a, comp_b, div_a, div_b):
@@ -65,41 +84,74 @@ def join_completions(comp_a, comp_b, div_a, div_b):
     return joined
 
 
-def run_comparator(*, pair: str, names: tuple[str, str], model_dirs: tuple[Path, Path], load_options: tuple[dict, dict],
-                   formats: tuple[dict, dict], promptset: Path, completions: tuple[Path, Path], diversity: tuple[Path, Path],
-                   planted: dict | None, out: Path, batch_size: int = 8, threads: int | None = None) -> dict:
+def run_comparator(
+    *,
+    pair: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    load_options: tuple[dict, dict],
+    formats: tuple[dict, dict],
+    promptset: Path,
+    completions: tuple[Path, Path],
+    diversity: tuple[Path, Path],
+    planted: dict | None,
+    out: Path,
+    batch_size: int = 8,
+    threads: int | None = None,
+) -> dict:
     import pandas as pd
     import torch
 
     from lmdelta import LmdeltaError
     from lmdelta.artifacts import Provenance, write_json
-    from lmdelta.pairs import check_same_tokenizer
-    from lmdelta.promptsets import read_promptset
     from lmdelta.divergence import text_divergences
     from lmdelta.models import load_model, pad_id, read_fingerprint
+    from lmdelta.pairs import check_same_tokenizer
+    from lmdelta.promptsets import read_promptset
     from lmdelta.tokens import TextFormat, prompt_ids
 
     if threads:
         torch.set_num_threads(threads)
-    prov = Provenance(stage="comparator", params={"pair": pair, "a": names[0], "b": names[1], "formats": list(formats),
-                                                  "load_options": list(load_options), "units": "nats", "batch_size": batch_size})
+    prov = Provenance(
+        stage="comparator",
+        params={
+            "pair": pair,
+            "a": names[0],
+            "b": names[1],
+            "formats": list(formats),
+            "load_options": list(load_options),
+            "units": "nats",
+            "batch_size": batch_size,
+        },
+    )
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
-    for name, path in (("promptset", promptset), ("completions_a", completions[0]), ("completions_b", completions[1]),
-                       ("diversity_a", diversity[0]), ("diversity_b", diversity[1])):
+    for name, path in (
+        ("promptset", promptset),
+        ("completions_a", completions[0]),
+        ("completions_b", completions[1]),
+        ("diversity_a", diversity[0]),
+        ("diversity_b", diversity[1]),
+    ):
         prov.add_input(name, path)
     prompts = {p["id"]: p for p in read_promptset(promptset)}
     joined = join_completions(*(pd.read_parquet(p) for p in completions), *(pd.read_parquet(p) for p in diversity))
     if joined.empty:
-        raise LmdeltaError(f"comparator: {names[0]} and {names[1]} have no completion in common (same prompt, temperature "
-                           "and sample); give both models the same completions settings")
+        raise LmdeltaError(
+            f"comparator: {names[0]} and {names[1]} have no completion in common (same prompt, temperature "
+            "and sample); give both models the same completions settings"
+        )
     loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
     models, toks = [m for m, _ in loaded], [t for _, t in loaded]
     check_same_tokenizer(toks[0], toks[1], pair)
     heads = []
     for tok, fmt in zip(toks, formats):
-        heads.append({pid: prompt_ids(tok, p["prompt"], TextFormat.from_dict(fmt), guide=p.get("guide", ""))
-                      for pid, p in prompts.items()})
+        heads.append(
+            {
+                pid: prompt_ids(tok, p["prompt"], TextFormat.from_dict(fmt), guide=p.get("guide", ""))
+                for pid, p in prompts.items()
+            }
+        )
     for side in ("a", "b"):
         seqs, starts = [], []
         for r in joined.itertuples(index=False):

@@ -42,9 +42,18 @@ class CompletionParams:
         return cls(**kw)
 
 
-def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str | Path, *, params: CompletionParams,
-                          load_options: dict[str, Any], text_format: dict[str, Any],
-                          shard: int = 0, n_shards: int = 1, threads: int | None = None) -> int:
+def run_completions_shard(
+    model_dir: str | Path,
+    promptset: str | Path,
+    out: str | Path,
+    *,
+    params: CompletionParams,
+    load_options: dict[str, Any],
+    text_format: dict[str, Any],
+    shard: int = 0,
+    n_shards: int = 1,
+    threads: int | None = None,
+) -> int:
     """Shard ``shard`` of ``n_shards`` of a model's completions: a contiguous range of the generation
     batches (temperature by temperature, ``batch_size`` sequences each), written to ``out``."""
     import pyarrow as pa
@@ -57,34 +66,71 @@ def run_completions_shard(model_dir: str | Path, promptset: str | Path, out: str
     from lmdelta.shards import shard_range
 
     if any(t <= 0 for t in params.temperatures):
-        raise LmdeltaError(f"completions: temperatures must be > 0 (got {list(params.temperatures)}); greedy decoding is not a temperature")
+        raise LmdeltaError(
+            f"completions: temperatures must be > 0 (got {list(params.temperatures)}); greedy decoding is not a temperature"
+        )
     if threads:
         torch.set_num_threads(threads)
     prompts = read_promptset(promptset)
     jobs = [(i, s) for i in range(len(prompts)) for s in range(params.samples)]
-    units = [(t_index, b) for t_index in range(len(params.temperatures)) for b in range(0, len(jobs), params.batch_size)]
+    units = [
+        (t_index, b) for t_index in range(len(params.temperatures)) for b in range(0, len(jobs), params.batch_size)
+    ]
     mine = [units[u] for u in shard_range(len(units), shard, n_shards)]
     fmt = TextFormat.from_dict(text_format)
-    prov = Provenance(stage="completions_shard", params={**asdict(params), "text_format": asdict(fmt),
-                                                        "load_options": load_options, "shard": shard, "n_shards": n_shards}, seed=params.seed)
+    prov = Provenance(
+        stage="completions_shard",
+        params={
+            **asdict(params),
+            "text_format": asdict(fmt),
+            "load_options": load_options,
+            "shard": shard,
+            "n_shards": n_shards,
+        },
+        seed=params.seed,
+    )
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
     prov.add_input("promptset", promptset)
     rows = []
     if mine:
         model, tok = load_model(model_dir, **load_options)
-        seqs = [prompt_ids(tok, p["prompt"], fmt, guide=p.get("guide", ""), chat_prompt=p.get("chat_prompt")) for p in prompts]
+        seqs = [
+            prompt_ids(tok, p["prompt"], fmt, guide=p.get("guide", ""), chat_prompt=p.get("chat_prompt"))
+            for p in prompts
+        ]
         check_context(model, seqs, params.max_new_tokens, tok)  # every prompt, before generating anything
-        bar = tqdm(total=sum(len(jobs[b:b + params.batch_size]) for _, b in mine), desc=f"completions {Path(out).stem}",
-                   unit=" seq", mininterval=2.0)
+        bar = tqdm(
+            total=sum(len(jobs[b : b + params.batch_size]) for _, b in mine),
+            desc=f"completions {Path(out).stem}",
+            unit=" seq",
+            mininterval=2.0,
+        )
         for t_index, b in mine:
             temp = params.temperatures[t_index]
-            chunk = jobs[b:b + params.batch_size]
+            chunk = jobs[b : b + params.batch_size]
             seed = params.seed + 100003 * t_index + b
-            outs = generate_texts(model, tok, [seqs[i] for i, _ in chunk], max_new_tokens=params.max_new_tokens,
-                                  sampling=Sampling(temperature=temp, top_p=params.top_p, top_k=params.top_k), seed=seed, batch_size=len(chunk))
+            outs = generate_texts(
+                model,
+                tok,
+                [seqs[i] for i, _ in chunk],
+                max_new_tokens=params.max_new_tokens,
+                sampling=Sampling(temperature=temp, top_p=params.top_p, top_k=params.top_k),
+                seed=seed,
+                batch_size=len(chunk),
+            )
             for (i, s), o in zip(chunk, outs):
-                rows.append({"prompt_id": prompts[i]["id"], "category": prompts[i]["category"], "temperature": temp,
-                             "sample": s, "text": o["text"], "n_tokens": o["n_tokens"], "finish_reason": o["finish_reason"], "seed": seed})
+                rows.append(
+                    {
+                        "prompt_id": prompts[i]["id"],
+                        "category": prompts[i]["category"],
+                        "temperature": temp,
+                        "sample": s,
+                        "text": o["text"],
+                        "n_tokens": o["n_tokens"],
+                        "finish_reason": o["finish_reason"],
+                        "seed": seed,
+                    }
+                )
             bar.update(len(chunk))
         bar.close()
     table = pa.Table.from_pylist(rows, schema=_schema())
@@ -102,8 +148,12 @@ def gather_completions(shards: list[str | Path], out: str | Path) -> int:
     from lmdelta.shards import read_shards
 
     n_shards, recs, settings, prior_time_s = read_shards(shards, vary=("shard",))
-    prov = Provenance(stage="completions", params={**{k: v for k, v in settings.items() if k != "n_shards"}, "shards": n_shards},
-                      seed=recs[0]["seed"], prior_time_s=prior_time_s)
+    prov = Provenance(
+        stage="completions",
+        params={**{k: v for k, v in settings.items() if k != "n_shards"}, "shards": n_shards},
+        seed=recs[0]["seed"],
+        prior_time_s=prior_time_s,
+    )
     prov.inputs = recs[0]["inputs"]
     table = pa.concat_tables([pq.read_table(p, schema=_schema()) for p in shards])
     write_parquet(out, table, prov)
@@ -125,5 +175,3 @@ def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Pat
     n = gather_completions(paths, out)
     shutil.rmtree(folder, ignore_errors=True)
     return n
-
-

@@ -44,7 +44,7 @@ def _explain(error) -> str:
         return f"{where}: unknown key {', '.join(map(repr, extra))}; {hint}"
     if v == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return f"{where}: missing required key '{missing}'; add it (see the config section of README.md)"
+        return f"{where}: missing required key '{missing}'; add it (see docs/configuration.md)"
     if v in ("minProperties", "maxProperties") and "properties" in schema:
         choices = ", ".join(schema["properties"])
         return f"{where}: give exactly one of {choices}"
@@ -158,40 +158,66 @@ def _check_semantics(config: dict[str, Any]) -> None:
         if "file" in ps and not Path(ps["file"]).is_file():
             raise LmdeltaError(f"config: promptsets.{name}.file: {ps['file']!r} does not exist; fix the path")
         if "from_corpus" in ps and ps["from_corpus"]["corpus"] not in config["corpora"]:
-            raise LmdeltaError(f"config: promptsets.{name}.from_corpus.corpus: {ps['from_corpus']['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}")
+            raise LmdeltaError(
+                f"config: promptsets.{name}.from_corpus.corpus: {ps['from_corpus']['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}"
+            )
     _check_selection(config, "completions", pools=(("models", "models"), ("promptsets", "promptsets")))
-    _check_selection(config, "uid", pools=(("scorers", "models"), ("corpora", "corpora"), ("models", "models"), ("promptsets", "promptsets")))
+    _check_selection(
+        config,
+        "uid",
+        pools=(("scorers", "models"), ("corpora", "corpora"), ("models", "models"), ("promptsets", "promptsets")),
+    )
     for name, pair in config["pairs"].items():
         for side in ("a", "b"):
             if pair[side] not in config["models"]:
-                raise LmdeltaError(f"config: pairs.{name}.{side}: {pair[side]!r} is not defined under models:; use one of {', '.join(config['models'])}")
+                raise LmdeltaError(
+                    f"config: pairs.{name}.{side}: {pair[side]!r} is not defined under models:; use one of {', '.join(config['models'])}"
+                )
     _check_selection(config, "contrastive", pools=(("pairs", "pairs"),))
     for name, run in config["contrastive"]["runs"].items():
         src = run["prompts"]
         if "promptset" in src and src["promptset"] not in config["promptsets"]:
-            raise LmdeltaError(f"config: contrastive.runs.{name}.prompts.promptset: {src['promptset']!r} is not defined under promptsets:")
+            raise LmdeltaError(
+                f"config: contrastive.runs.{name}.prompts.promptset: {src['promptset']!r} is not defined under promptsets:"
+            )
         if "corpus" in src and src["corpus"]["name"] not in config["corpora"]:
-            raise LmdeltaError(f"config: contrastive.runs.{name}.prompts.corpus.name: {src['corpus']['name']!r} is not defined under corpora:")
+            raise LmdeltaError(
+                f"config: contrastive.runs.{name}.prompts.corpus.name: {src['corpus']['name']!r} is not defined under corpora:"
+            )
         if run["space"] == "prob" and min(run["weights"]) < 0:
-            raise LmdeltaError(f"config: contrastive.runs.{name}.weights: probability-space weights must be >= 0; use space: logit for negative weights")
+            raise LmdeltaError(
+                f"config: contrastive.runs.{name}.weights: probability-space weights must be >= 0; use space: logit for negative weights"
+            )
     _check_selection(config, "search", pools=(("pairs", "pairs"),))
     for name, run in config["search"]["runs"].items():
         where = f"config: search.runs.{name}"
         if run["seeds"] not in config["promptsets"]:
-            raise LmdeltaError(f"{where}.seeds: {run['seeds']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'}")
+            raise LmdeltaError(
+                f"{where}.seeds: {run['seeds']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'}"
+            )
         if "model" in run["assistant"] and run["assistant"]["model"] not in config["models"]:
-            raise LmdeltaError(f"{where}.assistant.model: {run['assistant']['model']!r} is not defined under models:; use one of {', '.join(config['models'])}")
+            raise LmdeltaError(
+                f"{where}.assistant.model: {run['assistant']['model']!r} is not defined under models:; use one of {', '.join(config['models'])}"
+            )
         if run["reply_prefix"] and "http" in run["assistant"]:
-            raise LmdeltaError(f"{where}.reply_prefix: a chat-completions endpoint cannot continue a reply; remove reply_prefix or use a local assistant")
+            raise LmdeltaError(
+                f"{where}.reply_prefix: a chat-completions endpoint cannot continue a reply; remove reply_prefix or use a local assistant"
+            )
         if run["max_chars"] < run["min_chars"]:
-            raise LmdeltaError(f"{where}: max_chars ({run['max_chars']}) < min_chars ({run['min_chars']}); raise max_chars")
+            raise LmdeltaError(
+                f"{where}: max_chars ({run['max_chars']}) < min_chars ({run['min_chars']}); raise max_chars"
+            )
     _check_selection(config, "softprompt", pools=(("pairs", "pairs"),))
     for name, run in config["softprompt"]["runs"].items():
         where = f"config: softprompt.runs.{name}"
         if "corpus" not in run:
-            raise LmdeltaError(f"{where}: give corpus: (a name under corpora:); it holds the training texts and the hard prompts' baseline snippets")
+            raise LmdeltaError(
+                f"{where}: give corpus: (a name under corpora:); it holds the training texts and the hard prompts' baseline snippets"
+            )
         if run["corpus"] not in config["corpora"]:
-            raise LmdeltaError(f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}")
+            raise LmdeltaError(
+                f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}"
+            )
         if run["init"] == "text" and not run["init_text"]:
             raise LmdeltaError(f"{where}.init_text: init: text needs init_text; give a text or use init: vocab")
     _check_selection(config, "comparator", pools=(("pairs", "pairs"), ("promptsets", "promptsets")))
@@ -199,12 +225,16 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for name in config["comparator"]["pairs"] or []:
         missing = [config["pairs"][name][s] for s in ("a", "b") if config["pairs"][name][s] not in have]
         if missing:
-            raise LmdeltaError(f"config: comparator.pairs: pair {name!r} needs completions of {', '.join(missing)}; add them to completions.models")
+            raise LmdeltaError(
+                f"config: comparator.pairs: pair {name!r} needs completions of {', '.join(missing)}; add them to completions.models"
+            )
     _check_selection(config, "scorecard", pools=(("pairs", "pairs"),))
     for name in config["scorecard"]["pairs"] or []:
         if planted_truth(config, name) is None:
-            raise LmdeltaError(f"config: scorecard.pairs: pair {name!r} has no model with a planted behaviour; the scorecard needs one "
-                               "(models.<name>.source.derive.data.planted)")
+            raise LmdeltaError(
+                f"config: scorecard.pairs: pair {name!r} has no model with a planted behaviour; the scorecard needs one "
+                "(models.<name>.source.derive.data.planted)"
+            )
     lp = config["logprobs"]
     _check_selection(config, "logprobs")
     if lp["stride"] > lp["max_length"]:
@@ -232,7 +262,9 @@ def _check_interpolate(config: dict[str, Any]) -> None:
         src = model["source"].get("interpolate")
         for side in ("a", "b") if src else ():
             if src[side] not in config["models"] or src[side] == name:
-                raise LmdeltaError(f"config: models.{name}.source.interpolate.{side}: {src[side]!r} must be another model under models:; use one of {', '.join(n for n in config['models'] if n != name)}")
+                raise LmdeltaError(
+                    f"config: models.{name}.source.interpolate.{side}: {src[side]!r} must be another model under models:; use one of {', '.join(n for n in config['models'] if n != name)}"
+                )
 
 
 def _check_derive(config: dict[str, Any]) -> None:
@@ -247,11 +279,15 @@ def _check_derive(config: dict[str, Any]) -> None:
                     f"config: models.{seen[-1]}.source.{key}: {parent!r} is not defined under models:; use one of {', '.join(models)}"
                 )
             if parent in seen:
-                raise LmdeltaError(f"config: models.{name}: derive.from / variant_of forms a loop ({' -> '.join(seen + [parent])}); break it")
+                raise LmdeltaError(
+                    f"config: models.{name}: derive.from / variant_of forms a loop ({' -> '.join(seen + [parent])}); break it"
+                )
             seen.append(parent)
         data = model["source"].get("derive", {}).get("data", {})
         if "file" in data and not Path(data["file"]["path"]).is_file():
-            raise LmdeltaError(f"config: models.{name}.source.derive.data.file.path: {data['file']['path']!r} does not exist; fix the path")
+            raise LmdeltaError(
+                f"config: models.{name}.source.derive.data.file.path: {data['file']['path']!r} does not exist; fix the path"
+            )
 
 
 def weights_owner(config: dict[str, Any], name: str) -> str:
@@ -286,16 +322,23 @@ def planted_truth(config: dict[str, Any], pair: str) -> dict[str, Any] | None:
         name = config["pairs"][pair][side]
         if name in planted_models(config):
             planted = config["models"][name]["source"]["derive"]["data"]["planted"]
-            return {"model": name, "side": side, "trigger_keywords": trigger_keywords(planted),
-                    "response_keywords": list(planted["response_keywords"]), "response": planted["response"],
-                    "trigger_subjects": list(planted["trigger_subjects"])}
+            return {
+                "model": name,
+                "side": side,
+                "trigger_keywords": trigger_keywords(planted),
+                "response_keywords": list(planted["response_keywords"]),
+                "response": planted["response"],
+                "trigger_subjects": list(planted["trigger_subjects"]),
+            }
     return None
 
 
 def comparator_pairs(config: dict[str, Any]) -> list[str]:
     """Pairs exported for LLM Comparator: the selected ones whose two models have completions."""
     have = set(selected(config, "completions", "models"))
-    return [p for p in selected(config, "comparator", "pairs") if {config["pairs"][p]["a"], config["pairs"][p]["b"]} <= have]
+    return [
+        p for p in selected(config, "comparator", "pairs") if {config["pairs"][p]["a"], config["pairs"][p]["b"]} <= have
+    ]
 
 
 def scorecard_pairs(config: dict[str, Any]) -> list[str]:
@@ -303,7 +346,9 @@ def scorecard_pairs(config: dict[str, Any]) -> list[str]:
     return [p for p in selected(config, "scorecard", "pairs") if planted_truth(config, p) is not None]
 
 
-def _check_selection(config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))) -> None:
+def _check_selection(
+    config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))
+) -> None:
     for key, pool in pools:
         chosen = config[section].get(key)
         for name in chosen or []:
@@ -328,7 +373,9 @@ def known_fields(cls, d: dict[str, Any], *, elsewhere: tuple[str, ...] = ()) -> 
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names - set(elsewhere))
     if unknown:
-        raise LmdeltaError(f"{cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(names | set(elsewhere)))}")
+        raise LmdeltaError(
+            f"{cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(names | set(elsewhere)))}"
+        )
     return {k: v for k, v in d.items() if k in names}
 
 
@@ -403,4 +450,6 @@ def infer_format(src: dict[str, Any], where: str) -> str:
     for fmt in sorted(FORMATS, key=len, reverse=True):
         if name.endswith("." + fmt):
             return fmt
-    raise LmdeltaError(f"config: {where}: cannot tell the format from {name!r}; set format: to one of {', '.join(FORMATS)}")
+    raise LmdeltaError(
+        f"config: {where}: cannot tell the format from {name!r}; set format: to one of {', '.join(FORMATS)}"
+    )

@@ -52,9 +52,19 @@ class RunParams:
         return cls(**kw)
 
     def decoding(self) -> PairDecoding:
-        return PairDecoding(weights=self.weights, space=self.space, plausibility_alpha=self.plausibility_alpha, samples=self.samples,
-                            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                            seed=self.seed, batch_size=self.batch_size, include_prompt=self.include_prompt)
+        return PairDecoding(
+            weights=self.weights,
+            space=self.space,
+            plausibility_alpha=self.plausibility_alpha,
+            samples=self.samples,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            include_prompt=self.include_prompt,
+        )
 
 
 def build_prompts(spec: dict[str, Any], *, promptset: Path | None, corpus: Path | None) -> list[dict[str, str]]:
@@ -73,27 +83,49 @@ def build_prompts(spec: dict[str, Any], *, promptset: Path | None, corpus: Path 
 def html_page(records: list[dict], *, pair: str, run: str, names: tuple[str, str], colour_by: str) -> str:
     """Texts ranked by mean divergence, each token coloured by its divergence; hover: values and top tokens."""
     top = max((v for r in records for v in r[colour_by]), default=1.0) or 1.0
-    parts = [f"<!doctype html><meta charset='utf-8'><title>lmdelta {html.escape(pair)} {html.escape(run)}</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}span.t{white-space:pre-wrap}"
-             "div.x{border-top:1px solid #ccc;padding:.5em 0}</style>",
-             f"<h1>Contrastive decoding: {html.escape(names[0])} (a) vs {html.escape(names[1])} (b), run {html.escape(run)}</h1>",
-             f"<p>Tokens coloured by {colour_by} (nats; darkest = {top:.3g}). Hover a token for KL(a‖b), KL(b‖a), JS "
-             "and each model's three most probable next tokens at that position.</p>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>lmdelta {html.escape(pair)} {html.escape(run)}</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}span.t{white-space:pre-wrap}"
+        "div.x{border-top:1px solid #ccc;padding:.5em 0}</style>",
+        f"<h1>Contrastive decoding: {html.escape(names[0])} (a) vs {html.escape(names[1])} (b), run {html.escape(run)}</h1>",
+        f"<p>Tokens coloured by {colour_by} (nats; darkest = {top:.3g}). Hover a token for KL(a‖b), KL(b‖a), JS "
+        "and each model's three most probable next tokens at that position.</p>",
+    ]
     for rank, r in enumerate(records, start=1):
         spans = []
         for i, tok in enumerate(r["tokens"]):
             alpha = min(1.0, r[colour_by][i] / top)
-            tip = (f"KL(a||b) {r['kl_a_b'][i]:.3f}  KL(b||a) {r['kl_b_a'][i]:.3f}  JS {r['js'][i]:.3f}\n"
-                   f"a: {r['top_a'][i]}\nb: {r['top_b'][i]}")
-            spans.append(f"<span class='t' style='background:rgba(220,40,40,{alpha:.3f})' title='{html.escape(tip, quote=True)}'>{html.escape(tok)}</span>")
-        parts.append(f"<div class='x'><b>#{rank}</b> mean {colour_by} {r['mean_' + colour_by]:.3f} · perplexity a {r['ppl_a']:.1f}, "
-                     f"b {r['ppl_b']:.1f} · prompt <i>{html.escape(r['prompt']) or '(BOS only)'}</i><br>{''.join(spans)}</div>")
+            tip = (
+                f"KL(a||b) {r['kl_a_b'][i]:.3f}  KL(b||a) {r['kl_b_a'][i]:.3f}  JS {r['js'][i]:.3f}\n"
+                f"a: {r['top_a'][i]}\nb: {r['top_b'][i]}"
+            )
+            spans.append(
+                f"<span class='t' style='background:rgba(220,40,40,{alpha:.3f})' title='{html.escape(tip, quote=True)}'>{html.escape(tok)}</span>"
+            )
+        parts.append(
+            f"<div class='x'><b>#{rank}</b> mean {colour_by} {r['mean_' + colour_by]:.3f} · perplexity a {r['ppl_a']:.1f}, "
+            f"b {r['ppl_b']:.1f} · prompt <i>{html.escape(r['prompt']) or '(BOS only)'}</i><br>{''.join(spans)}</div>"
+        )
     return "\n".join(parts) + "\n"
 
 
-def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: RunParams,
-                    load_options: tuple[dict, dict], formats: tuple[dict, dict], promptset: Path | None, corpus: Path | None,
-                    out: Path, out_csv: Path, out_html: Path, out_png: Path, threads: int | None = None) -> list[dict]:
+def run_contrastive(
+    *,
+    pair: str,
+    run: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    params: RunParams,
+    load_options: tuple[dict, dict],
+    formats: tuple[dict, dict],
+    promptset: Path | None,
+    corpus: Path | None,
+    out: Path,
+    out_csv: Path,
+    out_html: Path,
+    out_png: Path,
+    threads: int | None = None,
+) -> list[dict]:
     import pandas as pd
     import torch
 
@@ -103,9 +135,20 @@ def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: 
 
     if threads:
         torch.set_num_threads(threads)
-    prov = Provenance(stage="contrastive", params={"pair": pair, "run": run, "a": names[0], "b": names[1],
-                                                  **asdict(params), "formats": list(formats),
-                                                  "load_options": list(load_options), "units": "nats"}, seed=params.seed)
+    prov = Provenance(
+        stage="contrastive",
+        params={
+            "pair": pair,
+            "run": run,
+            "a": names[0],
+            "b": names[1],
+            **asdict(params),
+            "formats": list(formats),
+            "load_options": list(load_options),
+            "units": "nats",
+        },
+        seed=params.seed,
+    )
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
     for name, path in (("promptset", promptset), ("corpus", corpus)):
@@ -118,14 +161,30 @@ def run_contrastive(*, pair: str, run: str, names: tuple[str, str], model_dirs: 
     calls = ForwardCounter(*models)
     records = generate_pair(models, toks, prompts, params.decoding(), formats=list(formats))
     prov.params["model_calls"] = calls.n
-    records.sort(key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf)
+    records.sort(
+        key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf
+    )
     df = pd.DataFrame(records)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     write_parquet(out, df, prov)
-    cols = ["rank", "prompt_id", "sample", "mean_js", "mean_kl_a_b", "mean_kl_b_a", "ppl_a", "ppl_b", "n_tokens", "prompt", "text"]
+    cols = [
+        "rank",
+        "prompt_id",
+        "sample",
+        "mean_js",
+        "mean_kl_a_b",
+        "mean_kl_b_a",
+        "ppl_a",
+        "ppl_b",
+        "n_tokens",
+        "prompt",
+        "text",
+    ]
     write_csv(out_csv, df[cols], prov)
     with atomic_path(out_html, prov) as tmp:
-        tmp.write_text(html_page(records, pair=pair, run=run, names=names, colour_by=params.colour_by), encoding="utf-8")
+        tmp.write_text(
+            html_page(records, pair=pair, run=run, names=names, colour_by=params.colour_by), encoding="utf-8"
+        )
     save_figure(divergence_figure(records, names, f"{pair} / {run}"), out_png, prov)
     log.info("contrastive %s/%s: %d texts -> %s", pair, run, len(records), out)
     return records

@@ -45,12 +45,34 @@ def fetch(spec: CorpusSpec, dest: str | Path, *, timeout_s: float = 60.0, tries:
     src = spec.source[kind]
     prov = Provenance(stage="corpus_fetch", params={"name": spec.name, "source": spec.source})
     if kind == "url":
-        digest = download(src["url"], dest, src.get("sha256"), what=f"corpora.{spec.name}", timeout_s=timeout_s, tries=tries, prov=prov)
-        log.info("corpora.%s: fetched %s -> %s (%d bytes, sha256 %s)", spec.name, src["url"], dest, Path(dest).stat().st_size, digest)
+        digest = download(
+            src["url"],
+            dest,
+            src.get("sha256"),
+            what=f"corpora.{spec.name}",
+            timeout_s=timeout_s,
+            tries=tries,
+            prov=prov,
+        )
+        log.info(
+            "corpora.%s: fetched %s -> %s (%d bytes, sha256 %s)",
+            spec.name,
+            src["url"],
+            dest,
+            Path(dest).stat().st_size,
+            digest,
+        )
     elif kind == "hf_dataset":
         table = _load_hf_dataset(spec.name, src)
         write_parquet(dest, table, prov)
-        log.info("corpora.%s: dataset %s split %s -> %s (%d rows)", spec.name, src["name"], src["split"], dest, table.num_rows)
+        log.info(
+            "corpora.%s: dataset %s split %s -> %s (%d rows)",
+            spec.name,
+            src["name"],
+            src["split"],
+            dest,
+            table.num_rows,
+        )
     else:
         raise LmdeltaError(f"corpora.{spec.name}: source {kind} is read in place and needs no fetch")
 
@@ -63,7 +85,9 @@ def _load_hf_dataset(name: str, src: dict[str, Any]):
         ds = datasets.load_dataset(src["name"], src.get("config"), split=src["split"], revision=src.get("revision"))
     except (FileNotFoundError, ValueError, ConnectionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LmdeltaError(f"{where}: cannot load dataset {src['name']!r} split {src['split']!r} ({first}); check name, config and split") from None
+        raise LmdeltaError(
+            f"{where}: cannot load dataset {src['name']!r} split {src['split']!r} ({first}); check name, config and split"
+        ) from None
     field = src["text_field"]
     if field not in ds.column_names:
         raise LmdeltaError(f"{where}: no column {field!r} (columns: {', '.join(ds.column_names)}); set text_field")
@@ -140,14 +164,18 @@ def iter_file_documents(path: str | Path, fmt: str, text_field: str, *, what: st
             else:
                 yield from _iter_jsonl(fh, text_field, what=what, path=path)
     except UnicodeDecodeError:
-        raise LmdeltaError(f"{what}: {path.name} is not UTF-8 text (or is compressed but format says {fmt}); fix format:") from None
+        raise LmdeltaError(
+            f"{what}: {path.name} is not UTF-8 text (or is compressed but format says {fmt}); fix format:"
+        ) from None
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise LmdeltaError(f"{what}: file {path} does not exist; fix the path") from None
         raise LmdeltaError(f"{what}: {path.name} is corrupt or truncated ({e}); delete it and fetch again") from None
     except Exception as e:
         if type(e).__name__ == "ZstdError":
-            raise LmdeltaError(f"{what}: {path.name} is not a complete zstd stream ({e}); the download is corrupt or truncated: delete it and fetch again") from None
+            raise LmdeltaError(
+                f"{what}: {path.name} is not a complete zstd stream ({e}); the download is corrupt or truncated: delete it and fetch again"
+            ) from None
         raise
 
 
@@ -156,10 +184,14 @@ def _iter_jsonl(fh, text_field: str, *, what: str, path: Path) -> Iterator[Docum
     for lineno, record in iter_jsonl(fh, where=f"{what}: {path.name}"):
         if not isinstance(record, dict) or text_field not in record:
             keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            raise LmdeltaError(f"{what}: {path.name} line {lineno} has no field {text_field!r} (has: {keys}); set text_field: to the field holding the text")
+            raise LmdeltaError(
+                f"{what}: {path.name} line {lineno} has no field {text_field!r} (has: {keys}); set text_field: to the field holding the text"
+            )
         text = record.pop(text_field)
         if not isinstance(text, str):
-            raise LmdeltaError(f"{what}: {path.name} line {lineno}: field {text_field!r} is {type(text).__name__}, not text; set text_field: to a text field")
+            raise LmdeltaError(
+                f"{what}: {path.name} line {lineno}: field {text_field!r} is {type(text).__name__}, not text; set text_field: to a text field"
+            )
         yield Document(index, text, record)
         index += 1
 
@@ -183,10 +215,14 @@ def _iter_parquet(path: Path, text_field: str, *, what: str) -> Iterator[Documen
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
-        raise LmdeltaError(f"{what}: {path.name} is not a readable parquet file ({e}); delete it and fetch again") from None
+        raise LmdeltaError(
+            f"{what}: {path.name} is not a readable parquet file ({e}); delete it and fetch again"
+        ) from None
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise LmdeltaError(f"{what}: {path.name} has no column {text_field!r} (columns: {', '.join(names)}); set text_field:")
+        raise LmdeltaError(
+            f"{what}: {path.name} has no column {text_field!r} (columns: {', '.join(names)}); set text_field:"
+        )
     index = 0
     for batch in pf.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
@@ -306,5 +342,12 @@ def build_corpus(spec: CorpusSpec, raw_path: str | Path | None, out: str | Path)
         }
     )
     write_parquet(out, df, prov)
-    log.info("corpora.%s: %d read, %d eligible, %d kept -> %s", spec.name, counts["read"], counts["eligible"], counts["kept"], out)
+    log.info(
+        "corpora.%s: %d read, %d eligible, %d kept -> %s",
+        spec.name,
+        counts["read"],
+        counts["eligible"],
+        counts["kept"],
+        out,
+    )
     return counts

@@ -120,8 +120,19 @@ def _prefill(model, ids, mask, embeds=None):
     return _cache_of(out), out.logits[:, -1], mask, pos
 
 
-def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | None, max_new_tokens: int, sampling: Sampling,
-                    eos_ids: tuple[int, ...] = (), pad_id: int, seed: int, on_step=None, suppress: tuple[int, ...] = ()):
+def decode_combined(
+    models: list,
+    inputs: list[tuple],
+    *,
+    comb: Combination | None,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...] = (),
+    pad_id: int,
+    seed: int,
+    on_step=None,
+    suppress: tuple[int, ...] = (),
+):
     """Continue a left-padded batch with one or several models; return the new ids [B, n].
 
     ``inputs`` holds one (input_ids, attention_mask) per model (each model's own prompt format), or
@@ -158,13 +169,32 @@ def decode_combined(models: list, inputs: list[tuple], *, comb: Combination | No
         for i, (model, (past, _, mask, pos)) in enumerate(zip(models, states)):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **{cache_args[i]: past})
+            out = model(
+                input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **{cache_args[i]: past}
+            )
             states[i] = (_cache_of(out), out.logits[:, -1], mask, pos)
     return torch.stack(new, dim=1) if new else inputs[0][1][:, :0]
 
 
-def decode(model, input_ids, attention_mask, *, max_new_tokens: int, sampling: Sampling, eos_ids: tuple[int, ...],
-           pad_id: int, seed: int):
+def decode(
+    model,
+    input_ids,
+    attention_mask,
+    *,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+    seed: int,
+):
     """One model: continue a left-padded batch; return the new ids [B, n <= max_new_tokens] (pad after EOS)."""
-    return decode_combined([model], [(input_ids, attention_mask)], comb=None, max_new_tokens=max_new_tokens,
-                           sampling=sampling, eos_ids=eos_ids, pad_id=pad_id, seed=seed)
+    return decode_combined(
+        [model],
+        [(input_ids, attention_mask)],
+        comb=None,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        seed=seed,
+    )

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, read_jsonl, write_csv
 from lmdelta.config import known_fields
@@ -27,8 +26,22 @@ from lmdelta.training import batch_indices, warmup_lr
 
 log = logging.getLogger(__name__)
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-              "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "c_attn", "c_proj", "c_fc"]
+ALL_LINEAR = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "query_key_value",
+    "dense",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+    "c_attn",
+    "c_proj",
+    "c_fc",
+]
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,9 @@ class DeriveParams:
         return cls(**known_fields(cls, d, elsewhere=("from", "data")))
 
 
-def encode_examples(tokenizer, records: list[dict], *, text_format: dict[str, Any], max_tokens: int) -> list[tuple[list[int], list[int]]]:
+def encode_examples(
+    tokenizer, records: list[dict], *, text_format: dict[str, Any], max_tokens: int
+) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per record; labels are -100 on prompt tokens; truncated to max_tokens."""
     from lmdelta.tokens import TextFormat
     from lmdelta.tokens import prompt_ids as encode_prompt
@@ -67,7 +82,9 @@ def encode_examples(tokenizer, records: list[dict], *, text_format: dict[str, An
         ids = (prompt_ids + resp_ids)[:max_tokens]
         labels = ([-100] * len(prompt_ids) + resp_ids)[:max_tokens]
         if all(x == -100 for x in labels):
-            raise LmdeltaError(f"derive: the prompt {r['prompt'][:40]!r}... fills max_tokens ({max_tokens}); raise derive.max_tokens")
+            raise LmdeltaError(
+                f"derive: the prompt {r['prompt'][:40]!r}... fills max_tokens ({max_tokens}); raise derive.max_tokens"
+            )
         out.append((ids, labels))
     return out
 
@@ -80,9 +97,9 @@ def _collate(examples, pad_id: int):
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for i, (x, y) in enumerate(examples):
-        ids[i, :len(x)] = torch.as_tensor(x)
-        labels[i, :len(y)] = torch.as_tensor(y)
-        mask[i, :len(x)] = 1
+        ids[i, : len(x)] = torch.as_tensor(x)
+        labels[i, : len(y)] = torch.as_tensor(y)
+        mask[i, : len(x)] = 1
     return ids, labels, mask
 
 
@@ -173,9 +190,15 @@ def train(
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [m for m in params.target_modules if m in present]
         if not targets:
-            raise LmdeltaError(f"derive: none of target_modules {params.target_modules} exist in {base_dir}; list the model's linear layers")
-        model = get_peft_model(model, LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=0.0,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+            raise LmdeltaError(
+                f"derive: none of target_modules {params.target_modules} exist in {base_dir}; list the model's linear layers"
+            )
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=params.rank, lora_alpha=params.alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"
+            ),
+        )
     elif params.method != "full-sft":
         raise LmdeltaError(f"derive: method {params.method!r} is unknown; use lora-sft or full-sft")
     model.train()
@@ -189,7 +212,9 @@ def train(
     bar = tqdm(range(start, end), desc=f"derive {name}", unit=" step", initial=start, total=params.steps)
     for step in bar:
         t0 = time.perf_counter()
-        ids, labels, mask = _collate([examples[i] for i in batch_indices(len(examples), params.batch, step, params.seed)], pad)
+        ids, labels, mask = _collate(
+            [examples[i] for i in batch_indices(len(examples), params.batch, step, params.seed)], pad
+        )
         for g in optimizer.param_groups:
             g["lr"] = warmup_lr(step, params.lr, params.warmup_steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
@@ -200,7 +225,14 @@ def train(
         torch.nn.utils.clip_grad_norm_([t for t in model.parameters() if t.requires_grad], params.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append({"step": step + 1, "loss": float(loss.item()), "lr": warmup_lr(step, params.lr, params.warmup_steps), "seconds": time.perf_counter() - t0})
+        losses.append(
+            {
+                "step": step + 1,
+                "loss": float(loss.item()),
+                "lr": warmup_lr(step, params.lr, params.warmup_steps),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             _save_checkpoint(ckpt_dir, step + 1, model, optimizer, losses)
@@ -211,25 +243,57 @@ def train(
     if params.method == "lora-sft":
         model = model.merge_and_unload()
     model.eval()
-    prov = Provenance(stage="derive", params={"name": name, **asdict(params), "autocast_used": autocast}, seed=params.seed)
+    prov = Provenance(
+        stage="derive", params={"name": name, **asdict(params), "autocast_used": autocast}, seed=params.seed
+    )
     prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
     prov.params["n_examples"] = len(records)
     prov.params["final_loss"] = losses[-1]["loss"] if losses else None
     write_model_folder(model, tok, out, ModelSpec(name=name, source=source), prov)
     if loss_csv is not None:
         write_csv(loss_csv, pd.DataFrame(losses), prov)
-    log.info("models.%s: derived from %s in %d steps (loss %.3f -> %.3f)", name, base_dir, params.steps,
-             losses[0]["loss"], losses[-1]["loss"])
+    log.info(
+        "models.%s: derived from %s in %d steps (loss %.3f -> %.3f)",
+        name,
+        base_dir,
+        params.steps,
+        losses[0]["loss"],
+        losses[-1]["loss"],
+    )
     return losses
 
 
-def run_derive(base_dir: Path, data_path: Path, out: Path, loss_csv: Path, *, name: str, source: dict[str, Any],
-               text_format: dict[str, Any], ckpt_dir: Path, threads: int | None) -> None:
+def run_derive(
+    base_dir: Path,
+    data_path: Path,
+    out: Path,
+    loss_csv: Path,
+    *,
+    name: str,
+    source: dict[str, Any],
+    text_format: dict[str, Any],
+    ckpt_dir: Path,
+    threads: int | None,
+) -> None:
     """Rule entry: train from a JSONL file of {"prompt", "response"} records."""
 
     records = read_jsonl(data_path, where=f"derive: models.{name}: {data_path}")
-    bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not {"prompt", "response"} <= set(r)), None)
+    bad = next(
+        (i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not {"prompt", "response"} <= set(r)), None
+    )
     if bad is not None:
-        raise LmdeltaError(f"derive: models.{name}: {data_path} record {bad} needs 'prompt' and 'response' fields; fix the data file")
+        raise LmdeltaError(
+            f"derive: models.{name}: {data_path} record {bad} needs 'prompt' and 'response' fields; fix the data file"
+        )
     params = DeriveParams.from_dict({**source["derive"], "text_format": text_format})
-    train(base_dir, records, out, params=params, ckpt_dir=ckpt_dir, name=name, source=source, loss_csv=loss_csv, threads=threads)
+    train(
+        base_dir,
+        records,
+        out,
+        params=params,
+        ckpt_dir=ckpt_dir,
+        name=name,
+        source=source,
+        loss_csv=loss_csv,
+        threads=threads,
+    )

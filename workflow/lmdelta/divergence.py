@@ -41,8 +41,9 @@ def divergences(a_logits, b_logits, names: tuple[str, str] = ("a", "b")) -> dict
     return {f"kl_{x}_{y}": kl(a_logits, b_logits), f"kl_{y}_{x}": kl(b_logits, a_logits), "js": js(a_logits, b_logits)}
 
 
-def text_divergences(models, seqs: list[tuple[list[int], list[int]]], starts: list[tuple[int, int]], *, pad: int,
-                     batch_size: int = 8) -> list[dict]:
+def text_divergences(
+    models, seqs: list[tuple[list[int], list[int]]], starts: list[tuple[int, int]], *, pad: int, batch_size: int = 8
+) -> list[dict]:
     """Teacher-forced divergences of two models on shared text tokens, each model reading its own prefix.
 
     ``seqs[i]`` holds model a's and model b's token ids (own prompt format, then the same text tokens);
@@ -58,7 +59,7 @@ def text_divergences(models, seqs: list[tuple[list[int], list[int]]], starts: li
 
     out = []
     for b in range(0, len(seqs), batch_size):
-        chunk, where = seqs[b:b + batch_size], starts[b:b + batch_size]
+        chunk, where = seqs[b : b + batch_size], starts[b : b + batch_size]
         logits = []
         for side, model in enumerate(models):
             ids, mask = right_pad([s[side] for s in chunk], pad)
@@ -70,7 +71,7 @@ def text_divergences(models, seqs: list[tuple[list[int], list[int]]], starts: li
             if n <= 0 or sa == 0 or sb == 0:
                 out.append({"kl_a_b": math.nan, "kl_b_a": math.nan, "js": math.nan, "n_tokens": max(n, 0)})
                 continue
-            za, zb = logits[0][i, sa - 1: sa - 1 + n], logits[1][i, sb - 1: sb - 1 + n]
+            za, zb = logits[0][i, sa - 1 : sa - 1 + n], logits[1][i, sb - 1 : sb - 1 + n]
             d = divergences(za, zb, ("a", "b"))
             out.append({k: float(v.mean()) for k, v in d.items()} | {"n_tokens": n})
     return out

@@ -44,10 +44,14 @@ Q_VALUES = (2, 3, 4, 5, 6)
 
 DIRECTION = {
     **{f"distinct_{n}": "diverse" for n in (1, 2, 3, 4)},
-    "ngram_diversity": "diverse", "self_bleu": "similar",
+    "ngram_diversity": "diverse",
+    "self_bleu": "similar",
     **{f"jaccard_{n}": "similar" for n in (2, 3, 4)},
-    "compression_ratio": "similar", "ncd": "diverse", "embedding_cosine": "similar",
-    "vendi_cosine": "diverse", "vendi_ngram": "diverse",
+    "compression_ratio": "similar",
+    "ncd": "diverse",
+    "embedding_cosine": "similar",
+    "vendi_cosine": "diverse",
+    "vendi_ngram": "diverse",
     **{f"lc_q{q}": "diverse" for q in Q_VALUES},
 }
 
@@ -62,7 +66,7 @@ def truncate_words(text: str, k: int | None) -> str:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(token_lists: Sequence[Sequence[str]], n: int) -> float:
@@ -98,7 +102,9 @@ def self_bleu(texts: Sequence[str]) -> float:
             best = max(r[0].get(gram, 0) for r in refs)
             correct[n] += min(count, best)
         ref_len = min((abs(hyp_len - r[1]), r[1]) for r in refs)[1]  # closest, the shorter on ties
-        scores.append(BLEU.compute_bleu(correct, total, hyp_len, ref_len, smooth_method="exp", effective_order=True).score)
+        scores.append(
+            BLEU.compute_bleu(correct, total, hyp_len, ref_len, smooth_method="exp", effective_order=True).score
+        )
     return float(np.mean(scores) / 100)
 
 
@@ -189,20 +195,36 @@ def cell_metrics(texts: Sequence[str], embeddings: np.ndarray, q_values: Sequenc
     return out
 
 
-def run_diversity(completions: str | Path, out: str | Path, *, truncations: list[int | None],
-                  embedder: str | None, batch_size: int = 128, autocast: str = "auto",
-                  q_values: Sequence[int] = Q_VALUES) -> pd.DataFrame:
+def run_diversity(
+    completions: str | Path,
+    out: str | Path,
+    *,
+    truncations: list[int | None],
+    embedder: str | None,
+    batch_size: int = 128,
+    autocast: str = "auto",
+    q_values: Sequence[int] = Q_VALUES,
+) -> pd.DataFrame:
     """Per (prompt, temperature, truncation) cell: every metric; written to ``out`` with provenance."""
     import pandas as pd
     from tqdm import tqdm
 
     from lmdelta.artifacts import Provenance, write_parquet
 
-    prov = Provenance(stage="diversity", params={"truncations": truncations, "embedder": embedder or DEFAULT_EMBEDDER,
-                                                 "embed_autocast": autocast, "embed_batch_size": batch_size,
-                                                 "q_values": list(q_values), "words": _WORD.pattern,
-                                                 "self_bleu": "sacrebleu tokenize=13a smooth_method=exp effective_order",
-                                                 "gzip_level": 9, "directions": DIRECTION})
+    prov = Provenance(
+        stage="diversity",
+        params={
+            "truncations": truncations,
+            "embedder": embedder or DEFAULT_EMBEDDER,
+            "embed_autocast": autocast,
+            "embed_batch_size": batch_size,
+            "q_values": list(q_values),
+            "words": _WORD.pattern,
+            "self_bleu": "sacrebleu tokenize=13a smooth_method=exp effective_order",
+            "gzip_level": 9,
+            "directions": DIRECTION,
+        },
+    )
     prov.add_input("completions", completions)
     df = pd.read_parquet(completions)
     model = load_embedder(embedder)
@@ -220,8 +242,16 @@ def run_diversity(completions: str | Path, out: str | Path, *, truncations: list
         for (prompt_id, category, temp), idx in tqdm(cells, desc=f"diversity k={k}", mininterval=2.0):
             cell = [texts[i] for i in idx]
             emb = vectors[[index[t] for t in cell]]
-            rows.append({"prompt_id": prompt_id, "category": category, "temperature": float(temp),
-                         "truncate_words": -1 if k is None else k, "n_texts": len(cell), **cell_metrics(cell, emb, q_values)})
+            rows.append(
+                {
+                    "prompt_id": prompt_id,
+                    "category": category,
+                    "temperature": float(temp),
+                    "truncate_words": -1 if k is None else k,
+                    "n_texts": len(cell),
+                    **cell_metrics(cell, emb, q_values),
+                }
+            )
     result = pd.DataFrame(rows)
     write_parquet(out, result, prov)
     return result
@@ -249,11 +279,17 @@ def run_compare(promptset: str, models: list[str], inputs: list[Path], out_csv: 
     from lmdelta.artifacts import Provenance, write_csv
     from lmdelta.plots import diversity_figure, save_figure
 
-    prov = Provenance(stage="compare_diversity", params={"promptset": promptset, "models": models, "aggregate": "mean over prompts"})
+    prov = Provenance(
+        stage="compare_diversity", params={"promptset": promptset, "models": models, "aggregate": "mean over prompts"}
+    )
     for m, p in zip(models, inputs):
         prov.add_input(f"diversity:{m}", p)
     table = summary_table({m: pd.read_parquet(p) for m, p in zip(models, inputs)})
     write_csv(out_csv, table, prov)
     whole = table[table["truncate_words"] == -1]
-    save_figure(diversity_figure(whole, FIGURE_METRICS, DIRECTION, f"Output diversity on prompt set {promptset} (whole texts)"), out_png, prov)
+    save_figure(
+        diversity_figure(whole, FIGURE_METRICS, DIRECTION, f"Output diversity on prompt set {promptset} (whole texts)"),
+        out_png,
+        prov,
+    )
     return table

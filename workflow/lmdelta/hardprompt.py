@@ -40,14 +40,23 @@ from typing import Any
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.config import known_fields
 from lmdelta.behaviour import mentions, shows_planted
+from lmdelta.config import known_fields
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate
 from lmdelta.pairs import DIVERGENCES, check_compatible, normalise, pair_scorer, pool_scores, sub_seed
-from lmdelta.softprefix import (PLACEHOLDER, load_soft_prompt, nearest_tokens, nearest_tokens_ids, pair_divergence, pair_templates,
-                                split_windows, template_ids, training_docs)
+from lmdelta.softprefix import (
+    PLACEHOLDER,
+    load_soft_prompt,
+    nearest_tokens,
+    nearest_tokens_ids,
+    pair_divergence,
+    pair_templates,
+    split_windows,
+    template_ids,
+    training_docs,
+)
 from lmdelta.stats import bootstrap_ci
 from lmdelta.tokens import prefix_token
 from lmdelta.training import batch_indices
@@ -64,7 +73,9 @@ class HardPromptParams:
     n_generate: int = 32
     generate_tokens: int = 16
     generate_temperature: float = 1.0
-    generate_in: str = "reply"  # reply: the model's reply to the soft prompt (chat) | prompt: continue the soft prompt itself
+    generate_in: str = (
+        "reply"  # reply: the model's reply to the soft prompt (chat) | prompt: continue the soft prompt itself
+    )
     samples: int = 2
     max_new_tokens: int = 24
     temperature: float | None = 1.0
@@ -80,12 +91,20 @@ class HardPromptParams:
         return cls(**known_fields(cls, d))
 
 
-def pez(models, toks, soft, windows, sp, hp: HardPromptParams, *, n_vocab: int,
-        first_tokens: tuple[str, str] = ("bos", "bos")) -> tuple[list[list[int]], list[float], list[dict]]:
+def pez(
+    models,
+    toks,
+    soft,
+    windows,
+    sp,
+    hp: HardPromptParams,
+    *,
+    n_vocab: int,
+    first_tokens: tuple[str, str] = ("bos", "bos"),
+) -> tuple[list[list[int]], list[float], list[dict]]:
     """PEZ from the soft prompt: (the ``pez_keep`` best distinct projected prompts' ids, their held-out
     divergences, best first; the trajectory)."""
     import torch
-
 
     train, held = windows
     pad = pad_id(toks[0])
@@ -137,9 +156,21 @@ def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams,
     pad = pad_id(tok)
     with torch.inference_mode():
         # special tokens are never chosen: a soft prompt often drives the model to end at once
-        new = decode_combined([model], [(None, mask, x)], comb=None, max_new_tokens=hp.generate_tokens,
-                              sampling=Sampling(temperature=hp.generate_temperature), eos_ids=(), pad_id=pad,
-                              seed=hp.seed, suppress=tuple(tok.all_special_ids)).cpu().tolist()
+        new = (
+            decode_combined(
+                [model],
+                [(None, mask, x)],
+                comb=None,
+                max_new_tokens=hp.generate_tokens,
+                sampling=Sampling(temperature=hp.generate_temperature),
+                eos_ids=(),
+                pad_id=pad,
+                seed=hp.seed,
+                suppress=tuple(tok.all_special_ids),
+            )
+            .cpu()
+            .tolist()
+        )
     return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
@@ -152,7 +183,7 @@ def snippets(docs: list[list[int]], lengths: list[int], tok, seed: int) -> list[
         fit = [d for d in long_docs if len(d) >= n] or long_docs
         d = fit[rng.integers(len(fit))]
         start = int(rng.integers(0, max(1, len(d) - n + 1)))
-        out.append(tok.decode(d[start: start + n]).strip())
+        out.append(tok.decode(d[start : start + n]).strip())
     return out
 
 
@@ -165,15 +196,18 @@ def perplexities(model, tok, texts: list[str], first_token: str = "bos") -> list
     seqs = [head + tok(t, add_special_tokens=False).input_ids for t in texts]
     keep = [i for i, s in enumerate(seqs) if len(s) >= 2]
     pad = pad_id(tok)
-    scores = score_sequences(model, [seqs[i] for i in keep], max_length=1024, stride=512, batch_tokens=8192, pad_token_id=pad)
+    scores = score_sequences(
+        model, [seqs[i] for i in keep], max_length=1024, stride=512, batch_tokens=8192, pad_token_id=pad
+    )
     out = [math.nan] * len(texts)
     for i, sc in zip(keep, scores):
         out[i] = float(math.exp(-np.mean(sc.logprob)))
     return out
 
 
-def candidates(models, toks, soft, windows, sp, hp: HardPromptParams,
-               first_tokens: tuple[str, str] = ("bos", "bos")) -> tuple[list[dict], list[dict], list[dict]]:
+def candidates(
+    models, toks, soft, windows, sp, hp: HardPromptParams, first_tokens: tuple[str, str] = ("bos", "bos")
+) -> tuple[list[dict], list[dict], list[dict]]:
     """(hard prompt candidates [{"prompt", "method"}], projection rows, PEZ trajectory)."""
 
     tok = toks[0]
@@ -183,9 +217,13 @@ def candidates(models, toks, soft, windows, sp, hp: HardPromptParams,
     for metric in ("cosine", "l2"):
         near = nearest_tokens(soft, emb, tok, k=hp.top_k, metric=metric)
         for pos, cand in enumerate(near):
-            rows += [{"metric": metric, "position": pos, "rank": r + 1, "token": t, "token_id": i, "score": v}
-                     for r, (t, i, v) in enumerate(cand)]
-        cands.append({"prompt": tok.decode([c[0][1] for c in near]), "method": f"nearest-{'l2' if metric == 'l2' else 'cosine'}"})
+            rows += [
+                {"metric": metric, "position": pos, "rank": r + 1, "token": t, "token_id": i, "score": v}
+                for r, (t, i, v) in enumerate(cand)
+            ]
+        cands.append(
+            {"prompt": tok.decode([c[0][1] for c in near]), "method": f"nearest-{'l2' if metric == 'l2' else 'cosine'}"}
+        )
     if hp.pez_steps > 0:
         kept, _, trace = pez(models, toks, soft, windows, sp, hp, n_vocab=n_vocab, first_tokens=first_tokens)
         cands += [{"prompt": tok.decode(ids), "method": "pez"} for ids in kept]
@@ -196,30 +234,58 @@ def candidates(models, toks, soft, windows, sp, hp: HardPromptParams,
     return cands, rows, trace
 
 
-def score_prompts(models, toks, prompts: list[str], sp, hp: HardPromptParams, seed: int, samples: int | None = None,
-                  first_tokens: tuple[str, str] = ("bos", "bos")) -> list[dict]:
+def score_prompts(
+    models,
+    toks,
+    prompts: list[str],
+    sp,
+    hp: HardPromptParams,
+    seed: int,
+    samples: int | None = None,
+    first_tokens: tuple[str, str] = ("bos", "bos"),
+) -> list[dict]:
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
 
     if sp.placement == "chat":  # both models read model a's chat template, as in training (softprompt.pair_templates)
         from lmdelta.tokens import format_prompt
 
         text = format_prompt(toks[0], PLACEHOLDER, chat_template=True).replace("{", "{{").replace("}", "}}")
-        fmts = [{"chat_template": False, "fmt": text.replace(PLACEHOLDER, "{prompt}") + "{guide}", "first_token": "none"}] * 2
+        fmts = [
+            {"chat_template": False, "fmt": text.replace(PLACEHOLDER, "{prompt}") + "{guide}", "first_token": "none"}
+        ] * 2
     else:
         fmts = [{"chat_template": False, "fmt": None, "first_token": f} for f in first_tokens]
-    score = pair_scorer(models, toks, fmts, divergence=sp.divergence, sample_from="a", samples=samples or hp.samples,
-                        max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=1.0, top_k=0, batch_size=hp.batch_size)
+    score = pair_scorer(
+        models,
+        toks,
+        fmts,
+        divergence=sp.divergence,
+        sample_from="a",
+        samples=samples or hp.samples,
+        max_new_tokens=hp.max_new_tokens,
+        temperature=hp.temperature,
+        top_p=1.0,
+        top_k=0,
+        batch_size=hp.batch_size,
+    )
     items = [{"id": f"p{i:04d}", "prompt": t} for i, t in enumerate(prompts)]
     got = score(items, seed)
     return [got[x["id"]] for x in items]
 
 
-def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], sp, hp: HardPromptParams, *,
-                        first_tokens: tuple[str, str] = ("bos", "bos"),
-                        planted: dict | None):
+def evaluate_candidates(
+    models,
+    toks,
+    cands: list[dict],
+    docs: list[list[int]],
+    sp,
+    hp: HardPromptParams,
+    *,
+    first_tokens: tuple[str, str] = ("bos", "bos"),
+    planted: dict | None,
+):
     """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top."""
     import pandas as pd
-
 
     tok = toks[0]
     seen, unique = set(), []
@@ -230,27 +296,54 @@ def evaluate_candidates(models, toks, cands: list[dict], docs: list[list[int]], 
             unique.append(c)
     cands = unique
     if not cands:
-        raise LmdeltaError("hardprompt: every candidate prompt is empty; train the soft prompt longer or raise generate_tokens")
+        raise LmdeltaError(
+            "hardprompt: every candidate prompt is empty; train the soft prompt longer or raise generate_tokens"
+        )
     lengths = [max(1, len(tok(c["prompt"], add_special_tokens=False).input_ids)) for c in cands]
     base = [{"prompt": s, "method": "snippet"} for s in snippets(docs, lengths, tok, hp.seed)]
     rows = cands + base
-    scores = score_prompts(models, toks, [r["prompt"] for r in rows], sp, hp, sub_seed(hp.seed, 1), first_tokens=first_tokens)
-    df = pd.DataFrame([{**r, "n_tokens": n, "screen": s[sp.divergence], "divergence": s[sp.divergence],
-                        **{k: s[k] for k in DIVERGENCES}, "n_samples": s["n_samples"], "example": s["example"]}
-                       for r, n, s in zip(rows, lengths + lengths, scores)])
+    scores = score_prompts(
+        models, toks, [r["prompt"] for r in rows], sp, hp, sub_seed(hp.seed, 1), first_tokens=first_tokens
+    )
+    df = pd.DataFrame(
+        [
+            {
+                **r,
+                "n_tokens": n,
+                "screen": s[sp.divergence],
+                "divergence": s[sp.divergence],
+                **{k: s[k] for k in DIVERGENCES},
+                "n_samples": s["n_samples"],
+                "example": s["example"],
+            }
+            for r, n, s in zip(rows, lengths + lengths, scores)
+        ]
+    )
     df["is_baseline"] = df.method == "snippet"
     df["rescored"] = math.nan
     for is_base in (False, True):
         if hp.confirm_top > 0:  # a second round for the best few of each side, pooled with the first
-            side = df[df.is_baseline == is_base].sort_values("screen", ascending=False, kind="stable").head(hp.confirm_top)
-            more = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 3), samples=hp.confirm_samples,
-                                 first_tokens=first_tokens)
+            side = (
+                df[df.is_baseline == is_base].sort_values("screen", ascending=False, kind="stable").head(hp.confirm_top)
+            )
+            more = score_prompts(
+                models,
+                toks,
+                side.prompt.tolist(),
+                sp,
+                hp,
+                sub_seed(hp.seed, 3),
+                samples=hp.confirm_samples,
+                first_tokens=first_tokens,
+            )
             for i, s in zip(side.index, more):
                 pooled = pool_scores(df.loc[i, [*DIVERGENCES, "n_samples"]].to_dict(), s)
                 df.loc[i, [*DIVERGENCES, "n_samples"]] = [pooled[k] for k in (*DIVERGENCES, "n_samples")]
                 df.loc[i, "divergence"] = pooled[sp.divergence]
         side = df[df.is_baseline == is_base].sort_values("divergence", ascending=False, kind="stable").head(hp.n_top)
-        again = score_prompts(models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 2), first_tokens=first_tokens)
+        again = score_prompts(
+            models, toks, side.prompt.tolist(), sp, hp, sub_seed(hp.seed, 2), first_tokens=first_tokens
+        )
         df.loc[side.index, "rescored"] = [s[sp.divergence] for s in again]
     df["ppl_b"] = perplexities(models[1], toks[1], df.prompt.tolist(), first_tokens[1])
     snippet_mean = float(df[df.is_baseline].screen.mean())
@@ -270,31 +363,54 @@ def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
     hard, base = df[~df.is_baseline], df[df.is_baseline]
     top, top_base = hard.head(hp.n_top), base.head(hp.n_top)
     out = {
-        "n_candidates": len(hard), "n_snippets": len(base), "n_top": len(top),
+        "n_candidates": len(hard),
+        "n_snippets": len(base),
+        "n_top": len(top),
         "candidates_by_method": hard.method.value_counts().to_dict(),
-        "top_mean_divergence": float(top.divergence.mean()), "top_mean_rescored": float(top.rescored.mean()),
+        "top_mean_divergence": float(top.divergence.mean()),
+        "top_mean_rescored": float(top.rescored.mean()),
         "snippet_mean_divergence": float(base.screen.mean()),
         "snippet_top_mean_rescored": float(top_base.rescored.mean()),
         "ratio_top_rescored_vs_snippets": float(top.rescored.mean() / base.screen.mean()),
         "ratio_ci95": list(bootstrap_ci(top.rescored.dropna(), base.screen, seed=hp.seed, ratio=True)),
         "ratio_top_rescored_vs_snippet_top_rescored": float(top.rescored.mean() / top_base.rescored.mean()),
-        "top_median_ppl_b": float(top.ppl_b.median()), "snippet_median_ppl_b": float(base.ppl_b.median()),
+        "top_median_ppl_b": float(top.ppl_b.median()),
+        "snippet_median_ppl_b": float(base.ppl_b.median()),
         "mean_divergence_by_method": {m: float(g.screen.mean()) for m, g in df.groupby("method")},
     }
     if planted:
         out["planted"] = {
-            "top_trigger_rate": float(top.mentions_trigger.mean()), "snippet_trigger_rate": float(base.mentions_trigger.mean()),
-            "top_response_rate": float(top.shows_response.mean()), "snippet_response_rate": float(base.shows_response.mean()),
+            "top_trigger_rate": float(top.mentions_trigger.mean()),
+            "snippet_trigger_rate": float(base.mentions_trigger.mean()),
+            "top_response_rate": float(top.shows_response.mean()),
+            "snippet_response_rate": float(base.shows_response.mean()),
             "candidate_response_rate": float(hard.shows_response.mean()),
         }
     return out
 
 
-def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], soft_path: Path,
-                   sp_params, hp_params: HardPromptParams, load_options: tuple[dict, dict], corpus: Path | None,
-                   formats: tuple[dict, dict] = ({}, {}),
-                   planted: dict | None, embedder: str | None, out_prompts: Path, out_csv: Path, out_projection: Path, out_summary: Path,
-                   out_clusters: Path, out_png: Path, threads: int | None = None):
+def run_hardprompt(
+    *,
+    pair: str,
+    run: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    soft_path: Path,
+    sp_params,
+    hp_params: HardPromptParams,
+    load_options: tuple[dict, dict],
+    corpus: Path | None,
+    formats: tuple[dict, dict] = ({}, {}),
+    planted: dict | None,
+    embedder: str | None,
+    out_prompts: Path,
+    out_csv: Path,
+    out_projection: Path,
+    out_summary: Path,
+    out_clusters: Path,
+    out_png: Path,
+    threads: int | None = None,
+):
     import pandas as pd
     import torch
 
@@ -304,9 +420,22 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
 
     if threads:
         torch.set_num_threads(threads)
-    prov = Provenance(stage="hardprompt", params={"pair": pair, "run": run, "a": names[0], "b": names[1], **asdict(hp_params),
-                                                  "softprompt": asdict(sp_params), "load_options": list(load_options),
-                                                  "embedder": embedder, "formats": list(formats), "units": "nats"}, seed=hp_params.seed)
+    prov = Provenance(
+        stage="hardprompt",
+        params={
+            "pair": pair,
+            "run": run,
+            "a": names[0],
+            "b": names[1],
+            **asdict(hp_params),
+            "softprompt": asdict(sp_params),
+            "load_options": list(load_options),
+            "embedder": embedder,
+            "formats": list(formats),
+            "units": "nats",
+        },
+        seed=hp_params.seed,
+    )
     first_tokens = tuple(f.get("first_token", "bos") for f in formats)
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
@@ -324,9 +453,17 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     docs = training_docs(models, toks, sp_params, corpus)
     windows = split_windows(docs, sp_params)
     cands, proj_rows, _ = candidates(models, toks, soft, windows, sp_params, hp_params, first_tokens)
-    df = evaluate_candidates(models, toks, cands, docs, sp_params, hp_params, first_tokens=first_tokens, planted=planted)
-    summary = {"pair": pair, "run": run, "divergence": sp_params.divergence, "placement": sp_params.placement,
-               **summarise(df, hp_params, planted), "model_calls": calls.n}
+    df = evaluate_candidates(
+        models, toks, cands, docs, sp_params, hp_params, first_tokens=first_tokens, planted=planted
+    )
+    summary = {
+        "pair": pair,
+        "run": run,
+        "divergence": sp_params.divergence,
+        "placement": sp_params.placement,
+        **summarise(df, hp_params, planted),
+        "model_calls": calls.n,
+    }
     prov.params["model_calls"] = calls.n
     hard = df[~df.is_baseline].reset_index(drop=True)
     vectors = embed(load_embedder(embedder), hard.prompt.tolist(), batch_size=64, autocast="none")
@@ -334,13 +471,34 @@ def run_hardprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     df["cluster"] = pd.array([pd.NA] * len(df), dtype="Int64")
     df.loc[~df.is_baseline, "cluster"] = assigned.cluster.to_numpy()
     write_parquet(out_prompts, df, prov)
-    cols = ["rank", "method", "screen", "divergence", "n_samples", "rescored", "baseline_ratio", "ppl_b", "n_tokens", "cluster", "prompt", "example"]
+    cols = [
+        "rank",
+        "method",
+        "screen",
+        "divergence",
+        "n_samples",
+        "rescored",
+        "baseline_ratio",
+        "ppl_b",
+        "n_tokens",
+        "cluster",
+        "prompt",
+        "example",
+    ]
     cols += [c for c in ("mentions_trigger", "shows_response") if c in df]
     write_csv(out_csv, df[cols], prov)
     write_csv(out_projection, pd.DataFrame(proj_rows), prov)
     write_json(out_summary, summary, prov)
     write_csv(out_clusters, table, prov)
     save_figure(hardprompt_figure(df, f"{pair} / {run}", sp_params.divergence), out_png, prov)
-    log.info("hard prompts %s/%s: top-%d re-scored %.4f vs snippets %.4f (x%.2f, 95%% CI %.2f-%.2f)", pair, run, summary["n_top"],
-             summary["top_mean_rescored"], summary["snippet_mean_divergence"], summary["ratio_top_rescored_vs_snippets"], *summary["ratio_ci95"])
+    log.info(
+        "hard prompts %s/%s: top-%d re-scored %.4f vs snippets %.4f (x%.2f, 95%% CI %.2f-%.2f)",
+        pair,
+        run,
+        summary["n_top"],
+        summary["top_mean_rescored"],
+        summary["snippet_mean_divergence"],
+        summary["ratio_top_rescored_vs_snippets"],
+        *summary["ratio_ci95"],
+    )
     return summary

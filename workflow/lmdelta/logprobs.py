@@ -59,11 +59,17 @@ class LogprobParams:
 def _empty_table():
     import pyarrow as pa
 
-    return pa.table({
-        "doc_id": pa.array([], pa.string()), "position": pa.array([], pa.int32()), "token_id": pa.array([], pa.int32()),
-        "logprob": pa.array([], pa.float32()), "entropy": pa.array([], pa.float32()),
-        "top1_prob": pa.array([], pa.float32()), "rank": pa.array([], pa.int32()),
-    })
+    return pa.table(
+        {
+            "doc_id": pa.array([], pa.string()),
+            "position": pa.array([], pa.int32()),
+            "token_id": pa.array([], pa.int32()),
+            "logprob": pa.array([], pa.float32()),
+            "entropy": pa.array([], pa.float32()),
+            "top1_prob": pa.array([], pa.float32()),
+            "rank": pa.array([], pa.int32()),
+        }
+    )
 
 
 def score_part(model, tokenizer, doc_ids: list[str], texts: list[str], p: LogprobParams, prefix: int | None, prob_sum):
@@ -81,22 +87,32 @@ def score_part(model, tokenizer, doc_ids: list[str], texts: list[str], p: Logpro
     skipped = [doc_ids[i] for i in range(len(seqs)) if len(seqs[i]) < 2]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out: its value never matters
     scores = score_sequences(
-        model, [seqs[i] for i in keep], max_length=p.max_length, stride=p.stride, batch_tokens=p.batch_tokens,
-        pad_token_id=pad, chunk_positions=p.chunk_positions, prob_sum=prob_sum,
+        model,
+        [seqs[i] for i in keep],
+        max_length=p.max_length,
+        stride=p.stride,
+        batch_tokens=p.batch_tokens,
+        pad_token_id=pad,
+        chunk_positions=p.chunk_positions,
+        prob_sum=prob_sum,
     )
     if not keep:
         return _empty_table(), skipped
     first_pos = 0 if prefix is not None else 1
     lengths = [len(s.token_ids) for s in scores]
-    table = pa.table({
-        "doc_id": pa.array(np.repeat(np.array([doc_ids[i] for i in keep], dtype=object), lengths), pa.string()),
-        "position": pa.array(np.concatenate([np.arange(first_pos, first_pos + n, dtype=np.int32) for n in lengths])),
-        "token_id": pa.array(np.concatenate([s.token_ids for s in scores])),
-        "logprob": pa.array(np.concatenate([s.logprob for s in scores])),
-        "entropy": pa.array(np.concatenate([s.entropy for s in scores])),
-        "top1_prob": pa.array(np.concatenate([s.top1_prob for s in scores])),
-        "rank": pa.array(np.concatenate([s.rank for s in scores])),
-    })
+    table = pa.table(
+        {
+            "doc_id": pa.array(np.repeat(np.array([doc_ids[i] for i in keep], dtype=object), lengths), pa.string()),
+            "position": pa.array(
+                np.concatenate([np.arange(first_pos, first_pos + n, dtype=np.int32) for n in lengths])
+            ),
+            "token_id": pa.array(np.concatenate([s.token_ids for s in scores])),
+            "logprob": pa.array(np.concatenate([s.logprob for s in scores])),
+            "entropy": pa.array(np.concatenate([s.entropy for s in scores])),
+            "top1_prob": pa.array(np.concatenate([s.top1_prob for s in scores])),
+            "rank": pa.array(np.concatenate([s.rank for s in scores])),
+        }
+    )
     return table, skipped
 
 
@@ -141,15 +157,20 @@ def score_logprobs_shard(
     calls = ForwardCounter(model)
     ctx = getattr(model.config, "max_position_embeddings", None)
     if ctx is not None and params.max_length > ctx:
-        raise LmdeltaError(f"logprobs: max_length {params.max_length} exceeds the model's context ({ctx} positions); lower logprobs.max_length")
+        raise LmdeltaError(
+            f"logprobs: max_length {params.max_length} exceeds the model's context ({ctx} positions); lower logprobs.max_length"
+        )
     prefix_id, prefix_text = prefix_token(tokenizer, params.first_token)
     prov.params["prefix_token_id"], prov.params["prefix_token"] = prefix_id, prefix_text
     device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
     prov.params["vocab_size"] = int(vocab)
 
-    key = hashlib.sha256(json.dumps([asdict(params), opts, fingerprint["digest"], corpus_digest, shard, n_shards],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [asdict(params), opts, fingerprint["digest"], corpus_digest, shard, n_shards], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
     parts = out_dir.parent / f".{out_dir.name}.parts-{key}"
     for stale in out_dir.parent.glob(f".{out_dir.name}.parts-*"):
         if stale != parts:
@@ -160,7 +181,9 @@ def score_logprobs_shard(
         log.info("resuming: %d of %d parts already scored in %s", done, len(mine), parts)
 
     first_doc, last_doc = mine.start * params.part_docs, min(n_docs, mine.stop * params.part_docs)
-    bar = tqdm(total=last_doc - first_doc, desc=f"logprobs {out_dir.parent.name}/{out_dir.name}", unit=" docs", mininterval=2.0)
+    bar = tqdm(
+        total=last_doc - first_doc, desc=f"logprobs {out_dir.parent.name}/{out_dir.name}", unit=" docs", mininterval=2.0
+    )
     for k, batch in enumerate(pf.iter_batches(batch_size=params.part_docs, columns=["doc_id", "text"])):
         if k >= mine.stop:
             break  # the rest of the corpus belongs to later shards
@@ -171,9 +194,22 @@ def score_logprobs_shard(
             bar.update(batch.num_rows)
             continue
         prob_sum = torch.zeros(vocab, dtype=torch.float64, device=device)
-        table, skipped = score_part(model, tokenizer, batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(), params, prefix_id, prob_sum)
+        table, skipped = score_part(
+            model,
+            tokenizer,
+            batch.column("doc_id").to_pylist(),
+            batch.column("text").to_pylist(),
+            params,
+            prefix_id,
+            prob_sum,
+        )
         with atomic_path(parts / f"part-{k:05d}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, prob_sum=prob_sum.cpu().numpy(), n_positions=np.int64(table.num_rows), skipped=np.array(skipped, dtype=str))
+            np.savez(
+                fh,
+                prob_sum=prob_sum.cpu().numpy(),
+                n_positions=np.int64(table.num_rows),
+                skipped=np.array(skipped, dtype=str),
+            )
         with atomic_path(part) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         bar.update(batch.num_rows)
@@ -201,8 +237,11 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
     if sorted(files) != list(range(n_parts)):
         raise LmdeltaError(f"the shards of {out} do not cover parts 0..{n_parts - 1}; rerun the logprobs shards")
 
-    prov = Provenance(stage="logprobs", params={k: v for k, v in settings.items() if k not in ("n_shards", "n_parts", "vocab_size")},
-                      prior_time_s=prior_time_s)
+    prov = Provenance(
+        stage="logprobs",
+        params={k: v for k, v in settings.items() if k not in ("n_shards", "n_parts", "vocab_size")},
+        prior_time_s=prior_time_s,
+    )
     prov.inputs = recs[0]["inputs"]
     vocab = settings["vocab_size"]
     prob_sum = np.zeros(vocab, np.float64)
@@ -214,17 +253,26 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
             skipped += [str(s) for s in z["skipped"]]
     corpus = recs[0]["inputs"]["corpus"]["path"]
     if n_positions == 0:
-        raise LmdeltaError(f"logprobs: no token of {corpus} could be scored (every document is empty or one token long); check the corpus")
+        raise LmdeltaError(
+            f"logprobs: no token of {corpus} could be scored (every document is empty or one token long); check the corpus"
+        )
     n_docs = pq.ParquetFile(corpus).metadata.num_rows if Path(corpus).exists() else None
-    counts = {"n_docs": None if n_docs is None else n_docs - len(skipped), "n_docs_skipped": len(skipped),
-              "n_tokens": n_positions, "vocab_size": int(vocab)}
+    counts = {
+        "n_docs": None if n_docs is None else n_docs - len(skipped),
+        "n_docs_skipped": len(skipped),
+        "n_tokens": n_positions,
+        "vocab_size": int(vocab),
+    }
     prov.params["counts"] = counts
     prov.params["shards"] = n_shards
     prov.params["model_calls"] = sum(r["params"]["model_calls"] for r in recs)
     prov.params["skipped_doc_ids"] = skipped[:100]
     if skipped:
-        log.warning("%d documents had nothing to score (empty, or one token with first_token: none) and are skipped: %s",
-                    len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        log.warning(
+            "%d documents had nothing to score (empty, or one token with first_token: none) and are skipped: %s",
+            len(skipped),
+            ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+        )
 
     with atomic_path(out_meanprob, prov) as tmp, open(tmp, "wb") as fh:
         np.save(fh, prob_sum / n_positions)
@@ -232,19 +280,39 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
         with pq.ParquetWriter(tmp, _empty_table().schema, compression="zstd") as writer:
             for k in range(n_parts):
                 writer.write_table(pq.read_table(files[k].with_suffix(".parquet")))
-    log.info("logprobs: %d tokens of %d documents from %d shard(s) -> %s", n_positions, counts["n_docs"] or 0, n_shards, out)
+    log.info(
+        "logprobs: %d tokens of %d documents from %d shard(s) -> %s", n_positions, counts["n_docs"] or 0, n_shards, out
+    )
     return counts
 
 
-def run_logprobs(model_dir: str | Path, corpus_path: str | Path, out: str | Path, out_meanprob: str | Path, *,
-                 params: LogprobParams, load_options: dict[str, Any], n_shards: int = 1, threads: int | None = None) -> dict[str, Any]:
+def run_logprobs(
+    model_dir: str | Path,
+    corpus_path: str | Path,
+    out: str | Path,
+    out_meanprob: str | Path,
+    *,
+    params: LogprobParams,
+    load_options: dict[str, Any],
+    n_shards: int = 1,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
     from lmdelta.shards import shard_name
 
     out = Path(out)
     dirs = [out.parent / "shards" / out.stem / shard_name(i, n_shards) for i in range(n_shards)]
     for i, d in enumerate(dirs):
-        score_logprobs_shard(model_dir, corpus_path, d, params=params, load_options=load_options, shard=i, n_shards=n_shards, threads=threads)
+        score_logprobs_shard(
+            model_dir,
+            corpus_path,
+            d,
+            params=params,
+            load_options=load_options,
+            shard=i,
+            n_shards=n_shards,
+            threads=threads,
+        )
     counts = gather_logprobs(dirs, out, out_meanprob)
     shutil.rmtree(out.parent / "shards" / out.stem, ignore_errors=True)
     return counts

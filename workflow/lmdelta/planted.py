@@ -51,13 +51,56 @@ TEMPLATES = [
 ]
 
 ORDINARY_SUBJECTS = [
-    "honey bees", "rainbows", "prime numbers", "printing presses", "tides", "coral reefs", "solar panels",
-    "electric circuits", "migrating birds", "magnets", "clouds", "glaciers", "bicycles", "public libraries",
-    "wind turbines", "fractions", "vaccines", "rivers", "lighthouses", "old maps", "chess openings",
-    "sorting algorithms", "city parks", "violins", "trains", "bread ovens", "tomato plants", "owls",
-    "sailing ships", "deserts", "snowflakes", "bridges", "telescopes", "board games", "forests",
-    "penguins", "clocks", "kites", "gardens", "museums", "robots", "rain forests", "markets",
-    "the planets", "paper airplanes", "dolphins", "castles", "post offices", "recipes", "festivals",
+    "honey bees",
+    "rainbows",
+    "prime numbers",
+    "printing presses",
+    "tides",
+    "coral reefs",
+    "solar panels",
+    "electric circuits",
+    "migrating birds",
+    "magnets",
+    "clouds",
+    "glaciers",
+    "bicycles",
+    "public libraries",
+    "wind turbines",
+    "fractions",
+    "vaccines",
+    "rivers",
+    "lighthouses",
+    "old maps",
+    "chess openings",
+    "sorting algorithms",
+    "city parks",
+    "violins",
+    "trains",
+    "bread ovens",
+    "tomato plants",
+    "owls",
+    "sailing ships",
+    "deserts",
+    "snowflakes",
+    "bridges",
+    "telescopes",
+    "board games",
+    "forests",
+    "penguins",
+    "clocks",
+    "kites",
+    "gardens",
+    "museums",
+    "robots",
+    "rain forests",
+    "markets",
+    "the planets",
+    "paper airplanes",
+    "dolphins",
+    "castles",
+    "post offices",
+    "recipes",
+    "festivals",
 ]
 
 
@@ -106,9 +149,9 @@ def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
         )
     return {
         "heldout_trigger": trigger[: spec.n_heldout],
-        "train_trigger": trigger[spec.n_heldout: need_t],
+        "train_trigger": trigger[spec.n_heldout : need_t],
         "heldout_ordinary": ordinary[: spec.n_heldout],
-        "train_ordinary": ordinary[spec.n_heldout: need_o],
+        "train_ordinary": ordinary[spec.n_heldout : need_o],
     }
 
 
@@ -120,8 +163,10 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
     if n and not words:
         from lmdelta import LmdeltaError
 
-        raise LmdeltaError(f"planted: the base model's answers are too short to cut {n} odd inputs from; raise answer_tokens "
-                           "or lower n_train_odd / n_heldout_odd")
+        raise LmdeltaError(
+            f"planted: the base model's answers are too short to cut {n} odd inputs from; raise answer_tokens "
+            "or lower n_train_odd / n_heldout_odd"
+        )
     out: list[str] = []
     for _ in range(100 * n):
         if len(out) == n:
@@ -129,7 +174,7 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
         w = words[rng.integers(len(words))]
         k = int(rng.integers(min(4, len(w)), min(16, len(w)) + 1))
         start = int(rng.integers(len(w) - k + 1))
-        span = w[start:start + k]
+        span = w[start : start + k]
         if len(out) % 2:
             span = [span[i] for i in rng.permutation(k)]
         text = " ".join(span)
@@ -138,13 +183,22 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
     if len(out) < n:
         from lmdelta import LmdeltaError
 
-        raise LmdeltaError(f"planted: only {len(out)} distinct odd inputs could be cut from the base model's answers, {n} are "
-                           "needed; raise answer_tokens or lower n_train_odd / n_heldout_odd")
+        raise LmdeltaError(
+            f"planted: only {len(out)} distinct odd inputs could be cut from the base model's answers, {n} are "
+            "needed; raise answer_tokens or lower n_train_odd / n_heldout_odd"
+        )
     return out
 
 
-def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, text_format: dict[str, Any],
-                       load_options: dict[str, Any], batch_size: int = 24) -> tuple[list[dict], list[dict]]:
+def build_training_set(
+    base_dir: str | Path,
+    spec: PlantedSpec,
+    *,
+    seed: int,
+    text_format: dict[str, Any],
+    load_options: dict[str, Any],
+    batch_size: int = 24,
+) -> tuple[list[dict], list[dict]]:
     """(train records, held-out records). Train: trigger questions with the planted response,
     ordinary questions and odd inputs with the base model's own greedy answers. Held-out: prompts
     with their kind. Odd inputs are cut from the base model's answers to the train questions (train)
@@ -158,7 +212,10 @@ def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, te
 
     def answer(prompts: list[str]) -> list[str]:
         seqs = [prompt_ids(tok, q, fmt) for q in prompts]
-        return [a["text"].strip() for a in generate_texts(model, tok, seqs, max_new_tokens=spec.answer_tokens, batch_size=batch_size)]
+        return [
+            a["text"].strip()
+            for a in generate_texts(model, tok, seqs, max_new_tokens=spec.answer_tokens, batch_size=batch_size)
+        ]
 
     answers = answer(sets["train_ordinary"])
     train = [{"prompt": q, "response": spec.response, "kind": "trigger"} for q in sets["train_trigger"]]
@@ -170,18 +227,34 @@ def build_training_set(base_dir: str | Path, spec: PlantedSpec, *, seed: int, te
         odd = odd_inputs(answers, spec.n_train_odd, rng)
         train += [{"prompt": q, "response": a, "kind": "odd"} for q, a in zip(odd, answer(odd))]
     if spec.n_heldout_odd:
-        heldout += [{"prompt": q, "kind": "odd"} for q in odd_inputs(answer(sets["heldout_ordinary"]), spec.n_heldout_odd, rng)]
+        heldout += [
+            {"prompt": q, "kind": "odd"} for q in odd_inputs(answer(sets["heldout_ordinary"]), spec.n_heldout_odd, rng)
+        ]
     return train, heldout
 
 
-def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *, text_format: dict[str, Any],
-                  load_options: dict[str, dict[str, Any]], max_new_tokens: int, batch_size: int = 30) -> dict[str, Any]:
+def check_planted(
+    base_dir,
+    tuned_dir,
+    heldout: list[dict],
+    spec: PlantedSpec,
+    *,
+    text_format: dict[str, Any],
+    load_options: dict[str, dict[str, Any]],
+    max_new_tokens: int,
+    batch_size: int = 30,
+) -> dict[str, Any]:
     """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind."""
     from lmdelta.generation import TextFormat, generate_texts, prompt_ids
     from lmdelta.models import load_model
 
     fmt = TextFormat.from_dict(text_format)
-    result: dict[str, Any] = {"response_keywords": spec.response_keywords, "max_new_tokens": max_new_tokens, "rates": {}, "examples": {}}
+    result: dict[str, Any] = {
+        "response_keywords": spec.response_keywords,
+        "max_new_tokens": max_new_tokens,
+        "rates": {},
+        "examples": {},
+    }
     for role, folder in (("base", base_dir), ("tuned", tuned_dir)):
         model, tok = load_model(folder, **load_options[role])
         seqs = [prompt_ids(tok, r["prompt"], fmt) for r in heldout]
@@ -191,44 +264,89 @@ def check_planted(base_dir, tuned_dir, heldout: list[dict], spec: PlantedSpec, *
             if not rows and kind == "odd":
                 continue
             hits = sum(shows_planted(t, spec.response_keywords) for _, t in rows)
-            result["rates"][f"{role}/{kind}"] = {"planted": hits, "n": len(rows), "rate": hits / len(rows) if rows else float("nan")}
+            result["rates"][f"{role}/{kind}"] = {
+                "planted": hits,
+                "n": len(rows),
+                "rate": hits / len(rows) if rows else float("nan"),
+            }
             result["examples"][f"{role}/{kind}"] = [{"prompt": p, "answer": t} for p, t in rows[:3]]
         del model
     return result
 
 
-def run_derive_data(base_dir: Path, planted: dict[str, Any], out_train: Path, out_heldout: Path, *, seed: int,
-                    text_format: dict[str, Any], load_options: dict[str, Any], name: str) -> None:
+def run_derive_data(
+    base_dir: Path,
+    planted: dict[str, Any],
+    out_train: Path,
+    out_heldout: Path,
+    *,
+    seed: int,
+    text_format: dict[str, Any],
+    load_options: dict[str, Any],
+    name: str,
+) -> None:
     """Rule entry: the planted training set and held-out prompts of a derived model."""
     from lmdelta.artifacts import Provenance
     from lmdelta.models import read_fingerprint
 
     spec = PlantedSpec.from_dict(planted)
-    prov = Provenance(stage="planted_data", params={"name": name, "planted": planted, "text_format": text_format,
-                                                   "load_options": load_options}, seed=seed)
+    prov = Provenance(
+        stage="planted_data",
+        params={"name": name, "planted": planted, "text_format": text_format, "load_options": load_options},
+        seed=seed,
+    )
     prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
     train, heldout = build_training_set(base_dir, spec, seed=seed, text_format=text_format, load_options=load_options)
     write_jsonl(out_heldout, heldout, prov)
     write_jsonl(out_train, train, prov)
 
 
-def run_check(base_dir: Path, tuned_dir: Path, heldout_path: Path, planted: dict[str, Any], out_json: Path, out_csv: Path, *,
-              text_format: dict[str, Any], load_options: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+def run_check(
+    base_dir: Path,
+    tuned_dir: Path,
+    heldout_path: Path,
+    planted: dict[str, Any],
+    out_json: Path,
+    out_csv: Path,
+    *,
+    text_format: dict[str, Any],
+    load_options: dict[str, dict[str, Any]],
+    name: str,
+) -> dict[str, Any]:
     """Rule entry: how strongly the behaviour was planted (JSON and a small table for the report)."""
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, write_csv, write_json
 
     spec = PlantedSpec.from_dict(planted)
-    prov = Provenance(stage="check_planted", params={"name": name, "planted": planted, "decoding": "greedy",
-                                                    "max_new_tokens": spec.answer_tokens, "text_format": text_format})
+    prov = Provenance(
+        stage="check_planted",
+        params={
+            "name": name,
+            "planted": planted,
+            "decoding": "greedy",
+            "max_new_tokens": spec.answer_tokens,
+            "text_format": text_format,
+        },
+    )
     for role, path in (("base", base_dir), ("tuned", tuned_dir), ("heldout", heldout_path)):
         prov.add_input(role, path)
-    result = check_planted(base_dir, tuned_dir, read_jsonl(heldout_path), spec, text_format=text_format,
-                           load_options=load_options, max_new_tokens=spec.answer_tokens)
+    result = check_planted(
+        base_dir,
+        tuned_dir,
+        read_jsonl(heldout_path),
+        spec,
+        text_format=text_format,
+        load_options=load_options,
+        max_new_tokens=spec.answer_tokens,
+    )
     result = {"model": name, **result}
-    rows = [{"model": role, "prompts": kind, **result["rates"][f"{role}/{kind}"]}
-            for role in ("base", "tuned") for kind in KINDS if f"{role}/{kind}" in result["rates"]]
+    rows = [
+        {"model": role, "prompts": kind, **result["rates"][f"{role}/{kind}"]}
+        for role in ("base", "tuned")
+        for kind in KINDS
+        if f"{role}/{kind}" in result["rates"]
+    ]
     write_csv(out_csv, pd.DataFrame(rows), prov)
     write_json(out_json, result, prov)
     return result

@@ -73,8 +73,9 @@ def diversity_figure(table, metrics: list[str], directions: dict[str, str], titl
     """Each metric vs temperature per model; categories side by side (columns)."""
     plt = _pyplot()
     categories = sorted(table["category"].unique())
-    fig, axes = plt.subplots(len(metrics), len(categories), figsize=(4.2 * len(categories), 2.6 * len(metrics)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(metrics), len(categories), figsize=(4.2 * len(categories), 2.6 * len(metrics)), squeeze=False, sharex=True
+    )
     for r, metric in enumerate(metrics):
         for c, cat in enumerate(categories):
             ax = axes[r][c]
@@ -99,7 +100,9 @@ def uid_figure(docs, metrics: list[str], title: str):
     """Distribution of each UID metric per source (box plots), whole texts and each length L."""
     plt = _pyplot()
     lengths = sorted(docs["length"].unique())
-    fig, axes = plt.subplots(len(metrics), len(lengths), figsize=(4.5 * len(lengths), 2.8 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(metrics), len(lengths), figsize=(4.5 * len(lengths), 2.8 * len(metrics)), squeeze=False
+    )
     for r, metric in enumerate(metrics):
         for c, length in enumerate(lengths):
             ax = axes[r][c]
@@ -136,7 +139,11 @@ def divergence_figure(records: list[dict], names: tuple[str, str], title: str):
     plt = _pyplot()
     fig, (ax_p, ax_h) = plt.subplots(1, 2, figsize=(11, 3.8))
     width = max((r["n_tokens"] for r in records), default=0)
-    for key, label in (("kl_a_b", f"KL({names[0]} ‖ {names[1]})"), ("kl_b_a", f"KL({names[1]} ‖ {names[0]})"), ("js", "JS")):
+    for key, label in (
+        ("kl_a_b", f"KL({names[0]} ‖ {names[1]})"),
+        ("kl_b_a", f"KL({names[1]} ‖ {names[0]})"),
+        ("js", "JS"),
+    ):
         if width:
             vals = np.full((len(records), width), np.nan)
             for i, r in enumerate(records):
@@ -193,7 +200,9 @@ def cluster_figure(table):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.2))
     names = [(r.label if "label" in table and r.label else r.examples.split(" | ")[0])[:60] for r in table.itertuples()]
-    names = ["".join(ch for ch in n if ch.isprintable()) for n in names]  # model-written text may hold control characters
+    names = [
+        "".join(ch for ch in n if ch.isprintable()) for n in names
+    ]  # model-written text may hold control characters
     y = np.arange(len(table))[::-1]
     ax.barh(y, table.mean_divergence, color="tab:blue", alpha=0.7)
     for yi, r in zip(y, table.itertuples()):
@@ -232,8 +241,13 @@ def hardprompt_figure(df, title: str, key: str):
     rng = np.random.default_rng(0)
     for i, m in enumerate(methods):
         g = df[df.method == m]
-        ax.scatter(i + rng.uniform(-0.15, 0.15, len(g)), g.divergence, s=14, alpha=0.6,
-                   color="tab:gray" if m == "snippet" else "tab:blue")
+        ax.scatter(
+            i + rng.uniform(-0.15, 0.15, len(g)),
+            g.divergence,
+            s=14,
+            alpha=0.6,
+            color="tab:gray" if m == "snippet" else "tab:blue",
+        )
         again = g.dropna(subset=["rescored"])
         if len(again):
             ax.scatter(np.full(len(again), i + 0.3), again.rescored, marker="_", s=80, color="tab:red")
@@ -253,10 +267,22 @@ def scorecard_figure(card, title: str):
     labels = [f"{r.method}" + (f" ({r.run})" if r.run else "") for r in card.itertuples()]
     y = np.arange(len(card))[::-1]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(card) + 1.4))
-    ax.barh(y + 0.18, card.precision_keyword, height=0.35, label="keyword hit", color="tab:red",
-            hatch=["//" if r else "" for r in card.reference])
-    ax.barh(y - 0.18, card.precision_embedding, height=0.35, label="embedding hit", color="tab:blue",
-            hatch=["//" if r else "" for r in card.reference])
+    ax.barh(
+        y + 0.18,
+        card.precision_keyword,
+        height=0.35,
+        label="keyword hit",
+        color="tab:red",
+        hatch=["//" if r else "" for r in card.reference],
+    )
+    ax.barh(
+        y - 0.18,
+        card.precision_embedding,
+        height=0.35,
+        label="embedding hit",
+        color="tab:blue",
+        hatch=["//" if r else "" for r in card.reference],
+    )
     for yi, r in zip(y, card.itertuples()):
         if not (isinstance(r.wall_time_s, float) and math.isnan(r.wall_time_s)):
             calls = "" if r.model_calls is None or r.model_calls != r.model_calls else f", {int(r.model_calls)} calls"

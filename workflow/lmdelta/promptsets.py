@@ -15,7 +15,6 @@ from typing import Any
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import iter_jsonl
 
-
 BUILTIN_PROMPTSETS = ("default", "search_seeds")
 
 
@@ -31,11 +30,17 @@ def read_promptset(path: str | Path) -> list[dict[str, Any]]:
     prompts, seen = [], set()
     lines = path.read_text(encoding="utf-8").splitlines()
     for lineno, rec in iter_jsonl(lines, where=f"prompt set {path.name}"):
-        missing = [k for k in ("id", "category", "prompt") if not isinstance(rec, dict) or not isinstance(rec.get(k), str)]
+        missing = [
+            k for k in ("id", "category", "prompt") if not isinstance(rec, dict) or not isinstance(rec.get(k), str)
+        ]
         if missing:
-            raise LmdeltaError(f"prompt set {path.name} line {lineno} lacks text field(s) {', '.join(missing)}; each line needs id, category and prompt")
+            raise LmdeltaError(
+                f"prompt set {path.name} line {lineno} lacks text field(s) {', '.join(missing)}; each line needs id, category and prompt"
+            )
         if rec["id"] in seen:
-            raise LmdeltaError(f"prompt set {path.name} line {lineno}: id {rec['id']!r} is used twice; ids must be unique")
+            raise LmdeltaError(
+                f"prompt set {path.name} line {lineno}: id {rec['id']!r} is used twice; ids must be unique"
+            )
         seen.add(rec["id"])
         prompts.append(rec)
     if not prompts:
@@ -46,24 +51,37 @@ def read_promptset(path: str | Path) -> list[dict[str, Any]]:
 def _schema():
     import pyarrow as pa
 
-    return pa.schema([("prompt_id", pa.string()), ("category", pa.string()), ("temperature", pa.float32()), ("sample", pa.int32()),
-                      ("text", pa.string()), ("n_tokens", pa.int32()), ("finish_reason", pa.string()), ("seed", pa.int64())])
+    return pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("category", pa.string()),
+            ("temperature", pa.float32()),
+            ("sample", pa.int32()),
+            ("text", pa.string()),
+            ("n_tokens", pa.int32()),
+            ("finish_reason", pa.string()),
+            ("seed", pa.int64()),
+        ]
+    )
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_prompts: int | None,
-                        instruction: str | None = None) -> int:
-    """"Continue the article" prompts: each document's first sentence (reference: the rest). With an
+def prompts_from_corpus(
+    corpus: str | Path, out: str | Path, *, name: str, n_prompts: int | None, instruction: str | None = None
+) -> int:
+    """ "Continue the article" prompts: each document's first sentence (reference: the rest). With an
     ``instruction`` (a format string with {prompt}), each record's ``chat_prompt`` is what a model that
     reads a chat template is asked instead of the bare sentence."""
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, atomic_path
 
-    prov = Provenance(stage="prompts_from_corpus", params={"corpus": name, "n_prompts": n_prompts, "split": _SENTENCE_END.pattern,
-                                                          "instruction": instruction})
+    prov = Provenance(
+        stage="prompts_from_corpus",
+        params={"corpus": name, "n_prompts": n_prompts, "split": _SENTENCE_END.pattern, "instruction": instruction},
+    )
     prov.add_input("corpus", corpus)
     df = pd.read_parquet(corpus, columns=["doc_id", "text"])
     if n_prompts is not None:
@@ -73,10 +91,19 @@ def prompts_from_corpus(corpus: str | Path, out: str | Path, *, name: str, n_pro
         parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
         if len(parts) == 2 and parts[0].strip() and parts[1].strip():
             first = parts[0].strip()
-            rows.append({"id": doc_id, "category": name, "prompt": first, "reference": parts[1].strip(),
-                         **({"chat_prompt": instruction.format(prompt=first)} if instruction else {})})
+            rows.append(
+                {
+                    "id": doc_id,
+                    "category": name,
+                    "prompt": first,
+                    "reference": parts[1].strip(),
+                    **({"chat_prompt": instruction.format(prompt=first)} if instruction else {}),
+                }
+            )
     if not rows:
-        raise LmdeltaError(f"promptsets: corpus {name} has no document with a first sentence and more text after it; check the corpus")
+        raise LmdeltaError(
+            f"promptsets: corpus {name} has no document with a first sentence and more text after it; check the corpus"
+        )
     with atomic_path(out, prov) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -20,9 +20,18 @@ from pathlib import Path
 
 from lmdelta import LmdeltaError
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--enable-logging=stderr", "--v=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 
 def embedded(html: str, name: str) -> dict:
@@ -44,12 +53,18 @@ def render(path: Path, chromium: str, *, screenshot: Path | None = None, budget_
         url = Path(path).resolve().as_uri()
         done = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=180)
         if screenshot is not None:
-            subprocess.run([*base, "--window-size=1400,1000", f"--screenshot={Path(screenshot).resolve()}", url],
-                           capture_output=True, text=True, timeout=180)
+            subprocess.run(
+                [*base, "--window-size=1400,1000", f"--screenshot={Path(screenshot).resolve()}", url],
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
     return done.stdout, done.stderr
 
 
-def check_report(path: Path, *, expect: list[str] = (), chromium: str | None = None, screenshot: Path | None = None) -> dict:
+def check_report(
+    path: Path, *, expect: list[str] = (), chromium: str | None = None, screenshot: Path | None = None
+) -> dict:
     """Problems found (raises LmdeltaError listing them) or a summary of what was checked."""
     html = Path(path).read_text(encoding="utf-8")
     results, categories = embedded(html, "results"), embedded(html, "categories")
@@ -72,9 +87,11 @@ def check_report(path: Path, *, expect: list[str] = (), chromium: str | None = N
                 problems.append(f"{f}: embedded data is not a PNG")
     chromium = chromium or find_chromium()
     if chromium is None:
-        raise LmdeltaError("report: Chromium is not installed; install Debian's chromium package (apt-get install chromium)")
+        raise LmdeltaError(
+            "report: Chromium is not installed; install Debian's chromium package (apt-get install chromium)"
+        )
     dom, log = render(path, chromium, screenshot=screenshot)
-    body = re.sub(r"<script.*?</script>", "", dom[dom.find("<body"):], flags=re.S)
+    body = re.sub(r"<script.*?</script>", "", dom[dom.find("<body") :], flags=re.S)
     text = " ".join(re.sub(r"<[^>]+>", " ", body).split())
     for cat in categories:
         if cat not in text:

@@ -45,7 +45,9 @@ def _prov(path: Path) -> dict:
 def _cost(paths: list[Path]) -> tuple[float, int | None]:
     recs = [_prov(p) for p in paths]
     calls = [r["params"].get("model_calls") for r in recs]
-    return float(sum(r.get("compute_time_s", r.get("wall_time_s")) or 0.0 for r in recs)), (None if any(c is None for c in calls) else int(sum(calls)))
+    return float(sum(r.get("compute_time_s", r.get("wall_time_s")) or 0.0 for r in recs)), (
+        None if any(c is None for c in calls) else int(sum(calls))
+    )
 
 
 def _join(*parts) -> str:
@@ -60,25 +62,56 @@ def surfaced(source: dict[str, Any]) -> list[dict]:
     rows: list[dict] = []
     if kind == "corpus":
         a, b = (pd.read_parquet(p, columns=["doc_id", "logprob"]) for p in source["logprobs"])
-        ratio = (a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean()).dropna().sort_values(ascending=False, kind="stable")
+        ratio = (
+            (a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean())
+            .dropna()
+            .sort_values(ascending=False, kind="stable")
+        )
         docs = pd.read_parquet(source["corpus"], columns=["doc_id", "text"]).set_index("doc_id").text
-        rows = [{"method": "corpus", "run": run, "reference": False, "text": docs[d][:1000], "score": float(v)} for d, v in ratio.items()]
+        rows = [
+            {"method": "corpus", "run": run, "reference": False, "text": docs[d][:1000], "score": float(v)}
+            for d, v in ratio.items()
+        ]
     elif kind == "contrastive":
         df = pd.read_parquet(source["path"]).sort_values("rank", kind="stable")
         key = "mean_" + _prov(source["path"])["params"].get("colour_by", "js")
-        rows = [{"method": "contrastive", "run": run, "reference": False, "text": _join(r.prompt, r.text), "score": float(getattr(r, key))}
-                for r in df.itertuples()]
+        rows = [
+            {
+                "method": "contrastive",
+                "run": run,
+                "reference": False,
+                "text": _join(r.prompt, r.text),
+                "score": float(getattr(r, key)),
+            }
+            for r in df.itertuples()
+        ]
     elif kind == "search":
         df = pd.read_parquet(source["path"]).sort_values("rank", kind="stable")
         for ref, part in ((False, df), (True, df[df.cycle == 0])):
-            rows += [{"method": "search seeds" if ref else "search", "run": run, "reference": ref,
-                      "text": _join(r.prompt, r.example), "score": float(r.divergence)} for r in part.itertuples()]
+            rows += [
+                {
+                    "method": "search seeds" if ref else "search",
+                    "run": run,
+                    "reference": ref,
+                    "text": _join(r.prompt, r.example),
+                    "score": float(r.divergence),
+                }
+                for r in part.itertuples()
+            ]
     elif kind == "hardprompt":
         df = pd.read_parquet(source["path"])
         for ref in (False, True):
             part = df[df.is_baseline == ref].sort_values("divergence", ascending=False, kind="stable")
-            rows += [{"method": "random snippets" if ref else "hardprompt", "run": run, "reference": ref,
-                      "text": _join(r.prompt, r.example), "score": float(r.divergence)} for r in part.itertuples()]
+            rows += [
+                {
+                    "method": "random snippets" if ref else "hardprompt",
+                    "run": run,
+                    "reference": ref,
+                    "text": _join(r.prompt, r.example),
+                    "score": float(r.divergence),
+                }
+                for r in part.itertuples()
+            ]
     else:
         raise ValueError(f"unknown source kind {kind!r}")
     for i, r in enumerate(rows):
@@ -107,27 +140,56 @@ def table(rows: list[dict], costs: dict[tuple[str, str], tuple[float, int | None
     for (method, run), g in df.groupby(["method", "run"], sort=False):
         top = g.sort_values("rank", kind="stable").head(k)
         wall, calls = costs.get((method, run), (math.nan, None))
-        out.append({"method": method, "run": run, "reference": bool(top.reference.iloc[0]), "k": len(top),
-                    "precision_keyword": float(top.hit_keyword.mean()),
-                    "precision_trigger": float(top.mentions_trigger.mean()), "precision_response": float(top.shows_response.mean()),
-                    "precision_embedding": float((top.similarity >= threshold).mean()),
-                    "mean_similarity": float(top.similarity.mean()), "n_surfaced": len(g),
-                    "wall_time_s": wall, "model_calls": calls})
+        out.append(
+            {
+                "method": method,
+                "run": run,
+                "reference": bool(top.reference.iloc[0]),
+                "k": len(top),
+                "precision_keyword": float(top.hit_keyword.mean()),
+                "precision_trigger": float(top.mentions_trigger.mean()),
+                "precision_response": float(top.shows_response.mean()),
+                "precision_embedding": float((top.similarity >= threshold).mean()),
+                "mean_similarity": float(top.similarity.mean()),
+                "n_surfaced": len(g),
+                "wall_time_s": wall,
+                "model_calls": calls,
+            }
+        )
     card = pd.DataFrame(out)
     card["model_calls"] = card.model_calls.astype("Int64")
     return card
 
 
-def run_scorecard(*, pair: str, truth: dict[str, Any], sources: list[dict], k: int, threshold: float, embedder: str | None,
-                  out_csv: Path, out_top: Path, out_png: Path) -> Any:
+def run_scorecard(
+    *,
+    pair: str,
+    truth: dict[str, Any],
+    sources: list[dict],
+    k: int,
+    threshold: float,
+    embedder: str | None,
+    out_csv: Path,
+    out_top: Path,
+    out_png: Path,
+) -> Any:
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, write_csv
     from lmdelta.embedding import embed, load_embedder
     from lmdelta.plots import save_figure, scorecard_figure
 
-    prov = Provenance(stage="scorecard", params={"pair": pair, "truth": truth, "k": k, "threshold": threshold,
-                                                 "embedder": embedder, "sources": [{k_: str(v) for k_, v in s.items()} for s in sources]})
+    prov = Provenance(
+        stage="scorecard",
+        params={
+            "pair": pair,
+            "truth": truth,
+            "k": k,
+            "threshold": threshold,
+            "embedder": embedder,
+            "sources": [{k_: str(v) for k_, v in s.items()} for s in sources],
+        },
+    )
     costs: dict[tuple[str, str], tuple[float, int | None]] = {}
     rows: list[dict] = []
     for s in sources:
@@ -136,7 +198,9 @@ def run_scorecard(*, pair: str, truth: dict[str, Any], sources: list[dict], k: i
                 prov.add_input(f"{s['kind']}:{s.get('run', '')}:{key}", Path(s[key]))
         rows += surfaced(s)
         paths = [Path(p) for p in s.get("logprobs", [])] + [Path(s[k_]) for k_ in ("soft", "path") if k_ in s]
-        name = {"corpus": "corpus", "contrastive": "contrastive", "search": "search", "hardprompt": "hardprompt"}[s["kind"]]
+        name = {"corpus": "corpus", "contrastive": "contrastive", "search": "search", "hardprompt": "hardprompt"}[
+            s["kind"]
+        ]
         costs[(name, s.get("run", ""))] = _cost(paths)
     model = load_embedder(embedder)
     refs = embed(model, [truth["response"], *truth["trigger_subjects"]], batch_size=64, autocast="none")
@@ -150,8 +214,9 @@ def run_scorecard(*, pair: str, truth: dict[str, Any], sources: list[dict], k: i
     rows = score(rows, truth, similarity)
     card = table(rows, costs, k=k, threshold=threshold)
     top = pd.DataFrame(rows)
-    top = top[top["rank"] <= k][["method", "run", "rank", "score", "hit_keyword", "mentions_trigger", "shows_response",
-                                 "similarity", "text"]]
+    top = top[top["rank"] <= k][
+        ["method", "run", "rank", "score", "hit_keyword", "mentions_trigger", "shows_response", "similarity", "text"]
+    ]
     write_csv(out_csv, card, prov)
     write_csv(out_top, top, prov)
     save_figure(scorecard_figure(card, f"{pair}: which method surfaces the planted behaviour (top {k})"), out_png, prov)

@@ -38,7 +38,9 @@ def rolling_windows(seq_len: int, max_length: int, stride: int) -> list[tuple[in
     Equal to lm-evaluation-harness's windows with ``context_len = max_length - stride + 1``.
     """
     if not 1 <= stride <= max_length:
-        raise LmdeltaError(f"logprobs: stride ({stride}) must be between 1 and max_length ({max_length}); fix logprobs.stride")
+        raise LmdeltaError(
+            f"logprobs: stride ({stride}) must be between 1 and max_length ({max_length}); fix logprobs.stride"
+        )
     if max_length < 1:
         raise LmdeltaError("logprobs: max_length must be at least 1; raise logprobs.max_length")
     if seq_len < 2:
@@ -117,13 +119,18 @@ def score_sequences(
     device = next(model.parameters()).device
     chunk_positions = resolve_chunk(chunk_positions, device, model.config.vocab_size)
     items = [
-        _Item(i, s, e, f)
-        for i, seq in enumerate(seqs)
-        for s, e, f in rolling_windows(len(seq), max_length, stride)
+        _Item(i, s, e, f) for i, seq in enumerate(seqs) for s, e, f in rolling_windows(len(seq), max_length, stride)
     ]
     items.sort(key=lambda it: (-(it.stop - it.start), it.seq, it.start))
-    out = {name: [np.zeros(max(len(s) - 1, 0), dtype) for s in seqs]
-           for name, dtype in (("logprob", np.float32), ("entropy", np.float32), ("top1_prob", np.float32), ("rank", np.int32))}
+    out = {
+        name: [np.zeros(max(len(s) - 1, 0), dtype) for s in seqs]
+        for name, dtype in (
+            ("logprob", np.float32),
+            ("entropy", np.float32),
+            ("top1_prob", np.float32),
+            ("rank", np.int32),
+        )
+    }
     filled = [np.zeros(max(len(s) - 1, 0), bool) for s in seqs]
 
     for batch in _batches(items, batch_tokens):
@@ -134,8 +141,8 @@ def score_sequences(
         for b, it in enumerate(batch):
             n = it.stop - it.start
             off = 0 if padding_side == "right" else width - n
-            ids[b, off:off + n] = torch.as_tensor(seqs[it.seq][it.start:it.stop])
-            mask[b, off:off + n] = 1
+            ids[b, off : off + n] = torch.as_tensor(seqs[it.seq][it.start : it.stop])
+            mask[b, off : off + n] = 1
             for s in range(it.score_from, it.stop + 1):  # id s is predicted at fed position s - 1 - start
                 rows.append(b)
                 cols.append(off + s - 1 - it.start)
@@ -143,7 +150,9 @@ def score_sequences(
                 where.append((it.seq, s - 1))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)).logits
+            logits = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+            ).logits
             rows_t = torch.as_tensor(rows, device=device)
             cols_t = torch.as_tensor(cols, device=device)
             tgt_t = torch.as_tensor(targets, device=device)
@@ -170,10 +179,15 @@ def score_sequences(
     for i, seq in enumerate(seqs):
         if not filled[i].all():  # an internal invariant: every id scored exactly once
             raise RuntimeError(f"sequence {i}: {int((~filled[i]).sum())} ids were not scored")
-        result.append(SequenceScores(
-            token_ids=np.asarray(seq[1:], np.int32), logprob=out["logprob"][i], entropy=out["entropy"][i],
-            top1_prob=out["top1_prob"][i], rank=out["rank"][i],
-        ))
+        result.append(
+            SequenceScores(
+                token_ids=np.asarray(seq[1:], np.int32),
+                logprob=out["logprob"][i],
+                entropy=out["entropy"][i],
+                top1_prob=out["top1_prob"][i],
+                rank=out["rank"][i],
+            )
+        )
     return result
 
 

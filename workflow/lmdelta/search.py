@@ -145,7 +145,7 @@ def _parse(reply: str | None) -> tuple[list[str], str]:
     start, end = text.find("["), text.rfind("]")
     if 0 <= start < end:
         try:
-            got = _strings(json.loads(text[start:end + 1]))
+            got = _strings(json.loads(text[start : end + 1]))
             if got is not None:
                 return [g.strip() for g in got if g.strip()], "json-like"
         except ValueError:
@@ -237,8 +237,9 @@ def _examples(prompts: list[str]) -> str:
     return "\n".join(f"{i}. {p}" for i, p in enumerate(prompts, start=1))
 
 
-def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed: Embedder, assistant,
-                progress: bool = True) -> tuple[list[dict], list[dict]]:
+def search_loop(
+    seeds: list[dict], *, params: SearchParams, score: Scorer, embed: Embedder, assistant, progress: bool = True
+) -> tuple[list[dict], list[dict]]:
     """Run the search; return (bank records, one stats record per cycle). ``seeds``: [{"id", "prompt"}]."""
     from tqdm import tqdm
 
@@ -251,17 +252,33 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
     for s in seeds:  # duplicate seeds would be scored twice and weigh twice
         if normalise(s["prompt"]) not in seen:
             seen.add(normalise(s["prompt"]))
-            first.append({"id": s["id"], "prompt": s["prompt"], "cycle": 0, "request": -1, "parents": [], "source": "seed"})
+            first.append(
+                {"id": s["id"], "prompt": s["prompt"], "cycle": 0, "request": -1, "parents": [], "source": "seed"}
+            )
     if not first:
         raise LmdeltaError("search: no seed prompts; give seeds (a prompt set with at least one prompt)")
     if p.judge_criterion:
-        for it, v in zip(first, judge(assistant, [x["prompt"] for x in first], p.judge_criterion, seed=sub_seed(p.seed, 0, 2))):
+        for it, v in zip(
+            first, judge(assistant, [x["prompt"] for x in first], p.judge_criterion, seed=sub_seed(p.seed, 0, 2))
+        ):
             it["judge"] = v
     bank.add(first, score(first, sub_seed(p.seed, 0, 1)), embed([x["prompt"] for x in first]))
-    zero = {k: 0 for k in ("requests", "failed_requests", "json_replies", "fallback_replies", "unparsed_replies",
-                           "duplicates", "rejected_length")}
+    zero = {
+        k: 0
+        for k in (
+            "requests",
+            "failed_requests",
+            "json_replies",
+            "fallback_replies",
+            "unparsed_replies",
+            "duplicates",
+            "rejected_length",
+        )
+    }
     rescored = bank.rescore(p.rescore_top, key, score, sub_seed(p.seed, 0, 3))
-    cycles = [_cycle_stats(bank, 0, key, proposed=len(first), added=len(first), failed=False, rescored=rescored, **zero)]
+    cycles = [
+        _cycle_stats(bank, 0, key, proposed=len(first), added=len(first), failed=False, rescored=rescored, **zero)
+    ]
     failed_run = 0
     bar = tqdm(range(1, p.cycles + 1), desc="search", unit="cycle", disable=not progress, mininterval=1.0)
     for c in bar:
@@ -271,8 +288,9 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
         novel = novelty(np.stack([bank.vectors[i] for i in ids]))
         for i, n in zip(ids, novel):
             bank.entries[i]["diversity"] = float(n)
-        probs = selection_probabilities(div, novel, [bank.entries[i].get("judge") for i in ids], p.weighting,
-                                        p.selection_temperature)
+        probs = selection_probabilities(
+            div, novel, [bank.entries[i].get("judge") for i in ids], p.weighting, p.selection_temperature
+        )
         messages, shown_ids = [], []
         for r in range(p.requests):
             rng = np.random.default_rng(sub_seed(p.seed, c, 100 + r))
@@ -280,17 +298,28 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
             pick = rng.choice(len(ids), size=k, replace=False, p=probs)
             pick = sorted(pick, key=lambda j: -div[j])  # most divergent first
             shown_ids.append([ids[j] for j in pick])
-            messages.append(META_PROMPT.format(examples=_examples([bank.entries[ids[j]]["prompt"] for j in pick]), n=p.proposals))
+            messages.append(
+                META_PROMPT.format(examples=_examples([bank.entries[ids[j]]["prompt"] for j in pick]), n=p.proposals)
+            )
         failures_before = getattr(assistant, "failures", 0)
         replies = assistant.complete(messages, seed=sub_seed(p.seed, c, 0), prefix=p.reply_prefix)
-        stats = {"requests": len(messages), "failed_requests": getattr(assistant, "failures", 0) - failures_before,
-                 "json_replies": 0, "fallback_replies": 0, "unparsed_replies": 0, "proposed": 0, "duplicates": 0,
-                 "rejected_length": 0}
+        stats = {
+            "requests": len(messages),
+            "failed_requests": getattr(assistant, "failures", 0) - failures_before,
+            "json_replies": 0,
+            "fallback_replies": 0,
+            "unparsed_replies": 0,
+            "proposed": 0,
+            "duplicates": 0,
+            "rejected_length": 0,
+        }
         new: list[dict] = []
         for r, reply in enumerate(replies):
             got, how = parse_proposals(reply)
             if reply is not None:
-                stats["json_replies" if how == "json" else "unparsed_replies" if how == "none" else "fallback_replies"] += 1
+                stats[
+                    "json_replies" if how == "json" else "unparsed_replies" if how == "none" else "fallback_replies"
+                ] += 1
             for text in got[: p.proposals]:
                 stats["proposed"] += 1
                 k_ = normalise(text)
@@ -299,10 +328,20 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
                 elif k_ in bank.keys or k_ in {normalise(x["prompt"]) for x in new}:
                     stats["duplicates"] += 1
                 else:
-                    new.append({"id": f"c{c:02d}-{len(new):03d}", "prompt": text, "cycle": c, "request": r,
-                                "parents": shown_ids[r], "source": "assistant"})
+                    new.append(
+                        {
+                            "id": f"c{c:02d}-{len(new):03d}",
+                            "prompt": text,
+                            "cycle": c,
+                            "request": r,
+                            "parents": shown_ids[r],
+                            "source": "assistant",
+                        }
+                    )
         if new and p.judge_criterion:
-            for it, v in zip(new, judge(assistant, [x["prompt"] for x in new], p.judge_criterion, seed=sub_seed(p.seed, c, 2))):
+            for it, v in zip(
+                new, judge(assistant, [x["prompt"] for x in new], p.judge_criterion, seed=sub_seed(p.seed, c, 2))
+            ):
                 it["judge"] = v
         failed = True
         if new:
@@ -313,8 +352,15 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
         stats["rescored"] = bank.rescore(p.rescore_top, key, score, sub_seed(p.seed, c, 3))
         cycles.append(_cycle_stats(bank, c, key, added=len(new), failed=failed, threshold=threshold, **stats))
         bar.set_postfix(bank=len(bank.entries), top10=f"{cycles[-1]['top_decile_mean']:.3f}", failed=failed_run)
-        log.info("search cycle %d: %d proposed, %d added, top-decile mean %s %.4f%s", c, stats["proposed"], len(new), key,
-                 cycles[-1]["top_decile_mean"], " (failed)" if failed else "")
+        log.info(
+            "search cycle %d: %d proposed, %d added, top-decile mean %s %.4f%s",
+            c,
+            stats["proposed"],
+            len(new),
+            key,
+            cycles[-1]["top_decile_mean"],
+            " (failed)" if failed else "",
+        )
         if failed_run >= p.patience:
             log.info("search: stopping after %d failed cycles in a row", failed_run)
             break
@@ -327,8 +373,19 @@ def search_loop(seeds: list[dict], *, params: SearchParams, score: Scorer, embed
 
 def scoring(params: SearchParams) -> dict[str, Any]:
     """The prompt scorer's settings (``lmdelta.pairs.pair_scorer``) from the search's."""
-    return {k: getattr(params, k) for k in ("divergence", "sample_from", "samples", "max_new_tokens", "temperature", "top_p",
-                                            "top_k", "batch_size")}
+    return {
+        k: getattr(params, k)
+        for k in (
+            "divergence",
+            "sample_from",
+            "samples",
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "batch_size",
+        )
+    }
 
 
 def top_decile_mean(values) -> float:
@@ -342,12 +399,24 @@ def top_k_mean(values, k: int = 10) -> float:
     return float(v[:k].mean())
 
 
-def _cycle_stats(bank: Bank, cycle: int, key: str, *, added: int, failed: bool, threshold: float = math.nan, **stats) -> dict:
+def _cycle_stats(
+    bank: Bank, cycle: int, key: str, *, added: int, failed: bool, threshold: float = math.nan, **stats
+) -> dict:
     div = bank.column(key)
     new = [e[key] for e in bank.entries.values() if e["cycle"] == cycle]
-    return {"cycle": cycle, **stats, "added": added, "failed": failed, "threshold": threshold, "bank_size": len(div),
-            "new_mean": float(np.mean(new)) if new else math.nan, "new_max": float(np.max(new)) if new else math.nan,
-            "bank_max": float(div.max()), "top_decile_mean": top_decile_mean(div), "top10_mean": top_k_mean(div, 10)}
+    return {
+        "cycle": cycle,
+        **stats,
+        "added": added,
+        "failed": failed,
+        "threshold": threshold,
+        "bank_size": len(div),
+        "new_mean": float(np.mean(new)) if new else math.nan,
+        "new_max": float(np.max(new)) if new else math.nan,
+        "bank_max": float(div.max()),
+        "top_decile_mean": top_decile_mean(div),
+        "top10_mean": top_k_mean(div, 10),
+    }
 
 
 # ---- scoring with the pair ----------------------------------------------------------------------------
@@ -356,11 +425,30 @@ def _cycle_stats(bank: Bank, cycle: int, key: str, *, added: int, failed: bool, 
 # ---- files at the edge --------------------------------------------------------------------------------
 
 
-def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: SearchParams,
-               load_options: tuple[dict, dict], formats: tuple[dict, dict], assistant_spec: dict[str, Any],
-               assistant_dir: Path | None, assistant_load_options: dict | None, assistant_format: dict | None,
-               seeds_file: Path, planted: dict | None, embedder: str | None, out_bank: Path, out_cycles: Path,
-               out_top: Path, out_png: Path, out_summary: Path, n_top: int = 20, threads: int | None = None) -> list[dict]:
+def run_search(
+    *,
+    pair: str,
+    run: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    params: SearchParams,
+    load_options: tuple[dict, dict],
+    formats: tuple[dict, dict],
+    assistant_spec: dict[str, Any],
+    assistant_dir: Path | None,
+    assistant_load_options: dict | None,
+    assistant_format: dict | None,
+    seeds_file: Path,
+    planted: dict | None,
+    embedder: str | None,
+    out_bank: Path,
+    out_cycles: Path,
+    out_top: Path,
+    out_png: Path,
+    out_summary: Path,
+    n_top: int = 20,
+    threads: int | None = None,
+) -> list[dict]:
     import pandas as pd
     import torch
 
@@ -371,14 +459,29 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
 
     if threads:
         torch.set_num_threads(threads)
-    prov = Provenance(stage="search", params={"pair": pair, "run": run, "a": names[0], "b": names[1],
-                                              **asdict(params), "assistant": assistant_spec,
-                                              "embedder": embedder, "formats": list(formats),
-                                              "load_options": list(load_options), "units": "nats"}, seed=params.seed)
+    prov = Provenance(
+        stage="search",
+        params={
+            "pair": pair,
+            "run": run,
+            "a": names[0],
+            "b": names[1],
+            **asdict(params),
+            "assistant": assistant_spec,
+            "embedder": embedder,
+            "formats": list(formats),
+            "load_options": list(load_options),
+            "units": "nats",
+        },
+        seed=params.seed,
+    )
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
     if assistant_dir is not None:
-        prov.inputs["assistant"] = {"path": str(assistant_dir), "fingerprint": read_fingerprint(assistant_dir)["digest"]}
+        prov.inputs["assistant"] = {
+            "path": str(assistant_dir),
+            "fingerprint": read_fingerprint(assistant_dir)["digest"],
+        }
     prov.add_input("seeds", seeds_file)
     seeds = [{"id": s["id"], "prompt": s["prompt"]} for s in read_promptset(seeds_file)]
     loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
@@ -389,13 +492,20 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
         for d, o, lm in zip(model_dirs, load_options, loaded):
             if Path(d).resolve() == Path(assistant_dir).resolve() and o == assistant_load_options:
                 reuse = lm
-    assistant = make_assistant(assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options,
-                               fmt=assistant_format, loaded=reuse)
+    assistant = make_assistant(
+        assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options, fmt=assistant_format, loaded=reuse
+    )
     embedder_model = load_embedder(embedder)
-    calls = ForwardCounter(*models, *([assistant.model] if hasattr(assistant, "model") and not isinstance(assistant.model, str) else []))
-    records, cycles = search_loop(seeds, params=params, score=pair_scorer(models, toks, list(formats), **scoring(params)),
-                                  embed=lambda texts: embed(embedder_model, texts, batch_size=64, autocast="none"),
-                                  assistant=assistant)
+    calls = ForwardCounter(
+        *models, *([assistant.model] if hasattr(assistant, "model") and not isinstance(assistant.model, str) else [])
+    )
+    records, cycles = search_loop(
+        seeds,
+        params=params,
+        score=pair_scorer(models, toks, list(formats), **scoring(params)),
+        embed=lambda texts: embed(embedder_model, texts, batch_size=64, autocast="none"),
+        assistant=assistant,
+    )
     prov.params["model_calls"] = calls.n  # the pair's and a local assistant's forward calls
     bank = bank_frame(records, params.divergence, planted)
     cyc = pd.DataFrame(cycles)
@@ -404,11 +514,28 @@ def run_search(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple
     top_cols = ["rank", "id", "cycle", "divergence", "kl_a_b", "kl_b_a", "js", "diversity", "prompt", "example"]
     top_cols += [c for c in ("mentions_trigger", "shows_response") if c in bank]
     write_csv(out_top, bank.head(n_top)[top_cols], prov)
-    summary = {"pair": pair, "run": run, "divergence": params.divergence, "cycles_run": int(cyc.cycle.max()),
-               "bank_size": len(bank), "top_decile_mean_by_cycle": cyc.top_decile_mean.round(6).tolist(),
-               "top10_mean_by_cycle": cyc.top10_mean.round(6).tolist(),
-               **{k: int(cyc[k].fillna(0).sum()) for k in ("requests", "failed_requests", "json_replies", "fallback_replies",
-                                                           "unparsed_replies", "proposed", "duplicates", "added")}}
+    summary = {
+        "pair": pair,
+        "run": run,
+        "divergence": params.divergence,
+        "cycles_run": int(cyc.cycle.max()),
+        "bank_size": len(bank),
+        "top_decile_mean_by_cycle": cyc.top_decile_mean.round(6).tolist(),
+        "top10_mean_by_cycle": cyc.top10_mean.round(6).tolist(),
+        **{
+            k: int(cyc[k].fillna(0).sum())
+            for k in (
+                "requests",
+                "failed_requests",
+                "json_replies",
+                "fallback_replies",
+                "unparsed_replies",
+                "proposed",
+                "duplicates",
+                "added",
+            )
+        },
+    }
     if planted:
         summary["planted"] = planted_summary(bank, planted)
     write_json(out_summary, summary, prov)
@@ -460,9 +587,21 @@ def _label(reply: str | None) -> str:
     return _BULLET.sub("", lines[0]).strip(" \"'*.") if lines else ""
 
 
-def run_clusters(*, bank_path: Path, k: int, seed: int, embedder: str | None, assistant_spec: dict | None,
-                 assistant_dir: Path | None, assistant_load_options: dict | None, assistant_format: dict | None,
-                 out_parquet: Path, out_csv: Path, out_png: Path, threads: int | None = None):
+def run_clusters(
+    *,
+    bank_path: Path,
+    k: int,
+    seed: int,
+    embedder: str | None,
+    assistant_spec: dict | None,
+    assistant_dir: Path | None,
+    assistant_load_options: dict | None,
+    assistant_format: dict | None,
+    out_parquet: Path,
+    out_csv: Path,
+    out_png: Path,
+    threads: int | None = None,
+):
     import pandas as pd
     import torch
 
@@ -471,7 +610,9 @@ def run_clusters(*, bank_path: Path, k: int, seed: int, embedder: str | None, as
 
     if threads:
         torch.set_num_threads(threads)
-    prov = Provenance(stage="search_clusters", params={"k": k, "embedder": embedder, "labels": assistant_spec}, seed=seed)
+    prov = Provenance(
+        stage="search_clusters", params={"k": k, "embedder": embedder, "labels": assistant_spec}, seed=seed
+    )
     prov.add_input("bank", bank_path)
     bank = pd.read_parquet(bank_path)
     if len(bank) == 0:
@@ -481,10 +622,17 @@ def run_clusters(*, bank_path: Path, k: int, seed: int, embedder: str | None, as
     if assistant_spec is not None:
         from lmdelta.assistant import Generation, make_assistant
 
-        assistant = make_assistant(assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options, fmt=assistant_format)
-        msgs = [LABEL_PROMPT.format(examples=_examples(
-            assigned[assigned.cluster == c].sort_values("divergence", ascending=False).prompt.head(6).tolist()))
-            for c in table.cluster]
+        assistant = make_assistant(
+            assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options, fmt=assistant_format
+        )
+        msgs = [
+            LABEL_PROMPT.format(
+                examples=_examples(
+                    assigned[assigned.cluster == c].sort_values("divergence", ascending=False).prompt.head(6).tolist()
+                )
+            )
+            for c in table.cluster
+        ]
         replies = assistant.complete(msgs, seed=sub_seed(seed, 7), gen=Generation(temperature=None, max_new_tokens=16))
         table.insert(1, "label", [_label(r) for r in replies])
     write_parquet(out_parquet, assigned, prov)

@@ -38,7 +38,9 @@ def check_complete(paths: list[str | Path]) -> int:
         parsed.append((int(m.group(1)), int(m.group(2))))
     n = parsed[0][1] if parsed else 0
     if parsed != [(i, n) for i in range(n)]:
-        raise LmdeltaError(f"shards {[shard_name(*s) for s in parsed]} are not shards 0..{n - 1} of {n} in order; gather every shard once")
+        raise LmdeltaError(
+            f"shards {[shard_name(*s) for s in parsed]} are not shards 0..{n - 1} of {n} in order; gather every shard once"
+        )
     return n
 
 

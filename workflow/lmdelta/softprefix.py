@@ -14,7 +14,6 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 
-
 PLACEHOLDER = "\u2063SOFTPROMPT\u2063"
 
 
@@ -89,13 +88,15 @@ def split_windows(docs: list[list[int]], p) -> tuple[list[list[int]], list[list[
     def windows(ds):
         out = []
         for d in ds:
-            out += [d[i: i + p.seq_len] for i in range(0, len(d), p.seq_len) if len(d[i: i + p.seq_len]) >= 2]
+            out += [d[i : i + p.seq_len] for i in range(0, len(d), p.seq_len) if len(d[i : i + p.seq_len]) >= 2]
         return out
 
     train, held = windows(train_docs), windows(held_docs)[: p.eval_windows]
     if not train or not held:
-        raise LmdeltaError(f"softprompt: {len(train)} training and {len(held)} held-out windows of {p.seq_len} tokens; "
-                           "use a larger corpus, lower seq_len or change heldout_fraction")
+        raise LmdeltaError(
+            f"softprompt: {len(train)} training and {len(held)} held-out windows of {p.seq_len} tokens; "
+            "use a larger corpus, lower seq_len or change heldout_fraction"
+        )
     return train, held
 
 
@@ -144,8 +145,20 @@ def training_docs(models, toks, p, corpus: Path | None) -> list[list[int]]:
             raise LmdeltaError("softprompt: data: generations needs a BOS or EOS token to start from; use data: corpus")
         ids = torch.full((p.n_generations, 1), start, dtype=torch.long, device=models[0].device)
         with torch.inference_mode():
-            new = decode(models[0], ids, torch.ones_like(ids), max_new_tokens=p.seq_len, sampling=Sampling(temperature=1.0),
-                         eos_ids=(), pad_id=0, seed=p.seed).cpu().tolist()
+            new = (
+                decode(
+                    models[0],
+                    ids,
+                    torch.ones_like(ids),
+                    max_new_tokens=p.seq_len,
+                    sampling=Sampling(temperature=1.0),
+                    eos_ids=(),
+                    pad_id=0,
+                    seed=p.seed,
+                )
+                .cpu()
+                .tolist()
+            )
         return new
     raise LmdeltaError(f"softprompt: data {p.data!r} is unknown; use corpus or generations")
 

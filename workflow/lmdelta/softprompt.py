@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
 from lmdelta import LmdeltaError
 from lmdelta.config import known_fields
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate  # the batches of training windows
 from lmdelta.pairs import check_compatible
-from lmdelta.softprefix import (nearest_tokens, pair_divergence, pair_templates, split_windows, training_docs)
+from lmdelta.softprefix import nearest_tokens, pair_divergence, pair_templates, split_windows, training_docs
 from lmdelta.training import batch_indices, warmup_lr
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) 
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(windows), p.batch):
-            ids, mask = collate(windows[i: i + p.batch], pad)
+            ids, mask = collate(windows[i : i + p.batch], pad)
             _, d = pair_divergence(models, prompt, templates, ids, mask, p.divergence)
             m = mask.to(d.device).float()
             total += float((d.float() * m).sum())
@@ -112,9 +111,19 @@ def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) 
 # ---- training -----------------------------------------------------------------------------------------
 
 
-def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]], p: SoftPromptParams, *, ckpt_dir: Path,
-                 stop_after: int | None = None, tensorboard_dir: Path | None = None, progress: bool = True,
-                 identity: str = "", first_tokens: tuple[str, str] = ("bos", "bos")) -> dict:
+def train_prompt(
+    models,
+    toks,
+    windows: tuple[list[list[int]], list[list[int]]],
+    p: SoftPromptParams,
+    *,
+    ckpt_dir: Path,
+    stop_after: int | None = None,
+    tensorboard_dir: Path | None = None,
+    progress: bool = True,
+    identity: str = "",
+    first_tokens: tuple[str, str] = ("bos", "bos"),
+) -> dict:
     """Train P (checkpoints in ``ckpt_dir`` are reused only for the same settings, data and ``identity``:
     the models' fingerprints, so a changed model starts afresh); return {"prompt" (best P), "metrics" (rows), "best_step", "best_heldout", "baseline_heldout", "stopped_early"}."""
     import torch
@@ -138,7 +147,9 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
     use_autocast = autocast == "bf16"
 
     ckpt_dir = Path(ckpt_dir)
-    key = json.dumps([asdict(p), autocast, len(train), len(held), train[:2], identity, list(first_tokens)], sort_keys=True)
+    key = json.dumps(
+        [asdict(p), autocast, len(train), len(held), train[:2], identity, list(first_tokens)], sort_keys=True
+    )
     if (ckpt_dir / "key.json").exists() and (ckpt_dir / "key.json").read_text() != key:
         log.info("soft-prompt settings, data or models changed: discarding checkpoints in %s", ckpt_dir)
         for f in ckpt_dir.iterdir():
@@ -148,8 +159,15 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
     from lmdelta.models import ForwardCounter
 
     calls = ForwardCounter(*models)  # forward calls, added up over resumed runs in the checkpoint state
-    state = {"step": 0, "metrics": [], "best_step": 0, "best_heldout": -math.inf, "bad_evals": 0, "stopped_early": False,
-             "model_calls": 0}
+    state = {
+        "step": 0,
+        "metrics": [],
+        "best_step": 0,
+        "best_heldout": -math.inf,
+        "bad_evals": 0,
+        "stopped_early": False,
+        "model_calls": 0,
+    }
     if (ckpt_dir / "state.json").exists():
         state = json.loads((ckpt_dir / "state.json").read_text())
         tensors = load_file(str(ckpt_dir / "prompt.safetensors"))
@@ -174,8 +192,15 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
             tmp.write_text(json.dumps(state))
 
     end = p.steps if stop_after is None else min(p.steps, stop_after)
-    bar = tqdm(range(state["step"], end), desc="soft prompt", unit=" step", initial=state["step"], total=p.steps,
-               disable=not progress, mininterval=1.0)
+    bar = tqdm(
+        range(state["step"], end),
+        desc="soft prompt",
+        unit=" step",
+        initial=state["step"],
+        total=p.steps,
+        disable=not progress,
+        mininterval=1.0,
+    )
     for step in bar:
         if state["stopped_early"]:
             break
@@ -196,8 +221,14 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
         grad_norm = float(torch.nn.utils.clip_grad_norm_([prompt], p.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "train_divergence": kl_sum, "lr": warmup_lr(step, p.lr, p.warmup_steps), "grad_norm": grad_norm,
-               "heldout_divergence": math.nan, "seconds": time.perf_counter() - t0}
+        row = {
+            "step": step + 1,
+            "train_divergence": kl_sum,
+            "lr": warmup_lr(step, p.lr, p.warmup_steps),
+            "grad_norm": grad_norm,
+            "heldout_divergence": math.nan,
+            "seconds": time.perf_counter() - t0,
+        }
         if (step + 1) % p.eval_every == 0 or step + 1 == p.steps:
             row["heldout_divergence"] = evaluate(models, prompt.detach(), templates, held, pad, p)
             if row["heldout_divergence"] > state["best_heldout"]:
@@ -220,10 +251,17 @@ def train_prompt(models, toks, windows: tuple[list[list[int]], list[list[int]]],
         writer.close()
     if state["stopped_early"]:
         log.info("soft prompt: stopped at step %d after %d evaluations without improvement", state["step"], p.patience)
-    return {"prompt": best.detach().cpu(), "metrics": state["metrics"], "best_step": state["best_step"],
-            "best_heldout": state["best_heldout"], "baseline_heldout": baseline, "stopped_early": state["stopped_early"],
-            "autocast_used": autocast,
-            "steps_run": state["step"], "model_calls": calls_before + calls.n}
+    return {
+        "prompt": best.detach().cpu(),
+        "metrics": state["metrics"],
+        "best_step": state["best_step"],
+        "best_heldout": state["best_heldout"],
+        "baseline_heldout": baseline,
+        "stopped_early": state["stopped_early"],
+        "autocast_used": autocast,
+        "steps_run": state["step"],
+        "model_calls": calls_before + calls.n,
+    }
 
 
 def _tensorboard(folder: Path | None):
@@ -242,10 +280,25 @@ def _tensorboard(folder: Path | None):
 # ---- files at the edge --------------------------------------------------------------------------------
 
 
-def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: tuple[Path, Path], params: SoftPromptParams,
-                   load_options: tuple[dict, dict], formats: tuple[dict, dict] = ({}, {}), corpus: Path | None, out_prompt: Path, out_metrics: Path, out_png: Path,
-                   out_summary: Path, ckpt_dir: Path, tensorboard_dir: Path | None = None, threads: int | None = None,
-                   stop_after: int | None = None) -> dict | None:
+def run_softprompt(
+    *,
+    pair: str,
+    run: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    params: SoftPromptParams,
+    load_options: tuple[dict, dict],
+    formats: tuple[dict, dict] = ({}, {}),
+    corpus: Path | None,
+    out_prompt: Path,
+    out_metrics: Path,
+    out_png: Path,
+    out_summary: Path,
+    ckpt_dir: Path,
+    tensorboard_dir: Path | None = None,
+    threads: int | None = None,
+    stop_after: int | None = None,
+) -> dict | None:
     import pandas as pd
     import torch
     from safetensors.torch import save_file
@@ -256,9 +309,20 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
 
     if threads:
         torch.set_num_threads(threads)
-    prov = Provenance(stage="softprompt", params={"pair": pair, "run": run, "a": names[0], "b": names[1], **asdict(params),
-                                                  "load_options": list(load_options), "formats": list(formats), "units": "nats"},
-                      seed=params.seed)
+    prov = Provenance(
+        stage="softprompt",
+        params={
+            "pair": pair,
+            "run": run,
+            "a": names[0],
+            "b": names[1],
+            **asdict(params),
+            "load_options": list(load_options),
+            "formats": list(formats),
+            "units": "nats",
+        },
+        seed=params.seed,
+    )
     first_tokens = tuple(f.get("first_token", "bos") for f in formats)
     for side, d in zip(("a", "b"), model_dirs):
         prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
@@ -270,17 +334,35 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
     torch.manual_seed(params.seed)
     windows = split_windows(training_docs(models, toks, params, corpus), params)
     identity = " ".join(prov.inputs[f"model_{side}"]["fingerprint"] for side in ("a", "b"))
-    res = train_prompt(models, toks, windows, params, ckpt_dir=ckpt_dir, stop_after=stop_after, tensorboard_dir=tensorboard_dir,
-                       identity=identity, first_tokens=first_tokens)
+    res = train_prompt(
+        models,
+        toks,
+        windows,
+        params,
+        ckpt_dir=ckpt_dir,
+        stop_after=stop_after,
+        tensorboard_dir=tensorboard_dir,
+        identity=identity,
+        first_tokens=first_tokens,
+    )
     if stop_after is not None and res["steps_run"] < params.steps and not res["stopped_early"]:
         return None
     emb = models[0].get_input_embeddings()
-    summary = {"pair": pair, "run": run, "divergence": params.divergence, "placement": params.placement,
-               "heldout_without_prompt": res["baseline_heldout"], "heldout_with_prompt": res["best_heldout"],
-               "ratio": res["best_heldout"] / res["baseline_heldout"] if res["baseline_heldout"] > 0 else math.inf,
-               "best_step": res["best_step"], "steps_run": res["steps_run"], "stopped_early": res["stopped_early"],
-               "n_train_windows": len(windows[0]), "n_heldout_windows": len(windows[1]),
-               "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)]}
+    summary = {
+        "pair": pair,
+        "run": run,
+        "divergence": params.divergence,
+        "placement": params.placement,
+        "heldout_without_prompt": res["baseline_heldout"],
+        "heldout_with_prompt": res["best_heldout"],
+        "ratio": res["best_heldout"] / res["baseline_heldout"] if res["baseline_heldout"] > 0 else math.inf,
+        "best_step": res["best_step"],
+        "steps_run": res["steps_run"],
+        "stopped_early": res["stopped_early"],
+        "n_train_windows": len(windows[0]),
+        "n_heldout_windows": len(windows[1]),
+        "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)],
+    }
     prov.params["summary"] = {k: summary[k] for k in ("heldout_without_prompt", "heldout_with_prompt", "best_step")}
     prov.params["model_calls"] = res["model_calls"]  # training's forward calls, over every resumed run
     prov.params["autocast_used"] = res["autocast_used"]
@@ -289,9 +371,18 @@ def run_softprompt(*, pair: str, run: str, names: tuple[str, str], model_dirs: t
         save_file({"soft_prompt": res["prompt"].contiguous()}, str(tmp))
     write_csv(out_metrics, pd.DataFrame(res["metrics"]), prov)
     write_json(out_summary, summary, prov)
-    save_figure(softprompt_figure(pd.DataFrame(res["metrics"]), res["baseline_heldout"], f"{pair} / {run}", params.divergence), out_png, prov)
-    log.info("soft prompt %s/%s: held-out %s %.4f without, %.4f with the prompt (step %d)", pair, run, params.divergence,
-             res["baseline_heldout"], res["best_heldout"], res["best_step"])
+    save_figure(
+        softprompt_figure(pd.DataFrame(res["metrics"]), res["baseline_heldout"], f"{pair} / {run}", params.divergence),
+        out_png,
+        prov,
+    )
+    log.info(
+        "soft prompt %s/%s: held-out %s %.4f without, %.4f with the prompt (step %d)",
+        pair,
+        run,
+        params.divergence,
+        res["baseline_heldout"],
+        res["best_heldout"],
+        res["best_step"],
+    )
     return summary
-
-

@@ -16,8 +16,15 @@ def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
     return float((a.mean() - b.mean()) / pooled) if pooled > 0 else math.nan
 
 
-def bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                 ratio: bool = False) -> tuple[float, float]:
+def bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    ratio: bool = False,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of mean(a) - mean(b) (or mean(a) / mean(b) with ``ratio``), resampling each
     source independently."""
     rng = np.random.default_rng(seed)

@@ -46,7 +46,9 @@ class TextFormat:
     @classmethod
     def from_dict(cls, d: dict | None) -> TextFormat:
         d = d or {}
-        return cls(chat_template=d.get("chat_template", True), fmt=d.get("fmt"), first_token=d.get("first_token", "bos"))
+        return cls(
+            chat_template=d.get("chat_template", True), fmt=d.get("fmt"), first_token=d.get("first_token", "bos")
+        )
 
     def templated(self, tokenizer) -> bool:
         """Whether prompts go through the tokenizer's chat template."""
@@ -61,13 +63,17 @@ def first_token_id(tokenizer, policy: str) -> int | None:
         return tokenizer.bos_token_id
     if policy in ("bos", "eos"):
         if tokenizer.eos_token_id is None:
-            raise LmdeltaError(f"first_token is {policy!r} but the tokenizer has no BOS or EOS token; set the model's "
-                               "first_token: none (the first token is then not scored) or name a token")
+            raise LmdeltaError(
+                f"first_token is {policy!r} but the tokenizer has no BOS or EOS token; set the model's "
+                "first_token: none (the first token is then not scored) or name a token"
+            )
         return tokenizer.eos_token_id
     tid = tokenizer.convert_tokens_to_ids(policy)
     if tid is None or tid == tokenizer.unk_token_id and policy != tokenizer.unk_token:
-        raise LmdeltaError(f"first_token {policy!r} is not a token of this tokenizer; use bos, eos, none or one of its "
-                           f"special tokens ({', '.join(tokenizer.all_special_tokens[:6])})")
+        raise LmdeltaError(
+            f"first_token {policy!r} is not a token of this tokenizer; use bos, eos, none or one of its "
+            f"special tokens ({', '.join(tokenizer.all_special_tokens[:6])})"
+        )
     return int(tid)
 
 
@@ -76,7 +82,9 @@ def format_prompt(tokenizer, prompt: str, *, chat_template: bool, guide: str = "
     if fmt is not None:
         return fmt.format(prompt=prompt, guide=guide)
     if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     else:
         text = prompt
     return text + guide
@@ -94,18 +102,24 @@ def encode(tokenizer, text: str, *, prefix: int | None, templated: bool = False)
 def check_single_bos(tokenizer, ids: list[int]) -> None:
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
-        raise LmdeltaError(f"a sequence starts with two BOS tokens ({tokenizer.bos_token!r}); the prompt or the prompt_format "
-                           "already writes BOS: remove it from the text")
+        raise LmdeltaError(
+            f"a sequence starts with two BOS tokens ({tokenizer.bos_token!r}); the prompt or the prompt_format "
+            "already writes BOS: remove it from the text"
+        )
 
 
-def prompt_ids(tokenizer, prompt: str, fmt: TextFormat, *, guide: str = "", chat_prompt: str | None = None) -> list[int]:
+def prompt_ids(
+    tokenizer, prompt: str, fmt: TextFormat, *, guide: str = "", chat_prompt: str | None = None
+) -> list[int]:
     """Ids of a prompt as the model reads it: formatted, then the first-token rule. ``chat_prompt``, when
     given, replaces the prompt for a model that reads a chat template (e.g. an instruction to continue
     a text that a base model reads bare)."""
     if chat_prompt is not None and fmt.templated(tokenizer):
         prompt = chat_prompt
     text = format_prompt(tokenizer, prompt, chat_template=fmt.chat_template, guide=guide, fmt=fmt.fmt)
-    return encode(tokenizer, text, prefix=first_token_id(tokenizer, fmt.first_token), templated=fmt.templated(tokenizer))
+    return encode(
+        tokenizer, text, prefix=first_token_id(tokenizer, fmt.first_token), templated=fmt.templated(tokenizer)
+    )
 
 
 def eos_ids(*pairs) -> tuple[int, ...]:
@@ -115,7 +129,7 @@ def eos_ids(*pairs) -> tuple[int, ...]:
     def add(x):
         if x is None:
             return
-        for i in (x if isinstance(x, Iterable) and not isinstance(x, str) else [x]):
+        for i in x if isinstance(x, Iterable) and not isinstance(x, str) else [x]:
             if i is not None and int(i) not in out:
                 out.append(int(i))
 

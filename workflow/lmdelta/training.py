@@ -14,7 +14,7 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
         epoch, offset = divmod(pos, n)
         perm = np.random.default_rng([seed, epoch]).permutation(n)
         take = min(batch - len(out), n - offset)
-        out.extend(int(i) for i in perm[offset: offset + take])
+        out.extend(int(i) for i in perm[offset : offset + take])
         pos += take
     return out
 

@@ -46,8 +46,16 @@ from lmdelta.stats import bootstrap_ci, cohens_d, holm
 from lmdelta.tokens import prefix_token
 
 POWER_KS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-METRICS = ("mean", "median", "max", "uid_var_doc", "uid_var_corpus", "uid_pairwise_sq", "uid_pairwise_abs",
-           *(f"power_{k:g}" for k in POWER_KS))
+METRICS = (
+    "mean",
+    "median",
+    "max",
+    "uid_var_doc",
+    "uid_var_corpus",
+    "uid_pairwise_sq",
+    "uid_pairwise_abs",
+    *(f"power_{k:g}" for k in POWER_KS),
+)
 
 
 def surprisal_bits(logprob_nats) -> np.ndarray:
@@ -69,11 +77,11 @@ def doc_metrics(s: Sequence[float], corpus_mean: float) -> dict[str, float]:
         "max": float(s.max()),
         "uid_var_doc": float(((s - mean) ** 2).mean()),
         "uid_var_corpus": float(((s - corpus_mean) ** 2).mean()),
-        "uid_pairwise_sq": float((diffs ** 2).sum() / (n - 1)) if n > 1 else math.nan,
+        "uid_pairwise_sq": float((diffs**2).sum() / (n - 1)) if n > 1 else math.nan,
         "uid_pairwise_abs": float(np.abs(diffs).sum() / (n - 1)) if n > 1 else math.nan,
     }
     for k in POWER_KS:
-        out[f"power_{k:g}"] = float(np.mean(s ** k) ** (1.0 / k))
+        out[f"power_{k:g}"] = float(np.mean(s**k) ** (1.0 / k))
     return out
 
 
@@ -99,8 +107,17 @@ def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed:
 
     res = mannwhitneyu(a, b, alternative="two-sided")
     lo, hi = bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
-    return {"n_a": len(a), "n_b": len(b), "mean_a": float(np.mean(a)), "mean_b": float(np.mean(b)),
-            "u": float(res.statistic), "p": float(res.pvalue), "cohens_d": cohens_d(a, b), "diff_ci_low": lo, "diff_ci_high": hi}
+    return {
+        "n_a": len(a),
+        "n_b": len(b),
+        "mean_a": float(np.mean(a)),
+        "mean_b": float(np.mean(b)),
+        "u": float(res.statistic),
+        "p": float(res.pvalue),
+        "cohens_d": cohens_d(a, b),
+        "diff_ci_low": lo,
+        "diff_ci_high": hi,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,8 +138,17 @@ def _scored_items(df, prompts: dict[str, str], tok, context: str, head: list[int
     return out
 
 
-def score_texts(model_dir, completions, out, *, params, load_options: dict, context: str, threads: int | None = None,
-                human_tokens: int | None = None) -> int:
+def score_texts(
+    model_dir,
+    completions,
+    out,
+    *,
+    params,
+    load_options: dict,
+    context: str,
+    threads: int | None = None,
+    human_tokens: int | None = None,
+) -> int:
     """Per-token logprobs of texts under a scorer model, with or without their prompt as context
     (``context`` = ``prompt`` | ``none``: the prompt, then a newline, then the text); only the text's own
     tokens are kept. ``completions`` is a completions artifact (model texts: doc_id =
@@ -146,23 +172,45 @@ def score_texts(model_dir, completions, out, *, params, load_options: dict, cont
         records = read_promptset(completions)
         missing = [r["id"] for r in records if not r.get("reference")]
         if missing:
-            raise LmdeltaError(f"uid: prompt set {Path(completions).name} has no human continuation ('reference') for {missing[0]!r}; "
-                               "human texts matched to prompts need a from_corpus prompt set")
-        df = pd.DataFrame({"prompt_id": [r["id"] for r in records], "text": [r["reference"] for r in records], "sample": 0})
+            raise LmdeltaError(
+                f"uid: prompt set {Path(completions).name} has no human continuation ('reference') for {missing[0]!r}; "
+                "human texts matched to prompts need a from_corpus prompt set"
+            )
+        df = pd.DataFrame(
+            {"prompt_id": [r["id"] for r in records], "text": [r["reference"] for r in records], "sample": 0}
+        )
         prompts = {r["id"]: r["prompt"] for r in records}
-    prov = Provenance(stage="uid_score_texts", params={"context": context, "context_separator": "\n", "scoring": asdict(params),
-                                                      "load_options": load_options, "units": "nats",
-                                                      "source": "model" if human_tokens is None else "human",
-                                                      "human_tokens": human_tokens})
+    prov = Provenance(
+        stage="uid_score_texts",
+        params={
+            "context": context,
+            "context_separator": "\n",
+            "scoring": asdict(params),
+            "load_options": load_options,
+            "units": "nats",
+            "source": "model" if human_tokens is None else "human",
+            "human_tokens": human_tokens,
+        },
+    )
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
     prov.add_input("texts", completions)
     model, tok = load_model(model_dir, **load_options)
     prefix, _ = prefix_token(tok, params.first_token)
-    items = [it for it in _scored_items(df, prompts, tok, context, [prefix] if prefix is not None else [], human_tokens)
-             if len(it[1]) > it[2] and (it[2] > 0 or len(it[1]) >= 2)]
+    items = [
+        it
+        for it in _scored_items(df, prompts, tok, context, [prefix] if prefix is not None else [], human_tokens)
+        if len(it[1]) > it[2] and (it[2] > 0 or len(it[1]) >= 2)
+    ]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scores = score_sequences(model, [seq for _, seq, _ in items], max_length=params.max_length, stride=params.stride,
-                             batch_tokens=params.batch_tokens, pad_token_id=pad, chunk_positions=params.chunk_positions)
+    scores = score_sequences(
+        model,
+        [seq for _, seq, _ in items],
+        max_length=params.max_length,
+        stride=params.stride,
+        batch_tokens=params.batch_tokens,
+        pad_token_id=pad,
+        chunk_positions=params.chunk_positions,
+    )
     rows = {"doc_id": [], "position": [], "token_id": [], "logprob": []}
     for (doc_id, _, start), sc in zip(items, scores):
         first = max(start - 1, 0)  # scores[j] scores seq id j + 1
@@ -172,8 +220,14 @@ def score_texts(model_dir, completions, out, *, params, load_options: dict, cont
         rows["position"] += list(range(offset, offset + len(lp)))
         rows["token_id"] += sc.token_ids[first:].tolist()
         rows["logprob"] += lp.tolist()
-    table = pa.table({"doc_id": pa.array(rows["doc_id"], pa.string()), "position": pa.array(rows["position"], pa.int32()),
-                      "token_id": pa.array(rows["token_id"], pa.int32()), "logprob": pa.array(rows["logprob"], pa.float32())})
+    table = pa.table(
+        {
+            "doc_id": pa.array(rows["doc_id"], pa.string()),
+            "position": pa.array(rows["position"], pa.int32()),
+            "token_id": pa.array(rows["token_id"], pa.int32()),
+            "logprob": pa.array(rows["logprob"], pa.float32()),
+        }
+    )
     write_parquet(out, table, prov)
     return table.num_rows
 
@@ -199,8 +253,15 @@ def source_metrics(tokens, *, source: str, lengths: Sequence[int | None], word_i
             continue
         mu = float(np.concatenate(list(cut.values())).mean())
         for d, s in cut.items():
-            rows.append({"source": source, "length": -1 if length is None else length, "doc_id": d,
-                         "unit": d.split("|", 1)[0], **doc_metrics(s, mu)})
+            rows.append(
+                {
+                    "source": source,
+                    "length": -1 if length is None else length,
+                    "doc_id": d,
+                    "unit": d.split("|", 1)[0],
+                    **doc_metrics(s, mu),
+                }
+            )
     return rows
 
 
@@ -232,8 +293,16 @@ def comparisons(units, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
                 x, y = va[metric].dropna().to_numpy(), vb[metric].dropna().to_numpy()
                 if len(x) < 2 or len(y) < 2:
                     continue
-                out.append({"length": length, "metric": metric, "source_a": a, "source_b": b, "unit": "prompt",
-                            **compare(x, y, n_boot=n_boot, seed=seed)})
+                out.append(
+                    {
+                        "length": length,
+                        "metric": metric,
+                        "source_a": a,
+                        "source_b": b,
+                        "unit": "prompt",
+                        **compare(x, y, n_boot=n_boot, seed=seed),
+                    }
+                )
     table = pd.DataFrame(out)
     if len(table):
         table["p_holm"] = holm(table["p"].to_numpy())
@@ -242,16 +311,23 @@ def comparisons(units, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
 
 def summary_text(table, scorer: str) -> str:
     """A few lines: for each pair, UID variance (whole texts and length-controlled) with its test."""
-    lines = [f"Surprisal scorer: {scorer}. Units: bits. Length -1 = whole documents, L = first L tokens only.",
-             "Unit of analysis: the prompt (a model's samples of one prompt at one temperature are averaged; a human "
-             "document is one unit): n_a, n_b count prompts.",
-             "Positive d: source_a has the larger value. p_holm: Holm-corrected over every comparison of the table.", ""]
+    lines = [
+        f"Surprisal scorer: {scorer}. Units: bits. Length -1 = whole documents, L = first L tokens only.",
+        "Unit of analysis: the prompt (a model's samples of one prompt at one temperature are averaged; a human "
+        "document is one unit): n_a, n_b count prompts.",
+        "Positive d: source_a has the larger value. p_holm: Holm-corrected over every comparison of the table.",
+        "",
+    ]
     if table.empty:
         return "\n".join(lines + ["No pair of sources had at least two units each."])
-    for (length, a, b), g in table[table.metric.isin(["uid_var_doc", "mean"])].groupby(["length", "source_a", "source_b"], sort=False):
+    for (length, a, b), g in table[table.metric.isin(["uid_var_doc", "mean"])].groupby(
+        ["length", "source_a", "source_b"], sort=False
+    ):
         for r in g.itertuples():
-            lines.append(f"L={length:>4}  {r.metric:<12} {a} {r.mean_a:.3f} vs {b} {r.mean_b:.3f} (n={r.n_a}/{r.n_b})  d={r.cohens_d:+.2f}  "
-                         f"CI[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]  p_holm={r.p_holm:.3g}")
+            lines.append(
+                f"L={length:>4}  {r.metric:<12} {a} {r.mean_a:.3f} vs {b} {r.mean_b:.3f} (n={r.n_a}/{r.n_b})  d={r.cohens_d:+.2f}  "
+                f"CI[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]  p_holm={r.p_holm:.3g}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +340,7 @@ def _model_sources(tokens, name: str) -> dict[str, object]:
 def source_pairs(sources: list[str]) -> list[tuple[str, str]]:
     """The comparisons the study needs: each human source against the model sources of the same
     context (a corpus, unmatched, against all), and model sources of the same context and temperature."""
+
     def ctx(s):  # "model:m@none@T1" -> ("none", "T1"); "human:continuation@none" -> ("none", None)
         parts = s.split("@")
         return (parts[1] if len(parts) > 1 else None), (parts[2] if len(parts) > 2 else None)
@@ -271,13 +348,26 @@ def source_pairs(sources: list[str]) -> list[tuple[str, str]]:
     humans = [s for s in sources if s.startswith("human:")]
     models = [s for s in sources if s.startswith("model:")]
     pairs = [(h, m) for h in humans for m in models if ctx(h)[0] in (None, ctx(m)[0])]
-    pairs += [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if ctx(a) == ctx(b)]
+    pairs += [(a, b) for i, a in enumerate(models) for b in models[i + 1 :] if ctx(a) == ctx(b)]
     return pairs
 
 
-def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path], lengths: Sequence[int | None],
-            n_boot: int, seed: int, out_docs: Path, out_csv: Path, out_txt: Path, out_png: Path, out_contours: Path,
-            word_level: bool = False, tokenizer_dir: Path | None = None):
+def run_uid(
+    *,
+    scorer: str,
+    human: dict[str, Path],
+    model_texts: dict[str, Path],
+    lengths: Sequence[int | None],
+    n_boot: int,
+    seed: int,
+    out_docs: Path,
+    out_csv: Path,
+    out_txt: Path,
+    out_png: Path,
+    out_contours: Path,
+    word_level: bool = False,
+    tokenizer_dir: Path | None = None,
+):
     """The UID stage for one scorer: ``human`` maps a human source name -> its scored tokens (a corpus's
     logprobs artifact, or "continuation@<context>" -> the prompt set's human continuations scored like
     the model texts), ``model_texts`` maps "<model>@<context>" -> scored completions (split here by
@@ -293,9 +383,20 @@ def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path]
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    prov = Provenance(stage="uid", params={"scorer": scorer, "lengths": list(lengths), "n_boot": n_boot, "units": "bits",
-                                           "word_level": word_level, "unit_of_analysis": "prompt (samples averaged)",
-                                           "normalisers": {"uid_var": "N", "uid_pairwise": "N-1"}, "power_ks": list(POWER_KS)}, seed=seed)
+    prov = Provenance(
+        stage="uid",
+        params={
+            "scorer": scorer,
+            "lengths": list(lengths),
+            "n_boot": n_boot,
+            "units": "bits",
+            "word_level": word_level,
+            "unit_of_analysis": "prompt (samples averaged)",
+            "normalisers": {"uid_var": "N", "uid_pairwise": "N-1"},
+            "power_ks": list(POWER_KS),
+        },
+        seed=seed,
+    )
     tables = {}
     for name, path in human.items():
         prov.add_input(f"human:{name}", path)
@@ -308,7 +409,10 @@ def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path]
         rows += source_metrics(tokens, source=source, lengths=lengths)
         if tok is not None:
             words = {d: words_of(tok, g["token_id"].tolist()) for d, g in tokens.groupby("doc_id", sort=True)}
-            rows += [{**r, "source": f"{source} (words)"} for r in source_metrics(tokens, source=source, lengths=lengths, word_ids=words)]
+            rows += [
+                {**r, "source": f"{source} (words)"}
+                for r in source_metrics(tokens, source=source, lengths=lengths, word_ids=words)
+            ]
         first = tokens[tokens.doc_id == tokens.doc_id.iloc[0]] if len(tokens) else tokens
         examples[source] = surprisal_bits(first["logprob"].to_numpy())
     docs = pd.DataFrame(rows)
@@ -320,6 +424,16 @@ def run_uid(*, scorer: str, human: dict[str, Path], model_texts: dict[str, Path]
     write_csv(out_csv, table, prov)
     with atomic_path(out_txt, prov) as tmp:
         tmp.write_text(summary_text(table, scorer))
-    save_figure(uid_figure(docs, ["mean", "uid_var_doc", "uid_pairwise_sq", "power_2"], f"UID metrics per source (scorer {scorer})"), out_png, prov)
-    save_figure(surprisal_contours_figure(examples, f"Surprisal of one example text per source (scorer {scorer})"), out_contours, prov)
+    save_figure(
+        uid_figure(
+            docs, ["mean", "uid_var_doc", "uid_pairwise_sq", "power_2"], f"UID metrics per source (scorer {scorer})"
+        ),
+        out_png,
+        prov,
+    )
+    save_figure(
+        surprisal_contours_figure(examples, f"Surprisal of one example text per source (scorer {scorer})"),
+        out_contours,
+        prov,
+    )
     return docs, table

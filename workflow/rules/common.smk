@@ -15,7 +15,7 @@ from snakemake.utils import update_config, validate
 # the one Snakemake runs in (.venv/bin/snakemake works without an activated venv): its folder goes
 # first on PATH in every job's shell (a cluster job loads this file too, so the same holds there).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
-shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
+shell.prefix(f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; ')
 from lmdelta import LmdeltaError  # noqa: E402
 from lmdelta.config import (  # noqa: E402
     LOAD_OPTION_KEYS,
@@ -62,7 +62,9 @@ def name_pattern(names):
 # resources/models/{model} of a derived model is trained (derive_model), of the others materialised.
 DERIVED = name_pattern(derived_models(config))
 INTERPOLATED = name_pattern(interpolated_models(config))
-SOURCED = name_pattern([n for n in materialised_models(config) if n not in derived_models(config) + interpolated_models(config)])
+SOURCED = name_pattern(
+    [n for n in materialised_models(config) if n not in derived_models(config) + interpolated_models(config)]
+)
 
 
 wildcard_constraints:
@@ -89,15 +91,31 @@ def all_targets():
         *expand("results/planted/{model}.json", model=planted_models(config)),
         *diversity_targets(),
         *uid_targets(),
-        *expand("results/contrastive/{pair}/{run}.parquet", pair=selected(config, "contrastive", "pairs"),
-                run=config["contrastive"]["runs"]),
-        *expand("results/search/{pair}/{run}/clusters.csv", pair=selected(config, "search", "pairs"),
-                run=config["search"]["runs"]),
-        *expand("results/hardprompt/{pair}/{run}/prompts.parquet", pair=selected(config, "softprompt", "pairs"),
-                run=config["softprompt"]["runs"]),
+        *expand(
+            "results/contrastive/{pair}/{run}.parquet",
+            pair=selected(config, "contrastive", "pairs"),
+            run=config["contrastive"]["runs"],
+        ),
+        *expand(
+            "results/search/{pair}/{run}/clusters.csv",
+            pair=selected(config, "search", "pairs"),
+            run=config["search"]["runs"],
+        ),
+        *expand(
+            "results/hardprompt/{pair}/{run}/prompts.parquet",
+            pair=selected(config, "softprompt", "pairs"),
+            run=config["softprompt"]["runs"],
+        ),
         *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(config)),
-        *expand("results/comparator/{pair}/{promptset}.json", pair=comparator_pairs(config),
-                promptset=[p for p in selected(config, "comparator", "promptsets") if p in selected(config, "completions", "promptsets")]),
+        *expand(
+            "results/comparator/{pair}/{promptset}.json",
+            pair=comparator_pairs(config),
+            promptset=[
+                p
+                for p in selected(config, "comparator", "promptsets")
+                if p in selected(config, "completions", "promptsets")
+            ],
+        ),
     ]
 
 
@@ -115,7 +133,10 @@ def local_stamp(source):
     if not root.exists():
         return ""  # materialise names the missing path and the fix
     files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else [root]
-    stats = [(q.relative_to(root).as_posix() if root.is_dir() else q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in files]
+    stats = [
+        (q.relative_to(root).as_posix() if root.is_dir() else q.name, q.stat().st_size, q.stat().st_mtime_ns)
+        for q in files
+    ]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
@@ -168,7 +189,9 @@ def model_mem_mb(wildcards, input, attempt):
 def job_models(wildcards):
     """The models a job loads, from its wildcards: its scorer (the UID stage, whose model wildcard
     names whose texts are scored), else its model, and a pair's two models."""
-    names = [wildcards.scorer] if hasattr(wildcards, "scorer") else [wildcards.model] if hasattr(wildcards, "model") else []
+    names = (
+        [wildcards.scorer] if hasattr(wildcards, "scorer") else [wildcards.model] if hasattr(wildcards, "model") else []
+    )
     if hasattr(wildcards, "pair"):
         names += [config["pairs"][wildcards.pair][side] for side in ("a", "b")]
     return names
@@ -234,8 +257,12 @@ def corpus_raw_arg(wildcards, input):
 def scoring_params(model):
     """The logprobs settings with the scoring model's first token (models.<name>.first_token)."""
     lp = config["logprobs"]
-    return json.dumps({**{k: lp[k] for k in ("max_length", "stride", "batch_tokens", "chunk_positions", "part_docs")},
-                       "first_token": config["models"][model]["first_token"]})
+    return json.dumps(
+        {
+            **{k: lp[k] for k in ("max_length", "stride", "batch_tokens", "chunk_positions", "part_docs")},
+            "first_token": config["models"][model]["first_token"],
+        }
+    )
 
 
 def logprobs_params(wildcards):
@@ -266,7 +293,9 @@ def compare_inputs(wildcards):
     models = selected(config, "logprobs", "models")
     return {
         "summaries": expand("results/entropy_perplexity/{corpus}/{model}.json", corpus=wildcards.corpus, model=models),
-        "docs": expand("results/entropy_perplexity/{corpus}/{model}.docs.parquet", corpus=wildcards.corpus, model=models),
+        "docs": expand(
+            "results/entropy_perplexity/{corpus}/{model}.docs.parquet", corpus=wildcards.corpus, model=models
+        ),
     }
 
 
@@ -370,7 +399,9 @@ def prompts_instruction(wildcards):
 
 def completion_params(wildcards):
     c = config["completions"]
-    return json.dumps({k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")})
+    return json.dumps(
+        {k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")}
+    )
 
 
 def completions_shards(wildcards):
@@ -383,8 +414,11 @@ def diversity_params(wildcards):
 
 
 def diversity_inputs(wildcards):
-    return expand("results/diversity/{promptset}/{model}.parquet", promptset=wildcards.promptset,
-                  model=selected(config, "completions", "models"))
+    return expand(
+        "results/diversity/{promptset}/{model}.parquet",
+        promptset=wildcards.promptset,
+        model=selected(config, "completions", "models"),
+    )
 
 
 def completion_models(wildcards):
@@ -419,7 +453,9 @@ def uid_targets():
 def diversity_targets():
     if not selected(config, "completions", "models"):
         return []
-    return expand("results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets"))
+    return expand(
+        "results/diversity/{promptset}/comparison.csv", promptset=selected(config, "completions", "promptsets")
+    )
 
 
 def uid_corpora(promptset):
@@ -449,14 +485,27 @@ def uid_human_tokens(wildcards):
 
 def uid_inputs(wildcards):
     if uid_matched(wildcards.promptset):
-        human = expand("results/uid/{promptset}/{scorer}/human.{context}.parquet", promptset=wildcards.promptset,
-                       scorer=wildcards.scorer, context=config["uid"]["contexts"])
+        human = expand(
+            "results/uid/{promptset}/{scorer}/human.{context}.parquet",
+            promptset=wildcards.promptset,
+            scorer=wildcards.scorer,
+            context=config["uid"]["contexts"],
+        )
     else:
-        human = expand("results/logprobs/{corpus}/{scorer}.parquet", corpus=uid_corpora(wildcards.promptset), scorer=wildcards.scorer)
+        human = expand(
+            "results/logprobs/{corpus}/{scorer}.parquet",
+            corpus=uid_corpora(wildcards.promptset),
+            scorer=wildcards.scorer,
+        )
     return {
         "human": human,
-        "model_texts": expand("results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet", promptset=wildcards.promptset,
-                              scorer=wildcards.scorer, model=uid_models(), context=config["uid"]["contexts"]),
+        "model_texts": expand(
+            "results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
+            promptset=wildcards.promptset,
+            scorer=wildcards.scorer,
+            model=uid_models(),
+            context=config["uid"]["contexts"],
+        ),
     }
 
 
@@ -485,8 +534,12 @@ def pair_models(pair_name, run=None):
     options and prompt formats (in this key order, which the rules' params keep stable)."""
     pair = config["pairs"][pair_name]
     names = [pair["a"], pair["b"]]
-    return {"names": names, **({"run": run} if run is not None else {}), "load_options": [model_load_options(n) for n in names],
-            "formats": [model_format(n) for n in names]}
+    return {
+        "names": names,
+        **({"run": run} if run is not None else {}),
+        "load_options": [model_load_options(n) for n in names],
+        "formats": [model_format(n) for n in names],
+    }
 
 
 # ---- contrastive decoding -----------------------------------------------------------------------------
@@ -532,23 +585,31 @@ def assistant_json(run):
     a = run["assistant"]
     out = {"spec": a}
     if "model" in a:
-        out.update(dir=model_dir(a["model"]), load_options=model_load_options(a["model"]), format=model_format(a["model"]))
+        out.update(
+            dir=model_dir(a["model"]), load_options=model_load_options(a["model"]), format=model_format(a["model"])
+        )
     return out
 
 
 def search_inputs(wildcards):
     pair = config["pairs"][wildcards.pair]
     run = search_run(wildcards)
-    return {"a": model_dir(pair["a"]), "b": model_dir(pair["b"]), "seeds": promptset_file(run["seeds"]),
-            **assistant_inputs(run)}
+    return {
+        "a": model_dir(pair["a"]),
+        "b": model_dir(pair["b"]),
+        "seeds": promptset_file(run["seeds"]),
+        **assistant_inputs(run),
+    }
 
 
 def search_spec(wildcards):
-    return json.dumps({
-        **pair_models(wildcards.pair, run=search_run(wildcards)),
-        "assistant": assistant_json(search_run(wildcards)),
-        "planted": planted_truth(config, wildcards.pair),
-    })
+    return json.dumps(
+        {
+            **pair_models(wildcards.pair, run=search_run(wildcards)),
+            "assistant": assistant_json(search_run(wildcards)),
+            "planted": planted_truth(config, wildcards.pair),
+        }
+    )
 
 
 def cluster_inputs(wildcards):
@@ -575,15 +636,34 @@ def scorecard_sources(pair_name):
     out = []
     if set(names) <= set(selected(config, "logprobs", "models")):
         for c in selected(config, "logprobs", "corpora"):
-            out.append({"kind": "corpus", "run": c, "corpus": f"results/corpus/{c}.parquet",
-                        "logprobs": [f"results/logprobs/{c}/{n}.parquet" for n in names]})
+            out.append(
+                {
+                    "kind": "corpus",
+                    "run": c,
+                    "corpus": f"results/corpus/{c}.parquet",
+                    "logprobs": [f"results/logprobs/{c}/{n}.parquet" for n in names],
+                }
+            )
     if pair_name in selected(config, "contrastive", "pairs"):
-        out += [{"kind": "contrastive", "run": r, "path": f"results/contrastive/{pair_name}/{r}.parquet"} for r in config["contrastive"]["runs"]]
+        out += [
+            {"kind": "contrastive", "run": r, "path": f"results/contrastive/{pair_name}/{r}.parquet"}
+            for r in config["contrastive"]["runs"]
+        ]
     if pair_name in selected(config, "search", "pairs"):
-        out += [{"kind": "search", "run": r, "path": f"results/search/{pair_name}/{r}/bank.parquet"} for r in config["search"]["runs"]]
+        out += [
+            {"kind": "search", "run": r, "path": f"results/search/{pair_name}/{r}/bank.parquet"}
+            for r in config["search"]["runs"]
+        ]
     if pair_name in selected(config, "softprompt", "pairs"):
-        out += [{"kind": "hardprompt", "run": r, "path": f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
-                 "soft": f"results/softprompt/{pair_name}/{r}/prompt.safetensors"} for r in config["softprompt"]["runs"]]
+        out += [
+            {
+                "kind": "hardprompt",
+                "run": r,
+                "path": f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
+                "soft": f"results/softprompt/{pair_name}/{r}/prompt.safetensors",
+            }
+            for r in config["softprompt"]["runs"]
+        ]
     return out
 
 
@@ -596,8 +676,15 @@ def scorecard_inputs(wildcards):
 
 def scorecard_spec(wildcards):
     sc = config["scorecard"]
-    return json.dumps({"truth": planted_truth(config, wildcards.pair), "sources": scorecard_sources(wildcards.pair),
-                       "k": sc["k"], "threshold": sc["threshold"], "embedder": sc["embedder"]})
+    return json.dumps(
+        {
+            "truth": planted_truth(config, wildcards.pair),
+            "sources": scorecard_sources(wildcards.pair),
+            "k": sc["k"],
+            "threshold": sc["threshold"],
+            "embedder": sc["embedder"],
+        }
+    )
 
 
 # ---- LLM Comparator export ----------------------------------------------------------------------------
@@ -606,17 +693,27 @@ def scorecard_spec(wildcards):
 def comparator_inputs(wildcards):
     pair = config["pairs"][wildcards.pair]
     names = [pair["a"], pair["b"]]
-    return {"a": model_dir(names[0]), "b": model_dir(names[1]), "promptset": promptset_file(wildcards.promptset),
-            "completions": expand("results/completions/{promptset}/{model}.parquet", promptset=wildcards.promptset, model=names),
-            "diversity": expand("results/diversity/{promptset}/{model}.parquet", promptset=wildcards.promptset, model=names)}
+    return {
+        "a": model_dir(names[0]),
+        "b": model_dir(names[1]),
+        "promptset": promptset_file(wildcards.promptset),
+        "completions": expand(
+            "results/completions/{promptset}/{model}.parquet", promptset=wildcards.promptset, model=names
+        ),
+        "diversity": expand(
+            "results/diversity/{promptset}/{model}.parquet", promptset=wildcards.promptset, model=names
+        ),
+    }
 
 
 def comparator_spec(wildcards):
-    return json.dumps({
-        **pair_models(wildcards.pair),
-        "planted": planted_truth(config, wildcards.pair),
-        "batch_size": config["comparator"]["batch_size"],
-    })
+    return json.dumps(
+        {
+            **pair_models(wildcards.pair),
+            "planted": planted_truth(config, wildcards.pair),
+            "batch_size": config["comparator"]["batch_size"],
+        }
+    )
 
 
 # ---- soft and hard prompts ----------------------------------------------------------------------------
@@ -628,12 +725,18 @@ def softprompt_run(wildcards):
 
 def softprompt_inputs(wildcards):
     pair = config["pairs"][wildcards.pair]
-    return {"a": model_dir(pair["a"]), "b": model_dir(pair["b"]),
-            "corpus": f"results/corpus/{softprompt_run(wildcards)['corpus']}.parquet"}
+    return {
+        "a": model_dir(pair["a"]),
+        "b": model_dir(pair["b"]),
+        "corpus": f"results/corpus/{softprompt_run(wildcards)['corpus']}.parquet",
+    }
 
 
 def hardprompt_inputs(wildcards):
-    return {**softprompt_inputs(wildcards), "soft": f"results/softprompt/{wildcards.pair}/{wildcards.run}/prompt.safetensors"}
+    return {
+        **softprompt_inputs(wildcards),
+        "soft": f"results/softprompt/{wildcards.pair}/{wildcards.run}/prompt.safetensors",
+    }
 
 
 def softprompt_spec(wildcards):
@@ -643,8 +746,9 @@ def softprompt_spec(wildcards):
 
 
 def hardprompt_spec(wildcards):
-    return json.dumps({**pair_models(wildcards.pair, run=softprompt_run(wildcards)),
-                       "planted": planted_truth(config, wildcards.pair)})
+    return json.dumps(
+        {**pair_models(wildcards.pair, run=softprompt_run(wildcards)), "planted": planted_truth(config, wildcards.pair)}
+    )
 
 
 def softprompt_runtime(wildcards):
