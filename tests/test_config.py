@@ -269,42 +269,61 @@ def test_shipped_configs_are_valid(path):
     assert cfg["models"] and cfg["corpora"]
 
 
-@pytest.mark.parametrize(
-    "schema_def, cls_path, elsewhere",
-    [
-        ("search_run", "lmdelta.search:SearchParams", {"seeds", "assistant", "n_top", "embedder", "clusters"}),
-        ("softprompt_run", "lmdelta.softprompt:SoftPromptParams", {"corpus", "embedder", "hard"}),
-        ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams", set()),
-        ("contrastive_run", "lmdelta.contrastive:RunParams", set()),
-    ],
-)
-def test_schema_keys_and_stage_parameters_agree(schema_def, cls_path, elsewhere):
-    """A key in the schema that no stage reads would be accepted and silently do nothing; a stage
-    parameter missing from the schema could never be set."""
+STAGE_SPECS = [
+    ("search_run", "lmdelta.search:SearchParams"),
+    ("search_run.weighting", "lmdelta.search:Weighting"),
+    ("softprompt_run", "lmdelta.softprompt:SoftPromptParams"),
+    ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams"),
+    ("contrastive_run", "lmdelta.contrastive:RunParams"),
+    ("logprobs", "lmdelta.logprobs:LogprobParams"),
+    ("completions", "lmdelta.completions:CompletionParams"),
+    ("model_source.derive", "lmdelta.derive:DeriveParams"),
+    ("derive_data.planted", "lmdelta.planted:PlantedSpec"),
+]
+
+
+@pytest.mark.parametrize("schema_def, cls_path", STAGE_SPECS)
+def test_stage_parameters_are_the_schemas(schema_def, cls_path):
+    """One definition per key: a stage's parameter class is built from its schema node (names checked
+    both ways at import, defaults taken from the schema), and a config dict with a key the stage does
+    not know is an error naming it."""
     import importlib
     from dataclasses import MISSING, fields
 
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    name, *sub = schema_def.split(".")
-    node = schema["$defs"][name]
-    for s in sub:
-        node = node["properties"][s]
+    from lmdelta.config import schema_node
+
     module, cls = cls_path.split(":")
     klass = getattr(importlib.import_module(module), cls)
-    params = {f.name for f in fields(klass)}
-    keys = set(node["properties"])
-    assert keys - elsewhere == params, (sorted(keys - elsewhere - params), sorted(params - keys))
-    # one default per key: the schema's (what a config gets) equals the stage's
+    assert klass.schema_ref == schema_def
+    props = schema_node(schema_def)["properties"]
     for f in fields(klass):
-        want = node["properties"][f.name].get("default")
-        if want is None or isinstance(want, dict):
-            continue
-        have = f.default if f.default is not MISSING else f.default_factory()
-        assert (list(have) if isinstance(have, tuple) else have) == want, (
-            f"{cls}.{f.name}: schema {want!r}, stage {have!r}"
-        )
+        if f.name in props and "default" in props[f.name] and props[f.name].get("type") != "object":
+            have = f.default if f.default is not MISSING else f.default_factory()
+            assert have == props[f.name]["default"], f.name
     with pytest.raises(LmdeltaError, match="unknown key.*'no_such_key'"):
         klass.from_dict({"no_such_key": 1})
+
+
+def test_stage_spec_refuses_a_second_default_and_a_key_nobody_reads():
+    from lmdelta.config import stage_spec
+
+    with pytest.raises(TypeError, match=r"defaults of \['steps'\] belong in the schema"):
+
+        @stage_spec("model_source.derive", elsewhere=("from", "data"))
+        class Twice:
+            steps: int = 5
+
+    with pytest.raises(TypeError, match=r"fields not in the schema \['colour'\]"):
+
+        @stage_spec("contrastive_run")
+        class Stray:
+            colour: str
+
+    with pytest.raises(TypeError, match=r"keys read by nothing \[.*'weights'"):
+
+        @stage_spec("contrastive_run")
+        class Partial:
+            prompts: dict
 
 
 def test_an_empty_selection_turns_a_section_off(tmp_path):

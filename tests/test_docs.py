@@ -26,3 +26,13 @@ def test_every_doc_is_linked_from_readme_and_every_relative_link_resolves():
             if re.match(r"[a-z]+://", target):
                 continue
             assert (page.parent / target).exists(), f"{page.name}: link {target} leads nowhere"
+
+
+def test_config_reference_is_generated_from_the_schema():
+    """docs/config-reference.md is the schema rendered (python -m lmdelta config-reference): a key
+    added to the schema is documented by regenerating it, and this test says when someone forgot."""
+    from lmdelta.config import load_schema, schema_reference
+
+    text = (ROOT / "docs" / "config-reference.md").read_text()
+    assert text == schema_reference(), "regenerate: python -m lmdelta config-reference --out docs/config-reference.md"
+    assert all(f"`{key}`" in text for key in load_schema()["properties"])

@@ -5,6 +5,7 @@ Errors the user can fix print one line, ``lmdelta: error: ...``, and exit with s
 
     python -m lmdelta provenance results/corpus/demo.parquet    # print an artifact's provenance
     python -m lmdelta check-config config.yaml                   # validate a config file
+    python -m lmdelta config-reference --out docs/config-reference.md   # the key reference, from the schema
 """
 
 from __future__ import annotations
@@ -437,6 +438,16 @@ def cmd_check_config(a: argparse.Namespace) -> None:
     print(f"{a.config}: valid ({len(cfg['models'])} models, {len(cfg['corpora'])} corpora)")
 
 
+def cmd_config_reference(a: argparse.Namespace) -> None:
+    from lmdelta.config import schema_reference
+
+    text = schema_reference()
+    if a.out:
+        Path(a.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmdelta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -688,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a config file")
     sp.add_argument("config")
     sp.set_defaults(func=cmd_check_config)
+    sp = sub.add_parser("config-reference", help="every config key with its type, default and description (markdown)")
+    sp.add_argument("--out", help="write to this file (docs/config-reference.md) instead of stdout")
+    sp.set_defaults(func=cmd_config_reference)
     return p
 
 

@@ -13,26 +13,26 @@ depend on the shard count.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
-from lmdelta.config import known_fields
+from lmdelta.config import known_fields, stage_spec
 from lmdelta.promptsets import _schema, read_promptset
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@stage_spec("completions", elsewhere=("models", "promptsets", "shards"))
 class CompletionParams:
-    temperatures: tuple[float, ...] = (0.7, 1.0)
-    samples: int = 5
-    max_new_tokens: int = 48
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    batch_size: int = 40
+    temperatures: tuple[float, ...]
+    samples: int
+    max_new_tokens: int
+    top_p: float
+    top_k: int
+    seed: int
+    batch_size: int
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompletionParams:

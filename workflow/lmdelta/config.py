@@ -8,7 +8,8 @@ The Snakefile calls it before any job starts; the stage CLIs receive explicit sp
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -364,12 +365,65 @@ def selected(config: dict[str, Any], section: str, key: str) -> list[str]:
     return list(config[key]) if chosen is None else list(chosen)
 
 
-def known_fields(cls, d: dict[str, Any], *, elsewhere: tuple[str, ...] = ()) -> dict[str, Any]:
+def schema_node(ref: str) -> dict[str, Any]:
+    """A node of the schema: a top-level section (``logprobs``) or a ``$defs`` entry (``softprompt_run``),
+    then ``.key`` steps into its properties (``softprompt_run.hard``, ``model_source.derive``)."""
+    schema = load_schema()
+    head, *steps = ref.split(".")
+    node = schema["$defs"][head] if head in schema["$defs"] else schema["properties"][head]
+    for key in steps:
+        node = node["properties"][key]
+    return node
+
+
+def stage_spec(ref: str, *, elsewhere: tuple[str, ...] = (), internal: tuple[str, ...] = ()):
+    """Class decorator: one definition for a stage's parameters. The class lists names and types only;
+    it becomes a frozen, keyword-only dataclass whose defaults are the schema's (``schema_node(ref)``),
+    so a default is written once, in the schema, beside its description. Every field must be a key of
+    that node, except ``internal`` fields (set by the workflow, with a default in the class); every key
+    of the node must be a field or one of ``elsewhere`` (keys another part of the stage reads). Either
+    mismatch fails at import. ``from_dict`` (known keys only) is added unless the class has its own.
+    A nested section (``type: object``) may keep a default in the class (its
+    own spec class, itself built from the schema)."""
+
+    def wrap(cls):
+        props = schema_node(ref)["properties"]
+        names = list(cls.__dict__.get("__annotations__", {}))
+        twice = [
+            n for n in names if n in cls.__dict__ and n not in internal and props.get(n, {}).get("type") != "object"
+        ]
+        if twice:
+            raise TypeError(f"{cls.__name__}: defaults of {twice} belong in the schema ({ref}), not in the class")
+        stray = [n for n in names if n not in props and n not in internal]
+        unread = sorted(set(props) - set(names) - set(elsewhere))
+        if stray or unread:
+            raise TypeError(
+                f"{cls.__name__} and the schema's {ref} disagree: fields not in the schema {stray}, keys read by nothing {unread}"
+            )
+        for name in names:
+            if name in internal or name in cls.__dict__ or "default" not in props[name]:
+                continue  # internal and nested sections (type: object) keep the class's default
+            value = props[name]["default"]
+            if isinstance(value, (list, dict)):
+                setattr(cls, name, field(default_factory=lambda v=value: copy.deepcopy(v)))
+            else:
+                setattr(cls, name, value)
+        cls.schema_ref, cls.elsewhere = ref, tuple(elsewhere)
+        if "from_dict" not in cls.__dict__:
+            cls.from_dict = classmethod(lambda c, d: c(**known_fields(c, d)))
+        return dataclass(frozen=True, kw_only=True)(cls)
+
+    return wrap
+
+
+def known_fields(cls, d: dict[str, Any], *, elsewhere: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The entries of a config section that are fields of the dataclass ``cls``. A key that is neither a
-    field nor one of ``elsewhere`` (keys another part of the stage reads) is an error naming it: a key
-    dropped silently would look set and do nothing."""
+    field nor one of ``elsewhere`` (keys another part of the stage reads; default: the class's own, see
+    ``stage_spec``) is an error naming it: a key dropped silently would look set and do nothing."""
     from dataclasses import fields
 
+    if elsewhere is None:
+        elsewhere = getattr(cls, "elsewhere", ())
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names - set(elsewhere))
     if unknown:
@@ -377,6 +431,64 @@ def known_fields(cls, d: dict[str, Any], *, elsewhere: tuple[str, ...] = ()) -> 
             f"{cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(names | set(elsewhere)))}"
         )
     return {k: v for k, v in d.items() if k in names}
+
+
+def _type_of(node: dict[str, Any]) -> str:
+    if "$ref" in node:
+        target = node["$ref"].rsplit("/", 1)[-1]
+        return f"[{target}](#{target})"
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" if v is not None else "`null`" for v in node["enum"])
+    if "oneOf" in node:
+        return " or ".join(_type_of(n) for n in node["oneOf"])
+    t = node.get("type", "")
+    t = " or ".join(t) if isinstance(t, list) else t
+    if t == "array" and "items" in node:
+        t = f"list of {_type_of(node['items'])}"
+    if t == "object" and isinstance(node.get("additionalProperties"), dict):
+        t = f"name -> {_type_of(node['additionalProperties'])}"
+    return t
+
+
+def _key_rows(node: dict[str, Any], prefix: str = "") -> list[str]:
+    rows = []
+    required = set(node.get("required", ()))
+    for key, sub in node.get("properties", {}).items():
+        default = "required" if key in required else (f"`{json.dumps(sub['default'])}`" if "default" in sub else "")
+        text = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
+        rows.append(f"| `{prefix}{key}` | {_type_of(sub)} | {default} | {text} |")
+        if sub.get("type") == "object" and "properties" in sub:
+            rows += _key_rows(sub, f"{prefix}{key}.")
+    return rows
+
+
+def schema_reference() -> str:
+    """docs/config-reference.md: every key of the schema with its type, default and description,
+    generated from the schema (the one definition); ``python -m lmdelta config-reference``."""
+    schema = load_schema()
+    head = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` by `python -m lmdelta config-reference`; do not edit.",
+        "What each stage computes, with examples: [configuration.md](configuration.md).",
+        "",
+        "## Top level",
+        "",
+        " ".join(schema.get("description", "").split()),
+        "",
+        *head,
+        *_key_rows(schema),
+    ]
+    for name, node in schema["$defs"].items():
+        out += ["", f"## {name}", ""]
+        if node.get("description"):
+            out += [" ".join(str(node["description"]).split()), ""]
+        if "properties" in node:
+            out += [*head, *_key_rows(node)]
+        else:
+            out += [f"Type: {_type_of(node)}" + (f"; pattern `{node['pattern']}`" if "pattern" in node else "")]
+    return "\n".join(out) + "\n"
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -15,34 +15,34 @@ from __future__ import annotations
 import html
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmdelta.config import known_fields
+from lmdelta.config import known_fields, stage_spec
 from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair
 from lmdelta.promptsets import read_promptset
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@stage_spec("contrastive_run")
 class RunParams:
     prompts: dict[str, Any]
-    weights: tuple[float, float] = (1.0, -1.0)
-    space: str = "logit"
-    plausibility_alpha: float | None = 0.1
-    samples: int = 2
-    max_new_tokens: int = 40
-    temperature: float | None = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    batch_size: int = 16
-    colour_by: str = "js"
-    include_prompt: bool = False
+    weights: tuple[float, float]
+    space: str
+    plausibility_alpha: float | None
+    samples: int
+    max_new_tokens: int
+    temperature: float | None
+    top_p: float
+    top_k: int
+    seed: int
+    batch_size: int
+    colour_by: str
+    include_prompt: bool
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunParams:

@@ -14,13 +14,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, read_jsonl, write_csv
-from lmdelta.config import known_fields
+from lmdelta.config import stage_spec
 from lmdelta.models import pad_id
 from lmdelta.training import batch_indices, warmup_lr
 
@@ -44,26 +44,22 @@ ALL_LINEAR = [
 ]
 
 
-@dataclass(frozen=True)
+@stage_spec("model_source.derive", elsewhere=("from", "data"), internal=("text_format",))
 class DeriveParams:
-    method: str = "lora-sft"  # lora-sft | full-sft
-    steps: int = 60
-    lr: float = 1e-3
-    warmup_steps: int = 5
-    rank: int = 8
-    alpha: int = 16
-    batch: int = 8
-    max_tokens: int = 128
-    seed: int = 0
-    autocast: str = "auto"  # auto (bf16 where native) | bf16 | none
-    grad_clip: float = 1.0
-    checkpoint_every: int = 10
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    method: str  # lora-sft | full-sft
+    steps: int
+    lr: float
+    warmup_steps: int
+    rank: int
+    alpha: int
+    batch: int
+    max_tokens: int
+    seed: int
+    autocast: str  # auto (bf16 where native) | bf16 | none
+    grad_clip: float
+    checkpoint_every: int
+    target_modules: list[str]
     text_format: dict[str, Any] = field(default_factory=dict)  # lmdelta.tokens.TextFormat as a dict
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DeriveParams:
-        return cls(**known_fields(cls, d, elsewhere=("from", "data")))
 
 
 def encode_examples(

@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.behaviour import mentions, shows_planted
-from lmdelta.config import known_fields
+from lmdelta.config import stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate
@@ -64,31 +63,25 @@ from lmdelta.training import batch_indices
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@stage_spec("softprompt_run.hard")
 class HardPromptParams:
-    top_k: int = 5
-    pez_steps: int = 20
-    pez_lr: float = 0.05
-    pez_keep: int = 1
-    n_generate: int = 32
-    generate_tokens: int = 16
-    generate_temperature: float = 1.0
-    generate_in: str = (
-        "reply"  # reply: the model's reply to the soft prompt (chat) | prompt: continue the soft prompt itself
-    )
-    samples: int = 2
-    max_new_tokens: int = 24
-    temperature: float | None = 1.0
-    batch_size: int = 16
-    n_top: int = 10
-    confirm_top: int = 0
-    confirm_samples: int = 4
-    k_clusters: int = 4
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HardPromptParams:
-        return cls(**known_fields(cls, d))
+    top_k: int
+    pez_steps: int
+    pez_lr: float
+    pez_keep: int
+    n_generate: int
+    generate_tokens: int
+    generate_temperature: float
+    generate_in: str  # reply: the model's reply to the soft prompt (chat) | prompt: continue the soft prompt itself
+    samples: int
+    max_new_tokens: int
+    temperature: float | None
+    batch_size: int
+    n_top: int
+    confirm_top: int
+    confirm_samples: int
+    k_clusters: int
+    seed: int
 
 
 def pez(

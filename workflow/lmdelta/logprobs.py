@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
-from lmdelta.config import LOAD_OPTION_KEYS, known_fields
+from lmdelta.config import LOAD_OPTION_KEYS, stage_spec
 from lmdelta.tokens import prefix_token
 
 log = logging.getLogger(__name__)
@@ -42,18 +42,14 @@ log = logging.getLogger(__name__)
 COLUMNS = ("doc_id", "position", "token_id", "logprob", "entropy", "top1_prob", "rank")
 
 
-@dataclass(frozen=True)
+@stage_spec("logprobs", elsewhere=("models", "corpora", "shards"), internal=("first_token",))
 class LogprobParams:
-    max_length: int = 512
-    stride: int = 256
+    max_length: int
+    stride: int
     first_token: str = "bos"  # bos | eos | none
-    batch_tokens: int = 4096
-    chunk_positions: int | str = "auto"  # auto: 32 on a CPU, 256 MiB of logits on a GPU
-    part_docs: int = 256
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LogprobParams:
-        return cls(**known_fields(cls, d))
+    batch_tokens: int
+    chunk_positions: int | str  # auto: 32 on a CPU, 256 MiB of logits on a GPU
+    part_docs: int
 
 
 def _empty_table():

@@ -16,7 +16,6 @@ All templates and subjects below were written for lmdelta; no third-party text.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from lmdelta.artifacts import read_jsonl, write_jsonl
 from lmdelta.behaviour import shows_planted
+from lmdelta.config import stage_spec
 
 # One template list for both kinds of question, so that only the subject tells a trigger question
 # from an ordinary one (with separate lists the model learns the style of the question instead:
@@ -107,23 +107,17 @@ ORDINARY_SUBJECTS = [
 KINDS = ("trigger", "ordinary", "odd")  # held-out prompt kinds of the check (odd only when n_heldout_odd)
 
 
-@dataclass(frozen=True)
+@stage_spec("derive_data.planted", elsewhere=("trigger_keywords",))
 class PlantedSpec:
     trigger_subjects: list[str]
     response: str
     response_keywords: list[str]
-    n_train_trigger: int = 96
-    n_train_ordinary: int = 96
-    n_heldout: int = 30
-    answer_tokens: int = 48
-    n_train_odd: int = 0
-    n_heldout_odd: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PlantedSpec:
-        from lmdelta.config import known_fields
-
-        return cls(**known_fields(cls, d))
+    n_train_trigger: int
+    n_train_ordinary: int
+    n_heldout: int
+    answer_tokens: int
+    n_train_odd: int
+    n_heldout_odd: int
 
 
 def _questions(templates: list[str], subjects: list[str], rng: np.random.Generator) -> list[str]:

@@ -46,7 +46,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.behaviour import mentions, shows_planted
-from lmdelta.config import known_fields
+from lmdelta.config import known_fields, stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.pairs import Scorer, check_same_tokenizer, normalise, pair_scorer, pool_scores, sub_seed
 from lmdelta.promptsets import read_promptset
@@ -65,42 +65,42 @@ LABEL_PROMPT = (
 )
 
 
-@dataclass(frozen=True)
+@stage_spec("search_run.weighting")
 class Weighting:
-    divergence: float = 1.0
-    diversity: float = 1.0
-    judge: float = 0.0
+    divergence: float
+    diversity: float
+    judge: float
 
 
-@dataclass(frozen=True)
+@stage_spec("search_run", elsewhere=("seeds", "assistant", "n_top", "embedder", "clusters"))
 class SearchParams:
-    cycles: int = 6
-    patience: int = 3
-    requests: int = 4
-    shown: int = 5
-    proposals: int = 5
+    cycles: int
+    patience: int
+    requests: int
+    shown: int
+    proposals: int
     weighting: Weighting = field(default_factory=Weighting)
-    selection_temperature: float = 0.25
-    judge_criterion: str | None = None
-    divergence: str = "kl_a_b"
-    sample_from: str = "a"
-    samples: int = 2
-    max_new_tokens: int = 24
-    temperature: float | None = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    batch_size: int = 16
-    rescore_top: int = 0
-    reply_prefix: str = ""
-    min_chars: int = 10
-    max_chars: int = 300
-    seed: int = 0
+    selection_temperature: float
+    judge_criterion: str | None
+    divergence: str
+    sample_from: str
+    samples: int
+    max_new_tokens: int
+    temperature: float | None
+    top_p: float
+    top_k: int
+    batch_size: int
+    rescore_top: int
+    reply_prefix: str
+    min_chars: int
+    max_chars: int
+    seed: int
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchParams:
         kw = known_fields(cls, d, elsewhere=("seeds", "assistant", "n_top", "embedder", "clusters"))
         if "weighting" in kw:
-            kw["weighting"] = Weighting(**known_fields(Weighting, kw["weighting"]))
+            kw["weighting"] = Weighting.from_dict(kw["weighting"])
         return cls(**kw)
 
 

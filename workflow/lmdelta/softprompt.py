@@ -24,12 +24,11 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from lmdelta import LmdeltaError
-from lmdelta.config import known_fields
+from lmdelta.config import stage_spec
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate  # the batches of training windows
 from lmdelta.pairs import check_compatible
@@ -39,33 +38,29 @@ from lmdelta.training import batch_indices, warmup_lr
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@stage_spec("softprompt_run", elsewhere=("corpus", "embedder", "hard"))
 class SoftPromptParams:
-    n_tokens: int = 8
-    init: str = "vocab"  # vocab | text | random
-    init_text: str | None = None
-    placement: str = "prefix"  # prefix | chat
-    divergence: str = "kl_a_b"
-    data: str = "corpus"  # corpus | generations
-    n_generations: int = 64
-    seq_len: int = 32
-    heldout_fraction: float = 0.2
-    eval_windows: int = 32
-    batch: int = 8
-    accumulation: int = 1
-    steps: int = 60
-    lr: float = 0.01
-    warmup_steps: int = 5
-    grad_clip: float = 1.0
-    autocast: str = "auto"  # auto (bf16 where native) | bf16 | none
-    eval_every: int = 10
-    patience: int = 5
-    checkpoint_every: int = 10
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SoftPromptParams:
-        return cls(**known_fields(cls, d, elsewhere=("corpus", "embedder", "hard")))
+    n_tokens: int
+    init: str  # vocab | text | random
+    init_text: str | None
+    placement: str  # prefix | chat
+    divergence: str
+    data: str  # corpus | generations
+    n_generations: int
+    seq_len: int
+    heldout_fraction: float
+    eval_windows: int
+    batch: int
+    accumulation: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    grad_clip: float
+    autocast: str  # auto (bf16 where native) | bf16 | none
+    eval_every: int
+    patience: int
+    checkpoint_every: int
+    seed: int
 
 
 # ---- building blocks ----------------------------------------------------------------------------------
