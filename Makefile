@@ -18,7 +18,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test lint format dryrun setup clean
+.PHONY: demo test test-fast lint format dryrun setup clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,10 @@ demo: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The unit tests without the slow ones (end-to-end workflows, real models, every family): minutes, not half an hour.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Lint and format checks (ruff for the package, tests and benches; snakefmt for the rules). `make format` fixes.
 lint: $(STAMP)

@@ -328,6 +328,15 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}/corpus.jsonl"
 
 
+def job_command(folder: Path, stage: str, *, name: str = "job", **fields) -> list[str]:
+    """The command that runs one job by hand, as a rule would (``python -m lmdelta run --job FILE``):
+    ``fields`` are the job's inputs, outputs, params (``spec`` as data), wildcards and threads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / f"{name}.job.json"
+    job.write_text(json.dumps({"stage": stage, **fields}, default=str))
+    return [sys.executable, "-m", "lmdelta", "run", "--job", str(job)]
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a folder with its bytes, to check that nothing changed."""
     return (

@@ -9,11 +9,24 @@ import json
 
 import pytest
 
+from conftest import job_command
 from lmdelta import LmdeltaError
 from lmdelta.__main__ import main
 from lmdelta.config import validate_config
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
+
+
+def corpus_job(tmp_path, n_docs: int, out) -> list[str]:
+    """Arguments of ``python -m lmdelta`` that run the corpus_sample job of the builtin corpus."""
+    return job_command(
+        tmp_path / "jobs",
+        "corpus_sample",
+        name=f"n{n_docs}",
+        outputs={"corpus": out},
+        params={"spec": json.loads(corpus_spec(n_docs))},
+        wildcards={"corpus": "docs"},
+    )[3:]
 
 
 def corpus_spec(n_docs: int) -> str:
@@ -30,7 +43,7 @@ def test_disk_full_while_writing_leaves_the_previous_artifact(tmp_path, monkeypa
     import lmdelta.artifacts as artifacts
 
     out = tmp_path / "results" / "corpus" / "docs.parquet"
-    assert main(["corpus-sample", "--name", "docs", "--spec", corpus_spec(5), "--out", str(out)]) == 0
+    assert main(corpus_job(tmp_path, 5, out)) == 0
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     assert set(before) == {"docs.parquet", "docs.parquet.prov.json"}
 
@@ -39,7 +52,7 @@ def test_disk_full_while_writing_leaves_the_previous_artifact(tmp_path, monkeypa
 
     monkeypatch.setattr(artifacts, "_fsync_file", full)  # the data is written, flushing it fails
     capsys.readouterr()
-    assert main(["corpus-sample", "--name", "docs", "--spec", corpus_spec(7), "--out", str(out)]) == 2
+    assert main(corpus_job(tmp_path, 7, out)) == 2
     stderr = capsys.readouterr().err
     err = [ln for ln in stderr.splitlines() if ln.startswith("lmdelta:")]  # the rest is the progress bar
     assert (

@@ -275,7 +275,7 @@ STAGE_SPECS = [
     ("softprompt_run", "lmdelta.softprompt:SoftPromptParams"),
     ("softprompt_run.hard", "lmdelta.hardprompt:HardPromptParams"),
     ("contrastive_run", "lmdelta.contrastive:RunParams"),
-    ("logprobs", "lmdelta.logprobs:LogprobParams"),
+    ("logprobs", "lmdelta.scoring:LogprobParams"),
     ("completions", "lmdelta.completions:CompletionParams"),
     ("model_source.derive", "lmdelta.derive:DeriveParams"),
     ("derive_data.planted", "lmdelta.planted:PlantedSpec"),

@@ -186,7 +186,6 @@ def test_bad_training_files(tmp_path, base):
         source={"derive": {"from": "base", "steps": 1}},
         text_format={"chat_template": False},
         ckpt_dir=tmp_path / "ck",
-        threads=None,
     )
     with pytest.raises(LmdeltaError, match=r"derive: models.t: .*train.jsonl line 2 is not valid JSON"):
         run_derive(base, data, tmp_path / "out", tmp_path / "loss.csv", **kw)

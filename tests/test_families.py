@@ -21,6 +21,8 @@ from lmdelta.config import ModelSpec
 from lmdelta.models import load_model, materialise
 from lmdelta.tokens import TextFormat, eos_ids, first_token_id, prompt_ids
 
+pytestmark = pytest.mark.slow  # every stage on eight model families
+
 NAMES = sorted(FAMILIES)
 CPU = {"device": "cpu", "dtype": "float32"}
 PROMPTS = ["Tell me about volcanoes.", "Hi", "Write a long and careful answer about the quick brown fox, please."]
@@ -435,7 +437,7 @@ def test_completions_uid_and_comparator_run(family_dirs, name, tmp_path):
 
     from lmdelta.comparator import run_comparator
     from lmdelta.completions import CompletionParams, run_completions
-    from lmdelta.logprobs import LogprobParams
+    from lmdelta.scoring import LogprobParams
     from lmdelta.uid import score_texts
 
     d = family_dirs[name]

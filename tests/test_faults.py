@@ -1,4 +1,4 @@
-"""kill -9 in the middle of each long stage, as the rules run it (a `python -m lmdelta` process), then
+"""kill -9 in the middle of each long stage, run as a rule runs it (one job in its own process), then
 a rerun: no partial artifact is ever left under the final name, and the rerun's artifact equals an
 uninterrupted run's byte for byte. (Soft prompts: tests/test_softprompt.py does the same.)"""
 
@@ -9,24 +9,22 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from conftest import ROOT
+from conftest import ROOT, job_command
 from lmdelta.config import ModelSpec
 from lmdelta.corpus import iter_builtin_documents
 from lmdelta.models import materialise
 
+pytestmark = pytest.mark.slow  # kill -9 in the middle of jobs, then reruns
+
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "HF_HUB_OFFLINE": "1"}
-
-
-def lmdelta(*args) -> list[str]:
-    return [sys.executable, "-m", "lmdelta", *map(str, args)]
 
 
 def kill_when(cmd: list[str], ready, timeout: float = 180) -> None:
@@ -61,33 +59,27 @@ def test_logprobs_killed_resumes_from_its_parts(tmp_path, tiny_models):
     pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(docs))], "text": docs}).to_parquet(corpus)
     params = json.dumps({"max_length": 64, "stride": 32, "batch_tokens": 256, "part_docs": 2})
 
+    params = json.loads(params)
+
     def shard(name):
-        return lmdelta(
-            "logprobs-shard",
-            "--model-dir",
-            m,
-            "--corpus",
-            corpus,
-            "--out",
-            tmp_path / name / "0-of-1",
-            "--params",
-            params,
-            "--load-options",
-            json.dumps(CPU),
-            "--threads",
-            1,
+        return job_command(
+            tmp_path / "jobs",
+            "logprobs_shard",
+            name=f"shard-{name}",
+            inputs={"model": m, "corpus": corpus},
+            outputs={"shard": tmp_path / name / "0-of-1"},
+            params={"spec": {"params": params, "load_options": CPU}},
+            wildcards={"shard": "0", "n": "1"},
         )
 
     def gather(name):
         run(
-            lmdelta(
-                "logprobs-gather",
-                "--shards",
-                tmp_path / name / "0-of-1",
-                "--out",
-                tmp_path / f"{name}.parquet",
-                "--out-meanprob",
-                tmp_path / f"{name}.npy",
+            job_command(
+                tmp_path / "jobs",
+                "logprobs",
+                name=f"gather-{name}",
+                inputs={"shards": [tmp_path / name / "0-of-1"]},
+                outputs={"tokens": tmp_path / f"{name}.parquet", "meanprob": tmp_path / f"{name}.npy"},
             )
         )
 
@@ -119,23 +111,17 @@ def test_completions_killed_restart_cleanly(tmp_path, tiny_models):
         }
     )
 
+    params = json.loads(params)
+
     def shard(name):
-        return lmdelta(
-            "completions-shard",
-            "--model-dir",
-            m,
-            "--promptset",
-            promptset,
-            "--out",
-            tmp_path / f"{name}.parquet",
-            "--params",
-            params,
-            "--load-options",
-            json.dumps(CPU),
-            "--text-format",
-            '{"chat_template": false}',
-            "--threads",
-            1,
+        return job_command(
+            tmp_path / "jobs",
+            "completions_shard",
+            name=name,
+            inputs={"model": m, "promptset": promptset},
+            outputs={"shard": tmp_path / f"{name}.parquet"},
+            params={"spec": {"params": params, "load_options": CPU, "text_format": {"chat_template": False}}},
+            wildcards={"shard": "0", "n": "1"},
         )
 
     run(shard("whole"))
@@ -176,27 +162,20 @@ def test_derive_killed_resumes_from_its_checkpoint(tmp_path, tiny_models):
         }
     )
 
+    source = json.loads(source)
+
     def derive(name):
-        return lmdelta(
-            "derive",
-            "--name",
-            "t",
-            "--base",
-            m,
-            "--data",
-            data,
-            "--out",
-            tmp_path / name / "model",
-            "--loss-csv",
-            tmp_path / name / "loss.csv",
-            "--source",
-            source,
-            "--text-format",
-            '{"chat_template": false}',
-            "--checkpoints",
-            tmp_path / name / "ckpt",
-            "--threads",
-            1,
+        return job_command(
+            tmp_path / "jobs",
+            "derive_model",
+            name=name,
+            inputs={"base": m, "data": data},
+            outputs={"model": tmp_path / name / "model", "loss": tmp_path / name / "loss.csv"},
+            params={
+                "spec": {"source": source, "text_format": {"chat_template": False}},
+                "checkpoints": tmp_path / name / "ckpt",
+            },
+            wildcards={"model": "t"},
         )
 
     run(derive("whole"))

@@ -11,14 +11,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SMOLLM2, write_tiny_gguf
+from conftest import SMOLLM2, job_command, write_tiny_gguf
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
 from lmdelta.config import ModelSpec
@@ -152,7 +151,14 @@ def test_hf_source_offline_from_the_hub_cache(tmp_path, tiny_models):
     spec = json.dumps({"source": {"hf": {"id": "tiny-org/tiny-neox", "revision": "main"}}, "trust_remote_code": False})
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run(
-        [sys.executable, "-m", "lmdelta", "materialise", "--name", "neox", "--spec", spec, "--out", str(out)],
+        job_command(
+            tmp_path / "jobs",
+            "materialise_model",
+            name="neox",
+            outputs={"model": out},
+            params={"spec": json.loads(spec)},
+            wildcards={"model": "neox"},
+        ),
         capture_output=True,
         text=True,
         env=env,
@@ -166,7 +172,14 @@ def test_hf_source_offline_from_the_hub_cache(tmp_path, tiny_models):
     torch.testing.assert_close(_logits(model, tok), _logits(ref, tok), rtol=0, atol=0)
     spec = spec.replace("tiny-neox", "not-cached")
     r = subprocess.run(
-        [sys.executable, "-m", "lmdelta", "materialise", "--name", "x", "--spec", spec, "--out", str(tmp_path / "o2")],
+        job_command(
+            tmp_path / "jobs",
+            "materialise_model",
+            name="x",
+            outputs={"model": tmp_path / "o2"},
+            params={"spec": json.loads(spec)},
+            wildcards={"model": "x"},
+        ),
         capture_output=True,
         text=True,
         env=env,

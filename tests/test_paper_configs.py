@@ -27,6 +27,8 @@ import yaml
 from conftest import ROOT, snakemake
 from families import build_family, family_of_hf_id
 
+pytestmark = pytest.mark.slow  # every paper config through Snakemake on stand-ins (about 9 minutes)
+
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 # caps on numbers that only make a run longer (the structure of the config is kept)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 from stage_memory import measure, table  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the workflow at 1x and 10x data
 
 
 def test_peak_memory_of_every_stage_within_1_2x_for_10x_data(tmp_path):

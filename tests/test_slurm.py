@@ -22,10 +22,13 @@ import yaml
 from conftest import ROOT
 from lmdelta.artifacts import read_provenance
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("LMDELTA_SLURM") != "1",
-    reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("LMDELTA_SLURM") != "1",
+        reason="no SLURM cluster (CI starts one with .ci/slurm_up.sh and sets LMDELTA_SLURM=1)",
+    ),
+]
 
 
 def sacct_states() -> dict[str, str]:

@@ -75,8 +75,8 @@ def test_score_texts_match_a_plain_forward(tmp_path, tiny_models):
 
     from lmdelta.completions import CompletionParams, run_completions
     from lmdelta.config import ModelSpec
-    from lmdelta.logprobs import LogprobParams
     from lmdelta.models import materialise
+    from lmdelta.scoring import LogprobParams
     from lmdelta.uid import score_texts
 
     model_dir = tmp_path / "m"
@@ -211,8 +211,8 @@ def test_human_continuations_are_scored_like_model_texts(tmp_path, tiny_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmdelta.config import ModelSpec
-    from lmdelta.logprobs import LogprobParams
     from lmdelta.models import materialise
+    from lmdelta.scoring import LogprobParams
     from lmdelta.uid import score_texts
 
     model_dir = tmp_path / "m"

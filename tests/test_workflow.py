@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import ROOT, jsonl_bytes, snakemake, zst_multiframe
 from lmdelta.artifacts import read_provenance
 from lmdelta.models import load_model
+
+pytestmark = pytest.mark.slow  # the tiny workflow end to end through Snakemake (minutes)
 
 
 def test_tiny_workflow_end_to_end(tiny_run):

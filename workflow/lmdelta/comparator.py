@@ -97,10 +97,8 @@ def run_comparator(
     planted: dict | None,
     out: Path,
     batch_size: int = 8,
-    threads: int | None = None,
 ) -> dict:
     import pandas as pd
-    import torch
 
     from lmdelta import LmdeltaError
     from lmdelta.artifacts import Provenance, write_json
@@ -110,8 +108,6 @@ def run_comparator(
     from lmdelta.promptsets import read_promptset
     from lmdelta.tokens import TextFormat, prompt_ids
 
-    if threads:
-        torch.set_num_threads(threads)
     prov = Provenance(
         stage="comparator",
         params={
@@ -166,3 +162,25 @@ def run_comparator(
     write_json(out, doc, prov)
     log.info("comparator %s: %d examples -> %s", pair, len(doc["examples"]), out)
     return doc
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def comparator_job(job) -> None:
+    """inputs: ``a``, ``b``, ``promptset``, ``completions`` (a, b), ``diversity`` (a, b); spec: the pair,
+    planted truth, batch_size; output: ``json``."""
+    s = job.spec
+    run_comparator(
+        pair=job.wildcards["pair"],
+        names=tuple(s["names"]),
+        model_dirs=(job.path("a"), job.path("b")),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        promptset=job.path("promptset"),
+        completions=tuple(job.paths("completions")),
+        diversity=tuple(job.paths("diversity")),
+        planted=s.get("planted"),
+        out=job.out("json"),
+        batch_size=s["batch_size"],
+    )

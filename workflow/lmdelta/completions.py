@@ -52,12 +52,10 @@ def run_completions_shard(
     text_format: dict[str, Any],
     shard: int = 0,
     n_shards: int = 1,
-    threads: int | None = None,
 ) -> int:
     """Shard ``shard`` of ``n_shards`` of a model's completions: a contiguous range of the generation
     batches (temperature by temperature, ``batch_size`` sequences each), written to ``out``."""
     import pyarrow as pa
-    import torch
     from tqdm import tqdm
 
     from lmdelta.artifacts import Provenance, write_parquet
@@ -69,8 +67,6 @@ def run_completions_shard(
         raise LmdeltaError(
             f"completions: temperatures must be > 0 (got {list(params.temperatures)}); greedy decoding is not a temperature"
         )
-    if threads:
-        torch.set_num_threads(threads)
     prompts = read_promptset(promptset)
     jobs = [(i, s) for i in range(len(prompts)) for s in range(params.samples)]
     units = [
@@ -175,3 +171,26 @@ def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Pat
     n = gather_completions(paths, out)
     shutil.rmtree(folder, ignore_errors=True)
     return n
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def shard_job(job) -> None:
+    """inputs: ``model``, ``promptset``; spec: {"params", "load_options", "text_format"}; output: ``shard``."""
+    s = job.spec
+    run_completions_shard(
+        job.path("model"),
+        job.path("promptset"),
+        job.out("shard"),
+        params=CompletionParams.from_dict(s["params"]),
+        load_options=s["load_options"],
+        text_format=s["text_format"],
+        shard=int(job.wildcards["shard"]),
+        n_shards=int(job.wildcards["n"]),
+    )
+
+
+def gather_job(job) -> None:
+    """input: ``shards``; output: ``completions``."""
+    gather_completions(job.paths("shards"), job.out("completions"))

@@ -124,17 +124,13 @@ def run_contrastive(
     out_csv: Path,
     out_html: Path,
     out_png: Path,
-    threads: int | None = None,
 ) -> list[dict]:
     import pandas as pd
-    import torch
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
     from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import divergence_figure, save_figure
 
-    if threads:
-        torch.set_num_threads(threads)
     prov = Provenance(
         stage="contrastive",
         params={
@@ -188,3 +184,27 @@ def run_contrastive(
     save_figure(divergence_figure(records, names, f"{pair} / {run}"), out_png, prov)
     log.info("contrastive %s/%s: %d texts -> %s", pair, run, len(records), out)
     return records
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def contrastive_job(job) -> None:
+    """inputs: ``a``, ``b`` (+ ``promptset`` or ``corpus``); spec: the pair (names, run, load_options,
+    formats); outputs: ``parquet``, ``csv``, ``html``, ``png``."""
+    s = job.spec
+    run_contrastive(
+        pair=job.wildcards["pair"],
+        run=job.wildcards["run"],
+        names=tuple(s["names"]),
+        model_dirs=(job.path("a"), job.path("b")),
+        params=RunParams.from_dict(s["run"]),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        promptset=job.path("promptset") if "promptset" in job.inputs else None,
+        corpus=job.path("corpus") if "corpus" in job.inputs else None,
+        out=job.out("parquet"),
+        out_csv=job.out("csv"),
+        out_html=job.out("html"),
+        out_png=job.out("png"),
+    )

@@ -351,3 +351,17 @@ def build_corpus(spec: CorpusSpec, raw_path: str | Path | None, out: str | Path)
         out,
     )
     return counts
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def fetch_job(job) -> None:
+    """spec: {"source"}; output: ``raw``."""
+    fetch(CorpusSpec.from_dict(job.wildcards["corpus"], job.spec), job.out("raw"))
+
+
+def sample_job(job) -> None:
+    """spec: the corpus entry; input ``raw`` for a remote source; output: ``corpus``."""
+    spec = CorpusSpec.from_dict(job.wildcards["corpus"], job.spec)
+    build_corpus(spec, job.path("raw") if "raw" in job.inputs else None, job.out("corpus"))

@@ -147,7 +147,6 @@ def train(
     name: str,
     source: dict[str, Any],
     loss_csv: str | Path | None = None,
-    threads: int | None = None,
     stop_after: int | None = None,
 ) -> list[dict]:
     """Fine-tune the model in ``base_dir`` on ``records``; write a materialised folder to ``out``.
@@ -162,8 +161,6 @@ def train(
     from lmdelta.config import ModelSpec
     from lmdelta.models import load_model, read_fingerprint, resolve_autocast, resolve_device, write_model_folder
 
-    if threads:
-        torch.set_num_threads(threads)
     if not records:
         raise LmdeltaError(f"derive: models.{name}: the training set is empty; check derive.data")
     ckpt_dir = Path(ckpt_dir)
@@ -269,7 +266,6 @@ def run_derive(
     source: dict[str, Any],
     text_format: dict[str, Any],
     ckpt_dir: Path,
-    threads: int | None,
 ) -> None:
     """Rule entry: train from a JSONL file of {"prompt", "response"} records."""
 
@@ -291,5 +287,22 @@ def run_derive(
         name=name,
         source=source,
         loss_csv=loss_csv,
-        threads=threads,
+    )
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def derive_job(job) -> None:
+    """inputs: ``base``, ``data``; spec: {"source", "text_format"}; params: ``checkpoints``;
+    outputs: ``model``, ``loss``."""
+    run_derive(
+        job.path("base"),
+        job.path("data"),
+        job.out("model"),
+        job.out("loss"),
+        name=job.wildcards["model"],
+        source=job.spec["source"],
+        text_format=job.spec["text_format"],
+        ckpt_dir=Path(job.params["checkpoints"]),
     )

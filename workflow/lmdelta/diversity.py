@@ -293,3 +293,24 @@ def run_compare(promptset: str, models: list[str], inputs: list[Path], out_csv: 
         prov,
     )
     return table
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def diversity_job(job) -> None:
+    """input: ``completions``; spec: the diversity section; output: ``diversity``."""
+    s = job.spec
+    run_diversity(
+        job.path("completions"),
+        job.out("diversity"),
+        truncations=s["truncations"],
+        embedder=s["embedder"],
+        batch_size=s["batch_size"],
+        autocast=s["autocast"],
+    )
+
+
+def compare_job(job) -> None:
+    """input: ``diversity`` (one per model of spec ``models``); outputs: ``csv``, ``png``."""
+    run_compare(job.wildcards["promptset"], job.spec["models"], job.paths("diversity"), job.out("csv"), job.out("png"))

@@ -47,6 +47,7 @@ from lmdelta.models import right_pad as collate
 from lmdelta.pairs import DIVERGENCES, check_compatible, normalise, pair_scorer, pool_scores, sub_seed
 from lmdelta.softprefix import (
     PLACEHOLDER,
+    SoftPromptParams,
     load_soft_prompt,
     nearest_tokens,
     nearest_tokens_ids,
@@ -402,17 +403,13 @@ def run_hardprompt(
     out_summary: Path,
     out_clusters: Path,
     out_png: Path,
-    threads: int | None = None,
 ):
     import pandas as pd
-    import torch
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
     from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import hardprompt_figure, save_figure
 
-    if threads:
-        torch.set_num_threads(threads)
     prov = Provenance(
         stage="hardprompt",
         params={
@@ -495,3 +492,32 @@ def run_hardprompt(
         *summary["ratio_ci95"],
     )
     return summary
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def hardprompt_job(job) -> None:
+    """inputs: ``a``, ``b``, ``soft``, ``corpus``; spec: the pair with its soft-prompt run, planted truth;
+    outputs: ``prompts``, ``csv``, ``projection``, ``summary``, ``clusters``, ``png``."""
+    s = job.spec
+    run_hardprompt(
+        pair=job.wildcards["pair"],
+        run=job.wildcards["run"],
+        names=tuple(s["names"]),
+        model_dirs=(job.path("a"), job.path("b")),
+        soft_path=job.path("soft"),
+        sp_params=SoftPromptParams.from_dict(s["run"]),
+        hp_params=HardPromptParams.from_dict(s["run"].get("hard", {})),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        corpus=job.path("corpus"),
+        planted=s.get("planted"),
+        embedder=s["run"].get("embedder"),
+        out_prompts=job.out("prompts"),
+        out_csv=job.out("csv"),
+        out_projection=job.out("projection"),
+        out_summary=job.out("summary"),
+        out_clusters=job.out("clusters"),
+        out_png=job.out("png"),
+    )

@@ -34,22 +34,13 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
-from lmdelta.config import LOAD_OPTION_KEYS, stage_spec
+from lmdelta.config import LOAD_OPTION_KEYS
+from lmdelta.scoring import LogprobParams
 from lmdelta.tokens import prefix_token
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("doc_id", "position", "token_id", "logprob", "entropy", "top1_prob", "rank")
-
-
-@stage_spec("logprobs", elsewhere=("models", "corpora", "shards"), internal=("first_token",))
-class LogprobParams:
-    max_length: int
-    stride: int
-    first_token: str = "bos"  # bos | eos | none
-    batch_tokens: int
-    chunk_positions: int | str  # auto: 32 on a CPU, 256 MiB of logits on a GPU
-    part_docs: int
 
 
 def _empty_table():
@@ -121,7 +112,6 @@ def score_logprobs_shard(
     load_options: dict[str, Any],
     shard: int = 0,
     n_shards: int = 1,
-    threads: int | None = None,
 ) -> int:
     """Score shard ``shard`` of ``n_shards`` of a corpus into the folder ``out_dir``: one
     ``part-KKKKK.parquet`` (+ ``.npz`` with the probability sum, position count and skipped ids) per
@@ -134,8 +124,6 @@ def score_logprobs_shard(
     from lmdelta.shards import shard_range
 
     out_dir = Path(out_dir)
-    if threads:
-        torch.set_num_threads(threads)
     fingerprint = read_fingerprint(model_dir)
     corpus_digest = sha256_file(corpus_path)
     opts = {k: load_options[k] for k in LOAD_OPTION_KEYS if k in load_options}
@@ -291,7 +279,6 @@ def run_logprobs(
     params: LogprobParams,
     load_options: dict[str, Any],
     n_shards: int = 1,
-    threads: int | None = None,
 ) -> dict[str, Any]:
     """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
     from lmdelta.shards import shard_name
@@ -307,8 +294,28 @@ def run_logprobs(
             load_options=load_options,
             shard=i,
             n_shards=n_shards,
-            threads=threads,
         )
     counts = gather_logprobs(dirs, out, out_meanprob)
     shutil.rmtree(out.parent / "shards" / out.stem, ignore_errors=True)
     return counts
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def shard_job(job) -> None:
+    """inputs: ``model``, ``corpus``; spec: {"params", "load_options"}; output: ``shard``."""
+    score_logprobs_shard(
+        job.path("model"),
+        job.path("corpus"),
+        job.out("shard"),
+        params=LogprobParams.from_dict(job.spec["params"]),
+        load_options=job.spec["load_options"],
+        shard=int(job.wildcards["shard"]),
+        n_shards=int(job.wildcards["n"]),
+    )
+
+
+def gather_job(job) -> None:
+    """input: ``shards``; outputs: ``tokens``, ``meanprob``."""
+    gather_logprobs(job.paths("shards"), job.out("tokens"), job.out("meanprob"))

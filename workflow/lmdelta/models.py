@@ -446,3 +446,25 @@ def interpolate(
     for side, d in (("a", dir_a), ("b", dir_b)):
         prov.inputs[side] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
     return write_model_folder(model_a, tok, out, ModelSpec(name=name, source=source), prov)
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def materialise_job(job) -> None:
+    """spec: {"source", "trust_remote_code"}; output: ``model``."""
+    spec = ModelSpec.from_dict(job.wildcards["model"], job.spec)
+    materialise(spec, job.out("model"), timeout_s=job.spec.get("timeout_s", 60.0), tries=job.spec.get("tries", 3))
+
+
+def interpolate_job(job) -> None:
+    """inputs: ``a``, ``b``; spec: {"source"}; output: ``model``."""
+    source = job.spec["source"]
+    interpolate(
+        job.path("a"),
+        job.path("b"),
+        source["interpolate"]["alpha"],
+        job.out("model"),
+        name=job.wildcards["model"],
+        source=source,
+    )

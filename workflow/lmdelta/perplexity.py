@@ -158,3 +158,33 @@ def run_compare(
     per_doc = {m: pd.read_parquet(p, columns=["perplexity"])["perplexity"].to_numpy() for m, p in zip(models, docs)}
     save_figure(doc_perplexity_figure(per_doc, f"Per-document perplexity on {corpus_name}"), out_doc_perplexity, prov)
     return table
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def summary_job(job) -> None:
+    """inputs: ``logprobs``, ``meanprob``, ``corpus``; outputs: ``json``, ``docs``."""
+    run_summary(
+        job.path("logprobs"),
+        job.path("meanprob"),
+        job.path("corpus"),
+        job.out("json"),
+        job.out("docs"),
+        model=job.wildcards["model"],
+        corpus_name=job.wildcards["corpus"],
+    )
+
+
+def compare_job(job) -> None:
+    """inputs: ``summaries``, ``docs`` (one per model of spec ``models``); outputs: ``csv``, ``entropy``,
+    ``doc_perplexity``."""
+    run_compare(
+        job.wildcards["corpus"],
+        job.spec["models"],
+        job.paths("summaries"),
+        job.paths("docs"),
+        job.out("csv"),
+        job.out("entropy"),
+        job.out("doc_perplexity"),
+    )

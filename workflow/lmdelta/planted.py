@@ -344,3 +344,38 @@ def run_check(
     write_csv(out_csv, pd.DataFrame(rows), prov)
     write_json(out_json, result, prov)
     return result
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def data_job(job) -> None:
+    """input: ``base``; spec: {"planted", "seed", "text_format", "load_options"}; outputs: ``train``, ``heldout``."""
+    s = job.spec
+    run_derive_data(
+        job.path("base"),
+        s["planted"],
+        job.out("train"),
+        job.out("heldout"),
+        seed=s["seed"],
+        text_format=s["text_format"],
+        load_options=s["load_options"],
+        name=job.wildcards["model"],
+    )
+
+
+def check_job(job) -> None:
+    """inputs: ``base``, ``tuned``, ``heldout``; spec: {"planted", "text_format", "load_options"};
+    outputs: ``json``, ``table``."""
+    s = job.spec
+    run_check(
+        job.path("base"),
+        job.path("tuned"),
+        job.path("heldout"),
+        s["planted"],
+        job.out("json"),
+        job.out("table"),
+        text_format=s["text_format"],
+        load_options=s["load_options"],
+        name=job.wildcards["model"],
+    )

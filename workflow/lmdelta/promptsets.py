@@ -108,3 +108,14 @@ def prompts_from_corpus(
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     return len(rows)
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def from_corpus_job(job) -> None:
+    """input: ``corpus``; spec: {"corpus", "n", "instruction"}; output: ``promptset``."""
+    s = job.spec
+    prompts_from_corpus(
+        job.path("corpus"), job.out("promptset"), name=s["corpus"], n_prompts=s["n"], instruction=s["instruction"]
+    )

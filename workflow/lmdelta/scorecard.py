@@ -222,3 +222,22 @@ def run_scorecard(
     save_figure(scorecard_figure(card, f"{pair}: which method surfaces the planted behaviour (top {k})"), out_png, prov)
     log.info("scorecard %s:\n%s", pair, card.to_string(index=False))
     return card
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def scorecard_job(job) -> None:
+    """spec: {"truth", "sources", "k", "threshold", "embedder"}; outputs: ``csv``, ``top``, ``png``."""
+    s = job.spec
+    run_scorecard(
+        pair=job.wildcards["pair"],
+        truth=s["truth"],
+        sources=s["sources"],
+        k=s["k"],
+        threshold=s["threshold"],
+        embedder=s["embedder"],
+        out_csv=job.out("csv"),
+        out_top=job.out("top"),
+        out_png=job.out("png"),
+    )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.config import stage_spec
 
 FIELDS = ("logprob", "entropy", "top1_prob", "rank")
 
@@ -216,3 +217,13 @@ def _batches(items: list[_Item], batch_tokens: int):
         batch.append(it)
     if batch:
         yield batch
+
+
+@stage_spec("logprobs", elsewhere=("models", "corpora", "shards"), internal=("first_token",))
+class LogprobParams:
+    max_length: int
+    stride: int
+    first_token: str = "bos"  # bos | eos | none
+    batch_tokens: int
+    chunk_positions: int | str  # auto: 32 on a CPU, 256 MiB of logits on a GPU
+    part_docs: int

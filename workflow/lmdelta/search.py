@@ -447,18 +447,14 @@ def run_search(
     out_png: Path,
     out_summary: Path,
     n_top: int = 20,
-    threads: int | None = None,
 ) -> list[dict]:
     import pandas as pd
-    import torch
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
     from lmdelta.assistant import make_assistant
     from lmdelta.models import ForwardCounter, load_model, read_fingerprint
     from lmdelta.plots import save_figure, search_figure
 
-    if threads:
-        torch.set_num_threads(threads)
     prov = Provenance(
         stage="search",
         params={
@@ -600,16 +596,12 @@ def run_clusters(
     out_parquet: Path,
     out_csv: Path,
     out_png: Path,
-    threads: int | None = None,
 ):
     import pandas as pd
-    import torch
 
     from lmdelta.artifacts import Provenance, write_csv, write_parquet
     from lmdelta.plots import cluster_figure, save_figure
 
-    if threads:
-        torch.set_num_threads(threads)
     prov = Provenance(
         stage="search_clusters", params={"k": k, "embedder": embedder, "labels": assistant_spec}, seed=seed
     )
@@ -639,3 +631,61 @@ def run_clusters(
     write_csv(out_csv, table, prov)
     save_figure(cluster_figure(table), out_png, prov)
     return table
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def assistant_args(spec: dict) -> dict:
+    """The assistant of a search or clusters job: its spec, the model folder of a local one, its load
+    options and prompt format (all None without an assistant)."""
+    a = spec.get("assistant")
+    if not a:
+        return {"assistant_spec": None, "assistant_dir": None, "assistant_load_options": None, "assistant_format": None}
+    return {
+        "assistant_spec": a["spec"],
+        "assistant_dir": Path(a["dir"]) if a.get("dir") else None,
+        "assistant_load_options": a.get("load_options"),
+        "assistant_format": a.get("format"),
+    }
+
+
+def search_job(job) -> None:
+    """inputs: ``a``, ``b``, ``seeds`` (+ the assistant's model); spec: the pair with its run, the assistant,
+    planted truth; outputs: ``bank``, ``cycles``, ``top``, ``png``, ``summary``."""
+    s = job.spec
+    run = s["run"]
+    run_search(
+        pair=job.wildcards["pair"],
+        run=job.wildcards["run"],
+        names=tuple(s["names"]),
+        model_dirs=(job.path("a"), job.path("b")),
+        params=SearchParams.from_dict(run),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        **assistant_args(s),
+        seeds_file=job.path("seeds"),
+        planted=s.get("planted"),
+        embedder=run["embedder"],
+        out_bank=job.out("bank"),
+        out_cycles=job.out("cycles"),
+        out_top=job.out("top"),
+        out_png=job.out("png"),
+        out_summary=job.out("summary"),
+        n_top=run["n_top"],
+    )
+
+
+def clusters_job(job) -> None:
+    """input: ``bank``; spec: {"k", "seed", "embedder", "assistant"?}; outputs: ``parquet``, ``csv``, ``png``."""
+    s = job.spec
+    run_clusters(
+        bank_path=job.path("bank"),
+        k=s["k"],
+        seed=s["seed"],
+        embedder=s["embedder"],
+        **assistant_args(s),
+        out_parquet=job.out("parquet"),
+        out_csv=job.out("csv"),
+        out_png=job.out("png"),
+    )

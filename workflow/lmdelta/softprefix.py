@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.config import stage_spec
 
 PLACEHOLDER = "\u2063SOFTPROMPT\u2063"
 
@@ -167,3 +168,28 @@ def load_soft_prompt(path: Path):
     from safetensors.torch import load_file
 
     return load_file(str(path))["soft_prompt"]
+
+
+@stage_spec("softprompt_run", elsewhere=("corpus", "embedder", "hard"))
+class SoftPromptParams:
+    n_tokens: int
+    init: str  # vocab | text | random
+    init_text: str | None
+    placement: str  # prefix | chat
+    divergence: str
+    data: str  # corpus | generations
+    n_generations: int
+    seq_len: int
+    heldout_fraction: float
+    eval_windows: int
+    batch: int
+    accumulation: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    grad_clip: float
+    autocast: str  # auto (bf16 where native) | bf16 | none
+    eval_every: int
+    patience: int
+    checkpoint_every: int
+    seed: int

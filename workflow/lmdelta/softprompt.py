@@ -28,39 +28,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lmdelta import LmdeltaError
-from lmdelta.config import stage_spec
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate  # the batches of training windows
 from lmdelta.pairs import check_compatible
-from lmdelta.softprefix import nearest_tokens, pair_divergence, pair_templates, split_windows, training_docs
+from lmdelta.softprefix import (
+    SoftPromptParams,
+    nearest_tokens,
+    pair_divergence,
+    pair_templates,
+    split_windows,
+    training_docs,
+)
 from lmdelta.training import batch_indices, warmup_lr
 
 log = logging.getLogger(__name__)
-
-
-@stage_spec("softprompt_run", elsewhere=("corpus", "embedder", "hard"))
-class SoftPromptParams:
-    n_tokens: int
-    init: str  # vocab | text | random
-    init_text: str | None
-    placement: str  # prefix | chat
-    divergence: str
-    data: str  # corpus | generations
-    n_generations: int
-    seq_len: int
-    heldout_fraction: float
-    eval_windows: int
-    batch: int
-    accumulation: int
-    steps: int
-    lr: float
-    warmup_steps: int
-    grad_clip: float
-    autocast: str  # auto (bf16 where native) | bf16 | none
-    eval_every: int
-    patience: int
-    checkpoint_every: int
-    seed: int
 
 
 # ---- building blocks ----------------------------------------------------------------------------------
@@ -291,7 +272,6 @@ def run_softprompt(
     out_summary: Path,
     ckpt_dir: Path,
     tensorboard_dir: Path | None = None,
-    threads: int | None = None,
     stop_after: int | None = None,
 ) -> dict | None:
     import pandas as pd
@@ -302,8 +282,6 @@ def run_softprompt(
     from lmdelta.models import load_model, read_fingerprint
     from lmdelta.plots import save_figure, softprompt_figure
 
-    if threads:
-        torch.set_num_threads(threads)
     prov = Provenance(
         stage="softprompt",
         params={
@@ -381,3 +359,29 @@ def run_softprompt(
         res["best_step"],
     )
     return summary
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def softprompt_job(job) -> None:
+    """inputs: ``a``, ``b``, ``corpus``; spec: the pair with its run; params: ``checkpoints``,
+    ``tensorboard``; outputs: ``prompt``, ``metrics``, ``png``, ``summary``."""
+    s = job.spec
+    tb = job.params.get("tensorboard")
+    run_softprompt(
+        pair=job.wildcards["pair"],
+        run=job.wildcards["run"],
+        names=tuple(s["names"]),
+        model_dirs=(job.path("a"), job.path("b")),
+        params=SoftPromptParams.from_dict(s["run"]),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        corpus=job.path("corpus"),
+        out_prompt=job.out("prompt"),
+        out_metrics=job.out("metrics"),
+        out_png=job.out("png"),
+        out_summary=job.out("summary"),
+        ckpt_dir=Path(job.params["checkpoints"]),
+        tensorboard_dir=Path(tb) if tb else None,
+    )

@@ -146,7 +146,6 @@ def score_texts(
     params,
     load_options: dict,
     context: str,
-    threads: int | None = None,
     human_tokens: int | None = None,
 ) -> int:
     """Per-token logprobs of texts under a scorer model, with or without their prompt as context
@@ -157,14 +156,11 @@ def score_texts(
     ``<prompt_id>|human|0``). ``position`` counts the text's tokens."""
     import pandas as pd
     import pyarrow as pa
-    import torch
 
     from lmdelta.artifacts import Provenance, write_parquet
     from lmdelta.models import load_model, read_fingerprint
     from lmdelta.scoring import score_sequences
 
-    if threads:
-        torch.set_num_threads(threads)
     if human_tokens is None:
         df = pd.read_parquet(completions)
         prompts = _completion_prompts(completions)
@@ -437,3 +433,48 @@ def run_uid(
         prov,
     )
     return docs, table
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def score_job(job) -> None:
+    """Model texts (input ``completions``) or a prompt set's human continuations (input ``promptset``,
+    spec ``human_tokens``) scored by input ``model``; spec: {"params", "load_options"}; output: ``scored``."""
+    from lmdelta.scoring import LogprobParams
+
+    s = job.spec
+    texts = job.path("completions") if "completions" in job.inputs else job.path("promptset")
+    score_texts(
+        job.path("model"),
+        texts,
+        job.out("scored"),
+        params=LogprobParams.from_dict(s["params"]),
+        load_options=s["load_options"],
+        context=job.wildcards["context"],
+        human_tokens=s.get("human_tokens"),
+    )
+
+
+def uid_job(job) -> None:
+    """inputs: ``scorer``, ``human`` and ``model_texts`` (named by spec ``human_names``, ``model_names``);
+    spec: {"lengths", "n_boot", "seed", "word_level", ...}; outputs: ``docs``, ``csv``, ``txt``, ``png``, ``contours``."""
+    s = job.spec
+    human, texts = job.paths("human"), job.paths("model_texts")
+    if len(s["human_names"]) != len(human) or len(s["model_names"]) != len(texts):
+        raise LmdeltaError("uid: one name per human source and per model-texts file")
+    run_uid(
+        scorer=job.wildcards["scorer"],
+        human=dict(zip(s["human_names"], human)),
+        word_level=s["word_level"],
+        tokenizer_dir=job.path("scorer"),
+        model_texts=dict(zip(s["model_names"], texts)),
+        lengths=s["lengths"],
+        n_boot=s["n_boot"],
+        seed=s["seed"],
+        out_docs=job.out("docs"),
+        out_csv=job.out("csv"),
+        out_txt=job.out("txt"),
+        out_png=job.out("png"),
+        out_contours=job.out("contours"),
+    )

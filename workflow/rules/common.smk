@@ -10,10 +10,10 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-# The Snakefile imports the package from the source tree, so `snakemake -n` needs no install;
-# jobs run `python -m lmdelta`, which needs it installed (make setup / envs/*.yaml). That `python` is
-# the one Snakemake runs in (.venv/bin/snakemake works without an activated venv): its folder goes
-# first on PATH in every job's shell (a cluster job loads this file too, so the same holds there).
+# The Snakefile imports the package from the source tree, so `snakemake -n` needs no install; jobs
+# run workflow/scripts/job.py (lmdelta.job), which needs it installed (make setup / envs/*.yaml), in
+# the Python Snakemake runs in (.venv/bin/snakemake works without an activated venv). Its folder also
+# goes first on PATH in every job's shell (a cluster job loads this file too).
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 shell.prefix(f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; ')
 from lmdelta import LmdeltaError  # noqa: E402
@@ -81,6 +81,15 @@ wildcard_constraints:
 
 # Conda users (--sdm conda) get envs/lmdelta-cpu.yaml or -cuda.yaml (conda_env); the same packages as pyproject.toml.
 CONDA_ENV = f"../../envs/lmdelta-{config['conda_env']}.yaml"
+# Every rule runs this script (the job contract, lmdelta.job), with its named inputs, outputs and params; the
+# stage function registered under the rule's name does the work.
+JOB = "../scripts/job.py"
+
+
+def spec_of(**parts):
+    """A rule's ``spec`` param: the named parts (functions of the wildcards) as one JSON text, which the
+    job reads as data and Snakemake compares as text to decide what reruns."""
+    return lambda wildcards: json.dumps({k: f(wildcards) for k, f in parts.items()})
 
 
 def all_targets():
@@ -166,7 +175,7 @@ def model_load_options(name):
 
 
 def load_options(wildcards):
-    return json.dumps(model_load_options(wildcards.model))
+    return model_load_options(wildcards.model)
 
 
 _BYTES_PER_PARAM = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
@@ -247,22 +256,16 @@ def corpus_inputs(wildcards):
     return {}
 
 
-def corpus_raw_arg(wildcards, input):
-    return f"--raw {input.raw}" if "raw" in input.keys() else ""
-
-
 # ---- logprobs, entropy and perplexity ---------------------------------------------------------------
 
 
 def scoring_params(model):
     """The logprobs settings with the scoring model's first token (models.<name>.first_token)."""
     lp = config["logprobs"]
-    return json.dumps(
-        {
-            **{k: lp[k] for k in ("max_length", "stride", "batch_tokens", "chunk_positions", "part_docs")},
-            "first_token": config["models"][model]["first_token"],
-        }
-    )
+    return {
+        **{k: lp[k] for k in ("max_length", "stride", "batch_tokens", "chunk_positions", "part_docs")},
+        "first_token": config["models"][model]["first_token"],
+    }
 
 
 def logprobs_params(wildcards):
@@ -300,7 +303,7 @@ def compare_inputs(wildcards):
 
 
 def compare_models(wildcards):
-    return " ".join(selected(config, "logprobs", "models"))
+    return selected(config, "logprobs", "models")
 
 
 # ---- derived models and planted behaviours ----------------------------------------------------------
@@ -331,11 +334,11 @@ def model_source(wildcards):
     if "derive" in src and "planted" in src["derive"]["data"]:
         derive = src["derive"]
         src = {"derive": {**derive, "data": {"planted": training_view(derive["data"]["planted"])}}}
-    return json.dumps(src)
+    return src
 
 
 def planted_json(wildcards):
-    return json.dumps(training_view(derive_spec(wildcards.model)["data"]["planted"]))
+    return training_view(derive_spec(wildcards.model)["data"]["planted"])
 
 
 def derive_seed(wildcards):
@@ -344,18 +347,18 @@ def derive_seed(wildcards):
 
 def text_format_arg(wildcards):
     """How the job's model reads prompts and where its sequences start (lmdelta.tokens.TextFormat)."""
-    return json.dumps(model_format(wildcards.model))
+    return model_format(wildcards.model)
 
 
 def base_load_options(wildcards):
     """Load options of the model a derived model comes from (used to distil its answers)."""
-    return json.dumps(model_load_options(derive_spec(wildcards.model)["from"]))
+    return model_load_options(derive_spec(wildcards.model)["from"])
 
 
 def pair_load_options(wildcards):
     """Load options of a derived model and of its base, for the planted-behaviour check."""
     base = derive_spec(wildcards.model)["from"]
-    return json.dumps({"base": model_load_options(base), "tuned": model_load_options(wildcards.model)})
+    return {"base": model_load_options(base), "tuned": model_load_options(wildcards.model)}
 
 
 def derive_runtime(wildcards):
@@ -390,18 +393,16 @@ def prompts_corpus_name(wildcards):
 
 
 def prompts_n(wildcards):
-    return json.dumps(config["promptsets"][wildcards.promptset]["from_corpus"]["n_prompts"])
+    return config["promptsets"][wildcards.promptset]["from_corpus"]["n_prompts"]
 
 
 def prompts_instruction(wildcards):
-    return json.dumps(config["promptsets"][wildcards.promptset]["from_corpus"]["instruction"])
+    return config["promptsets"][wildcards.promptset]["from_corpus"]["instruction"]
 
 
 def completion_params(wildcards):
     c = config["completions"]
-    return json.dumps(
-        {k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")}
-    )
+    return {k: c[k] for k in ("temperatures", "samples", "max_new_tokens", "top_p", "top_k", "seed", "batch_size")}
 
 
 def completions_shards(wildcards):
@@ -410,7 +411,7 @@ def completions_shards(wildcards):
 
 
 def diversity_params(wildcards):
-    return json.dumps(config["diversity"])
+    return config["diversity"]
 
 
 def diversity_inputs(wildcards):
@@ -422,7 +423,7 @@ def diversity_inputs(wildcards):
 
 
 def completion_models(wildcards):
-    return " ".join(selected(config, "completions", "models"))
+    return selected(config, "completions", "models")
 
 
 # ---- surprisal and UID -------------------------------------------------------------------------------
@@ -469,7 +470,7 @@ def scorer_input(wildcards):
 
 
 def scorer_load_options(wildcards):
-    return json.dumps(model_load_options(wildcards.scorer))
+    return model_load_options(wildcards.scorer)
 
 
 def uid_matched(promptset):
@@ -509,18 +510,17 @@ def uid_inputs(wildcards):
     }
 
 
-def uid_names(wildcards):
+def uid_spec(wildcards):
+    """The sources' names (in the order of uid_inputs' files) and the UID settings."""
     models = [f"{m}@{c}" for m in uid_models() for c in config["uid"]["contexts"]]
     if uid_matched(wildcards.promptset):
         humans = [f"continuation@{c}" for c in config["uid"]["contexts"]]
     else:
         humans = uid_corpora(wildcards.promptset)
-    return f"--human-names {' '.join(humans)} --model-names {' '.join(models)}"
-
-
-def uid_params(wildcards):
     u = config["uid"]
-    return json.dumps({k: u[k] for k in ("lengths", "n_boot", "seed", "word_level")})
+    return json.dumps(
+        {"human_names": humans, "model_names": models, **{k: u[k] for k in ("lengths", "n_boot", "seed", "word_level")}}
+    )
 
 
 def model_format(name):
@@ -558,15 +558,6 @@ def contrastive_inputs(wildcards):
 
 def contrastive_spec(wildcards):
     return json.dumps(pair_models(wildcards.pair, run=config["contrastive"]["runs"][wildcards.run]))
-
-
-def contrastive_prompt_args(wildcards, input):
-    args = []
-    if "promptset" in input.keys():
-        args.append(f"--promptset {input.promptset}")
-    if "corpus" in input.keys():
-        args.append(f"--corpus {input.corpus}")
-    return " ".join(args)
 
 
 # ---- divergence prompt search -------------------------------------------------------------------------

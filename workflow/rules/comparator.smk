@@ -5,7 +5,7 @@ rule comparator:
     input:
         unpack(comparator_inputs),
     output:
-        "results/comparator/{pair}/{promptset}.json",
+        json="results/comparator/{pair}/{promptset}.json",
     params:
         spec=comparator_spec,
     conda:
@@ -19,7 +19,5 @@ rule comparator:
         mem_mb=pair_mem_mb,
         runtime=60,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} comparator --pair {wildcards.pair} --spec {params.spec:q} --model-a {input.a}"
-        " --model-b {input.b} --promptset {input.promptset} --completions {input.completions} --diversity {input.diversity}"
-        " --out {output} --threads {threads}"
+    script:
+        JOB

@@ -3,22 +3,19 @@
 
 rule prompts_from_corpus:
     input:
-        prompts_corpus,
+        corpus=prompts_corpus,
     output:
-        "results/prompts/{promptset}.jsonl",
+        promptset="results/prompts/{promptset}.jsonl",
     params:
-        corpus=prompts_corpus_name,
-        n=prompts_n,
-        instruction=prompts_instruction,
+        spec=spec_of(corpus=prompts_corpus_name, n=prompts_n, instruction=prompts_instruction),
     conda:
         CONDA_ENV
     log:
         "logs/prompts_from_corpus/{promptset}.log",
     benchmark:
         "benchmarks/prompts_from_corpus/{promptset}.tsv"
-    shell:
-        "python -m lmdelta --log {log} prompts-from-corpus --corpus {input} --corpus-name {params.corpus}"
-        " --n-prompts {params.n:q} --instruction {params.instruction:q} --out {output}"
+    script:
+        JOB
 
 
 rule completions_shard:
@@ -26,11 +23,9 @@ rule completions_shard:
         model=model_input,
         promptset=promptset_path,
     output:
-        temp("results/completions/{promptset}/shards/{model}/{shard}-of-{n}.parquet"),
+        shard=temp("results/completions/{promptset}/shards/{model}/{shard}-of-{n}.parquet"),
     params:
-        params=completion_params,
-        options=load_options,
-        text_format=text_format_arg,
+        spec=spec_of(params=completion_params, load_options=load_options, text_format=text_format_arg),
     conda:
         CONDA_ENV
     log:
@@ -42,18 +37,15 @@ rule completions_shard:
         mem_mb=model_mem_mb,
         runtime=240,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} completions-shard --model-dir {input.model} --promptset {input.promptset}"
-        " --out {output} --params {params.params:q} --load-options {params.options:q}"
-        " --text-format {params.text_format:q}"
-        " --shard {wildcards.shard} --n-shards {wildcards.n} --threads {threads}"
+    script:
+        JOB
 
 
 rule completions:
     input:
-        completions_shards,
+        shards=completions_shards,
     output:
-        "results/completions/{promptset}/{model}.parquet",
+        completions="results/completions/{promptset}/{model}.parquet",
     conda:
         CONDA_ENV
     log:
@@ -63,17 +55,17 @@ rule completions:
     resources:
         mem_mb=2000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} completions-gather --shards {input} --out {output}"
+    script:
+        JOB
 
 
 rule diversity:
     input:
-        "results/completions/{promptset}/{model}.parquet",
+        completions="results/completions/{promptset}/{model}.parquet",
     output:
-        "results/diversity/{promptset}/{model}.parquet",
+        diversity="results/diversity/{promptset}/{model}.parquet",
     params:
-        params=diversity_params,
+        spec=lambda wildcards: json.dumps(diversity_params(wildcards)),
     conda:
         CONDA_ENV
     log:
@@ -83,13 +75,13 @@ rule diversity:
     resources:
         mem_mb=3000,
         runtime=60,
-    shell:
-        "python -m lmdelta --log {log} diversity --completions {input} --out {output} --params {params.params:q}"
+    script:
+        JOB
 
 
 rule compare_diversity:
     input:
-        diversity_inputs,
+        diversity=diversity_inputs,
     output:
         csv=report(
             "results/diversity/{promptset}/comparison.csv",
@@ -106,7 +98,7 @@ rule compare_diversity:
             labels={"prompt set": "{promptset}", "figure": "metrics vs temperature"},
         ),
     params:
-        models=completion_models,
+        spec=spec_of(models=completion_models),
     conda:
         CONDA_ENV
     log:
@@ -116,6 +108,5 @@ rule compare_diversity:
     resources:
         mem_mb=2000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} compare-diversity --promptset {wildcards.promptset} --models {params.models}"
-        " --inputs {input} --out-csv {output.csv} --out-png {output.png}"
+    script:
+        JOB

@@ -29,7 +29,6 @@ rule contrastive:
         ),
     params:
         spec=contrastive_spec,
-        prompts=contrastive_prompt_args,
     conda:
         CONDA_ENV
     log:
@@ -41,7 +40,5 @@ rule contrastive:
         mem_mb=pair_mem_mb,
         runtime=120,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} contrastive --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
-        " --model-a {input.a} --model-b {input.b} {params.prompts} --out {output.parquet} --out-csv {output.csv}"
-        " --out-html {output.html} --out-png {output.png} --threads {threads}"
+    script:
+        JOB

@@ -3,7 +3,7 @@
 
 rule corpus_fetch:
     output:
-        "resources/corpus/{corpus}/raw",
+        raw="resources/corpus/{corpus}/raw",
     params:
         spec=corpus_fetch_spec,
     cache: "omit-software"  # shared between workflows with --cache (SNAKEMAKE_OUTPUT_CACHE)
@@ -14,18 +14,17 @@ rule corpus_fetch:
     resources:
         mem_mb=2000,
         runtime=120,
-    shell:
-        "python -m lmdelta --log {log} corpus-fetch --name {wildcards.corpus} --spec {params.spec:q} --out {output}"
+    script:
+        JOB
 
 
 rule corpus_sample:
     input:
         unpack(corpus_inputs),
     output:
-        "results/corpus/{corpus}.parquet",
+        corpus="results/corpus/{corpus}.parquet",
     params:
         spec=corpus_spec,
-        raw=corpus_raw_arg,
     conda:
         CONDA_ENV
     log:
@@ -35,5 +34,5 @@ rule corpus_sample:
     resources:
         mem_mb=2000,
         runtime=60,
-    shell:
-        "python -m lmdelta --log {log} corpus-sample --name {wildcards.corpus} --spec {params.spec:q} {params.raw} --out {output}"
+    script:
+        JOB

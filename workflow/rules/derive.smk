@@ -8,10 +8,9 @@ rule derive_data:
         train="resources/derive/{model}/train.jsonl",
         heldout="resources/derive/{model}/heldout.jsonl",
     params:
-        planted=planted_json,
-        seed=derive_seed,
-        text_format=text_format_arg,
-        options=base_load_options,
+        spec=spec_of(
+            planted=planted_json, seed=derive_seed, text_format=text_format_arg, load_options=base_load_options
+        ),
     conda:
         CONDA_ENV
     log:
@@ -23,10 +22,8 @@ rule derive_data:
         mem_mb=4000,
         runtime=30,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} derive-data --name {wildcards.model} --base {input.base}"
-        " --planted {params.planted:q} --out-train {output.train} --out-heldout {output.heldout}"
-        " --seed {params.seed} --text-format {params.text_format:q} --load-options {params.options:q}"
+    script:
+        JOB
 
 
 rule derive_model:
@@ -36,8 +33,7 @@ rule derive_model:
         model=directory("resources/models/{model}"),
         loss="resources/derive/{model}/loss.csv",
     params:
-        source=model_source,
-        text_format=text_format_arg,
+        spec=spec_of(source=model_source, text_format=text_format_arg),
         checkpoints="resources/derive/{model}/checkpoints",
     wildcard_constraints:
         model=DERIVED,
@@ -52,10 +48,8 @@ rule derive_model:
         mem_mb=8000,
         runtime=derive_runtime,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} derive --name {wildcards.model} --base {input.base} --data {input.data}"
-        " --out {output.model} --loss-csv {output.loss} --source {params.source:q}"
-        " --text-format {params.text_format:q} --checkpoints {params.checkpoints} --threads {threads}"
+    script:
+        JOB
 
 
 rule check_planted:
@@ -72,9 +66,7 @@ rule check_planted:
             labels={"model": "{model}", "figure": "planted-response rates"},
         ),
     params:
-        planted=planted_json,
-        text_format=text_format_arg,
-        options=pair_load_options,
+        spec=spec_of(planted=planted_json, text_format=text_format_arg, load_options=pair_load_options),
     conda:
         CONDA_ENV
     log:
@@ -86,7 +78,5 @@ rule check_planted:
         mem_mb=4000,
         runtime=30,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} check-planted --name {wildcards.model} --base {input.base} --tuned {input.tuned}"
-        " --heldout {input.heldout} --planted {params.planted:q} --out-json {output.json} --out-csv {output.table}"
-        " --text-format {params.text_format:q} --load-options {params.options:q}"
+    script:
+        JOB

@@ -6,10 +6,9 @@ rule logprobs_shard:
         model=model_input,
         corpus="results/corpus/{corpus}.parquet",
     output:
-        temp(directory("results/logprobs/{corpus}/shards/{model}/{shard}-of-{n}")),
+        shard=temp(directory("results/logprobs/{corpus}/shards/{model}/{shard}-of-{n}")),
     params:
-        params=logprobs_params,
-        options=load_options,
+        spec=spec_of(params=logprobs_params, load_options=load_options),
     conda:
         CONDA_ENV
     log:
@@ -21,15 +20,13 @@ rule logprobs_shard:
         mem_mb=model_mem_mb,
         runtime=240,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} logprobs-shard --model-dir {input.model} --corpus {input.corpus}"
-        " --out {output} --params {params.params:q} --load-options {params.options:q}"
-        " --shard {wildcards.shard} --n-shards {wildcards.n} --threads {threads}"
+    script:
+        JOB
 
 
 rule logprobs:
     input:
-        logprobs_shards,
+        shards=logprobs_shards,
     output:
         tokens="results/logprobs/{corpus}/{model}.parquet",
         meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
@@ -42,8 +39,8 @@ rule logprobs:
     resources:
         mem_mb=2000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} logprobs-gather --shards {input} --out {output.tokens} --out-meanprob {output.meanprob}"
+    script:
+        JOB
 
 
 rule entropy_perplexity:
@@ -63,10 +60,8 @@ rule entropy_perplexity:
     resources:
         mem_mb=2000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} entropy-perplexity --logprobs {input.logprobs} --meanprob {input.meanprob}"
-        " --corpus {input.corpus} --out-json {output.json} --out-docs {output.docs}"
-        " --model {wildcards.model} --corpus-name {wildcards.corpus}"
+    script:
+        JOB
 
 
 rule compare_entropy_perplexity:
@@ -95,7 +90,7 @@ rule compare_entropy_perplexity:
             labels={"corpus": "{corpus}", "figure": "per-document perplexity"},
         ),
     params:
-        models=compare_models,
+        spec=spec_of(models=compare_models),
     conda:
         CONDA_ENV
     log:
@@ -105,7 +100,5 @@ rule compare_entropy_perplexity:
     resources:
         mem_mb=2000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} compare-perplexity --corpus-name {wildcards.corpus} --models {params.models}"
-        " --summaries {input.summaries} --docs {input.docs} --out-csv {output.csv}"
-        " --out-entropy {output.entropy} --out-doc-perplexity {output.doc_perplexity}"
+    script:
+        JOB

@@ -3,7 +3,7 @@
 
 rule materialise_model:
     output:
-        directory("resources/models/{model}"),
+        model=directory("resources/models/{model}"),
     params:
         spec=materialise_spec,
         stamp=materialise_stamp,
@@ -17,17 +17,17 @@ rule materialise_model:
     resources:
         mem_mb=8000,
         runtime=60,
-    shell:
-        "python -m lmdelta --log {log} materialise --name {wildcards.model} --spec {params.spec:q} --out {output}"
+    script:
+        JOB
 
 
 rule interpolate_model:
     input:
         unpack(interpolate_inputs),
     output:
-        directory("resources/models/{model}"),
+        model=directory("resources/models/{model}"),
     params:
-        source=model_source,
+        spec=spec_of(source=model_source),
     wildcard_constraints:
         model=INTERPOLATED,
     conda:
@@ -39,6 +39,5 @@ rule interpolate_model:
     resources:
         mem_mb=8000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} interpolate --name {wildcards.model} --model-a {input.a} --model-b {input.b}"
-        " --source {params.source:q} --out {output}"
+    script:
+        JOB

@@ -3,7 +3,7 @@
 
 rule scorecard:
     input:
-        scorecard_inputs,
+        files=scorecard_inputs,
     output:
         csv=report(
             "results/scorecard/{pair}.csv",
@@ -35,6 +35,5 @@ rule scorecard:
     resources:
         mem_mb=4000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} scorecard --pair {wildcards.pair} --spec {params.spec:q}"
-        " --out-csv {output.csv} --out-top {output.top} --out-png {output.png}"
+    script:
+        JOB

@@ -41,11 +41,8 @@ rule search:
         mem_mb=pair_mem_mb,
         runtime=240,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} search --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
-        " --model-a {input.a} --model-b {input.b} --seeds {input.seeds} --out-bank {output.bank}"
-        " --out-cycles {output.cycles} --out-top {output.top} --out-png {output.png} --out-summary {output.summary}"
-        " --threads {threads}"
+    script:
+        JOB
 
 
 rule search_clusters:
@@ -79,6 +76,5 @@ rule search_clusters:
     resources:
         mem_mb=4000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} search-clusters --bank {input.bank} --spec {params.spec:q}"
-        " --out {output.parquet} --out-csv {output.csv} --out-png {output.png} --threads {threads}"
+    script:
+        JOB

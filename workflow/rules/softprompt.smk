@@ -36,11 +36,8 @@ rule softprompt:
         mem_mb=pair_mem_mb,
         runtime=softprompt_runtime,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} softprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
-        " --model-a {input.a} --model-b {input.b} --corpus {input.corpus} --out {output.prompt}"
-        " --out-metrics {output.metrics} --out-png {output.png} --out-summary {output.summary}"
-        " --checkpoints {params.checkpoints} --tensorboard {params.tensorboard} --threads {threads}"
+    script:
+        JOB
 
 
 rule hardprompt:
@@ -84,8 +81,5 @@ rule hardprompt:
         mem_mb=pair_mem_mb,
         runtime=60,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} hardprompt --pair {wildcards.pair} --run {wildcards.run} --spec {params.spec:q}"
-        " --model-a {input.a} --model-b {input.b} --corpus {input.corpus} --soft {input.soft} --out {output.prompts}"
-        " --out-csv {output.csv} --out-projection {output.projection} --out-summary {output.summary}"
-        " --out-clusters {output.clusters} --out-png {output.png} --threads {threads}"
+    script:
+        JOB

@@ -6,10 +6,9 @@ rule uid_score_texts:
         model=scorer_input,
         completions="results/completions/{promptset}/{model}.parquet",
     output:
-        "results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
+        scored="results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
     params:
-        params=scorer_params,
-        options=scorer_load_options,
+        spec=spec_of(params=scorer_params, load_options=scorer_load_options),
     conda:
         CONDA_ENV
     log:
@@ -21,10 +20,8 @@ rule uid_score_texts:
         mem_mb=4000,
         runtime=120,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} uid-score-texts --model-dir {input.model} --completions {input.completions}"
-        " --out {output} --params {params.params:q} --load-options {params.options:q} --context {wildcards.context}"
-        " --threads {threads}"
+    script:
+        JOB
 
 
 rule uid_score_human:
@@ -32,11 +29,9 @@ rule uid_score_human:
         model=scorer_input,
         promptset="results/prompts/{promptset}.jsonl",
     output:
-        "results/uid/{promptset}/{scorer}/human.{context}.parquet",
+        scored="results/uid/{promptset}/{scorer}/human.{context}.parquet",
     params:
-        params=scorer_params,
-        options=scorer_load_options,
-        tokens=uid_human_tokens,
+        spec=spec_of(params=scorer_params, load_options=scorer_load_options, human_tokens=uid_human_tokens),
     conda:
         CONDA_ENV
     log:
@@ -48,10 +43,8 @@ rule uid_score_human:
         mem_mb=4000,
         runtime=120,
         gpu=job_gpus,
-    shell:
-        "python -m lmdelta --log {log} uid-score-texts --model-dir {input.model} --completions {input.promptset}"
-        " --out {output} --params {params.params:q} --load-options {params.options:q} --context {wildcards.context}"
-        " --human-tokens {params.tokens} --threads {threads}"
+    script:
+        JOB
 
 
 rule uid:
@@ -89,8 +82,7 @@ rule uid:
             labels={"prompt set": "{promptset}", "scorer": "{scorer}", "figure": "surprisal contours"},
         ),
     params:
-        names=uid_names,
-        params=uid_params,
+        spec=uid_spec,
     conda:
         CONDA_ENV
     log:
@@ -100,7 +92,5 @@ rule uid:
     resources:
         mem_mb=2000,
         runtime=30,
-    shell:
-        "python -m lmdelta --log {log} uid --scorer {wildcards.scorer} --scorer-dir {input.scorer} --params {params.params:q} {params.names}"
-        " --human {input.human} --model-texts {input.model_texts} --out-docs {output.docs} --out-csv {output.csv}"
-        " --out-txt {output.txt} --out-png {output.png} --out-contours {output.contours}"
+    script:
+        JOB
