@@ -291,9 +291,9 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
 
+    from conftest import job_command
     from lmdelta.corpus import iter_builtin_documents
 
     corpus = tmp_path / "corpus.parquet"
@@ -311,40 +311,24 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(pair, tmp_path):
         "autocast": "none",
         "patience": 100,
     }
-    spec = json.dumps({"names": ["a", "b"], "run": run, "load_options": [CPU, CPU], "formats": [{}, {}]})
+    spec = {"names": ["a", "b"], "run": run, "load_options": [CPU, CPU], "formats": [{}, {}]}
 
     def command(name):
         out = tmp_path / name
-        return [
-            sys.executable,
-            "-m",
-            "lmdelta",
+        return job_command(
+            tmp_path / "jobs",
             "softprompt",
-            "--pair",
-            "p",
-            "--run",
-            "r",
-            "--spec",
-            spec,
-            "--model-a",
-            str(pair / "a"),
-            "--model-b",
-            str(pair / "b"),
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(out / "prompt.safetensors"),
-            "--out-metrics",
-            str(out / "metrics.csv"),
-            "--out-png",
-            str(out / "curve.png"),
-            "--out-summary",
-            str(out / "summary.json"),
-            "--checkpoints",
-            str(out / "ckpt"),
-            "--threads",
-            "1",
-        ]
+            name=name,
+            inputs={"a": pair / "a", "b": pair / "b", "corpus": corpus},
+            outputs={
+                "prompt": out / "prompt.safetensors",
+                "metrics": out / "metrics.csv",
+                "png": out / "curve.png",
+                "summary": out / "summary.json",
+            },
+            params={"spec": spec, "checkpoints": out / "ckpt"},
+            wildcards={"pair": "p", "run": "r"},
+        )
 
     env = {**os.environ, "PYTHONPATH": str(__import__("conftest").ROOT / "workflow")}
     assert subprocess.run(command("whole"), env=env, capture_output=True).returncode == 0

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
-from lmdelta.artifacts import Provenance, atomic_path, read_jsonl, write_csv
+from lmdelta.artifacts import Provenance, read_jsonl, write_csv
 from lmdelta.config import stage_spec
 from lmdelta.models import pad_id
-from lmdelta.training import batch_indices, warmup_lr
+from lmdelta.training import batch_indices, load_checkpoint, save_checkpoint, warmup_lr
 
 log = logging.getLogger(__name__)
 
@@ -103,36 +103,20 @@ def _trainable(model) -> dict[str, Any]:
     return {n: t for n, t in model.named_parameters() if t.requires_grad}
 
 
-def _save_checkpoint(ckpt: Path, step: int, model, optimizer, losses: list[dict]) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    ckpt.mkdir(parents=True, exist_ok=True)
-    with atomic_path(ckpt / "weights.safetensors") as tmp:
-        save_file({n: t.detach().contiguous().cpu() for n, t in _trainable(model).items()}, str(tmp))
-    with atomic_path(ckpt / "optimizer.pt") as tmp:
-        torch.save(optimizer.state_dict(), tmp)
-    # written last: a checkpoint counts only once its step file names it
-    with atomic_path(ckpt / "state.json") as tmp:
-        tmp.write_text(json.dumps({"step": step, "losses": losses}))
-
-
 def _load_checkpoint(ckpt: Path, model, optimizer) -> tuple[int, list[dict]]:
+    """(step, losses) of the last checkpoint, its weights copied into the model's trainable tensors."""
     import torch
-    from safetensors.torch import load_file
 
-    state_file = ckpt / "state.json"
-    if not state_file.exists():
+    got = load_checkpoint(ckpt, optimizer, weights="weights.safetensors")
+    if got is None:
         return 0, []
-    state = json.loads(state_file.read_text())
-    weights = load_file(str(ckpt / "weights.safetensors"))
+    weights, state = got
     params = _trainable(model)
     if set(weights) != set(params):
         raise LmdeltaError(f"derive: checkpoint {ckpt} does not fit this model; delete the folder to start over")
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     log.info("resuming from step %d (%s)", state["step"], ckpt)
     return state["step"], state["losses"]
 
@@ -228,7 +212,13 @@ def train(
         )
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
-            _save_checkpoint(ckpt_dir, step + 1, model, optimizer, losses)
+            save_checkpoint(
+                ckpt_dir,
+                _trainable(model),
+                optimizer,
+                {"step": step + 1, "losses": losses},
+                weights="weights.safetensors",
+            )
     bar.close()
     if stop_after is not None and end < params.steps:
         return losses

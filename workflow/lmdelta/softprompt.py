@@ -39,7 +39,7 @@ from lmdelta.softprefix import (
     split_windows,
     training_docs,
 )
-from lmdelta.training import batch_indices, warmup_lr
+from lmdelta.training import batch_indices, load_checkpoint, save_checkpoint, warmup_lr
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,7 @@ def train_prompt(
     """Train P (checkpoints in ``ckpt_dir`` are reused only for the same settings, data and ``identity``:
     the models' fingerprints, so a changed model starts afresh); return {"prompt" (best P), "metrics" (rows), "best_step", "best_heldout", "baseline_heldout", "stopped_early"}."""
     import torch
-    from safetensors.torch import load_file, save_file
     from tqdm import tqdm
-
-    from lmdelta.artifacts import atomic_path
 
     train, held = windows
     pad = pad_id(toks[0])
@@ -144,13 +141,12 @@ def train_prompt(
         "stopped_early": False,
         "model_calls": 0,
     }
-    if (ckpt_dir / "state.json").exists():
-        state = json.loads((ckpt_dir / "state.json").read_text())
-        tensors = load_file(str(ckpt_dir / "prompt.safetensors"))
+    got = load_checkpoint(ckpt_dir, optimizer, weights="prompt.safetensors")
+    if got is not None:
+        tensors, state = got
         with torch.no_grad():
             prompt.copy_(tensors["prompt"])
         best = tensors["best"]
-        optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
         log.info("resuming soft-prompt training from step %d (%s)", state["step"], ckpt_dir)
     else:
         best = prompt.detach().clone()
@@ -160,12 +156,7 @@ def train_prompt(
 
     def checkpoint():
         state["model_calls"] = calls_before + calls.n
-        with atomic_path(ckpt_dir / "prompt.safetensors") as tmp:
-            save_file({"prompt": prompt.detach().cpu().contiguous(), "best": best.cpu().contiguous()}, str(tmp))
-        with atomic_path(ckpt_dir / "optimizer.pt") as tmp:
-            torch.save(optimizer.state_dict(), tmp)
-        with atomic_path(ckpt_dir / "state.json") as tmp:  # last: a checkpoint counts once this names it
-            tmp.write_text(json.dumps(state))
+        save_checkpoint(ckpt_dir, {"prompt": prompt, "best": best}, optimizer, state, weights="prompt.safetensors")
 
     end = p.steps if stop_after is None else min(p.steps, stop_after)
     bar = tqdm(
