@@ -43,7 +43,7 @@ demo: $(STAMP)
 	@echo "demo finished: open results/report.html; artifacts are in results/ and resources/models/"
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The unit tests without the slow ones (end-to-end workflows, real models, every family): minutes, not half an hour.
 test-fast: $(STAMP)

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 import zstandard
 
-from conftest import TEXTS, jsonl_bytes, snapshot, zst_multiframe
+from conftest import TEXTS, job_command, jsonl_bytes, snapshot, zst_multiframe
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
 from lmdelta.config import CorpusSpec, validate_config
@@ -227,20 +226,14 @@ def test_cli_error_is_one_line_with_exit_status_2(tmp_path):
         }
     )
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmdelta",
-            "--log",
-            str(tmp_path / "log"),
-            "corpus-sample",
-            "--name",
-            "c",
-            "--spec",
-            s,
-            "--out",
-            str(tmp_path / "o.parquet"),
-        ],
+        job_command(
+            tmp_path / "jobs",
+            "corpus_sample",
+            outputs={"corpus": tmp_path / "o.parquet"},
+            params={"spec": json.loads(s)},
+            wildcards={"corpus": "c"},
+            log=tmp_path / "log",
+        ),
         capture_output=True,
         text=True,
     )

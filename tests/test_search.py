@@ -82,9 +82,13 @@ def test_selection_probabilities_against_direct_computation():
     score = np.array([0 + 0.5 * 1.0 + 0, 1 / 3 + 0 + 2.0, 1.0 + 0.5 * 0.5 + 0])
     want = np.exp(score / 0.5) / np.exp(score / 0.5).sum()
     np.testing.assert_allclose(p, want, rtol=1e-12)
-    uniform = selection_probabilities(div, dvs, judged, Weighting(0.0, 0.0, 0.0), temperature=0.25)
+    uniform = selection_probabilities(
+        div, dvs, judged, Weighting(divergence=0.0, diversity=0.0, judge=0.0), temperature=0.25
+    )
     np.testing.assert_allclose(uniform, [1 / 3] * 3)
-    only_div = selection_probabilities(div, dvs, judged, Weighting(1.0, 0.0, 0.0), temperature=0.25)
+    only_div = selection_probabilities(
+        div, dvs, judged, Weighting(divergence=1.0, diversity=0.0, judge=0.0), temperature=0.25
+    )
     assert only_div[2] > only_div[1] > only_div[0]
 
 

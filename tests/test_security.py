@@ -84,7 +84,7 @@ def test_the_package_never_unpickles_or_evaluates_data():
                 found.append(("trust_remote_code=True", where, False))
     bad = [f for f in found if not f[2]]
     assert not bad, bad
-    assert sum(f[0] == "torch.load" for f in found) >= 2, "the optimizer checkpoints are loaded with torch.load"
+    assert sum(f[0] == "torch.load" for f in found) >= 1, "the optimizer checkpoints are loaded with torch.load"
 
 
 def test_remote_code_is_off_unless_set_per_model():
