@@ -103,8 +103,8 @@ def run_comparator(
     from lmdelta import LmdeltaError
     from lmdelta.artifacts import Provenance, write_json
     from lmdelta.divergence import text_divergences
-    from lmdelta.models import load_model, pad_id, read_fingerprint
-    from lmdelta.pairs import check_same_tokenizer
+    from lmdelta.models import pad_id
+    from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
     from lmdelta.promptsets import read_promptset
     from lmdelta.tokens import TextFormat, prompt_ids
 
@@ -120,8 +120,7 @@ def run_comparator(
             "batch_size": batch_size,
         },
     )
-    for side, d in zip(("a", "b"), model_dirs):
-        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    record_pair(prov, model_dirs)
     for name, path in (
         ("promptset", promptset),
         ("completions_a", completions[0]),
@@ -137,8 +136,7 @@ def run_comparator(
             f"comparator: {names[0]} and {names[1]} have no completion in common (same prompt, temperature "
             "and sample); give both models the same completions settings"
         )
-    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
-    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    models, toks = load_pair(model_dirs, load_options)
     check_same_tokenizer(toks[0], toks[1], pair)
     heads = []
     for tok, fmt in zip(toks, formats):

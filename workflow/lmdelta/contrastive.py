@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lmdelta.config import known_fields, stage_spec
-from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair
+from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair, load_pair, record_pair
 from lmdelta.promptsets import read_promptset
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def run_contrastive(
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
-    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter
     from lmdelta.plots import divergence_figure, save_figure
 
     prov = Provenance(
@@ -145,13 +145,11 @@ def run_contrastive(
         },
         seed=params.seed,
     )
-    for side, d in zip(("a", "b"), model_dirs):
-        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    record_pair(prov, model_dirs)
     for name, path in (("promptset", promptset), ("corpus", corpus)):
         if path is not None:
             prov.add_input(name, path)
-    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
-    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    models, toks = load_pair(model_dirs, load_options)
     check_same_tokenizer(toks[0], toks[1], pair)
     prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
     calls = ForwardCounter(*models)

@@ -44,7 +44,16 @@ from lmdelta.config import stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate
-from lmdelta.pairs import DIVERGENCES, check_compatible, normalise, pair_scorer, pool_scores, sub_seed
+from lmdelta.pairs import (
+    DIVERGENCES,
+    check_compatible,
+    load_pair,
+    normalise,
+    pair_scorer,
+    pool_scores,
+    record_pair,
+    sub_seed,
+)
 from lmdelta.softprefix import (
     PLACEHOLDER,
     SoftPromptParams,
@@ -407,7 +416,7 @@ def run_hardprompt(
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
-    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter
     from lmdelta.plots import hardprompt_figure, save_figure
 
     prov = Provenance(
@@ -427,13 +436,11 @@ def run_hardprompt(
         seed=hp_params.seed,
     )
     first_tokens = tuple(f.get("first_token", "bos") for f in formats)
-    for side, d in zip(("a", "b"), model_dirs):
-        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    record_pair(prov, model_dirs)
     prov.add_input("soft_prompt", soft_path)
     if corpus is not None:
         prov.add_input("corpus", corpus)
-    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
-    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    models, toks = load_pair(model_dirs, load_options)
     check_compatible(models, toks, pair)
     for m in models:
         m.eval()

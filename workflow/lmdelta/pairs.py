@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.models import pad_id
+from lmdelta.models import load_model, pad_id, read_fingerprint
 
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
 Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
@@ -37,6 +37,18 @@ class PairDecoding:
     seed: int
     batch_size: int
     include_prompt: bool = False
+
+
+def record_pair(prov, model_dirs) -> None:
+    """The pair's models as the provenance inputs ``model_a`` and ``model_b``: folder and weights digest."""
+    for side, d in zip(("a", "b"), model_dirs):
+        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+
+
+def load_pair(model_dirs, load_options) -> tuple[list, list]:
+    """([model a, model b], [tokenizer a, tokenizer b]), each model loaded with its own options."""
+    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
+    return [m for m, _ in loaded], [t for _, t in loaded]
 
 
 def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:

@@ -48,7 +48,16 @@ from lmdelta import LmdeltaError
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import known_fields, stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
-from lmdelta.pairs import Scorer, check_same_tokenizer, normalise, pair_scorer, pool_scores, sub_seed
+from lmdelta.pairs import (
+    Scorer,
+    check_same_tokenizer,
+    load_pair,
+    normalise,
+    pair_scorer,
+    pool_scores,
+    record_pair,
+    sub_seed,
+)
 from lmdelta.promptsets import read_promptset
 
 log = logging.getLogger(__name__)
@@ -452,7 +461,7 @@ def run_search(
 
     from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
     from lmdelta.assistant import make_assistant
-    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+    from lmdelta.models import ForwardCounter, read_fingerprint
     from lmdelta.plots import save_figure, search_figure
 
     prov = Provenance(
@@ -471,8 +480,7 @@ def run_search(
         },
         seed=params.seed,
     )
-    for side, d in zip(("a", "b"), model_dirs):
-        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    record_pair(prov, model_dirs)
     if assistant_dir is not None:
         prov.inputs["assistant"] = {
             "path": str(assistant_dir),
@@ -480,8 +488,8 @@ def run_search(
         }
     prov.add_input("seeds", seeds_file)
     seeds = [{"id": s["id"], "prompt": s["prompt"]} for s in read_promptset(seeds_file)]
-    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
-    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    models, toks = load_pair(model_dirs, load_options)
+    loaded = list(zip(models, toks))
     check_same_tokenizer(toks[0], toks[1], pair)
     reuse = None  # the assistant is often a model of the pair: load it once
     if "model" in assistant_spec and assistant_dir is not None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from lmdelta import LmdeltaError
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate  # the batches of training windows
-from lmdelta.pairs import check_compatible
+from lmdelta.pairs import check_compatible, load_pair, record_pair
 from lmdelta.softprefix import (
     SoftPromptParams,
     nearest_tokens,
@@ -270,7 +270,6 @@ def run_softprompt(
     from safetensors.torch import save_file
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
-    from lmdelta.models import load_model, read_fingerprint
     from lmdelta.plots import save_figure, softprompt_figure
 
     prov = Provenance(
@@ -288,12 +287,10 @@ def run_softprompt(
         seed=params.seed,
     )
     first_tokens = tuple(f.get("first_token", "bos") for f in formats)
-    for side, d in zip(("a", "b"), model_dirs):
-        prov.inputs[f"model_{side}"] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
+    record_pair(prov, model_dirs)
     if corpus is not None:
         prov.add_input("corpus", corpus)
-    loaded = [load_model(d, **o) for d, o in zip(model_dirs, load_options)]
-    models, toks = [m for m, _ in loaded], [t for _, t in loaded]
+    models, toks = load_pair(model_dirs, load_options)
     check_compatible(models, toks, pair)
     torch.manual_seed(params.seed)
     windows = split_windows(training_docs(models, toks, params, corpus), params)
