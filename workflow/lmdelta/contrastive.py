@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +52,8 @@ class RunParams:
         return cls(**kw)
 
     def decoding(self) -> PairDecoding:
-        return PairDecoding(
-            weights=self.weights,
-            space=self.space,
-            plausibility_alpha=self.plausibility_alpha,
-            samples=self.samples,
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            include_prompt=self.include_prompt,
-        )
+        """The run's decoding settings: every field of PairDecoding, taken from the run by name."""
+        return PairDecoding(**{f.name: getattr(self, f.name) for f in fields(PairDecoding)})
 
 
 def build_prompts(spec: dict[str, Any], *, promptset: Path | None, corpus: Path | None) -> list[dict[str, str]]:
