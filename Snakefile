@@ -24,5 +24,5 @@ include: "workflow/rules/scorecard.smk"
 
 rule all:
     input:
-        all_targets(),
+        plan.targets(),
     default_target: True

@@ -24,7 +24,7 @@ from lmdelta.promptsets import _schema, read_promptset
 log = logging.getLogger(__name__)
 
 
-@stage_spec("completions", elsewhere=("models", "promptsets", "shards"))
+@stage_spec("completions")
 class CompletionParams:
     temperatures: tuple[float, ...]
     samples: int

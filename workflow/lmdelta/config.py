@@ -376,15 +376,31 @@ def schema_node(ref: str) -> dict[str, Any]:
     return node
 
 
+def planning_keys(ref: str) -> tuple[str, ...]:
+    """Keys of a schema node marked ``x-planning: true``: read by the workflow's planning (which jobs run,
+    on what: lmdelta.plan), never passed to the stage."""
+    return tuple(k for k, v in schema_node(ref)["properties"].items() if v.get("x-planning"))
+
+
+def stage_section(ref: str, section: dict[str, Any]) -> dict[str, Any]:
+    """A config section as its stage receives it: every key but the planning ones, in schema order. A key
+    added to the schema reaches the stage with no change to the planning."""
+    props, planning = schema_node(ref)["properties"], set(planning_keys(ref))
+    return {k: section[k] for k in props if k in section and k not in planning}
+
+
 def stage_spec(ref: str, *, elsewhere: tuple[str, ...] = (), internal: tuple[str, ...] = ()):
     """Class decorator: one definition for a stage's parameters. The class lists names and types only;
     it becomes a frozen, keyword-only dataclass whose defaults are the schema's (``schema_node(ref)``),
     so a default is written once, in the schema, beside its description. Every field must be a key of
     that node, except ``internal`` fields (set by the workflow, with a default in the class); every key
-    of the node must be a field or one of ``elsewhere`` (keys another part of the stage reads). Either
+    of the node must be a field, one of ``elsewhere`` (keys another part of the stage reads) or a planning
+    key (``planning_keys``). Either
     mismatch fails at import. ``from_dict`` (known keys only) is added unless the class has its own.
     A nested section (``type: object``) may keep a default in the class (its
     own spec class, itself built from the schema)."""
+
+    elsewhere = tuple(elsewhere) + planning_keys(ref)
 
     def wrap(cls):
         props = schema_node(ref)["properties"]

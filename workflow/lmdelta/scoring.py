@@ -219,7 +219,7 @@ def _batches(items: list[_Item], batch_tokens: int):
         yield batch
 
 
-@stage_spec("logprobs", elsewhere=("models", "corpora", "shards"), internal=("first_token",))
+@stage_spec("logprobs", internal=("first_token",))
 class LogprobParams:
     max_length: int
     stride: int

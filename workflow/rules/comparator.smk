@@ -3,11 +3,11 @@
 
 rule comparator:
     input:
-        unpack(comparator_inputs),
+        unpack(plan.comparator_inputs),
     output:
         json="results/comparator/{pair}/{promptset}.json",
     params:
-        spec=comparator_spec,
+        spec=plan.comparator_spec,
     conda:
         CONDA_ENV
     log:
@@ -16,8 +16,8 @@ rule comparator:
         "benchmarks/comparator/{pair}/{promptset}.tsv"
     threads: 2
     resources:
-        mem_mb=pair_mem_mb,
+        mem_mb=plan.pair_mem_mb,
         runtime=60,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB

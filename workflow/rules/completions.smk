@@ -3,11 +3,11 @@
 
 rule prompts_from_corpus:
     input:
-        corpus=prompts_corpus,
+        corpus=plan.prompts_corpus,
     output:
         promptset="results/prompts/{promptset}.jsonl",
     params:
-        spec=spec_of(corpus=prompts_corpus_name, n=prompts_n, instruction=prompts_instruction),
+        spec=plan.prompts_from_corpus_spec,
     conda:
         CONDA_ENV
     log:
@@ -20,12 +20,12 @@ rule prompts_from_corpus:
 
 rule completions_shard:
     input:
-        model=model_input,
-        promptset=promptset_path,
+        model=plan.model_input,
+        promptset=plan.promptset_path,
     output:
         shard=temp("results/completions/{promptset}/shards/{model}/{shard}-of-{n}.parquet"),
     params:
-        spec=spec_of(params=completion_params, load_options=load_options, text_format=text_format_arg),
+        spec=plan.completions_shard_spec,
     conda:
         CONDA_ENV
     log:
@@ -34,16 +34,16 @@ rule completions_shard:
         "benchmarks/completions/{promptset}/{model}.{shard}-of-{n}.tsv"
     threads: 4
     resources:
-        mem_mb=model_mem_mb,
+        mem_mb=plan.model_mem_mb,
         runtime=240,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule completions:
     input:
-        shards=completions_shards,
+        shards=plan.completions_shards,
     output:
         completions="results/completions/{promptset}/{model}.parquet",
     conda:
@@ -65,7 +65,7 @@ rule diversity:
     output:
         diversity="results/diversity/{promptset}/{model}.parquet",
     params:
-        spec=lambda wildcards: json.dumps(diversity_params(wildcards)),
+        spec=plan.diversity_spec,
     conda:
         CONDA_ENV
     log:
@@ -81,7 +81,7 @@ rule diversity:
 
 rule compare_diversity:
     input:
-        diversity=diversity_inputs,
+        diversity=plan.compare_diversity_inputs,
     output:
         csv=report(
             "results/diversity/{promptset}/comparison.csv",
@@ -98,7 +98,7 @@ rule compare_diversity:
             labels={"prompt set": "{promptset}", "figure": "metrics vs temperature"},
         ),
     params:
-        spec=spec_of(models=completion_models),
+        spec=plan.compare_diversity_spec,
     conda:
         CONDA_ENV
     log:

@@ -3,7 +3,7 @@
 
 rule contrastive:
     input:
-        unpack(contrastive_inputs),
+        unpack(plan.contrastive_inputs),
     output:
         parquet="results/contrastive/{pair}/{run}.parquet",
         csv=report(
@@ -28,7 +28,7 @@ rule contrastive:
             labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by position"},
         ),
     params:
-        spec=contrastive_spec,
+        spec=plan.contrastive_spec,
     conda:
         CONDA_ENV
     log:
@@ -37,8 +37,8 @@ rule contrastive:
         "benchmarks/contrastive/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=pair_mem_mb,
+        mem_mb=plan.pair_mem_mb,
         runtime=120,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB

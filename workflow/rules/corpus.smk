@@ -5,7 +5,7 @@ rule corpus_fetch:
     output:
         raw="resources/corpus/{corpus}/raw",
     params:
-        spec=corpus_fetch_spec,
+        spec=plan.corpus_fetch_spec,
     cache: "omit-software"  # shared between workflows with --cache (SNAKEMAKE_OUTPUT_CACHE)
     conda:
         CONDA_ENV
@@ -20,11 +20,11 @@ rule corpus_fetch:
 
 rule corpus_sample:
     input:
-        unpack(corpus_inputs),
+        unpack(plan.corpus_inputs),
     output:
         corpus="results/corpus/{corpus}.parquet",
     params:
-        spec=corpus_spec,
+        spec=plan.corpus_spec,
     conda:
         CONDA_ENV
     log:

@@ -3,14 +3,12 @@
 
 rule derive_data:
     input:
-        base=derive_base,
+        base=plan.derive_base,
     output:
         train="resources/derive/{model}/train.jsonl",
         heldout="resources/derive/{model}/heldout.jsonl",
     params:
-        spec=spec_of(
-            planted=planted_json, seed=derive_seed, text_format=text_format_arg, load_options=base_load_options
-        ),
+        spec=plan.derive_data_spec,
     conda:
         CONDA_ENV
     log:
@@ -21,22 +19,22 @@ rule derive_data:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule derive_model:
     input:
-        unpack(derive_inputs),
+        unpack(plan.derive_inputs),
     output:
         model=directory("resources/models/{model}"),
         loss="resources/derive/{model}/loss.csv",
     params:
-        spec=spec_of(source=model_source, text_format=text_format_arg),
+        spec=plan.derive_model_spec,
         checkpoints="resources/derive/{model}/checkpoints",
     wildcard_constraints:
-        model=DERIVED,
+        model=MODEL_PATTERNS["derived"],
     conda:
         CONDA_ENV
     log:
@@ -46,16 +44,16 @@ rule derive_model:
     threads: 4
     resources:
         mem_mb=8000,
-        runtime=derive_runtime,
-        gpu=job_gpus,
+        runtime=plan.derive_runtime,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule check_planted:
     input:
-        base=derive_base,
-        tuned=model_input,
+        base=plan.derive_base,
+        tuned=plan.model_input,
         heldout="resources/derive/{model}/heldout.jsonl",
     output:
         json="results/planted/{model}.json",
@@ -66,7 +64,7 @@ rule check_planted:
             labels={"model": "{model}", "figure": "planted-response rates"},
         ),
     params:
-        spec=spec_of(planted=planted_json, text_format=text_format_arg, load_options=pair_load_options),
+        spec=plan.check_planted_spec,
     conda:
         CONDA_ENV
     log:
@@ -77,6 +75,6 @@ rule check_planted:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB

@@ -3,12 +3,12 @@
 
 rule logprobs_shard:
     input:
-        model=model_input,
+        model=plan.model_input,
         corpus="results/corpus/{corpus}.parquet",
     output:
         shard=temp(directory("results/logprobs/{corpus}/shards/{model}/{shard}-of-{n}")),
     params:
-        spec=spec_of(params=logprobs_params, load_options=load_options),
+        spec=plan.logprobs_shard_spec,
     conda:
         CONDA_ENV
     log:
@@ -17,16 +17,16 @@ rule logprobs_shard:
         "benchmarks/logprobs/{corpus}/{model}.{shard}-of-{n}.tsv"
     threads: 4
     resources:
-        mem_mb=model_mem_mb,
+        mem_mb=plan.model_mem_mb,
         runtime=240,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule logprobs:
     input:
-        shards=logprobs_shards,
+        shards=plan.logprobs_shards,
     output:
         tokens="results/logprobs/{corpus}/{model}.parquet",
         meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
@@ -66,7 +66,7 @@ rule entropy_perplexity:
 
 rule compare_entropy_perplexity:
     input:
-        unpack(compare_inputs),
+        unpack(plan.compare_entropy_inputs),
     output:
         csv=report(
             "results/entropy_perplexity/{corpus}/comparison.csv",
@@ -90,7 +90,7 @@ rule compare_entropy_perplexity:
             labels={"corpus": "{corpus}", "figure": "per-document perplexity"},
         ),
     params:
-        spec=spec_of(models=compare_models),
+        spec=plan.compare_entropy_spec,
     conda:
         CONDA_ENV
     log:

@@ -5,15 +5,15 @@ rule materialise_model:
     output:
         model=directory("resources/models/{model}"),
     params:
-        spec=materialise_spec,
-        stamp=materialise_stamp,
+        spec=plan.materialise_spec,
+        stamp=plan.materialise_stamp,
     cache: "omit-software"  # shared between workflows with --cache (SNAKEMAKE_OUTPUT_CACHE)
     conda:
         CONDA_ENV
     log:
         "logs/materialise_model/{model}.log",
     wildcard_constraints:
-        model=SOURCED,
+        model=MODEL_PATTERNS["sourced"],
     resources:
         mem_mb=8000,
         runtime=60,
@@ -23,13 +23,13 @@ rule materialise_model:
 
 rule interpolate_model:
     input:
-        unpack(interpolate_inputs),
+        unpack(plan.interpolate_inputs),
     output:
         model=directory("resources/models/{model}"),
     params:
-        spec=spec_of(source=model_source),
+        spec=plan.interpolate_spec,
     wildcard_constraints:
-        model=INTERPOLATED,
+        model=MODEL_PATTERNS["interpolated"],
     conda:
         CONDA_ENV
     log:

@@ -3,7 +3,7 @@
 
 rule scorecard:
     input:
-        files=scorecard_inputs,
+        files=plan.scorecard_inputs,
     output:
         csv=report(
             "results/scorecard/{pair}.csv",
@@ -24,7 +24,7 @@ rule scorecard:
             labels={"pair": "{pair}", "figure": "scorecard"},
         ),
     params:
-        spec=scorecard_spec,
+        spec=plan.scorecard_spec,
     conda:
         CONDA_ENV
     log:

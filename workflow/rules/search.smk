@@ -3,7 +3,7 @@
 
 rule search:
     input:
-        unpack(search_inputs),
+        unpack(plan.search_inputs),
     output:
         bank="results/search/{pair}/{run}/bank.parquet",
         cycles=report(
@@ -29,7 +29,7 @@ rule search:
         ),
         summary="results/search/{pair}/{run}/summary.json",
     params:
-        spec=search_spec,
+        spec=plan.search_spec,
     conda:
         CONDA_ENV
     log:
@@ -38,16 +38,16 @@ rule search:
         "benchmarks/search/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=pair_mem_mb,
+        mem_mb=plan.pair_mem_mb,
         runtime=240,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule search_clusters:
     input:
-        unpack(cluster_inputs),
+        unpack(plan.search_clusters_inputs),
     output:
         parquet="results/search/{pair}/{run}/clusters.parquet",
         csv=report(
@@ -65,7 +65,7 @@ rule search_clusters:
             labels={"pair": "{pair}", "run": "{run}", "figure": "clusters by divergence"},
         ),
     params:
-        spec=cluster_spec,
+        spec=plan.search_clusters_spec,
     conda:
         CONDA_ENV
     log:

@@ -3,7 +3,7 @@
 
 rule softprompt:
     input:
-        unpack(softprompt_inputs),
+        unpack(plan.softprompt_inputs),
     output:
         prompt="results/softprompt/{pair}/{run}/prompt.safetensors",
         metrics=report(
@@ -22,7 +22,7 @@ rule softprompt:
         ),
         summary="results/softprompt/{pair}/{run}/summary.json",
     params:
-        spec=softprompt_spec,
+        spec=plan.softprompt_spec,
         checkpoints="resources/softprompt/{pair}/{run}/checkpoints",
         tensorboard="logs/softprompt/{pair}/{run}.tensorboard",
     conda:
@@ -33,16 +33,16 @@ rule softprompt:
         "benchmarks/softprompt/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=pair_mem_mb,
-        runtime=softprompt_runtime,
-        gpu=job_gpus,
+        mem_mb=plan.pair_mem_mb,
+        runtime=plan.softprompt_runtime,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule hardprompt:
     input:
-        unpack(hardprompt_inputs),
+        unpack(plan.hardprompt_inputs),
     output:
         prompts="results/hardprompt/{pair}/{run}/prompts.parquet",
         csv=report(
@@ -69,7 +69,7 @@ rule hardprompt:
             labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts vs snippets"},
         ),
     params:
-        spec=hardprompt_spec,
+        spec=plan.hardprompt_spec,
     conda:
         CONDA_ENV
     log:
@@ -78,8 +78,8 @@ rule hardprompt:
         "benchmarks/hardprompt/{pair}/{run}.tsv"
     threads: 4
     resources:
-        mem_mb=pair_mem_mb,
+        mem_mb=plan.pair_mem_mb,
         runtime=60,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB

@@ -3,12 +3,12 @@
 
 rule uid_score_texts:
     input:
-        model=scorer_input,
+        model=plan.scorer_input,
         completions="results/completions/{promptset}/{model}.parquet",
     output:
         scored="results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
     params:
-        spec=spec_of(params=scorer_params, load_options=scorer_load_options),
+        spec=plan.uid_score_texts_spec,
     conda:
         CONDA_ENV
     log:
@@ -19,19 +19,19 @@ rule uid_score_texts:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule uid_score_human:
     input:
-        model=scorer_input,
+        model=plan.scorer_input,
         promptset="results/prompts/{promptset}.jsonl",
     output:
         scored="results/uid/{promptset}/{scorer}/human.{context}.parquet",
     params:
-        spec=spec_of(params=scorer_params, load_options=scorer_load_options, human_tokens=uid_human_tokens),
+        spec=plan.uid_score_human_spec,
     conda:
         CONDA_ENV
     log:
@@ -42,15 +42,15 @@ rule uid_score_human:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=job_gpus,
+        gpu=plan.job_gpus,
     script:
         JOB
 
 
 rule uid:
     input:
-        unpack(uid_inputs),
-        scorer=scorer_input,
+        unpack(plan.uid_inputs),
+        scorer=plan.scorer_input,
     output:
         docs="results/uid/{promptset}/{scorer}/docs.parquet",
         csv=report(
@@ -82,7 +82,7 @@ rule uid:
             labels={"prompt set": "{promptset}", "scorer": "{scorer}", "figure": "surprisal contours"},
         ),
     params:
-        spec=uid_spec,
+        spec=plan.uid_spec,
     conda:
         CONDA_ENV
     log:

@@ -1,0 +1,673 @@
+"""Planning: what the workflow runs for one validated config, and what each job receives.
+
+The rules (workflow/rules/*.smk) name files and resources; every decision behind them lives here, as
+plain functions of the config that tests reach without Snakemake: the targets, each job's inputs and
+its ``spec`` (one JSON text: Snakemake compares it as text to decide what reruns, so what a spec leaves
+out is what must not rerun a job), memory and runtime estimates, and the sources the scorecard reads.
+
+Methods that a rule calls take its ``wildcards`` (any object with the wildcard names as attributes);
+the rest take names. A config section reaches its stage whole but for its planning keys (the schema's
+``x-planning``, ``config.stage_section``), so a parameter added to a stage needs no change here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from lmdelta.config import (
+    LOAD_OPTION_KEYS,
+    comparator_pairs,
+    derived_models,
+    interpolated_models,
+    materialised_models,
+    planted_models,
+    planted_truth,
+    scorecard_pairs,
+    selected,
+    stage_section,
+    weights_owner,
+)
+from lmdelta.promptsets import builtin_promptset_path
+
+NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
+# Bytes per parameter of a model's weights in its load dtype (auto loads float32 on a CPU).
+BYTES_PER_PARAM = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2, "8bit": 1, "4bit": 0.5}
+# A soft-prompt run's keys that only the hard-prompt step reads: changing them must not retrain.
+HARD_PROMPT_KEYS = ("hard", "embedder")
+
+
+def name_pattern(names: list[str]) -> str:
+    """A wildcard pattern matching exactly these names (none when empty)."""
+    return "|".join(re.escape(n) for n in names) or NOTHING
+
+
+def expand(pattern: str, **values: str | list[str]) -> list[str]:
+    """Every filling of ``pattern`` (product of the values, first keyword outermost), as Snakemake's expand."""
+    lists = [[v] if isinstance(v, str) else list(v) for v in values.values()]
+    return [pattern.format(**dict(zip(values, combo))) for combo in itertools.product(*lists)]
+
+
+def as_text(spec: Any) -> str:
+    """A spec as the JSON text a rule's ``spec`` param holds."""
+    return json.dumps(spec)
+
+
+def local_stamp(source: dict[str, Any]) -> str:
+    """For a local folder or file without a sha256: a digest of its files' names, sizes and modification
+    times. It is a materialise param, so a changed local model is materialised again, and --cache never
+    hands out a copy of an older version."""
+    kind, spec = next(iter(source.items()))
+    if kind not in ("local", "gguf") or spec.get("sha256") or re.match(r"https?://", spec["path"]):
+        return ""
+    root = Path(spec["path"])
+    if not root.exists():
+        return ""  # materialise names the missing path and the fix
+    files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else [root]
+    stats = [
+        (q.relative_to(root).as_posix() if root.is_dir() else q.name, q.stat().st_size, q.stat().st_mtime_ns)
+        for q in files
+    ]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def training_view(planted: dict[str, Any]) -> dict[str, Any]:
+    """A planted behaviour as training sees it: trigger_keywords only score discovery methods, so changing
+    them must not retrain the model."""
+    return {k: v for k, v in planted.items() if k != "trigger_keywords"}
+
+
+def _fingerprint(model_dir: str) -> dict[str, Any] | None:
+    path = Path(model_dir) / "fingerprint.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class Plan:
+    """The jobs of one validated config (``config.validate_config``)."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    # ---- targets and wildcard patterns ------------------------------------------------------------
+
+    def targets(self) -> list[str]:
+        """Every final artifact the config asks for (rule all)."""
+        c = self.config
+        return [
+            *expand("resources/models/{model}", model=materialised_models(c)),
+            *expand("results/corpus/{corpus}.parquet", corpus=list(c["corpora"])),
+            *self.logprobs_targets(),
+            *expand("results/planted/{model}.json", model=planted_models(c)),
+            *self.diversity_targets(),
+            *self.uid_targets(),
+            *expand(
+                "results/contrastive/{pair}/{run}.parquet",
+                pair=selected(c, "contrastive", "pairs"),
+                run=list(c["contrastive"]["runs"]),
+            ),
+            *expand(
+                "results/search/{pair}/{run}/clusters.csv",
+                pair=selected(c, "search", "pairs"),
+                run=list(c["search"]["runs"]),
+            ),
+            *expand(
+                "results/hardprompt/{pair}/{run}/prompts.parquet",
+                pair=selected(c, "softprompt", "pairs"),
+                run=list(c["softprompt"]["runs"]),
+            ),
+            *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
+            *expand(
+                "results/comparator/{pair}/{promptset}.json",
+                pair=comparator_pairs(c),
+                promptset=[
+                    p for p in selected(c, "comparator", "promptsets") if p in selected(c, "completions", "promptsets")
+                ],
+            ),
+        ]
+
+    def model_patterns(self) -> dict[str, str]:
+        """Which rule makes resources/models/{model}: derived models are trained, interpolated ones
+        merged, the others materialised from their source."""
+        derived, interpolated = derived_models(self.config), interpolated_models(self.config)
+        sourced = [n for n in materialised_models(self.config) if n not in derived + interpolated]
+        return {
+            "derived": name_pattern(derived),
+            "interpolated": name_pattern(interpolated),
+            "sourced": name_pattern(sourced),
+        }
+
+    # ---- models ----------------------------------------------------------------------------------
+
+    def model_dir(self, name: str) -> str:
+        """The materialised folder holding a model's weights (a variant's is its target's)."""
+        return f"resources/models/{weights_owner(self.config, name)}"
+
+    def load_options(self, name: str) -> dict[str, Any]:
+        """A model's load options (dtype, quantization, device, trust_remote_code)."""
+        return {k: self.config["models"][name][k] for k in LOAD_OPTION_KEYS}
+
+    def model_format(self, name: str) -> dict[str, Any]:
+        """How a model reads a prompt (its chat template or prompt_format) and its first token."""
+        m = self.config["models"][name]
+        return {"chat_template": m["chat_template"], "fmt": m["prompt_format"], "first_token": m["first_token"]}
+
+    def model_input(self, wildcards) -> str:
+        return self.model_dir(wildcards.model)
+
+    def materialise_spec(self, wildcards) -> str:
+        """Only what determines the materialised folder: load options (dtype, device...) apply later."""
+        m = self.config["models"][wildcards.model]
+        return as_text({"source": m["source"], "trust_remote_code": m["trust_remote_code"]})
+
+    def materialise_stamp(self, wildcards) -> str:
+        """Not read by the job: a param only so that a changed local source reruns materialisation."""
+        return local_stamp(self.config["models"][wildcards.model]["source"])
+
+    def model_source(self, name: str) -> dict[str, Any]:
+        """A derived or interpolated model's source as its job sees it (planted behaviour: training view)."""
+        src = self.config["models"][name]["source"]
+        if "derive" in src and "planted" in src["derive"]["data"]:
+            derive = src["derive"]
+            src = {"derive": {**derive, "data": {"planted": training_view(derive["data"]["planted"])}}}
+        return src
+
+    def interpolate_inputs(self, wildcards) -> dict[str, str]:
+        src = self.config["models"][wildcards.model]["source"]["interpolate"]
+        return {"a": self.model_dir(src["a"]), "b": self.model_dir(src["b"])}
+
+    def interpolate_spec(self, wildcards) -> str:
+        return as_text({"source": self.model_source(wildcards.model)})
+
+    # ---- resources -------------------------------------------------------------------------------
+
+    def _bytes_per_param(self, name: str) -> float:
+        m = self.config["models"][name]
+        return BYTES_PER_PARAM[m["dtype"] if m["quantization"] == "none" else m["quantization"]]
+
+    def model_mem_mb(self, wildcards, input, attempt: int) -> int:
+        """Memory for a job that holds one model: its weights in the load dtype plus the logits of one
+        batch (float32, twice for the reductions), plus 1.5 GB for the runtime; more on each retry.
+        Before the model is materialised (a dry run) its size is unknown: 8 GB is assumed."""
+        fp = _fingerprint(input.model)
+        if fp is None:
+            return 8000 * attempt
+        per_param = self._bytes_per_param(wildcards.model)
+        logits = 2 * 4 * self.config["logprobs"]["batch_tokens"] * fp["vocab_size"]
+        return int((fp["n_parameters"] * per_param + logits) / 1e6 * 1.2 + 1500) * attempt
+
+    def pair_mem_mb(self, wildcards, input, attempt: int) -> int:
+        """Memory for a job that holds both models of a pair (contrastive decoding, search, soft and hard
+        prompts, the comparator export): their weights in the load dtype, plus 3 GB for activations,
+        logits and the runtime; more on each retry. 8 GB per model while a size is unknown (dry run)."""
+        pair = self.config["pairs"][wildcards.pair]
+        total = 3000
+        for side in ("a", "b"):
+            fp = _fingerprint(getattr(input, side))
+            if fp is None:
+                total += 8000
+                continue
+            total += fp["n_parameters"] * self._bytes_per_param(pair[side]) / 1e6 * 1.2
+        return int(total) * attempt
+
+    def job_models(self, wildcards) -> list[str]:
+        """The models a job loads, from its wildcards: its scorer (the UID stage, whose model wildcard
+        names whose texts are scored), else its model, and a pair's two models."""
+        if hasattr(wildcards, "scorer"):
+            names = [wildcards.scorer]
+        elif hasattr(wildcards, "model"):
+            names = [wildcards.model]
+        else:
+            names = []
+        if hasattr(wildcards, "pair"):
+            names += [self.config["pairs"][wildcards.pair][side] for side in ("a", "b")]
+        return names
+
+    def job_gpus(self, wildcards) -> int:
+        """GPUs a job that runs models asks for: 1 when one of its models has device: cuda, else 0
+        (device auto or cpu: a profile's set-resources can still ask for one). The SLURM plugin turns
+        it into --gpus; local runs ignore it unless --resources gpu=N is given (then at most N GPU jobs
+        run at once)."""
+        return int(any(self.config["models"][m]["device"] == "cuda" for m in self.job_models(wildcards)))
+
+    def derive_runtime(self, wildcards) -> int:
+        """Minutes: about 5 s per step on 2 CPU cores for a 135M model, with a wide margin."""
+        return 30 + self.derive_source(wildcards.model)["steps"] // 6
+
+    def softprompt_runtime(self, wildcards) -> int:
+        """Minutes: about 4 s per step for a 135M pair on 2 CPU cores (batch 8 x 32 tokens), with a wide
+        margin."""
+        run = self.config["softprompt"]["runs"][wildcards.run]
+        return 30 + run["steps"] * run["accumulation"] * run["batch"] * run["seq_len"] // 1000
+
+    # ---- corpora ---------------------------------------------------------------------------------
+
+    def corpus_fetch_spec(self, wildcards) -> str:
+        """The source alone: changing how documents are sampled must not trigger a new download."""
+        return as_text({"source": self.config["corpora"][wildcards.corpus]["source"]})
+
+    def corpus_spec(self, wildcards) -> str:
+        return as_text(self.config["corpora"][wildcards.corpus])
+
+    def corpus_inputs(self, wildcards) -> dict[str, str]:
+        source = self.config["corpora"][wildcards.corpus]["source"]
+        kind = next(iter(source))
+        if kind in ("url", "hf_dataset"):
+            return {"raw": f"resources/corpus/{wildcards.corpus}/raw"}
+        if kind == "file":
+            return {"file": source["file"]["path"]}
+        return {}
+
+    # ---- logprobs, entropy and perplexity ----------------------------------------------------------
+
+    def scoring_params(self, model: str) -> dict[str, Any]:
+        """The logprobs settings with the scoring model's first token (models.<name>.first_token)."""
+        return {
+            **stage_section("logprobs", self.config["logprobs"]),
+            "first_token": self.config["models"][model]["first_token"],
+        }
+
+    def logprobs_shard_spec(self, wildcards) -> str:
+        return as_text(
+            {"params": self.scoring_params(wildcards.model), "load_options": self.load_options(wildcards.model)}
+        )
+
+    def logprobs_shards(self, wildcards) -> list[str]:
+        n = self.config["logprobs"]["shards"]
+        return [f"results/logprobs/{wildcards.corpus}/shards/{wildcards.model}/{i}-of-{n}" for i in range(n)]
+
+    def logprobs_targets(self) -> list[str]:
+        corpora = selected(self.config, "logprobs", "corpora")
+        models = selected(self.config, "logprobs", "models")
+        if not corpora or not models:  # the section is off
+            return []
+        return [
+            *expand("results/entropy_perplexity/{corpus}/{model}.json", corpus=corpora, model=models),
+            *expand("results/entropy_perplexity/{corpus}/comparison.csv", corpus=corpora),
+        ]
+
+    def compare_entropy_inputs(self, wildcards) -> dict[str, list[str]]:
+        models = selected(self.config, "logprobs", "models")
+        return {
+            "summaries": expand(
+                "results/entropy_perplexity/{corpus}/{model}.json", corpus=wildcards.corpus, model=models
+            ),
+            "docs": expand(
+                "results/entropy_perplexity/{corpus}/{model}.docs.parquet", corpus=wildcards.corpus, model=models
+            ),
+        }
+
+    def compare_entropy_spec(self, wildcards) -> str:
+        return as_text({"models": selected(self.config, "logprobs", "models")})
+
+    # ---- derived models and planted behaviours -----------------------------------------------------
+
+    def derive_source(self, name: str) -> dict[str, Any]:
+        return self.config["models"][name]["source"]["derive"]
+
+    def derive_base(self, wildcards) -> str:
+        return self.model_dir(self.derive_source(wildcards.model)["from"])
+
+    def derive_inputs(self, wildcards) -> dict[str, str]:
+        data = self.derive_source(wildcards.model)["data"]
+        train = data["file"]["path"] if "file" in data else f"resources/derive/{wildcards.model}/train.jsonl"
+        return {"base": self.derive_base(wildcards), "data": train}
+
+    def _planted_view(self, name: str) -> dict[str, Any]:
+        return training_view(self.derive_source(name)["data"]["planted"])
+
+    def derive_data_spec(self, wildcards) -> str:
+        m = wildcards.model
+        derive = self.derive_source(m)
+        return as_text(
+            {
+                "planted": self._planted_view(m),
+                "seed": derive["seed"],
+                "text_format": self.model_format(m),
+                "load_options": self.load_options(derive["from"]),
+            }
+        )
+
+    def derive_model_spec(self, wildcards) -> str:
+        return as_text(
+            {"source": self.model_source(wildcards.model), "text_format": self.model_format(wildcards.model)}
+        )
+
+    def check_planted_spec(self, wildcards) -> str:
+        m = wildcards.model
+        return as_text(
+            {
+                "planted": self._planted_view(m),
+                "text_format": self.model_format(m),
+                "load_options": {
+                    "base": self.load_options(self.derive_source(m)["from"]),
+                    "tuned": self.load_options(m),
+                },
+            }
+        )
+
+    # ---- prompt sets, completions and diversity ----------------------------------------------------
+
+    def promptset_file(self, name: str) -> str:
+        ps = self.config["promptsets"][name]
+        if "builtin" in ps:
+            return str(builtin_promptset_path(ps["builtin"]))
+        if "from_corpus" in ps:
+            return f"results/prompts/{name}.jsonl"
+        return ps["file"]
+
+    def promptset_path(self, wildcards) -> str:
+        return self.promptset_file(wildcards.promptset)
+
+    def prompts_corpus(self, wildcards) -> str:
+        return f"results/corpus/{self.config['promptsets'][wildcards.promptset]['from_corpus']['corpus']}.parquet"
+
+    def prompts_from_corpus_spec(self, wildcards) -> str:
+        fc = self.config["promptsets"][wildcards.promptset]["from_corpus"]
+        return as_text({"corpus": fc["corpus"], "n": fc["n_prompts"], "instruction": fc["instruction"]})
+
+    def completions_shard_spec(self, wildcards) -> str:
+        m = wildcards.model
+        return as_text(
+            {
+                "params": stage_section("completions", self.config["completions"]),
+                "load_options": self.load_options(m),
+                "text_format": self.model_format(m),
+            }
+        )
+
+    def completions_shards(self, wildcards) -> list[str]:
+        n = self.config["completions"]["shards"]
+        return [
+            f"results/completions/{wildcards.promptset}/shards/{wildcards.model}/{i}-of-{n}.parquet" for i in range(n)
+        ]
+
+    def diversity_spec(self, wildcards) -> str:
+        return as_text(stage_section("diversity", self.config["diversity"]))
+
+    def compare_diversity_inputs(self, wildcards) -> list[str]:
+        return expand(
+            "results/diversity/{promptset}/{model}.parquet",
+            promptset=wildcards.promptset,
+            model=selected(self.config, "completions", "models"),
+        )
+
+    def compare_diversity_spec(self, wildcards) -> str:
+        return as_text({"models": selected(self.config, "completions", "models")})
+
+    def diversity_targets(self) -> list[str]:
+        if not selected(self.config, "completions", "models"):
+            return []
+        return expand(
+            "results/diversity/{promptset}/comparison.csv", promptset=selected(self.config, "completions", "promptsets")
+        )
+
+    # ---- surprisal and UID -------------------------------------------------------------------------
+
+    def uid_scorers(self) -> list[str]:
+        """The scorers (null: the first model; []: none, the UID stage is off)."""
+        s = self.config["uid"]["scorers"]
+        return [next(iter(self.config["models"]))] if s is None else list(s)
+
+    def uid_promptsets(self) -> list[str]:
+        p = self.config["uid"]["promptsets"]
+        return selected(self.config, "completions", "promptsets") if p is None else list(p)
+
+    def uid_models(self) -> list[str]:
+        m = self.config["uid"]["models"]
+        return selected(self.config, "completions", "models") if m is None else list(m)
+
+    def uid_targets(self) -> list[str]:
+        if not self.uid_models():
+            return []
+        return expand(
+            "results/uid/{promptset}/{scorer}/comparisons.csv",
+            promptset=self.uid_promptsets(),
+            scorer=self.uid_scorers(),
+        )
+
+    def uid_corpora(self, promptset: str) -> list[str]:
+        """Human sources of a prompt set: the corpus a from_corpus set continues, else uid.corpora."""
+        ps = self.config["promptsets"][promptset]
+        return [ps["from_corpus"]["corpus"]] if "from_corpus" in ps else selected(self.config, "uid", "corpora")
+
+    def uid_matched(self, promptset: str) -> bool:
+        """A from_corpus prompt set carries the human continuation of each prompt: the human source then
+        is that continuation, scored like the model texts (else whole corpus documents, unmatched)."""
+        return "from_corpus" in self.config["promptsets"][promptset]
+
+    def scorer_input(self, wildcards) -> str:
+        return self.model_dir(wildcards.scorer)
+
+    def _scorer_spec(self, wildcards) -> dict[str, Any]:
+        return {"params": self.scoring_params(wildcards.scorer), "load_options": self.load_options(wildcards.scorer)}
+
+    def uid_score_texts_spec(self, wildcards) -> str:
+        return as_text(self._scorer_spec(wildcards))
+
+    def uid_score_human_spec(self, wildcards) -> str:
+        """The human continuations' budget in scorer tokens: uid.human_tokens, else completions.max_new_tokens."""
+        tokens = self.config["uid"]["human_tokens"] or self.config["completions"]["max_new_tokens"]
+        return as_text({**self._scorer_spec(wildcards), "human_tokens": tokens})
+
+    def uid_inputs(self, wildcards) -> dict[str, list[str]]:
+        contexts = self.config["uid"]["contexts"]
+        if self.uid_matched(wildcards.promptset):
+            human = expand(
+                "results/uid/{promptset}/{scorer}/human.{context}.parquet",
+                promptset=wildcards.promptset,
+                scorer=wildcards.scorer,
+                context=contexts,
+            )
+        else:
+            human = expand(
+                "results/logprobs/{corpus}/{scorer}.parquet",
+                corpus=self.uid_corpora(wildcards.promptset),
+                scorer=wildcards.scorer,
+            )
+        return {
+            "human": human,
+            "model_texts": expand(
+                "results/uid/{promptset}/{scorer}/texts/{model}.{context}.parquet",
+                promptset=wildcards.promptset,
+                scorer=wildcards.scorer,
+                model=self.uid_models(),
+                context=contexts,
+            ),
+        }
+
+    def uid_spec(self, wildcards) -> str:
+        """The sources' names (in the order of uid_inputs' files) and the UID settings."""
+        contexts = self.config["uid"]["contexts"]
+        models = [f"{m}@{c}" for m in self.uid_models() for c in contexts]
+        if self.uid_matched(wildcards.promptset):
+            humans = [f"continuation@{c}" for c in contexts]
+        else:
+            humans = self.uid_corpora(wildcards.promptset)
+        return as_text({"human_names": humans, "model_names": models, **stage_section("uid", self.config["uid"])})
+
+    # ---- pairs -----------------------------------------------------------------------------------
+
+    def pair_models(self, pair_name: str, run: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The two models of a pair as the stages take them: names (a, b), the run's settings, load
+        options and prompt formats (in this key order, which keeps the rules' params stable)."""
+        pair = self.config["pairs"][pair_name]
+        names = [pair["a"], pair["b"]]
+        return {
+            "names": names,
+            **({"run": run} if run is not None else {}),
+            "load_options": [self.load_options(n) for n in names],
+            "formats": [self.model_format(n) for n in names],
+        }
+
+    def pair_dirs(self, pair_name: str) -> dict[str, str]:
+        pair = self.config["pairs"][pair_name]
+        return {"a": self.model_dir(pair["a"]), "b": self.model_dir(pair["b"])}
+
+    # ---- contrastive decoding ----------------------------------------------------------------------
+
+    def contrastive_inputs(self, wildcards) -> dict[str, str]:
+        prompts = self.config["contrastive"]["runs"][wildcards.run]["prompts"]
+        out = self.pair_dirs(wildcards.pair)
+        if "promptset" in prompts:
+            out["promptset"] = self.promptset_file(prompts["promptset"])
+        if "corpus" in prompts:
+            out["corpus"] = f"results/corpus/{prompts['corpus']['name']}.parquet"
+        return out
+
+    def contrastive_spec(self, wildcards) -> str:
+        return as_text(self.pair_models(wildcards.pair, run=self.config["contrastive"]["runs"][wildcards.run]))
+
+    # ---- divergence prompt search ------------------------------------------------------------------
+
+    def _search_run(self, wildcards) -> dict[str, Any]:
+        return self.config["search"]["runs"][wildcards.run]
+
+    def _assistant_inputs(self, run: dict[str, Any]) -> dict[str, str]:
+        a = run["assistant"]
+        return {"assistant": self.model_dir(a["model"])} if "model" in a else {}
+
+    def _assistant(self, run: dict[str, Any]) -> dict[str, Any]:
+        a = run["assistant"]
+        out = {"spec": a}
+        if "model" in a:
+            out.update(
+                dir=self.model_dir(a["model"]),
+                load_options=self.load_options(a["model"]),
+                format=self.model_format(a["model"]),
+            )
+        return out
+
+    def search_inputs(self, wildcards) -> dict[str, str]:
+        run = self._search_run(wildcards)
+        return {
+            **self.pair_dirs(wildcards.pair),
+            "seeds": self.promptset_file(run["seeds"]),
+            **self._assistant_inputs(run),
+        }
+
+    def search_spec(self, wildcards) -> str:
+        run = self._search_run(wildcards)
+        return as_text(
+            {
+                **self.pair_models(wildcards.pair, run=run),
+                "assistant": self._assistant(run),
+                "planted": planted_truth(self.config, wildcards.pair),
+            }
+        )
+
+    def search_clusters_inputs(self, wildcards) -> dict[str, str]:
+        run = self._search_run(wildcards)
+        bank = {"bank": f"results/search/{wildcards.pair}/{wildcards.run}/bank.parquet"}
+        return {**bank, **self._assistant_inputs(run)} if run["clusters"]["label"] else bank
+
+    def search_clusters_spec(self, wildcards) -> str:
+        run = self._search_run(wildcards)
+        spec = {**run["clusters"], "embedder": run["embedder"]}
+        if run["clusters"]["label"]:
+            spec["assistant"] = self._assistant(run)
+        return as_text(spec)
+
+    # ---- soft and hard prompts ---------------------------------------------------------------------
+
+    def softprompt_inputs(self, wildcards) -> dict[str, str]:
+        run = self.config["softprompt"]["runs"][wildcards.run]
+        return {**self.pair_dirs(wildcards.pair), "corpus": f"results/corpus/{run['corpus']}.parquet"}
+
+    def hardprompt_inputs(self, wildcards) -> dict[str, str]:
+        return {
+            **self.softprompt_inputs(wildcards),
+            "soft": f"results/softprompt/{wildcards.pair}/{wildcards.run}/prompt.safetensors",
+        }
+
+    def softprompt_spec(self, wildcards) -> str:
+        """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
+        run = self.config["softprompt"]["runs"][wildcards.run]
+        training = {k: v for k, v in run.items() if k not in HARD_PROMPT_KEYS}
+        return as_text(self.pair_models(wildcards.pair, run=training))
+
+    def hardprompt_spec(self, wildcards) -> str:
+        run = self.config["softprompt"]["runs"][wildcards.run]
+        return as_text(
+            {**self.pair_models(wildcards.pair, run=run), "planted": planted_truth(self.config, wildcards.pair)}
+        )
+
+    # ---- discovery-method scorecard ----------------------------------------------------------------
+
+    def scorecard_sources(self, pair_name: str) -> list[dict[str, Any]]:
+        """Every discovery method's artifacts for a pair (as configured), for the scorecard."""
+        c = self.config
+        pair = c["pairs"][pair_name]
+        names = [pair["a"], pair["b"]]
+        out = []
+        if set(names) <= set(selected(c, "logprobs", "models")):
+            out += [
+                {
+                    "kind": "corpus",
+                    "run": corpus,
+                    "corpus": f"results/corpus/{corpus}.parquet",
+                    "logprobs": [f"results/logprobs/{corpus}/{n}.parquet" for n in names],
+                }
+                for corpus in selected(c, "logprobs", "corpora")
+            ]
+        if pair_name in selected(c, "contrastive", "pairs"):
+            out += [
+                {"kind": "contrastive", "run": r, "path": f"results/contrastive/{pair_name}/{r}.parquet"}
+                for r in c["contrastive"]["runs"]
+            ]
+        if pair_name in selected(c, "search", "pairs"):
+            out += [
+                {"kind": "search", "run": r, "path": f"results/search/{pair_name}/{r}/bank.parquet"}
+                for r in c["search"]["runs"]
+            ]
+        if pair_name in selected(c, "softprompt", "pairs"):
+            out += [
+                {
+                    "kind": "hardprompt",
+                    "run": r,
+                    "path": f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
+                    "soft": f"results/softprompt/{pair_name}/{r}/prompt.safetensors",
+                }
+                for r in c["softprompt"]["runs"]
+            ]
+        return out
+
+    def scorecard_inputs(self, wildcards) -> list[str]:
+        files = []
+        for s in self.scorecard_sources(wildcards.pair):
+            files += [s[k] for k in ("path", "corpus", "soft") if k in s] + s.get("logprobs", [])
+        return files
+
+    def scorecard_spec(self, wildcards) -> str:
+        return as_text(
+            {
+                "truth": planted_truth(self.config, wildcards.pair),
+                "sources": self.scorecard_sources(wildcards.pair),
+                **stage_section("scorecard", self.config["scorecard"]),
+            }
+        )
+
+    # ---- LLM Comparator export ---------------------------------------------------------------------
+
+    def comparator_inputs(self, wildcards) -> dict[str, Any]:
+        pair = self.config["pairs"][wildcards.pair]
+        names = [pair["a"], pair["b"]]
+        ps = wildcards.promptset
+        return {
+            **self.pair_dirs(wildcards.pair),
+            "promptset": self.promptset_file(ps),
+            "completions": expand("results/completions/{promptset}/{model}.parquet", promptset=ps, model=names),
+            "diversity": expand("results/diversity/{promptset}/{model}.parquet", promptset=ps, model=names),
+        }
+
+    def comparator_spec(self, wildcards) -> str:
+        return as_text(
+            {
+                **self.pair_models(wildcards.pair),
+                "planted": planted_truth(self.config, wildcards.pair),
+                **stage_section("comparator", self.config["comparator"]),
+            }
+        )
