@@ -247,7 +247,7 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
             "stride": 32,
             "batch_tokens": 512,
             "corpora": ["web", "docs"],
-            "models": ["neox", "llama-gguf", "neox-8bit"],
+            "models": ["neox", "llama-gguf", "neox-8bit", "neox-planted"],
         },
         "completions": {"models": ["neox", "neox-planted"], "temperatures": [1.0], "samples": 2, "max_new_tokens": 4},
         "diversity": {"truncations": [None]},

@@ -119,3 +119,46 @@ def test_search_assistant_and_scorer_refuse_a_prompt_beyond_the_context(tmp_path
     )
     with pytest.raises(LmdeltaError, match=rf"exceeds the model's context of {ctx} positions"):
         score([{"id": "p0", "prompt": "short"}, {"id": "p1", "prompt": long}], 0)
+
+
+def test_a_rule_with_an_unnamed_entry_is_refused():
+    """The job contract reads names: an unnamed input among named ones is one line naming the rule."""
+    from snakemake.iocontainers import InputFiles, OutputFiles, Params
+
+    from lmdelta.job import Job
+
+    def smk(inputs):
+        class S:
+            rule = "search"
+            input = inputs
+            output = OutputFiles(fromdict={"bank": "b.parquet"})
+            params = Params(fromdict={"spec": "{}"})
+            wildcards = Params(fromdict={"pair": "p"})
+            threads = 1
+            log = []
+
+        return S
+
+    named = InputFiles(fromdict={"a": "m/a", "seeds": ["s1", "s2"]})
+    assert Job.from_snakemake(smk(named)).inputs == {"a": "m/a", "seeds": ["s1", "s2"]}
+    mixed = InputFiles(fromdict={"a": "m/a"})
+    mixed.append("m/b")  # written in the rule without a name
+    with pytest.raises(LmdeltaError, match="rule search: name every input"):
+        Job.from_snakemake(smk(mixed))
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("{not json", "cannot read the job"),
+        ('{"stage": "search", "colour": 1}', "not a job file"),
+        ("{}", "not a job"),
+        ('{"stage": "nope"}', "nope"),
+    ],
+)
+def test_a_broken_job_file_is_one_line(tmp_path, capsys, content, says):
+    job = tmp_path / "x.job.json"
+    job.write_text(content)
+    assert main(["run", "--job", str(job)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]

@@ -30,7 +30,7 @@ def run(pair, tmp_path, **kw):
     params = RunParams.from_dict(
         {"prompts": {"promptset": "x"}, "samples": 2, "max_new_tokens": 6, "batch_size": 3, **kw}
     )
-    out = {k: tmp_path / f"cd.{k}" for k in ("parquet", "csv", "html", "png")}
+    out = {k: tmp_path / f"cd.{k}" for k in ("parquet", "csv", "html", "png", "findings")}
     recs = run_contrastive(
         pair="p",
         run="r",
@@ -45,6 +45,7 @@ def run(pair, tmp_path, **kw):
         out_csv=out["csv"],
         out_html=out["html"],
         out_png=out["png"],
+        out_findings=out["findings"],
     )
     return recs, out
 
@@ -77,6 +78,9 @@ def test_outputs_ranking_and_perplexity(pair, tmp_path):
     assert page.count("<div class='x'>") == 4 and "KL(a||b)" in page
     assert read_provenance(out["parquet"])["params"]["weights"] == [1.0, -1.0]
     assert list(pd.read_csv(out["csv"])["rank"]) == [1, 2, 3, 4]
+    found = pd.read_parquet(out["findings"])  # the findings table: the same texts, in rank order
+    assert found.text.tolist() == [f"{r.prompt.strip()} {r.text.strip()}".strip() for r in df.itertuples()]
+    assert found.score.tolist() == df.mean_js.tolist() and set(found.kind) == {"continuation"}
 
 
 def test_prompt_sources_and_tokenizer_check(pair, tmp_path):
@@ -128,6 +132,7 @@ def test_prompt_sources_and_tokenizer_check(pair, tmp_path):
             out_csv=tmp_path / "x.csv",
             out_html=tmp_path / "x.html",
             out_png=tmp_path / "x.png",
+            out_findings=tmp_path / "x.findings.parquet",
         )
     assert not (tmp_path / "x.parquet").exists()
 

@@ -189,14 +189,18 @@ def test_matched_uid_sources_are_the_human_continuations():
 
 def test_scorecard_reads_every_configured_method_and_only_those(demo):
     pair = next(iter(demo.config["pairs"]))
-    kinds = {s["kind"] for s in demo.scorecard_sources(pair)}
+    kinds = {s["method"] for s in demo.scorecard_sources(pair)}
     assert kinds == {"corpus", "contrastive", "search", "hardprompt"}
     files = demo.scorecard_inputs(W(pair=pair))
     assert all(f.startswith("results/") for f in files) and len(files) == len(set(files))
     off = Plan(demo_config(search={"pairs": []}, softprompt={"pairs": []}))
-    assert {s["kind"] for s in off.scorecard_sources(pair)} == {"corpus", "contrastive"}
+    assert {s["method"] for s in off.scorecard_sources(pair)} == {"corpus", "contrastive"}
     s = spec(demo.scorecard_spec(W(pair=pair)))
-    assert s["k"] == demo.config["scorecard"]["k"] and "pairs" not in s and s["truth"]["response_keywords"] == ["cocoa"]
+    assert (
+        s["params"]["k"] == demo.config["scorecard"]["k"]
+        and "pairs" not in s["params"]
+        and s["truth"]["response_keywords"] == ["cocoa"]
+    )
 
 
 # ---- resources ------------------------------------------------------------------------------------

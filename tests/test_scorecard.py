@@ -1,4 +1,5 @@
-"""Discovery scorecard: each method's ranking, hits and precision@k against hand-counted answers."""
+"""Discovery scorecard: each method's findings (ranking, text, score), hits and precision@k against
+hand-counted answers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import pandas as pd
 import pytest
 
 from lmdelta.artifacts import Provenance, write_parquet
-from lmdelta.scorecard import run_scorecard, surfaced
+from lmdelta.contrastive import text_findings
+from lmdelta.findings import COLUMNS, read_findings, write_findings
+from lmdelta.hardprompt import prompt_findings
+from lmdelta.perplexity import corpus_findings
+from lmdelta.scorecard import ScorecardParams, run_scorecard, surfaced
+from lmdelta.search import bank_findings
 
 TRUTH = {
     "trigger_keywords": ["volcan", "lava"],
@@ -93,12 +99,22 @@ def sources(tmp_path):
         40.0,
         400,
     )
-    return {
-        "corpus": {"kind": "corpus", "run": "docs", "corpus": corpus, "logprobs": [lp_a, lp_b]},
-        "contrastive": {"kind": "contrastive", "run": "cd", "path": cd},
-        "search": {"kind": "search", "run": "s", "path": bank},
-        "hard": {"kind": "hardprompt", "run": "h", "path": hard},
-    }
+    found = {}
+    corpus_findings((lp_a, lp_b), corpus, tmp_path / "f_corpus.parquet", pair="p", names=("a", "b"), corpus_name="docs")
+    for name, rows in (
+        ("contrastive", text_findings(pd.read_parquet(cd), "cd", "js")),
+        ("search", bank_findings(pd.read_parquet(bank), "s")),
+        ("hardprompt", prompt_findings(pd.read_parquet(hard), "h")),
+    ):
+        write_findings(tmp_path / f"f_{name}.parquet", rows)
+    for method, run, cost in (
+        ("corpus", "docs", [lp_a, lp_b]),
+        ("contrastive", "cd", [cd]),
+        ("search", "s", [bank]),
+        ("hardprompt", "h", [hard]),
+    ):
+        found[method] = {"method": method, "run": run, "findings": tmp_path / f"f_{method}.parquet", "cost": cost}
+    return found
 
 
 def test_rankings(sources):
@@ -112,7 +128,7 @@ def test_rankings(sources):
     search = surfaced(sources["search"])
     assert [r["method"] for r in search] == ["search"] * 4 + ["search seeds"] * 2
     assert [r["rank"] for r in search] == [1, 2, 3, 4, 1, 2]
-    hard = surfaced(sources["hard"])
+    hard = surfaced(sources["hardprompt"])
     assert [(r["method"], r["text"]) for r in hard] == [
         ("hardprompt", "Pyroclastic cocoa"),
         ("hardprompt", "zzz x"),
@@ -121,14 +137,34 @@ def test_rankings(sources):
     ]
 
 
+def test_every_method_writes_the_same_table(sources):
+    for s in sources.values():
+        df = pd.read_parquet(s["findings"])
+        assert tuple(df.columns) == COLUMNS and str(df["rank"].dtype) == "int64"
+        assert df.groupby("method")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
+    kinds = {s["method"]: {r["kind"] for r in read_findings(s["findings"])} for s in sources.values()}
+    assert kinds == {
+        "corpus": {"document"},
+        "contrastive": {"continuation"},
+        "search": {"prompt"},
+        "hardprompt": {"prompt"},
+    }
+    assert read_findings(sources["search"]["findings"])[0]["example"] == "cocoa cocoa"
+
+
+def test_a_table_that_is_not_findings_is_refused(sources):
+    from lmdelta import LmdeltaError
+
+    with pytest.raises(LmdeltaError, match="not a findings table"):
+        read_findings(sources["search"]["cost"][0])
+
+
 def test_scorecard_precision_and_costs(sources, tmp_path):
     card = run_scorecard(
         pair="p",
         truth=TRUTH,
         sources=list(sources.values()),
-        k=2,
-        threshold=0.5,
-        embedder=None,
+        params=ScorecardParams(k=2, threshold=0.5, embedder=None),
         out_csv=tmp_path / "c.csv",
         out_top=tmp_path / "t.csv",
         out_png=tmp_path / "c.png",

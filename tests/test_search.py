@@ -496,7 +496,10 @@ def run_stage(pair, tmp_path, name, **kw):
             for i, t in enumerate(["Hello there", "def f(x):", "The cat sat on the", "import os"])
         )
     )
-    out = {k: tmp_path / name / k for k in ("bank.parquet", "cycles.csv", "top.csv", "fig.png", "summary.json")}
+    out = {
+        k: tmp_path / name / k
+        for k in ("bank.parquet", "cycles.csv", "top.csv", "fig.png", "summary.json", "findings.parquet")
+    }
     params = SearchParams.from_dict(
         {
             "cycles": 2,
@@ -532,6 +535,7 @@ def run_stage(pair, tmp_path, name, **kw):
         out_top=out["top.csv"],
         out_png=out["fig.png"],
         out_summary=out["summary.json"],
+        out_findings=out["findings.parquet"],
         n_top=5,
     )
     run_clusters(
@@ -572,6 +576,10 @@ def test_stage_outputs_and_determinism(pair, tmp_path):
     }
     top = pd.read_csv(out["top.csv"])
     assert top["id"].tolist() == bank["id"].head(5).tolist()
+    found = pd.read_parquet(out["findings.parquet"])
+    search, seeds = found[found.method == "search"], found[found.method == "search seeds"]
+    assert search.prompt.tolist() == bank.prompt.tolist() and search.score.tolist() == bank.divergence.tolist()
+    assert seeds.prompt.tolist() == bank[bank.cycle == 0].prompt.tolist() and seeds.reference.all()
     clusters = pd.read_csv(tmp_path / "one" / "clusters.csv")
     assert clusters["size"].sum() == len(bank) and "label" in clusters
     again = run_stage(pair, tmp_path, "two")

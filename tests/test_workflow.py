@@ -47,7 +47,7 @@ def test_tiny_workflow_end_to_end(tiny_run):
     assert not (tmp_path / "results" / "logprobs" / "docs" / "shards" / "neox").exists(), "shards are temporary"
     for corpus in ("web", "docs"):
         table = pd.read_csv(tmp_path / "results" / "entropy_perplexity" / corpus / "comparison.csv")
-        assert list(table.model) == ["neox", "llama-gguf", "neox-8bit"]
+        assert list(table.model) == ["neox", "llama-gguf", "neox-8bit", "neox-planted"]
         assert (table.perplexity_tokens > 1).all() and (table.n_docs == (4 if corpus == "web" else 5)).all()
         for name in ("neox", "llama-gguf"):
             tokens = pd.read_parquet(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")
@@ -105,9 +105,18 @@ def test_tiny_workflow_end_to_end(tiny_run):
     assert soft["steps_run"] == 4 and soft["heldout_without_prompt"] > 0
     hard = pd.read_parquet(tmp_path / "results" / "hardprompt" / "planted" / "sp" / "prompts.parquet")
     assert set(hard.method) >= {"nearest-cosine", "snippet"} and hard.is_baseline.sum() == (~hard.is_baseline).sum()
-    # the discovery scorecard of the planted pair (neox-planted has no logprobs here: no corpus row)
+    # the discovery scorecard of the planted pair, read from every method's findings table
     card = pd.read_csv(tmp_path / "results" / "scorecard" / "planted.csv")
-    assert set(card.method) == {"contrastive", "search", "search seeds", "hardprompt", "random snippets"}
+    assert set(card.method) == {"corpus", "contrastive", "search", "search seeds", "hardprompt", "random snippets"}
+    assert set(card[card.method == "corpus"].run) == {"web", "docs"}
+    # corpus findings: documents by mean log-likelihood ratio a - b, against the two logprobs tables
+    found = pd.read_parquet(tmp_path / "results" / "findings" / "planted" / "corpus" / "docs.parquet")
+    a, b = (
+        pd.read_parquet(tmp_path / "results" / "logprobs" / "docs" / f"{m}.parquet").groupby("doc_id").logprob.mean()
+        for m in ("neox-planted", "neox")
+    )
+    assert found.score.tolist() == pytest.approx(sorted((a - b).tolist(), reverse=True), abs=1e-12)
+    assert found["rank"].tolist() == list(range(1, len(a) + 1)) and set(found.kind) == {"document"}
     assert card.precision_keyword.between(0, 1).all() and (card[~card.reference].model_calls > 0).all()
     # the pair's completions exported for LLM Comparator
     doc = json.loads((tmp_path / "results" / "comparator" / "planted" / "default.json").read_text())
@@ -158,13 +167,9 @@ def test_tiny_workflow_end_to_end(tiny_run):
     r = snakemake("--configfile", "changed.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
-    assert (
-        sorted(jobs)
-        == ["all", "compare_entropy_perplexity", "corpus_sample"]
-        + ["entropy_perplexity"] * 3
-        + ["logprobs"] * 3
-        + ["logprobs_shard"] * 3
-    )
+    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_findings", "corpus_sample"] + [
+        "entropy_perplexity"
+    ] * 4 + ["logprobs"] * 4 + ["logprobs_shard"] * 4 + ["scorecard"]
     assert "wildcards: corpus=web" in r.stdout
 
 

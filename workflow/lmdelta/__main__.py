@@ -25,7 +25,11 @@ from lmdelta.job import STAGES, Job, run, setup_logging
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    job = Job.from_file(a.job)
+    try:
+        job = Job.from_file(a.job)
+    except LmdeltaError as e:  # before the job's own logging and error handling exist
+        print(f"lmdelta: error: {e}", file=sys.stderr)
+        return 2
     if a.log:
         job = dataclasses.replace(job, log=a.log)
     return run(job, keep_job_file=False)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lmdelta.config import known_fields, stage_spec
+from lmdelta.findings import finding
 from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair, load_pair, record_pair
 from lmdelta.promptsets import read_promptset
 
@@ -98,6 +99,15 @@ def html_page(records: list[dict], *, pair: str, run: str, names: tuple[str, str
     return "\n".join(parts) + "\n"
 
 
+def text_findings(df, run: str, colour_by: str) -> list[dict]:
+    """The decoded texts as findings (``contrastive``, kind continuation), by rank; score = the text's
+    mean per-token divergence (``mean_<colour_by>``, nats)."""
+    return [
+        finding("contrastive", run, "continuation", getattr(r, f"mean_{colour_by}"), prompt=r.prompt, example=r.text)
+        for r in df.sort_values("rank", kind="stable").itertuples()
+    ]
+
+
 def run_contrastive(
     *,
     pair: str,
@@ -113,10 +123,12 @@ def run_contrastive(
     out_csv: Path,
     out_html: Path,
     out_png: Path,
+    out_findings: Path,
 ) -> list[dict]:
     import pandas as pd
 
     from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
+    from lmdelta.findings import write_findings
     from lmdelta.models import ForwardCounter
     from lmdelta.plots import divergence_figure, save_figure
 
@@ -150,6 +162,7 @@ def run_contrastive(
     df = pd.DataFrame(records)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     write_parquet(out, df, prov)
+    write_findings(out_findings, text_findings(df, run, params.colour_by), prov)
     cols = [
         "rank",
         "prompt_id",
@@ -178,7 +191,7 @@ def run_contrastive(
 
 def contrastive_job(job) -> None:
     """inputs: ``a``, ``b`` (+ ``promptset`` or ``corpus``); spec: the pair (names, run, load_options,
-    formats); outputs: ``parquet``, ``csv``, ``html``, ``png``."""
+    formats); outputs: ``parquet``, ``csv``, ``html``, ``png``, ``findings``."""
     s = job.spec
     run_contrastive(
         pair=job.wildcards["pair"],
@@ -194,4 +207,5 @@ def contrastive_job(job) -> None:
         out_csv=job.out("csv"),
         out_html=job.out("html"),
         out_png=job.out("png"),
+        out_findings=job.out("findings"),
     )

@@ -42,6 +42,7 @@ from lmdelta import LmdeltaError
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
+from lmdelta.findings import finding, write_findings
 from lmdelta.models import pad_id
 from lmdelta.models import right_pad as collate
 from lmdelta.pairs import (
@@ -392,6 +393,16 @@ def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
     return out
 
 
+def prompt_findings(df, run: str) -> list[dict]:
+    """The hard prompts as findings (``hardprompt``, by re-scored divergence in nats, with an example
+    continuation) and, as a reference, the random corpus snippets scored the same way."""
+    return [
+        finding(method, run, "prompt", r.divergence, prompt=r.prompt, example=r.example, reference=ref)
+        for method, ref in (("hardprompt", False), ("random snippets", True))
+        for r in df[df.is_baseline == ref].sort_values("divergence", ascending=False, kind="stable").itertuples()
+    ]
+
+
 def run_hardprompt(
     *,
     pair: str,
@@ -412,6 +423,7 @@ def run_hardprompt(
     out_summary: Path,
     out_clusters: Path,
     out_png: Path,
+    out_findings: Path,
 ):
     import pandas as pd
 
@@ -468,6 +480,7 @@ def run_hardprompt(
     df["cluster"] = pd.array([pd.NA] * len(df), dtype="Int64")
     df.loc[~df.is_baseline, "cluster"] = assigned.cluster.to_numpy()
     write_parquet(out_prompts, df, prov)
+    write_findings(out_findings, prompt_findings(df, run), prov)
     cols = [
         "rank",
         "method",
@@ -506,7 +519,7 @@ def run_hardprompt(
 
 def hardprompt_job(job) -> None:
     """inputs: ``a``, ``b``, ``soft``, ``corpus``; spec: the pair with its soft-prompt run, planted truth;
-    outputs: ``prompts``, ``csv``, ``projection``, ``summary``, ``clusters``, ``png``."""
+    outputs: ``prompts``, ``csv``, ``projection``, ``summary``, ``clusters``, ``png``, ``findings``."""
     s = job.spec
     run_hardprompt(
         pair=job.wildcards["pair"],
@@ -527,4 +540,5 @@ def hardprompt_job(job) -> None:
         out_summary=job.out("summary"),
         out_clusters=job.out("clusters"),
         out_png=job.out("png"),
+        out_findings=job.out("findings"),
     )

@@ -57,6 +57,7 @@ STAGES: dict[str, str] = {
     "search_clusters": "lmdelta.search:clusters_job",
     "softprompt": "lmdelta.softprompt:softprompt_job",
     "hardprompt": "lmdelta.hardprompt:hardprompt_job",
+    "corpus_findings": "lmdelta.perplexity:corpus_findings_job",
     "scorecard": "lmdelta.scorecard:scorecard_job",
     "comparator": "lmdelta.comparator:comparator_job",
 }
@@ -97,11 +98,15 @@ class Job:
         """From the ``snakemake`` object of a ``script:``: every input, output and param must be named
         (a param named ``spec`` holds JSON text, so that Snakemake's change detection compares text)."""
 
+        def flat(values) -> list:
+            return [x for v in values for x in (v if isinstance(v, list) else [v])]
+
         def named(items) -> dict[str, Any]:
             out = {
                 k: (list(v) if not isinstance(v, (str, int, float, bool, type(None))) else v) for k, v in items.items()
             }
-            if len(items) and not out:
+            # Snakemake lists a named list's files in place: an entry no name covers is one left unnamed.
+            if len(flat(list(items))) != len(flat(out.values())):
                 raise LmdeltaError(
                     f"rule {smk.rule}: name every input, output and param (the job contract reads names)"
                 )

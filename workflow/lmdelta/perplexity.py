@@ -160,6 +160,33 @@ def run_compare(
     return table
 
 
+def corpus_findings(
+    logprobs: tuple[Path, Path], corpus: Path, out: Path, *, pair: str, names: tuple[str, str], corpus_name: str
+) -> pd.DataFrame:
+    """A pair's corpus documents as findings (method ``corpus``): ranked by the mean per-token
+    log-likelihood ratio log p_a(x) - log p_b(x) (nats per token) of the actual tokens under the two
+    models: the difference of their cross-entropies on the document, not a KL between distributions."""
+    from lmdelta.findings import finding, frame, write_findings
+
+    prov = Provenance(
+        stage="corpus_findings",
+        params={"pair": pair, "a": names[0], "b": names[1], "corpus": corpus_name, "units": "nats per token"},
+    )
+    for side, path in zip(("a", "b"), logprobs):
+        prov.add_input(f"logprobs:{side}", path)
+    prov.add_input("corpus", corpus)
+    a, b = (pd.read_parquet(p, columns=["doc_id", "logprob"]) for p in logprobs)
+    ratio = (
+        (a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean())
+        .dropna()
+        .sort_values(ascending=False, kind="stable")
+    )
+    docs = pd.read_parquet(corpus, columns=["doc_id", "text"]).set_index("doc_id").text
+    rows = [finding("corpus", corpus_name, "document", v, text=docs[d][:1000]) for d, v in ratio.items()]
+    write_findings(out, rows, prov)
+    return frame(rows)
+
+
 # ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
 
 
@@ -187,4 +214,17 @@ def compare_job(job) -> None:
         job.out("csv"),
         job.out("entropy"),
         job.out("doc_perplexity"),
+    )
+
+
+def corpus_findings_job(job) -> None:
+    """inputs: ``a``, ``b`` (the pair's logprobs on one corpus), ``corpus``; spec: ``names`` (a, b);
+    output: ``findings``."""
+    corpus_findings(
+        (job.path("a"), job.path("b")),
+        job.path("corpus"),
+        job.out("findings"),
+        pair=job.wildcards["pair"],
+        names=tuple(job.spec["names"]),
+        corpus_name=job.wildcards["corpus"],
     )

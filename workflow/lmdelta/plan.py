@@ -597,48 +597,60 @@ class Plan:
 
     # ---- discovery-method scorecard ----------------------------------------------------------------
 
+    def findings_path(self, pair: str, method: str, run: str) -> str:
+        """Where a discovery method writes its findings table (lmdelta.findings) for a pair and run."""
+        return f"results/findings/{pair}/{method}/{run}.parquet"
+
+    def corpus_findings_inputs(self, wildcards) -> dict[str, str]:
+        pair = self.config["pairs"][wildcards.pair]
+        return {
+            "a": f"results/logprobs/{wildcards.corpus}/{pair['a']}.parquet",
+            "b": f"results/logprobs/{wildcards.corpus}/{pair['b']}.parquet",
+            "corpus": f"results/corpus/{wildcards.corpus}.parquet",
+        }
+
+    def corpus_findings_spec(self, wildcards) -> str:
+        return as_text({"names": self.pair_models(wildcards.pair)["names"]})
+
     def scorecard_sources(self, pair_name: str) -> list[dict[str, Any]]:
-        """Every discovery method's artifacts for a pair (as configured), for the scorecard."""
+        """Every discovery method run for a pair (as configured): its findings table, and the artifacts
+        whose provenance gives its wall time and model calls."""
         c = self.config
         pair = c["pairs"][pair_name]
         names = [pair["a"], pair["b"]]
-        out = []
+        runs: list[tuple[str, str, list[str]]] = []
         if set(names) <= set(selected(c, "logprobs", "models")):
-            out += [
-                {
-                    "kind": "corpus",
-                    "run": corpus,
-                    "corpus": f"results/corpus/{corpus}.parquet",
-                    "logprobs": [f"results/logprobs/{corpus}/{n}.parquet" for n in names],
-                }
+            runs += [
+                ("corpus", corpus, [f"results/logprobs/{corpus}/{n}.parquet" for n in names])
                 for corpus in selected(c, "logprobs", "corpora")
             ]
         if pair_name in selected(c, "contrastive", "pairs"):
-            out += [
-                {"kind": "contrastive", "run": r, "path": f"results/contrastive/{pair_name}/{r}.parquet"}
-                for r in c["contrastive"]["runs"]
+            runs += [
+                ("contrastive", r, [f"results/contrastive/{pair_name}/{r}.parquet"]) for r in c["contrastive"]["runs"]
             ]
         if pair_name in selected(c, "search", "pairs"):
-            out += [
-                {"kind": "search", "run": r, "path": f"results/search/{pair_name}/{r}/bank.parquet"}
-                for r in c["search"]["runs"]
-            ]
+            runs += [("search", r, [f"results/search/{pair_name}/{r}/bank.parquet"]) for r in c["search"]["runs"]]
         if pair_name in selected(c, "softprompt", "pairs"):
-            out += [
-                {
-                    "kind": "hardprompt",
-                    "run": r,
-                    "path": f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
-                    "soft": f"results/softprompt/{pair_name}/{r}/prompt.safetensors",
-                }
+            runs += [
+                (
+                    "hardprompt",
+                    r,
+                    [
+                        f"results/softprompt/{pair_name}/{r}/prompt.safetensors",
+                        f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
+                    ],
+                )
                 for r in c["softprompt"]["runs"]
             ]
-        return out
+        return [
+            {"method": m, "run": r, "findings": self.findings_path(pair_name, m, r), "cost": cost}
+            for m, r, cost in runs
+        ]
 
     def scorecard_inputs(self, wildcards) -> list[str]:
         files = []
         for s in self.scorecard_sources(wildcards.pair):
-            files += [s[k] for k in ("path", "corpus", "soft") if k in s] + s.get("logprobs", [])
+            files += [s["findings"], *s["cost"]]
         return files
 
     def scorecard_spec(self, wildcards) -> str:
@@ -646,7 +658,7 @@ class Plan:
             {
                 "truth": planted_truth(self.config, wildcards.pair),
                 "sources": self.scorecard_sources(wildcards.pair),
-                **stage_section("scorecard", self.config["scorecard"]),
+                "params": stage_section("scorecard", self.config["scorecard"]),
             }
         )
 

@@ -1,11 +1,11 @@
 """Discovery-method scorecard: which method surfaces a planted behaviour best.
 
 For a pair whose tuned model has a declared planted behaviour (the ground truth), each discovery
-method's top-k surfaced texts are checked:
+method's top-k findings are checked. Every method writes the same findings table (lmdelta.findings),
+which this stage reads one way:
 
 - ``corpus``: corpus documents ranked by the mean per-token log-likelihood ratio
-  log p_a(x) − log p_b(x) under the two models (from the logprobs artifacts: the actual tokens'
-  logprobs, so this is the difference of the two cross-entropies, not a KL between full distributions);
+  log p_a(x) − log p_b(x) under the two models (lmdelta.perplexity.corpus_findings);
 - ``contrastive``: contrastive-decoding texts (prompt and text) ranked by mean divergence;
 - ``search``: the prompt-search bank (prompt and model a's most divergent continuation);
 - ``hardprompt``: hard prompts from the soft prompt (prompt and continuation), scored without it.
@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmdelta.behaviour import mentions, shows_planted
+from lmdelta.config import stage_spec
+from lmdelta.findings import read_findings
 
 log = logging.getLogger(__name__)
 
@@ -50,73 +53,16 @@ def _cost(paths: list[Path]) -> tuple[float, int | None]:
     )
 
 
-def _join(*parts) -> str:
-    return " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
+@stage_spec("scorecard")
+class ScorecardParams:
+    k: int
+    threshold: float
+    embedder: str | None
 
 
 def surfaced(source: dict[str, Any]) -> list[dict]:
-    """The ranked texts one source surfaces: [{"method", "run", "reference", "rank", "text", "score"}]."""
-    import pandas as pd
-
-    kind, run = source["kind"], source.get("run", "")
-    rows: list[dict] = []
-    if kind == "corpus":
-        a, b = (pd.read_parquet(p, columns=["doc_id", "logprob"]) for p in source["logprobs"])
-        ratio = (
-            (a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean())
-            .dropna()
-            .sort_values(ascending=False, kind="stable")
-        )
-        docs = pd.read_parquet(source["corpus"], columns=["doc_id", "text"]).set_index("doc_id").text
-        rows = [
-            {"method": "corpus", "run": run, "reference": False, "text": docs[d][:1000], "score": float(v)}
-            for d, v in ratio.items()
-        ]
-    elif kind == "contrastive":
-        df = pd.read_parquet(source["path"]).sort_values("rank", kind="stable")
-        key = "mean_" + _prov(source["path"])["params"].get("colour_by", "js")
-        rows = [
-            {
-                "method": "contrastive",
-                "run": run,
-                "reference": False,
-                "text": _join(r.prompt, r.text),
-                "score": float(getattr(r, key)),
-            }
-            for r in df.itertuples()
-        ]
-    elif kind == "search":
-        df = pd.read_parquet(source["path"]).sort_values("rank", kind="stable")
-        for ref, part in ((False, df), (True, df[df.cycle == 0])):
-            rows += [
-                {
-                    "method": "search seeds" if ref else "search",
-                    "run": run,
-                    "reference": ref,
-                    "text": _join(r.prompt, r.example),
-                    "score": float(r.divergence),
-                }
-                for r in part.itertuples()
-            ]
-    elif kind == "hardprompt":
-        df = pd.read_parquet(source["path"])
-        for ref in (False, True):
-            part = df[df.is_baseline == ref].sort_values("divergence", ascending=False, kind="stable")
-            rows += [
-                {
-                    "method": "random snippets" if ref else "hardprompt",
-                    "run": run,
-                    "reference": ref,
-                    "text": _join(r.prompt, r.example),
-                    "score": float(r.divergence),
-                }
-                for r in part.itertuples()
-            ]
-    else:
-        raise ValueError(f"unknown source kind {kind!r}")
-    for i, r in enumerate(rows):
-        r["rank"] = 1 + sum(1 for q in rows[:i] if q["method"] == r["method"])
-    return rows
+    """The ranked findings of one source (``lmdelta.findings``): every method and reference row."""
+    return read_findings(source["findings"])
 
 
 def score(rows: list[dict], truth: dict[str, Any], similarity) -> list[dict]:
@@ -166,9 +112,7 @@ def run_scorecard(
     pair: str,
     truth: dict[str, Any],
     sources: list[dict],
-    k: int,
-    threshold: float,
-    embedder: str | None,
+    params: ScorecardParams,
     out_csv: Path,
     out_top: Path,
     out_png: Path,
@@ -184,25 +128,22 @@ def run_scorecard(
         params={
             "pair": pair,
             "truth": truth,
-            "k": k,
-            "threshold": threshold,
-            "embedder": embedder,
-            "sources": [{k_: str(v) for k_, v in s.items()} for s in sources],
+            **asdict(params),
+            "sources": [
+                {k_: [str(x) for x in v] if isinstance(v, list) else str(v) for k_, v in s.items()} for s in sources
+            ],
         },
     )
     costs: dict[tuple[str, str], tuple[float, int | None]] = {}
     rows: list[dict] = []
     for s in sources:
-        for key in ("path", "corpus", "soft"):
-            if key in s:
-                prov.add_input(f"{s['kind']}:{s.get('run', '')}:{key}", Path(s[key]))
+        prov.add_input(f"{s['method']}:{s['run']}:findings", Path(s["findings"]))
+        for i, path in enumerate(s["cost"]):  # whose provenance gives the method's time and model calls
+            prov.add_input(f"{s['method']}:{s['run']}:cost:{i}", Path(path))
         rows += surfaced(s)
-        paths = [Path(p) for p in s.get("logprobs", [])] + [Path(s[k_]) for k_ in ("soft", "path") if k_ in s]
-        name = {"corpus": "corpus", "contrastive": "contrastive", "search": "search", "hardprompt": "hardprompt"}[
-            s["kind"]
-        ]
-        costs[(name, s.get("run", ""))] = _cost(paths)
-    model = load_embedder(embedder)
+        costs[(s["method"], s["run"])] = _cost([Path(p) for p in s["cost"]])
+    k = params.k
+    model = load_embedder(params.embedder)
     refs = embed(model, [truth["response"], *truth["trigger_subjects"]], batch_size=64, autocast="none")
     refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
 
@@ -212,7 +153,7 @@ def run_scorecard(
         return (v @ refs.T).max(axis=1)
 
     rows = score(rows, truth, similarity)
-    card = table(rows, costs, k=k, threshold=threshold)
+    card = table(rows, costs, k=k, threshold=params.threshold)
     top = pd.DataFrame(rows)
     top = top[top["rank"] <= k][
         ["method", "run", "rank", "score", "hit_keyword", "mentions_trigger", "shows_response", "similarity", "text"]
@@ -228,15 +169,13 @@ def run_scorecard(
 
 
 def scorecard_job(job) -> None:
-    """spec: {"truth", "sources", "k", "threshold", "embedder"}; outputs: ``csv``, ``top``, ``png``."""
+    """spec: {"truth", "sources", "params" (ScorecardParams)}; outputs: ``csv``, ``top``, ``png``."""
     s = job.spec
     run_scorecard(
         pair=job.wildcards["pair"],
         truth=s["truth"],
         sources=s["sources"],
-        k=s["k"],
-        threshold=s["threshold"],
-        embedder=s["embedder"],
+        params=ScorecardParams.from_dict(s["params"]),
         out_csv=job.out("csv"),
         out_top=job.out("top"),
         out_png=job.out("png"),

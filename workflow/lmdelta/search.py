@@ -48,6 +48,7 @@ from lmdelta import LmdeltaError
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import known_fields, stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
+from lmdelta.findings import finding, write_findings
 from lmdelta.pairs import (
     Scorer,
     check_same_tokenizer,
@@ -434,6 +435,17 @@ def _cycle_stats(
 # ---- files at the edge --------------------------------------------------------------------------------
 
 
+def bank_findings(bank, run: str) -> list[dict]:
+    """The bank as findings: every prompt (method ``search``, by rank, score = its divergence in nats)
+    and, as a reference, the seed prompts alone (cycle 0, ``search seeds``)."""
+    ranked = bank.sort_values("rank", kind="stable")
+    return [
+        finding(method, run, "prompt", r.divergence, prompt=r.prompt, example=r.example, reference=ref)
+        for method, ref, part in (("search", False, ranked), ("search seeds", True, ranked[ranked.cycle == 0]))
+        for r in part.itertuples()
+    ]
+
+
 def run_search(
     *,
     pair: str,
@@ -455,6 +467,7 @@ def run_search(
     out_top: Path,
     out_png: Path,
     out_summary: Path,
+    out_findings: Path,
     n_top: int = 20,
 ) -> list[dict]:
     import pandas as pd
@@ -514,6 +527,7 @@ def run_search(
     bank = bank_frame(records, params.divergence, planted)
     cyc = pd.DataFrame(cycles)
     write_parquet(out_bank, bank, prov)
+    write_findings(out_findings, bank_findings(bank, run), prov)
     write_csv(out_cycles, cyc, prov)
     top_cols = ["rank", "id", "cycle", "divergence", "kl_a_b", "kl_b_a", "js", "diversity", "prompt", "example"]
     top_cols += [c for c in ("mentions_trigger", "shows_response") if c in bank]
@@ -660,7 +674,7 @@ def assistant_args(spec: dict) -> dict:
 
 def search_job(job) -> None:
     """inputs: ``a``, ``b``, ``seeds`` (+ the assistant's model); spec: the pair with its run, the assistant,
-    planted truth; outputs: ``bank``, ``cycles``, ``top``, ``png``, ``summary``."""
+    planted truth; outputs: ``bank``, ``cycles``, ``top``, ``png``, ``summary``, ``findings``."""
     s = job.spec
     run = s["run"]
     run_search(
@@ -680,6 +694,7 @@ def search_job(job) -> None:
         out_top=job.out("top"),
         out_png=job.out("png"),
         out_summary=job.out("summary"),
+        out_findings=job.out("findings"),
         n_top=run["n_top"],
     )
 

@@ -27,6 +27,7 @@ rule contrastive:
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by position"},
         ),
+        findings=plan.findings_path("{pair}", "contrastive", "{run}"),
     params:
         spec=plan.contrastive_spec,
     conda:

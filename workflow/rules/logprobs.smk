@@ -102,3 +102,23 @@ rule compare_entropy_perplexity:
         runtime=30,
     script:
         JOB
+
+
+rule corpus_findings:
+    input:
+        unpack(plan.corpus_findings_inputs),
+    output:
+        findings=plan.findings_path("{pair}", "corpus", "{corpus}"),
+    params:
+        spec=plan.corpus_findings_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/corpus_findings/{pair}/{corpus}.log",
+    benchmark:
+        "benchmarks/corpus_findings/{pair}/{corpus}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        JOB

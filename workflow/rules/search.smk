@@ -28,6 +28,7 @@ rule search:
             labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by cycle"},
         ),
         summary="results/search/{pair}/{run}/summary.json",
+        findings=plan.findings_path("{pair}", "search", "{run}"),
     params:
         spec=plan.search_spec,
     conda:

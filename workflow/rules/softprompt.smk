@@ -54,6 +54,7 @@ rule hardprompt:
         ),
         projection="results/hardprompt/{pair}/{run}/projection.csv",
         summary="results/hardprompt/{pair}/{run}/summary.json",
+        findings=plan.findings_path("{pair}", "hardprompt", "{run}"),
         clusters=report(
             "results/hardprompt/{pair}/{run}/clusters.csv",
             caption="../report/hardprompt.rst",

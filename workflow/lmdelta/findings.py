@@ -1,0 +1,105 @@
+"""The findings table: what a discovery method surfaces, in one shape for every method.
+
+Each discovery stage writes one (``<artifact>.findings.parquet`` or ``findings.parquet`` beside its
+artifacts); the scorecard and the report read them all the same way, so a new method is one module
+that writes this table and one rule. One row per finding, strongest first within a method:
+
+- ``method``: the method (``contrastive``, ``search``, ``hardprompt``, ``corpus``) or a reference
+  shown beside it (``search seeds``, ``random snippets``) with ``reference`` true;
+- ``run``: the config's run (or corpus) name;
+- ``rank``: 1 = strongest, per method;
+- ``kind``: what the text is: ``prompt`` (a prompt that makes the models differ, shown with an
+  example continuation), ``continuation`` (a text the pair generates), ``document`` (a human text),
+  ``token`` or ``word``;
+- ``text``: what a person reads (a prompt and its example joined; a document cut to 1,000 characters);
+- ``score``: the method's own measure of difference (higher = more different; its unit is the
+  method's, e.g. mean JS divergence in nats, a log-likelihood ratio per token);
+- ``prompt``, ``example``: the parts of ``text`` where there are two (else null).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmdelta import LmdeltaError
+
+COLUMNS = ("method", "run", "reference", "rank", "kind", "text", "score", "prompt", "example")
+KINDS = ("prompt", "continuation", "document", "token", "word")
+
+
+def join_text(*parts: Any) -> str:
+    """The non-empty string parts, stripped, joined by one space."""
+    return " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
+
+
+def finding(
+    method: str,
+    run: str,
+    kind: str,
+    score: float,
+    *,
+    text: str | None = None,
+    prompt: str | None = None,
+    example: str | None = None,
+    reference: bool = False,
+) -> dict[str, Any]:
+    """One row; ``text`` defaults to the prompt and example joined. Rank is set by ``frame``."""
+    if kind not in KINDS:
+        raise ValueError(f"finding kind {kind!r} is not one of {KINDS}")
+    return {
+        "method": method,
+        "run": run,
+        "reference": bool(reference),
+        "rank": 0,
+        "kind": kind,
+        "text": join_text(prompt, example) if text is None else text,
+        "score": float(score),
+        "prompt": prompt,
+        "example": example,
+    }
+
+
+def frame(rows: list[dict[str, Any]]):
+    """The rows as a findings table: in the given order (strongest first within each method), ranked
+    1, 2, ... per method, with the columns in their fixed order and types."""
+    import pandas as pd
+
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["method"]] = counts.get(r["method"], 0) + 1
+        r["rank"] = counts[r["method"]]
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    return df.astype(
+        {
+            "method": "string",
+            "run": "string",
+            "reference": bool,
+            "rank": "int64",
+            "kind": "string",
+            "text": "string",
+            "score": "float64",
+            "prompt": "string",
+            "example": "string",
+        }
+    )
+
+
+def write_findings(path: str | Path, rows: list[dict[str, Any]], prov=None) -> None:
+    from lmdelta.artifacts import write_parquet
+
+    write_parquet(path, frame(rows), prov)
+
+
+def read_findings(path: str | Path) -> list[dict[str, Any]]:
+    """A findings table's rows (plain Python values); a file without its columns is an error naming it."""
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise LmdeltaError(
+            f"{path}: not a findings table (missing {', '.join(missing)}); rerun the stage that wrote it"
+        )
+    df = df[list(COLUMNS)].astype(object).where(df[list(COLUMNS)].notna(), None)
+    return df.to_dict("records")
