@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
+from lmdelta.generation import Sampling, TextFormat, generate_texts, prompt_ids
+from lmdelta.models import load_model
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -150,7 +152,6 @@ class LocalAssistant:
         self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = ""
     ) -> list[str | None]:
         """``prefix`` starts each reply (written after the chat template, then continued by the model)."""
-        from lmdelta.generation import Sampling, TextFormat, generate_texts, prompt_ids
 
         g = gen or self.gen
         fmt = TextFormat(chat_template=self.chat_template, fmt=self.fmt, first_token=self.first_token)
@@ -196,8 +197,6 @@ def make_assistant(
             gen=gen,
         )
     if loaded is None:
-        from lmdelta.models import load_model
-
         loaded = load_model(model_dir, **(load_options or {}))
     model, tok = loaded
     fmt = fmt or {}

@@ -19,6 +19,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, write_json
+from lmdelta.behaviour import shows_planted
+from lmdelta.divergence import text_divergences
+from lmdelta.models import pad_id
+from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
+from lmdelta.promptsets import read_promptset
+from lmdelta.tokens import TextFormat, prompt_ids
+
 log = logging.getLogger(__name__)
 PER_MODEL_NUMBERS = ("kl_a_b", "kl_b_a", "js", "n_tokens", "distinct_2", "self_bleu")
 
@@ -30,7 +39,6 @@ def _num(x) -> float | None:
 
 def build(pair: str, names: tuple[str, str], prompts: dict[str, dict], joined, planted: dict | None) -> dict[str, Any]:
     """The LLM Comparator document from the joined table (one row per example, ``_a`` / ``_b`` columns)."""
-    from lmdelta.behaviour import shows_planted
 
     schema = [
         {"name": "prompt_id", "type": "string"},
@@ -99,14 +107,6 @@ def run_comparator(
     batch_size: int = 8,
 ) -> dict:
     import pandas as pd
-
-    from lmdelta import LmdeltaError
-    from lmdelta.artifacts import Provenance, write_json
-    from lmdelta.divergence import text_divergences
-    from lmdelta.models import pad_id
-    from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
-    from lmdelta.promptsets import read_promptset
-    from lmdelta.tokens import TextFormat, prompt_ids
 
     prov = Provenance(
         stage="comparator",

@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, write_parquet
 from lmdelta.config import known_fields, stage_spec
+from lmdelta.generation import Sampling, TextFormat, check_context, generate_texts, prompt_ids
+from lmdelta.models import load_model, read_fingerprint
 from lmdelta.promptsets import _schema, read_promptset
+from lmdelta.shards import read_shards, shard_name, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,6 @@ def run_completions_shard(
     batches (temperature by temperature, ``batch_size`` sequences each), written to ``out``."""
     import pyarrow as pa
     from tqdm import tqdm
-
-    from lmdelta.artifacts import Provenance, write_parquet
-    from lmdelta.generation import Sampling, TextFormat, check_context, generate_texts, prompt_ids
-    from lmdelta.models import load_model, read_fingerprint
-    from lmdelta.shards import shard_range
 
     if any(t <= 0 for t in params.temperatures):
         raise LmdeltaError(
@@ -140,9 +139,6 @@ def gather_completions(shards: list[str | Path], out: str | Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lmdelta.artifacts import Provenance, write_parquet
-    from lmdelta.shards import read_shards
-
     n_shards, recs, settings, prior_time_s = read_shards(shards, vary=("shard",))
     prov = Provenance(
         stage="completions",
@@ -160,8 +156,6 @@ def gather_completions(shards: list[str | Path], out: str | Path) -> int:
 def run_completions(model_dir: str | Path, promptset: str | Path, out: str | Path, *, n_shards: int = 1, **kw) -> int:
     """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
     import shutil
-
-    from lmdelta.shards import shard_name
 
     out = Path(out)
     folder = out.parent / "shards" / out.stem

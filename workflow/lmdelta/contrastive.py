@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
 from lmdelta.config import known_fields, stage_spec
-from lmdelta.findings import finding
+from lmdelta.findings import finding, write_findings
+from lmdelta.models import ForwardCounter
 from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair, load_pair, record_pair
+from lmdelta.plots import divergence_figure, save_figure
 from lmdelta.promptsets import read_promptset
 
 log = logging.getLogger(__name__)
@@ -126,11 +129,6 @@ def run_contrastive(
     out_findings: Path,
 ) -> list[dict]:
     import pandas as pd
-
-    from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
-    from lmdelta.findings import write_findings
-    from lmdelta.models import ForwardCounter
-    from lmdelta.plots import divergence_figure, save_figure
 
     prov = Provenance(
         stage="contrastive",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.artifacts import Provenance, iter_jsonl, write_parquet
+from lmdelta.artifacts import Provenance, iter_jsonl, sha256_file, write_parquet
 from lmdelta.config import CorpusSpec, infer_format
 from lmdelta.download import check_sha256, download
 
@@ -259,8 +259,6 @@ def iter_documents(spec: CorpusSpec, raw_path: str | Path | None) -> Iterator[Do
         if not path.is_file():
             raise LmdeltaError(f"{what}: file {path} does not exist; fix source.file.path")
         if src.get("sha256"):
-            from lmdelta.artifacts import sha256_file
-
             check_sha256(sha256_file(path), src["sha256"], what=what, name=str(path))
         return iter_file_documents(path, fmt, src["text_field"], what=what)
     return iter_file_documents(raw_path, fmt, src["text_field"], what=what)

@@ -20,8 +20,10 @@ from typing import Any
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, read_jsonl, write_csv
-from lmdelta.config import stage_spec
-from lmdelta.models import pad_id
+from lmdelta.config import ModelSpec, stage_spec
+from lmdelta.models import load_model, pad_id, read_fingerprint, resolve_autocast, resolve_device, write_model_folder
+from lmdelta.tokens import TextFormat
+from lmdelta.tokens import prompt_ids as encode_prompt
 from lmdelta.training import batch_indices, load_checkpoint, save_checkpoint, warmup_lr
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,6 @@ def encode_examples(
     tokenizer, records: list[dict], *, text_format: dict[str, Any], max_tokens: int
 ) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per record; labels are -100 on prompt tokens; truncated to max_tokens."""
-    from lmdelta.tokens import TextFormat
-    from lmdelta.tokens import prompt_ids as encode_prompt
 
     fmt = TextFormat.from_dict(text_format)
     eos = tokenizer.eos_token_id
@@ -141,9 +141,6 @@ def train(
     import pandas as pd
     import torch
     from tqdm import tqdm
-
-    from lmdelta.config import ModelSpec
-    from lmdelta.models import load_model, read_fingerprint, resolve_autocast, resolve_device, write_model_folder
 
     if not records:
         raise LmdeltaError(f"derive: models.{name}: the training set is empty; check derive.data")

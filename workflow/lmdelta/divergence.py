@@ -8,6 +8,8 @@ log P_b): the direction is in the argument order and in every output column name
 
 from __future__ import annotations
 
+from lmdelta.models import right_pad
+
 
 def _common(a, b):
     v = min(a.shape[-1], b.shape[-1])
@@ -54,8 +56,6 @@ def text_divergences(
     import math
 
     import torch
-
-    from lmdelta.models import right_pad
 
     out = []
     for b in range(0, len(seqs), batch_size):

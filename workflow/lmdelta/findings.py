@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import write_parquet
 
 COLUMNS = ("method", "run", "reference", "rank", "kind", "text", "score", "prompt", "example")
 KINDS = ("prompt", "continuation", "document", "token", "word")
@@ -86,7 +87,6 @@ def frame(rows: list[dict[str, Any]]):
 
 
 def write_findings(path: str | Path, rows: list[dict[str, Any]], prov=None) -> None:
-    from lmdelta.artifacts import write_parquet
 
     write_parquet(path, frame(rows), prov)
 

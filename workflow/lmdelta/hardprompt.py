@@ -39,11 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
+from lmdelta.decoding import Sampling, decode_combined
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.findings import finding, write_findings
-from lmdelta.models import pad_id
+from lmdelta.models import ForwardCounter, pad_id
 from lmdelta.models import right_pad as collate
 from lmdelta.pairs import (
     DIVERGENCES,
@@ -55,6 +57,8 @@ from lmdelta.pairs import (
     record_pair,
     sub_seed,
 )
+from lmdelta.plots import hardprompt_figure, save_figure
+from lmdelta.scoring import score_sequences
 from lmdelta.softprefix import (
     PLACEHOLDER,
     SoftPromptParams,
@@ -68,7 +72,7 @@ from lmdelta.softprefix import (
     training_docs,
 )
 from lmdelta.stats import bootstrap_ci
-from lmdelta.tokens import prefix_token
+from lmdelta.tokens import format_prompt, prefix_token
 from lmdelta.training import batch_indices
 
 log = logging.getLogger(__name__)
@@ -146,8 +150,6 @@ def generate_with_prompt(model, tok, soft, placement: str, hp: HardPromptParams,
     """Texts sampled from ``model`` conditioned on the soft prompt (in its placement)."""
     import torch
 
-    from lmdelta.decoding import Sampling, decode_combined
-
     before, after = template_ids(tok, placement, first_token)
     emb = model.get_input_embeddings()
     device = emb.weight.device
@@ -193,7 +195,6 @@ def snippets(docs: list[list[int]], lengths: list[int], tok, seed: int) -> list[
 
 def perplexities(model, tok, texts: list[str], first_token: str = "bos") -> list[float]:
     """Perplexity of each text under ``model`` (first token conditioned on the model's first token)."""
-    from lmdelta.scoring import score_sequences
 
     prefix, _ = prefix_token(tok, first_token)
     head = [prefix] if prefix is not None else []
@@ -251,8 +252,6 @@ def score_prompts(
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
 
     if sp.placement == "chat":  # both models read model a's chat template, as in training (softprompt.pair_templates)
-        from lmdelta.tokens import format_prompt
-
         text = format_prompt(toks[0], PLACEHOLDER, chat_template=True).replace("{", "{{").replace("}", "}}")
         fmts = [
             {"chat_template": False, "fmt": text.replace(PLACEHOLDER, "{prompt}") + "{guide}", "first_token": "none"}
@@ -426,10 +425,6 @@ def run_hardprompt(
     out_findings: Path,
 ):
     import pandas as pd
-
-    from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
-    from lmdelta.models import ForwardCounter
-    from lmdelta.plots import hardprompt_figure, save_figure
 
     prov = Provenance(
         stage="hardprompt",

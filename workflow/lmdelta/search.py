@@ -45,10 +45,13 @@ from typing import Any
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
+from lmdelta.assistant import Generation, judge, make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import known_fields, stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.findings import finding, write_findings
+from lmdelta.models import ForwardCounter, read_fingerprint
 from lmdelta.pairs import (
     Scorer,
     check_same_tokenizer,
@@ -59,6 +62,7 @@ from lmdelta.pairs import (
     record_pair,
     sub_seed,
 )
+from lmdelta.plots import cluster_figure, save_figure, search_figure
 from lmdelta.promptsets import read_promptset
 
 log = logging.getLogger(__name__)
@@ -252,8 +256,6 @@ def search_loop(
 ) -> tuple[list[dict], list[dict]]:
     """Run the search; return (bank records, one stats record per cycle). ``seeds``: [{"id", "prompt"}]."""
     from tqdm import tqdm
-
-    from lmdelta.assistant import judge
 
     p = params
     bank = Bank()
@@ -472,11 +474,6 @@ def run_search(
 ) -> list[dict]:
     import pandas as pd
 
-    from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
-    from lmdelta.assistant import make_assistant
-    from lmdelta.models import ForwardCounter, read_fingerprint
-    from lmdelta.plots import save_figure, search_figure
-
     prov = Provenance(
         stage="search",
         params={
@@ -621,9 +618,6 @@ def run_clusters(
 ):
     import pandas as pd
 
-    from lmdelta.artifacts import Provenance, write_csv, write_parquet
-    from lmdelta.plots import cluster_figure, save_figure
-
     prov = Provenance(
         stage="search_clusters", params={"k": k, "embedder": embedder, "labels": assistant_spec}, seed=seed
     )
@@ -634,8 +628,6 @@ def run_clusters(
     vectors = embed(load_embedder(embedder), bank.prompt.tolist(), batch_size=64, autocast="none")
     assigned, table = cluster_table(bank, cluster_bank(vectors, k=k, seed=seed))
     if assistant_spec is not None:
-        from lmdelta.assistant import Generation, make_assistant
-
         assistant = make_assistant(
             assistant_spec, model_dir=assistant_dir, load_options=assistant_load_options, fmt=assistant_format
         )

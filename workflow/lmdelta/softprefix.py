@@ -14,6 +14,9 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import stage_spec
+from lmdelta.decoding import Sampling, decode
+from lmdelta.divergence import divergences
+from lmdelta.tokens import first_token_id, format_prompt
 
 PLACEHOLDER = "\u2063SOFTPROMPT\u2063"
 
@@ -22,15 +25,12 @@ def template_ids(tok, placement: str, first_token: str = "bos") -> tuple[list[in
     """Token ids before and after the soft prompt: for ``prefix`` the model's first token alone
     (``lmdelta.tokens``), for ``chat`` the chat template around the user's message."""
     if placement == "prefix":
-        from lmdelta.tokens import first_token_id
-
         tid = first_token_id(tok, first_token)
         return ([] if tid is None else [tid]), []
     if placement != "chat":
         raise LmdeltaError(f"softprompt: placement {placement!r} is unknown; use prefix or chat")
     if not getattr(tok, "chat_template", None):
         raise LmdeltaError("softprompt: placement chat needs a tokenizer with a chat template; use placement: prefix")
-    from lmdelta.tokens import format_prompt
 
     text = format_prompt(tok, PLACEHOLDER, chat_template=True)
     before, after = text.split(PLACEHOLDER)
@@ -71,7 +71,6 @@ def text_logits(model, prompt, before: list[int], after: list[int], ids, mask):
 
 def pair_divergence(models, prompt, templates, ids, mask, divergence: str):
     """Mean divergence over the text positions (padding masked) and the per-position values."""
-    from lmdelta.divergence import divergences
 
     la, lb = (text_logits(m, prompt, t[0], t[1], ids, mask) for m, t in zip(models, templates))
     d = divergences(la, lb, ("a", "b"))[divergence]
@@ -138,8 +137,6 @@ def training_docs(models, toks, p, corpus: Path | None) -> list[list[int]]:
         return [tok(t, add_special_tokens=False).input_ids for t in texts]
     if p.data == "generations":
         import torch
-
-        from lmdelta.decoding import Sampling, decode
 
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         if start is None:

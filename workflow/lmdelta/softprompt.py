@@ -28,9 +28,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lmdelta import LmdeltaError
-from lmdelta.models import pad_id
+from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
+from lmdelta.models import ForwardCounter, pad_id, resolve_autocast
 from lmdelta.models import right_pad as collate  # the batches of training windows
 from lmdelta.pairs import check_compatible, load_pair, record_pair
+from lmdelta.plots import save_figure, softprompt_figure
 from lmdelta.softprefix import (
     SoftPromptParams,
     nearest_tokens,
@@ -114,7 +116,6 @@ def train_prompt(
     prompt = torch.nn.Parameter(init_prompt(models[0].get_input_embeddings(), toks[0], p))
     optimizer = torch.optim.AdamW([prompt], lr=p.lr, weight_decay=0.0)
     device = models[0].get_input_embeddings().weight.device
-    from lmdelta.models import resolve_autocast
 
     autocast = resolve_autocast(p.autocast, device, where="softprompt")
     use_autocast = autocast == "bf16"
@@ -129,7 +130,6 @@ def train_prompt(
             f.unlink()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / "key.json").write_text(key)
-    from lmdelta.models import ForwardCounter
 
     calls = ForwardCounter(*models)  # forward calls, added up over resumed runs in the checkpoint state
     state = {
@@ -268,9 +268,6 @@ def run_softprompt(
     import pandas as pd
     import torch
     from safetensors.torch import save_file
-
-    from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
-    from lmdelta.plots import save_figure, softprompt_figure
 
     prov = Provenance(
         stage="softprompt",

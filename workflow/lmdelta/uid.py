@@ -41,9 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, atomic_path, read_provenance, write_csv, write_parquet
+from lmdelta.models import load_model, read_fingerprint
+from lmdelta.plots import save_figure, surprisal_contours_figure, uid_figure
 from lmdelta.promptsets import read_promptset
+from lmdelta.scoring import LogprobParams, score_sequences
 from lmdelta.stats import bootstrap_ci, cohens_d, holm
 from lmdelta.tokens import prefix_token
+from lmdelta.tokens import word_ids as words_of
 
 POWER_KS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 METRICS = (
@@ -157,10 +162,6 @@ def score_texts(
     import pandas as pd
     import pyarrow as pa
 
-    from lmdelta.artifacts import Provenance, write_parquet
-    from lmdelta.models import load_model, read_fingerprint
-    from lmdelta.scoring import score_sequences
-
     if human_tokens is None:
         df = pd.read_parquet(completions)
         prompts = _completion_prompts(completions)
@@ -230,7 +231,6 @@ def score_texts(
 
 def _completion_prompts(completions) -> dict[str, str]:
     """Prompt texts of a completions artifact, from the prompt set named in its provenance."""
-    from lmdelta.artifacts import read_provenance
 
     path = read_provenance(completions, verify=False)["inputs"]["promptset"]["path"]
     return {p["id"]: p["prompt"] for p in read_promptset(path)}
@@ -370,10 +370,6 @@ def run_uid(
     temperature). Metrics per document (docs.parquet), compared per prompt (``per_unit``)."""
     import pandas as pd
 
-    from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_parquet
-    from lmdelta.plots import save_figure, surprisal_contours_figure, uid_figure
-    from lmdelta.tokens import word_ids as words_of
-
     tok = None
     if word_level:
         from transformers import AutoTokenizer
@@ -441,7 +437,6 @@ def run_uid(
 def score_job(job) -> None:
     """Model texts (input ``completions``) or a prompt set's human continuations (input ``promptset``,
     spec ``human_tokens``) scored by input ``model``; spec: {"params", "load_options"}; output: ``scored``."""
-    from lmdelta.scoring import LogprobParams
 
     s = job.spec
     texts = job.path("completions") if "completions" in job.inputs else job.path("promptset")
