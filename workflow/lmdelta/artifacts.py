@@ -288,7 +288,6 @@ def read_provenance(artifact: str | os.PathLike, verify: bool = True) -> dict[st
 
 
 def write_jsonl(path: str | Path, records: list[dict], prov=None) -> None:
-    from lmdelta.artifacts import atomic_path
 
     with atomic_path(path, prov) as tmp, open(tmp, "w") as fh:
         for r in records:
@@ -296,7 +295,6 @@ def write_jsonl(path: str | Path, records: list[dict], prov=None) -> None:
 
 
 def read_jsonl(path: str | Path, where: str | None = None) -> list[dict]:
-    from lmdelta.artifacts import iter_jsonl
 
     with open(path, encoding="utf-8") as fh:
         return [rec for _, rec in iter_jsonl(fh, where=where or str(path))]

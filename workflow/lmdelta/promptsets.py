@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
-from lmdelta.artifacts import iter_jsonl
+from lmdelta.artifacts import Provenance, atomic_path, iter_jsonl
 
 BUILTIN_PROMPTSETS = ("default", "search_seeds")
 
@@ -75,8 +75,6 @@ def prompts_from_corpus(
     ``instruction`` (a format string with {prompt}), each record's ``chat_prompt`` is what a model that
     reads a chat template is asked instead of the bare sentence."""
     import pandas as pd
-
-    from lmdelta.artifacts import Provenance, atomic_path
 
     prov = Provenance(
         stage="prompts_from_corpus",
