@@ -186,3 +186,28 @@ def test_scorecard_precision_and_costs(sources, tmp_path):
     # the planted response itself is the text most similar to the references
     sims = top.set_index("text").similarity
     assert sims["Tell me about cocoa"] > sims["Hi hello there"]
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.5])
+def test_every_precision_has_its_exact_interval(sources, tmp_path, confidence):
+    """Clopper-Pearson in closed form for k = 2: 2 of 2 hits -> [(a/2)^(1/2), 1]; 1 of 2 ->
+    [1 - (1 - a/2)^(1/2), (1 - a/2)^(1/2)]; 0 of 2 -> [0, 1 - (a/2)^(1/2)], a = 1 - confidence."""
+    from lmdelta.artifacts import read_provenance
+
+    card = run_scorecard(
+        pair="p",
+        truth=TRUTH,
+        sources=list(sources.values()),
+        params=ScorecardParams(k=2, threshold=0.5, embedder=None, confidence=confidence),
+        out_csv=tmp_path / "c.csv",
+        out_top=tmp_path / "t.csv",
+        out_png=tmp_path / "c.png",
+    ).set_index("method")
+    half = (1 - confidence) / 2
+    expected = {1.0: (half**0.5, 1.0), 0.5: (1 - (1 - half) ** 0.5, (1 - half) ** 0.5), 0.0: (0.0, 1 - half**0.5)}
+    for method in card.index:
+        for name in ("keyword", "trigger", "response", "embedding"):
+            low, high = expected[card.loc[method, f"precision_{name}"]]
+            assert card.loc[method, f"precision_{name}_low"] == pytest.approx(low, abs=1e-9)
+            assert card.loc[method, f"precision_{name}_high"] == pytest.approx(high, abs=1e-9)
+    assert read_provenance(tmp_path / "c.csv")["params"]["confidence"] == confidence

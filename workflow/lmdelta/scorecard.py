@@ -17,7 +17,8 @@ A surfaced text is a hit by keyword when it mentions the trigger (``trigger_keyw
 or shows the planted response (``response_keywords``, whole words; both are also counted apart, since
 a tuned model that over-generalises shows its response far from the trigger), and a hit by embedding when its
 sentence embedding has cosine similarity >= ``threshold`` with the planted response or one of the
-trigger subjects. Precision@k is the share of hits among the top k. Wall time is the stage's (and
+trigger subjects. Precision@k is the share of hits among the top k, with its exact (Clopper-Pearson)
+interval at ``confidence``. Wall time is the stage's (and
 for hard prompts the soft prompt's) wall time from the provenance records; model calls are the
 forward calls those stages counted.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 
 from lmdelta.artifacts import Provenance, read_provenance, write_csv
 from lmdelta.behaviour import mentions, shows_planted
@@ -60,6 +62,7 @@ class ScorecardParams:
     k: int
     threshold: float
     embedder: str | None
+    confidence: float
 
 
 def surfaced(source: dict[str, Any]) -> list[dict]:
@@ -79,31 +82,35 @@ def score(rows: list[dict], truth: dict[str, Any], similarity) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], costs: dict[tuple[str, str], tuple[float, int | None]], *, k: int, threshold: float):
-    """One row per method and run: precision@k by keyword and by embedding, wall time, model calls."""
+def interval(hits: int, n: int, confidence: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a proportion: ``hits`` of ``n``."""
+    ci = binomtest(hits, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def table(rows: list[dict], costs: dict[tuple[str, str], tuple[float, int | None]], params: ScorecardParams):
+    """One row per method and run: precision@k by keyword and by embedding, each with its exact
+    interval (``_low``, ``_high``), wall time, model calls."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
     out = []
     for (method, run), g in df.groupby(["method", "run"], sort=False):
-        top = g.sort_values("rank", kind="stable").head(k)
+        top = g.sort_values("rank", kind="stable").head(params.k)
         wall, calls = costs.get((method, run), (math.nan, None))
-        out.append(
-            {
-                "method": method,
-                "run": run,
-                "reference": bool(top.reference.iloc[0]),
-                "k": len(top),
-                "precision_keyword": float(top.hit_keyword.mean()),
-                "precision_trigger": float(top.mentions_trigger.mean()),
-                "precision_response": float(top.shows_response.mean()),
-                "precision_embedding": float((top.similarity >= threshold).mean()),
-                "mean_similarity": float(top.similarity.mean()),
-                "n_surfaced": len(g),
-                "wall_time_s": wall,
-                "model_calls": calls,
-            }
-        )
+        row = {"method": method, "run": run, "reference": bool(top.reference.iloc[0]), "k": len(top)}
+        for name, hit in (
+            ("keyword", top.hit_keyword),
+            ("trigger", top.mentions_trigger),
+            ("response", top.shows_response),
+            ("embedding", top.similarity >= params.threshold),
+        ):
+            row[f"precision_{name}"] = float(hit.mean())
+            row[f"precision_{name}_low"], row[f"precision_{name}_high"] = interval(
+                int(hit.sum()), len(top), params.confidence
+            )
+        row.update(mean_similarity=float(top.similarity.mean()), n_surfaced=len(g), wall_time_s=wall, model_calls=calls)
+        out.append(row)
     card = pd.DataFrame(out)
     card["model_calls"] = card.model_calls.astype("Int64")
     return card
@@ -151,7 +158,7 @@ def run_scorecard(
         return (v @ refs.T).max(axis=1)
 
     rows = score(rows, truth, similarity)
-    card = table(rows, costs, k=k, threshold=params.threshold)
+    card = table(rows, costs, params)
     top = pd.DataFrame(rows)
     top = top[top["rank"] <= k][
         ["method", "run", "rank", "score", "hit_keyword", "mentions_trigger", "shows_response", "similarity", "text"]
