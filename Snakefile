@@ -18,6 +18,7 @@ include: "workflow/rules/uid.smk"
 include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/softprompt.smk"
+include: "workflow/rules/lens.smk"
 include: "workflow/rules/comparator.smk"
 include: "workflow/rules/scorecard.smk"
 

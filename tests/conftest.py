@@ -274,6 +274,17 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
                 }
             }
         },
+        "lens": {
+            "runs": {
+                "ld": {
+                    "corpus": "docs",
+                    "n_texts": 4,
+                    "positions": 2,
+                    "top_k": 3,
+                    "steer": {"max_new_tokens": 3, "samples": 1, "scales": [0.0, 1.0]},
+                }
+            }
+        },
         "softprompt": {
             "runs": {
                 "sp": {

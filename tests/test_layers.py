@@ -11,6 +11,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "workflow" / "lmdelta"
 # One module per stage of the workflow (a rule's entry point lives in its stage module).
 STAGES = {
+    "lens",
     "corpus",
     "logprobs",
     "perplexity",

@@ -107,7 +107,19 @@ def test_tiny_workflow_end_to_end(tiny_run):
     assert set(hard.method) >= {"nearest-cosine", "snippet"} and hard.is_baseline.sum() == (~hard.is_baseline).sum()
     # the discovery scorecard of the planted pair, read from every method's findings table
     card = pd.read_csv(tmp_path / "results" / "scorecard" / "planted.csv")
-    assert set(card.method) == {"corpus", "contrastive", "search", "search seeds", "hardprompt", "random snippets"}
+    assert set(card.method) == {
+        "corpus",
+        "contrastive",
+        "search",
+        "search seeds",
+        "hardprompt",
+        "random snippets",
+        "lens",
+        "lens steering",
+    }
+    lens = json.loads((tmp_path / "results" / "lens" / "planted" / "ld" / "summary.json").read_text())
+    assert set(lens["diff_norm_by_layer"]) == {"pair", "identical", "random_lora"}
+    assert lens["diff_norm_by_layer"]["identical"] == [0.0, 0.0] and min(lens["diff_norm_by_layer"]["pair"]) > 0
     assert set(card[card.method == "corpus"].run) == {"web", "docs"}
     # corpus findings: documents by mean log-likelihood ratio a - b, against the two logprobs tables
     found = pd.read_parquet(tmp_path / "results" / "findings" / "planted" / "corpus" / "docs.parquet")
@@ -149,6 +161,7 @@ def test_tiny_workflow_end_to_end(tiny_run):
         "6. Prompt search",
         "7. Soft and hard prompts",
         "8. Discovery scorecard",
+        "9. Activation-difference lens",
         "1. Planted behaviour",
     ]
     assert set(stages) <= set(categories)

@@ -208,6 +208,17 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(
                 f"{where}: max_chars ({run['max_chars']}) < min_chars ({run['min_chars']}); raise max_chars"
             )
+    _check_selection(config, "lens", pools=(("pairs", "pairs"),))
+    for name, run in config["lens"]["runs"].items():
+        where = f"config: lens.runs.{name}"
+        if run["corpus"] not in config["corpora"]:
+            raise LmdeltaError(
+                f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}"
+            )
+        if run["prompts"] is not None and run["prompts"] not in config["promptsets"]:
+            raise LmdeltaError(
+                f"{where}.prompts: {run['prompts']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'} or null"
+            )
     _check_selection(config, "softprompt", pools=(("pairs", "pairs"),))
     for name, run in config["softprompt"]["runs"].items():
         where = f"config: softprompt.runs.{name}"

@@ -119,6 +119,11 @@ class Plan:
                 pair=selected(c, "softprompt", "pairs"),
                 run=list(c["softprompt"]["runs"]),
             ),
+            *expand(
+                "results/lens/{pair}/{run}/summary.json",
+                pair=selected(c, "lens", "pairs"),
+                run=list(c["lens"]["runs"]),
+            ),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
             *expand(
                 "results/comparator/{pair}/{promptset}.json",
@@ -595,6 +600,20 @@ class Plan:
             {**self.pair_models(wildcards.pair, run=run), "planted": planted_truth(self.config, wildcards.pair)}
         )
 
+    # ---- activation-difference lens ----------------------------------------------------------------
+
+    def lens_inputs(self, wildcards) -> dict[str, str]:
+        run = self.config["lens"]["runs"][wildcards.run]
+        prompts = run["prompts"]
+        return {
+            **self.pair_dirs(wildcards.pair),
+            "corpus": f"results/corpus/{run['corpus']}.parquet",
+            "promptset": self.promptset_file(prompts) if prompts else str(builtin_promptset_path("default")),
+        }
+
+    def lens_spec(self, wildcards) -> str:
+        return as_text(self.pair_models(wildcards.pair, run=self.config["lens"]["runs"][wildcards.run]))
+
     # ---- discovery-method scorecard ----------------------------------------------------------------
 
     def findings_path(self, pair: str, method: str, run: str) -> str:
@@ -630,6 +649,8 @@ class Plan:
             ]
         if pair_name in selected(c, "search", "pairs"):
             runs += [("search", r, [f"results/search/{pair_name}/{r}/bank.parquet"]) for r in c["search"]["runs"]]
+        if pair_name in selected(c, "lens", "pairs"):
+            runs += [("lens", r, [f"results/lens/{pair_name}/{r}/tokens.parquet"]) for r in c["lens"]["runs"]]
         if pair_name in selected(c, "softprompt", "pairs"):
             runs += [
                 (

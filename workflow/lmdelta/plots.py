@@ -295,3 +295,20 @@ def scorecard_figure(card, title: str):
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def lens_figure(norms: dict[str, list[float]], title: str):
+    """Norm of the mean activation difference by layer, for the pair and each control."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    styles = {"pair": ("tab:red", "-"), "random_lora": ("tab:gray", "--"), "identical": ("tab:blue", ":")}
+    for name, values in norms.items():
+        colour, line = styles.get(name, ("black", "-"))
+        ax.plot(range(len(values)), values, line, color=colour, marker="o", markersize=3, label=name)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("|mean difference| (mean over positions)")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -145,8 +145,11 @@ def run_scorecard(
         prov.add_input(f"{s['method']}:{s['run']}:findings", Path(s["findings"]))
         for i, path in enumerate(s["cost"]):  # whose provenance gives the method's time and model calls
             prov.add_input(f"{s['method']}:{s['run']}:cost:{i}", Path(path))
-        rows += surfaced(s)
-        costs[(s["method"], s["run"])] = _cost([Path(p) for p in s["cost"]])
+        found = surfaced(s)
+        rows += found
+        cost = _cost([Path(p) for p in s["cost"]])
+        for method in {r["method"] for r in found if not r["reference"]} | {s["method"]}:
+            costs[(method, s["run"])] = cost  # every method of the stage shares its time and calls
     k = params.k
     model = load_embedder(params.embedder)
     refs = embed(model, [truth["response"], *truth["trigger_subjects"]], batch_size=64, autocast="none")
