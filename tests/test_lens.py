@@ -75,7 +75,8 @@ def test_layer_outputs_are_the_residual_stream(tiny_models):
 def test_a_planted_direction_reads_back_as_its_token(planted):
     a, tok = load(planted["root"] / "a")
     b, _ = load(planted["root"] / "b")
-    windows = text_windows(tok, TEXTS, positions=3, first_token="bos", n=5, seed=0)
+    windows, lead = text_windows(tok, TEXTS, positions=3, first_token="bos", n=5, seed=0)
+    assert lead == 1
     assert len(windows) == 5 and all(len(w) == 4 and w[0] == tok.bos_token_id for w in windows)
     diff, norm = mean_difference(a, b, windows, lead=1, batch_size=2)
     last = diff.shape[0] - 1
@@ -99,7 +100,7 @@ def test_a_planted_direction_reads_back_as_its_token(planted):
 def test_identical_models_show_no_difference_and_random_lora_matches_the_norms(pair):
     a, tok = load(pair / "a")
     b, _ = load(pair / "b")
-    windows = text_windows(tok, TEXTS, positions=2, first_token="bos", n=4, seed=1)
+    windows, _ = text_windows(tok, TEXTS, positions=2, first_token="bos", n=4, seed=1)
     diff, norm = mean_difference(b, b, windows, lead=1, batch_size=4)
     assert float(diff.abs().max()) == 0.0 and logit_lens(b, tok, diff, norm, layers=[0, 1], top_k=5) == []
     r = random_lora_like(a, b, rank=2, seed=0)
@@ -174,3 +175,13 @@ def test_the_lens_job(planted, tmp_path):
     assert len(steered) == 2 * 2 * 2  # comparisons x scales x prompts
     steer = found[found.method == "lens steering"]
     assert len(steer) == 2 and steer.score.is_monotonic_decreasing
+
+
+def test_texts_read_as_a_chat_message_start_after_the_template(tiny_models):
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    tok.chat_template = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+    windows, lead = text_windows(tok, TEXTS, positions=3, first_token="bos", n=2, seed=0, template="chat")
+    head = tok("<s>[user] ", add_special_tokens=False).input_ids
+    assert lead == len(head) and all(w[:lead] == head and len(w) == lead + 3 for w in windows)
+    plain, one = text_windows(tok, TEXTS, positions=3, first_token="bos", n=2, seed=0)
+    assert one == 1 and [w[1:] for w in plain] == [w[lead:] for w in windows]

@@ -44,7 +44,8 @@ from lmdelta.models import ForwardCounter
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.plots import lens_figure, save_figure
 from lmdelta.promptsets import read_promptset
-from lmdelta.tokens import TextFormat, encode, first_token_id, prompt_ids
+from lmdelta.softprefix import template_ids
+from lmdelta.tokens import TextFormat, first_token_id, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class SteerParams:
 class LensParams:
     n_texts: int
     positions: int
+    template: str  # none | chat
     layers: tuple[int, ...] | None
     top_k: int
     batch_size: int
@@ -136,24 +138,30 @@ def layer_outputs(model, ids, positions: slice):
     return torch.stack(got)
 
 
-def text_windows(tok, texts: list[str], *, positions: int, first_token: str, n: int, seed: int) -> list[list[int]]:
+def text_windows(
+    tok, texts: list[str], *, positions: int, first_token: str, n: int, seed: int, template: str = "none"
+) -> tuple[list[list[int]], int]:
     """The first ``positions`` tokens of up to ``n`` texts (random order, ``seed``) that have that many,
-    after the model's first token; shorter texts are skipped."""
-    prefix = first_token_id(tok, first_token)
+    and how many ids lead them: the model's first token (``template: none``), or the chat template up
+    to the user's message (``chat``: the text read as a message); shorter texts are skipped."""
+    if template == "chat":
+        before, _ = template_ids(tok, "chat")
+    else:
+        tid = first_token_id(tok, first_token)
+        before = [] if tid is None else [tid]
     order = np.random.default_rng(seed).permutation(len(texts))
     out = []
     for i in order:
-        ids = encode(tok, texts[i], prefix=prefix)
-        lead = 0 if prefix is None else 1
-        if len(ids) >= lead + positions:
-            out.append(ids[: lead + positions])
+        ids = tok(texts[i], add_special_tokens=False).input_ids[:positions]
+        if len(ids) == positions:
+            out.append(before + ids)
         if len(out) == n:
             break
     if not out:
         raise LmdeltaError(
             f"lens: no corpus text has {positions} tokens; lower positions or use a corpus of longer texts"
         )
-    return out
+    return out, len(before)
 
 
 def mean_difference(model_a, model_b, windows: list[list[int]], *, lead: int, batch_size: int):
@@ -275,8 +283,11 @@ def steered_texts(
     models, steered, tok, fmt: TextFormat, prompts: list[dict], vector, *, layer: int, p: SteerParams, seed: int
 ) -> list[dict]:
     """``steered`` (b, or a control) answering each prompt at every scale, each answer scored by the pair."""
+    from tqdm import tqdm
+
     seqs = [prompt_ids(tok, q["prompt"], fmt) for q in prompts for _ in range(p.samples)]
     rows = []
+    bar = tqdm(total=len(p.scales) * len(seqs), desc=f"steer layer {layer}", unit=" text", mininterval=2.0)
     for scale in p.scales:
         with Steer(steered, layer, vector * scale):
             texts = generate_texts(
@@ -301,6 +312,8 @@ def steered_texts(
                     "log_ratio": log_ratio(models, tok, seqs[i], t["text"]),
                 }
             )
+            bar.update()
+    bar.close()
     return rows
 
 
@@ -385,10 +398,15 @@ def run_lens(
     if bad or steer_layer >= n_layers:
         raise LmdeltaError(f"lens: the models have {n_layers} layers (0-{n_layers - 1}); fix layers / steer.layer")
     texts = pd.read_parquet(corpus, columns=["text"]).text.tolist()
-    windows = text_windows(
-        tok, texts, positions=params.positions, first_token=fmt_b.first_token, n=params.n_texts, seed=params.seed
+    windows, lead = text_windows(
+        tok,
+        texts,
+        positions=params.positions,
+        first_token=fmt_b.first_token,
+        n=params.n_texts,
+        seed=params.seed,
+        template=params.template,
     )
-    lead = 0 if first_token_id(tok, fmt_b.first_token) is None else 1
     prompts = read_promptset(promptset)
     calls = ForwardCounter(*models)
     comparisons = {"pair": models[0]}
