@@ -185,3 +185,34 @@ def test_texts_read_as_a_chat_message_start_after_the_template(tiny_models):
     assert lead == len(head) and all(w[:lead] == head and len(w) == lead + 3 for w in windows)
     plain, one = text_windows(tok, TEXTS, positions=3, first_token="bos", n=2, seed=0)
     assert one == 1 and [w[1:] for w in plain] == [w[lead:] for w in windows]
+
+
+def test_token_findings_discount_what_the_control_promotes():
+    from lmdelta.lens import token_findings
+
+    def rows(comparison, cells):
+        return [
+            {
+                "comparison": comparison,
+                "layer": layer,
+                "position": 0,
+                "direction": "promoted",
+                "token_id": tid,
+                "token": name,
+                "prob": 0.1,
+                "rank": 1,
+                "diff_norm": 1.0,
+            }
+            for layer, toks in enumerate(cells)
+            for tid, name in toks
+        ]
+
+    cocoa, junk, comma = (1, " cocoa"), (2, " strugg"), (3, ",")
+    table = pd.DataFrame(
+        rows("pair", [[cocoa, junk, comma], [cocoa, junk], [junk]])
+        + rows("random_lora", [[junk], [junk], [junk, (4, " other")]])
+    )
+    found = token_findings(table, "r")
+    assert [(f["text"], round(f["score"], 6)) for f in found] == [("cocoa", round(2 / 3, 6))]
+    alone = token_findings(table[table.comparison == "pair"], "r")  # no control: the plain share
+    assert [f["text"] for f in alone] == ["strugg", "cocoa"] and alone[0]["score"] == 1.0

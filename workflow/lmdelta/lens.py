@@ -18,8 +18,9 @@ residual streams d[l, p] = mean over texts of (h_a − h_b) is taken (a is the t
   of the same norm): what a difference of that size reads like when it carries no behaviour.
 
 Findings (``lmdelta.findings``): tokens (method ``lens``), ranked by the share of (layer, position)
-cells whose top-k promote them, then by their mean probability; steered answers (``lens steering``),
-ranked by their log-ratio. Tokens without a letter or digit are left out of the findings (they stay in
+cells whose top-k promote them minus that share under the random-LoRA control, then by their mean
+probability; steered answers (``lens steering``), ranked by their log-ratio. Tokens without a letter
+or digit, or promoted by the control at least as often, are left out of the findings (they stay in
 the tokens table).
 """
 
@@ -321,17 +322,28 @@ def steered_texts(
 
 
 def token_findings(tokens, run: str) -> list[dict]:
-    """Promoted tokens of the pair, by the share of (layer, position) cells that promote them, then by
-    mean probability; tokens without a letter or digit are left out."""
-    promoted = tokens[(tokens.comparison == "pair") & (tokens.direction == "promoted")]
-    if promoted.empty:
+    """Promoted tokens of the pair, by the share of (layer, position) cells whose top-k promote them minus
+    the same share under the random-LoRA control (when it ran): a token any difference of that size
+    promotes does not count. Ties by mean probability; tokens without a letter or digit, and tokens
+    the control promotes at least as often, are left out."""
+    promoted = tokens[tokens.direction == "promoted"]
+
+    def shares(comparison):
+        rows = promoted[promoted.comparison == comparison]
+        if rows.empty:
+            return None
+        cells = rows.groupby(["layer", "position"]).ngroups
+        by = rows.groupby("token_id").agg(token=("token", "first"), n=("prob", "size"), prob=("prob", "mean"))
+        by["share"] = by.n / cells
+        return by
+
+    pair, control = shares("pair"), shares("random_lora")
+    if pair is None:
         return []
-    cells = promoted.groupby(["layer", "position"]).ngroups
-    by = promoted.groupby("token_id").agg(token=("token", "first"), n=("prob", "size"), prob=("prob", "mean"))
-    by = by[by.token.str.contains(r"\w", regex=True)]
-    by["share"] = by.n / cells
-    by = by.sort_values(["share", "prob"], ascending=False, kind="stable")
-    return [finding("lens", run, "token", r.share, text=r.token.strip()) for r in by.itertuples()]
+    pair["score"] = pair.share - (0.0 if control is None else control.share.reindex(pair.index).fillna(0.0))
+    keep = pair[(pair.score > 0) & pair.token.str.contains(r"\w", regex=True)]
+    keep = keep.sort_values(["score", "prob"], ascending=False, kind="stable")
+    return [finding("lens", run, "token", r.score, text=r.token.strip()) for r in keep.itertuples()]
 
 
 def steering_findings(steered, run: str) -> list[dict]:
