@@ -129,6 +129,7 @@ def test_steering_adds_the_vector_to_one_layer(pair):
     torch.testing.assert_close(after, plain)  # the hook is gone
 
 
+@pytest.mark.slow  # the whole job in a subprocess (its functions are tested above)
 def test_the_lens_job(planted, tmp_path):
     corpus = tmp_path / "corpus.parquet"
     pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(TEXTS))], "text": TEXTS}).to_parquet(corpus)
