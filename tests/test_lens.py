@@ -17,8 +17,9 @@ from lmdelta.lens import (
     Steer,
     decoder_layers,
     layer_outputs,
+    log_ratios,
     logit_lens,
-    mean_difference,
+    mean_differences,
     random_lora_like,
     text_windows,
 )
@@ -78,7 +79,8 @@ def test_a_planted_direction_reads_back_as_its_token(planted):
     windows, lead = text_windows(tok, TEXTS, positions=3, first_token="bos", n=5, seed=0)
     assert lead == 1
     assert len(windows) == 5 and all(len(w) == 4 and w[0] == tok.bos_token_id for w in windows)
-    diff, norm = mean_difference(a, b, windows, lead=1, batch_size=2)
+    diffs, norm = mean_differences({"a": a}, b, windows, lead=1, batch_size=2)
+    diff = diffs["a"]
     last = diff.shape[0] - 1
     e_x = 3.0 * b.get_output_embeddings().weight[planted["x"]].double()
     for p in range(3):
@@ -101,7 +103,8 @@ def test_identical_models_show_no_difference_and_random_lora_matches_the_norms(p
     a, tok = load(pair / "a")
     b, _ = load(pair / "b")
     windows, _ = text_windows(tok, TEXTS, positions=2, first_token="bos", n=4, seed=1)
-    diff, norm = mean_difference(b, b, windows, lead=1, batch_size=4)
+    diffs, norm = mean_differences({"b": b}, b, windows, lead=1, batch_size=4)
+    diff = diffs["b"]
     assert float(diff.abs().max()) == 0.0 and logit_lens(b, tok, diff, norm, layers=[0, 1], top_k=5) == []
     r = random_lora_like(a, b, rank=2, seed=0)
     for m in (a, b, r):
@@ -217,3 +220,22 @@ def test_token_findings_discount_what_the_control_promotes():
     assert [(f["text"], round(f["score"], 6)) for f in found] == [("cocoa", round(2 / 3, 6))]
     alone = token_findings(table[table.comparison == "pair"], "r")  # no control: the plain share
     assert [f["text"] for f in alone] == ["strugg", "cocoa"] and alone[0]["score"] == 1.0
+
+
+def test_log_ratios_equal_plain_forwards(pair):
+    """The batched scorer against one forward per text: mean log p_a − log p_b of the continuation."""
+    models = [load(pair / side)[0] for side in ("a", "b")]
+    tok = AutoTokenizer.from_pretrained(pair / "b")
+    prompts = [tok("Hello there", add_special_tokens=False).input_ids, [tok.bos_token_id]]
+    texts = [" and then the river ran on", " def f(x): return x"]
+    got = log_ratios(models, tok, prompts + [[tok.bos_token_id]], texts + [""], batch_size=2)
+    for prompt, text, value in zip(prompts, texts, got):
+        cont = tok(text, add_special_tokens=False).input_ids
+        ids = torch.tensor([prompt + cont])
+        lps = []
+        for m in models:
+            with torch.no_grad():
+                lp = torch.log_softmax(m(ids).logits[0].double(), -1)[len(prompt) - 1 : -1]
+            lps.append(lp.gather(1, torch.tensor(cont)[:, None])[:, 0])
+        assert value == pytest.approx(float((lps[0] - lps[1]).mean()), abs=1e-5)
+    assert got[2] != got[2]  # an empty text: nan

@@ -41,16 +41,15 @@ from lmdelta.config import known_fields, stage_spec
 from lmdelta.decoding import Sampling
 from lmdelta.findings import finding, write_findings
 from lmdelta.generation import generate_texts
-from lmdelta.models import ForwardCounter
+from lmdelta.models import ForwardCounter, pad_id
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.plots import lens_figure, save_figure
 from lmdelta.promptsets import read_promptset
+from lmdelta.scoring import score_sequences
 from lmdelta.softprefix import template_ids
 from lmdelta.tokens import TextFormat, first_token_id, prompt_ids
 
 log = logging.getLogger(__name__)
-
-COMPARISONS = ("pair", "identical", "random_lora")
 
 
 @stage_spec("lens_run.steer")
@@ -165,20 +164,22 @@ def text_windows(
     return out, len(before)
 
 
-def mean_difference(model_a, model_b, windows: list[list[int]], *, lead: int, batch_size: int):
-    """d [layers, positions, hidden] = mean over texts of (h_a − h_b), and b's mean activation norm
-    [layers, positions], both float64."""
+def mean_differences(others: dict, model_b, windows: list[list[int]], *, lead: int, batch_size: int):
+    """For each named model x of ``others``: d [layers, positions, hidden] = mean over texts of
+    (h_x − h_b); and b's mean activation norm [layers, positions]; all float64. b's residual stream is
+    computed once per batch for every comparison (a model that is b itself differs by exactly 0)."""
     import torch
 
-    diff, norm, count = None, None, 0
+    diffs, norm, count = dict.fromkeys(others, 0.0), 0.0, 0
     for s in range(0, len(windows), batch_size):
         ids = torch.tensor(windows[s : s + batch_size])
-        ha = layer_outputs(model_a, ids, slice(lead, None))
         hb = layer_outputs(model_b, ids, slice(lead, None))
-        d, nb = (ha - hb).sum(1), hb.norm(dim=-1).sum(1)
-        diff, norm = (d, nb) if diff is None else (diff + d, norm + nb)
+        for name, other in others.items():
+            ha = hb if other is model_b else layer_outputs(other, ids, slice(lead, None))
+            diffs[name] = diffs[name] + (ha - hb).sum(1)
+        norm = norm + hb.norm(dim=-1).sum(1)
         count += ids.shape[0]
-    return diff / count, norm / count
+    return {name: d / count for name, d in diffs.items()}, norm / count
 
 
 def logit_lens(model, tok, diff, norm, *, layers: list[int], top_k: int) -> list[dict]:
@@ -186,8 +187,8 @@ def logit_lens(model, tok, diff, norm, *, layers: list[int], top_k: int) -> list
     ``model``'s final norm and unembedding: one row per (layer, position, direction, rank)."""
     import torch
 
-    device = next(model.parameters()).device
-    dtype = model.get_output_embeddings().weight.dtype
+    unembed, norm_out = model.get_output_embeddings(), final_norm(model)
+    device, dtype = unembed.weight.device, unembed.weight.dtype
     rows = []
     for layer in layers:
         for p in range(diff.shape[1]):
@@ -197,7 +198,7 @@ def logit_lens(model, tok, diff, norm, *, layers: list[int], top_k: int) -> list
                 continue  # no difference: nothing to read
             u = (d / size * norm[layer, p]).to(device=device, dtype=dtype)
             with torch.inference_mode():
-                z = model.get_output_embeddings()(final_norm(model)(u[None, None]))[0, 0].float()
+                z = unembed(norm_out(u[None, None]))[0, 0].float()
             prob = torch.softmax(z, -1).cpu()
             for direction, order in (("promoted", prob.argsort(descending=True)), ("suppressed", prob.argsort())):
                 for rank, tid in enumerate(order[:top_k].tolist(), start=1):
@@ -247,7 +248,7 @@ class Steer:
     """A context that adds ``vector`` to one decoder layer's output at every position."""
 
     def __init__(self, model, layer: int, vector):
-        self.layer, self.model = decoder_layers(model)[layer], model
+        self.layer = decoder_layers(model)[layer]
         self.vector = vector.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
 
     def _hook(self, _module, _inputs, output):
@@ -263,21 +264,22 @@ class Steer:
         self.handle.remove()
 
 
-def log_ratio(models, tok, prompt: list[int], text: str) -> float:
-    """Mean per-token log p_a − log p_b (nats) of ``text`` after ``prompt`` under the unsteered pair."""
-    import torch
-
-    cont = tok(text, add_special_tokens=False).input_ids
-    if not cont:
-        return math.nan
-    ids = torch.tensor([prompt + cont])
-    out = []
-    for m in models:
-        with torch.inference_mode():
-            logits = m(input_ids=ids.to(next(m.parameters()).device), use_cache=False).logits[0].double().cpu()
-        lp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
-        out.append(lp.gather(1, torch.tensor(cont)[:, None])[:, 0])
-    return float((out[0] - out[1]).mean())
+def log_ratios(models, tok, prompts: list[list[int]], texts: list[str], *, batch_size: int) -> list[float]:
+    """Mean per-token log p_a − log p_b (nats) of each text after its prompt under the unsteered pair,
+    scored by ``lmdelta.scoring.score_sequences``, ``batch_size`` texts at a time (nan for an empty text)."""
+    conts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    seqs = [p + c for p, c in zip(prompts, conts)]
+    width = max(len(s) for s in seqs)
+    a, b = (
+        score_sequences(
+            m, seqs, max_length=width, stride=width, batch_tokens=batch_size * width, pad_token_id=pad_id(tok)
+        )
+        for m in models
+    )
+    return [
+        float((sa.logprob[len(p) - 1 :].astype(np.float64) - sb.logprob[len(p) - 1 :]).mean()) if c else math.nan
+        for p, c, sa, sb in zip(prompts, conts, a, b)
+    ]
 
 
 def steered_texts(
@@ -300,6 +302,7 @@ def steered_texts(
                 seed=seed,
                 batch_size=p.batch_size,
             )
+        ratios = log_ratios(models, tok, seqs, [t["text"] for t in texts], batch_size=p.batch_size)
         for i, t in enumerate(texts):
             q = prompts[i // p.samples]
             rows.append(
@@ -310,10 +313,10 @@ def steered_texts(
                     "prompt": q["prompt"],
                     "text": t["text"],
                     "n_tokens": t["n_tokens"],
-                    "log_ratio": log_ratio(models, tok, seqs[i], t["text"]),
+                    "log_ratio": ratios[i],
                 }
             )
-            bar.update()
+        bar.update(len(seqs))
     bar.close()
     return rows
 
@@ -401,8 +404,6 @@ def run_lens(
     models, toks = load_pair(model_dirs, load_options)
     check_same_tokenizer(toks[0], toks[1], pair)
     tok, fmt_b = toks[1], TextFormat.from_dict(formats[1])
-    for m in models:
-        m.eval()
     n_layers = models[1].config.num_hidden_layers
     layers = list(range(n_layers)) if params.layers is None else list(params.layers)
     bad = [layer for layer in layers if layer >= n_layers]
@@ -427,8 +428,8 @@ def run_lens(
     if "random_lora" in params.controls:
         comparisons["random_lora"] = random_lora_like(models[0], models[1], rank=params.control_rank, seed=params.seed)
     token_rows, steer_rows, norms = [], [], {}
-    for name, other in comparisons.items():
-        diff, norm = mean_difference(other, models[1], windows, lead=lead, batch_size=params.batch_size)
+    diffs, norm = mean_differences(comparisons, models[1], windows, lead=lead, batch_size=params.batch_size)
+    for name, diff in diffs.items():
         norms[name] = diff.norm(dim=-1).mean(1).tolist()  # per layer, mean over positions
         token_rows += [
             {"comparison": name, **r} for r in logit_lens(models[1], tok, diff, norm, layers=layers, top_k=params.top_k)
