@@ -25,11 +25,7 @@ from lmdelta.job import STAGES, Job, run, setup_logging
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    try:
-        job = Job.from_file(a.job)
-    except LmdeltaError as e:  # before the job's own logging and error handling exist
-        print(f"lmdelta: error: {e}", file=sys.stderr)
-        return 2
+    job = Job.from_file(a.job)
     if a.log:
         job = dataclasses.replace(job, log=a.log)
     return run(job, keep_job_file=False)
@@ -111,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if a.command == "run":
-        return cmd_run(a)  # the job sets up its own logging
-    setup_logging(None)
     try:
+        if a.command == "run":
+            return cmd_run(a)  # the job sets up its own logging and reports its own errors
+        setup_logging(None)
         a.func(a)
-    except LmdeltaError as e:
+    except LmdeltaError as e:  # for run: a job file that cannot be read
         print(f"lmdelta: error: {e}", file=sys.stderr)
         return 2
     return 0
