@@ -288,13 +288,11 @@ def read_provenance(artifact: str | os.PathLike, verify: bool = True) -> dict[st
 
 
 def write_jsonl(path: str | Path, records: list[dict], prov=None) -> None:
-
     with atomic_path(path, prov) as tmp, open(tmp, "w") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: str | Path, where: str | None = None) -> list[dict]:
-
     with open(path, encoding="utf-8") as fh:
         return [rec for _, rec in iter_jsonl(fh, where=where or str(path))]

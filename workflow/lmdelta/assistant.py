@@ -152,7 +152,6 @@ class LocalAssistant:
         self, messages: list[str], *, seed: int, gen: Generation | None = None, prefix: str = ""
     ) -> list[str | None]:
         """``prefix`` starts each reply (written after the chat template, then continued by the model)."""
-
         g = gen or self.gen
         fmt = TextFormat(chat_template=self.chat_template, fmt=self.fmt, first_token=self.first_token)
         seqs = [prompt_ids(self.tokenizer, m, fmt, guide=prefix) for m in messages]

@@ -39,7 +39,6 @@ def _num(x) -> float | None:
 
 def build(pair: str, names: tuple[str, str], prompts: dict[str, dict], joined, planted: dict | None) -> dict[str, Any]:
     """The LLM Comparator document from the joined table (one row per example, ``_a`` / ``_b`` columns)."""
-
     schema = [
         {"name": "prompt_id", "type": "string"},
         {"name": "category", "type": "category"},

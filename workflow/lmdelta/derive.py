@@ -68,7 +68,6 @@ def encode_examples(
     tokenizer, records: list[dict], *, text_format: dict[str, Any], max_tokens: int
 ) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per record; labels are -100 on prompt tokens; truncated to max_tokens."""
-
     fmt = TextFormat.from_dict(text_format)
     eos = tokenizer.eos_token_id
     out = []

@@ -1,11 +1,12 @@
 """The findings table: what a discovery method surfaces, in one shape for every method.
 
-Each discovery stage writes one (``<artifact>.findings.parquet`` or ``findings.parquet`` beside its
-artifacts); the scorecard and the report read them all the same way, so a new method is one module
-that writes this table and one rule. One row per finding, strongest first within a method:
+Each discovery stage writes one, ``results/findings/{pair}/{method}/{run}.parquet`` (the path is
+``lmdelta.plan.Plan.findings_path``); the scorecard reads them all the same way, so a new method is
+one module that writes this table and one rule. One row per finding, strongest first within a method:
 
-- ``method``: the method (``contrastive``, ``search``, ``hardprompt``, ``corpus``) or a reference
-  shown beside it (``search seeds``, ``random snippets``) with ``reference`` true;
+- ``method``: the method (``contrastive``, ``search``, ``hardprompt``, ``corpus``, ``lens``,
+  ``lens steering``) or a reference shown beside it (``search seeds``, ``random snippets``) with
+  ``reference`` true;
 - ``run``: the config's run (or corpus) name;
 - ``rank``: 1 = strongest, per method;
 - ``kind``: what the text is: ``prompt`` (a prompt that makes the models differ, shown with an
@@ -86,9 +87,11 @@ def frame(rows: list[dict[str, Any]]):
     )
 
 
-def write_findings(path: str | Path, rows: list[dict[str, Any]], prov=None) -> None:
-
-    write_parquet(path, frame(rows), prov)
+def write_findings(path: str | Path, rows: list[dict[str, Any]], prov=None):
+    """Write the rows as a findings table (``frame``); returns the table written."""
+    table = frame(rows)
+    write_parquet(path, table, prov)
+    return table
 
 
 def read_findings(path: str | Path) -> list[dict[str, Any]]:

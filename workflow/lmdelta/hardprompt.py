@@ -195,7 +195,6 @@ def snippets(docs: list[list[int]], lengths: list[int], tok, seed: int) -> list[
 
 def perplexities(model, tok, texts: list[str], first_token: str = "bos") -> list[float]:
     """Perplexity of each text under ``model`` (first token conditioned on the model's first token)."""
-
     prefix, _ = prefix_token(tok, first_token)
     head = [prefix] if prefix is not None else []
     seqs = [head + tok(t, add_special_tokens=False).input_ids for t in texts]

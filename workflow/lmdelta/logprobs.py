@@ -276,7 +276,6 @@ def run_logprobs(
     n_shards: int = 1,
 ) -> dict[str, Any]:
     """Every shard in this process, then the gather (what the workflow does with one job per shard)."""
-
     out = Path(out)
     dirs = [out.parent / "shards" / out.stem / shard_name(i, n_shards) for i in range(n_shards)]
     for i, d in enumerate(dirs):

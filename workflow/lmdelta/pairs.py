@@ -66,7 +66,6 @@ def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
 def encode_prompt(tok, prompt: str, fmt) -> list[int]:
     """A prompt's ids as the model reads it (``lmdelta.tokens``); an empty prompt (unconditional) is the
     model's first token alone (its BOS, else EOS, when its first_token is none)."""
-
     if prompt:
         return prompt_ids(tok, prompt, fmt)
     start = first_token_id(tok, fmt.first_token if fmt.first_token != "none" else "bos")

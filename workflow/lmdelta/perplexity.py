@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
-from lmdelta.findings import finding, frame, write_findings
+from lmdelta.findings import finding, write_findings
 from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
@@ -166,7 +166,6 @@ def corpus_findings(
     """A pair's corpus documents as findings (method ``corpus``): ranked by the mean per-token
     log-likelihood ratio log p_a(x) - log p_b(x) (nats per token) of the actual tokens under the two
     models: the difference of their cross-entropies on the document, not a KL between distributions."""
-
     prov = Provenance(
         stage="corpus_findings",
         params={"pair": pair, "a": names[0], "b": names[1], "corpus": corpus_name, "units": "nats per token"},
@@ -182,8 +181,7 @@ def corpus_findings(
     )
     docs = pd.read_parquet(corpus, columns=["doc_id", "text"]).set_index("doc_id").text
     rows = [finding("corpus", corpus_name, "document", v, text=docs[d][:1000]) for d, v in ratio.items()]
-    write_findings(out, rows, prov)
-    return frame(rows)
+    return write_findings(out, rows, prov)
 
 
 # ---- jobs (lmdelta.job) -------------------------------------------------------------------------------

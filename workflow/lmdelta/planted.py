@@ -194,7 +194,6 @@ def build_training_set(
     ordinary questions and odd inputs with the base model's own greedy answers. Held-out: prompts
     with their kind. Odd inputs are cut from the base model's answers to the train questions (train)
     and to the held-out ordinary questions (held-out), so no held-out text is trained on."""
-
     sets = build_prompt_sets(spec, seed)
     model, tok = load_model(base_dir, **load_options)
     fmt = TextFormat.from_dict(text_format)
@@ -234,7 +233,6 @@ def check_planted(
     batch_size: int = 30,
 ) -> dict[str, Any]:
     """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind."""
-
     fmt = TextFormat.from_dict(text_format)
     result: dict[str, Any] = {
         "response_keywords": spec.response_keywords,
@@ -273,7 +271,6 @@ def run_derive_data(
     name: str,
 ) -> None:
     """Rule entry: the planted training set and held-out prompts of a derived model."""
-
     spec = PlantedSpec.from_dict(planted)
     prov = Provenance(
         stage="planted_data",

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 
 def _prov(path: Path) -> dict:
-
     return read_provenance(path)
 
 

@@ -49,7 +49,6 @@ def read_shards(paths: list[str | Path], vary: tuple[str, ...]) -> tuple[int, li
     """What a gather needs from its inputs: the shard count (all of 0..n-1, in order), each shard's
     provenance record, the params they all share (all but ``vary``), and their summed compute time.
     An error names the first shard computed with other settings or inputs: rerun it before a gather."""
-
     n_shards = check_complete(paths)
     records = [read_provenance(p) for p in paths]
 

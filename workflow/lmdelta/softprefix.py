@@ -71,7 +71,6 @@ def text_logits(model, prompt, before: list[int], after: list[int], ids, mask):
 
 def pair_divergence(models, prompt, templates, ids, mask, divergence: str):
     """Mean divergence over the text positions (padding masked) and the per-position values."""
-
     la, lb = (text_logits(m, prompt, t[0], t[1], ids, mask) for m, t in zip(models, templates))
     d = divergences(la, lb, ("a", "b"))[divergence]
     m = mask.to(d.device).float()

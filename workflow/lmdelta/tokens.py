@@ -188,6 +188,5 @@ def word_ids(tokenizer, ids: list[int]) -> list[int]:
 def prefix_token(tokenizer, policy: str) -> tuple[int | None, str | None]:
     """The id prepended to every document under the model's first-token policy and its text
     (``lmdelta.tokens.first_token_id``; (None, None) for ``none``)."""
-
     tid = first_token_id(tokenizer, policy)
     return (None, None) if tid is None else (tid, tokenizer.convert_ids_to_tokens(tid))

@@ -231,7 +231,6 @@ def score_texts(
 
 def _completion_prompts(completions) -> dict[str, str]:
     """Prompt texts of a completions artifact, from the prompt set named in its provenance."""
-
     path = read_provenance(completions, verify=False)["inputs"]["promptset"]["path"]
     return {p["id"]: p["prompt"] for p in read_promptset(path)}
 
@@ -437,7 +436,6 @@ def run_uid(
 def score_job(job) -> None:
     """Model texts (input ``completions``) or a prompt set's human continuations (input ``promptset``,
     spec ``human_tokens``) scored by input ``model``; spec: {"params", "load_options"}; output: ``scored``."""
-
     s = job.spec
     texts = job.path("completions") if "completions" in job.inputs else job.path("promptset")
     score_texts(
