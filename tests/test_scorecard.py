@@ -11,7 +11,7 @@ from lmdelta.contrastive import text_findings
 from lmdelta.findings import COLUMNS, read_findings, write_findings
 from lmdelta.hardprompt import prompt_findings
 from lmdelta.perplexity import corpus_findings
-from lmdelta.scorecard import ScorecardParams, run_scorecard, surfaced
+from lmdelta.scorecard import ScorecardParams, run_scorecard
 from lmdelta.search import bank_findings
 
 TRUTH = {
@@ -118,17 +118,17 @@ def sources(tmp_path):
 
 
 def test_rankings(sources):
-    corpus = surfaced(sources["corpus"])
+    corpus = read_findings(sources["corpus"]["findings"])
     assert [r["text"] for r in corpus] == ["Lava cools into rock.", "Cocoa is warm.", "Lists and dicts."]
     assert [r["score"] for r in corpus] == [2.0, 1.0, 0.0]
-    cd = surfaced(sources["contrastive"])
+    cd = read_findings(sources["contrastive"]["findings"])
     assert [r["text"] for r in cd] == ["Hi hello there", "Tell me about cocoa", "What is lava?"] and cd[0][
         "score"
     ] == 0.9
-    search = surfaced(sources["search"])
+    search = read_findings(sources["search"]["findings"])
     assert [r["method"] for r in search] == ["search"] * 4 + ["search seeds"] * 2
     assert [r["rank"] for r in search] == [1, 2, 3, 4, 1, 2]
-    hard = surfaced(sources["hardprompt"])
+    hard = read_findings(sources["hardprompt"]["findings"])
     assert [(r["method"], r["text"]) for r in hard] == [
         ("hardprompt", "Pyroclastic cocoa"),
         ("hardprompt", "zzz x"),

@@ -44,12 +44,8 @@ from lmdelta.plots import save_figure, scorecard_figure
 log = logging.getLogger(__name__)
 
 
-def _prov(path: Path) -> dict:
-    return read_provenance(path)
-
-
 def _cost(paths: list[Path]) -> tuple[float, int | None]:
-    recs = [_prov(p) for p in paths]
+    recs = [read_provenance(p) for p in paths]
     calls = [r["params"].get("model_calls") for r in recs]
     return float(sum(r.get("compute_time_s", r.get("wall_time_s")) or 0.0 for r in recs)), (
         None if any(c is None for c in calls) else int(sum(calls))
@@ -62,11 +58,6 @@ class ScorecardParams:
     threshold: float
     embedder: str | None
     confidence: float
-
-
-def surfaced(source: dict[str, Any]) -> list[dict]:
-    """The ranked findings of one source (``lmdelta.findings``): every method and reference row."""
-    return read_findings(source["findings"])
 
 
 def score(rows: list[dict], truth: dict[str, Any], similarity) -> list[dict]:
@@ -144,7 +135,7 @@ def run_scorecard(
         prov.add_input(f"{s['method']}:{s['run']}:findings", Path(s["findings"]))
         for i, path in enumerate(s["cost"]):  # whose provenance gives the method's time and model calls
             prov.add_input(f"{s['method']}:{s['run']}:cost:{i}", Path(path))
-        found = surfaced(s)
+        found = read_findings(s["findings"])
         rows += found
         cost = _cost([Path(p) for p in s["cost"]])
         for method in {r["method"] for r in found if not r["reference"]} | {s["method"]}:
