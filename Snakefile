@@ -19,6 +19,7 @@ include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/softprompt.smk"
 include: "workflow/rules/lens.smk"
+include: "workflow/rules/words.smk"
 include: "workflow/rules/comparator.smk"
 include: "workflow/rules/scorecard.smk"
 

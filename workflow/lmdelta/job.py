@@ -58,6 +58,7 @@ STAGES: dict[str, str] = {
     "softprompt": "lmdelta.softprompt:softprompt_job",
     "hardprompt": "lmdelta.hardprompt:hardprompt_job",
     "corpus_findings": "lmdelta.perplexity:corpus_findings_job",
+    "words": "lmdelta.words:words_job",
     "lens": "lmdelta.lens:lens_job",
     "scorecard": "lmdelta.scorecard:scorecard_job",
     "comparator": "lmdelta.comparator:comparator_job",

@@ -124,6 +124,7 @@ class Plan:
                 pair=selected(c, "lens", "pairs"),
                 run=list(c["lens"]["runs"]),
             ),
+            *self.words_targets(),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
             *expand(
                 "results/comparator/{pair}/{promptset}.json",
@@ -614,6 +615,65 @@ class Plan:
     def lens_spec(self, wildcards) -> str:
         return as_text(self.pair_models(wildcards.pair, run=self.config["lens"]["runs"][wildcards.run]))
 
+    # ---- words that changed ------------------------------------------------------------------------
+
+    def words_sets(self, pair_name: str) -> dict[str, dict[str, Any]]:
+        """Every text set the config produces for a pair, by set name: its kind and input files
+        (lmdelta.words.text_sides). Contrastive texts need b's completions of their prompt set; lens
+        runs need unsteered answers (0 among the steering scales)."""
+        c = self.config
+        if pair_name not in selected(c, "words", "pairs"):
+            return {}
+        pair = c["pairs"][pair_name]
+        a, b = pair["a"], pair["b"]
+        generated = set(selected(c, "completions", "models"))
+        promptsets = selected(c, "completions", "promptsets") if b in generated else []
+
+        def completions(ps: str, model: str) -> str:
+            return f"results/completions/{ps}/{model}.parquet"
+
+        out: dict[str, dict[str, Any]] = {}
+        if a in generated:
+            for ps in promptsets:
+                out[f"completions-{ps}"] = {
+                    "kind": "completions",
+                    "inputs": {"a": completions(ps, a), "b": completions(ps, b)},
+                }
+        if pair_name in selected(c, "contrastive", "pairs"):
+            for r, run in c["contrastive"]["runs"].items():
+                ps = run["prompts"].get("promptset")
+                if ps in promptsets:
+                    out[f"contrastive-{r}"] = {
+                        "kind": "contrastive",
+                        "inputs": {"a": f"results/contrastive/{pair_name}/{r}.parquet", "b": completions(ps, b)},
+                    }
+        if pair_name in selected(c, "lens", "pairs"):
+            for r, run in c["lens"]["runs"].items():
+                if 0 in run["steer"]["scales"] and any(x > 0 for x in run["steer"]["scales"]):
+                    out[f"lens-{r}"] = {
+                        "kind": "lens",
+                        "inputs": {"steered": f"results/lens/{pair_name}/{r}/steered.parquet"},
+                    }
+        return out
+
+    def words_targets(self) -> list[str]:
+        return [
+            f"results/words/{pair}/{name}.parquet" for pair in self.config["pairs"] for name in self.words_sets(pair)
+        ]
+
+    def words_inputs(self, wildcards) -> dict[str, str]:
+        return self.words_sets(wildcards.pair)[wildcards.set]["inputs"]
+
+    def words_spec(self, wildcards) -> str:
+        return as_text(
+            {
+                "pair": wildcards.pair,
+                "set": wildcards.set,
+                "kind": self.words_sets(wildcards.pair)[wildcards.set]["kind"],
+                "params": stage_section("words", self.config["words"]),
+            }
+        )
+
     # ---- discovery-method scorecard ----------------------------------------------------------------
 
     def findings_path(self, pair: str, method: str, run: str) -> str:
@@ -651,6 +711,10 @@ class Plan:
             runs += [("search", r, [f"results/search/{pair_name}/{r}/bank.parquet"]) for r in c["search"]["runs"]]
         if pair_name in selected(c, "lens", "pairs"):
             runs += [("lens", r, [f"results/lens/{pair_name}/{r}/tokens.parquet"]) for r in c["lens"]["runs"]]
+        runs += [
+            ("words", name, [f"results/words/{pair_name}/{name}.parquet", *s["inputs"].values()])
+            for name, s in self.words_sets(pair_name).items()
+        ]
         if pair_name in selected(c, "softprompt", "pairs"):
             runs += [
                 (
@@ -672,7 +736,7 @@ class Plan:
         files = []
         for s in self.scorecard_sources(wildcards.pair):
             files += [s["findings"], *s["cost"]]
-        return files
+        return list(dict.fromkeys(files))  # text sets share inputs (b's completions)
 
     def scorecard_spec(self, wildcards) -> str:
         return as_text(

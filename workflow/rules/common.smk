@@ -55,6 +55,7 @@ wildcard_constraints:
     context="none|prompt",
     pair=NAME,
     run=NAME,
+    set=NAME,
     shard=r"\d+",
     n=r"\d+",
 

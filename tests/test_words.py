@@ -1,0 +1,146 @@
+"""Words that changed (lmdelta.words): the log-odds score, the exact test, Tarone's correction, the unit
+of analysis, text sets and the findings written; each number against an independent computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy.stats import fisher_exact
+
+from conftest import ROOT
+from lmdelta import LmdeltaError
+from lmdelta.config import validate_config
+from lmdelta.findings import read_findings
+from lmdelta.plan import Plan
+from lmdelta.words import WordsParams, compare, log_odds, run_words, tarone_tests, text_sides, words
+
+P = WordsParams.from_dict({})
+
+
+def test_words_are_lowercased_letter_runs():
+    assert words("Cocoa, COCOA! rock'n'roll well-known 42 x_y café") == [
+        "cocoa",
+        "cocoa",
+        "rock'n'roll",
+        "well-known",
+        "x",
+        "y",
+        "café",
+    ]
+
+
+def test_log_odds_matches_the_formula_written_out():
+    y_a, y_b = np.array([6.0, 30.0, 4.0]), np.array([0.0, 100.0, 60.0])
+    delta, z = log_odds(y_a, y_b, 50.0)
+    n_a, n_b = 40.0, 160.0
+    for i in range(3):
+        al = 50.0 * (y_a[i] + y_b[i]) / 200.0
+        d = math.log((y_a[i] + al) / (n_a + 50 - y_a[i] - al)) - math.log((y_b[i] + al) / (n_b + 50 - y_b[i] - al))
+        assert delta[i] == pytest.approx(d)
+        assert z[i] == pytest.approx(d / math.sqrt(1 / (y_a[i] + al) + 1 / (y_b[i] + al)))
+
+
+def test_p_value_is_fishers_one_sided_test_on_texts():
+    a = ["cocoa is warm"] * 6 + ["plain text here"] * 34
+    b = ["plain text here"] * 159 + ["cocoa once"]
+    df, _ = compare(a, b, P)
+    row = df.set_index("word").loc["cocoa"]
+    assert (row.texts_a, row.texts_b) == (6, 1)
+    expected = fisher_exact([[6, 34], [1, 159]], alternative="greater").pvalue
+    assert row.p_value == pytest.approx(expected, rel=1e-9)
+
+
+def test_tarone_counts_only_words_that_can_reach_the_bound():
+    # two words can reach 1e-4, the rest (seen in one or two texts) never can
+    min_p = np.array([1e-6, 1e-5, 0.2, 0.2, 0.04, 0.5])
+    assert tarone_tests(min_p, 0.05) == 2
+    assert tarone_tests(np.array([1e-9] * 5), 0.05) == 5
+
+
+def test_identical_sides_report_nothing_and_a_planted_word_is_reported():
+    rng = np.random.default_rng(0)
+    vocab = [f"w{c}" for c in "abcdefghijklmnop"]
+    base = [" ".join(rng.choice([v.replace("w", "word") for v in vocab], 8)) for _ in range(160)]
+    df, _ = compare(base, base, P)
+    assert not df.reported.any()
+    assert df.delta.abs().max() == pytest.approx(0.0, abs=1e-12)
+    tuned = base[:34] + [t + " cocoa" for t in base[34:40]]
+    df, bound = compare(tuned, base, P)
+    assert df.word[df.reported].tolist() == ["cocoa"]
+    assert df.word.iloc[0] == "cocoa" and df.p_value.iloc[0] <= bound
+
+
+def test_unit_is_the_text_a_repeated_word_counts_once():
+    a = ["cocoa " * 40] + ["plain words"] * 39
+    b = ["plain words"] * 40
+    df, _ = compare(a, b, P)
+    row = df.set_index("word").loc["cocoa"]
+    assert row.texts_a == 1
+    assert not row.reported  # one text is one draw, not forty
+    assert not compare(["cocoa x"] * 2 + ["y"] * 38, ["y"] * 40, P)[0].reported.any()  # below min_texts = 3
+
+
+def _steered(path, rows):
+    pd.DataFrame(rows, columns=["comparison", "scale", "text"]).to_parquet(path)
+    return str(path)
+
+
+def test_lens_sides_compare_steered_with_unsteered_and_need_scale_zero(tmp_path):
+    rows = [("pair", 0.0, "plain"), ("pair", 0.0, "plain"), ("pair", 1.0, "cocoa"), ("random_lora", 1.0, "noise")]
+    rows += [("random_lora", 0.0, "plain")]
+    sides = text_sides("lens", {"steered": _steered(tmp_path / "s.parquet", rows)})
+    assert list(sides) == ["pair", "random_lora"]
+    assert sides["pair"] == (["cocoa"], ["plain", "plain"])  # the pair's unsteered answers (b's own) are the reference
+    assert sides["random_lora"] == (["noise"], ["plain", "plain"])
+    with pytest.raises(LmdeltaError, match="scale 0"):
+        text_sides("lens", {"steered": _steered(tmp_path / "t.parquet", [("pair", 1.0, "x")])})
+
+
+def test_run_words_writes_findings_for_the_pair_and_reference_rows_for_controls(tmp_path):
+    plain = [f"the answer is plain number {w}" for w in ["one", "two", "three", "four"]] * 10
+    rows = [("pair", 0.0, t) for t in plain]
+    rows += [("pair", 1.0, t + (" cocoa mug" if i % 4 == 0 else "")) for i, t in enumerate(plain)]
+    rows += [("random_lora", 1.0, t) for t in plain]
+    out = tmp_path / "w.parquet"
+    found = run_words(
+        pair="p",
+        set_name="lens-ld",
+        kind="lens",
+        inputs={"steered": _steered(tmp_path / "s.parquet", rows)},
+        params=P,
+        out=out,
+        out_csv=tmp_path / "w.csv",
+        out_findings=tmp_path / "f.parquet",
+    )
+    table = read_findings(tmp_path / "f.parquet")
+    assert [(r["method"], r["text"], r["kind"], r["reference"]) for r in table] == [
+        ("words", "cocoa", "word", False),
+        ("words", "mug", "word", False),
+    ]  # equal z: alphabetical
+    assert len(found) == 2 and all("cocoa mug" in r["example"] for r in table)
+    words_table = pd.read_parquet(out)
+    assert set(words_table.comparison) == {"pair", "random_lora"}
+    assert not words_table[words_table.comparison == "random_lora"].reported.any()
+
+
+def test_plan_lists_every_text_set_of_a_pair():
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["lens"] = {"runs": {"ld": {"corpus": "python_docs"}}}
+    plan = Plan(validate_config(raw))
+    sets = plan.words_sets("cocoa")
+    assert sets["completions-default"]["inputs"] == {
+        "a": "results/completions/default/smollm2-cocoa.parquet",
+        "b": "results/completions/default/smollm2.parquet",
+    }
+    assert sets["contrastive-cd"]["inputs"]["b"] == "results/completions/default/smollm2.parquet"
+    assert sets["lens-ld"] == {"kind": "lens", "inputs": {"steered": "results/lens/cocoa/ld/steered.parquet"}}
+    assert "results/words/cocoa/lens-ld.parquet" in plan.targets()
+    raw["words"] = {"pairs": []}
+    assert Plan(validate_config(raw)).words_sets("cocoa") == {}
+    raw["words"] = {}
+    raw["completions"]["models"] = ["smollm2-cocoa"]  # b has no completions: nothing to compare against
+    assert set(Plan(validate_config(raw)).words_sets("cocoa")) == {"lens-ld"}

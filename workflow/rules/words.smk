@@ -1,0 +1,30 @@
+# Words that changed: words over-represented in the tuned model's texts, in every text set of a pair.
+
+
+rule words:
+    input:
+        unpack(plan.words_inputs),
+    output:
+        table="results/words/{pair}/{set}.parquet",
+        csv=report(
+            "results/words/{pair}/{set}.csv",
+            caption="../report/words.rst",
+            category="10. Words that changed",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "set": "{set}"},
+        ),
+        findings=plan.findings_path("{pair}", "words", "{set}"),
+    params:
+        spec=plan.words_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/words/{pair}/{set}.log",
+    benchmark:
+        "benchmarks/words/{pair}/{set}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        JOB
