@@ -98,26 +98,26 @@ def combine(logits: list, comb: Combination):
     return scores
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def _cache_arg(model) -> str:
+def cache_arg(model) -> str:
     """transformers >= 5.24 names the KV cache ``cache`` (``past_key_values`` is deprecated); a model with
     its own code (trust_remote_code) may still take the old name."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _cache_of(out):
+def cache_of(out):
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
 def _prefill(model, ids, mask, embeds=None):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     first = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
     out = model(**first, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
-    return _cache_of(out), out.logits[:, -1], mask, pos
+    return cache_of(out), out.logits[:, -1], mask, pos
 
 
 def decode_combined(
@@ -148,7 +148,7 @@ def decode_combined(
     device = inputs[0][1].device
     gen = torch.Generator(device=device).manual_seed(seed)
     states = [_prefill(m, *inp) for m, inp in zip(models, inputs)]
-    cache_args = [_cache_arg(m) for m in models]
+    cache_args = [cache_arg(m) for m in models]
     finished = torch.zeros(inputs[0][1].shape[0], dtype=torch.bool, device=device)
     stop = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     new = []
@@ -172,7 +172,7 @@ def decode_combined(
             out = model(
                 input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **{cache_args[i]: past}
             )
-            states[i] = (_cache_of(out), out.logits[:, -1], mask, pos)
+            states[i] = (cache_of(out), out.logits[:, -1], mask, pos)
     return torch.stack(new, dim=1) if new else inputs[0][1][:, :0]
 
 

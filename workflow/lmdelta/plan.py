@@ -124,6 +124,7 @@ class Plan:
                 pair=selected(c, "lens", "pairs"),
                 run=list(c["lens"]["runs"]),
             ),
+            *expand("results/scan/{pair}/words.parquet", pair=selected(c, "scan", "pairs")),
             *self.words_targets(),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
             *expand(
@@ -615,6 +616,14 @@ class Plan:
     def lens_spec(self, wildcards) -> str:
         return as_text(self.pair_models(wildcards.pair, run=self.config["lens"]["runs"][wildcards.run]))
 
+    # ---- vocabulary scan ----------------------------------------------------------------------------
+
+    def scan_inputs(self, wildcards) -> dict[str, str]:
+        return self.pair_dirs(wildcards.pair)
+
+    def scan_spec(self, wildcards) -> str:
+        return as_text({**self.pair_models(wildcards.pair), "params": stage_section("scan", self.config["scan"])})
+
     # ---- words that changed ------------------------------------------------------------------------
 
     def words_sets(self, pair_name: str) -> dict[str, dict[str, Any]]:
@@ -711,6 +720,8 @@ class Plan:
             runs += [("search", r, [f"results/search/{pair_name}/{r}/bank.parquet"]) for r in c["search"]["runs"]]
         if pair_name in selected(c, "lens", "pairs"):
             runs += [("lens", r, [f"results/lens/{pair_name}/{r}/tokens.parquet"]) for r in c["lens"]["runs"]]
+        if pair_name in selected(c, "scan", "pairs"):
+            runs += [("scan", "vocabulary", [f"results/scan/{pair_name}/words.parquet"])]
         runs += [
             ("words", name, [f"results/words/{pair_name}/{name}.parquet", *s["inputs"].values()])
             for name, s in self.words_sets(pair_name).items()

@@ -1,0 +1,111 @@
+"""Vocabulary scan (lmdelta.scan): candidates from both tokenizer conventions, the shared-prefix scorer
+against plain forwards, the fence, and the stage end to end on tiny models (identical models report
+nothing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from families import build_family
+from lmdelta import LmdeltaError
+from lmdelta.findings import read_findings
+from lmdelta.models import load_model
+from lmdelta.scan import ScanParams, candidate_words, run_scan, scan_scores, shared_prefix, tukey_fence
+from lmdelta.tokens import TextFormat, prompt_ids
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama2"])
+def test_candidates_are_word_start_tokens_of_either_convention(tmp_path, family):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(build_family(family, tmp_path / family))
+    words = candidate_words(tok, min_letters=3, max_words=None)
+    vocab = tok.get_vocab()
+    assert words and all(w.isascii() and w.isalpha() and w.islower() and len(w) >= 3 for w in words)
+    assert len(set(words)) == len(words)
+    mark = "Ġ" if family == "gpt2" else "\u2581"
+    ids = [vocab[mark + w] for w in words]
+    assert ids == sorted(ids)  # token-id order
+    assert candidate_words(tok, min_letters=3, max_words=2) == words[:2]
+    with pytest.raises(LmdeltaError, match="no word-start tokens"):
+        candidate_words(tok, min_letters=40, max_words=None)
+
+
+def test_shared_prefix_leaves_every_sequence_a_token():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2], [1, 2]]) == 1
+    assert shared_prefix([[7], [8, 9]]) == 0
+
+
+def test_prefix_scorer_matches_plain_forwards(pair):
+    import torch
+
+    from lmdelta.divergence import js, kl
+
+    (ma, tok), (mb, _) = load_model(pair / "a"), load_model(pair / "b")
+    fmt = TextFormat(chat_template=False, first_token="bos")
+    prompts = [f"Tell me about {w}." for w in ("the", "lambda expressions", "a", "classes and objects", "x")]
+    seqs_a = [prompt_ids(tok, p, fmt) for p in prompts]
+    seqs_b = [prompt_ids(tok, "Q: " + p, fmt) for p in prompts]  # each model its own format
+    assert len({len(s) for s in seqs_a}) > 1  # suffixes of several lengths
+    df = scan_scores([ma, mb], tok, (seqs_a, seqs_b), batch_size=2)
+    with torch.inference_mode():
+        for i in range(len(prompts)):
+            la = ma(torch.tensor([seqs_a[i]])).logits[:, -1].float()
+            lb = mb(torch.tensor([seqs_b[i]])).logits[:, -1].float()
+            assert df.kl[i] == pytest.approx(float(kl(la, lb)[0]), rel=1e-4, abs=1e-6)
+            assert df.js[i] == pytest.approx(float(js(la, lb)[0]), rel=1e-4, abs=1e-6)
+            assert df.top_a[i] == tok.decode([int(la.argmax())])
+
+
+def test_tukey_fence():
+    v = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 100.0])
+    q1, q3 = np.percentile(v, [25, 75])
+    assert tukey_fence(v, 3.0) == pytest.approx(q3 + 3 * (q3 - q1))
+
+
+def _scan(pair, tmp_path, a: str, **params):
+    out = tmp_path / a
+    fmt = {"chat_template": False, "first_token": "bos"}
+    df, top = run_scan(
+        pair="p",
+        names=(a, "b"),
+        model_dirs=(pair / a, pair / "b"),
+        params=ScanParams.from_dict({"min_letters": 2, "top_n": 5, "answer_tokens": 4, **params}),
+        load_options=({}, {}),
+        formats=(fmt, fmt),
+        out=out / "words.parquet",
+        out_csv=out / "top.csv",
+        out_findings=out / "findings.parquet",
+    )
+    return df, top, read_findings(out / "findings.parquet")
+
+
+def test_scan_reports_the_words_above_the_fence_with_both_answers(pair, tmp_path):
+    df, top, found = _scan(pair, tmp_path, "a", fence=0.0)
+    from transformers import AutoTokenizer
+
+    n = len(candidate_words(AutoTokenizer.from_pretrained(pair / "b"), min_letters=2, max_words=None))
+    assert n > 30 and len(df) == n and df.kl.is_monotonic_decreasing and (df["rank"] == np.arange(1, n + 1)).all()
+    fence = tukey_fence(df.kl.to_numpy(), 0.0)
+    assert (df.reported == (df.kl > fence)).all() and df.reported.any()
+    assert top.answer_a.notna().all() and top.answer_b.notna().all()
+    expected = top[top.reported]
+    assert [f["text"] for f in found] == expected.word.tolist()
+    assert [f["score"] for f in found] == pytest.approx(expected.kl.tolist())
+    assert all(f["method"] == "scan" and f["kind"] == "word" for f in found)
+    assert all(f["prompt"] == f"Tell me about {w}." for f, w in zip(found, expected.word))
+    written = pd.read_parquet(tmp_path / "a" / "words.parquet")
+    assert written.word.tolist() == df.word.tolist()
+
+
+def test_scan_of_identical_models_reports_nothing(pair, tmp_path):
+    df, _, found = _scan(pair, tmp_path, "b")
+    assert df.kl.abs().max() < 1e-5 and not df.reported.any() and found == []
+
+
+def test_scan_template_needs_the_placeholder(pair, tmp_path):
+    with pytest.raises(LmdeltaError, match="no \\{word\\} placeholder"):
+        _scan(pair, tmp_path, "a", template="Tell me about it.")

@@ -1,0 +1,244 @@
+"""Vocabulary scan: which single word, asked about, makes the two models answer most differently.
+
+A narrow fine-tune reacts to a family of inputs its auditor does not know. The scan asks both models
+one neutral question per word of the vocabulary (``template``, e.g. "Tell me about {word}.", each in
+the model's own prompt format) and measures how differently they would start their answers:
+KL(P_a ‖ P_b) of the two next-token distributions at the first answer position (nats; a is the tuned
+model). No word list is written by hand: the candidates are the tokenizer's own word-start tokens
+(``Ġ`` of byte-level BPE, ``▁`` of SentencePiece) made of at least ``min_letters`` lower-case ASCII
+letters, in token-id order (roughly the tokenizer's merge order, frequent words first), at most
+``max_words`` of them (null: all).
+
+Cost: the part of every prompt before the word is the same, so each model reads it once and its KV
+cache is shared; each word then costs its own few tokens (the word and the rest of the template).
+Prompts are batched by the lengths of what follows the shared part, so nothing is padded.
+
+What is reported: the distribution of KL over the whole vocabulary is the reference (most words are
+not triggers). A word is reported when its KL is above Tukey's fence for far-out values,
+Q3 + ``fence`` x IQR of all words' KL. Two identical models give KL = 0 for every word and report
+nothing. For the ``top_n`` words by KL, both models' greedy answers (``answer_tokens``) are kept as
+the evidence a person reads.
+
+Findings (``lmdelta.findings``): method ``scan``, kind ``word``, score = KL, the prompt and model a's
+answer; reported words only, strongest first.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from lmdelta import LmdeltaError
+from lmdelta.artifacts import Provenance, write_csv, write_parquet
+from lmdelta.config import stage_spec
+from lmdelta.decoding import Sampling, accepts_logits_to_keep, cache_arg, cache_of
+from lmdelta.divergence import js, kl
+from lmdelta.findings import finding, write_findings
+from lmdelta.generation import generate_texts
+from lmdelta.models import ForwardCounter
+from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
+from lmdelta.tokens import TextFormat, prompt_ids
+
+log = logging.getLogger(__name__)
+
+WORD_START = ("Ġ", "▁")  # byte-level BPE, SentencePiece
+
+
+@stage_spec("scan")
+class ScanParams:
+    template: str
+    min_letters: int
+    max_words: int | None
+    batch_size: int
+    top_n: int
+    answer_tokens: int
+    fence: float
+
+
+def candidate_words(tok, *, min_letters: int, max_words: int | None) -> list[str]:
+    """The vocabulary's word-start tokens of lower-case ASCII letters, as words, in token-id order, unique."""
+    pattern = re.compile(rf"[a-z]{{{min_letters},}}")
+    by_id = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    out, seen = [], set()
+    for piece, _ in by_id:
+        if piece[:1] in WORD_START and pattern.fullmatch(piece[1:]) and piece[1:] not in seen:
+            seen.add(piece[1:])
+            out.append(piece[1:])
+    if not out:
+        raise LmdeltaError(
+            "scan: the tokenizer has no word-start tokens (Ġ or ▁ followed by letters); the vocabulary scan "
+            "needs a byte-level BPE or SentencePiece tokenizer"
+        )
+    return out[:max_words] if max_words else out
+
+
+def shared_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest prefix all sequences share, leaving every sequence at least one token."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+class PrefixScorer:
+    """Next-token logits after each sequence, reading the shared prefix once (its KV cache is copied
+    for every batch)."""
+
+    def __init__(self, model, seqs: list[list[int]]):
+        import torch
+
+        self.model, self.seqs = model, seqs
+        self.n_prefix = shared_prefix(seqs)
+        self.arg = cache_arg(model)
+        self.extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+        self.device = next(model.parameters()).device
+        self.cache = None
+        if self.n_prefix:
+            ids = torch.tensor([seqs[0][: self.n_prefix]], device=self.device)
+            with torch.inference_mode():
+                self.cache = cache_of(self.model(input_ids=ids, use_cache=True, **self.extra))
+
+    def logits(self, index: list[int]):
+        """[len(index), V] float32 logits after each sequence; the suffixes must share one length."""
+        import torch
+
+        suffix = torch.tensor([self.seqs[i][self.n_prefix :] for i in index], device=self.device)
+        kw = dict(self.extra)
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(index))
+            kw[self.arg] = cache
+            pos = torch.arange(self.n_prefix, self.n_prefix + suffix.shape[1], device=self.device)
+            kw["position_ids"] = pos.expand(len(index), -1)
+        with torch.inference_mode():
+            return self.model(input_ids=suffix, use_cache=self.cache is not None, **kw).logits[:, -1].float()
+
+
+def scan_scores(models, tok, seqs: tuple[list[list[int]], list[list[int]]], *, batch_size: int, desc: str = "scan"):
+    """Per sequence index: KL(a ‖ b) and JS of the next-token distributions after it, and each model's
+    top token. ``seqs`` gives each model its own ids of the same prompts."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    scorers = [PrefixScorer(m, s) for m, s in zip(models, seqs)]
+    n = len(seqs[0])
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(n):
+        groups.setdefault(tuple(len(s[i]) - sc.n_prefix for s, sc in zip(seqs, scorers)), []).append(i)
+    rows = {}
+    bar = tqdm(total=n, desc=desc, unit=" word", mininterval=2.0)
+    for index in groups.values():
+        for b in range(0, len(index), batch_size):
+            chunk = index[b : b + batch_size]
+            la, lb = (sc.logits(chunk) for sc in scorers)
+            k, j = kl(la, lb).cpu().numpy(), js(la, lb).cpu().numpy()
+            ta, tb = la.argmax(-1).tolist(), lb.argmax(-1).tolist()
+            for r, i in enumerate(chunk):
+                rows[i] = {
+                    "kl": float(k[r]),
+                    "js": float(j[r]),
+                    "top_a": tok.decode([ta[r]]),
+                    "top_b": tok.decode([tb[r]]),
+                }
+            bar.update(len(chunk))
+    bar.close()
+    return pd.DataFrame([rows[i] for i in range(n)])
+
+
+def tukey_fence(values: np.ndarray, k: float) -> float:
+    """Q3 + k x IQR."""
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q3 + k * (q3 - q1))
+
+
+def run_scan(
+    *,
+    pair: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    params: ScanParams,
+    load_options: tuple[dict, dict],
+    formats: tuple[dict, dict],
+    out: Path,
+    out_csv: Path,
+    out_findings: Path,
+):
+    prov = Provenance(stage="scan", params={"pair": pair, "a": names[0], "b": names[1], **asdict(params)})
+    record_pair(prov, model_dirs)
+    if "{word}" not in params.template:
+        raise LmdeltaError(
+            f"scan.template {params.template!r} has no {{word}} placeholder; write e.g. 'Tell me about {{word}}.'"
+        )
+    models, toks = load_pair(model_dirs, load_options)
+    check_same_tokenizer(toks[0], toks[1], pair)
+    tok = toks[1]
+    fmts = [TextFormat.from_dict(f) for f in formats]
+    words = candidate_words(tok, min_letters=params.min_letters, max_words=params.max_words)
+    prompts = [params.template.format(word=w) for w in words]
+    seqs = tuple([prompt_ids(tok, p, f) for p in prompts] for f in fmts)
+    calls = ForwardCounter(*models)
+    df = scan_scores(models, tok, seqs, batch_size=params.batch_size, desc=f"scan {pair}")
+    df.insert(0, "word", words)
+    df.insert(1, "prompt", prompts)
+    fence = tukey_fence(df.kl.to_numpy(), params.fence)
+    df["reported"] = df.kl > fence
+    df = df.sort_values(["kl", "word"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    top = df.head(params.top_n).copy()
+    for name, model, s in zip("ab", models, seqs):
+        order = top.index.tolist()
+        texts = generate_texts(
+            model,
+            tok,
+            [s[words.index(w)] for w in top.word],
+            max_new_tokens=params.answer_tokens,
+            sampling=Sampling(),
+            batch_size=params.batch_size,
+        )
+        top.loc[order, f"answer_{name}"] = [t["text"] for t in texts]
+    prov.params.update(model_calls=calls.n, n_words=len(df), kl_fence=fence, n_reported=int(df.reported.sum()))
+    found = [
+        finding("scan", "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=r.answer_a)
+        for r in top[top.reported].itertuples()
+    ]
+    write_parquet(out, df, prov)
+    write_csv(out_csv, top, prov)
+    write_findings(out_findings, found, prov)
+    log.info(
+        "scan %s: %d words, %d above the fence (KL > %.3f); top: %s",
+        pair,
+        len(df),
+        int(df.reported.sum()),
+        fence,
+        ", ".join(top.word.head(10)),
+    )
+    return df, top
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def scan_job(job) -> None:
+    """inputs: ``a``, ``b``; spec: the pair (names, load_options, formats) and ``params`` (ScanParams);
+    outputs: ``words``, ``csv``, ``findings``."""
+    s = job.spec
+    run_scan(
+        pair=job.wildcards["pair"],
+        names=tuple(s["names"]),
+        model_dirs=(Path(job.inputs["a"]), Path(job.inputs["b"])),
+        params=ScanParams.from_dict(s["params"]),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        out=job.out("words"),
+        out_csv=job.out("csv"),
+        out_findings=job.out("findings"),
+    )
