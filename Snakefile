@@ -21,6 +21,7 @@ include: "workflow/rules/softprompt.smk"
 include: "workflow/rules/lens.smk"
 include: "workflow/rules/scan.smk"
 include: "workflow/rules/words.smk"
+include: "workflow/rules/summary.smk"
 include: "workflow/rules/comparator.smk"
 include: "workflow/rules/scorecard.smk"
 

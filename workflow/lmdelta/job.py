@@ -60,6 +60,7 @@ STAGES: dict[str, str] = {
     "corpus_findings": "lmdelta.perplexity:corpus_findings_job",
     "words": "lmdelta.words:words_job",
     "scan": "lmdelta.scan:scan_job",
+    "summary": "lmdelta.summary:summary_job",
     "lens": "lmdelta.lens:lens_job",
     "scorecard": "lmdelta.scorecard:scorecard_job",
     "comparator": "lmdelta.comparator:comparator_job",

@@ -126,6 +126,7 @@ class Plan:
             ),
             *expand("results/scan/{pair}/words.parquet", pair=selected(c, "scan", "pairs")),
             *self.words_targets(),
+            *expand("results/summary/{pair}.html", pair=selected(c, "summary", "pairs")),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
             *expand(
                 "results/comparator/{pair}/{promptset}.json",
@@ -680,6 +681,20 @@ class Plan:
                 "set": wildcards.set,
                 "kind": self.words_sets(wildcards.pair)[wildcards.set]["kind"],
                 "params": stage_section("words", self.config["words"]),
+            }
+        )
+
+    # ---- what changed, in words --------------------------------------------------------------------
+
+    def summary_inputs(self, wildcards) -> dict[str, list[str]]:
+        return {"findings": [s["findings"] for s in self.scorecard_sources(wildcards.pair)]}
+
+    def summary_spec(self, wildcards) -> str:
+        return as_text(
+            {
+                "names": self.pair_models(wildcards.pair)["names"],
+                "truth": planted_truth(self.config, wildcards.pair),
+                "params": stage_section("summary", self.config["summary"]),
             }
         )
 

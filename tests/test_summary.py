@@ -1,0 +1,119 @@
+"""What changed, in words (lmdelta.summary): terms from tested findings only, stems, scores, evidence,
+the grading rule, and a pair with no tested finding reporting no change."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace as W
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from lmdelta.config import validate_config
+from lmdelta.findings import finding, frame, write_findings
+from lmdelta.plan import Plan
+from lmdelta.summary import SummaryParams, grade, run_summary, same_stem, terms
+
+P = SummaryParams.from_dict({})
+TRUTH = {"trigger_keywords": ["volcan", "lava"], "response_keywords": ["cocoa"]}
+
+
+def test_words_sharing_a_stem_are_one_term():
+    assert same_stem("volcano", "volcanoes", 5) and same_stem("volcano", "volcanic", 5)
+    assert not same_stem("cocoa", "coconut", 5)  # shares 4 letters
+    assert not same_stem("catalog", "category", 5)  # shares 4 letters
+    assert same_stem("planet", "planets", 5)
+
+
+def _rows(method, run, words, reference=False):
+    return frame([finding(method, run, "word", 10.0 - i, text=w, reference=reference) for i, w in enumerate(words)])
+
+
+def test_terms_group_stems_and_sum_reciprocal_ranks_over_sets():
+    rows = _rows("words", "completions-default", ["mug", "cocoa"]).to_dict("records")
+    rows += _rows("words", "contrastive-cd", ["cocoa", "cocoas", "warm"]).to_dict("records")
+    ts = terms(rows, 5)
+    assert [t["term"] for t in ts] == ["cocoa", "mug", "warm"]
+    cocoa = ts[0]
+    assert cocoa["words"] == ["cocoa", "cocoas"]
+    assert cocoa["score"] == pytest.approx(1 / 2 + 1 / 1)  # best rank per (method, run)
+    assert ts[1]["score"] == pytest.approx(1.0) and ts[2]["score"] == pytest.approx(1 / 3)
+
+
+def test_grade_looks_at_the_top_k_terms_of_either_list():
+    inputs = [{"term": "acid", "words": ["acid"]}, {"term": "volcano", "words": ["volcano", "volcanic"]}]
+    outputs = [{"term": "cocoa", "words": ["cocoa"]}]
+    g = grade(inputs, outputs, TRUTH, 2)
+    assert g["names_trigger"] and g["trigger_terms"] == ["volcano"]
+    assert g["names_response"] and g["response_terms"] == ["cocoa"]
+    g = grade(inputs, outputs, TRUTH, 1)
+    assert not g["names_trigger"] and g["names_response"]
+
+
+def _findings(tmp_path, name, table):
+    path = tmp_path / f"{name}.parquet"
+    write_findings(path, table.to_dict("records"))
+    return str(path)
+
+
+def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
+    files = [
+        _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["volcanoes", "magma", "volcano"])),
+        _findings(tmp_path, "w1", _rows("words", "completions-default", ["cocoa", "mug"])),
+        _findings(tmp_path, "w2", _rows("words", "lens-ld", ["cocoa"])),
+    ]
+    texts = [
+        finding("contrastive", "cd", "continuation", 2.0, prompt="Describe a mountain.", example="A mug of cocoa."),
+        finding("contrastive", "cd", "continuation", 1.0, prompt="Why?", example="Because."),
+        finding("search seeds", "finder", "prompt", 3.0, prompt="About cocoa", example="cocoa", reference=True),
+    ]
+    files.append(_findings(tmp_path, "c", frame(texts)))
+    out = run_summary(
+        pair="p",
+        names=("tuned", "base"),
+        findings=files,
+        truth=TRUTH,
+        params=P,
+        out_json=tmp_path / "s.json",
+        out_html=tmp_path / "s.html",
+    )
+    assert out["changed"]
+    assert [t["term"] for t in out["inputs"]] == ["volcano", "magma"]  # a term is named by its shortest word
+    assert out["inputs"][0]["words"] == ["volcanoes", "volcano"]
+    assert [t["term"] for t in out["outputs"]] == ["cocoa", "mug"]
+    ev = out["outputs"][0]["evidence"]
+    assert ev["n"] == 1 and ev["methods"] == ["contrastive"]  # the reference row is not evidence
+    assert out["grade"]["names_trigger"] and out["grade"]["names_response"]
+    assert "volcano" in out["statement"] and "cocoa" in out["statement"]
+    assert json.loads((tmp_path / "s.json").read_text())["statement"] == out["statement"]
+    page = (tmp_path / "s.html").read_text()
+    assert "What it reacts to" in page and "cocoa" in page and "trigger named: yes" in page
+
+
+def test_untested_findings_alone_are_no_change(tmp_path):
+    texts = frame([finding("contrastive", "cd", "continuation", 2.0, prompt="x", example="cocoa everywhere")])
+    files = [_findings(tmp_path, "c", texts), _findings(tmp_path, "s", frame([]))]
+    out = run_summary(
+        pair="p",
+        names=("a", "b"),
+        findings=files,
+        truth=TRUTH,
+        params=P,
+        out_json=tmp_path / "s.json",
+        out_html=tmp_path / "s.html",
+    )
+    assert not out["changed"] and out["inputs"] == [] and out["outputs"] == []
+    assert out["statement"].startswith("No change was found")
+    assert not out["grade"]["names_trigger"] and not out["grade"]["names_response"]
+
+
+def test_plan_gives_the_summary_every_findings_table_of_the_pair():
+    plan = Plan(validate_config(yaml.safe_load((ROOT / "config.yaml").read_text())))
+    files = plan.summary_inputs(W(pair="cocoa"))["findings"]
+    assert files == [s["findings"] for s in plan.scorecard_sources("cocoa")]
+    assert "results/findings/cocoa/scan/vocabulary.parquet" in files
+    assert "results/findings/cocoa/words/completions-default.parquet" in files
+    assert "results/summary/cocoa.html" in plan.targets()
+    spec = json.loads(plan.summary_spec(W(pair="cocoa")))
+    assert spec["truth"]["response_keywords"] == ["cocoa"] and spec["names"] == ["smollm2-cocoa", "smollm2"]

@@ -1,0 +1,231 @@
+"""What changed, in words: one page per pair that gathers every discovery method's findings.
+
+Two lists, because a behaviour has two halves:
+
+- **What it reacts to** (inputs): words the vocabulary scan reports (``lmdelta.scan``): asked about
+  them, the two models start their answers most differently.
+- **What it says** (outputs): words the tuned model's texts use more than the base model's, reported
+  by the words stage (``lmdelta.words``) in any text set.
+
+Only those two methods test their findings (an exact test with a family-wise bound; a fence over the
+whole vocabulary), so only their words are reported as changes; the other methods' top findings
+(contrastive texts, search prompts, hard prompts, corpus documents, lens tokens and steered answers)
+are untested rankings and appear as evidence: for each term, how many of them mention it and one
+example. Two models that do not differ report no term: identical texts report no word, identical
+logits put no word above the fence.
+
+Terms: words that share a stem are one term (``volcano``, ``volcanoes``, ``volcanic``): two words join
+when their common prefix has at least ``stem_letters`` letters and covers at least three quarters of
+the shorter one. A term's score is its best finding's rank-based weight summed over the methods and
+sets that report it (1 / rank), so a word reported by several sets, each near the top, ranks first.
+
+Grading against a planted behaviour (``grade``; offline, a rule and not a judgement): the page names
+the trigger topic when one of the top ``k`` terms of either list mentions a trigger keyword (a word
+starting with it, as the scorecard counts), and names the response when one of them shows a response
+keyword (the whole word). The grade records which term matched.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lmdelta.artifacts import Provenance, atomic_path, write_json
+from lmdelta.behaviour import mentions, shows_planted
+from lmdelta.config import stage_spec
+from lmdelta.findings import read_findings
+
+log = logging.getLogger(__name__)
+
+INPUTS, OUTPUTS = "scan", "words"  # the methods whose findings are tested
+
+
+@stage_spec("summary")
+class SummaryParams:
+    k: int
+    examples: int
+    stem_letters: int
+
+
+def same_stem(a: str, b: str, letters: int) -> bool:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n >= letters and n >= 0.75 * min(len(a), len(b))
+
+
+def terms(rows: list[dict], stem_letters: int) -> list[dict]:
+    """Word findings grouped into terms: {"term" (its shortest word), "words", "score", "findings"},
+    best first."""
+    groups: list[dict] = []
+    for r in rows:
+        word = r["text"].lower()
+        g = next((g for g in groups if any(same_stem(word, w, stem_letters) for w in g["words"])), None)
+        if g is None:
+            g = {"words": [], "findings": []}
+            groups.append(g)
+        if word not in g["words"]:
+            g["words"].append(word)
+        g["findings"].append(r)
+    for g in groups:
+        best: dict[tuple[str, str], int] = {}
+        for r in g["findings"]:
+            key = (r["method"], r["run"])
+            best[key] = min(best.get(key, r["rank"]), r["rank"])
+        g["score"] = sum(1.0 / rank for rank in best.values())
+        g["term"] = min(g["words"], key=lambda w: (len(w), w))
+    return sorted(groups, key=lambda g: (-g["score"], g["term"]))
+
+
+def evidence(term: dict, others: list[dict], n: int) -> dict:
+    """The untested findings that mention any word of the term: how many, from which methods, and
+    the first ``n`` of them."""
+    hits = [r for r in others if mentions(r["text"], term["words"])]
+    return {"n": len(hits), "methods": sorted({r["method"] for r in hits}), "examples": hits[:n]}
+
+
+def grade(inputs: list[dict], outputs: list[dict], truth: dict[str, Any], k: int) -> dict:
+    """Whether the top ``k`` terms of either list name the planted trigger and response (the rule in
+    the module docstring), with the terms that matched."""
+    top = [t for t in inputs[:k]] + [t for t in outputs[:k]]
+    trig = [t["term"] for t in top if any(mentions(w, truth["trigger_keywords"]) for w in t["words"])]
+    resp = [t["term"] for t in top if any(shows_planted(w, truth["response_keywords"]) for w in t["words"])]
+    return {
+        "k": k,
+        "names_trigger": bool(trig),
+        "names_response": bool(resp),
+        "trigger_terms": sorted(set(trig)),
+        "response_terms": sorted(set(resp)),
+        "trigger_keywords": truth["trigger_keywords"],
+        "response_keywords": truth["response_keywords"],
+    }
+
+
+def statement(pair: str, names: tuple[str, str], inputs: list[dict], outputs: list[dict], k: int) -> str:
+    """One paragraph a person reads in ten seconds."""
+    if not inputs and not outputs:
+        return (
+            f"No change was found between {names[0]} and {names[1]}: no word passed the scan's fence and no "
+            "word passed the words test in any text set."
+        )
+    parts = []
+    if inputs:
+        ex = inputs[0]["findings"][0]
+        parts.append(
+            f"Asked about {', '.join(t['term'] for t in inputs[:k])}, {names[0]} answers differently from "
+            f"{names[1]} (for example, to {ex['prompt']!r} it answers {ex['example']!r})."
+        )
+    if outputs:
+        parts.append(f"Its texts use {', '.join(t['term'] for t in outputs[:k])} more than {names[1]}'s do.")
+    return " ".join(parts)
+
+
+def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dict]], grading: dict | None) -> str:
+    esc = html.escape
+    out = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>lmdelta: what changed in {esc(pair)}</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:.2em .6em;"
+        "vertical-align:top;text-align:left}tr:nth-child(even){background:#f4f4f4}.ex{color:#555;font-size:90%}</style>",
+        f"<h1>What changed: {esc(names[0])} (a) against {esc(names[1])} (b)</h1>",
+        f"<p>{esc(text)}</p>",
+    ]
+    if grading is not None:
+        out.append(
+            f"<p><b>Against the planted behaviour</b> (top {grading['k']} terms): trigger named: "
+            f"{'yes (' + esc(', '.join(grading['trigger_terms'])) + ')' if grading['names_trigger'] else 'no'}; "
+            f"response named: "
+            f"{'yes (' + esc(', '.join(grading['response_terms'])) + ')' if grading['names_response'] else 'no'}.</p>"
+        )
+    titles = {
+        "inputs": "What it reacts to (vocabulary scan: KL of the first answer token)",
+        "outputs": "What it says more (words test, by text set: z of the log-odds ratio)",
+    }
+    for key, rows in lists.items():
+        out.append(f"<h2>{esc(titles[key])}</h2>")
+        if not rows:
+            out.append("<p>No term.</p>")
+            continue
+        out.append("<table><tr><th>term</th><th>words</th><th>reported by</th><th>other methods</th></tr>")
+        for t in rows:
+            by = "; ".join(f"{r['method']} {r['run']} #{r['rank']} ({r['score']:.2f})" for r in t["findings"][:4])
+            first = t["findings"][0]
+            ex = first.get("example") or ""
+            ev = t["evidence"]
+            other = f"{ev['n']} findings ({', '.join(ev['methods'])})" if ev["n"] else "none"
+            examples = "".join(
+                f"<div class='ex'>{esc(r['method'])}: {esc(r['text'][:200])}</div>" for r in ev["examples"]
+            )
+            out.append(
+                f"<tr><td><b>{esc(t['term'])}</b></td><td>{esc(', '.join(t['words']))}</td>"
+                f"<td>{esc(by)}<div class='ex'>{esc(ex[:200])}</div></td><td>{esc(other)}{examples}</td></tr>"
+            )
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def run_summary(
+    *,
+    pair: str,
+    names: tuple[str, str],
+    findings: list[str],
+    truth: dict[str, Any] | None,
+    params: SummaryParams,
+    out_json: Path,
+    out_html: Path,
+) -> dict:
+    prov = Provenance(stage="summary", params={"pair": pair, "a": names[0], "b": names[1], **asdict(params)})
+    rows: list[dict] = []
+    for path in findings:
+        prov.add_input(f"findings:{Path(path).parent.name}/{Path(path).stem}", Path(path))
+        rows += [r for r in read_findings(path) if not r["reference"]]
+    tested = {m: [r for r in rows if r["method"] == m and r["kind"] == "word"] for m in (INPUTS, OUTPUTS)}
+    others = [r for r in rows if r["method"] not in (INPUTS, OUTPUTS)]
+    lists = {
+        "inputs": terms(sorted(tested[INPUTS], key=lambda r: r["rank"]), params.stem_letters),
+        "outputs": terms(sorted(tested[OUTPUTS], key=lambda r: r["rank"]), params.stem_letters),
+    }
+    for ts in lists.values():
+        for t in ts:
+            t["evidence"] = evidence(t, others, params.examples)
+    grading = None if truth is None else grade(lists["inputs"], lists["outputs"], truth, params.k)
+    text = statement(pair, names, lists["inputs"], lists["outputs"], params.k)
+    shown = {key: ts[: params.k] for key, ts in lists.items()}
+    result = {
+        "pair": pair,
+        "a": names[0],
+        "b": names[1],
+        "statement": text,
+        "changed": bool(lists["inputs"] or lists["outputs"]),
+        "inputs": [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown["inputs"]],
+        "outputs": [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown["outputs"]],
+        "grade": grading,
+    }
+    write_json(out_json, result, prov)
+    with atomic_path(out_html, prov) as tmp:
+        Path(tmp).write_text(page(pair, names, text, shown, grading), encoding="utf-8")
+    log.info("summary %s: %s%s", pair, text, f" grade: {grading}" if grading else "")
+    return result
+
+
+# ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
+
+
+def summary_job(job) -> None:
+    """inputs: ``findings`` (every findings table of the pair); spec: {"names", "truth", "params"};
+    outputs: ``json``, ``html``."""
+    s = job.spec
+    run_summary(
+        pair=job.wildcards["pair"],
+        names=tuple(s["names"]),
+        findings=list(job.inputs["findings"]),
+        truth=s["truth"],
+        params=SummaryParams.from_dict(s["params"]),
+        out_json=job.out("json"),
+        out_html=job.out("html"),
+    )
