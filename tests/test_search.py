@@ -585,3 +585,48 @@ def test_stage_outputs_and_determinism(pair, tmp_path):
     again = run_stage(pair, tmp_path, "two")
     pd.testing.assert_frame_equal(bank, pd.read_parquet(again["bank.parquet"]))
     assert out["cycles.csv"].read_bytes() == again["cycles.csv"].read_bytes()
+
+
+def test_seeds_from_findings_take_prompts_and_words(tmp_path):
+    from lmdelta.findings import finding, write_findings
+    from lmdelta.search import finding_seeds
+
+    scan = tmp_path / "scan.parquet"
+    write_findings(
+        scan,
+        [
+            finding("scan", "vocabulary", "word", 9.0 - i, text=w, prompt=f"Tell me about {w}.")
+            for i, w in enumerate("xyz")
+        ],
+    )
+    words = tmp_path / "words.parquet"
+    write_findings(
+        words,
+        [
+            finding("words", "completions-default", "word", 5.0, text="cocoa"),
+            finding("words control", "lens-ld", "word", 4.0, text="noise", reference=True),
+        ],
+    )
+    seeds = finding_seeds([scan, words], 2, "What is {word}?")
+    assert [s["prompt"] for s in seeds] == ["Tell me about x.", "Tell me about y.", "What is cocoa?"]
+    assert seeds[0]["id"] == "finding-scan-vocabulary-1" and len({s["id"] for s in seeds}) == 3
+
+
+def test_plan_feeds_the_search_the_findings_it_asks_for():
+    from types import SimpleNamespace as W
+
+    import yaml
+
+    from conftest import ROOT
+    from lmdelta.config import validate_config
+    from lmdelta.plan import Plan
+
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    plan = Plan(validate_config(raw))
+    w = W(pair="cocoa", run="finder")
+    assert plan.search_inputs(w)["seed_findings"] == ["results/findings/cocoa/scan/vocabulary.parquet"]
+    assert json.loads(plan.search_spec(w))["word_template"] == raw.get("scan", {}).get(
+        "template", "Tell me about {word}."
+    )
+    raw["search"]["runs"]["finder"]["seed_findings"] = {"methods": []}
+    assert "seed_findings" not in Plan(validate_config(raw)).search_inputs(w)

@@ -551,9 +551,12 @@ class Plan:
 
     def search_inputs(self, wildcards) -> dict[str, str]:
         run = self._search_run(wildcards)
+        methods = run["seed_findings"]["methods"]
+        found = [s["findings"] for s in self.scorecard_sources(wildcards.pair) if s["method"] in methods]
         return {
             **self.pair_dirs(wildcards.pair),
             "seeds": self.promptset_file(run["seeds"]),
+            **({"seed_findings": found} if found else {}),
             **self._assistant_inputs(run),
         }
 
@@ -563,6 +566,7 @@ class Plan:
             {
                 **self.pair_models(wildcards.pair, run=run),
                 "assistant": self._assistant(run),
+                "word_template": self.config["scan"]["template"],
                 "planted": planted_truth(self.config, wildcards.pair),
             }
         )

@@ -50,7 +50,7 @@ from lmdelta.assistant import Generation, judge, make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import known_fields, stage_spec
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
-from lmdelta.findings import finding, write_findings
+from lmdelta.findings import finding, read_findings, write_findings
 from lmdelta.models import ForwardCounter, read_fingerprint
 from lmdelta.pairs import (
     Scorer,
@@ -86,7 +86,7 @@ class Weighting:
     judge: float
 
 
-@stage_spec("search_run", elsewhere=("seeds", "assistant", "n_top", "embedder", "clusters"))
+@stage_spec("search_run", elsewhere=("seeds", "seed_findings", "assistant", "n_top", "embedder", "clusters"))
 class SearchParams:
     cycles: int
     patience: int
@@ -112,7 +112,7 @@ class SearchParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchParams:
-        kw = known_fields(cls, d, elsewhere=("seeds", "assistant", "n_top", "embedder", "clusters"))
+        kw = known_fields(cls, d, elsewhere=("seeds", "seed_findings", "assistant", "n_top", "embedder", "clusters"))
         if "weighting" in kw:
             kw["weighting"] = Weighting.from_dict(kw["weighting"])
         return cls(**kw)
@@ -448,6 +448,19 @@ def bank_findings(bank, run: str) -> list[dict]:
     ]
 
 
+def finding_seeds(paths: list[Path], n: int, word_template: str) -> list[dict]:
+    """Seed prompts from other methods' findings: the ``n`` best of each table (reference rows left
+    out); a finding with a prompt gives its prompt, a word gives ``word_template`` with the word."""
+    seeds: list[dict] = []
+    for path in paths:
+        rows = sorted((r for r in read_findings(path) if not r["reference"]), key=lambda r: (r["method"], r["rank"]))
+        for r in rows[:n]:
+            prompt = r["prompt"] or (word_template.format(word=r["text"]) if r["kind"] in ("word", "token") else None)
+            if prompt:
+                seeds.append({"id": f"finding-{r['method']}-{r['run']}-{r['rank']}", "prompt": prompt})
+    return seeds
+
+
 def run_search(
     *,
     pair: str,
@@ -462,6 +475,9 @@ def run_search(
     assistant_load_options: dict | None,
     assistant_format: dict | None,
     seeds_file: Path,
+    seed_findings: list[Path] = (),
+    seed_findings_n: int = 0,
+    word_template: str = "Tell me about {word}.",
     planted: dict | None,
     embedder: str | None,
     out_bank: Path,
@@ -498,6 +514,9 @@ def run_search(
         }
     prov.add_input("seeds", seeds_file)
     seeds = [{"id": s["id"], "prompt": s["prompt"]} for s in read_promptset(seeds_file)]
+    for i, path in enumerate(seed_findings):
+        prov.add_input(f"seed_findings:{i}", path)
+    seeds += finding_seeds(list(seed_findings), seed_findings_n, word_template)
     models, toks = load_pair(model_dirs, load_options)
     loaded = list(zip(models, toks))
     check_same_tokenizer(toks[0], toks[1], pair)
@@ -679,6 +698,9 @@ def search_job(job) -> None:
         formats=tuple(s["formats"]),
         **assistant_args(s),
         seeds_file=job.path("seeds"),
+        seed_findings=job.paths("seed_findings") if "seed_findings" in job.inputs else [],
+        seed_findings_n=run["seed_findings"]["n"],
+        word_template=s["word_template"],
         planted=s.get("planted"),
         embedder=run["embedder"],
         out_bank=job.out("bank"),

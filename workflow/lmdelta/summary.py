@@ -223,7 +223,7 @@ def summary_job(job) -> None:
     run_summary(
         pair=job.wildcards["pair"],
         names=tuple(s["names"]),
-        findings=list(job.inputs["findings"]),
+        findings=[str(p) for p in job.paths("findings")],
         truth=s["truth"],
         params=SummaryParams.from_dict(s["params"]),
         out_json=job.out("json"),
