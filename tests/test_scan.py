@@ -14,6 +14,7 @@ from lmdelta.findings import read_findings
 from lmdelta.models import load_model
 from lmdelta.scan import ScanParams, candidate_words, run_scan, scan_scores, shared_prefix, tukey_fence
 from lmdelta.tokens import TextFormat, prompt_ids
+from lmdelta.words import text_sides
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama2"])
@@ -91,7 +92,8 @@ def test_scan_reports_the_words_above_the_fence_with_both_answers(pair, tmp_path
     assert n > 30 and len(df) == n and df.kl.is_monotonic_decreasing and (df["rank"] == np.arange(1, n + 1)).all()
     fence = tukey_fence(df.kl.to_numpy(), 0.0)
     assert (df.reported == (df.kl > fence)).all() and df.reported.any()
-    assert top.answer_a.notna().all() and top.answer_b.notna().all()
+    assert top.answer_a.notna().all() and top.answer_b.notna().all() and len(top) == 5
+    assert df.answer_a[5:].isna().all()  # answers for the top words only
     expected = top[top.reported]
     assert [f["text"] for f in found] == expected.word.tolist()
     assert [f["score"] for f in found] == pytest.approx(expected.kl.tolist())
@@ -99,6 +101,8 @@ def test_scan_reports_the_words_above_the_fence_with_both_answers(pair, tmp_path
     assert all(f["prompt"] == f"Tell me about {w}." for f, w in zip(found, expected.word))
     written = pd.read_parquet(tmp_path / "a" / "words.parquet")
     assert written.word.tolist() == df.word.tolist()
+    sides = text_sides("scan", {"scan": str(tmp_path / "a" / "words.parquet")})  # what the words stage compares
+    assert sides["pair"] == (top.answer_a.tolist(), top.answer_b.tolist())
 
 
 def test_scan_of_identical_models_reports_nothing(pair, tmp_path):

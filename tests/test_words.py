@@ -138,9 +138,10 @@ def test_plan_lists_every_text_set_of_a_pair():
     }
     assert sets["contrastive-cd"]["inputs"]["b"] == "results/completions/default/smollm2.parquet"
     assert sets["lens-ld"] == {"kind": "lens", "inputs": {"steered": "results/lens/cocoa/ld/steered.parquet"}}
+    assert sets["scan-vocabulary"] == {"kind": "scan", "inputs": {"scan": "results/scan/cocoa/words.parquet"}}
     assert "results/words/cocoa/lens-ld.parquet" in plan.targets()
     raw["words"] = {"pairs": []}
     assert Plan(validate_config(raw)).words_sets("cocoa") == {}
     raw["words"] = {}
     raw["completions"]["models"] = ["smollm2-cocoa"]  # b has no completions: nothing to compare against
-    assert set(Plan(validate_config(raw)).words_sets("cocoa")) == {"lens-ld"}
+    assert set(Plan(validate_config(raw)).words_sets("cocoa")) == {"lens-ld", "scan-vocabulary"}

@@ -661,6 +661,8 @@ class Plan:
                         "kind": "contrastive",
                         "inputs": {"a": f"results/contrastive/{pair_name}/{r}.parquet", "b": completions(ps, b)},
                     }
+        if pair_name in selected(c, "scan", "pairs"):
+            out["scan-vocabulary"] = {"kind": "scan", "inputs": {"scan": f"results/scan/{pair_name}/words.parquet"}}
         if pair_name in selected(c, "lens", "pairs"):
             for r, run in c["lens"]["runs"].items():
                 if 0 in run["steer"]["scales"] and any(x > 0 for x in run["steer"]["scales"]):

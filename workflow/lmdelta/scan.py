@@ -17,7 +17,7 @@ What is reported: the distribution of KL over the whole vocabulary is the refere
 not triggers). A word is reported when its KL is above Tukey's fence for far-out values,
 Q3 + ``fence`` x IQR of all words' KL. Two identical models give KL = 0 for every word and report
 nothing. For the ``top_n`` words by KL, both models' greedy answers (``answer_tokens``) are kept as
-the evidence a person reads.
+the evidence a person reads (and the words stage compares them: what the tuned model says instead).
 
 Findings (``lmdelta.findings``): method ``scan``, kind ``word``, score = KL, the prompt and model a's
 answer; reported words only, strongest first.
@@ -193,18 +193,19 @@ def run_scan(
     df["reported"] = df.kl > fence
     df = df.sort_values(["kl", "word"], ascending=[False, True], kind="stable").reset_index(drop=True)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
-    top = df.head(params.top_n).copy()
+    n_top = min(params.top_n, len(df))
+    position = {w: i for i, w in enumerate(words)}
     for name, model, s in zip("ab", models, seqs):
-        order = top.index.tolist()
         texts = generate_texts(
             model,
             tok,
-            [s[words.index(w)] for w in top.word],
+            [s[position[w]] for w in df.word[:n_top]],
             max_new_tokens=params.answer_tokens,
             sampling=Sampling(),
             batch_size=params.batch_size,
         )
-        top.loc[order, f"answer_{name}"] = [t["text"] for t in texts]
+        df[f"answer_{name}"] = [t["text"] for t in texts] + [None] * (len(df) - n_top)
+    top = df.head(n_top)
     prov.params.update(model_calls=calls.n, n_words=len(df), kl_fence=fence, n_reported=int(df.reported.sum()))
     found = [
         finding("scan", "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=r.answer_a)

@@ -25,9 +25,11 @@ which counts only the words that could reach significance at all given how many 
 identical sides report nothing: every word then splits in proportion to the sides' sizes.
 
 Sets per pair (``lmdelta.plan.Plan.words_sets``): ``completions-<promptset>`` (a's completions against
-b's), ``contrastive-<run>`` (the contrastive texts against b's completions of the same prompt set)
-and ``lens-<run>`` (b steered along the pair's activation difference against b unsteered; b steered
-along each control's difference is a reference comparison, method ``words control``).
+b's), ``contrastive-<run>`` (the contrastive texts against b's completions of the same prompt set),
+``scan-vocabulary`` (a's answers to the scan's top words against b's: those words were chosen because
+the answers differ, so this set says what the tuned model says instead, not how often) and
+``lens-<run>`` (b steered along the pair's activation difference against b unsteered; b steered along
+each control's difference is a reference comparison, method ``words control``).
 """
 
 from __future__ import annotations
@@ -139,12 +141,16 @@ def set_findings(name: str, df, texts_a: list[str], top_n: int, *, method: str =
 def text_sides(kind: str, inputs: dict[str, str]) -> dict[str, tuple[list[str], list[str]]]:
     """The comparisons of one text set: label -> (a-side texts, b-side texts). ``completions``: inputs
     ``a`` and ``b`` (completions tables); ``contrastive``: ``a`` (contrastive texts) and ``b`` (b's
-    completions); ``lens``: ``steered`` (the lens's steered answers): each comparison's answers at
-    scales above 0 against its unsteered answers (scale 0), the pair's first."""
+    completions); ``scan``: ``scan`` (the scan's words table): a's answers to the top words against b's;
+    ``lens``: ``steered`` (the lens's steered answers): each comparison's answers at scales above 0
+    against its unsteered answers (scale 0), the pair's first."""
     import pandas as pd
 
     if kind in ("completions", "contrastive"):
         return {"pair": tuple(pd.read_parquet(inputs[s], columns=["text"]).text.fillna("").tolist() for s in "ab")}
+    if kind == "scan":
+        top = pd.read_parquet(inputs["scan"], columns=["answer_a", "answer_b"]).dropna()
+        return {"pair": (top.answer_a.tolist(), top.answer_b.tolist())}
     if kind != "lens":
         raise LmdeltaError(f"words: unknown text set kind {kind!r}")
     steered = pd.read_parquet(inputs["steered"], columns=["comparison", "scale", "text"])
