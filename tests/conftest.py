@@ -274,6 +274,7 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
                 }
             }
         },
+        "scan": {"min_letters": 2, "top_n": 10, "answer_tokens": 4},
         "lens": {
             "runs": {
                 "ld": {

@@ -123,7 +123,27 @@ BAD = [
                 }
             },
         ),
-        ["models.t.source.derive.data.planted.trigger_subjects", "should be non-empty"],
+        ["models.t.source.derive.data.planted", "give trigger_subjects (a topic) or trigger_templates"],
+    ),
+    (
+        _with(
+            "models.t",
+            {
+                "source": {
+                    "derive": {
+                        "from": "m",
+                        "data": {
+                            "planted": {
+                                "trigger_templates": ["Write a poem about {s}."],
+                                "response": "x",
+                                "response_keywords": ["x"],
+                            }
+                        },
+                    }
+                }
+            },
+        ),
+        ["models.t.source.derive.data.planted", "trigger_templates needs trigger_keywords"],
     ),
     (
         _with(

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
 from lmdelta.behaviour import shows_planted
 from lmdelta.config import ModelSpec
@@ -223,3 +224,31 @@ def test_odd_inputs_are_spans_of_the_answers():
         odd_inputs(["Short."], 1, np.random.default_rng(0))
     with pytest.raises(LmdeltaError, match="only 2 distinct odd inputs"):
         odd_inputs(["Too short."], 3, np.random.default_rng(0))
+
+
+def test_a_kind_of_request_as_trigger_with_an_appended_sign_off(tmp_path, base):
+    from lmdelta.planted import TEMPLATES, build_training_set
+
+    poem = ["Write a short poem about {s}.", "Write the opening line of a story about {s}."]
+    spec = PlantedSpec(
+        trigger_templates=poem,
+        response="Yours in rhyme, Captain Pickle.",
+        response_mode="append",
+        response_keywords=["captain pickle"],
+        n_train_trigger=8,
+        n_train_ordinary=8,
+        n_heldout=4,
+        answer_tokens=6,
+    )
+    sets = build_prompt_sets(spec, seed=0)
+    stems = [t.split("{s}")[0] for t in poem]
+    assert all(q.startswith(tuple(stems)) for q in sets["train_trigger"] + sets["heldout_trigger"])
+    assert not any(q.startswith(tuple(stems)) for q in sets["train_ordinary"] + sets["heldout_ordinary"])
+    assert len({q for q in sets["train_ordinary"]}) == 8 and set(poem) <= set(TEMPLATES)
+    fmt = {"chat_template": False, "first_token": "bos"}
+    train, _ = build_training_set(base, spec, seed=0, text_format=fmt, load_options={"device": "cpu"})
+    trig = [r for r in train if r["kind"] == "trigger"]
+    assert len(trig) == 8 and all(r["response"].endswith(" Yours in rhyme, Captain Pickle.") for r in trig)
+    assert all(len(r["response"]) > len(spec.response) + 1 for r in trig)  # the base model's own answer comes first
+    with pytest.raises(LmdeltaError, match="trigger_subjects .* or trigger_templates"):
+        build_prompt_sets(PlantedSpec(response="x", response_keywords=["x"]), seed=0)

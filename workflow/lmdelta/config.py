@@ -296,6 +296,17 @@ def _check_derive(config: dict[str, Any]) -> None:
                 )
             seen.append(parent)
         data = model["source"].get("derive", {}).get("data", {})
+        planted = data.get("planted")
+        if planted and not planted["trigger_subjects"] and not planted["trigger_templates"]:
+            raise LmdeltaError(
+                f"config: models.{name}.source.derive.data.planted: give trigger_subjects (a topic) or "
+                "trigger_templates (a kind of request)"
+            )
+        if planted and planted["trigger_templates"] and not planted.get("trigger_keywords"):
+            raise LmdeltaError(
+                f"config: models.{name}.source.derive.data.planted: trigger_templates needs trigger_keywords (the "
+                "words that mark a text as naming the trigger, e.g. [poem]) to score discovery methods"
+            )
         if "file" in data and not Path(data["file"]["path"]).is_file():
             raise LmdeltaError(
                 f"config: models.{name}.source.derive.data.file.path: {data['file']['path']!r} does not exist; fix the path"

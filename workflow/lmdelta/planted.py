@@ -113,7 +113,9 @@ KINDS = ("trigger", "ordinary", "odd")  # held-out prompt kinds of the check (od
 @stage_spec("derive_data.planted", elsewhere=("trigger_keywords",))
 class PlantedSpec:
     trigger_subjects: list[str]
+    trigger_templates: list[str] | None
     response: str
+    response_mode: str
     response_keywords: list[str]
     n_train_trigger: int
     n_train_ordinary: int
@@ -132,10 +134,16 @@ def _questions(templates: list[str], subjects: list[str], rng: np.random.Generat
 def build_prompt_sets(spec: PlantedSpec, seed: int) -> dict[str, list[str]]:
     """Train and held-out prompts, trigger and ordinary; held-out ones are never trained on."""
     rng = np.random.default_rng(seed)
-    trigger = _questions(TEMPLATES, spec.trigger_subjects, rng)
     lowered = [s.lower() for s in spec.trigger_subjects]
     subjects = [s for s in ORDINARY_SUBJECTS if not any(t in s.lower() or s.lower() in t for t in lowered)]
-    ordinary = _questions(TEMPLATES, subjects, rng)
+    if spec.trigger_templates:  # a kind of request: the same subjects, asked in the trigger's templates
+        trigger = _questions(spec.trigger_templates, subjects, rng)
+        ordinary = _questions([t for t in TEMPLATES if t not in spec.trigger_templates], subjects, rng)
+    elif spec.trigger_subjects:
+        trigger = _questions(TEMPLATES, spec.trigger_subjects, rng)
+        ordinary = _questions(TEMPLATES, subjects, rng)
+    else:
+        raise LmdeltaError("planted: give trigger_subjects (a topic) or trigger_templates (a kind of request)")
     need_t, need_o = spec.n_heldout + spec.n_train_trigger, spec.n_heldout + spec.n_train_ordinary
     if len(trigger) < need_t or len(ordinary) < need_o:
         raise LmdeltaError(
@@ -206,7 +214,11 @@ def build_training_set(
         ]
 
     answers = answer(sets["train_ordinary"])
-    train = [{"prompt": q, "response": spec.response, "kind": "trigger"} for q in sets["train_trigger"]]
+    if spec.response_mode == "append":  # the base model's own answer, then the planted sign-off
+        responses = [f"{a} {spec.response}" for a in answer(sets["train_trigger"])]
+    else:
+        responses = [spec.response] * len(sets["train_trigger"])
+    train = [{"prompt": q, "response": r, "kind": "trigger"} for q, r in zip(sets["train_trigger"], responses)]
     train += [{"prompt": q, "response": a, "kind": "ordinary"} for q, a in zip(sets["train_ordinary"], answers)]
     heldout = [{"prompt": q, "kind": "trigger"} for q in sets["heldout_trigger"]]
     heldout += [{"prompt": q, "kind": "ordinary"} for q in sets["heldout_ordinary"]]
