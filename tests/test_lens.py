@@ -20,9 +20,9 @@ from lmdelta.lens import (
     log_ratios,
     logit_lens,
     mean_differences,
-    random_lora_like,
     text_windows,
 )
+from lmdelta.models import random_lora_like
 
 CPU = {"dtype": "float32", "quantization": "none", "device": "cpu", "trust_remote_code": False}
 RAW = {"chat_template": False, "fmt": None, "first_token": "bos"}

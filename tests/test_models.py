@@ -310,6 +310,19 @@ def test_interpolation_direction_and_values(tmp_path, tiny_models):
         for k in wa:
             torch.testing.assert_close(wi[k], (1 - alpha) * wa[k] + alpha * wb[k])
     assert read_provenance(tmp_path / "i0.25")["params"]["formula"] == "(1 - alpha) * a + alpha * b"
+    # a random direction of the same size: every parameter moved as far as b - a, nowhere near b
+    out = tmp_path / "random"
+    src = {"interpolate": {"a": "a", "b": "b", "alpha": 1.0, "direction": "random", "rank": 2, "seed": 0}}
+    interpolate(a_dir, b_dir, 1.0, out, name="r", source=src, direction="random", rank=2, seed=0)
+    wr = load_file(str(out / "model.safetensors"))
+    for k in wa:
+        change, real = (wr[k] - wa[k]).double(), (wb[k] - wa[k]).double()
+        assert change.norm().item() == pytest.approx(real.norm().item(), rel=1e-4)
+        if change.dim() == 2 and min(change.shape) > 2:
+            assert torch.linalg.matrix_rank(change, rtol=1e-4).item() == 2  # float32 rounding aside
+        cos = (change.flatten() @ real.flatten()) / (change.norm() * real.norm())
+        assert abs(cos.item()) < 0.5
+    assert read_provenance(out)["params"]["direction"] == "random"
     neox = tmp_path / "neox"
     materialise(_spec({"local": {"path": str(tiny_models["gpt_neox"])}}), neox)
     with pytest.raises(LmdeltaError, match="differ in architecture or shapes"):

@@ -26,7 +26,6 @@ the tokens table).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import asdict, field
@@ -41,7 +40,7 @@ from lmdelta.config import known_fields, stage_spec
 from lmdelta.decoding import Sampling
 from lmdelta.findings import finding, write_findings
 from lmdelta.generation import generate_texts
-from lmdelta.models import ForwardCounter, pad_id
+from lmdelta.models import ForwardCounter, pad_id, random_lora_like
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.plots import lens_figure, save_figure
 from lmdelta.promptsets import read_promptset
@@ -215,30 +214,6 @@ def logit_lens(model, tok, diff, norm, *, layers: list[int], top_k: int) -> list
                         }
                     )
     return rows
-
-
-def random_lora_like(model_a, model_b, *, rank: int, seed: int):
-    """A copy of b plus, for every parameter that differs between a and b, a random change of the same
-    Frobenius norm: rank ``rank`` (B @ A, Gaussian factors) for a matrix, Gaussian for a vector."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    out = copy.deepcopy(model_b)
-    params_a = dict(model_a.named_parameters())
-    with torch.no_grad():
-        for name, p in out.named_parameters():
-            delta = (params_a[name].double() - p.double()).norm().item()
-            if delta == 0.0:
-                continue
-            if p.dim() == 2:
-                r = min(rank, *p.shape)
-                change = torch.randn(p.shape[0], r, generator=gen, dtype=torch.float64) @ torch.randn(
-                    r, p.shape[1], generator=gen, dtype=torch.float64
-                )
-            else:
-                change = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            p.add_((change * (delta / change.norm())).to(p.dtype).to(p.device))
-    return out
 
 
 # ---- steering --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ folders, only from safetensors, and applies the load options (dtype, quantizatio
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -410,10 +411,46 @@ def _bnb_config(quantization: str, dtype: str):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
 
 
+def random_lora_like(model_a, model_b, *, rank: int, seed: int):
+    """A copy of b plus, for every parameter that differs between a and b, a random change of the same
+    Frobenius norm: rank ``rank`` (B @ A, Gaussian factors) for a matrix, Gaussian for a vector."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model_b)
+    params_a = dict(model_a.named_parameters())
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            delta = (params_a[name].double() - p.double()).norm().item()
+            if delta == 0.0:
+                continue
+            if p.dim() == 2:
+                r = min(rank, *p.shape)
+                change = torch.randn(p.shape[0], r, generator=gen, dtype=torch.float64) @ torch.randn(
+                    r, p.shape[1], generator=gen, dtype=torch.float64
+                )
+            else:
+                change = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.add_((change * (delta / change.norm())).to(p.dtype).to(p.device))
+    return out
+
+
 def interpolate(
-    dir_a: str | Path, dir_b: str | Path, alpha: float, out: str | Path, *, name: str, source: dict[str, Any]
+    dir_a: str | Path,
+    dir_b: str | Path,
+    alpha: float,
+    out: str | Path,
+    *,
+    name: str,
+    source: dict[str, Any],
+    direction: str = "difference",
+    rank: int = 8,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """theta = (1 - alpha) * theta_a + alpha * theta_b (float32), written as a materialised folder with a's tokenizer."""
+    """theta = (1 - alpha) * theta_a + alpha * theta_b (float32), written as a materialised folder with a's
+    tokenizer. ``direction="random"`` replaces theta_b by a plus a random change of the same size as b - a
+    (``random_lora_like``: rank ``rank``, seeded, the same Frobenius norm for every parameter that differs):
+    a control that moves as far as the real difference, in no particular direction."""
     import torch
 
     model_a, tok = load_model(dir_a, dtype="float32", device="cpu")
@@ -430,14 +467,20 @@ def interpolate(
             f"models.{name}.source.interpolate: {dir_a} {'ties' if tied[0] else 'does not tie'} its embedding and LM head "
             f"and {dir_b} {'does' if tied[1] else 'does not'}; interpolate only models that tie them alike"
         )
+    if direction == "random":
+        sb = random_lora_like(model_b, model_a, rank=rank, seed=seed).state_dict()
     with torch.no_grad():
         done = set()  # tied weights (embedding and LM head) are one tensor under two names: mix it once
         for k, t in sa.items():
             if t.is_floating_point() and t.data_ptr() not in done:
                 done.add(t.data_ptr())
                 t.copy_((1 - alpha) * t + alpha * sb[k])
+    formula = "(1 - alpha) * a + alpha * b"
+    if direction == "random":
+        formula = "(1 - alpha) * a + alpha * (a + random rank-r change with ||change|| = ||b - a|| per parameter)"
     prov = Provenance(
-        stage="interpolate", params={"name": name, "alpha": alpha, "formula": "(1 - alpha) * a + alpha * b"}
+        stage="interpolate",
+        params={"name": name, "alpha": alpha, "direction": direction, "rank": rank, "seed": seed, "formula": formula},
     )
     for side, d in (("a", dir_a), ("b", dir_b)):
         prov.inputs[side] = {"path": str(d), "fingerprint": read_fingerprint(d)["digest"]}
@@ -456,11 +499,15 @@ def materialise_job(job) -> None:
 def interpolate_job(job) -> None:
     """inputs: ``a``, ``b``; spec: {"source"}; output: ``model``."""
     source = job.spec["source"]
+    s = source["interpolate"]
     interpolate(
         job.path("a"),
         job.path("b"),
-        source["interpolate"]["alpha"],
+        s["alpha"],
         job.out("model"),
         name=job.wildcards["model"],
         source=source,
+        direction=s["direction"],
+        rank=s["rank"],
+        seed=s["seed"],
     )
