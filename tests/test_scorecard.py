@@ -211,3 +211,20 @@ def test_every_precision_has_its_exact_interval(sources, tmp_path, confidence):
             assert card.loc[method, f"precision_{name}_low"] == pytest.approx(low, abs=1e-9)
             assert card.loc[method, f"precision_{name}_high"] == pytest.approx(high, abs=1e-9)
     assert read_provenance(tmp_path / "c.csv")["params"]["confidence"] == confidence
+
+
+def test_figure_takes_a_method_without_model_calls():
+    """A method whose stages count no forward calls (words over completions) has model_calls <NA>."""
+    import pandas as pd
+
+    from lmdelta.plots import scorecard_figure
+    from lmdelta.scorecard import ScorecardParams, table
+
+    rows = [
+        {"method": m, "run": "r", "reference": False, "rank": 1, "hit_keyword": True, "mentions_trigger": False}
+        | {"shows_response": True, "similarity": 0.9}
+        for m in ("words", "scan")
+    ]
+    card = table(rows, {("words", "r"): (3.0, None), ("scan", "r"): (5.0, 7)}, ScorecardParams.from_dict({}))
+    assert pd.isna(card.model_calls[0]) and card.model_calls[1] == 7
+    scorecard_figure(card, "t")

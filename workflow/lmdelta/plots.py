@@ -263,6 +263,8 @@ def hardprompt_figure(df, title: str, key: str):
 
 def scorecard_figure(card, title: str):
     """Precision@k of each discovery method (keyword and embedding hits), references hatched; wall time noted."""
+    import pandas as pd
+
     plt = _pyplot()
     labels = [f"{r.method}" + (f" ({r.run})" if r.run else "") for r in card.itertuples()]
     y = np.arange(len(card))[::-1]
@@ -285,7 +287,7 @@ def scorecard_figure(card, title: str):
     )
     for yi, r in zip(y, card.itertuples()):
         if not (isinstance(r.wall_time_s, float) and math.isnan(r.wall_time_s)):
-            calls = "" if r.model_calls is None or r.model_calls != r.model_calls else f", {int(r.model_calls)} calls"
+            calls = "" if pd.isna(r.model_calls) else f", {int(r.model_calls)} calls"  # None, NaN or pd.NA
             ax.text(1.02, yi, f"{r.wall_time_s:.0f} s{calls}", va="center", fontsize=7)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlim(0, 1.3)
