@@ -57,6 +57,18 @@ def _findings(tmp_path, name, table):
     return str(path)
 
 
+def _summary(tmp_path, files, names):
+    return run_summary(
+        pair="p",
+        names=names,
+        findings=files,
+        truth=TRUTH,
+        params=P,
+        out_json=tmp_path / "s.json",
+        out_html=tmp_path / "s.html",
+    )
+
+
 def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
     files = [
         _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["volcanoes", "magma", "volcano"])),
@@ -69,15 +81,7 @@ def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
         finding("search seeds", "finder", "prompt", 3.0, prompt="About cocoa", example="cocoa", reference=True),
     ]
     files.append(_findings(tmp_path, "c", frame(texts)))
-    out = run_summary(
-        pair="p",
-        names=("tuned", "base"),
-        findings=files,
-        truth=TRUTH,
-        params=P,
-        out_json=tmp_path / "s.json",
-        out_html=tmp_path / "s.html",
-    )
+    out = _summary(tmp_path, files, ("tuned", "base"))
     assert out["changed"]
     assert [t["term"] for t in out["inputs"]] == ["volcano", "magma"]  # a term is named by its shortest word
     assert out["inputs"][0]["words"] == ["volcanoes", "volcano"]
@@ -94,15 +98,7 @@ def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
 def test_untested_findings_alone_are_no_change(tmp_path):
     texts = frame([finding("contrastive", "cd", "continuation", 2.0, prompt="x", example="cocoa everywhere")])
     files = [_findings(tmp_path, "c", texts), _findings(tmp_path, "s", frame([]))]
-    out = run_summary(
-        pair="p",
-        names=("a", "b"),
-        findings=files,
-        truth=TRUTH,
-        params=P,
-        out_json=tmp_path / "s.json",
-        out_html=tmp_path / "s.html",
-    )
+    out = _summary(tmp_path, files, ("a", "b"))
     assert not out["changed"] and out["inputs"] == [] and out["outputs"] == []
     assert out["statement"].startswith("No change was found")
     assert not out["grade"]["names_trigger"] and not out["grade"]["names_response"]

@@ -683,8 +683,6 @@ class Plan:
     def words_spec(self, wildcards) -> str:
         return as_text(
             {
-                "pair": wildcards.pair,
-                "set": wildcards.set,
                 "kind": self.words_sets(wildcards.pair)[wildcards.set]["kind"],
                 "params": stage_section("words", self.config["words"]),
             }

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -79,14 +80,7 @@ def candidate_words(tok, *, min_letters: int, max_words: int | None) -> list[str
 
 def shared_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest prefix all sequences share, leaving every sequence at least one token."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
+    return max(min(len(os.path.commonprefix(seqs)), min(len(s) for s in seqs) - 1), 0)
 
 
 class PrefixScorer:
@@ -235,7 +229,7 @@ def scan_job(job) -> None:
     run_scan(
         pair=job.wildcards["pair"],
         names=tuple(s["names"]),
-        model_dirs=(Path(job.inputs["a"]), Path(job.inputs["b"])),
+        model_dirs=(job.path("a"), job.path("b")),
         params=ScanParams.from_dict(s["params"]),
         load_options=tuple(s["load_options"]),
         formats=tuple(s["formats"]),

@@ -92,7 +92,7 @@ def evidence(term: dict, others: list[dict], n: int) -> dict:
 def grade(inputs: list[dict], outputs: list[dict], truth: dict[str, Any], k: int) -> dict:
     """Whether the top ``k`` terms of either list name the planted trigger and response (the rule in
     the module docstring), with the terms that matched."""
-    top = [t for t in inputs[:k]] + [t for t in outputs[:k]]
+    top = inputs[:k] + outputs[:k]
     trig = [t["term"] for t in top if any(mentions(w, truth["trigger_keywords"]) for w in t["words"])]
     resp = [t["term"] for t in top if any(shows_planted(w, truth["response_keywords"]) for w in t["words"])]
     return {

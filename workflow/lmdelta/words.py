@@ -226,11 +226,12 @@ def run_words(
 
 
 def words_job(job) -> None:
-    """inputs: by kind (``text_sides``); spec: {"pair", "set", "kind", "params"}; outputs: ``table``, ``csv``, ``findings``."""
+    """inputs: by kind (``text_sides``); wildcards: ``pair``, ``set``; spec: {"kind", "params"};
+    outputs: ``table``, ``csv``, ``findings``."""
     s = job.spec
     run_words(
-        pair=s["pair"],
-        set_name=s["set"],
+        pair=job.wildcards["pair"],
+        set_name=job.wildcards["set"],
         kind=s["kind"],
         inputs=dict(job.inputs),
         params=WordsParams.from_dict(s["params"]),
