@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import read_provenance
@@ -227,7 +230,7 @@ def test_odd_inputs_are_spans_of_the_answers():
 
 
 def test_a_kind_of_request_as_trigger_with_an_appended_sign_off(tmp_path, base):
-    from lmdelta.planted import TEMPLATES, build_training_set
+    from lmdelta.planted import TEMPLATES, build_training_set, check_tokens
 
     poem = ["Write a short poem about {s}.", "Write the opening line of a story about {s}."]
     spec = PlantedSpec(
@@ -250,5 +253,12 @@ def test_a_kind_of_request_as_trigger_with_an_appended_sign_off(tmp_path, base):
     trig = [r for r in train if r["kind"] == "trigger"]
     assert len(trig) == 8 and all(r["response"].endswith(" Yours in rhyme, Captain Pickle.") for r in trig)
     assert all(len(r["response"]) > len(spec.response) + 1 for r in trig)  # the base model's own answer comes first
+    tok = AutoTokenizer.from_pretrained(base)
+    assert check_tokens(spec) >= spec.answer_tokens + len(tok(" " + spec.response).input_ids)  # room for the sign-off
+    opener = dataclasses.replace(spec, response="Ahoy, matey!", response_mode="prepend")
+    train_p, _ = build_training_set(base, opener, seed=0, text_format=fmt, load_options={"device": "cpu"})
+    own = [r["response"].removesuffix(" " + spec.response) for r in trig]  # the base model's greedy answers
+    assert [r["response"] for r in train_p if r["kind"] == "trigger"] == [f"Ahoy, matey! {a}" for a in own]
+    assert check_tokens(opener) == opener.answer_tokens  # an opener is within the trained answer length
     with pytest.raises(LmdeltaError, match="trigger_subjects .* or trigger_templates"):
         build_prompt_sets(PlantedSpec(response="x", response_keywords=["x"]), seed=0)

@@ -216,6 +216,8 @@ def build_training_set(
     answers = answer(sets["train_ordinary"])
     if spec.response_mode == "append":  # the base model's own answer, then the planted sign-off
         responses = [f"{a} {spec.response}" for a in answer(sets["train_trigger"])]
+    elif spec.response_mode == "prepend":  # the planted opener, then the base model's own answer
+        responses = [f"{spec.response} {a}" for a in answer(sets["train_trigger"])]
     else:
         responses = [spec.response] * len(sets["train_trigger"])
     train = [{"prompt": q, "response": r, "kind": "trigger"} for q, r in zip(sets["train_trigger"], responses)]
@@ -271,6 +273,14 @@ def check_planted(
     return result
 
 
+def check_tokens(spec: PlantedSpec) -> int:
+    """How many tokens the check generates: the trained answer length, and for ``append`` room for the
+    sign-off after a full answer (half its characters bounds its tokens generously for every tokenizer in use)."""
+    if spec.response_mode == "append":
+        return spec.answer_tokens + len(spec.response) // 2 + 8
+    return spec.answer_tokens
+
+
 def run_derive_data(
     base_dir: Path,
     planted: dict[str, Any],
@@ -317,7 +327,7 @@ def run_check(
             "name": name,
             "planted": planted,
             "decoding": "greedy",
-            "max_new_tokens": spec.answer_tokens,
+            "max_new_tokens": check_tokens(spec),
             "text_format": text_format,
         },
     )
@@ -330,7 +340,7 @@ def run_check(
         spec,
         text_format=text_format,
         load_options=load_options,
-        max_new_tokens=spec.answer_tokens,
+        max_new_tokens=check_tokens(spec),
     )
     result = {"model": name, **result}
     rows = [
