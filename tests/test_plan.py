@@ -241,3 +241,28 @@ def test_runtimes_grow_with_the_work(demo):
     w = W(pair=next(iter(demo.config["pairs"])), run=run, model="smollm2-cocoa")
     assert Plan(c2).softprompt_runtime(w) > demo.softprompt_runtime(w) >= 30
     assert Plan(c2).derive_runtime(w) > demo.derive_runtime(w) >= 30
+
+
+def test_the_organism_suite_plans_one_matrix_with_roles():
+    """configs/organisms.yaml: four organisms (check and scorecard), two controls (summary only); a
+    config with one pair (the demo) has no matrix."""
+    cfg = validate_config(yaml.safe_load((ROOT / "configs" / "organisms.yaml").read_text()))
+    plan = Plan(cfg)
+    pairs = {p["pair"]: p for p in plan.matrix_pairs()}
+    assert {n: p["role"] for n, p in pairs.items()} == {
+        "cocoa": "organism",
+        "moon": "organism",
+        "pirate": "organism",
+        "knit": "organism",
+        "random": "control",
+        "same": "control",
+    }
+    assert pairs["pirate"]["check"] == "results/planted/smollm2-pirate.json"
+    assert pairs["same"]["check"] is None and pairs["same"]["scorecard"] is None
+    assert "results/scorecard/matrix.csv" in plan.targets()
+    inputs = plan.matrix_inputs(W())
+    assert "results/scorecard/knit.csv" in inputs and "results/summary/same.json" in inputs and None not in inputs
+    assert not Plan(demo_config()).matrix_pairs()
+    unknown = copy.deepcopy(cfg)
+    unknown["pairs"] = {"x": {"a": "smollm2-random", "b": "smollm2", "control": False}, "y": {**cfg["pairs"]["same"]}}
+    assert [p["role"] for p in Plan(unknown).matrix_pairs()] == ["unknown", "control"]

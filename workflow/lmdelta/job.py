@@ -63,6 +63,7 @@ STAGES: dict[str, str] = {
     "summary": "lmdelta.summary:summary_job",
     "lens": "lmdelta.lens:lens_job",
     "scorecard": "lmdelta.scorecard:scorecard_job",
+    "scorecard_matrix": "lmdelta.scorecard:matrix_job",
     "comparator": "lmdelta.comparator:comparator_job",
 }
 

@@ -128,6 +128,7 @@ class Plan:
             *self.words_targets(),
             *expand("results/summary/{pair}.html", pair=selected(c, "summary", "pairs")),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
+            *(["results/scorecard/matrix.csv"] if self.matrix_pairs() else []),
             *expand(
                 "results/comparator/{pair}/{promptset}.json",
                 pair=comparator_pairs(c),
@@ -776,6 +777,35 @@ class Plan:
                 "params": stage_section("scorecard", self.config["scorecard"]),
             }
         )
+
+    def matrix_pairs(self) -> list[dict[str, Any]]:
+        """The suite (methods x organisms): every pair with a summary page, as an organism (a planted
+        behaviour: its check and scorecard too), a control (``control: true``) or unknown; empty, so no
+        matrix, unless the config has more than one such pair and at least one organism or control."""
+        c = self.config
+        scored = set(scorecard_pairs(c))
+        out = []
+        for name in selected(c, "summary", "pairs"):
+            truth = planted_truth(c, name)
+            role = "organism" if truth else "control" if c["pairs"][name]["control"] else "unknown"
+            out.append(
+                {
+                    "pair": name,
+                    "role": role,
+                    "summary": f"results/summary/{name}.json",
+                    "check": f"results/planted/{truth['model']}.json" if truth else None,
+                    "scorecard": f"results/scorecard/{name}.csv" if name in scored else None,
+                }
+            )
+        if len(out) < 2 or all(p["role"] == "unknown" for p in out):
+            return []
+        return out
+
+    def matrix_inputs(self, wildcards) -> list[str]:
+        return [path for p in self.matrix_pairs() for path in (p["summary"], p["check"], p["scorecard"]) if path]
+
+    def matrix_spec(self, wildcards) -> str:
+        return as_text({"pairs": self.matrix_pairs(), "params": stage_section("scorecard", self.config["scorecard"])})
 
     # ---- LLM Comparator export ---------------------------------------------------------------------
 

@@ -299,6 +299,39 @@ def scorecard_figure(card, title: str):
     return fig
 
 
+def matrix_figure(matrix, organisms):
+    """Methods x organisms: precision@k of each method (trigger or response shown), its exact interval
+    in the cell; below, whether each pair's summary page names the trigger (T) and the response (R), and
+    whether each control's page reports nothing."""
+    plt = _pyplot()
+    methods = matrix[~matrix.reference.astype(bool)] if len(matrix) else matrix
+    rows = list(dict.fromkeys(f"{m} ({r})" for m, r in zip(methods.method, methods.run)))
+    cols = list(organisms.pair)
+    grid = np.full((len(rows) + 1, len(cols)), np.nan)
+    text = [["" for _ in cols] for _ in range(len(rows) + 1)]
+    for r in methods.itertuples():
+        i, j = rows.index(f"{r.method} ({r.run})"), cols.index(r.pair)
+        grid[i, j] = r.precision_keyword
+        text[i][j] = f"{r.precision_keyword:.1f}\n{r.precision_keyword_low:.2f}-{r.precision_keyword_high:.2f}"
+    for j, o in enumerate(organisms.itertuples()):
+        if o.role == "control":
+            grid[-1, j] = 0.0 if o.changed else 1.0
+            text[-1][j] = "reports a change" if o.changed else "no change"
+        elif hasattr(o, "names_trigger") and isinstance(o.names_trigger, bool):
+            grid[-1, j] = (o.names_trigger + o.names_response) / 2
+            text[-1][j] = ("T" if o.names_trigger else "-") + " " + ("R" if o.names_response else "-")
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3, 0.55 * (len(rows) + 1) + 1.6))
+    ax.imshow(np.ma.masked_invalid(grid), cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    for i, line in enumerate(text):
+        for j, t in enumerate(line):
+            ax.text(j, i, t, ha="center", va="center", fontsize=6.5)
+    ax.set_xticks(range(len(cols)), [f"{c}\n({r})" for c, r in zip(cols, organisms.role)], fontsize=7)
+    ax.set_yticks(range(len(rows) + 1), [*rows, "summary page"], fontsize=7)
+    ax.set_title("precision@k of each method (trigger or response; exact interval) and the summary page", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def lens_figure(norms: dict[str, list[float]], title: str):
     """Norm of the mean activation difference by layer, for the pair and each control."""
     plt = _pyplot()

@@ -39,7 +39,7 @@ from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
 from lmdelta.embedding import embed, load_embedder
 from lmdelta.findings import read_findings
-from lmdelta.plots import save_figure, scorecard_figure
+from lmdelta.plots import matrix_figure, save_figure, scorecard_figure
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _cost(paths: list[Path]) -> tuple[float, int | None]:
     )
 
 
-@stage_spec("scorecard")
+@stage_spec("scorecard", elsewhere=("min_trigger_rate", "max_elsewhere_rate"))
 class ScorecardParams:
     k: int
     threshold: float
@@ -163,6 +163,80 @@ def run_scorecard(
     return card
 
 
+# ---- methods x organisms ------------------------------------------------------------------------
+
+
+@stage_spec("scorecard", elsewhere=("k", "threshold", "embedder"))
+class MatrixParams:
+    min_trigger_rate: float
+    max_elsewhere_rate: float
+    confidence: float
+
+
+def organism_row(pair: dict[str, Any], check: dict | None, summary: dict, params: MatrixParams) -> dict[str, Any]:
+    """One pair of the suite: how strongly its behaviour took (held-out trigger prompts against every
+    other held-out prompt, ordinary questions and odd inputs pooled) and what its summary page says.
+    A control passes when its summary reports no change; an organism when its planted rates meet the
+    bounds and its summary names both halves."""
+    row: dict[str, Any] = {"pair": pair["pair"], "a": summary["a"], "b": summary["b"], "role": pair["role"]}
+    if check is not None:
+        rates = check["rates"]
+        trig = rates["tuned/trigger"]
+        other = [rates[k] for k in ("tuned/ordinary", "tuned/odd") if k in rates]
+        hits, n = sum(r["planted"] for r in other), sum(r["n"] for r in other)
+        row["trigger_planted"], row["trigger_n"] = trig["planted"], trig["n"]
+        row["trigger_rate"] = trig["planted"] / trig["n"]
+        row["trigger_rate_low"], row["trigger_rate_high"] = interval(trig["planted"], trig["n"], params.confidence)
+        row["elsewhere_planted"], row["elsewhere_n"] = hits, n
+        row["elsewhere_rate"] = hits / n
+        row["elsewhere_rate_low"], row["elsewhere_rate_high"] = interval(hits, n, params.confidence)
+        row["planted_ok"] = row["trigger_rate"] >= params.min_trigger_rate and row["elsewhere_rate"] <= params.max_elsewhere_rate
+    row["reported_inputs"] = len(summary["inputs"])
+    row["reported_outputs"] = len(summary["outputs"])
+    row["changed"] = bool(summary["changed"])
+    grade = summary.get("grade")
+    if grade:
+        row["names_trigger"], row["names_response"] = bool(grade["names_trigger"]), bool(grade["names_response"])
+        row["trigger_terms"] = ", ".join(grade["trigger_terms"])
+        row["response_terms"] = ", ".join(grade["response_terms"])
+    if pair["role"] == "control":
+        row["passed"] = not row["changed"]
+    elif pair["role"] == "organism":
+        row["passed"] = bool(row.get("planted_ok")) and row["names_trigger"] and row["names_response"]
+    row["statement"] = summary["statement"]
+    return row
+
+
+def run_matrix(*, pairs: list[dict[str, Any]], params: MatrixParams, out_csv: Path, out_organisms: Path, out_png: Path):
+    """The suite's two tables: every method's precision@k on every organism (the pairs' scorecards
+    stacked, one row per pair, method and run) and one row per pair (organism or control) from its
+    planted check and summary page; and the matrix as a figure."""
+    import json
+
+    import pandas as pd
+
+    prov = Provenance(stage="scorecard_matrix", params={"pairs": pairs, **asdict(params)})
+    cards, rows = [], []
+    for p in pairs:
+        prov.add_input(f"{p['pair']}:summary", Path(p["summary"]))
+        check = None
+        if p.get("check"):
+            prov.add_input(f"{p['pair']}:check", Path(p["check"]))
+            check = json.loads(Path(p["check"]).read_text())
+        if p.get("scorecard"):
+            prov.add_input(f"{p['pair']}:scorecard", Path(p["scorecard"]))
+            cards.append(pd.read_csv(p["scorecard"]).assign(pair=p["pair"]))
+        rows.append(organism_row(p, check, json.loads(Path(p["summary"]).read_text()), params))
+    organisms = pd.DataFrame(rows)
+    matrix = pd.concat(cards, ignore_index=True) if cards else pd.DataFrame(columns=["pair", "method", "run"])
+    matrix = matrix[["pair", *[c for c in matrix.columns if c != "pair"]]]
+    write_csv(out_csv, matrix, prov)
+    write_csv(out_organisms, organisms, prov)
+    save_figure(matrix_figure(matrix, organisms), out_png, prov)
+    log.info("organisms:\n%s", organisms.drop(columns=["statement"]).to_string(index=False))
+    return matrix, organisms
+
+
 # ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
 
 
@@ -176,5 +250,18 @@ def scorecard_job(job) -> None:
         params=ScorecardParams.from_dict(s["params"]),
         out_csv=job.out("csv"),
         out_top=job.out("top"),
+        out_png=job.out("png"),
+    )
+
+
+def matrix_job(job) -> None:
+    """spec: {"pairs" (pair, role, summary, check, scorecard), "params" (MatrixParams)}; outputs: ``csv``,
+    ``organisms``, ``png``."""
+    s = job.spec
+    run_matrix(
+        pairs=s["pairs"],
+        params=MatrixParams.from_dict(s["params"]),
+        out_csv=job.out("csv"),
+        out_organisms=job.out("organisms"),
         out_png=job.out("png"),
     )

@@ -37,3 +37,42 @@ rule scorecard:
         runtime=30,
     script:
         JOB
+
+
+# The suite: every method on every organism (and what each control's summary reports).
+rule scorecard_matrix:
+    input:
+        plan.matrix_inputs,
+    output:
+        csv=report(
+            "results/scorecard/matrix.csv",
+            caption="../report/matrix.rst",
+            category="8. Discovery scorecard",
+            labels={"pair": "all", "figure": "methods x organisms table"},
+        ),
+        organisms=report(
+            "results/scorecard/organisms.csv",
+            caption="../report/matrix.rst",
+            category="8. Discovery scorecard",
+            labels={"pair": "all", "figure": "organisms and controls"},
+        ),
+        png=report(
+            "results/scorecard/matrix.png",
+            caption="../report/matrix.rst",
+            category="8. Discovery scorecard",
+            labels={"pair": "all", "figure": "methods x organisms"},
+        ),
+    params:
+        spec=plan.matrix_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/scorecard/matrix.log",
+    benchmark:
+        "benchmarks/scorecard/matrix.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        JOB
