@@ -182,9 +182,9 @@ def test_scorecard_precision_and_costs(sources, tmp_path):
     assert got.loc["contrastive", "model_calls"] == 100 and got.loc["search", "wall_time_s"] == 30.0
     assert (tmp_path / "c.png").exists()
     top = pd.read_csv(tmp_path / "t.csv")
-    assert len(top) == 2 * 6 and set(top.columns) >= {"similarity", "hit_keyword", "text"}
+    assert len(top) == 2 * 6 and set(top.columns) >= {"similarity", "hit_keyword", "surfaced"}
     # the planted response itself is the text most similar to the references
-    sims = top.set_index("text").similarity
+    sims = top.set_index("surfaced").similarity
     assert sims["Tell me about cocoa"] > sims["Hi hello there"]
 
 
@@ -225,8 +225,16 @@ def test_figure_takes_a_method_without_model_calls():
         | {"shows_response": True, "similarity": 0.9}
         for m in ("words", "scan")
     ]
-    card = table(rows, {("words", "r"): (3.0, None), ("scan", "r"): (5.0, 7)}, ScorecardParams.from_dict({}))
+    costs = {("words", "r"): (3.0, None), ("scan", "r"): (5.0, 7), ("words", "silent"): (1.0, None)}
+    card = table(rows, costs, ScorecardParams.from_dict({}))
     assert pd.isna(card.model_calls[0]) and card.model_calls[1] == 7
+    # a words set that reported nothing still has its row: k = 0, no precision, the widest interval
+    silent = card.set_index("run").loc["silent"]
+    assert (
+        silent.k == 0
+        and pd.isna(silent.precision_response)
+        and (silent.precision_response_low, silent.precision_response_high) == (0, 1)
+    )
     scorecard_figure(card, "t")
 
 
@@ -327,3 +335,22 @@ def test_matrix_of_organisms_and_controls(sources, tmp_path):
     assert list(matrix.columns) == ["pair", *card.columns] and (matrix.pair == "p").all()
     assert matrix.precision_keyword.tolist() == card.precision_keyword.tolist()
     assert (tmp_path / "m.png").exists() and pd.read_csv(tmp_path / "o.csv").shape[0] == 4
+
+
+def test_a_word_is_judged_with_the_text_shown_beside_it():
+    """A scan word with its question and the tuned model's answer, a words-test word with a text using
+    it: both show the response though neither word is a response keyword; a prompt is judged as is."""
+    from lmdelta.findings import finding
+    from lmdelta.scorecard import score, surfaced
+
+    rows = [
+        finding("scan", "vocabulary", "word", 8.0, text="basalt", prompt="Tell me about basalt.", example="Cocoa!"),
+        finding("words", "set", "word", 3.0, text="mug", example="A warm mug of cocoa."),
+        finding("words", "set", "word", 2.0, text="rain"),
+        finding("search", "r", "prompt", 1.0, prompt="Why rain?", example="Water."),
+    ]
+    assert surfaced(rows[0]) == "basalt Tell me about basalt. Cocoa!" and surfaced(rows[2]) == "rain"
+    assert surfaced(rows[3]) == "Why rain? Water."
+    got = score(rows, TRUTH, lambda texts: [0.0] * len(texts))
+    assert [r["shows_response"] for r in got] == [True, True, False, False]
+    assert not any(r["mentions_trigger"] for r in got)
