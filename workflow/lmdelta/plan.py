@@ -201,10 +201,17 @@ class Plan:
         """Memory for a job that holds one model: its weights in the load dtype plus the logits of one
         batch (float32, twice for the reductions), plus 1.5 GB for the runtime; more on each retry.
         Before the model is materialised (a dry run) its size is unknown: 8 GB is assumed."""
-        fp = _fingerprint(input.model)
+        return self._one_model_mem_mb(wildcards.model, input.model, attempt)
+
+    def scorecard_mem_mb(self, wildcards, input, attempt: int) -> int:
+        """The scorecard holds the planted model (fresh continuations) and a small sentence embedder."""
+        return self._one_model_mem_mb(planted_truth(self.config, wildcards.pair)["model"], input.model, attempt)
+
+    def _one_model_mem_mb(self, name: str, model_dir: str, attempt: int) -> int:
+        fp = _fingerprint(model_dir)
         if fp is None:
             return 8000 * attempt
-        per_param = self._bytes_per_param(wildcards.model)
+        per_param = self._bytes_per_param(name)
         logits = 2 * 4 * self.config["logprobs"]["batch_tokens"] * fp["vocab_size"]
         return int((fp["n_parameters"] * per_param + logits) / 1e6 * 1.2 + 1500) * attempt
 
@@ -763,17 +770,26 @@ class Plan:
             for m, r, cost in runs
         ]
 
-    def scorecard_inputs(self, wildcards) -> list[str]:
+    def scorecard_inputs(self, wildcards) -> dict[str, Any]:
+        """Every method's findings and cost records, and the planted model (it continues each finding's
+        prompt afresh: every method judged on the same number of samples)."""
         files = []
         for s in self.scorecard_sources(wildcards.pair):
             files += [s["findings"], *s["cost"]]
-        return list(dict.fromkeys(files))  # text sets share inputs (b's completions)
+        planted = planted_truth(self.config, wildcards.pair)["model"]
+        # text sets share inputs (b's completions)
+        return {"files": list(dict.fromkeys(files)), "model": self.model_dir(planted)}
 
     def scorecard_spec(self, wildcards) -> str:
+        truth = planted_truth(self.config, wildcards.pair)
         return as_text(
             {
-                "truth": planted_truth(self.config, wildcards.pair),
+                "truth": truth,
                 "sources": self.scorecard_sources(wildcards.pair),
+                "model": {
+                    "load_options": self.load_options(truth["model"]),
+                    "format": self.model_format(truth["model"]),
+                },
                 "params": stage_section("scorecard", self.config["scorecard"]),
             }
         )

@@ -300,8 +300,9 @@ def scorecard_figure(card, title: str):
 
 
 def matrix_figure(matrix, organisms):
-    """Methods x organisms: precision@k of each method (trigger or response shown), its exact interval
-    in the cell; below, whether each pair's summary page names the trigger (T) and the response (R), and
+    """Methods x organisms: precision@k of each method (trigger or response shown; on the same fresh
+    continuations per finding where the scorecard drew them, bootstrap interval over findings, else on
+    the surfaced texts with the exact interval) in the cell; below, whether each pair's summary page names the trigger (T) and the response (R), and
     whether each control's page reports nothing."""
     plt = _pyplot()
     methods = matrix[~matrix.reference.astype(bool)] if len(matrix) else matrix
@@ -309,10 +310,16 @@ def matrix_figure(matrix, organisms):
     cols = list(organisms.pair)
     grid = np.full((len(rows) + 1, len(cols)), np.nan)
     text = [["" for _ in cols] for _ in range(len(rows) + 1)]
+    fresh = "fresh_keyword" in methods  # judged on the same fresh samples per finding where there are some
     for r in methods.itertuples():
         i, j = rows.index(f"{r.method} ({r.run})"), cols.index(r.pair)
-        grid[i, j] = r.precision_keyword
-        text[i][j] = f"{r.precision_keyword:.1f}\n{r.precision_keyword_low:.2f}-{r.precision_keyword_high:.2f}"
+        key = "fresh_keyword" if fresh and not np.isnan(r.fresh_keyword) else "precision_keyword"
+        value, low, high = getattr(r, key), getattr(r, f"{key}_low"), getattr(r, f"{key}_high")
+        if r.k == 0:
+            text[i][j] = "nothing reported"
+            continue
+        grid[i, j] = value
+        text[i][j] = f"{value:.2f}\n{low:.2f}-{high:.2f}"
     for j, o in enumerate(organisms.itertuples()):
         if o.role == "control":
             grid[-1, j] = 0.0 if o.changed else 1.0
@@ -327,7 +334,7 @@ def matrix_figure(matrix, organisms):
             ax.text(j, i, t, ha="center", va="center", fontsize=6.5)
     ax.set_xticks(range(len(cols)), [f"{c}\n({r})" for c, r in zip(cols, organisms.role)], fontsize=7)
     ax.set_yticks(range(len(rows) + 1), [*rows, "summary page"], fontsize=7)
-    ax.set_title("precision@k of each method (trigger or response; exact interval) and the summary page", fontsize=8)
+    ax.set_title("precision@k of each method (trigger or response, on fresh samples) and the summary page", fontsize=8)
     fig.tight_layout()
     return fig
 

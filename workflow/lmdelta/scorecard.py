@@ -55,12 +55,86 @@ def _cost(paths: list[Path]) -> tuple[float, int | None]:
     )
 
 
-@stage_spec("scorecard", elsewhere=("min_trigger_rate", "max_elsewhere_rate"))
+@stage_spec("scorecard.resample")
+class ResampleParams:
+    samples: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    batch_size: int
+    n_boot: int
+
+
+@stage_spec("scorecard", elsewhere=("min_trigger_rate", "max_elsewhere_rate", "resample"))
 class ScorecardParams:
     k: int
     threshold: float
     embedder: str | None
     confidence: float
+
+
+def resample(prompts: list[str], model_dir, load_options: dict, text_format: dict, rp: ResampleParams):
+    """``rp.samples`` fresh continuations of each distinct prompt by one model, sampled in batches
+    seeded from ``rp.seed``: {prompt: [continuation, ...]}, and the number of forward calls."""
+    from lmdelta.decoding import Sampling
+    from lmdelta.generation import generate_texts
+    from lmdelta.models import ForwardCounter, load_model
+    from lmdelta.tokens import TextFormat, prompt_ids
+
+    distinct = list(dict.fromkeys(prompts))
+    if not distinct or rp.samples == 0:
+        return {}, 0
+    model, tok = load_model(model_dir, **load_options)
+    fmt = TextFormat.from_dict(text_format)
+    seqs = [prompt_ids(tok, q, fmt) for q in distinct for _ in range(rp.samples)]
+    counter = ForwardCounter(model)
+    texts = generate_texts(
+        model,
+        tok,
+        seqs,
+        max_new_tokens=rp.max_new_tokens,
+        sampling=Sampling(temperature=rp.temperature, top_p=rp.top_p, top_k=rp.top_k),
+        seed=rp.seed,
+        batch_size=rp.batch_size,
+    )
+    out = {q: [t["text"] for t in texts[i * rp.samples : (i + 1) * rp.samples]] for i, q in enumerate(distinct)}
+    return out, counter.n
+
+
+def fresh_hits(rows: list[dict], continuations: dict[str, list[str]], truth: dict[str, Any]) -> list[dict]:
+    """Each finding's hit rates on its fresh continuations (prompt and continuation read together):
+    ``fresh_trigger``, ``fresh_response``, ``fresh_keyword`` (either), and ``fresh_n``; a finding without
+    a prompt (a document, a word of the words test) keeps its surfaced hits, with ``fresh_n`` 0."""
+    for r in rows:
+        texts = [join_text(r["prompt"], c) for c in continuations.get(r.get("prompt") or "", [])]
+        if texts:
+            trig = [mentions(t, truth["trigger_keywords"]) for t in texts]
+            resp = [shows_planted(t, truth["response_keywords"]) for t in texts]
+            r["fresh_trigger"], r["fresh_response"] = float(np.mean(trig)), float(np.mean(resp))
+            r["fresh_keyword"] = float(np.mean([a or b for a, b in zip(trig, resp)]))
+        else:
+            r["fresh_trigger"], r["fresh_response"] = float(r["mentions_trigger"]), float(r["shows_response"])
+            r["fresh_keyword"] = float(r["hit_keyword"])
+        r["fresh_n"] = len(texts)
+    return rows
+
+
+def bootstrap_interval(rates, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-finding rates, resampling findings (the unit:
+    a finding's continuations stay together). All rates equal gives that one value."""
+    from scipy.stats import bootstrap
+
+    rates = np.asarray(rates, dtype=float)
+    if len(rates) == 0:
+        return 0.0, 1.0
+    if np.all(rates == rates[0]):
+        return float(rates[0]), float(rates[0])
+    res = bootstrap(
+        (rates,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="percentile", random_state=seed
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def surfaced(row: dict) -> str:
@@ -92,10 +166,19 @@ def interval(hits: int, n: int, confidence: float) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def table(rows: list[dict], costs: dict[tuple[str, str], tuple[float, int | None]], params: ScorecardParams):
+def table(
+    rows: list[dict],
+    costs: dict[tuple[str, str], tuple[float, int | None]],
+    params: ScorecardParams,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+):
     """One row per method and run: precision@k by keyword and by embedding, each with its exact
-    interval (``_low``, ``_high``), wall time, model calls. A method that surfaced nothing (a words
-    set with no reported word) gets a row with k = 0 and no precision."""
+    interval (``_low``, ``_high``), wall time, model calls; where the rows carry fresh hit rates
+    (``fresh_hits``), the mean over the top k of each (``fresh_<name>``) with its bootstrap interval over
+    findings. A method that surfaced nothing (a words set with no reported word) gets a row with k = 0
+    and no precision."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -115,6 +198,13 @@ def table(rows: list[dict], costs: dict[tuple[str, str], tuple[float, int | None
             row[f"precision_{name}_low"], row[f"precision_{name}_high"] = interval(
                 int(hit.sum()), len(top), params.confidence
             )
+        if "fresh_keyword" in top:
+            for name in ("keyword", "trigger", "response"):
+                row[f"fresh_{name}"] = float(top[f"fresh_{name}"].mean())
+                row[f"fresh_{name}_low"], row[f"fresh_{name}_high"] = bootstrap_interval(
+                    top[f"fresh_{name}"], params.confidence, n_boot, seed
+                )
+            row["fresh_samples"] = int(top.fresh_n.max())
         row.update(mean_similarity=float(top.similarity.mean()), n_surfaced=len(g), wall_time_s=wall, model_calls=calls)
         out.append(row)
     for method, run in costs:  # a method that surfaced nothing: k = 0, precision undefined
@@ -138,15 +228,23 @@ def run_scorecard(
     out_csv: Path,
     out_top: Path,
     out_png: Path,
+    model: dict[str, Any] | None = None,
+    resampling: ResampleParams | None = None,
 ) -> Any:
+    """Every method's top k findings of a pair against its planted truth. ``model`` ({"dir",
+    "load_options", "format"}: the model with the planted behaviour) and ``resampling`` give every
+    prompt-bearing finding the same number of fresh continuations (``fresh_*`` columns)."""
     import pandas as pd
 
+    resampling = resampling or ResampleParams(samples=0)
     prov = Provenance(
         stage="scorecard",
         params={
             "pair": pair,
             "truth": truth,
             **asdict(params),
+            "resample": asdict(resampling),
+            "model": model,
             "sources": [
                 {k_: [str(x) for x in v] if isinstance(v, list) else str(v) for k_, v in s.items()} for s in sources
             ],
@@ -164,18 +262,32 @@ def run_scorecard(
         for method in {r["method"] for r in found if not r["reference"]} | {s["method"]}:
             costs[(method, s["run"])] = cost  # every method of the stage shares its time and calls
     k = params.k
-    model = load_embedder(params.embedder)
-    refs = embed(model, [truth["response"], *truth["trigger_subjects"]], batch_size=64, autocast="none")
+    embedder = load_embedder(params.embedder)
+    refs = embed(embedder, [truth["response"], *truth["trigger_subjects"]], batch_size=64, autocast="none")
     refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
 
     def similarity(texts):
-        v = embed(model, texts, batch_size=64, autocast="none")
+        v = embed(embedder, texts, batch_size=64, autocast="none")
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return (v @ refs.T).max(axis=1)
 
     rows = score(rows, truth, similarity)
-    card = table(rows, costs, params)
+    resample_calls = 0
+    if model is not None and resampling.samples:  # every method's top k on the same number of continuations
+        top_rows = [r for r in rows if r["rank"] <= k]
+        continuations, resample_calls = resample(
+            [r["prompt"] for r in top_rows if r.get("prompt")],
+            model["dir"],
+            model["load_options"],
+            model["format"],
+            resampling,
+        )
+        fresh_hits(top_rows, continuations, truth)
+        prov.add_input("model", Path(model["dir"]))
+    prov.params["resample_calls"] = resample_calls
+    card = table(rows, costs, params, n_boot=resampling.n_boot, seed=resampling.seed)
     columns = ["method", "run", "rank", "score", "hit_keyword", "mentions_trigger", "shows_response", "similarity"]
+    columns += [c for c in ("fresh_keyword", "fresh_trigger", "fresh_response", "fresh_n") if rows and c in rows[0]]
     top = pd.DataFrame(rows, columns=[*columns, "surfaced"])
     top = top[top["rank"] <= k]
     write_csv(out_csv, card, prov)
@@ -188,7 +300,7 @@ def run_scorecard(
 # ---- methods x organisms ------------------------------------------------------------------------
 
 
-@stage_spec("scorecard", elsewhere=("k", "threshold", "embedder"))
+@stage_spec("scorecard", elsewhere=("k", "threshold", "embedder", "resample"))
 class MatrixParams:
     min_trigger_rate: float
     max_elsewhere_rate: float
@@ -265,7 +377,8 @@ def run_matrix(*, pairs: list[dict[str, Any]], params: MatrixParams, out_csv: Pa
 
 
 def scorecard_job(job) -> None:
-    """spec: {"truth", "sources", "params" (ScorecardParams)}; outputs: ``csv``, ``top``, ``png``."""
+    """input: ``model`` (the planted model); spec: {"truth", "sources", "model" (load_options, format),
+    "params" (ScorecardParams, with ``resample``)}; outputs: ``csv``, ``top``, ``png``."""
     s = job.spec
     run_scorecard(
         pair=job.wildcards["pair"],
@@ -275,6 +388,8 @@ def scorecard_job(job) -> None:
         out_csv=job.out("csv"),
         out_top=job.out("top"),
         out_png=job.out("png"),
+        model={**s["model"], "dir": job.path("model")},
+        resampling=ResampleParams.from_dict(s["params"].get("resample", {})),
     )
 
 

@@ -3,7 +3,7 @@
 
 rule scorecard:
     input:
-        files=plan.scorecard_inputs,
+        unpack(plan.scorecard_inputs),
     output:
         csv=report(
             "results/scorecard/{pair}.csv",
@@ -33,7 +33,7 @@ rule scorecard:
         "benchmarks/scorecard/{pair}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=plan.scorecard_mem_mb,
         runtime=30,
     script:
         JOB
