@@ -42,7 +42,7 @@ rule scorecard:
 # The suite: every method on every organism (and what each control's summary reports).
 rule scorecard_matrix:
     input:
-        plan.matrix_inputs,
+        files=plan.matrix_inputs,
     output:
         csv=report(
             "results/scorecard/matrix.csv",
