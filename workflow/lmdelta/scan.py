@@ -225,6 +225,12 @@ def run_scan(
 def scan_job(job) -> None:
     """inputs: ``a``, ``b``; spec: the pair (names, load_options, formats) and ``params`` (ScanParams);
     outputs: ``words``, ``csv``, ``findings``."""
+    from lmdelta.job import fixed_mmap_threshold
+
+    # Every batch allocates the same shapes (MLP activations of 128 questions are ~5 MB), so the heap
+    # serves them again without creep; mmap'd, each came back zeroed by the kernel: 3.2 M page faults
+    # against 0.42 M for 512 words of SmolLM2, 26% less wall time (measured, 2 busy AVX2 cores).
+    fixed_mmap_threshold(64 << 20)
     s = job.spec
     run_scan(
         pair=job.wildcards["pair"],
