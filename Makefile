@@ -43,7 +43,7 @@ demo: $(STAMP)
 	@echo "demo finished: open results/report.html; artifacts are in results/ and resources/models/"
 
 # The suite of planted models (configs/organisms.yaml): four behaviours, two controls, every discovery
-# method on each -> results/scorecard/matrix.csv, organisms.csv and results/organisms.html. Hours on a
+# method on each -> results/suite/matrix.csv, organisms.csv and results/organisms.html. Hours on a
 # laptop CPU; shares the demo's base model, its cocoa model and their artifacts.
 organisms: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile configs/organisms.yaml

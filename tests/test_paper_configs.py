@@ -268,7 +268,7 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     from lmdelta.config import validate_config
     from lmdelta.plan import Plan
 
-    expected["results/scorecard/matrix.csv"] = bool(Plan(validate_config(copy.deepcopy(cfg))).matrix_pairs())
+    expected["results/suite/matrix.csv"] = bool(Plan(validate_config(copy.deepcopy(cfg))).matrix_pairs())
     for prefix, want in expected.items():
         assert any(w.startswith(prefix) for w in written) == want, (
             f"{path.name}: {prefix} {'missing' if want else 'written though off'}"

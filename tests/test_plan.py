@@ -263,7 +263,7 @@ def test_the_organism_suite_plans_one_matrix_with_roles():
     }
     assert pairs["pirate"]["check"] == "results/planted/smollm2-pirate.json"
     assert pairs["same"]["check"] is None and pairs["same"]["scorecard"] is None
-    assert "results/scorecard/matrix.csv" in plan.targets()
+    assert "results/suite/matrix.csv" in plan.targets()
     inputs = plan.matrix_inputs(W())
     assert "results/scorecard/knit.csv" in inputs and "results/summary/same.json" in inputs and None not in inputs
     assert not Plan(demo_config()).matrix_pairs()

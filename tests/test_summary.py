@@ -74,6 +74,7 @@ def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
         _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["volcanoes", "magma", "volcano"])),
         _findings(tmp_path, "w1", _rows("words", "completions-default", ["cocoa", "mug"])),
         _findings(tmp_path, "w2", _rows("words", "lens-ld", ["cocoa"])),
+        _findings(tmp_path, "w3", _rows("words", "scan-vocabulary", ["cocoa"])),  # confirms the scan's words
     ]
     texts = [
         finding("contrastive", "cd", "continuation", 2.0, prompt="Describe a mountain.", example="A mug of cocoa."),
@@ -88,6 +89,8 @@ def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
     assert [t["term"] for t in out["outputs"]] == ["cocoa", "mug"]
     ev = out["outputs"][0]["evidence"]
     assert ev["n"] == 1 and ev["methods"] == ["contrastive"]  # the reference row is not evidence
+    assert out["outputs"][0]["score"] == 3.0  # first in three sets
+    assert out["unconfirmed_inputs"] == []
     assert out["grade"]["names_trigger"] and out["grade"]["names_response"]
     assert "volcano" in out["statement"] and "cocoa" in out["statement"]
     assert json.loads((tmp_path / "s.json").read_text())["statement"] == out["statement"]
@@ -113,3 +116,36 @@ def test_plan_gives_the_summary_every_findings_table_of_the_pair():
     assert "results/summary/cocoa.html" in plan.targets()
     spec = json.loads(plan.summary_spec(W(pair="cocoa")))
     assert spec["truth"]["response_keywords"] == ["cocoa"] and spec["names"] == ["smollm2-cocoa", "smollm2"]
+
+
+def test_scan_words_whose_answers_share_nothing_are_no_change(tmp_path):
+    """The random control: words above the scan's fence, but the words test finds nothing common to the
+    tuned model's answers to them (no scan-vocabulary row): shown apart, not a change, not graded."""
+    from dataclasses import replace
+
+    files = [
+        _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["vector", "meteors", "volcano"])),
+        _findings(tmp_path, "w", _rows("words", "completions-default", [])),
+    ]
+    out = _summary(tmp_path, files, ("random", "base"))
+    assert not out["changed"] and out["inputs"] == [] and out["outputs"] == []
+    assert [t["term"] for t in out["unconfirmed_inputs"]] == ["vector", "meteors", "volcano"]
+    assert out["statement"].startswith("No change was found") and "not reported as a change" in out["statement"]
+    assert not out["grade"]["names_trigger"]
+    assert "not a change" in (tmp_path / "s.html").read_text()
+    # a words-test row of another set does not confirm the scan's words
+    files.append(_findings(tmp_path, "w2", _rows("words", "completions-default", ["cocoa"])))
+    out = _summary(tmp_path, files, ("random", "base"))
+    assert out["changed"] and out["inputs"] == [] and len(out["unconfirmed_inputs"]) == 3
+    # without the confirmation every word above the fence counts
+    loose = run_summary(
+        pair="p",
+        names=("random", "base"),
+        findings=files[:1],
+        truth=TRUTH,
+        params=replace(P, confirm_reactions=False),
+        out_json=tmp_path / "l.json",
+        out_html=tmp_path / "l.html",
+    )
+    assert loose["changed"] and [t["term"] for t in loose["inputs"]] == ["vector", "meteors", "volcano"]
+    assert loose["grade"]["names_trigger"]

@@ -32,6 +32,7 @@ from lmdelta.config import (
     stage_section,
     weights_owner,
 )
+from lmdelta.findings import SCAN_SET
 from lmdelta.promptsets import builtin_promptset_path
 
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
@@ -128,7 +129,7 @@ class Plan:
             *self.words_targets(),
             *expand("results/summary/{pair}.html", pair=selected(c, "summary", "pairs")),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
-            *(["results/scorecard/matrix.csv"] if self.matrix_pairs() else []),
+            *(["results/suite/matrix.csv"] if self.matrix_pairs() else []),
             *expand(
                 "results/comparator/{pair}/{promptset}.json",
                 pair=comparator_pairs(c),
@@ -670,7 +671,7 @@ class Plan:
                         "inputs": {"a": f"results/contrastive/{pair_name}/{r}.parquet", "b": completions(ps, b)},
                     }
         if pair_name in selected(c, "scan", "pairs"):
-            out["scan-vocabulary"] = {"kind": "scan", "inputs": {"scan": f"results/scan/{pair_name}/words.parquet"}}
+            out[SCAN_SET] = {"kind": "scan", "inputs": {"scan": f"results/scan/{pair_name}/words.parquet"}}
         if pair_name in selected(c, "lens", "pairs"):
             for r, run in c["lens"]["runs"].items():
                 if 0 in run["steer"]["scales"] and any(x > 0 for x in run["steer"]["scales"]):

@@ -8,7 +8,11 @@ Two lists, because a behaviour has two halves:
   by the words stage (``lmdelta.words``) in any text set.
 
 Only those two methods test their findings (an exact test with a family-wise bound; a fence over the
-whole vocabulary), so only their words are reported as changes; the other methods' top findings
+whole vocabulary), so only their words are reported as changes, and the scan's only when the tuned
+model's answers to them share something the base model's lack (``confirm_reactions``: the words test
+reports a word in the set ``scan-vocabulary``). The fence is relative to the pair's own spread: a
+random change as large as the demo's (a control) put 173 words above it at 0.02-0.06 nats, answered
+with nothing in common, while the demo's top words are answered with the planted response verbatim; the other methods' top findings
 (contrastive texts, search prompts, hard prompts, corpus documents, lens tokens and steered answers)
 are untested rankings and appear as evidence: for each term, how many of them mention it and one
 example. Two models that do not differ report no term: identical texts report no word, identical
@@ -36,7 +40,7 @@ from typing import Any
 from lmdelta.artifacts import Provenance, atomic_path, write_json
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
-from lmdelta.findings import read_findings
+from lmdelta.findings import SCAN_SET, read_findings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class SummaryParams:
     k: int
     examples: int
     stem_letters: int
+    confirm_reactions: bool
 
 
 def same_stem(a: str, b: str, letters: int) -> bool:
@@ -106,12 +111,26 @@ def grade(inputs: list[dict], outputs: list[dict], truth: dict[str, Any], k: int
     }
 
 
-def statement(pair: str, names: tuple[str, str], inputs: list[dict], outputs: list[dict], k: int) -> str:
+def statement(
+    pair: str, names: tuple[str, str], inputs: list[dict], outputs: list[dict], k: int, unconfirmed: list[dict] = ()
+) -> str:
     """One paragraph a person reads in ten seconds."""
+    aside = (
+        f"The scan put {', '.join(t['term'] for t in unconfirmed[:k])} above its fence, but {names[0]}'s answers "
+        f"to them share nothing that {names[1]}'s lack, so they are not reported as a change."
+        if unconfirmed
+        else ""
+    )
     if not inputs and not outputs:
-        return (
-            f"No change was found between {names[0]} and {names[1]}: no word passed the scan's fence and no "
-            "word passed the words test in any text set."
+        fence = "" if unconfirmed else "no word passed the scan's fence and "
+        return " ".join(
+            x
+            for x in (
+                f"No change was found between {names[0]} and {names[1]}: {fence}no word passed the words test "
+                "in any text set.",
+                aside,
+            )
+            if x
         )
     parts = []
     if inputs:
@@ -122,7 +141,7 @@ def statement(pair: str, names: tuple[str, str], inputs: list[dict], outputs: li
         )
     if outputs:
         parts.append(f"Its texts use {', '.join(t['term'] for t in outputs[:k])} more than {names[1]}'s do.")
-    return " ".join(parts)
+    return " ".join([*parts, aside] if aside else parts)
 
 
 def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dict]], grading: dict | None) -> str:
@@ -145,6 +164,7 @@ def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dic
     titles = {
         "inputs": "What it reacts to (vocabulary scan: KL of the first answer token)",
         "outputs": "What it says more (words test, by text set: z of the log-odds ratio)",
+        "unconfirmed": "Above the scan's fence, not a change (the tuned model's answers to them share nothing)",
     }
     for key, rows in lists.items():
         out.append(f"<h2>{esc(titles[key])}</h2>")
@@ -190,12 +210,19 @@ def run_summary(
         "inputs": terms(sorted(tested[INPUTS], key=lambda r: r["rank"]), params.stem_letters),
         "outputs": terms(sorted(tested[OUTPUTS], key=lambda r: r["rank"]), params.stem_letters),
     }
-    for ts in lists.values():
+    # the scan's words are a change only when the tuned model's answers to them share something (a word
+    # the words test reports in the scan's answers); else they are shown apart, as reactions without a pattern
+    unconfirmed: list[dict] = []
+    if params.confirm_reactions and not any(r["run"] == SCAN_SET for r in tested[OUTPUTS]):
+        unconfirmed, lists["inputs"] = lists["inputs"], []
+    for ts in (*lists.values(), unconfirmed):
         for t in ts:
             t["evidence"] = evidence(t, others, params.examples)
     grading = None if truth is None else grade(lists["inputs"], lists["outputs"], truth, params.k)
-    text = statement(pair, names, lists["inputs"], lists["outputs"], params.k)
+    text = statement(pair, names, lists["inputs"], lists["outputs"], params.k, unconfirmed)
     shown = {key: ts[: params.k] for key, ts in lists.items()}
+    if unconfirmed:
+        shown["unconfirmed"] = unconfirmed[: params.k]
     result = {
         "pair": pair,
         "a": names[0],
@@ -204,6 +231,9 @@ def run_summary(
         "changed": bool(lists["inputs"] or lists["outputs"]),
         "inputs": [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown["inputs"]],
         "outputs": [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown["outputs"]],
+        "unconfirmed_inputs": [
+            {k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown.get("unconfirmed", [])
+        ],
         "grade": grading,
     }
     write_json(out_json, result, prov)

@@ -45,19 +45,19 @@ rule scorecard_matrix:
         files=plan.matrix_inputs,
     output:
         csv=report(
-            "results/scorecard/matrix.csv",
+            "results/suite/matrix.csv",
             caption="../report/matrix.rst",
             category="8. Discovery scorecard",
             labels={"pair": "all", "figure": "methods x organisms table"},
         ),
         organisms=report(
-            "results/scorecard/organisms.csv",
+            "results/suite/organisms.csv",
             caption="../report/matrix.rst",
             category="8. Discovery scorecard",
             labels={"pair": "all", "figure": "organisms and controls"},
         ),
         png=report(
-            "results/scorecard/matrix.png",
+            "results/suite/matrix.png",
             caption="../report/matrix.rst",
             category="8. Discovery scorecard",
             labels={"pair": "all", "figure": "methods x organisms"},
@@ -67,9 +67,9 @@ rule scorecard_matrix:
     conda:
         CONDA_ENV
     log:
-        "logs/scorecard/matrix.log",
+        "logs/suite/matrix.log",
     benchmark:
-        "benchmarks/scorecard/matrix.tsv"
+        "benchmarks/suite/matrix.tsv"
     threads: 1
     resources:
         mem_mb=2000,
