@@ -229,7 +229,7 @@ def scan_job(job) -> None:
 
     # Every batch allocates the same shapes (MLP activations of 128 questions are ~5 MB), so the heap
     # serves them again without creep; mmap'd, each came back zeroed by the kernel: 3.2 M page faults
-    # against 0.42 M for 512 words of SmolLM2, 26% less wall time (measured, 2 busy AVX2 cores).
+    # against 0.42 M for 512 words of SmolLM2, wall 0.74-0.94x on busy cores (bench/scan_heap.py).
     fixed_mmap_threshold(64 << 20)
     s = job.spec
     run_scan(
