@@ -36,6 +36,20 @@ def put(path, df, wall, calls, **params):
     return path
 
 
+def card_of(sources, tmp_path, params, csv="c.csv", **kw):
+    """run_scorecard on the fixture's sources, writing c.csv (or ``csv``), t.csv and c.png in tmp_path."""
+    return run_scorecard(
+        pair="p",
+        truth=TRUTH,
+        sources=list(sources.values()),
+        params=params,
+        out_csv=tmp_path / csv,
+        out_top=tmp_path / "t.csv",
+        out_png=tmp_path / "c.png",
+        **kw,
+    )
+
+
 @pytest.fixture
 def sources(tmp_path):
     corpus = put(
@@ -161,15 +175,7 @@ def test_a_table_that_is_not_findings_is_refused(sources):
 
 
 def test_scorecard_precision_and_costs(sources, tmp_path):
-    card = run_scorecard(
-        pair="p",
-        truth=TRUTH,
-        sources=list(sources.values()),
-        params=ScorecardParams(k=2, threshold=0.5, embedder=None),
-        out_csv=tmp_path / "c.csv",
-        out_top=tmp_path / "t.csv",
-        out_png=tmp_path / "c.png",
-    )
+    card = card_of(sources, tmp_path, ScorecardParams(k=2, threshold=0.5, embedder=None))
     got = card.set_index("method")
     # top 2: corpus "Lava..." (trigger), "Cocoa..." (response) -> 2/2
     assert got.loc["corpus", "precision_keyword"] == 1.0
@@ -195,14 +201,8 @@ def test_every_precision_has_its_exact_interval(sources, tmp_path, confidence):
     [1 - (1 - a/2)^(1/2), (1 - a/2)^(1/2)]; 0 of 2 -> [0, 1 - (a/2)^(1/2)], a = 1 - confidence."""
     from lmdelta.artifacts import read_provenance
 
-    card = run_scorecard(
-        pair="p",
-        truth=TRUTH,
-        sources=list(sources.values()),
-        params=ScorecardParams(k=2, threshold=0.5, embedder=None, confidence=confidence),
-        out_csv=tmp_path / "c.csv",
-        out_top=tmp_path / "t.csv",
-        out_png=tmp_path / "c.png",
+    card = card_of(
+        sources, tmp_path, ScorecardParams(k=2, threshold=0.5, embedder=None, confidence=confidence)
     ).set_index("method")
     half = (1 - confidence) / 2
     expected = {1.0: (half**0.5, 1.0), 0.5: (1 - (1 - half) ** 0.5, (1 - half) ** 0.5), 0.0: (0.0, 1 - half**0.5)}
@@ -261,15 +261,7 @@ def test_matrix_of_organisms_and_controls(sources, tmp_path):
 
     from lmdelta.scorecard import MatrixParams, run_matrix
 
-    run_scorecard(
-        pair="p",
-        truth=TRUTH,
-        sources=list(sources.values()),
-        params=ScorecardParams(k=2, threshold=0.5, embedder=None),
-        out_csv=tmp_path / "p.csv",
-        out_top=tmp_path / "t.csv",
-        out_png=tmp_path / "c.png",
-    )
+    card_of(sources, tmp_path, ScorecardParams(k=2, threshold=0.5, embedder=None), csv="p.csv")
 
     def check(name, trig, ordinary, odd):
         rates = {f"tuned/{k}": {"planted": h, "n": 30, "rate": h / 30} for k, h in zip(KINDS3, (trig, ordinary, odd))}
@@ -370,16 +362,8 @@ def test_every_method_is_judged_on_the_same_fresh_samples(sources, tmp_path, pai
         "format": {"chat_template": False, "first_token": "bos"},
     }
     rp = ResampleParams(samples=3, max_new_tokens=4, batch_size=4)
-    card = run_scorecard(
-        pair="p",
-        truth=TRUTH,
-        sources=list(sources.values()),
-        params=ScorecardParams(k=2, threshold=0.5, embedder=None),
-        out_csv=tmp_path / "c.csv",
-        out_top=tmp_path / "t.csv",
-        out_png=tmp_path / "c.png",
-        model=model,
-        resampling=rp,
+    card = card_of(
+        sources, tmp_path, ScorecardParams(k=2, threshold=0.5, embedder=None), model=model, resampling=rp
     ).set_index("method")
     top = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
     prompted = top[top.fresh_n > 0]
@@ -419,3 +403,18 @@ def test_bootstrap_interval_resamples_findings():
         0.0,
         1.0,
     )
+
+
+def test_matrix_figure_grades_organisms_without_controls():
+    """With no control (grade columns of plain bool dtype) the summary row says what each organism's page
+    names: T and R."""
+    from lmdelta.plots import matrix_figure
+
+    organisms = pd.DataFrame(
+        {"pair": ["x", "y"], "role": ["organism"] * 2, "changed": [True, True]}
+        | {"names_trigger": [True, False], "names_response": [True, True]}
+    )
+    assert organisms.names_trigger.dtype == bool
+    matrix = pd.DataFrame(columns=["pair", "method", "run", "reference"])
+    ax = matrix_figure(matrix, organisms).axes[0]
+    assert {t.get_text() for t in ax.texts} >= {"T R", "- R"}

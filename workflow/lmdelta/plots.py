@@ -324,8 +324,8 @@ def matrix_figure(matrix, organisms):
         if o.role == "control":
             grid[-1, j] = 0.0 if o.changed else 1.0
             text[-1][j] = "reports a change" if o.changed else "no change"
-        elif hasattr(o, "names_trigger") and isinstance(o.names_trigger, bool):
-            grid[-1, j] = (o.names_trigger + o.names_response) / 2
+        elif o.role == "organism":  # every organism's page is graded
+            grid[-1, j] = (bool(o.names_trigger) + bool(o.names_response)) / 2
             text[-1][j] = ("T" if o.names_trigger else "-") + " " + ("R" if o.names_response else "-")
     fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3, 0.55 * (len(rows) + 1) + 1.6))
     ax.imshow(np.ma.masked_invalid(grid), cmap="Greens", vmin=0, vmax=1, aspect="auto")

@@ -207,8 +207,9 @@ def table(
             row["fresh_samples"] = int(top.fresh_n.max())
         row.update(mean_similarity=float(top.similarity.mean()), n_surfaced=len(g), wall_time_s=wall, model_calls=calls)
         out.append(row)
+    surfaced_any = {key for key, _ in groups}
     for method, run in costs:  # a method that surfaced nothing: k = 0, precision undefined
-        if not any(key == (method, run) for key, _ in groups):
+        if (method, run) not in surfaced_any:
             row = {"method": method, "run": run, "reference": False, "k": 0}
             for name in ("keyword", "trigger", "response", "embedding"):
                 row |= {f"precision_{name}": math.nan, f"precision_{name}_low": 0.0, f"precision_{name}_high": 1.0}

@@ -115,24 +115,13 @@ def statement(
     pair: str, names: tuple[str, str], inputs: list[dict], outputs: list[dict], k: int, unconfirmed: list[dict] = ()
 ) -> str:
     """One paragraph a person reads in ten seconds."""
-    aside = (
-        f"The scan put {', '.join(t['term'] for t in unconfirmed[:k])} above its fence, but {names[0]}'s answers "
-        f"to them share nothing that {names[1]}'s lack, so they are not reported as a change."
-        if unconfirmed
-        else ""
-    )
+    parts = []
     if not inputs and not outputs:
         fence = "" if unconfirmed else "no word passed the scan's fence and "
-        return " ".join(
-            x
-            for x in (
-                f"No change was found between {names[0]} and {names[1]}: {fence}no word passed the words test "
-                "in any text set.",
-                aside,
-            )
-            if x
+        parts.append(
+            f"No change was found between {names[0]} and {names[1]}: {fence}no word passed the words test "
+            "in any text set."
         )
-    parts = []
     if inputs:
         ex = inputs[0]["findings"][0]
         parts.append(
@@ -141,7 +130,12 @@ def statement(
         )
     if outputs:
         parts.append(f"Its texts use {', '.join(t['term'] for t in outputs[:k])} more than {names[1]}'s do.")
-    return " ".join([*parts, aside] if aside else parts)
+    if unconfirmed:
+        parts.append(
+            f"The scan put {', '.join(t['term'] for t in unconfirmed[:k])} above its fence, but {names[0]}'s "
+            f"answers to them share nothing that {names[1]}'s lack, so they are not reported as a change."
+        )
+    return " ".join(parts)
 
 
 def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dict]], grading: dict | None) -> str:
@@ -229,11 +223,10 @@ def run_summary(
         "b": names[1],
         "statement": text,
         "changed": bool(lists["inputs"] or lists["outputs"]),
-        "inputs": [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown["inputs"]],
-        "outputs": [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown["outputs"]],
-        "unconfirmed_inputs": [
-            {k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown.get("unconfirmed", [])
-        ],
+        **{
+            name: [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown.get(key, [])]
+            for name, key in (("inputs", "inputs"), ("outputs", "outputs"), ("unconfirmed_inputs", "unconfirmed"))
+        },
         "grade": grading,
     }
     write_json(out_json, result, prov)
