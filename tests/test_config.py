@@ -210,6 +210,7 @@ BAD = [
         _with("models.q", {"source": {"variant_of": {"model": "zz"}}, "quantization": "4bit"}),
         ["models.q.source.variant_of.model: 'zz' is not defined"],
     ),
+    (_with("scan", {"template": "Tell me about it."}), ["scan.template", "{word} is replaced"]),
 ]
 
 

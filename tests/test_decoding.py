@@ -42,6 +42,18 @@ def test_greedy_and_seeding():
     assert (a == b).all()
 
 
+@pytest.mark.parametrize(
+    "kwargs,named",
+    [({"temperature": 0.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k")],
+)
+def test_sampling_rejects_values_that_define_no_distribution(kwargs, named):
+    """temperature 0 would divide by zero (greedy is None); top_p 0 keeps no token."""
+    from lmdelta import LmdeltaError
+
+    with pytest.raises(LmdeltaError, match=named):
+        Sampling(**kwargs)
+
+
 def test_filter_keeps_at_least_one_token_per_row():
     z = filter_logits(torch.tensor([[0.0, 0.0, 10.0], [1.0, 2.0, 3.0]]), Sampling(temperature=1.0, top_p=0.01, top_k=1))
     assert torch.isfinite(z).sum(-1).tolist() == [1, 1]

@@ -32,6 +32,16 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
 
+    def __post_init__(self):
+        from . import LmdeltaError
+
+        if self.temperature is not None and not self.temperature > 0:
+            raise LmdeltaError(f"sampling: temperature {self.temperature} must be > 0; use None for greedy decoding")
+        if not 0 < self.top_p <= 1:
+            raise LmdeltaError(f"sampling: top_p {self.top_p} must be in (0, 1]; 1.0 disables it")
+        if self.top_k < 0:
+            raise LmdeltaError(f"sampling: top_k {self.top_k} must be >= 0; 0 disables it")
+
 
 def filter_logits(z, sampling: Sampling):
     """Temperature, top-k and top-p applied to [B, V] float32 logits; removed tokens get -inf."""
