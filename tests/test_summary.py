@@ -110,7 +110,7 @@ def test_untested_findings_alone_are_no_change(tmp_path):
 def test_plan_gives_the_summary_every_findings_table_of_the_pair():
     plan = Plan(validate_config(yaml.safe_load((ROOT / "config.yaml").read_text())))
     files = plan.summary_inputs(W(pair="cocoa"))["findings"]
-    assert files == [s["findings"] for s in plan.scorecard_sources("cocoa")]
+    assert files == [s["findings"] for s in plan.discovery_sources("cocoa")]
     assert "results/findings/cocoa/scan/vocabulary.parquet" in files
     assert "results/findings/cocoa/words/completions-default.parquet" in files
     assert "results/summary/cocoa.html" in plan.targets()

@@ -561,7 +561,7 @@ class Plan:
     def search_inputs(self, wildcards) -> dict[str, str]:
         run = self._search_run(wildcards)
         methods = run["seed_findings"]["methods"]
-        found = [s["findings"] for s in self.scorecard_sources(wildcards.pair) if s["method"] in methods]
+        found = [s["findings"] for s in self.discovery_sources(wildcards.pair) if s["method"] in methods]
         return {
             **self.pair_dirs(wildcards.pair),
             "seeds": self.promptset_file(run["seeds"]),
@@ -700,7 +700,7 @@ class Plan:
     # ---- what changed, in words --------------------------------------------------------------------
 
     def summary_inputs(self, wildcards) -> dict[str, list[str]]:
-        return {"findings": [s["findings"] for s in self.scorecard_sources(wildcards.pair)]}
+        return {"findings": [s["findings"] for s in self.discovery_sources(wildcards.pair)]}
 
     def summary_spec(self, wildcards) -> str:
         return as_text(
@@ -728,7 +728,7 @@ class Plan:
     def corpus_findings_spec(self, wildcards) -> str:
         return as_text({"names": self.pair_models(wildcards.pair)["names"]})
 
-    def scorecard_sources(self, pair_name: str) -> list[dict[str, Any]]:
+    def discovery_sources(self, pair_name: str) -> list[dict[str, Any]]:
         """Every discovery method run for a pair (as configured): its findings table, and the artifacts
         whose provenance gives its wall time and model calls."""
         c = self.config
@@ -775,7 +775,7 @@ class Plan:
         """Every method's findings and cost records, and the planted model (it continues each finding's
         prompt afresh: every method judged on the same number of samples)."""
         files = []
-        for s in self.scorecard_sources(wildcards.pair):
+        for s in self.discovery_sources(wildcards.pair):
             files += [s["findings"], *s["cost"]]
         planted = planted_truth(self.config, wildcards.pair)["model"]
         # text sets share inputs (b's completions)
@@ -786,7 +786,7 @@ class Plan:
         return as_text(
             {
                 "truth": truth,
-                "sources": self.scorecard_sources(wildcards.pair),
+                "sources": self.discovery_sources(wildcards.pair),
                 "model": {
                     "load_options": self.load_options(truth["model"]),
                     "format": self.model_format(truth["model"]),
