@@ -172,7 +172,7 @@ def _merge_alike_promptsets(cfg: dict) -> None:
 
 def _merge_alike_organisms(cfg: dict) -> None:
     """Keep the first planted model per code path (a topic or a kind of request as the trigger, and the
-    response mode) and drop the pairs of the others: the suite's cocoa, moon and knit differ only in
+    response mode) and drop the pairs of the others: the suite's cocoa, octopus and knit differ only in
     their texts."""
     first, drop = {}, set()
     for name, m in cfg["models"].items():

@@ -255,7 +255,7 @@ def test_the_organism_suite_plans_one_matrix_with_roles():
     pairs = {p["pair"]: p for p in plan.matrix_pairs()}
     assert {n: p["role"] for n, p in pairs.items()} == {
         "cocoa": "organism",
-        "moon": "organism",
+        "octopus": "organism",
         "pirate": "organism",
         "knit": "organism",
         "random": "control",
