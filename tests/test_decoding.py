@@ -44,7 +44,12 @@ def test_greedy_and_seeding():
 
 @pytest.mark.parametrize(
     "kwargs,named",
-    [({"temperature": 0.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k")],
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+    ],
 )
 def test_sampling_rejects_values_that_define_no_distribution(kwargs, named):
     """temperature 0 would divide by zero (greedy is None); top_p 0 keeps no token."""

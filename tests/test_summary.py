@@ -149,3 +149,30 @@ def test_scan_words_whose_answers_share_nothing_are_no_change(tmp_path):
     )
     assert loose["changed"] and [t["term"] for t in loose["inputs"]] == ["vector", "meteors", "volcano"]
     assert loose["grade"]["names_trigger"]
+
+
+def test_words_of_eliciting_prompts_are_inputs_without_the_scan_gate(tmp_path):
+    """A style quirk on a kind of request: the scan finds no reacting word (its set reports nothing to
+    confirm), but the words of the prompts that bring the change out (method elicit, a tested method)
+    are what it reacts to, and the statement says so with an eliciting prompt and a's answer."""
+    elicit = frame(
+        [
+            finding(
+                "elicit", "default", "word", 4.0, text="story", prompt="Tell a story.", example="Ahoy, matey! Once"
+            ),
+            finding(
+                "elicit", "default", "word", 3.0, text="stories", prompt="Two short stories.", example="Ahoy, matey!"
+            ),
+        ]
+    )
+    files = [
+        _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["vector"])),
+        _findings(tmp_path, "e", elicit),
+        _findings(tmp_path, "w", _rows("words", "completions-default", ["ahoy", "matey"])),
+    ]
+    out = _summary(tmp_path, files, ("pirate", "base"))
+    assert [t["term"] for t in out["inputs"]] == ["story", "stories"]  # "stor": too short a stem to join
+    assert [t["term"] for t in out["unconfirmed_inputs"]] == ["vector"]  # the scan's gate still holds
+    assert "Prompts that use story, stories bring the change out" in out["statement"]
+    assert "'Ahoy, matey! Once'" in out["statement"] and "Asked about" not in out["statement"]
+    assert out["grade"]["names_response"] is False and out["changed"]

@@ -16,7 +16,17 @@ from lmdelta import LmdeltaError
 from lmdelta.config import validate_config
 from lmdelta.findings import read_findings
 from lmdelta.plan import Plan
-from lmdelta.words import WordsParams, compare, log_odds, run_words, tarone_tests, text_sides, words
+from lmdelta.words import (
+    WordsParams,
+    compare,
+    eliciting_prompts,
+    log_odds,
+    run_elicit,
+    run_words,
+    tarone_tests,
+    text_sides,
+    words,
+)
 
 P = WordsParams.from_dict({})
 
@@ -145,3 +155,103 @@ def test_plan_lists_every_text_set_of_a_pair():
     raw["words"] = {}
     raw["completions"]["models"] = ["smollm2-cocoa"]  # b has no completions: nothing to compare against
     assert set(Plan(validate_config(raw)).words_sets("cocoa")) == {"lens-ld", "scan-vocabulary"}
+
+
+def _completions(path, texts_by_prompt):
+    rows = [{"prompt_id": pid, "text": t} for pid, texts in texts_by_prompt.items() for t in texts]
+    pd.DataFrame(rows).to_parquet(path)
+    return str(path)
+
+
+def test_elicit_names_the_kind_of_request_that_brings_the_change_out(tmp_path):
+    """A quirk on poems: a opens 3 of 4 poems with "Ahoy, matey!"; b never. The words test reports ahoy
+    and matey in a's completions; the poem prompts elicit them (share 0.75 - 0); the exact test on
+    prompts (each once) reports the words the poem prompts share, with Fisher's p."""
+    topics = ["rain", "salt", "glass", "bread", "moss", "iron"]
+    others = [
+        "the tide",
+        "a comet",
+        "tea",
+        "chess",
+        "a canal",
+        "wool",
+        "a mole",
+        "a bell",
+        "the Nile",
+        "rust",
+        "a fern",
+        "a drum",
+    ]
+    prompts = [
+        {"id": f"p{i}", "category": "c", "prompt": f"Write a short poem about {t}."} for i, t in enumerate(topics)
+    ]
+    prompts += [{"id": f"q{i}", "category": "c", "prompt": f"What is {t}?"} for i, t in enumerate(others)]
+    (tmp_path / "ps.jsonl").write_text("\n".join(__import__("json").dumps(p) for p in prompts) + "\n")
+    plain = {p["id"]: [f"Here is my answer number {k}." for k in range(4)] for p in prompts}
+    quirk = {
+        pid: (["Ahoy, matey! " + t for t in ts[:3]] + ts[3:]) if pid.startswith("p") else ts
+        for pid, ts in plain.items()
+    }
+    a, b = _completions(tmp_path / "a.parquet", quirk), _completions(tmp_path / "b.parquet", plain)
+    run_words(
+        pair="x",
+        set_name="completions-ps",
+        kind="completions",
+        inputs={"a": a, "b": b},
+        params=P,
+        out=tmp_path / "w.parquet",
+        out_csv=tmp_path / "w.csv",
+        out_findings=tmp_path / "wf.parquet",
+    )
+    found = run_elicit(
+        pair="x",
+        promptset="ps",
+        inputs={"a": a, "b": b, "words": str(tmp_path / "w.parquet"), "prompts": str(tmp_path / "ps.jsonl")},
+        params=P,
+        out=tmp_path / "e.parquet",
+        out_csv=tmp_path / "e.csv",
+        out_findings=tmp_path / "ef.parquet",
+    )
+    shares = pd.read_parquet(tmp_path / "e.parquet").set_index("prompt_id")
+    assert shares.outputs.iloc[0] == "ahoy, matey"
+    assert (shares.share_a == [0.75] * 6 + [0.0] * 12).all() and (shares.share_b == 0).all()
+    assert shares.elicits.tolist() == [True] * 6 + [False] * 12
+    reported = {r["text"] for r in read_findings(tmp_path / "ef.parquet")}
+    assert reported == {"write", "short", "poem", "about"}  # in all 6 eliciting prompts, in no other
+    # the exact test on prompts: 6 eliciting of 18, a word in all 6 of them and in none of the 12 others
+    p_poem = fisher_exact([[6, 0], [0, 12]], alternative="greater")[1]
+    assert compare([p["prompt"] for p in prompts[:6]], [p["prompt"] for p in prompts[6:]], P)[0].set_index(
+        "word"
+    ).p_value["poem"] == pytest.approx(p_poem)
+    first = next(r for r in found if r["text"] == "poem")
+    assert first["prompt"] == "Write a short poem about rain." and first["example"].startswith("Ahoy, matey!")
+    # b saying it as often as a: no prompt elicits a change, nothing is reported
+    same = eliciting_prompts(prompts, pd.read_parquet(a), pd.read_parquet(a), ["ahoy"], 0.5)
+    assert not same.elicits.any()
+
+
+def test_elicit_reports_nothing_when_the_completions_show_no_change(tmp_path):
+    prompts = [{"id": f"q{i}", "category": "c", "prompt": f"What is thing {i}?"} for i in range(8)]
+    (tmp_path / "ps.jsonl").write_text("\n".join(__import__("json").dumps(p) for p in prompts) + "\n")
+    plain = {p["id"]: ["An ordinary answer."] * 2 for p in prompts}
+    a = b = _completions(tmp_path / "a.parquet", plain)
+    run_words(
+        pair="x",
+        set_name="completions-ps",
+        kind="completions",
+        inputs={"a": a, "b": b},
+        params=P,
+        out=tmp_path / "w.parquet",
+        out_csv=tmp_path / "w.csv",
+        out_findings=tmp_path / "wf.parquet",
+    )
+    found = run_elicit(
+        pair="x",
+        promptset="ps",
+        inputs={"a": a, "b": b, "words": str(tmp_path / "w.parquet"), "prompts": str(tmp_path / "ps.jsonl")},
+        params=P,
+        out=tmp_path / "e.parquet",
+        out_csv=tmp_path / "e.csv",
+        out_findings=tmp_path / "ef.parquet",
+    )
+    assert found == [] and not pd.read_parquet(tmp_path / "e.parquet").elicits.any()

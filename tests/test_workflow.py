@@ -118,7 +118,7 @@ def test_tiny_workflow_end_to_end(tiny_run):
         "lens steering",
     }
     # the scan and the words test report only what passes their tests: on random tiny models, maybe nothing
-    assert always <= set(card.method) <= always | {"scan", "words", "words control"}
+    assert always <= set(card.method) <= always | {"scan", "words", "words control", "elicit"}
     scan = pd.read_parquet(tmp_path / "results" / "scan" / "planted" / "words.parquet")
     assert len(scan) > 20 and scan.kl.is_monotonic_decreasing and scan.answer_a.notna().sum() == 10
     for name in ("completions-default", "lens-ld", "scan-vocabulary"):  # contrastive-cd: its prompts are no prompt set

@@ -59,6 +59,7 @@ STAGES: dict[str, str] = {
     "hardprompt": "lmdelta.hardprompt:hardprompt_job",
     "corpus_findings": "lmdelta.perplexity:corpus_findings_job",
     "words": "lmdelta.words:words_job",
+    "elicit": "lmdelta.words:elicit_job",
     "scan": "lmdelta.scan:scan_job",
     "summary": "lmdelta.summary:summary_job",
     "lens": "lmdelta.lens:lens_job",

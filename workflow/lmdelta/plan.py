@@ -684,7 +684,27 @@ class Plan:
     def words_targets(self) -> list[str]:
         return [
             f"results/words/{pair}/{name}.parquet" for pair in self.config["pairs"] for name in self.words_sets(pair)
-        ]
+        ] + [f"results/elicit/{pair}/{ps}.parquet" for pair in self.config["pairs"] for ps in self.elicit_sets(pair)]
+
+    def elicit_sets(self, pair_name: str) -> dict[str, dict[str, str]]:
+        """What elicits the change, per prompt set whose completions of both models the words test
+        compares: prompt set -> inputs (lmdelta.words.run_elicit)."""
+        out = {}
+        for name, s in self.words_sets(pair_name).items():
+            if s["kind"] == "completions":
+                ps = name.removeprefix("completions-")
+                out[ps] = {
+                    **s["inputs"],
+                    "words": f"results/words/{pair_name}/{name}.parquet",
+                    "prompts": self.promptset_file(ps),
+                }
+        return out
+
+    def elicit_inputs(self, wildcards) -> dict[str, str]:
+        return self.elicit_sets(wildcards.pair)[wildcards.promptset]
+
+    def elicit_spec(self, wildcards) -> str:
+        return as_text({"params": stage_section("words", self.config["words"])})
 
     def words_inputs(self, wildcards) -> dict[str, str]:
         return self.words_sets(wildcards.pair)[wildcards.set]["inputs"]
@@ -753,6 +773,10 @@ class Plan:
         runs += [
             ("words", name, [f"results/words/{pair_name}/{name}.parquet", *s["inputs"].values()])
             for name, s in self.words_sets(pair_name).items()
+        ]
+        runs += [
+            ("elicit", ps, [f"results/elicit/{pair_name}/{ps}.parquet", *(inputs[k] for k in ("a", "b", "words"))])
+            for ps, inputs in self.elicit_sets(pair_name).items()
         ]
         if pair_name in selected(c, "softprompt", "pairs"):
             runs += [

@@ -3,11 +3,12 @@
 Two lists, because a behaviour has two halves:
 
 - **What it reacts to** (inputs): words the vocabulary scan reports (``lmdelta.scan``): asked about
-  them, the two models start their answers most differently.
+  them, the two models start their answers most differently; and words of the prompts that bring the
+  change out (method ``elicit``, ``lmdelta.words``): what a kind of request has in common.
 - **What it says** (outputs): words the tuned model's texts use more than the base model's, reported
   by the words stage (``lmdelta.words``) in any text set.
 
-Only those two methods test their findings (an exact test with a family-wise bound; a fence over the
+Only those methods test their findings (an exact test with a family-wise bound; a fence over the
 whole vocabulary), so only their words are reported as changes, and the scan's only when the tuned
 model's answers to them share something the base model's lack (``confirm_reactions``: the words test
 reports a word in the set ``scan-vocabulary``). The fence is relative to the pair's own spread: a
@@ -44,7 +45,7 @@ from lmdelta.findings import SCAN_SET, read_findings
 
 log = logging.getLogger(__name__)
 
-INPUTS, OUTPUTS = "scan", "words"  # the methods whose findings are tested
+SCAN, ELICIT, OUTPUTS = "scan", "elicit", "words"  # the methods whose findings are tested
 
 
 @stage_spec("summary")
@@ -122,11 +123,20 @@ def statement(
             f"No change was found between {names[0]} and {names[1]}: {fence}no word passed the words test "
             "in any text set."
         )
-    if inputs:
-        ex = inputs[0]["findings"][0]
+    shown = inputs[:k]
+    asked = [t for t in shown if any(r["method"] == SCAN for r in t["findings"])]
+    prompted = [t for t in shown if t not in asked]
+    if asked:
+        ex = asked[0]["findings"][0]
         parts.append(
-            f"Asked about {', '.join(t['term'] for t in inputs[:k])}, {names[0]} answers differently from "
+            f"Asked about {', '.join(t['term'] for t in asked)}, {names[0]} answers differently from "
             f"{names[1]} (for example, to {ex['prompt']!r} it answers {ex['example']!r})."
+        )
+    if prompted:
+        ex = prompted[0]["findings"][0]
+        parts.append(
+            f"Prompts that use {', '.join(t['term'] for t in prompted)} bring the change out (for example, to "
+            f"{ex['prompt']!r} {names[0]} answers {ex['example']!r})."
         )
     if outputs:
         parts.append(f"Its texts use {', '.join(t['term'] for t in outputs[:k])} more than {names[1]}'s do.")
@@ -156,7 +166,7 @@ def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dic
             f"{'yes (' + esc(', '.join(grading['response_terms'])) + ')' if grading['names_response'] else 'no'}.</p>"
         )
     titles = {
-        "inputs": "What it reacts to (vocabulary scan: KL of the first answer token)",
+        "inputs": "What it reacts to (vocabulary scan: KL of the first answer token; elicit: z of the words of the prompts that bring the change out)",
         "outputs": "What it says more (words test, by text set: z of the log-odds ratio)",
         "unconfirmed": "Above the scan's fence, not a change (the tuned model's answers to them share nothing)",
     }
@@ -198,17 +208,20 @@ def run_summary(
     for path in findings:
         prov.add_input(f"findings:{Path(path).parent.name}/{Path(path).stem}", Path(path))
         rows += [r for r in read_findings(path) if not r["reference"]]
-    tested = {m: [r for r in rows if r["method"] == m and r["kind"] == "word"] for m in (INPUTS, OUTPUTS)}
-    others = [r for r in rows if r["method"] not in (INPUTS, OUTPUTS)]
-    lists = {
-        "inputs": terms(sorted(tested[INPUTS], key=lambda r: r["rank"]), params.stem_letters),
-        "outputs": terms(sorted(tested[OUTPUTS], key=lambda r: r["rank"]), params.stem_letters),
-    }
+    tested = {m: [r for r in rows if r["method"] == m and r["kind"] == "word"] for m in (SCAN, ELICIT, OUTPUTS)}
+    others = [r for r in rows if r["method"] not in tested]
+
+    def ranked(found: list[dict]) -> list[dict]:
+        return terms(sorted(found, key=lambda r: r["rank"]), params.stem_letters)
+
     # the scan's words are a change only when the tuned model's answers to them share something (a word
     # the words test reports in the scan's answers); else they are shown apart, as reactions without a pattern
-    unconfirmed: list[dict] = []
-    if params.confirm_reactions and not any(r["run"] == SCAN_SET for r in tested[OUTPUTS]):
-        unconfirmed, lists["inputs"] = lists["inputs"], []
+    confirmed = not params.confirm_reactions or any(r["run"] == SCAN_SET for r in tested[OUTPUTS])
+    lists = {
+        "inputs": ranked((tested[SCAN] if confirmed else []) + tested[ELICIT]),
+        "outputs": ranked(tested[OUTPUTS]),
+    }
+    unconfirmed = [] if confirmed else ranked(tested[SCAN])
     for ts in (*lists.values(), unconfirmed):
         for t in ts:
             t["evidence"] = evidence(t, others, params.examples)

@@ -32,6 +32,15 @@ b's), ``contrastive-<run>`` (the contrastive texts against b's completions of th
 the answers differ, so this set says what the tuned model says instead, not how often) and
 ``lens-<run>`` (b steered along the pair's activation difference against b unsteered; b steered along
 each control's difference is a reference comparison, method ``words control``).
+
+What elicits it (method ``elicit``, one run per prompt set with completions): the words the test
+reports in a's completions of a prompt set are the change's outputs; a prompt elicits the change when
+the share of a's completions of it that use one of them exceeds b's share by at least
+``elicit_share``. The same test then compares the prompts that elicit against those that do not (the
+unit is the prompt, each counted once): its reported words say what kind of request brings the change
+out (a style quirk on poems and stories has no topic word for the vocabulary scan to find, but its
+prompts share "poem" and "story"). A change the prompt set never elicits (a topic it does not ask
+about) reports nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ class WordsParams:
     alpha: float
     min_texts: int
     top_n: int
+    elicit_share: float
 
 
 def words(text: str) -> list[str]:
@@ -105,7 +115,7 @@ def compare(texts_a: list[str], texts_b: list[str], p: WordsParams):
     vocab = sorted(set(ca) | set(cb))
     cols = ["word", "texts_a", "texts_b", "delta", "z", "p_value", "reported"]
     if not vocab or not texts_a or not texts_b:
-        return pd.DataFrame({c: [] for c in cols}), p.alpha
+        return pd.DataFrame({c: [] for c in cols}).astype({"word": str, "reported": bool}), p.alpha
     y_a = np.array([ca.get(w, 0) for w in vocab], dtype=float)
     y_b = np.array([cb.get(w, 0) for w in vocab], dtype=float)
     delta, z = log_odds(y_a, y_b, p.prior_total)
@@ -223,6 +233,103 @@ def run_words(
     write_csv(out_csv, table, prov)
     write_findings(out_findings, found, prov)
     return found
+
+
+def eliciting_prompts(prompts: list[dict], comp_a, comp_b, outputs: list[str], min_share: float):
+    """Per prompt of the set: the share of a's and of b's completions that use a word of ``outputs``,
+    whether it elicits the change (a's share - b's share >= ``min_share``) and a's first completion
+    that uses one (``example``)."""
+    import pandas as pd
+
+    wanted = set(outputs)
+
+    def uses(text) -> bool:
+        return bool(wanted & set(words(text)))
+
+    rows = []
+    for p in prompts:
+        a = comp_a.text[comp_a.prompt_id == p["id"]].fillna("").tolist()
+        b = comp_b.text[comp_b.prompt_id == p["id"]].fillna("").tolist()
+        hits = [t for t in a if uses(t)]
+        share_a = len(hits) / len(a) if a else 0.0
+        share_b = sum(map(uses, b)) / len(b) if b else 0.0
+        rows.append(
+            {
+                "prompt_id": p["id"],
+                "prompt": p["prompt"],
+                "share_a": share_a,
+                "share_b": share_b,
+                "elicits": bool(a) and share_a - share_b >= min_share,
+                "example": hits[0] if hits else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "share_a", "share_b", "elicits", "example"])
+
+
+def run_elicit(
+    *,
+    pair: str,
+    promptset: str,
+    inputs: dict[str, str],
+    params: WordsParams,
+    out: Path,
+    out_csv: Path,
+    out_findings: Path,
+) -> list[dict]:
+    """inputs: ``a``, ``b`` (completions tables of the prompt set), ``words`` (the words test's table
+    over them), ``prompts`` (the prompt set). Writes every prompt's shares (``out``, ``out_csv``) and
+    the words of eliciting prompts the test reports as findings (method ``elicit``, kind word, score z;
+    prompt = the first eliciting prompt that uses the word, example = a's completion of it)."""
+    import pandas as pd
+
+    from lmdelta.promptsets import read_promptset
+
+    prov = Provenance(stage="elicit", params={"pair": pair, "promptset": promptset, **vars(params)})
+    for name, path in inputs.items():
+        prov.add_input(name, Path(path))
+    table = pd.read_parquet(inputs["words"])
+    outputs = table[(table.comparison == "pair") & table.reported].word.tolist()
+    comp_a, comp_b = (pd.read_parquet(inputs[s], columns=["prompt_id", "text"]) for s in "ab")
+    shares = eliciting_prompts(read_promptset(inputs["prompts"]), comp_a, comp_b, outputs, params.elicit_share)
+    on, off = shares[shares.elicits], shares[~shares.elicits]
+    df, bound = compare(on.prompt.tolist(), off.prompt.tolist(), params)
+    found = []
+    for r in df[df.reported].head(params.top_n).itertuples():
+        first = on[on.prompt.map(lambda t, w=r.word: w in words(t))].iloc[0]
+        found.append(finding("elicit", promptset, "word", r.z, text=r.word, prompt=first.prompt, example=first.example))
+    reported = df[df.reported].word.tolist()
+    shares = shares.assign(
+        outputs=", ".join(outputs),
+        prompt_words=[", ".join(w for w in reported if w in words(t)) for t in shares.prompt],
+        p_bound=bound,
+    )
+    log.info(
+        "elicit %s %s: %d of %d prompts elicit %s; %d prompt words reported",
+        pair,
+        promptset,
+        len(on),
+        len(shares),
+        ", ".join(outputs) or "nothing (no word reported in the completions)",
+        len(reported),
+    )
+    write_parquet(out, shares, prov)
+    write_csv(out_csv, shares, prov)
+    write_findings(out_findings, found, prov)
+    return found
+
+
+def elicit_job(job) -> None:
+    """inputs: ``a``, ``b``, ``words``, ``prompts``; wildcards: ``pair``, ``promptset``; spec:
+    {"params"}; outputs: ``table``, ``csv``, ``findings``."""
+    run_elicit(
+        pair=job.wildcards["pair"],
+        promptset=job.wildcards["promptset"],
+        inputs=dict(job.inputs),
+        params=WordsParams.from_dict(job.spec["params"]),
+        out=job.out("table"),
+        out_csv=job.out("csv"),
+        out_findings=job.out("findings"),
+    )
 
 
 def words_job(job) -> None:

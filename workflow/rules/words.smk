@@ -28,3 +28,35 @@ rule words:
         runtime=10,
     script:
         JOB
+
+
+# What elicits the change: the words of the prompts whose tuned completions use the words reported above.
+
+
+rule elicit:
+    input:
+        unpack(plan.elicit_inputs),
+    output:
+        table="results/elicit/{pair}/{promptset}.parquet",
+        csv=report(
+            "results/elicit/{pair}/{promptset}.csv",
+            caption="../report/elicit.rst",
+            category="10. Words that changed",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "set": "elicit-{promptset}"},
+        ),
+        findings=plan.findings_path("{pair}", "elicit", "{promptset}"),
+    params:
+        spec=plan.elicit_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/elicit/{pair}/{promptset}.log",
+    benchmark:
+        "benchmarks/elicit/{pair}/{promptset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        JOB
