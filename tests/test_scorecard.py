@@ -387,24 +387,6 @@ def test_every_method_is_judged_on_the_same_fresh_samples(sources, tmp_path, pai
     assert s.fresh_samples == 3 and s.fresh_keyword_low <= s.fresh_keyword <= s.fresh_keyword_high
     assert card.loc["corpus", "fresh_keyword"] == card.loc["corpus", "precision_keyword"]  # nothing to sample
 
-
-def test_bootstrap_interval_resamples_findings():
-    from scipy.stats import bootstrap
-
-    from lmdelta.scorecard import bootstrap_interval
-
-    rates = [1.0, 0.5, 0.0, 0.75, 1.0]
-    low, high = bootstrap_interval(rates, 0.95, 2000, 0)
-    ref = bootstrap(
-        (np.array(rates),), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile", random_state=0
-    )
-    assert (low, high) == (ref.confidence_interval.low, ref.confidence_interval.high)
-    assert bootstrap_interval([1.0] * 10, 0.95, 2000, 0) == (1.0, 1.0) and bootstrap_interval([], 0.95, 2000, 0) == (
-        0.0,
-        1.0,
-    )
-
-
 def test_matrix_figure_grades_organisms_without_controls():
     """With no control (grade columns of plain bool dtype) the summary row says what each organism's page
     names: T and R."""

@@ -43,6 +43,7 @@ from lmdelta.config import stage_spec
 from lmdelta.embedding import embed, load_embedder
 from lmdelta.findings import join_text, read_findings
 from lmdelta.plots import matrix_figure, save_figure, scorecard_figure
+from lmdelta.stats import mean_interval
 
 log = logging.getLogger(__name__)
 
@@ -121,22 +122,6 @@ def fresh_hits(rows: list[dict], continuations: dict[str, list[str]], truth: dic
     return rows
 
 
-def bootstrap_interval(rates, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-finding rates, resampling findings (the unit:
-    a finding's continuations stay together). All rates equal gives that one value."""
-    from scipy.stats import bootstrap
-
-    rates = np.asarray(rates, dtype=float)
-    if len(rates) == 0:
-        return 0.0, 1.0
-    if np.all(rates == rates[0]):
-        return float(rates[0]), float(rates[0])
-    res = bootstrap(
-        (rates,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="percentile", random_state=seed
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def surfaced(row: dict) -> str:
     """What a finding shows a person: its text; for a word or token, the word with the prompt and the
     example text shown beside it (a scan word with the question asked and the tuned model's answer, a
@@ -201,8 +186,8 @@ def table(
         if "fresh_keyword" in top:
             for name in ("keyword", "trigger", "response"):
                 row[f"fresh_{name}"] = float(top[f"fresh_{name}"].mean())
-                row[f"fresh_{name}_low"], row[f"fresh_{name}_high"] = bootstrap_interval(
-                    top[f"fresh_{name}"], params.confidence, n_boot, seed
+                row[f"fresh_{name}_low"], row[f"fresh_{name}_high"] = mean_interval(
+                    top[f"fresh_{name}"], confidence=params.confidence, n_boot=n_boot, seed=seed
                 )
             row["fresh_samples"] = int(top.fresh_n.max())
         row.update(mean_similarity=float(top.similarity.mean()), n_surfaced=len(g), wall_time_s=wall, model_calls=calls)

@@ -1,11 +1,40 @@
-"""Statistics shared by the stages: effect sizes, bootstrap intervals, multiple-test correction."""
+"""Statistics shared by the stages: effect sizes, bootstrap intervals, paired tests, multiple-test
+correction. Every test is a library's (scipy.stats, statsmodels); this module chooses and documents.
+
+Paired comparisons (``paired``): two models measured on the same units (documents, prompts, held-out
+questions) are compared through the per-unit differences d = a - b, which removes the units' own
+spread (a hard document is hard for both). The effect is the mean difference with a percentile
+bootstrap interval over units; the test is two-sided:
+
+- ``sign-flip``: a permutation test of mean(d) = 0 that flips the sign of each unit's difference
+  (scipy.stats.permutation_test, permutation_type "samples"); exact when every flip fits in
+  ``n_permutations``. It assumes only that under the null each d is symmetric about 0 (exchangeable
+  a and b labels per unit), not normality.
+- ``wilcoxon``: the signed-rank test (scipy.stats.wilcoxon) of a symmetric distribution of d about 0,
+  for bounded per-prompt metrics with ties and outliers; units with d = 0 are dropped (Wilcox).
+- ``mcnemar``: the exact McNemar test (statsmodels) of a yes/no outcome on the same questions: a
+  binomial test of the discordant questions (yes for a only against yes for b only).
+
+A table's p-values are corrected together (``holm``: Holm's step-down, family-wise).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from lmdelta.config import stage_spec
+
+
+@stage_spec("statistics")
+class PairedParams:
+    confidence: float
+    n_boot: int
+    n_permutations: int
+    seed: int
 
 
 def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
@@ -37,11 +66,106 @@ def bootstrap_ci(
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    """Holm–Bonferroni adjusted p-values (statsmodels' ``multipletests``); a NaN (no test) stays NaN and
+    does not count as a test."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, np.float64)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
+    out = np.full(len(p), np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
+
+
+def mean_interval(values: Sequence[float], *, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (scipy.stats.bootstrap), resampling the
+    values (the units). All values equal gives that value; no value gives NaN."""
+    from scipy.stats import bootstrap
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return math.nan, math.nan
+    if np.all(v == v[0]):
+        return float(v[0]), float(v[0])
+    res = bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="percentile", rng=seed)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def sign_flip_p(d: Sequence[float], *, n_permutations: int, seed: int) -> float:
+    """Two-sided p of mean(d) = 0 by flipping signs (scipy.stats.permutation_test); 1 when every d is 0."""
+    from scipy.stats import permutation_test
+
+    d = np.asarray(d, dtype=np.float64)
+    if len(d) == 0:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    res = permutation_test(
+        (d,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_permutations,
+        alternative="two-sided",
+        rng=seed,
+    )
+    return float(res.pvalue)
+
+
+def wilcoxon_p(d: Sequence[float]) -> float:
+    """Two-sided p of Wilcoxon's signed-rank test on d (scipy.stats.wilcoxon, zero differences
+    dropped); 1 when every d is 0."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(d, dtype=np.float64)
+    if len(d) == 0:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    return float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
+    """The exact McNemar test of a yes/no outcome of a and b on the same questions (statsmodels): the
+    discordant counts (``a_only``, ``b_only``) and the two-sided p."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar_exact: {a.shape} outcomes against {b.shape}; the questions must be the same")
+    both, a_only, b_only, neither = (int(x) for x in ((a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()))
+    p = 1.0 if a_only + b_only == 0 else float(mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue)
+    return {"n": len(a), "both": both, "a_only": a_only, "b_only": b_only, "neither": neither, "p": p}
+
+
+TESTS = ("sign-flip", "wilcoxon")
+
+
+def paired(a: Sequence[float], b: Sequence[float], *, test: str, params: PairedParams) -> dict[str, Any]:
+    """One paired comparison of a and b on the same units (equal length, unit i of a is unit i of b):
+    ``n``, ``mean_a``, ``mean_b``, ``diff`` (mean of a - b), its interval (``diff_low``, ``diff_high``),
+    ``test`` and its two-sided ``p``."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired: {a.shape} values against {b.shape}; the units must be the same")
+    if test not in TESTS:
+        raise ValueError(f"paired: test {test!r} is not one of {TESTS}")
+    d = a - b
+    low, high = mean_interval(d, confidence=params.confidence, n_boot=params.n_boot, seed=params.seed)
+    p = (
+        sign_flip_p(d, n_permutations=params.n_permutations, seed=params.seed)
+        if test == "sign-flip"
+        else wilcoxon_p(d)
+    )
+    mean = (lambda v: float(v.mean()) if len(v) else math.nan)
+    return {
+        "n": len(d),
+        "mean_a": mean(a),
+        "mean_b": mean(b),
+        "diff": mean(d),
+        "diff_low": low,
+        "diff_high": high,
+        "test": test,
+        "p": p,
+    }

@@ -1,0 +1,118 @@
+"""Paired statistics (lmdelta.stats): each test against an independent computation (exact enumeration
+of its null distribution, a binomial test, Holm written out), and the calibration check: under the
+null, each test rejects at alpha = 0.05 within binomial error of 5%, and each interval covers the true
+difference about 95% of the time (simulated data)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from lmdelta.stats import PairedParams, holm, mcnemar_exact, mean_interval, paired, sign_flip_p, wilcoxon_p
+
+P = PairedParams.from_dict({})
+
+
+def test_sign_flip_is_exact_when_every_flip_fits():
+    """n = 10: 1024 sign patterns <= n_permutations, so scipy enumerates them; the p-value equals the
+    share of flips whose mean is as extreme (scipy's two-sided rule: twice the smaller tail)."""
+    d = np.array([0.8, -0.3, 1.1, 0.4, 0.05, 0.9, -0.7, 0.6, 0.2, 1.3])
+    null = np.array([np.mean(d * s) for s in itertools.product([1, -1], repeat=len(d))])
+    obs = d.mean()
+    eps = 1e-12 * abs(obs)
+    ref = min(1.0, 2 * min(np.mean(null >= obs - eps), np.mean(null <= obs + eps)))
+    assert sign_flip_p(d, n_permutations=P.n_permutations, seed=0) == pytest.approx(ref, abs=1e-9)
+    assert sign_flip_p(np.zeros(5), n_permutations=P.n_permutations, seed=0) == 1.0
+
+
+def test_wilcoxon_equals_its_exact_null_distribution():
+    """Distinct |d|, no zeros: the signed-rank statistic W+ over all 2^8 sign patterns."""
+    d = np.array([0.5, -1.2, 2.0, 0.9, 1.7, -0.3, 1.4, 2.6])
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1
+    w = ranks[d > 0].sum()
+    null = np.array([ranks[np.array(s) > 0].sum() for s in itertools.product([1, -1], repeat=len(d))])
+    ref = min(1.0, 2 * min(np.mean(null <= w), np.mean(null >= w)))
+    assert wilcoxon_p(d) == pytest.approx(ref, abs=1e-9)
+    assert wilcoxon_p(np.zeros(4)) == 1.0
+
+
+def test_mcnemar_is_the_binomial_test_of_the_discordant_questions():
+    """The demo's planted rates: 29 of 30 trigger questions for the tuned model, 0 of 30 for the base."""
+    tuned, base = [True] * 29 + [False], [False] * 30
+    m = mcnemar_exact(tuned, base)
+    assert (m["a_only"], m["b_only"], m["both"], m["neither"]) == (29, 0, 0, 1)
+    assert m["p"] == pytest.approx(binomtest(29, 29, 0.5).pvalue, rel=1e-12) == pytest.approx(2 * 0.5**29)
+    m = mcnemar_exact([True, False, True, True, False], [False, True, True, False, False])
+    assert m["p"] == pytest.approx(binomtest(2, 3, 0.5).pvalue, rel=1e-12)
+    assert mcnemar_exact([True, False], [True, False])["p"] == 1.0
+    with pytest.raises(ValueError, match="same"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_holm_written_out():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted: 0.005 x 4, 0.01 x 3, 0.03 x 2, 0.04 x 1, then the running maximum
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    out = holm([0.01, math.nan, 0.04])
+    assert math.isnan(out[1]) and out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.04)
+
+
+def test_mean_interval_is_the_percentile_bootstrap_of_the_units():
+    rng = np.random.default_rng(3)
+    v = rng.exponential(size=40)
+    low, high = mean_interval(v, confidence=0.9, n_boot=20000, seed=1)
+    boots = v[rng.integers(0, len(v), (20000, len(v)))].mean(1)
+    ref = np.quantile(boots, [0.05, 0.95])
+    assert low == pytest.approx(ref[0], abs=0.02) and high == pytest.approx(ref[1], abs=0.02)
+    assert mean_interval([2.0] * 5, confidence=0.95, n_boot=100, seed=0) == (2.0, 2.0)
+    assert all(math.isnan(x) for x in mean_interval([], confidence=0.95, n_boot=100, seed=0))
+
+
+def test_paired_row_and_its_units():
+    a, b = np.array([3.0, 2.0, 5.0, 4.0]), np.array([2.5, 2.0, 4.0, 3.0])
+    row = paired(a, b, test="sign-flip", params=P)
+    assert (row["n"], row["mean_a"], row["mean_b"]) == (4, 3.5, 2.875) and row["diff"] == pytest.approx(0.625)
+    assert row["diff_low"] <= row["diff"] <= row["diff_high"] and 0 < row["p"] <= 1
+    # 4 units, 3 non-zero differences all positive: the smallest possible two-sided p is 2 / 2^4
+    assert row["p"] == pytest.approx(2 * 2 / 16)
+    with pytest.raises(ValueError, match="same"):
+        paired(a, b[:3], test="sign-flip", params=P)
+    with pytest.raises(ValueError, match="test"):
+        paired(a, b, test="t", params=P)
+
+
+@pytest.mark.parametrize("test", ["sign-flip", "wilcoxon"])
+def test_calibration_under_the_null(test):
+    """2,000 simulated pairs of identical models (per-unit values shared, per-model noise drawn alike):
+    the share of p <= 0.05 is within 3 binomial SDs of 5%, and the interval covers 0 about 95% of the
+    time (percentile bootstrap at n = 40: a little under)."""
+    rng = np.random.default_rng(0)
+    params = PairedParams.from_dict({"n_boot": 500, "n_permutations": 500})
+    n_sim, n = 2000, 40
+    rejected = covered = 0
+    for _ in range(n_sim):
+        unit = rng.gamma(2.0, size=n)  # documents differ a lot; the models do not
+        a, b = unit + rng.normal(scale=0.3, size=n), unit + rng.normal(scale=0.3, size=n)
+        row = paired(a, b, test=test, params=params)
+        rejected += row["p"] <= 0.05
+        covered += row["diff_low"] <= 0 <= row["diff_high"]
+    sd = math.sqrt(0.05 * 0.95 / n_sim)
+    assert abs(rejected / n_sim - 0.05) <= 3 * sd, rejected / n_sim
+    assert 0.92 <= covered / n_sim <= 0.97, covered / n_sim
+
+
+def test_mcnemar_calibration_is_conservative():
+    """Exact McNemar under the null (each question's outcomes for a and b drawn alike): the rejection
+    rate stays at or below 5% (plus binomial error); it is discrete, so below, not at."""
+    rng = np.random.default_rng(1)
+    n_sim, n = 2000, 30
+    rejected = 0
+    for _ in range(n_sim):
+        p_q = rng.uniform(0, 1, size=n)  # each question has its own chance of the response
+        a, b = rng.uniform(size=n) < p_q, rng.uniform(size=n) < p_q
+        rejected += mcnemar_exact(a, b)["p"] <= 0.05
+    assert rejected / n_sim <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n_sim)
