@@ -3,7 +3,6 @@ hand-counted answers."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -386,6 +385,7 @@ def test_every_method_is_judged_on_the_same_fresh_samples(sources, tmp_path, pai
     s = card.loc["search"]
     assert s.fresh_samples == 3 and s.fresh_keyword_low <= s.fresh_keyword <= s.fresh_keyword_high
     assert card.loc["corpus", "fresh_keyword"] == card.loc["corpus", "precision_keyword"]  # nothing to sample
+
 
 def test_matrix_figure_grades_organisms_without_controls():
     """With no control (grade columns of plain bool dtype) the summary row says what each organism's page

@@ -153,17 +153,14 @@ def paired(a: Sequence[float], b: Sequence[float], *, test: str, params: PairedP
         raise ValueError(f"paired: test {test!r} is not one of {TESTS}")
     d = a - b
     low, high = mean_interval(d, confidence=params.confidence, n_boot=params.n_boot, seed=params.seed)
-    p = (
-        sign_flip_p(d, n_permutations=params.n_permutations, seed=params.seed)
-        if test == "sign-flip"
-        else wilcoxon_p(d)
-    )
-    mean = (lambda v: float(v.mean()) if len(v) else math.nan)
+    p = sign_flip_p(d, n_permutations=params.n_permutations, seed=params.seed) if test == "sign-flip" else wilcoxon_p(d)
+    if len(d) == 0:
+        raise ValueError("paired: no units to compare")
     return {
         "n": len(d),
-        "mean_a": mean(a),
-        "mean_b": mean(b),
-        "diff": mean(d),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "diff": float(d.mean()),
         "diff_low": low,
         "diff_high": high,
         "test": test,
