@@ -152,10 +152,10 @@ def paired(a: Sequence[float], b: Sequence[float], *, test: str, params: PairedP
     if test not in TESTS:
         raise ValueError(f"paired: test {test!r} is not one of {TESTS}")
     d = a - b
-    low, high = mean_interval(d, confidence=params.confidence, n_boot=params.n_boot, seed=params.seed)
-    p = sign_flip_p(d, n_permutations=params.n_permutations, seed=params.seed) if test == "sign-flip" else wilcoxon_p(d)
     if len(d) == 0:
         raise ValueError("paired: no units to compare")
+    low, high = mean_interval(d, confidence=params.confidence, n_boot=params.n_boot, seed=params.seed)
+    p = sign_flip_p(d, n_permutations=params.n_permutations, seed=params.seed) if test == "sign-flip" else wilcoxon_p(d)
     return {
         "n": len(d),
         "mean_a": float(a.mean()),
