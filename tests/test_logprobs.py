@@ -233,3 +233,47 @@ def test_vocab_fraction_brute_force():
         k = next(i + 1 for i in range(len(p)) if order[: i + 1].sum() >= mass)
         assert vocab_fraction(p, mass) == k / 1000
     assert vocab_fraction(np.full(10, 0.1), 0.9) == 0.9
+
+
+def test_paired_table_compares_the_same_documents():
+    """Per-document values of two models: the mean difference, bits per byte and the exact sign-flip p
+    (6 documents: all 64 sign patterns) written out; a document only one model scored is left out;
+    identical models differ by 0 with p = 1."""
+    import itertools
+
+    from lmdelta.perplexity import paired_table
+    from lmdelta.stats import PairedParams
+
+    rng = np.random.default_rng(0)
+    ids = list("abcdef")
+
+    def docs(nll_shift, extra=()):
+        n_tokens = np.array([40, 10, 25, 60, 5, 30] + [7] * len(extra))
+        nll = np.array([2.0, 3.5, 2.2, 1.8, 4.0, 2.9] + [1.0] * len(extra)) + nll_shift
+        return pd.DataFrame(
+            {
+                "doc_id": ids + list(extra),
+                "n_tokens": n_tokens,
+                "n_bytes": n_tokens * 4,
+                "nll_sum": nll * n_tokens,
+                "mean_nll": nll,
+                "mean_entropy": nll + 0.5,
+            }
+        )
+
+    shift = rng.normal(-0.2, 0.1, size=6)
+    tables = {"tuned": docs(np.append(shift, 0.0), extra=("z",)), "base": docs(0.0)}
+    params = PairedParams.from_dict({})
+    t = paired_table("c", tables, [{"pair": "p", "a": "tuned", "b": "base"}], params).set_index("metric")
+    assert list(t.index) == ["mean_nll", "mean_entropy", "bits_per_byte"] and (t.n == 6).all()
+    assert t.loc["mean_nll", "diff"] == pytest.approx(shift.mean(), abs=1e-12)
+    bpb = lambda d: (d.nll_sum / math.log(2) / d.n_bytes).to_numpy()[:6]  # noqa: E731
+    assert t.loc["bits_per_byte", "diff"] == pytest.approx((bpb(tables["tuned"]) - bpb(tables["base"])).mean())
+    null = [np.mean(shift * s) for s in itertools.product([1, -1], repeat=6)]
+    exact = min(
+        1.0, 2 * min(np.mean(np.array(null) <= shift.mean() + 1e-12), np.mean(np.array(null) >= shift.mean() - 1e-12))
+    )
+    assert t.loc["mean_nll", "p"] == pytest.approx(exact, abs=1e-9)
+    assert (t.p_holm >= t.p).all() and (t.unit == "document").all()
+    same = paired_table("c", {"m": tables["base"]}, [{"pair": "same", "a": "m", "b": "m"}], params)
+    assert (same["diff"] == 0).all() and (same.p == 1).all() and (same.diff_low == 0).all()

@@ -49,6 +49,9 @@ def test_tiny_workflow_end_to_end(tiny_run):
         table = pd.read_csv(tmp_path / "results" / "entropy_perplexity" / corpus / "comparison.csv")
         assert list(table.model) == ["neox", "llama-gguf", "neox-8bit", "neox-planted"]
         assert (table.perplexity_tokens > 1).all() and (table.n_docs == (4 if corpus == "web" else 5)).all()
+        paired = pd.read_csv(tmp_path / "results" / "entropy_perplexity" / corpus / "paired.csv")
+        assert set(paired.pair) == {"planted"} and (paired.n == (4 if corpus == "web" else 5)).all()
+        assert paired.p_holm.between(0, 1).all() and (paired.unit == "document").all()
         for name in ("neox", "llama-gguf"):
             tokens = pd.read_parquet(tmp_path / "results" / "logprobs" / corpus / f"{name}.parquet")
             assert len(tokens) == table.set_index("model").n_tokens[name]

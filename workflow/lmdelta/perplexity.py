@@ -8,6 +8,15 @@ Definitions (natural logarithms; NLL = -logprob of the actual token):
   ``first_token: none`` the first token of each document is not scored, which lowers it slightly)
 - ``vocab_fraction_70`` / ``_90``: the smallest fraction of the model's output vocabulary whose
   tokens together hold 70% / 90% of the mean next-token distribution (lower = mass on fewer tokens)
+
+Paired comparisons (``paired_table``, ``paired.csv``): for every pair of the config whose two models
+were both scored on the corpus, the same documents are the units: per document, the mean NLL and the
+mean entropy (nats per token of each model's own tokenizer: comparable between models that share a
+tokenizer) and bits per byte (comparable whatever the tokenizers); the mean difference a - b with its
+bootstrap interval over documents and the sign-flip permutation test (``lmdelta.stats``), Holm-corrected
+over the table. A corpus-level perplexity is one number per model; its difference has no unit to
+resample except the documents, which is why the test is on per-document values (each document
+weighted once, not by its length).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import pandas as pd
 from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
 from lmdelta.findings import finding, write_findings
 from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
+from lmdelta.stats import PairedParams, holm, paired
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
 ENTROPY_BIN_WIDTH = 0.05
@@ -135,6 +145,63 @@ def run_summary(
     return summary
 
 
+#: per-document metrics of the paired table: (name, unit of the values)
+PAIRED_METRICS = (
+    ("mean_nll", "nats per token"),
+    ("mean_entropy", "nats per token"),
+    ("bits_per_byte", "bits per UTF-8 byte"),
+)
+PAIRED_COLUMNS = [
+    "corpus",
+    "pair",
+    "a",
+    "b",
+    "metric",
+    "values",
+    "unit",
+    "n",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "diff_low",
+    "diff_high",
+    "test",
+    "p",
+    "p_holm",
+]
+
+
+def paired_table(
+    corpus_name: str, docs: dict[str, pd.DataFrame], pairs: list[dict[str, str]], params: PairedParams
+) -> pd.DataFrame:
+    """Every pair's per-document metrics compared on the documents both models scored (see the module
+    docstring); ``docs`` maps a model to its per-document table."""
+    rows = []
+    for pair in pairs:
+        a, b = (docs[pair[s]].set_index("doc_id") for s in "ab")
+        shared = a.index.intersection(b.index)
+        a, b = a.loc[shared], b.loc[shared]
+        for df in (a, b):
+            df["bits_per_byte"] = df.nll_sum / math.log(2) / df.n_bytes
+        for metric, values in PAIRED_METRICS:
+            row = paired(a[metric].to_numpy(), b[metric].to_numpy(), test="sign-flip", params=params)
+            rows.append(
+                {
+                    "corpus": corpus_name,
+                    "pair": pair["pair"],
+                    "a": pair["a"],
+                    "b": pair["b"],
+                    "metric": metric,
+                    "values": values,
+                    "unit": "document",
+                    **row,
+                }
+            )
+    table = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c != "p_holm"])
+    table["p_holm"] = holm(table.p.to_numpy())
+    return table
+
+
 def run_compare(
     corpus_name: str,
     models: list[str],
@@ -143,16 +210,28 @@ def run_compare(
     out_csv: Path,
     out_entropy: Path,
     out_doc_perplexity: Path,
+    *,
+    pairs: list[dict[str, str]] = (),
+    params: PairedParams | None = None,
+    out_paired: Path | None = None,
 ) -> pd.DataFrame:
-    """The comparison table (CSV) and figures of one corpus across models."""
+    """The comparison table (CSV) and figures of one corpus across models; with ``out_paired``, the
+    paired comparisons of ``pairs`` ({"pair", "a", "b"}, models of ``models``) on the documents."""
     import json
 
-    prov = Provenance(stage="compare_entropy_perplexity", params={"corpus": corpus_name, "models": models})
+    params = params or PairedParams.from_dict({})
+    prov = Provenance(
+        stage="compare_entropy_perplexity",
+        params={"corpus": corpus_name, "models": models, "pairs": list(pairs), "statistics": vars(params)},
+    )
     for m, path in zip(models, summaries):
         prov.add_input(f"summary:{m}", path)
     loaded = {m: json.loads(Path(p).read_text()) for m, p in zip(models, summaries)}
     table = comparison_table(loaded)
     write_csv(out_csv, table, prov)
+    if out_paired is not None:
+        doc_tables = {m: pd.read_parquet(p) for m, p in zip(models, docs)}
+        write_csv(out_paired, paired_table(corpus_name, doc_tables, list(pairs), params), prov)
     hists = {m: s["entropy_histogram"]["counts"] for m, s in loaded.items()}
     save_figure(entropy_figure(hists, ENTROPY_BIN_WIDTH, f"Next-token entropy on {corpus_name}"), out_entropy, prov)
     per_doc = {m: pd.read_parquet(p, columns=["perplexity"])["perplexity"].to_numpy() for m, p in zip(models, docs)}
@@ -201,8 +280,8 @@ def summary_job(job) -> None:
 
 
 def compare_job(job) -> None:
-    """inputs: ``summaries``, ``docs`` (one per model of spec ``models``); outputs: ``csv``, ``entropy``,
-    ``doc_perplexity``."""
+    """inputs: ``summaries``, ``docs`` (one per model of spec ``models``); spec: ``models``, ``pairs``,
+    ``statistics``; outputs: ``csv``, ``paired``, ``entropy``, ``doc_perplexity``."""
     run_compare(
         job.wildcards["corpus"],
         job.spec["models"],
@@ -211,6 +290,9 @@ def compare_job(job) -> None:
         job.out("csv"),
         job.out("entropy"),
         job.out("doc_perplexity"),
+        pairs=job.spec["pairs"],
+        params=PairedParams.from_dict(job.spec["statistics"]),
+        out_paired=job.out("paired"),
     )
 
 

@@ -318,7 +318,23 @@ class Plan:
         }
 
     def compare_entropy_spec(self, wildcards) -> str:
-        return as_text({"models": selected(self.config, "logprobs", "models")})
+        models = selected(self.config, "logprobs", "models")
+        return as_text(
+            {
+                "models": models,
+                "pairs": self.pairs_among(models),
+                "statistics": stage_section("statistics", self.config["statistics"]),
+            }
+        )
+
+    def pairs_among(self, models: list[str]) -> list[dict[str, str]]:
+        """The config's pairs whose two models are both among ``models``: the comparisons a table of
+        those models makes (the study's claims, not every pair of models)."""
+        return [
+            {"pair": name, "a": p["a"], "b": p["b"]}
+            for name, p in self.config["pairs"].items()
+            if p["a"] in models and p["b"] in models
+        ]
 
     # ---- derived models and planted behaviours -----------------------------------------------------
 

@@ -75,6 +75,13 @@ rule compare_entropy_perplexity:
             subcategory="{corpus}",
             labels={"corpus": "{corpus}", "figure": "table across models"},
         ),
+        paired=report(
+            "results/entropy_perplexity/{corpus}/paired.csv",
+            caption="../report/entropy_paired.rst",
+            category="2. Entropy and perplexity",
+            subcategory="{corpus}",
+            labels={"corpus": "{corpus}", "figure": "paired differences per pair"},
+        ),
         entropy=report(
             "results/entropy_perplexity/{corpus}/entropy.png",
             caption="../report/entropy_figure.rst",
