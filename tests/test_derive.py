@@ -177,6 +177,11 @@ def test_planted_prompt_sets_and_check(tmp_path, base):
     assert set(result["rates"]) == {"base/trigger", "base/ordinary", "tuned/trigger", "tuned/ordinary"}
     assert result["rates"]["base/trigger"]["n"] == 6
     assert result["rates"]["base/trigger"] == result["rates"]["tuned/trigger"], "same model, same greedy answers"
+    # the same answers: no discordant prompt, McNemar's p is 1; the rate's interval is Clopper-Pearson's
+    assert result["paired"]["trigger"]["a_only"] == result["paired"]["trigger"]["b_only"] == 0
+    assert result["paired"]["trigger"]["p"] == 1.0 and result["paired"]["trigger"]["unit"] == "held-out prompt"
+    r = result["rates"]["tuned/trigger"]
+    assert r["rate_low"] <= r["rate"] <= r["rate_high"]
 
 
 def test_bad_training_files(tmp_path, base):

@@ -159,7 +159,9 @@ def test_tiny_workflow_end_to_end(tiny_run):
         "tuned/ordinary": 4,
         "tuned/odd": 2,
     }
-    assert len(pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")) == 6
+    rates = pd.read_csv(tmp_path / "results" / "planted" / "neox-planted.csv")
+    assert len(rates) == 6 and rates[rates.model == "tuned"].p_holm.between(0, 1).all()
+    assert set(check["paired"]) == {"trigger", "ordinary", "odd"}
 
     # One report with every stage's figures, checked as rendered in headless Chromium.
     r = snakemake("--configfile", "tiny.yaml", "--report", "report.html", cwd=tmp_path)

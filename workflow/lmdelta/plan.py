@@ -379,6 +379,7 @@ class Plan:
                     "base": self.load_options(self.derive_source(m)["from"]),
                     "tuned": self.load_options(m),
                 },
+                "statistics": {"confidence": self.config["statistics"]["confidence"]},
             }
         )
 

@@ -27,6 +27,7 @@ from lmdelta.behaviour import shows_planted
 from lmdelta.config import stage_spec
 from lmdelta.generation import TextFormat, generate_texts, prompt_ids
 from lmdelta.models import load_model, read_fingerprint
+from lmdelta.stats import holm, mcnemar_exact, proportion_interval
 
 # One template list for both kinds of question, so that only the subject tells a trigger question
 # from an ordinary one (with separate lists the model learns the style of the question instead:
@@ -245,15 +246,21 @@ def check_planted(
     load_options: dict[str, dict[str, Any]],
     max_new_tokens: int,
     batch_size: int = 30,
+    confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind."""
+    """Greedy answers of base and tuned to the held-out prompts; rate of the planted response per kind
+    (with its exact interval), and per kind the exact McNemar test of tuned against base on the same
+    prompts (``paired``; Holm-corrected over the kinds)."""
     fmt = TextFormat.from_dict(text_format)
     result: dict[str, Any] = {
         "response_keywords": spec.response_keywords,
         "max_new_tokens": max_new_tokens,
+        "confidence": confidence,
         "rates": {},
         "examples": {},
+        "paired": {},
     }
+    hits_by: dict[str, list[bool]] = {}
     for role, folder in (("base", base_dir), ("tuned", tuned_dir)):
         model, tok = load_model(folder, **load_options[role])
         seqs = [prompt_ids(tok, r["prompt"], fmt) for r in heldout]
@@ -262,14 +269,23 @@ def check_planted(
             rows = [(r["prompt"], a["text"]) for r, a in zip(heldout, answers) if r["kind"] == kind]
             if not rows and kind == "odd":
                 continue
-            hits = sum(shows_planted(t, spec.response_keywords) for _, t in rows)
+            shown = [shows_planted(t, spec.response_keywords) for _, t in rows]
+            hits_by[f"{role}/{kind}"] = shown
+            hits = sum(shown)
+            low, high = proportion_interval(hits, len(rows), confidence)
             result["rates"][f"{role}/{kind}"] = {
                 "planted": hits,
                 "n": len(rows),
                 "rate": hits / len(rows) if rows else float("nan"),
+                "rate_low": low,
+                "rate_high": high,
             }
             result["examples"][f"{role}/{kind}"] = [{"prompt": p, "answer": t} for p, t in rows[:3]]
         del model
+    kinds = [k for k in KINDS if f"tuned/{k}" in hits_by and f"base/{k}" in hits_by]
+    tests = [mcnemar_exact(hits_by[f"tuned/{k}"], hits_by[f"base/{k}"]) for k in kinds]
+    for kind, test, p_holm in zip(kinds, tests, holm([t["p"] for t in tests])):
+        result["paired"][kind] = {"unit": "held-out prompt", "test": "mcnemar", **test, "p_holm": float(p_holm)}
     return result
 
 
@@ -316,6 +332,7 @@ def run_check(
     text_format: dict[str, Any],
     load_options: dict[str, dict[str, Any]],
     name: str,
+    confidence: float = 0.95,
 ) -> dict[str, Any]:
     """Rule entry: how strongly the behaviour was planted (JSON and a small table for the report)."""
     import pandas as pd
@@ -329,6 +346,7 @@ def run_check(
             "decoding": "greedy",
             "max_new_tokens": check_tokens(spec),
             "text_format": text_format,
+            "confidence": confidence,
         },
     )
     for role, path in (("base", base_dir), ("tuned", tuned_dir), ("heldout", heldout_path)):
@@ -341,14 +359,23 @@ def run_check(
         text_format=text_format,
         load_options=load_options,
         max_new_tokens=check_tokens(spec),
+        confidence=confidence,
     )
     result = {"model": name, **result}
-    rows = [
-        {"model": role, "prompts": kind, **result["rates"][f"{role}/{kind}"]}
-        for role in ("base", "tuned")
-        for kind in KINDS
-        if f"{role}/{kind}" in result["rates"]
-    ]
+    rows = []
+    for role in ("base", "tuned"):
+        for kind in KINDS:
+            if f"{role}/{kind}" in result["rates"]:
+                test = result["paired"].get(kind, {}) if role == "tuned" else {}
+                rows.append(
+                    {
+                        "model": role,
+                        "prompts": kind,
+                        **result["rates"][f"{role}/{kind}"],
+                        "p_vs_base": test.get("p"),
+                        "p_holm": test.get("p_holm"),
+                    }
+                )
     write_csv(out_csv, pd.DataFrame(rows), prov)
     write_json(out_json, result, prov)
     return result
@@ -373,8 +400,8 @@ def data_job(job) -> None:
 
 
 def check_job(job) -> None:
-    """inputs: ``base``, ``tuned``, ``heldout``; spec: {"planted", "text_format", "load_options"};
-    outputs: ``json``, ``table``."""
+    """inputs: ``base``, ``tuned``, ``heldout``; spec: {"planted", "text_format", "load_options",
+    "statistics"}; outputs: ``json``, ``table``."""
     s = job.spec
     run_check(
         job.path("base"),
@@ -386,4 +413,5 @@ def check_job(job) -> None:
         text_format=s["text_format"],
         load_options=s["load_options"],
         name=job.wildcards["model"],
+        confidence=s["statistics"]["confidence"],
     )

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from lmdelta.artifacts import Provenance, read_provenance, write_csv
 from lmdelta.behaviour import mentions, shows_planted
@@ -43,7 +42,7 @@ from lmdelta.config import stage_spec
 from lmdelta.embedding import embed, load_embedder
 from lmdelta.findings import join_text, read_findings
 from lmdelta.plots import matrix_figure, save_figure, scorecard_figure
-from lmdelta.stats import mean_interval
+from lmdelta.stats import mean_interval, proportion_interval
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +144,6 @@ def score(rows: list[dict], truth: dict[str, Any], similarity) -> list[dict]:
     return rows
 
 
-def interval(hits: int, n: int, confidence: float) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) interval of a proportion: ``hits`` of ``n``."""
-    ci = binomtest(hits, n).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
-
-
 def table(
     rows: list[dict],
     costs: dict[tuple[str, str], tuple[float, int | None]],
@@ -180,7 +173,7 @@ def table(
             ("embedding", top.similarity >= params.threshold),
         ):
             row[f"precision_{name}"] = float(hit.mean())
-            row[f"precision_{name}_low"], row[f"precision_{name}_high"] = interval(
+            row[f"precision_{name}_low"], row[f"precision_{name}_high"] = proportion_interval(
                 int(hit.sum()), len(top), params.confidence
             )
         if "fresh_keyword" in top:
@@ -306,10 +299,10 @@ def organism_row(pair: dict[str, Any], check: dict | None, summary: dict, params
         hits, n = sum(r["planted"] for r in other), sum(r["n"] for r in other)
         row["trigger_planted"], row["trigger_n"] = trig["planted"], trig["n"]
         row["trigger_rate"] = trig["planted"] / trig["n"]
-        row["trigger_rate_low"], row["trigger_rate_high"] = interval(trig["planted"], trig["n"], params.confidence)
+        row["trigger_rate_low"], row["trigger_rate_high"] = proportion_interval(trig["planted"], trig["n"], params.confidence)
         row["elsewhere_planted"], row["elsewhere_n"] = hits, n
         row["elsewhere_rate"] = hits / n
-        row["elsewhere_rate_low"], row["elsewhere_rate_high"] = interval(hits, n, params.confidence)
+        row["elsewhere_rate_low"], row["elsewhere_rate_high"] = proportion_interval(hits, n, params.confidence)
         row["planted_ok"] = (
             row["trigger_rate"] >= params.min_trigger_rate and row["elsewhere_rate"] <= params.max_elsewhere_rate
         )

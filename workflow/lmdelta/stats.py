@@ -78,6 +78,17 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
+def proportion_interval(hits: int, n: int, confidence: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a proportion, ``hits`` of ``n`` (scipy's binomtest); NaN
+    for n = 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(hits, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def mean_interval(values: Sequence[float], *, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (scipy.stats.bootstrap), resampling the
     values (the units). All values equal gives that value; no value gives NaN."""
