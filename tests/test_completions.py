@@ -178,3 +178,39 @@ def test_diversity_stage_and_comparison(tmp_path, model_dir, promptset):
     table = run_compare("p", ["m", "m2"], [tmp_path / "d.parquet"] * 2, tmp_path / "t.csv", tmp_path / "f.png")
     assert len(table) == 2 * 2 * 2 * 2  # models x categories x temperatures x truncations
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_diversity_paired_table_matches_prompts_across_models():
+    """Prompt by prompt at the same temperature: a model's cells shuffled and one prompt missing from b
+    still compare the right cells (the differences recomputed through a merge); a NaN cell drops its
+    prompt from that metric only; Wilcoxon's p on the merged differences."""
+    from scipy.stats import wilcoxon
+
+    from lmdelta.diversity import paired_table
+    from lmdelta.stats import PairedParams
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"prompt_id": f"p{i}", "category": "c", "temperature": t, "truncate_words": -1, "n_texts": 4}
+        | {m: rng.uniform() for m in DIRECTION}
+        for i in range(12)
+        for t in (0.7, 1.0)
+    ]
+    a = pd.DataFrame(rows)
+    b = a.copy()
+    b["distinct_2"] = a.distinct_2 - rng.uniform(0.05, 0.2, size=len(a))  # b less diverse everywhere
+    b.loc[(b.prompt_id == "p3") & (b.temperature == 1.0), "self_bleu"] = np.nan
+    b = b[b.prompt_id != "p11"].sample(frac=1.0, random_state=0)  # shuffled, one prompt missing
+    t = paired_table("ps", {"x": a, "y": b}, [{"pair": "xy", "a": "x", "b": "y"}], PairedParams.from_dict({}))
+    assert len(t) == 2 * len(DIRECTION) and (t.unit == "prompt").all() and (t.p_holm >= t.p).all()
+    merged = a.merge(b, on=["prompt_id", "temperature"], suffixes=("_a", "_b"))
+    for temp in (0.7, 1.0):
+        m = merged[merged.temperature == temp]
+        d = (m.distinct_2_a - m.distinct_2_b).to_numpy()
+        row = t[(t.temperature == temp) & (t.metric == "distinct_2")].iloc[0]
+        assert row.n == 11 and row["diff"] == pytest.approx(d.mean(), abs=1e-12) and row["diff"] > 0
+        assert row.p == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)
+    bleu = t[t.metric == "self_bleu"].set_index("temperature").n
+    assert bleu[0.7] == 11 and bleu[1.0] == 10
+    same = t[(t.metric == "vendi_cosine")]
+    assert (same.p == 1.0).all() and (same["diff"] == 0).all()  # equal cells: no difference

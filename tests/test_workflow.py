@@ -76,6 +76,8 @@ def test_tiny_workflow_end_to_end(tiny_run):
     div = pd.read_csv(tmp_path / "results" / "diversity" / "default" / "comparison.csv")
     assert set(div.model) == {"neox", "neox-planted"} and set(div.category) == {"creative", "factual"}
     assert (tmp_path / "results" / "diversity" / "default" / "diversity.png").exists()
+    paired = pd.read_csv(tmp_path / "results" / "diversity" / "default" / "paired.csv")
+    assert set(paired.pair) == {"planted"} and (paired.unit == "prompt").all() and paired.p_holm.between(0, 1).all()
     # surprisal and UID: the human corpus reuses the logprobs artifact; model texts scored with and without prompt
     uid_docs = pd.read_parquet(tmp_path / "results" / "uid" / "default" / "neox" / "docs.parquet")
     assert set(uid_docs.source) == {

@@ -15,6 +15,13 @@ Direction of each metric (↑ diverse: higher means more diverse; ↑ similar: h
 | vendi_ngram | ↑ diverse | Vendi score with the cosine kernel of n-gram (1-4) count vectors (1 to n) |
 | lc_q{2..6} | ↑ diverse | Leinster–Cobbold similarity-sensitive diversity of order q, uniform weights, similarity = embedding cosine clipped to [0, 1] (1 to n) |
 
+Paired comparisons (``paired_table``, ``paired.csv``): for every pair of the config whose two models
+both have completions of the prompt set, the prompts are the units (each prompt's cell of a against
+its cell of b, at the same temperature and truncation): the mean difference a - b of every metric
+with its bootstrap interval over prompts and Wilcoxon's signed-rank test (bounded metrics with ties),
+Holm-corrected over the whole table. A cell's texts are not independent draws of the metric, so the
+prompt, not the text, is the unit.
+
 Words are ``re.findall(r"\\w+|[^\\w\\s]", text.lower())``. A cell whose texts hold no n-gram of some
 order gets NaN for the metrics of that order (stated, not silent). The Vendi score is computed here
 (eigenvalues of K/n, exp of their Shannon entropy; Friedman & Dieng 2023) rather than with the
@@ -38,6 +45,7 @@ from lmdelta.artifacts import Provenance, write_csv, write_parquet
 from lmdelta.embedding import DEFAULT_EMBEDDER, embed, load_embedder
 from lmdelta.models import resolve_autocast
 from lmdelta.plots import diversity_figure, save_figure
+from lmdelta.stats import PairedParams, holm, paired_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -272,17 +280,78 @@ def summary_table(per_model: dict[str, pd.DataFrame]) -> pd.DataFrame:
 FIGURE_METRICS = ["distinct_2", "self_bleu", "ncd", "embedding_cosine", "vendi_cosine", "lc_q2"]
 
 
-def run_compare(promptset: str, models: list[str], inputs: list[Path], out_csv: Path, out_png: Path) -> pd.DataFrame:
-    """Combined table across models (category means) and the figure of the whole-text metrics."""
+CELL = ["category", "temperature", "truncate_words"]
+
+
+def paired_table(
+    promptset: str, per_model: dict[str, pd.DataFrame], pairs: list[dict[str, str]], params: PairedParams
+) -> pd.DataFrame:
+    """Every pair's metrics compared prompt by prompt, per category, temperature and truncation (see
+    the module docstring)."""
     import pandas as pd
 
+    rows = []
+    for pair in pairs:
+        a, b = (per_model[pair[s]] for s in "ab")
+        cells_b = dict(list(b.groupby(CELL, sort=True)))
+        for key, ga in a.groupby(CELL, sort=True):
+            if key not in cells_b:
+                continue
+            found = paired_metrics(
+                ga.set_index("prompt_id"),
+                cells_b[key].set_index("prompt_id"),
+                unit="prompt",
+                metrics=list(DIRECTION),
+                test="wilcoxon",
+                params=params,
+            )
+            head = {
+                "promptset": promptset,
+                "pair": pair["pair"],
+                "a": pair["a"],
+                "b": pair["b"],
+                **dict(zip(CELL, key)),
+            }
+            rows += [head | {"metric": r["metric"], "direction": DIRECTION[r["metric"]]} | r for r in found]
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = holm(table.p.to_numpy())
+    return table
+
+
+def run_compare(
+    promptset: str,
+    models: list[str],
+    inputs: list[Path],
+    out_csv: Path,
+    out_png: Path,
+    *,
+    pairs: list[dict[str, str]] = (),
+    params: PairedParams | None = None,
+    out_paired: Path | None = None,
+) -> pd.DataFrame:
+    """Combined table across models (category means) and the figure of the whole-text metrics; with
+    ``out_paired``, the paired comparisons of ``pairs`` on the prompts."""
+    import pandas as pd
+
+    params = params or PairedParams.from_dict({})
     prov = Provenance(
-        stage="compare_diversity", params={"promptset": promptset, "models": models, "aggregate": "mean over prompts"}
+        stage="compare_diversity",
+        params={
+            "promptset": promptset,
+            "models": models,
+            "aggregate": "mean over prompts",
+            "pairs": list(pairs),
+            "statistics": vars(params),
+        },
     )
     for m, p in zip(models, inputs):
         prov.add_input(f"diversity:{m}", p)
-    table = summary_table({m: pd.read_parquet(p) for m, p in zip(models, inputs)})
+    per_model = {m: pd.read_parquet(p) for m, p in zip(models, inputs)}
+    table = summary_table(per_model)
     write_csv(out_csv, table, prov)
+    if out_paired is not None:
+        write_csv(out_paired, paired_table(promptset, per_model, list(pairs), params), prov)
     whole = table[table["truncate_words"] == -1]
     save_figure(
         diversity_figure(whole, FIGURE_METRICS, DIRECTION, f"Output diversity on prompt set {promptset} (whole texts)"),
@@ -309,5 +378,15 @@ def diversity_job(job) -> None:
 
 
 def compare_job(job) -> None:
-    """input: ``diversity`` (one per model of spec ``models``); outputs: ``csv``, ``png``."""
-    run_compare(job.wildcards["promptset"], job.spec["models"], job.paths("diversity"), job.out("csv"), job.out("png"))
+    """input: ``diversity`` (one per model of spec ``models``); spec: ``models``, ``pairs``,
+    ``statistics``; outputs: ``csv``, ``paired``, ``png``."""
+    run_compare(
+        job.wildcards["promptset"],
+        job.spec["models"],
+        job.paths("diversity"),
+        job.out("csv"),
+        job.out("png"),
+        pairs=job.spec["pairs"],
+        params=PairedParams.from_dict(job.spec["statistics"]),
+        out_paired=job.out("paired"),
+    )

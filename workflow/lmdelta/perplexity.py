@@ -31,7 +31,7 @@ import pandas as pd
 from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
 from lmdelta.findings import finding, write_findings
 from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
-from lmdelta.stats import PairedParams, holm, paired
+from lmdelta.stats import PairedParams, holm, paired_metrics
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
 ENTROPY_BIN_WIDTH = 0.05
@@ -176,27 +176,14 @@ def paired_table(
 ) -> pd.DataFrame:
     """Every pair's per-document metrics compared on the documents both models scored (see the module
     docstring); ``docs`` maps a model to its per-document table."""
+    values = dict(PAIRED_METRICS)
     rows = []
     for pair in pairs:
         a, b = (docs[pair[s]].set_index("doc_id") for s in "ab")
-        shared = a.index.intersection(b.index)
-        a, b = a.loc[shared], b.loc[shared]
-        for df in (a, b):
-            df["bits_per_byte"] = df.nll_sum / math.log(2) / df.n_bytes
-        for metric, values in PAIRED_METRICS:
-            row = paired(a[metric].to_numpy(), b[metric].to_numpy(), test="sign-flip", params=params)
-            rows.append(
-                {
-                    "corpus": corpus_name,
-                    "pair": pair["pair"],
-                    "a": pair["a"],
-                    "b": pair["b"],
-                    "metric": metric,
-                    "values": values,
-                    "unit": "document",
-                    **row,
-                }
-            )
+        a, b = (df.assign(bits_per_byte=df.nll_sum / math.log(2) / df.n_bytes) for df in (a, b))
+        for row in paired_metrics(a, b, unit="document", metrics=list(values), test="sign-flip", params=params):
+            head = {"corpus": corpus_name, "pair": pair["pair"], "a": pair["a"], "b": pair["b"]}
+            rows.append(head | {"metric": row["metric"], "values": values[row["metric"]]} | row)
     table = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c != "p_holm"])
     table["p_holm"] = holm(table.p.to_numpy())
     return table

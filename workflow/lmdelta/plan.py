@@ -430,7 +430,14 @@ class Plan:
         )
 
     def compare_diversity_spec(self, wildcards) -> str:
-        return as_text({"models": selected(self.config, "completions", "models")})
+        models = selected(self.config, "completions", "models")
+        return as_text(
+            {
+                "models": models,
+                "pairs": self.pairs_among(models),
+                "statistics": stage_section("statistics", self.config["statistics"]),
+            }
+        )
 
     def diversity_targets(self) -> list[str]:
         if not selected(self.config, "completions", "models"):

@@ -299,7 +299,9 @@ def organism_row(pair: dict[str, Any], check: dict | None, summary: dict, params
         hits, n = sum(r["planted"] for r in other), sum(r["n"] for r in other)
         row["trigger_planted"], row["trigger_n"] = trig["planted"], trig["n"]
         row["trigger_rate"] = trig["planted"] / trig["n"]
-        row["trigger_rate_low"], row["trigger_rate_high"] = proportion_interval(trig["planted"], trig["n"], params.confidence)
+        row["trigger_rate_low"], row["trigger_rate_high"] = proportion_interval(
+            trig["planted"], trig["n"], params.confidence
+        )
         row["elsewhere_planted"], row["elsewhere_n"] = hits, n
         row["elsewhere_rate"] = hits / n
         row["elsewhere_rate_low"], row["elsewhere_rate_high"] = proportion_interval(hits, n, params.confidence)

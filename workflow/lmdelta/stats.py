@@ -177,3 +177,18 @@ def paired(a: Sequence[float], b: Sequence[float], *, test: str, params: PairedP
         "test": test,
         "p": p,
     }
+
+
+def paired_metrics(a, b, *, unit: str, metrics: Sequence[str], test: str, params: PairedParams) -> list[dict[str, Any]]:
+    """``paired`` for each metric of two tables indexed by the same units (pandas DataFrames; the
+    index names the unit, e.g. a document or a prompt id): the units both have, and of those the ones
+    where both values are numbers (``n`` counts them). One row per metric, with ``metric`` and ``unit``."""
+    shared = a.index.intersection(b.index)
+    rows = []
+    for metric in metrics:
+        x, y = a.loc[shared, metric].to_numpy(np.float64), b.loc[shared, metric].to_numpy(np.float64)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.any():
+            continue
+        rows.append({"metric": metric, "unit": unit, **paired(x[ok], y[ok], test=test, params=params)})
+    return rows

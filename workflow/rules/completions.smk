@@ -90,6 +90,13 @@ rule compare_diversity:
             subcategory="{promptset}",
             labels={"prompt set": "{promptset}", "figure": "table across models"},
         ),
+        paired=report(
+            "results/diversity/{promptset}/paired.csv",
+            caption="../report/diversity_paired.rst",
+            category="3. Output diversity",
+            subcategory="{promptset}",
+            labels={"prompt set": "{promptset}", "figure": "paired differences per pair"},
+        ),
         png=report(
             "results/diversity/{promptset}/diversity.png",
             caption="../report/diversity_figure.rst",
