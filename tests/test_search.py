@@ -566,6 +566,12 @@ def test_stage_outputs_and_determinism(pair, tmp_path):
     summary = json.loads(out["summary.json"].read_text())
     assert summary["bank_size"] == len(bank) and "planted" in summary
     assert summary["planted"]["seed_trigger_rate"] == pytest.approx(0.25)
+    vs = summary["proposals_vs_seeds"]  # every proposal against every seed, by the bank's divergence
+    assert (vs is None) == ((bank.cycle > 0).sum() < 2)
+    if vs is not None:
+        proposals, seeds = bank[bank.cycle > 0].divergence, bank[bank.cycle == 0].divergence
+        assert (vs["n_a"], vs["n_b"]) == (len(proposals), len(seeds)) and vs["unit"] == "prompt"
+        assert vs["diff"] == pytest.approx(proposals.mean() - seeds.mean()) and 0 < vs["p"] <= 1
     prov = read_provenance(out["bank.parquet"])
     assert prov["params"]["assistant"] == {"model": "b", "temperature": 1.0, "max_new_tokens": 24}
     assert prov["params"]["divergence"] == "kl_a_b" and prov["params"]["units"] == "nats"

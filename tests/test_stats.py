@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from lmdelta.stats import PairedParams, holm, mcnemar_exact, mean_interval, paired, sign_flip_p, wilcoxon_p
+from lmdelta.stats import (
+    PairedParams,
+    bootstrap_ci,
+    holm,
+    mcnemar_exact,
+    mean_interval,
+    paired,
+    sign_flip_p,
+    unpaired,
+    wilcoxon_p,
+)
 
 P = PairedParams.from_dict({})
 
@@ -116,3 +126,33 @@ def test_mcnemar_calibration_is_conservative():
         a, b = rng.uniform(size=n) < p_q, rng.uniform(size=n) < p_q
         rejected += mcnemar_exact(a, b)["p"] <= 0.05
     assert rejected / n_sim <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n_sim)
+
+
+def test_unpaired_permutation_is_exact_over_every_relabelling():
+    """5 against 5: all 252 ways to split the 10 values, every one enumerated by scipy."""
+    a = np.array([1.9, 2.4, 3.1, 2.8, 3.6])
+    b = np.array([1.2, 2.0, 1.7, 2.5, 1.1])
+    pooled = np.concatenate([a, b])
+    null = []
+    for idx in itertools.combinations(range(10), 5):
+        mask = np.zeros(10, bool)
+        mask[list(idx)] = True
+        null.append(pooled[mask].mean() - pooled[~mask].mean())
+    null, obs = np.array(null), a.mean() - b.mean()
+    ref = min(1.0, 2 * min(np.mean(null >= obs - 1e-12), np.mean(null <= obs + 1e-12)))
+    row = unpaired(a, b, params=P)
+    assert row["p"] == pytest.approx(ref, abs=1e-9) and row["diff"] == pytest.approx(obs)
+    assert row["diff_low"] < obs < row["diff_high"] and (row["n_a"], row["n_b"]) == (5, 5)
+    with pytest.raises(ValueError, match="at least 2"):
+        unpaired(a[:1], b, params=P)
+
+
+def test_bootstrap_ci_resamples_each_source_on_its_own():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(1.0, 1.0, size=60), rng.normal(0.0, 2.0, size=30)
+    low, high = bootstrap_ci(a, b, n_boot=20000, level=0.9, seed=2)
+    boots = a[rng.integers(0, 60, (20000, 60))].mean(1) - b[rng.integers(0, 30, (20000, 30))].mean(1)
+    ref = np.quantile(boots, [0.05, 0.95])
+    assert low == pytest.approx(ref[0], abs=0.04) and high == pytest.approx(ref[1], abs=0.04)
+    assert bootstrap_ci([2.0, 2.0], [1.0, 1.0], ratio=True) == (2.0, 2.0)
+    assert all(math.isnan(x) for x in bootstrap_ci([], [1.0]))

@@ -601,6 +601,7 @@ class Plan:
                 "assistant": self._assistant(run),
                 "word_template": self.config["scan"]["template"],
                 "planted": planted_truth(self.config, wildcards.pair),
+                "statistics": stage_section("statistics", self.config["statistics"]),
             }
         )
 

@@ -64,6 +64,7 @@ from lmdelta.pairs import (
 )
 from lmdelta.plots import cluster_figure, save_figure, search_figure
 from lmdelta.promptsets import read_promptset
+from lmdelta.stats import PairedParams, unpaired
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +488,7 @@ def run_search(
     out_summary: Path,
     out_findings: Path,
     n_top: int = 20,
+    statistics: PairedParams | None = None,
 ) -> list[dict]:
     import pandas as pd
 
@@ -570,12 +572,25 @@ def run_search(
             )
         },
     }
+    summary["proposals_vs_seeds"] = proposals_vs_seeds(bank, statistics or PairedParams.from_dict({}))
     if planted:
         summary["planted"] = planted_summary(bank, planted)
     write_json(out_summary, summary, prov)
     save_figure(search_figure(bank, cyc, f"{pair} / {run}", params.divergence), out_png, prov)
     log.info("search %s/%s: %d prompts over %d cycles -> %s", pair, run, len(bank), summary["cycles_run"], out_bank)
     return records
+
+
+def proposals_vs_seeds(bank, statistics: PairedParams) -> dict | None:
+    """Does the assistant propose prompts on which the pair diverges more than on the seeds? Every
+    proposal (cycle >= 1) against every seed (cycle 0), by the run's divergence: the difference of the
+    means with its bootstrap interval and a permutation test (lmdelta.stats.unpaired; the unit is the
+    prompt). All proposals, not the top ones: the best of many, picked by the same scores, would be
+    compared with a bias in their favour. None with fewer than two of either."""
+    seeds, proposals = bank[bank.cycle == 0].divergence, bank[bank.cycle > 0].divergence
+    if len(seeds) < 2 or len(proposals) < 2:
+        return None
+    return {"unit": "prompt", **unpaired(proposals.to_numpy(), seeds.to_numpy(), params=statistics)}
 
 
 def bank_frame(records: list[dict], key: str, planted: dict | None):
@@ -710,6 +725,7 @@ def search_job(job) -> None:
         out_summary=job.out("summary"),
         out_findings=job.out("findings"),
         n_top=run["n_top"],
+        statistics=PairedParams.from_dict(s["statistics"]),
     )
 
 

@@ -54,15 +54,31 @@ def bootstrap_ci(
     seed: int = 0,
     ratio: bool = False,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b) (or mean(a) / mean(b) with ``ratio``), resampling each
-    source independently."""
-    rng = np.random.default_rng(seed)
+    """Percentile bootstrap interval of mean(a) - mean(b) (or mean(a) / mean(b) with ``ratio``),
+    resampling each source independently (scipy.stats.bootstrap, two unpaired samples)."""
+    from scipy.stats import bootstrap
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ia = rng.integers(0, len(a), (n_boot, len(a)))
-    ib = rng.integers(0, len(b), (n_boot, len(b)))
-    stats = a[ia].mean(1) / b[ib].mean(1) if ratio else a[ia].mean(1) - b[ib].mean(1)
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+
+    def stat(x, y, axis):
+        return np.mean(x, axis=axis) / np.mean(y, axis=axis) if ratio else np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+    if len(a) == 0 or len(b) == 0:
+        return math.nan, math.nan
+    if np.all(a == a[0]) and np.all(b == b[0]):
+        value = float(stat(a, b, 0))
+        return value, value
+    res = bootstrap(
+        (a, b),
+        stat,
+        paired=False,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        rng=seed,
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -192,3 +208,35 @@ def paired_metrics(a, b, *, unit: str, metrics: Sequence[str], test: str, params
             continue
         rows.append({"metric": metric, "unit": unit, **paired(x[ok], y[ok], test=test, params=params)})
     return rows
+
+
+def unpaired(a: Sequence[float], b: Sequence[float], *, params: PairedParams) -> dict[str, Any]:
+    """Two sets of different units (e.g. proposed prompts against seed prompts): ``n_a``, ``n_b``, the
+    means, ``diff`` (mean a - mean b) with its bootstrap interval (each set resampled on its own) and the
+    two-sided p of a permutation test of the labels (scipy.stats.permutation_test, independent)."""
+    from scipy.stats import permutation_test
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"unpaired: {len(a)} and {len(b)} values; each side needs at least 2")
+    low, high = bootstrap_ci(a, b, n_boot=params.n_boot, level=params.confidence, seed=params.seed)
+    res = permutation_test(
+        (a, b),
+        lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        permutation_type="independent",
+        vectorized=True,
+        n_resamples=params.n_permutations,
+        alternative="two-sided",
+        rng=params.seed,
+    )
+    return {
+        "n_a": len(a),
+        "n_b": len(b),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "diff": float(a.mean() - b.mean()),
+        "diff_low": low,
+        "diff_high": high,
+        "test": "permutation",
+        "p": float(res.pvalue),
+    }
