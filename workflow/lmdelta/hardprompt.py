@@ -71,7 +71,7 @@ from lmdelta.softprefix import (
     template_ids,
     training_docs,
 )
-from lmdelta.stats import bootstrap_ci
+from lmdelta.stats import PairedParams, bootstrap_ci, unpaired
 from lmdelta.tokens import format_prompt, prefix_token
 from lmdelta.training import batch_indices
 
@@ -358,12 +358,14 @@ def evaluate_candidates(
     return df
 
 
-def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
+def summarise(df, hp: HardPromptParams, planted: dict | None, statistics: PairedParams | None = None) -> dict:
     """The top n_top against the snippets. ``ratio_ci95``: a percentile bootstrap of the ratio over the top
     prompts' re-scored values and the snippets' first scores (the noise of the scores that were
-    measured, not of the choice of the top)."""
+    measured, not of the choice of the top). ``top_vs_snippets``: the same two sets, their difference of
+    means with its interval and a permutation test (lmdelta.stats.unpaired; the unit is the prompt)."""
     hard, base = df[~df.is_baseline], df[df.is_baseline]
     top, top_base = hard.head(hp.n_top), base.head(hp.n_top)
+    rescored = top.rescored.dropna()
     out = {
         "n_candidates": len(hard),
         "n_snippets": len(base),
@@ -379,6 +381,11 @@ def summarise(df, hp: HardPromptParams, planted: dict | None) -> dict:
         "top_median_ppl_b": float(top.ppl_b.median()),
         "snippet_median_ppl_b": float(base.ppl_b.median()),
         "mean_divergence_by_method": {m: float(g.screen.mean()) for m, g in df.groupby("method")},
+        "top_vs_snippets": (
+            {"unit": "prompt", **unpaired(rescored, base.screen, params=statistics or PairedParams.from_dict({}))}
+            if len(rescored) >= 2 and len(base) >= 2
+            else None
+        ),
     }
     if planted:
         out["planted"] = {
@@ -422,6 +429,7 @@ def run_hardprompt(
     out_clusters: Path,
     out_png: Path,
     out_findings: Path,
+    statistics: PairedParams | None = None,
 ):
     import pandas as pd
 
@@ -464,7 +472,7 @@ def run_hardprompt(
         "run": run,
         "divergence": sp_params.divergence,
         "placement": sp_params.placement,
-        **summarise(df, hp_params, planted),
+        **summarise(df, hp_params, planted, statistics),
         "model_calls": calls.n,
     }
     prov.params["model_calls"] = calls.n
@@ -535,4 +543,5 @@ def hardprompt_job(job) -> None:
         out_clusters=job.out("clusters"),
         out_png=job.out("png"),
         out_findings=job.out("findings"),
+        statistics=PairedParams.from_dict(s["statistics"]),
     )

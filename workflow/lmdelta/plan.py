@@ -638,7 +638,11 @@ class Plan:
     def hardprompt_spec(self, wildcards) -> str:
         run = self.config["softprompt"]["runs"][wildcards.run]
         return as_text(
-            {**self.pair_models(wildcards.pair, run=run), "planted": planted_truth(self.config, wildcards.pair)}
+            {
+                **self.pair_models(wildcards.pair, run=run),
+                "planted": planted_truth(self.config, wildcards.pair),
+                "statistics": stage_section("statistics", self.config["statistics"]),
+            }
         )
 
     # ---- activation-difference lens ----------------------------------------------------------------
