@@ -23,6 +23,7 @@ import json
 import zlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -268,8 +269,18 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     from lmdelta.config import validate_config
     from lmdelta.plan import Plan
 
-    expected["results/suite/matrix.csv"] = bool(Plan(validate_config(copy.deepcopy(cfg))).matrix_pairs())
+    plan = Plan(validate_config(copy.deepcopy(cfg)))
+    expected["results/suite/matrix.csv"] = bool(plan.matrix_pairs())
     for prefix, want in expected.items():
         assert any(w.startswith(prefix) for w in written) == want, (
             f"{path.name}: {prefix} {'missing' if want else 'written though off'}"
         )
+    # every paired table compares the config's pairs among its models (the study's claims), no others
+    from lmdelta.config import selected
+
+    for table, section in (("entropy_perplexity", "logprobs"), ("diversity", "completions")):
+        want = {p["pair"] for p in plan.pairs_among(selected(plan.config, section, "models"))}
+        for f in (tmp_path / "results" / table).glob("*/paired.csv"):
+            got = pd.read_csv(f)
+            assert set(got.get("pair", [])) == want, f"{path.name}: {f.relative_to(tmp_path)}"
+            assert got.empty or got.p_holm.between(0, 1).all()

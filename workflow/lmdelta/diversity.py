@@ -313,9 +313,10 @@ def paired_table(
                 **dict(zip(CELL, key)),
             }
             rows += [head | {"metric": r["metric"], "direction": DIRECTION[r["metric"]]} | r for r in found]
-    table = pd.DataFrame(rows)
-    if len(table):
-        table["p_holm"] = holm(table.p.to_numpy())
+    cols = ["promptset", "pair", "a", "b", *CELL, "metric", "direction", "unit", "n", "mean_a", "mean_b", "diff"]
+    cols += ["diff_low", "diff_high", "test", "p"]
+    table = pd.DataFrame(rows, columns=cols)
+    table["p_holm"] = holm(table.p.to_numpy())
     return table
 
 
