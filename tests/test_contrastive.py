@@ -19,6 +19,7 @@ RAW = {"chat_template": False, "fmt": None}
 
 
 def run(pair, tmp_path, **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ps = tmp_path / "p.jsonl"
     ps.write_text(
         "\n".join(
@@ -30,7 +31,7 @@ def run(pair, tmp_path, **kw):
     params = RunParams.from_dict(
         {"prompts": {"promptset": "x"}, "samples": 2, "max_new_tokens": 6, "batch_size": 3, **kw}
     )
-    out = {k: tmp_path / f"cd.{k}" for k in ("parquet", "csv", "html", "png", "findings")}
+    out = {k: tmp_path / f"cd.{k}" for k in ("parquet", "csv", "html", "png", "findings", "baseline")}
     recs = run_contrastive(
         pair="p",
         run="r",
@@ -46,8 +47,23 @@ def run(pair, tmp_path, **kw):
         out_html=out["html"],
         out_png=out["png"],
         out_findings=out["findings"],
+        out_baseline=out["baseline"],
     )
     return recs, out
+
+
+def test_baseline_compares_contrastive_texts_with_a_alone_prompt_by_prompt(pair, tmp_path):
+    """The baseline is a's own samples (weights 1, 0, no mask) with the same seed: the same as a run
+    configured that way, compared prompt by prompt (each prompt's mean over its samples)."""
+    _, out = run(pair, tmp_path / "cd")
+    _, alone = run(pair, tmp_path / "alone", weights=[1.0, 0.0], plausibility_alpha=None, baseline=False)
+    table = pd.read_csv(out["baseline"]).set_index("metric")
+    assert list(table.index) == ["mean_js", "mean_kl_a_b", "mean_kl_b_a"] and (table.unit == "prompt").all()
+    cd, own = (pd.read_parquet(o["parquet"]).groupby("prompt_id").mean_js.mean() for o in (out, alone))
+    assert table.loc["mean_js", "mean_contrastive"] == pytest.approx(cd.mean(), rel=1e-9)
+    assert table.loc["mean_js", "mean_sampled_a"] == pytest.approx(own.mean(), rel=1e-9)
+    assert table.loc["mean_js", "diff"] == pytest.approx((cd - own).mean(), abs=1e-9) and (table.n == 2).all()
+    assert pd.read_csv(alone["baseline"]).empty, "baseline: false leaves the table empty"
 
 
 def test_outputs_ranking_and_perplexity(pair, tmp_path):

@@ -98,6 +98,8 @@ def test_tiny_workflow_end_to_end(tiny_run):
     # contrastive decoding of the pair
     cd = pd.read_parquet(tmp_path / "results" / "contrastive" / "planted" / "cd.parquet")
     assert len(cd) == 3 * 2 and (tmp_path / "results" / "contrastive" / "planted" / "cd.html").exists()
+    vs = pd.read_csv(tmp_path / "results" / "contrastive" / "planted" / "cd.baseline.csv")
+    assert list(vs.metric) == ["mean_js", "mean_kl_a_b", "mean_kl_b_a"] and (vs.n == 3).all()
     # prompt search on the pair, scored against the planted trigger, and its clusters
     search = tmp_path / "results" / "search" / "planted" / "find"
     bank = pd.read_parquet(search / "bank.parquet")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import logging
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from lmdelta.models import ForwardCounter
 from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair, load_pair, record_pair
 from lmdelta.plots import divergence_figure, save_figure
 from lmdelta.promptsets import read_promptset
+from lmdelta.stats import PairedParams, holm, paired_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RunParams:
     batch_size: int
     colour_by: str
     include_prompt: bool
+    baseline: bool
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunParams:
@@ -102,6 +104,37 @@ def html_page(records: list[dict], *, pair: str, run: str, names: tuple[str, str
     return "\n".join(parts) + "\n"
 
 
+BASELINE_METRICS = ("mean_js", "mean_kl_a_b", "mean_kl_b_a")
+
+
+def baseline_table(records: list[dict], sampled: list[dict], params: PairedParams):
+    """The contrastive texts against a's own samples of the same prompts: per prompt, the mean over its
+    samples of each text's mean per-token divergence, compared prompt by prompt (sign-flip test,
+    ``lmdelta.stats``), Holm over the metrics. A positive ``diff``: contrastive decoding finds texts on
+    which the two models differ more than on what a says anyway."""
+    import pandas as pd
+
+    def per_prompt(recs):
+        return pd.DataFrame(recs).groupby("prompt_id")[list(BASELINE_METRICS)].mean()
+
+    rows = (
+        paired_metrics(
+            per_prompt(records),
+            per_prompt(sampled),
+            unit="prompt",
+            metrics=BASELINE_METRICS,
+            test="sign-flip",
+            params=params,
+        )
+        if records and sampled
+        else []
+    )
+    cols = ["metric", "unit", "n", "mean_a", "mean_b", "diff", "diff_low", "diff_high", "test", "p"]
+    table = pd.DataFrame(rows, columns=cols).rename(columns={"mean_a": "mean_contrastive", "mean_b": "mean_sampled_a"})
+    table["p_holm"] = holm(table.p.to_numpy())
+    return table
+
+
 def text_findings(df, run: str, colour_by: str) -> list[dict]:
     """The decoded texts as findings (``contrastive``, kind continuation), by rank; score = the text's
     mean per-token divergence (``mean_<colour_by>``, nats)."""
@@ -127,9 +160,12 @@ def run_contrastive(
     out_html: Path,
     out_png: Path,
     out_findings: Path,
+    out_baseline: Path | None = None,
+    statistics: PairedParams | None = None,
 ) -> list[dict]:
     import pandas as pd
 
+    statistics = statistics or PairedParams.from_dict({})
     prov = Provenance(
         stage="contrastive",
         params={
@@ -141,6 +177,7 @@ def run_contrastive(
             "formats": list(formats),
             "load_options": list(load_options),
             "units": "nats",
+            "statistics": vars(statistics),
         },
         seed=params.seed,
     )
@@ -153,6 +190,10 @@ def run_contrastive(
     prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
     calls = ForwardCounter(*models)
     records = generate_pair(models, toks, prompts, params.decoding(), formats=list(formats))
+    sampled = []
+    if params.baseline:  # a alone, same prompts, samples, seed and sampling
+        alone = replace(params.decoding(), weights=(1.0, 0.0), plausibility_alpha=None)
+        sampled = generate_pair(models, toks, prompts, alone, formats=list(formats))
     prov.params["model_calls"] = calls.n
     records.sort(
         key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf
@@ -180,6 +221,19 @@ def run_contrastive(
             html_page(records, pair=pair, run=run, names=names, colour_by=params.colour_by), encoding="utf-8"
         )
     save_figure(divergence_figure(records, names, f"{pair} / {run}"), out_png, prov)
+    if out_baseline is not None:
+        table = baseline_table(records, sampled, statistics)
+        write_csv(out_baseline, table, prov)
+        for r in table.itertuples():
+            log.info(
+                "contrastive %s/%s: %s %.3f vs a's own samples %.3f (p_holm %.3g)",
+                pair,
+                run,
+                r.metric,
+                r.mean_contrastive,
+                r.mean_sampled_a,
+                r.p_holm,
+            )
     log.info("contrastive %s/%s: %d texts -> %s", pair, run, len(records), out)
     return records
 
@@ -189,7 +243,7 @@ def run_contrastive(
 
 def contrastive_job(job) -> None:
     """inputs: ``a``, ``b`` (+ ``promptset`` or ``corpus``); spec: the pair (names, run, load_options,
-    formats); outputs: ``parquet``, ``csv``, ``html``, ``png``, ``findings``."""
+    formats, statistics); outputs: ``parquet``, ``csv``, ``html``, ``png``, ``findings``, ``baseline``."""
     s = job.spec
     run_contrastive(
         pair=job.wildcards["pair"],
@@ -206,4 +260,6 @@ def contrastive_job(job) -> None:
         out_html=job.out("html"),
         out_png=job.out("png"),
         out_findings=job.out("findings"),
+        out_baseline=job.out("baseline"),
+        statistics=PairedParams.from_dict(s["statistics"]),
     )

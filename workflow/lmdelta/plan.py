@@ -560,7 +560,12 @@ class Plan:
         return out
 
     def contrastive_spec(self, wildcards) -> str:
-        return as_text(self.pair_models(wildcards.pair, run=self.config["contrastive"]["runs"][wildcards.run]))
+        return as_text(
+            {
+                **self.pair_models(wildcards.pair, run=self.config["contrastive"]["runs"][wildcards.run]),
+                "statistics": stage_section("statistics", self.config["statistics"]),
+            }
+        )
 
     # ---- divergence prompt search ------------------------------------------------------------------
 

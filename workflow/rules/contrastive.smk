@@ -28,6 +28,13 @@ rule contrastive:
             labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by position"},
         ),
         findings=plan.findings_path("{pair}", "contrastive", "{run}"),
+        baseline=report(
+            "results/contrastive/{pair}/{run}.baseline.csv",
+            caption="../report/contrastive_baseline.rst",
+            category="5. Contrastive decoding",
+            subcategory="{pair}",
+            labels={"pair": "{pair}", "run": "{run}", "figure": "against a's own samples"},
+        ),
     params:
         spec=plan.contrastive_spec,
     conda:
