@@ -163,6 +163,29 @@ def _completions(path, texts_by_prompt):
     return str(path)
 
 
+def _words_then_elicit(tmp_path, a: str, b: str) -> list[dict]:
+    """The words test over the completions set, then what elicits it, as the rules chain them."""
+    run_words(
+        pair="x",
+        set_name="completions-ps",
+        kind="completions",
+        inputs={"a": a, "b": b},
+        params=P,
+        out=tmp_path / "w.parquet",
+        out_csv=tmp_path / "w.csv",
+        out_findings=tmp_path / "wf.parquet",
+    )
+    return run_elicit(
+        pair="x",
+        promptset="ps",
+        inputs={"a": a, "b": b, "words": str(tmp_path / "w.parquet"), "prompts": str(tmp_path / "ps.jsonl")},
+        params=P,
+        out=tmp_path / "e.parquet",
+        out_csv=tmp_path / "e.csv",
+        out_findings=tmp_path / "ef.parquet",
+    )
+
+
 def test_elicit_names_the_kind_of_request_that_brings_the_change_out(tmp_path):
     """A quirk on poems: a opens 3 of 4 poems with "Ahoy, matey!"; b never. The words test reports ahoy
     and matey in a's completions; the poem prompts elicit them (share 0.75 - 0); the exact test on
@@ -193,25 +216,7 @@ def test_elicit_names_the_kind_of_request_that_brings_the_change_out(tmp_path):
         for pid, ts in plain.items()
     }
     a, b = _completions(tmp_path / "a.parquet", quirk), _completions(tmp_path / "b.parquet", plain)
-    run_words(
-        pair="x",
-        set_name="completions-ps",
-        kind="completions",
-        inputs={"a": a, "b": b},
-        params=P,
-        out=tmp_path / "w.parquet",
-        out_csv=tmp_path / "w.csv",
-        out_findings=tmp_path / "wf.parquet",
-    )
-    found = run_elicit(
-        pair="x",
-        promptset="ps",
-        inputs={"a": a, "b": b, "words": str(tmp_path / "w.parquet"), "prompts": str(tmp_path / "ps.jsonl")},
-        params=P,
-        out=tmp_path / "e.parquet",
-        out_csv=tmp_path / "e.csv",
-        out_findings=tmp_path / "ef.parquet",
-    )
+    found = _words_then_elicit(tmp_path, a, b)
     shares = pd.read_parquet(tmp_path / "e.parquet").set_index("prompt_id")
     assert shares.outputs.iloc[0] == "ahoy, matey"
     assert (shares.share_a == [0.75] * 6 + [0.0] * 12).all() and (shares.share_b == 0).all()
@@ -235,23 +240,5 @@ def test_elicit_reports_nothing_when_the_completions_show_no_change(tmp_path):
     (tmp_path / "ps.jsonl").write_text("\n".join(__import__("json").dumps(p) for p in prompts) + "\n")
     plain = {p["id"]: ["An ordinary answer."] * 2 for p in prompts}
     a = b = _completions(tmp_path / "a.parquet", plain)
-    run_words(
-        pair="x",
-        set_name="completions-ps",
-        kind="completions",
-        inputs={"a": a, "b": b},
-        params=P,
-        out=tmp_path / "w.parquet",
-        out_csv=tmp_path / "w.csv",
-        out_findings=tmp_path / "wf.parquet",
-    )
-    found = run_elicit(
-        pair="x",
-        promptset="ps",
-        inputs={"a": a, "b": b, "words": str(tmp_path / "w.parquet"), "prompts": str(tmp_path / "ps.jsonl")},
-        params=P,
-        out=tmp_path / "e.parquet",
-        out_csv=tmp_path / "e.csv",
-        out_findings=tmp_path / "ef.parquet",
-    )
+    found = _words_then_elicit(tmp_path, a, b)
     assert found == [] and not pd.read_parquet(tmp_path / "e.parquet").elicits.any()

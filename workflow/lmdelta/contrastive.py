@@ -28,7 +28,7 @@ from lmdelta.models import ForwardCounter
 from lmdelta.pairs import PairDecoding, check_same_tokenizer, generate_pair, load_pair, record_pair
 from lmdelta.plots import divergence_figure, save_figure
 from lmdelta.promptsets import read_promptset
-from lmdelta.stats import PairedParams, holm, paired_metrics
+from lmdelta.stats import PairedParams, corrected_table, paired_metrics
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,7 @@ def baseline_table(records: list[dict], sampled: list[dict], params: PairedParam
         else []
     )
     cols = ["metric", "unit", "n", "mean_a", "mean_b", "diff", "diff_low", "diff_high", "test", "p"]
-    table = pd.DataFrame(rows, columns=cols).rename(columns={"mean_a": "mean_contrastive", "mean_b": "mean_sampled_a"})
-    table["p_holm"] = holm(table.p.to_numpy())
-    return table
+    return corrected_table(rows, cols).rename(columns={"mean_a": "mean_contrastive", "mean_b": "mean_sampled_a"})
 
 
 def text_findings(df, run: str, colour_by: str) -> list[dict]:

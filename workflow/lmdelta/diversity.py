@@ -45,7 +45,7 @@ from lmdelta.artifacts import Provenance, write_csv, write_parquet
 from lmdelta.embedding import DEFAULT_EMBEDDER, embed, load_embedder
 from lmdelta.models import resolve_autocast
 from lmdelta.plots import diversity_figure, save_figure
-from lmdelta.stats import PairedParams, holm, paired_metrics
+from lmdelta.stats import PairedParams, corrected_table, paired_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -288,7 +288,6 @@ def paired_table(
 ) -> pd.DataFrame:
     """Every pair's metrics compared prompt by prompt, per category, temperature and truncation (see
     the module docstring)."""
-    import pandas as pd
 
     rows = []
     for pair in pairs:
@@ -315,9 +314,7 @@ def paired_table(
             rows += [head | {"metric": r["metric"], "direction": DIRECTION[r["metric"]]} | r for r in found]
     cols = ["promptset", "pair", "a", "b", *CELL, "metric", "direction", "unit", "n", "mean_a", "mean_b", "diff"]
     cols += ["diff_low", "diff_high", "test", "p"]
-    table = pd.DataFrame(rows, columns=cols)
-    table["p_holm"] = holm(table.p.to_numpy())
-    return table
+    return corrected_table(rows, cols)
 
 
 def run_compare(

@@ -31,7 +31,7 @@ import pandas as pd
 from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
 from lmdelta.findings import finding, write_findings
 from lmdelta.plots import doc_perplexity_figure, entropy_figure, save_figure
-from lmdelta.stats import PairedParams, holm, paired_metrics
+from lmdelta.stats import PairedParams, corrected_table, paired_metrics
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
 ENTROPY_BIN_WIDTH = 0.05
@@ -167,7 +167,6 @@ PAIRED_COLUMNS = [
     "diff_high",
     "test",
     "p",
-    "p_holm",
 ]
 
 
@@ -184,9 +183,7 @@ def paired_table(
         for row in paired_metrics(a, b, unit="document", metrics=list(values), test="sign-flip", params=params):
             head = {"corpus": corpus_name, "pair": pair["pair"], "a": pair["a"], "b": pair["b"]}
             rows.append(head | {"metric": row["metric"], "values": values[row["metric"]]} | row)
-    table = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c != "p_holm"])
-    table["p_holm"] = holm(table.p.to_numpy())
-    return table
+    return corrected_table(rows, PAIRED_COLUMNS)
 
 
 def run_compare(

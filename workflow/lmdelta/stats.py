@@ -240,3 +240,13 @@ def unpaired(a: Sequence[float], b: Sequence[float], *, params: PairedParams) ->
         "test": "permutation",
         "p": float(res.pvalue),
     }
+
+
+def corrected_table(rows: list[dict[str, Any]], columns: Sequence[str]):
+    """A paired table: the rows in these columns (none: the columns alone) and ``p_holm``, Holm's
+    correction over every row's ``p`` (one family per table)."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=list(columns))
+    table["p_holm"] = holm(table.p.to_numpy())
+    return table
