@@ -170,6 +170,21 @@ def test_run_uid_on_synthetic_sources(tmp_path, tiny_tokenizer):
     assert m.mean_b == pytest.approx(a07.groupby(a07.doc_id.str.split("|").str[0])["mean"].mean().mean())
     assert m.cohens_d > 1 and m.p_holm < 0.01, "human surprisal drawn at twice the scale"
     assert "uid_var_doc" in outs["txt"].read_text() and "Unit of analysis: the prompt" in outs["txt"].read_text()
+    # two models answered the same prompts: paired by prompt (Wilcoxon on the per-prompt differences);
+    # the human corpus has other units: unpaired (Mann-Whitney)
+    from scipy.stats import wilcoxon
+
+    assert set(table[table.source_a == "human:h"].design) == {"unpaired"}
+    ab = table[(table.source_a == "model:a@none@T0.7") & (table.length == -1) & (table.metric == "mean")].iloc[0]
+    assert ab.design == "paired" and ab.test == "wilcoxon"
+    unit = lambda d: d.doc_id.str.split("|").str[0]  # noqa: E731
+    per_prompt = {
+        m: (g := docs[(docs.source == f"model:{m}@none@T0.7") & (docs.length == -1)]).groupby(unit(g))["mean"].mean()
+        for m in "ab"
+    }
+    d = (per_prompt["a"] - per_prompt["b"]).dropna()
+    assert ab.n_a == len(d) == 12 and ab.p == pytest.approx(wilcoxon(d.to_numpy()).pvalue, rel=1e-12)
+    assert ab.diff_ci_low <= d.mean() <= ab.diff_ci_high
 
 
 def test_word_ids_and_prompts_from_corpus(tmp_path, tiny_tokenizer):

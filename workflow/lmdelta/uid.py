@@ -25,9 +25,14 @@ choice, or unmatched, whole corpus documents (the logprobs stage's artifact). Th
 the prompt: the metrics of a prompt's samples (one model, context, temperature) are averaged before
 any test, so n counts prompts, not samples.
 
-Comparisons between two sources, per metric: Mann-Whitney U (two-sided), Cohen's d (pooled SD),
-a percentile bootstrap CI of the difference of means (seeded), and Holm-corrected p-values over all
-the comparisons of a table. Pairs: each human source against the model sources of its context (an
+Comparisons between two sources, per metric. Two sources of the same prompts (two models' texts, or
+a model's texts and the matched human continuations) are paired by prompt (``design`` paired): the
+prompts both have, Wilcoxon's signed-rank test and a percentile bootstrap CI of the mean paired
+difference; a prompt's text from one model and from another share the prompt's own difficulty, which
+the paired test removes. Sources of different units (an unmatched corpus against model texts) are
+compared unpaired: Mann-Whitney U (two-sided) and a bootstrap CI of the difference of means, each
+source resampled on its own. Both give Cohen's d (pooled SD) and Holm-corrected p-values over all the
+comparisons of a table. Pairs: each human source against the model sources of its context (an
 unmatched corpus against all), model sources against each other at the same context and temperature.
 """
 
@@ -46,7 +51,7 @@ from lmdelta.models import load_model, read_fingerprint
 from lmdelta.plots import save_figure, surprisal_contours_figure, uid_figure
 from lmdelta.promptsets import read_promptset
 from lmdelta.scoring import LogprobParams, score_sequences
-from lmdelta.stats import bootstrap_ci, cohens_d, holm
+from lmdelta.stats import PairedParams, bootstrap_ci, cohens_d, holm, paired
 from lmdelta.tokens import prefix_token
 from lmdelta.tokens import word_ids as words_of
 
@@ -107,12 +112,15 @@ def first_tokens(s: Sequence[float], length: int | None) -> np.ndarray | None:
 
 
 def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Two sources' values of one metric: Mann-Whitney U, p, Cohen's d, bootstrap CI of the mean difference."""
+    """Two sources' values of one metric on different units: Mann-Whitney U, p, Cohen's d, bootstrap
+    CI of the difference of means."""
     from scipy.stats import mannwhitneyu
 
     res = mannwhitneyu(a, b, alternative="two-sided")
     lo, hi = bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
     return {
+        "design": "unpaired",
+        "test": "mann-whitney",
         "n_a": len(a),
         "n_b": len(b),
         "mean_a": float(np.mean(a)),
@@ -123,6 +131,31 @@ def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed:
         "diff_ci_low": lo,
         "diff_ci_high": hi,
     }
+
+
+def compare_paired(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Two sources' values of one metric on the same prompts (a[i] and b[i] answer prompt i): Wilcoxon's
+    signed-rank test, Cohen's d (pooled SD, as unpaired), bootstrap CI of the mean paired difference."""
+    row = paired(a, b, test="wilcoxon", params=PairedParams.from_dict({"n_boot": max(n_boot, 100), "seed": seed}))
+    return {
+        "design": "paired",
+        "test": "wilcoxon",
+        "n_a": row["n"],
+        "n_b": row["n"],
+        "mean_a": row["mean_a"],
+        "mean_b": row["mean_b"],
+        "u": math.nan,
+        "p": row["p"],
+        "cohens_d": cohens_d(a, b),
+        "diff_ci_low": row["diff_low"],
+        "diff_ci_high": row["diff_high"],
+    }
+
+
+def same_prompts(source: str) -> bool:
+    """Whether a source's units are the prompts of the prompt set (model texts, matched human
+    continuations), so that two such sources pair by prompt."""
+    return source.startswith(("model:", "human:continuation"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,13 +314,19 @@ def comparisons(units, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
     out = []
     for length, g in units.groupby("length", sort=True):
         for a, b in pairs:
-            va, vb = g[g.source == a], g[g.source == b]
+            va, vb = g[g.source == a].set_index("unit"), g[g.source == b].set_index("unit")
             if len(va) < 2 or len(vb) < 2:
                 continue
+            paired_design = same_prompts(a) and same_prompts(b)
             for metric in METRICS:
-                x, y = va[metric].dropna().to_numpy(), vb[metric].dropna().to_numpy()
+                if paired_design:  # the prompts both answered, with a value for both
+                    both = va[[metric]].join(vb[[metric]], how="inner", rsuffix="_b").dropna()
+                    x, y = both[metric].to_numpy(), both[f"{metric}_b"].to_numpy()
+                else:
+                    x, y = va[metric].dropna().to_numpy(), vb[metric].dropna().to_numpy()
                 if len(x) < 2 or len(y) < 2:
                     continue
+                test = compare_paired if paired_design else compare
                 out.append(
                     {
                         "length": length,
@@ -295,7 +334,7 @@ def comparisons(units, pairs: list[tuple[str, str]], *, n_boot: int, seed: int):
                         "source_a": a,
                         "source_b": b,
                         "unit": "prompt",
-                        **compare(x, y, n_boot=n_boot, seed=seed),
+                        **test(x, y, n_boot=n_boot, seed=seed),
                     }
                 )
     table = pd.DataFrame(out)
