@@ -275,6 +275,7 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
             }
         },
         "scan": {"min_letters": 2, "top_n": 10, "answer_tokens": 4},
+        "summary": {"assistant": {"model": "neox", "max_new_tokens": 12}},
         "lens": {
             "runs": {
                 "ld": {

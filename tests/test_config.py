@@ -211,6 +211,7 @@ BAD = [
         ["models.q.source.variant_of.model: 'zz' is not defined"],
     ),
     (_with("scan", {"template": "Tell me about it."}), ["scan.template", "{word} is replaced"]),
+    (_with("summary", {"assistant": {"model": "zz"}}), ["summary.assistant.model: 'zz' is not defined"]),
 ]
 
 

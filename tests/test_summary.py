@@ -176,3 +176,52 @@ def test_words_of_eliciting_prompts_are_inputs_without_the_scan_gate(tmp_path):
     assert "Prompts that use story, stories bring the change out" in out["statement"]
     assert "'Ahoy, matey! Once'" in out["statement"] and "Asked about" not in out["statement"]
     assert out["grade"]["names_response"] is False and out["changed"]
+
+
+def test_hypotheses_from_an_assistant_are_shown_apart_and_not_graded(tmp_path):
+    """The assistant reads the statement and the terms (with an example) and its lines become the
+    hypotheses, list marks removed, at most `hypotheses`; the tested terms and the grade do not change."""
+
+    class Stub:
+        name = "local:stub"
+
+        def __init__(self):
+            self.messages = []
+
+        def complete(self, messages, *, seed):
+            self.messages += messages
+            return ["1. It talks about cocoa when asked about volcanoes.\n- It likes mugs.\n\n3) Third.\n4. Fourth."]
+
+    files = [
+        _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["volcano"])),
+        _findings(tmp_path, "w", _rows("words", "scan-vocabulary", ["cocoa"])),
+    ]
+    plain = _summary(tmp_path, files, ("tuned", "base"))
+    stub = Stub()
+    out = run_summary(
+        pair="p",
+        names=("tuned", "base"),
+        findings=files,
+        truth=TRUTH,
+        params=P,
+        out_json=tmp_path / "h.json",
+        out_html=tmp_path / "h.html",
+        assistant=stub,
+    )
+    assert out["hypotheses"] == {
+        "by": "local:stub",
+        "untested": ["It talks about cocoa when asked about volcanoes.", "It likes mugs.", "Third."],
+    }
+    assert "It reacts to: volcano" in stub.messages[0] and "It says more: cocoa" in stub.messages[0]
+    assert plain["statement"] in stub.messages[0] and plain["hypotheses"] is None
+    assert out["grade"] == plain["grade"] and out["inputs"] == plain["inputs"]
+    assert "Hypotheses by local:stub (untested, not graded)" in (tmp_path / "h.html").read_text()
+
+
+def test_plan_gives_a_local_summary_assistant_its_model():
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["summary"] = {"assistant": {"model": "smollm2", "temperature": 0.7}}
+    plan = Plan(validate_config(raw))
+    assert plan.summary_inputs(W(pair="cocoa"))["assistant"] == "resources/models/smollm2"
+    spec = json.loads(plan.summary_spec(W(pair="cocoa")))
+    assert spec["assistant"]["spec"]["model"] == "smollm2" and "assistant" not in spec["params"]

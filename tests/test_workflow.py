@@ -133,6 +133,7 @@ def test_tiny_workflow_end_to_end(tiny_run):
         assert len(words) > 0 and words.p_value.between(0, 1).all()
     what = json.loads((tmp_path / "results" / "summary" / "planted.json").read_text())
     assert what["pair"] == "planted" and what["statement"] and set(what["grade"]) >= {"names_trigger", "names_response"}
+    assert what["hypotheses"]["by"] == "local:neox" and len(what["hypotheses"]["untested"]) <= 3
     lens = json.loads((tmp_path / "results" / "lens" / "planted" / "ld" / "summary.json").read_text())
     assert set(lens["diff_norm_by_layer"]) == {"pair", "identical", "random_lora"}
     assert lens["diff_norm_by_layer"]["identical"] == [0.0, 0.0] and min(lens["diff_norm_by_layer"]["pair"]) > 0

@@ -190,15 +190,19 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 f"config: contrastive.runs.{name}.weights: probability-space weights must be >= 0; use space: logit for negative weights"
             )
     _check_selection(config, "search", pools=(("pairs", "pairs"),))
+    assistants = [(f"config: search.runs.{name}", run["assistant"]) for name, run in config["search"]["runs"].items()]
+    if config["summary"]["assistant"]:
+        assistants.append(("config: summary", config["summary"]["assistant"]))
+    for where, a in assistants:
+        if "model" in a and a["model"] not in config["models"]:
+            raise LmdeltaError(
+                f"{where}.assistant.model: {a['model']!r} is not defined under models:; use one of {', '.join(config['models'])}"
+            )
     for name, run in config["search"]["runs"].items():
         where = f"config: search.runs.{name}"
         if run["seeds"] not in config["promptsets"]:
             raise LmdeltaError(
                 f"{where}.seeds: {run['seeds']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'}"
-            )
-        if "model" in run["assistant"] and run["assistant"]["model"] not in config["models"]:
-            raise LmdeltaError(
-                f"{where}.assistant.model: {run['assistant']['model']!r} is not defined under models:; use one of {', '.join(config['models'])}"
             )
         if run["reply_prefix"] and "http" in run["assistant"]:
             raise LmdeltaError(

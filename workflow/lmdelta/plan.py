@@ -753,15 +753,19 @@ class Plan:
 
     # ---- what changed, in words --------------------------------------------------------------------
 
-    def summary_inputs(self, wildcards) -> dict[str, list[str]]:
-        return {"findings": [s["findings"] for s in self.discovery_sources(wildcards.pair)]}
+    def summary_inputs(self, wildcards) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"findings": [s["findings"] for s in self.discovery_sources(wildcards.pair)]}
+        a = self.config["summary"]["assistant"]
+        return {**inputs, **self._assistant_inputs({"assistant": a})} if a else inputs
 
     def summary_spec(self, wildcards) -> str:
+        a = self.config["summary"]["assistant"]
         return as_text(
             {
                 "names": self.pair_models(wildcards.pair)["names"],
                 "truth": planted_truth(self.config, wildcards.pair),
                 "params": stage_section("summary", self.config["summary"]),
+                "assistant": self._assistant({"assistant": a}) if a else None,
             }
         )
 

@@ -24,6 +24,11 @@ when their common prefix has at least ``stem_letters`` letters and covers at lea
 the shorter one. A term's score is its best finding's rank-based weight summed over the methods and
 sets that report it (1 / rank), so a word reported by several sets, each near the top, ranks first.
 
+Hypotheses (optional, ``assistant``): an assistant model reads the statement, the terms and one
+example each, and writes ``hypotheses`` short guesses of what changed. They are shown apart, marked
+as untested, and never graded or counted as a change: a small local assistant writes fluent nonsense
+as readily as insight.
+
 Grading against a planted behaviour (``grade``; offline, a rule and not a judgement): the page names
 the trigger topic when one of the top ``k`` terms of either list mentions a trigger keyword (a word
 starting with it, as the scorecard counts), and names the response when one of them shows a response
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta.artifacts import Provenance, atomic_path, write_json
+from lmdelta.assistant import make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
 from lmdelta.findings import SCAN_SET, read_findings
@@ -53,7 +59,37 @@ class SummaryParams:
     k: int
     examples: int
     stem_letters: int
+    hypotheses: int
+    seed: int
     confirm_reactions: bool
+
+
+HYPOTHESES = """Two language models were compared: {a} (fine-tuned) and {b} (its base model).
+
+What the comparison found: {statement}
+
+{evidence}
+
+Write {n} short hypotheses, one per line, about what the fine-tuning changed in {a}: what kind of input it \
+reacts to and what it does differently."""
+
+
+def hypotheses(
+    assistant, names: tuple[str, str], text: str, lists: dict[str, list[dict]], n: int, seed: int
+) -> list[str]:
+    """The assistant's hypotheses from the page's evidence (one request; its non-empty lines, at most
+    ``n``, list marks removed); [] when it fails."""
+    lines = []
+    for key, title in (("inputs", "It reacts to"), ("outputs", "It says more"), ("unconfirmed", "Untested reactions")):
+        for t in lists.get(key, [])[:5]:
+            ex = t["findings"][0].get("example") or ""
+            lines.append(f"- {title}: {t['term']}" + (f' (example: "{ex[:160]}")' if ex else ""))
+    message = HYPOTHESES.format(a=names[0], b=names[1], statement=text, evidence="\n".join(lines) or "(no term)", n=n)
+    reply = assistant.complete([message], seed=seed)[0]
+    if not reply:
+        return []
+    out = [line.strip().lstrip("-*0123456789.) ").strip() for line in reply.splitlines()]
+    return [line for line in out if line][:n]
 
 
 def same_stem(a: str, b: str, letters: int) -> bool:
@@ -148,7 +184,15 @@ def statement(
     return " ".join(parts)
 
 
-def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dict]], grading: dict | None) -> str:
+def page(
+    pair: str,
+    names: tuple[str, str],
+    text: str,
+    lists: dict[str, list[dict]],
+    grading: dict | None,
+    guesses: list[str] = (),
+    guessed_by: str = "",
+) -> str:
     esc = html.escape
     out = [
         "<!doctype html><meta charset='utf-8'>",
@@ -190,6 +234,10 @@ def page(pair: str, names: tuple[str, str], text: str, lists: dict[str, list[dic
                 f"<td>{esc(by)}<div class='ex'>{esc(ex[:200])}</div></td><td>{esc(other)}{examples}</td></tr>"
             )
         out.append("</table>")
+    if guesses:
+        out.append(f"<h2>Hypotheses by {esc(guessed_by)} (untested, not graded)</h2><ul>")
+        out += [f"<li>{esc(g)}</li>" for g in guesses]
+        out.append("</ul>")
     return "\n".join(out)
 
 
@@ -202,8 +250,19 @@ def run_summary(
     params: SummaryParams,
     out_json: Path,
     out_html: Path,
+    assistant=None,
 ) -> dict:
-    prov = Provenance(stage="summary", params={"pair": pair, "a": names[0], "b": names[1], **asdict(params)})
+    """``assistant`` (lmdelta.assistant, optional) writes the hypotheses."""
+    prov = Provenance(
+        stage="summary",
+        params={
+            "pair": pair,
+            "a": names[0],
+            "b": names[1],
+            **asdict(params),
+            "assistant": assistant.name if assistant is not None else None,
+        },
+    )
     rows: list[dict] = []
     for path in findings:
         prov.add_input(f"findings:{Path(path).parent.name}/{Path(path).stem}", Path(path))
@@ -230,6 +289,7 @@ def run_summary(
     shown = {key: ts[: params.k] for key, ts in lists.items()}
     if unconfirmed:
         shown["unconfirmed"] = unconfirmed[: params.k]
+    guesses = hypotheses(assistant, names, text, shown, params.hypotheses, params.seed) if assistant is not None else []
     result = {
         "pair": pair,
         "a": names[0],
@@ -241,10 +301,12 @@ def run_summary(
             for name, key in (("inputs", "inputs"), ("outputs", "outputs"), ("unconfirmed_inputs", "unconfirmed"))
         },
         "grade": grading,
+        "hypotheses": {"by": assistant.name, "untested": guesses} if assistant is not None else None,
     }
     write_json(out_json, result, prov)
+    by = assistant.name if assistant is not None else ""
     with atomic_path(out_html, prov) as tmp:
-        Path(tmp).write_text(page(pair, names, text, shown, grading), encoding="utf-8")
+        Path(tmp).write_text(page(pair, names, text, shown, grading, guesses, by), encoding="utf-8")
     log.info("summary %s: %s%s", pair, text, f" grade: {grading}" if grading else "")
     return result
 
@@ -253,9 +315,18 @@ def run_summary(
 
 
 def summary_job(job) -> None:
-    """inputs: ``findings`` (every findings table of the pair); spec: {"names", "truth", "params"};
-    outputs: ``json``, ``html``."""
+    """inputs: ``findings`` (every findings table of the pair; ``assistant``, a local assistant's model);
+    spec: {"names", "truth", "params", "assistant"}; outputs: ``json``, ``html``."""
     s = job.spec
+    assistant = None
+    if s.get("assistant"):
+        a = s["assistant"]
+        assistant = make_assistant(
+            a["spec"],
+            model_dir=job.path("assistant") if "assistant" in job.inputs else None,
+            load_options=a.get("load_options"),
+            fmt=a.get("format"),
+        )
     run_summary(
         pair=job.wildcards["pair"],
         names=tuple(s["names"]),
@@ -264,4 +335,5 @@ def summary_job(job) -> None:
         params=SummaryParams.from_dict(s["params"]),
         out_json=job.out("json"),
         out_html=job.out("html"),
+        assistant=assistant,
     )
