@@ -24,6 +24,7 @@ def test_words_sharing_a_stem_are_one_term():
     assert not same_stem("cocoa", "coconut", 5)  # shares 4 letters
     assert not same_stem("catalog", "category", 5)  # shares 4 letters
     assert same_stem("planet", "planets", 5)
+    assert same_stem("ahoy", "ahoy", 5) and not same_stem("ahoy", "ahoys", 5)  # a word is its own term, however short
 
 
 def _rows(method, run, words, reference=False):

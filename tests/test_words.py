@@ -230,6 +230,9 @@ def test_elicit_names_the_kind_of_request_that_brings_the_change_out(tmp_path):
     ).p_value["poem"] == pytest.approx(p_poem)
     first = next(r for r in found if r["text"] == "poem")
     assert first["prompt"] == "Write a short poem about rain." and first["example"].startswith("Ahoy, matey!")
+    # a common word in (nearly) every text of both models elicits nothing: word by word, not "any word"
+    common = eliciting_prompts(prompts, pd.read_parquet(a), pd.read_parquet(b), ["here", "ahoy"], 0.5)
+    assert common.elicits.tolist() == [True] * 6 + [False] * 12 and set(common.word[:6]) == {"ahoy"}
     # b saying it as often as a: no prompt elicits a change, nothing is reported
     same = eliciting_prompts(prompts, pd.read_parquet(a), pd.read_parquet(a), ["ahoy"], 0.5)
     assert not same.elicits.any()

@@ -93,6 +93,8 @@ def hypotheses(
 
 
 def same_stem(a: str, b: str, letters: int) -> bool:
+    if a == b:  # a word is its own term, however short ("ahoy" from two sets is one term)
+        return True
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -35,8 +35,8 @@ each control's difference is a reference comparison, method ``words control``).
 
 What elicits it (method ``elicit``, one run per prompt set with completions): the words the test
 reports in a's completions of a prompt set are the change's outputs; a prompt elicits the change when
-the share of a's completions of it that use one of them exceeds b's share by at least
-``elicit_share``. The same test then compares the prompts that elicit against those that do not (the
+the share of a's completions of it that use one of them exceeds b's share of that word by at
+least ``elicit_share`` (word by word: a common word a uses a little more everywhere elicits nothing). The same test then compares the prompts that elicit against those that do not (the
 unit is the prompt, each counted once): its reported words say what kind of request brings the change
 out (a style quirk on poems and stories has no topic word for the vocabulary scan to find, but its
 prompts share "poem" and "story"). A change the prompt set never elicits (a topic it does not ask
@@ -236,34 +236,38 @@ def run_words(
 
 
 def eliciting_prompts(prompts: list[dict], comp_a, comp_b, outputs: list[str], min_share: float):
-    """Per prompt of the set: the share of a's and of b's completions that use a word of ``outputs``,
-    whether it elicits the change (a's share - b's share >= ``min_share``) and a's first completion
-    that uses one (``example``)."""
+    """Per prompt of the set: for each word of ``outputs``, the share of a's and of b's completions
+    that use it; the word where a's share exceeds b's the most (``word``, ``share_a``, ``share_b``);
+    whether the prompt elicits the change (that excess >= ``min_share``) and a's first completion that
+    uses the word (``example``). Word by word, because the words test may also report common words a
+    uses a little more everywhere ("is", "the"): any of them is in almost every text of both models."""
     import pandas as pd
-
-    wanted = set(outputs)
-
-    def uses(text) -> bool:
-        return bool(wanted & set(words(text)))
 
     rows = []
     for p in prompts:
-        a = comp_a.text[comp_a.prompt_id == p["id"]].fillna("").tolist()
-        b = comp_b.text[comp_b.prompt_id == p["id"]].fillna("").tolist()
-        hits = [t for t in a if uses(t)]
-        share_a = len(hits) / len(a) if a else 0.0
-        share_b = sum(map(uses, b)) / len(b) if b else 0.0
+        a = [set(words(t)) for t in comp_a.text[comp_a.prompt_id == p["id"]].fillna("")]
+        b = [set(words(t)) for t in comp_b.text[comp_b.prompt_id == p["id"]].fillna("")]
+        best = (-1.0, None, 0.0, 0.0)
+        for w in outputs:
+            share_a = sum(w in t for t in a) / len(a) if a else 0.0
+            share_b = sum(w in t for t in b) / len(b) if b else 0.0
+            if share_a - share_b > best[0]:
+                best = (share_a - share_b, w, share_a, share_b)
+        excess, word, share_a, share_b = best
+        texts = comp_a.text[comp_a.prompt_id == p["id"]].fillna("").tolist()
         rows.append(
             {
                 "prompt_id": p["id"],
                 "prompt": p["prompt"],
+                "word": word,
                 "share_a": share_a,
                 "share_b": share_b,
-                "elicits": bool(a) and share_a - share_b >= min_share,
-                "example": hits[0] if hits else None,
+                "elicits": bool(a) and word is not None and excess >= min_share,
+                "example": next((t for t in texts if word in words(t)), None) if word else None,
             }
         )
-    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "share_a", "share_b", "elicits", "example"])
+    cols = ["prompt_id", "prompt", "word", "share_a", "share_b", "elicits", "example"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def run_elicit(
