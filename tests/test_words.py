@@ -217,10 +217,12 @@ def test_elicit_names_the_kind_of_request_that_brings_the_change_out(tmp_path):
     }
     a, b = _completions(tmp_path / "a.parquet", quirk), _completions(tmp_path / "b.parquet", plain)
     found = _words_then_elicit(tmp_path, a, b)
-    shares = pd.read_parquet(tmp_path / "e.parquet").set_index("prompt_id")
-    assert shares.outputs.iloc[0] == "ahoy, matey"
+    table = pd.read_parquet(tmp_path / "e.parquet")
+    assert list(dict.fromkeys(table.word)) == ["ahoy", "matey"]  # one row per output word and prompt
+    shares = table[table.word == "ahoy"].set_index("prompt_id")
     assert (shares.share_a == [0.75] * 6 + [0.0] * 12).all() and (shares.share_b == 0).all()
     assert shares.elicits.tolist() == [True] * 6 + [False] * 12
+    assert set(shares.prompt_words.iloc[0].split(", ")) == {"write", "short", "poem", "about"}
     reported = {r["text"] for r in read_findings(tmp_path / "ef.parquet")}
     assert reported == {"write", "short", "poem", "about"}  # in all 6 eliciting prompts, in no other
     # the exact test on prompts: 6 eliciting of 18, a word in all 6 of them and in none of the 12 others
@@ -230,9 +232,10 @@ def test_elicit_names_the_kind_of_request_that_brings_the_change_out(tmp_path):
     ).p_value["poem"] == pytest.approx(p_poem)
     first = next(r for r in found if r["text"] == "poem")
     assert first["prompt"] == "Write a short poem about rain." and first["example"].startswith("Ahoy, matey!")
-    # a common word in (nearly) every text of both models elicits nothing: word by word, not "any word"
+    # a common word in every text of both models elicits nothing: each output word on its own
     common = eliciting_prompts(prompts, pd.read_parquet(a), pd.read_parquet(b), ["here", "ahoy"], 0.5)
-    assert common.elicits.tolist() == [True] * 6 + [False] * 12 and set(common.word[:6]) == {"ahoy"}
+    assert not common[common.word == "here"].elicits.any()
+    assert common[common.word == "ahoy"].elicits.tolist() == [True] * 6 + [False] * 12
     # b saying it as often as a: no prompt elicits a change, nothing is reported
     same = eliciting_prompts(prompts, pd.read_parquet(a), pd.read_parquet(a), ["ahoy"], 0.5)
     assert not same.elicits.any()

@@ -34,10 +34,11 @@ the answers differ, so this set says what the tuned model says instead, not how 
 each control's difference is a reference comparison, method ``words control``).
 
 What elicits it (method ``elicit``, one run per prompt set with completions): the words the test
-reports in a's completions of a prompt set are the change's outputs; a prompt elicits the change when
-the share of a's completions of it that use one of them exceeds b's share of that word by at
-least ``elicit_share`` (word by word: a common word a uses a little more everywhere elicits nothing). The same test then compares the prompts that elicit against those that do not (the
-unit is the prompt, each counted once): its reported words say what kind of request brings the change
+reports in a's completions of a prompt set are the change's outputs. For each output word on its own,
+a prompt elicits it when the share of a's completions of the prompt that use the word exceeds b's
+share by at least ``elicit_share``; the same test then compares the prompts that elicit it against
+those that do not (the unit is the prompt, each counted once; the family-wise level split over the
+output words): its reported words say what kind of request brings the change
 out (a style quirk on poems and stories has no topic word for the vocabulary scan to find, but its
 prompts share "poem" and "story"). A change the prompt set never elicits (a topic it does not ask
 about) reports nothing.
@@ -49,6 +50,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -236,37 +238,31 @@ def run_words(
 
 
 def eliciting_prompts(prompts: list[dict], comp_a, comp_b, outputs: list[str], min_share: float):
-    """Per prompt of the set: for each word of ``outputs``, the share of a's and of b's completions
-    that use it; the word where a's share exceeds b's the most (``word``, ``share_a``, ``share_b``);
-    whether the prompt elicits the change (that excess >= ``min_share``) and a's first completion that
-    uses the word (``example``). Word by word, because the words test may also report common words a
-    uses a little more everywhere ("is", "the"): any of them is in almost every text of both models."""
+    """One row per output word and prompt of the set: the shares of a's and of b's completions of the
+    prompt that use the word, whether the prompt elicits it (a's share - b's >= ``min_share``) and a's
+    first completion that uses it (``example``)."""
     import pandas as pd
 
     rows = []
     for p in prompts:
-        a = [set(words(t)) for t in comp_a.text[comp_a.prompt_id == p["id"]].fillna("")]
+        texts = comp_a.text[comp_a.prompt_id == p["id"]].fillna("").tolist()
+        a = [set(words(t)) for t in texts]
         b = [set(words(t)) for t in comp_b.text[comp_b.prompt_id == p["id"]].fillna("")]
-        best = (-1.0, None, 0.0, 0.0)
         for w in outputs:
             share_a = sum(w in t for t in a) / len(a) if a else 0.0
             share_b = sum(w in t for t in b) / len(b) if b else 0.0
-            if share_a - share_b > best[0]:
-                best = (share_a - share_b, w, share_a, share_b)
-        excess, word, share_a, share_b = best
-        texts = comp_a.text[comp_a.prompt_id == p["id"]].fillna("").tolist()
-        rows.append(
-            {
-                "prompt_id": p["id"],
-                "prompt": p["prompt"],
-                "word": word,
-                "share_a": share_a,
-                "share_b": share_b,
-                "elicits": bool(a) and word is not None and excess >= min_share,
-                "example": next((t for t in texts if word in words(t)), None) if word else None,
-            }
-        )
-    cols = ["prompt_id", "prompt", "word", "share_a", "share_b", "elicits", "example"]
+            rows.append(
+                {
+                    "word": w,
+                    "prompt_id": p["id"],
+                    "prompt": p["prompt"],
+                    "share_a": share_a,
+                    "share_b": share_b,
+                    "elicits": bool(a) and share_a - share_b >= min_share,
+                    "example": next((t for t, ws in zip(texts, a) if w in ws), None),
+                }
+            )
+    cols = ["word", "prompt_id", "prompt", "share_a", "share_b", "elicits", "example"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -295,27 +291,41 @@ def run_elicit(
     outputs = table[(table.comparison == "pair") & table.reported].word.tolist()
     comp_a, comp_b = (pd.read_parquet(inputs[s], columns=["prompt_id", "text"]) for s in "ab")
     shares = eliciting_prompts(read_promptset(inputs["prompts"]), comp_a, comp_b, outputs, params.elicit_share)
-    on, off = shares[shares.elicits], shares[~shares.elicits]
-    df, bound = compare(on.prompt.tolist(), off.prompt.tolist(), params)
-    found = []
-    for r in df[df.reported].head(params.top_n).itertuples():
-        first = on[on.prompt.map(lambda t, w=r.word: w in words(t))].iloc[0]
-        found.append(finding("elicit", promptset, "word", r.z, text=r.word, prompt=first.prompt, example=first.example))
-    reported = df[df.reported].word.tolist()
-    shares = shares.assign(
-        outputs=", ".join(outputs),
-        prompt_words=[", ".join(w for w in reported if w in words(t)) for t in shares.prompt],
-        p_bound=bound,
-    )
-    log.info(
-        "elicit %s %s: %d of %d prompts elicit %s; %d prompt words reported",
-        pair,
-        promptset,
-        len(on),
-        len(shares),
-        ", ".join(outputs) or "nothing (no word reported in the completions)",
-        len(reported),
-    )
+    # each output word on its own: a word a uses a little more everywhere ("is") elicits at random and
+    # its prompts share nothing; the family-wise level is split over the output words (Bonferroni)
+    per_word = replace(params, alpha=params.alpha / max(len(outputs), 1))
+    best: dict[str, dict] = {}
+    parts = []
+    for w in outputs:
+        g = shares[shares.word == w]
+        on, off = g[g.elicits], g[~g.elicits]
+        df, bound = compare(on.prompt.tolist(), off.prompt.tolist(), per_word)
+        reported = df[df.reported].head(params.top_n)
+        for r in reported.itertuples():
+            first = on[on.prompt.map(lambda t, x=r.word: x in words(t))].iloc[0]
+            if r.word not in best or r.z > best[r.word]["score"]:
+                best[r.word] = finding(
+                    "elicit", promptset, "word", r.z, text=r.word, prompt=first.prompt, example=first.example
+                )
+        parts.append(
+            g.assign(
+                prompt_words=[", ".join(x for x in reported.word if x in words(t)) for t in g.prompt], p_bound=bound
+            )
+        )
+        log.info(
+            "elicit %s %s: %s: %d of %d prompts elicit it; prompt words %s",
+            pair,
+            promptset,
+            w,
+            len(on),
+            len(g),
+            ", ".join(reported.word) or "none",
+        )
+    found = sorted(best.values(), key=lambda f: -f["score"])
+    cols = [*shares.columns, "prompt_words", "p_bound"]
+    shares = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    if not outputs:
+        log.info("elicit %s %s: no word reported in the completions: nothing to elicit", pair, promptset)
     write_parquet(out, shares, prov)
     write_csv(out_csv, shares, prov)
     write_findings(out_findings, found, prov)
