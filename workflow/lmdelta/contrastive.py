@@ -187,11 +187,14 @@ def run_contrastive(
     check_same_tokenizer(toks[0], toks[1], pair)
     prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
     calls = ForwardCounter(*models)
-    records = generate_pair(models, toks, prompts, params.decoding(), formats=list(formats))
     sampled = []
-    if params.baseline:  # a alone, same prompts, samples, seed and sampling
+    if params.baseline:  # a alone, same prompts, samples, seed and sampling; only its means are kept
         alone = replace(params.decoding(), weights=(1.0, 0.0), plausibility_alpha=None)
-        sampled = generate_pair(models, toks, prompts, alone, formats=list(formats))
+        sampled = [
+            {k: r[k] for k in ("prompt_id", *BASELINE_METRICS)}
+            for r in generate_pair(models, toks, prompts, alone, formats=list(formats))
+        ]
+    records = generate_pair(models, toks, prompts, params.decoding(), formats=list(formats))
     prov.params["model_calls"] = calls.n
     records.sort(
         key=lambda r: -r[f"mean_{params.colour_by}"] if not math.isnan(r[f"mean_{params.colour_by}"]) else math.inf
