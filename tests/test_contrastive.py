@@ -55,7 +55,7 @@ def run(pair, tmp_path, **kw):
 def test_baseline_compares_contrastive_texts_with_a_alone_prompt_by_prompt(pair, tmp_path):
     """The baseline is a's own samples (weights 1, 0, no mask) with the same seed: the same as a run
     configured that way, compared prompt by prompt (each prompt's mean over its samples)."""
-    _, out = run(pair, tmp_path / "cd")
+    _, out = run(pair, tmp_path / "cd", baseline=True)
     _, alone = run(pair, tmp_path / "alone", weights=[1.0, 0.0], plausibility_alpha=None, baseline=False)
     table = pd.read_csv(out["baseline"]).set_index("metric")
     assert list(table.index) == ["mean_js", "mean_kl_a_b", "mean_kl_b_a"] and (table.unit == "prompt").all()
