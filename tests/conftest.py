@@ -255,7 +255,12 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
         "pairs": {"planted": {"a": "neox-planted", "b": "neox"}},
         "contrastive": {
             "runs": {
-                "cd": {"prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}}, "samples": 2, "max_new_tokens": 4, "baseline": True}
+                "cd": {
+                    "prompts": {"corpus": {"name": "docs", "n": 3, "words": 5}},
+                    "samples": 2,
+                    "max_new_tokens": 4,
+                    "baseline": True,
+                }
             }
         },
         "search": {
