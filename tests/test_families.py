@@ -212,6 +212,49 @@ def test_logprobs_equal_a_direct_forward(family_dirs, name):
         assert len(df[df.doc_id == f"d{i}"]) == len(ids) - 1, "every token scored once, the first one too"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_text_scores_sum_to_document_scores_and_join_across_families(family_dirs, name, tmp_path):
+    """Step 16: the per-word and per-byte tables of real (windowed) logprobs sum to each document's
+    surprisal, for the first token scored (bos) or not (none); the words join SmolLM2's on the same
+    text with no character lost or doubled."""
+    import pandas as pd
+
+    from lmdelta.logprobs import LogprobParams, run_logprobs
+    from lmdelta.textscores import join_words, run_text_scores
+
+    texts = {
+        "u": "  Héllo wörld,\n\nthe café 🙂 costs 3.50€!  ok\ttab end.\n",
+        "c": "def f(x):\n    return x + 1  # 東京\n",
+        "v": "Volcanoes erupt when magma rises. " * 4,
+    }
+    corpus = tmp_path / "corpus.parquet"
+    pd.DataFrame({"doc_id": list(texts), "text": list(texts.values())}).to_parquet(corpus)
+    words = {}
+    for first in ("bos", "none"):
+        for fam in dict.fromkeys([name, "smollm2"]):
+            out = tmp_path / first / f"{fam}.parquet"
+            p = LogprobParams(max_length=12, stride=5, batch_tokens=64, first_token=first)
+            run_logprobs(
+                family_dirs[fam]["base"],
+                corpus,
+                out,
+                out.with_suffix(".npy"),
+                params=p,
+                load_options={**CPU, "quantization": "none", "trust_remote_code": False},
+            )
+            w_out, b_out = out.with_suffix(".words.parquet"), out.with_suffix(".bytes.parquet")
+            run_text_scores(family_dirs[fam]["base"], out, corpus, w_out, b_out, model=fam, corpus_name="c")
+            tokens, w, b = pd.read_parquet(out), pd.read_parquet(w_out), pd.read_parquet(b_out)
+            doc_sum = -tokens.groupby("doc_id").logprob.sum().astype(float)
+            np.testing.assert_allclose(w.groupby("doc_id").surprisal.sum()[doc_sum.index], doc_sum, atol=1e-4)
+            np.testing.assert_allclose(b.groupby("doc_id").surprisal.sum()[doc_sum.index], doc_sum, atol=1e-4)
+            assert w.complete.all() == (first == "bos")
+            words[fam] = w
+        joined = join_words(words)
+        for d, t in texts.items():
+            assert "".join(joined[joined.doc_id == d].text) == t
+
+
 # ---- interpolation ----------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,8 @@ STAGES: dict[str, str] = {
     "logprobs": "lmdelta.logprobs:gather_job",
     "entropy_perplexity": "lmdelta.perplexity:summary_job",
     "compare_entropy_perplexity": "lmdelta.perplexity:compare_job",
+    "text_scores": "lmdelta.textscores:text_scores_job",
+    "join_text_scores": "lmdelta.textscores:join_job",
     "derive_data": "lmdelta.planted:data_job",
     "derive_model": "lmdelta.derive:derive_job",
     "check_planted": "lmdelta.planted:check_job",

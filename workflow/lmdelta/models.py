@@ -365,7 +365,7 @@ def load_model(
     ``verify`` re-hashes the weights against ``fingerprint.json`` (costs a read of every weight file).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
     fingerprint = read_fingerprint(folder)
@@ -390,8 +390,15 @@ def load_model(
     if quantization == "none":
         model.to(dev)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    return model, tokenizer
+    return model, load_tokenizer(folder, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(folder: str | Path, *, trust_remote_code: bool = False):
+    """The tokenizer of a materialised folder (without loading its weights)."""
+    from transformers import AutoTokenizer
+
+    read_fingerprint(folder)  # a materialised folder, or a one-line error
+    return AutoTokenizer.from_pretrained(Path(folder), trust_remote_code=trust_remote_code)
 
 
 def _bnb_config(quantization: str, dtype: str):

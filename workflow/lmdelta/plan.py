@@ -304,7 +304,20 @@ class Plan:
         return [
             *expand("results/entropy_perplexity/{corpus}/{model}.json", corpus=corpora, model=models),
             *expand("results/entropy_perplexity/{corpus}/comparison.csv", corpus=corpora),
+            *expand("results/textscores/{corpus}/words.parquet", corpus=corpora),
         ]
+
+    def text_scores_spec(self, wildcards) -> str:
+        return as_text({"trust_remote_code": self.config["models"][wildcards.model]["trust_remote_code"]})
+
+    def join_text_scores_inputs(self, wildcards) -> dict[str, list[str]]:
+        models = selected(self.config, "logprobs", "models")
+        return {
+            "words": expand("results/textscores/{corpus}/{model}.words.parquet", corpus=wildcards.corpus, model=models)
+        }
+
+    def join_text_scores_spec(self, wildcards) -> str:
+        return as_text({"models": selected(self.config, "logprobs", "models")})
 
     def compare_entropy_inputs(self, wildcards) -> dict[str, list[str]]:
         models = selected(self.config, "logprobs", "models")

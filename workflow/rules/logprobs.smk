@@ -129,3 +129,46 @@ rule corpus_findings:
         runtime=30,
     script:
         JOB
+
+
+# The same scores on the text: per word (words defined on the text alone) and per byte, so that
+# models with different tokenizers join on the same units.
+rule text_scores:
+    input:
+        model=plan.model_input,
+        logprobs="results/logprobs/{corpus}/{model}.parquet",
+        corpus="results/corpus/{corpus}.parquet",
+    output:
+        words="results/textscores/{corpus}/{model}.words.parquet",
+        bytes="results/textscores/{corpus}/{model}.bytes.parquet",
+    params:
+        spec=plan.text_scores_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/textscores/{corpus}/{model}.log",
+    benchmark:
+        "benchmarks/textscores/{corpus}/{model}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        JOB
+
+
+rule join_text_scores:
+    input:
+        unpack(plan.join_text_scores_inputs),
+    output:
+        words="results/textscores/{corpus}/words.parquet",
+    params:
+        spec=plan.join_text_scores_spec,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/textscores/{corpus}/join.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        JOB
