@@ -170,6 +170,22 @@ def serve(www: Path):
         server.server_close()
 
 
+@pytest.fixture(scope="session")
+def cross_pair(tmp_path_factory):
+    """Materialised folders ``a`` (a tiny Llama-2 stand-in: SentencePiece, BOS added) and ``b`` (a tiny
+    GPT-2 stand-in: byte-level BPE, no BOS): a pair with two tokenizers (tests/families.py)."""
+    from families import build_family
+
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import materialise
+
+    root = tmp_path_factory.mktemp("cross")
+    for side, family in (("a", "llama2"), ("b", "gpt2")):
+        src = build_family(family, root / f"{side}-src")
+        materialise(ModelSpec(name=side, source={"local": {"path": str(src)}}), root / side)
+    return root
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """Serve ``tmp_path / 'www'`` on 127.0.0.1; yields (folder, base_url)."""

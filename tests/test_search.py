@@ -554,6 +554,22 @@ def run_stage(pair, tmp_path, name, **kw):
     return out
 
 
+def test_a_pair_with_two_tokenizers_is_scored_by_sequence_log_ratios(cross_pair, tmp_path):
+    """Step 16: a Llama-2 stand-in against a GPT-2 stand-in runs end to end; prompts are scored per byte
+    with Monte-Carlo errors, and a sampling setting the estimate cannot honour is refused."""
+    from lmdelta.artifacts import read_provenance
+
+    out = run_stage(cross_pair, tmp_path, "cross")
+    bank = pd.read_parquet(out["bank.parquet"])
+    assert len(bank) >= 4 and np.isfinite(bank.kl_a_b).all() and (bank.kl_a_b_se >= 0).all()
+    assert bank.kl_b_a.isna().all(), "kl_a_b samples from a only"
+    prov = read_provenance(out["bank.parquet"])
+    assert prov["params"]["divergence_method"] == "sequence"
+    assert prov["params"]["divergence_units"] == "nats per byte"
+    with pytest.raises(LmdeltaError, match="temperature 1.0, top_p 1.0, top_k 0"):
+        run_stage(cross_pair, tmp_path, "hot", temperature=0.7)
+
+
 def test_stage_outputs_and_determinism(pair, tmp_path):
     from lmdelta.artifacts import read_provenance
 

@@ -208,3 +208,10 @@ def decode(
         pad_id=pad_id,
         seed=seed,
     )
+
+
+def sub_seed(seed: int, *path: int) -> int:
+    """A seed for one step of a run, derived from the run's seed (independent streams per step)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])

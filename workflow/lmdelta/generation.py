@@ -43,7 +43,7 @@ def generate_texts(
     batch_size: int = 16,
 ) -> list[dict]:
     """Continue each prompt (token ids); return dicts with ``text``, ``n_tokens``, ``finish_reason``
-    (``eos`` or ``length``). Left padding, one KV cache per batch; batch b is seeded ``seed + b``.
+    (``eos`` or ``length``) and the new ``ids``. Left padding, one KV cache per batch; batch b is seeded ``seed + b``.
     Generation stops at every EOS id the model declares (``lmdelta.tokens.eos_ids``)."""
     import torch
 
@@ -72,6 +72,7 @@ def generate_texts(
                     "text": tokenizer.decode(row[:n], skip_special_tokens=True),
                     "n_tokens": n,
                     "finish_reason": "eos" if stopped else "length",
+                    "ids": row[:n],  # the EOS id included when it stopped
                 }
             )
     return out

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.decoding import Combination, Sampling, decode_combined
+from lmdelta.decoding import Combination, Sampling, decode_combined, sub_seed  # noqa: F401 (used by the stages)
 from lmdelta.divergence import divergences
 from lmdelta.generation import check_context
 from lmdelta.models import left_pad, load_model, pad_id, read_fingerprint
-from lmdelta.tokens import TextFormat, cut_at_eos, eos_ids, first_token_id, prompt_ids
+from lmdelta.seqdiv import SequenceDivergence, prompt_divergences, same_tokenizer
+from lmdelta.tokens import TextFormat, cut_at_eos, encode_prompt, eos_ids
 
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
 Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
@@ -56,24 +57,11 @@ def load_pair(model_dirs, load_options) -> tuple[list, list]:
 
 
 def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
-    if tok_a.get_vocab() != tok_b.get_vocab():
+    if not same_tokenizer(tok_a, tok_b):
         raise LmdeltaError(
             f"pairs.{pair}: the two models have different tokenizers; contrastive decoding and token-level "
             "divergence need one vocabulary: pair models that share a tokenizer"
         )
-
-
-def encode_prompt(tok, prompt: str, fmt) -> list[int]:
-    """A prompt's ids as the model reads it (``lmdelta.tokens``); an empty prompt (unconditional) is the
-    model's first token alone (its BOS, else EOS, when its first_token is none)."""
-    if prompt:
-        return prompt_ids(tok, prompt, fmt)
-    start = first_token_id(tok, fmt.first_token if fmt.first_token != "none" else "bos")
-    if start is None:
-        raise LmdeltaError(
-            "contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts"
-        )
-    return [start]
 
 
 def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats: list[dict]) -> list[dict]:
@@ -201,16 +189,18 @@ def check_compatible(models, toks, pair: str) -> None:
 
 
 def pool_scores(old: dict, new: dict) -> dict:
-    """One prompt's scores over the samples of both scorings: each divergence the sample-weighted mean.
-    The example (the most divergent continuation of the first scoring) is kept."""
+    """One prompt's scores over the samples of both scorings: each divergence the sample-weighted mean
+    (and, for the sequence estimate, its per-continuation mean, and their standard errors as those of a
+    weighted mean of two independent estimates). The example (of the first scoring) is kept."""
     n0, n1 = int(old["n_samples"]), int(new["n_samples"])
-    mean = {k: (n0 * old[k] + n1 * new[k]) / (n0 + n1) for k in DIVERGENCES if k in old and k in new}
-    return {**old, **mean, "n_samples": n0 + n1}
-
-
-def sub_seed(seed: int, *path: int) -> int:
-    """A seed for one step of the run, derived from the run's seed (independent streams per step)."""
-    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
+    keys = [k for d in DIVERGENCES for k in (d, f"{d}_seq") if k in old and k in new]
+    mean = {k: (n0 * old[k] + n1 * new[k]) / (n0 + n1) for k in keys}
+    se = {
+        f"{k}_se": math.hypot(n0 * old[f"{k}_se"], n1 * new[f"{k}_se"]) / (n0 + n1)
+        for k in keys
+        if f"{k}_se" in old and f"{k}_se" in new
+    }
+    return {**old, **mean, **se, "n_samples": n0 + n1}
 
 
 def normalise(prompt: str) -> str:
@@ -235,7 +225,24 @@ def pair_scorer(
 ) -> Scorer:
     """A scorer of prompts: ``samples`` continuations of each prompt sampled from one model of the pair
     (``sample_from``), the per-token divergences averaged over each continuation, then over its samples;
-    the example is the continuation with the highest ``divergence``."""
+    the example is the continuation with the highest ``divergence``.
+
+    A pair whose tokenizers differ has no per-token divergence: it is scored by the tokenizer-free
+    sequence estimate (``lmdelta.seqdiv``: nats per byte, with Monte-Carlo standard errors), which
+    samples from the side(s) the divergence needs and only at temperature 1 with no top-p / top-k."""
+    if not same_tokenizer(toks[0], toks[1]):
+        return sequence_scorer(
+            models,
+            toks,
+            formats,
+            divergence=divergence,
+            samples=samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            batch_size=batch_size,
+        )
     weights = (1.0, 0.0) if sample_from == "a" else (0.0, 1.0)
 
     def score(items: list[dict], seed: int) -> dict[str, dict]:
@@ -266,5 +273,43 @@ def pair_scorer(
                 "n_samples": len(recs),
             }
         return out
+
+    return score
+
+
+def divergence_method(toks) -> dict[str, str]:
+    """How a pair's divergences are measured (recorded in provenance): per token along the sampled
+    continuations when the pair shares a tokenizer, else by sequence log-ratios per byte."""
+    if same_tokenizer(toks[0], toks[1]):
+        return {"divergence_method": "token", "divergence_units": "nats per token"}
+    return {"divergence_method": "sequence", "divergence_units": "nats per byte"}
+
+
+def sequence_scorer(
+    models,
+    toks,
+    formats,
+    *,
+    divergence: str,
+    samples: int,
+    max_new_tokens: int,
+    temperature,
+    top_p: float,
+    top_k: int,
+    batch_size: int,
+) -> Scorer:
+    """The scorer of ``pair_scorer`` for a pair with two tokenizers (``lmdelta.seqdiv``)."""
+    if temperature != 1.0 or top_p != 1.0 or top_k != 0:
+        raise LmdeltaError(
+            "the two models have different tokenizers, so prompts are scored by sequence log-ratios, which need "
+            f"samples of the models themselves: set temperature 1.0, top_p 1.0, top_k 0 (got {temperature}, {top_p}, {top_k})"
+        )
+    p = SequenceDivergence(samples=samples, max_new_tokens=max_new_tokens, seed=0, batch_size=batch_size)
+
+    def score(items: list[dict], seed: int) -> dict[str, dict]:
+        est = prompt_divergences(
+            models, toks, formats, [x["prompt"] for x in items], p, divergence=divergence, seed=seed
+        )
+        return {x["id"]: {k: v for k, v in e.items() if k != "records"} for x, e in zip(items, est)}
 
     return score

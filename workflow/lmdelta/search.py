@@ -54,7 +54,7 @@ from lmdelta.findings import finding, read_findings, write_findings
 from lmdelta.models import ForwardCounter, read_fingerprint
 from lmdelta.pairs import (
     Scorer,
-    check_same_tokenizer,
+    divergence_method,
     load_pair,
     normalise,
     pair_scorer,
@@ -521,7 +521,7 @@ def run_search(
     seeds += finding_seeds(list(seed_findings), seed_findings_n, word_template)
     models, toks = load_pair(model_dirs, load_options)
     loaded = list(zip(models, toks))
-    check_same_tokenizer(toks[0], toks[1], pair)
+    prov.params.update(divergence_method(toks))  # per token with one tokenizer, per byte across two
     reuse = None  # the assistant is often a model of the pair: load it once
     if "model" in assistant_spec and assistant_dir is not None:
         for d, o, lm in zip(model_dirs, load_options, loaded):

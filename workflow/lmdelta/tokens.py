@@ -190,3 +190,16 @@ def prefix_token(tokenizer, policy: str) -> tuple[int | None, str | None]:
     (``lmdelta.tokens.first_token_id``; (None, None) for ``none``)."""
     tid = first_token_id(tokenizer, policy)
     return (None, None) if tid is None else (tid, tokenizer.convert_ids_to_tokens(tid))
+
+
+def encode_prompt(tok, prompt: str, fmt) -> list[int]:
+    """A prompt's ids as the model reads it (``lmdelta.tokens``); an empty prompt (unconditional) is the
+    model's first token alone (its BOS, else EOS, when its first_token is none)."""
+    if prompt:
+        return prompt_ids(tok, prompt, fmt)
+    start = first_token_id(tok, fmt.first_token if fmt.first_token != "none" else "bos")
+    if start is None:
+        raise LmdeltaError(
+            "contrastive: an empty prompt needs a BOS or EOS token, and the tokenizer has neither; give prompts"
+        )
+    return [start]
