@@ -175,7 +175,6 @@ def cross_pair(tmp_path_factory):
     """Materialised folders ``a`` (a tiny Llama-2 stand-in: SentencePiece, BOS added) and ``b`` (a tiny
     GPT-2 stand-in: byte-level BPE, no BOS): a pair with two tokenizers (tests/families.py)."""
     from families import build_family
-
     from lmdelta.config import ModelSpec
     from lmdelta.models import materialise
 
