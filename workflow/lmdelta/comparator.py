@@ -10,6 +10,11 @@ divergences between the two models (``kl_a_b`` = KL(P_a ‖ P_b), ``kl_b_a``, ``
 each model reads the prompt in its own format, then the output's tokens), its token count, and the
 diversity of the prompt's samples at that temperature (distinct-2, self-BLEU); a per-model boolean for
 the planted response when the pair has one; the prompt id, category and temperature.
+
+A pair with two tokenizers has no per-token divergence: its per-model numbers are instead each
+output's sequence log-ratio ``log_ratio_a_b`` = (log p_a(text) − log p_b(text)) / bytes (nats per
+UTF-8 byte; each model reads the prompt in its own format and the text under its own tokenizer,
+``lmdelta.seqdiv``) and its length in bytes ``n_bytes``.
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, write_json
 from lmdelta.behaviour import shows_planted
 from lmdelta.divergence import text_divergences
 from lmdelta.models import pad_id
-from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
+from lmdelta.pairs import divergence_method, load_pair, record_pair
 from lmdelta.promptsets import read_promptset
+from lmdelta.seqdiv import same_tokenizer, sequence_logprobs
 from lmdelta.tokens import TextFormat, prompt_ids
 
 log = logging.getLogger(__name__)
 PER_MODEL_NUMBERS = ("kl_a_b", "kl_b_a", "js", "n_tokens", "distinct_2", "self_bleu")
+CROSS_NUMBERS = ("log_ratio_a_b", "n_bytes", "distinct_2", "self_bleu")  # a pair with two tokenizers
 
 
 def _num(x) -> float | None:
@@ -37,20 +46,27 @@ def _num(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def build(pair: str, names: tuple[str, str], prompts: dict[str, dict], joined, planted: dict | None) -> dict[str, Any]:
+def build(
+    pair: str,
+    names: tuple[str, str],
+    prompts: dict[str, dict],
+    joined,
+    planted: dict | None,
+    numbers: tuple[str, ...] = PER_MODEL_NUMBERS,
+) -> dict[str, Any]:
     """The LLM Comparator document from the joined table (one row per example, ``_a`` / ``_b`` columns)."""
     schema = [
         {"name": "prompt_id", "type": "string"},
         {"name": "category", "type": "category"},
         {"name": "temperature", "type": "number"},
     ]
-    schema += [{"name": k, "type": "per_model_number"} for k in PER_MODEL_NUMBERS]
+    schema += [{"name": k, "type": "per_model_number"} for k in numbers]
     if planted:
         schema.append({"name": "shows_planted_response", "type": "per_model_boolean"})
     examples = []
     for r in joined.itertuples(index=False):
         fields: dict[str, Any] = {"prompt_id": r.prompt_id, "category": r.category, "temperature": float(r.temperature)}
-        for k in PER_MODEL_NUMBERS:
+        for k in numbers:
             fields[k] = [_num(getattr(r, f"{k}_a")), _num(getattr(r, f"{k}_b"))]
         if planted:
             fields["shows_planted_response"] = [
@@ -136,7 +152,7 @@ def run_comparator(
             "and sample); give both models the same completions settings"
         )
     models, toks = load_pair(model_dirs, load_options)
-    check_same_tokenizer(toks[0], toks[1], pair)
+    prov.params.update(divergence_method(toks))
     heads = []
     for tok, fmt in zip(toks, formats):
         heads.append(
@@ -145,6 +161,26 @@ def run_comparator(
                 for pid, p in prompts.items()
             }
         )
+    if not same_tokenizer(toks[0], toks[1]):
+        for side in ("a", "b"):
+            texts = joined[f"text_{side}"].tolist()
+            lp = [
+                sequence_logprobs(
+                    m,
+                    t,
+                    [h[pid] for pid in joined.prompt_id],
+                    [t(x, add_special_tokens=False).input_ids for x in texts],
+                )
+                for m, t, h in zip(models, toks, heads)
+            ]
+            n_bytes = np.array([len(x.encode("utf-8")) for x in texts], np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                joined[f"log_ratio_a_b_{side}"] = np.where(n_bytes > 0, (lp[0] - lp[1]) / n_bytes, np.nan)
+            joined[f"n_bytes_{side}"] = n_bytes
+        doc = build(pair, names, prompts, joined, planted, CROSS_NUMBERS)
+        write_json(out, doc, prov)
+        log.info("comparator %s (two tokenizers): %d examples -> %s", pair, len(doc["examples"]), out)
+        return doc
     for side in ("a", "b"):
         seqs, starts = [], []
         for r in joined.itertuples(index=False):

@@ -174,6 +174,14 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 raise LmdeltaError(
                     f"config: pairs.{name}.{side}: {pair[side]!r} is not defined under models:; use one of {', '.join(config['models'])}"
                 )
+        src = pair.get("soft_prompts_from")
+        if src is not None and (
+            src not in config["pairs"] or src == name or config["pairs"][src].get("soft_prompts_from")
+        ):
+            raise LmdeltaError(
+                f"config: pairs.{name}.soft_prompts_from: {src!r} must be another pair that trains its own soft prompts "
+                f"(one of {', '.join(n for n, p in config['pairs'].items() if n != name and not p.get('soft_prompts_from')) or 'none defined'})"
+            )
     _check_selection(config, "contrastive", pools=(("pairs", "pairs"),))
     for name, run in config["contrastive"]["runs"].items():
         src = run["prompts"]

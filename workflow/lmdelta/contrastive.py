@@ -184,7 +184,7 @@ def run_contrastive(
         if path is not None:
             prov.add_input(name, path)
     models, toks = load_pair(model_dirs, load_options)
-    check_same_tokenizer(toks[0], toks[1], pair)
+    check_same_tokenizer(toks[0], toks[1], pair, "contrastive decoding")
     prompts = build_prompts(params.prompts, promptset=promptset, corpus=corpus)
     calls = ForwardCounter(*models)
     sampled = []

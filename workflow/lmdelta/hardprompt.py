@@ -45,11 +45,12 @@ from lmdelta.config import stage_spec
 from lmdelta.decoding import Sampling, decode_combined
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.findings import finding, write_findings
-from lmdelta.models import ForwardCounter, pad_id
+from lmdelta.models import ForwardCounter, load_model, pad_id
 from lmdelta.models import right_pad as collate
 from lmdelta.pairs import (
     DIVERGENCES,
     check_compatible,
+    divergence_method,
     load_pair,
     normalise,
     pair_scorer,
@@ -59,6 +60,7 @@ from lmdelta.pairs import (
 )
 from lmdelta.plots import hardprompt_figure, save_figure
 from lmdelta.scoring import score_sequences
+from lmdelta.seqdiv import same_tokenizer
 from lmdelta.softprefix import (
     PLACEHOLDER,
     SoftPromptParams,
@@ -250,7 +252,9 @@ def score_prompts(
 ) -> list[dict]:
     """The search's scorer on plain prompts (in the soft prompt's placement), without the soft prompt."""
 
-    if sp.placement == "chat":  # both models read model a's chat template, as in training (softprompt.pair_templates)
+    if sp.placement == "chat" and not same_tokenizer(toks[0], toks[1]):  # a prompt moved to another family
+        fmts = [{"chat_template": True, "fmt": None, "first_token": f} for f in first_tokens]
+    elif sp.placement == "chat":  # both models read model a's chat template, as in training (softprompt.pair_templates)
         text = format_prompt(toks[0], PLACEHOLDER, chat_template=True).replace("{", "{{").replace("}", "}}")
         fmts = [
             {"chat_template": False, "fmt": text.replace(PLACEHOLDER, "{prompt}") + "{guide}", "first_token": "none"}
@@ -285,11 +289,14 @@ def evaluate_candidates(
     *,
     first_tokens: tuple[str, str] = ("bos", "bos"),
     planted: dict | None,
+    tok=None,
 ):
-    """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top."""
+    """Score candidates and same-length snippets without the soft prompt; re-score each side's top n_top.
+    ``docs`` and the candidates' lengths are in the tokenizer ``tok`` (default model a's): the soft
+    prompt's own when its pair is another one."""
     import pandas as pd
 
-    tok = toks[0]
+    tok = tok if tok is not None else toks[0]
     seen, unique = set(), []
     for c in cands:  # the same text found twice is one prompt (kept with the first method that found it)
         key = normalise(c["prompt"])
@@ -430,7 +437,11 @@ def run_hardprompt(
     out_png: Path,
     out_findings: Path,
     statistics: PairedParams | None = None,
+    trained_on: dict | None = None,
 ):
+    """``trained_on`` (the soft prompt's pair when it is another one: ``pair``, ``names``, ``dirs``,
+    ``load_options``, ``formats``): candidates are extracted with that pair's models, then scored on
+    this pair (which may have two tokenizers: ``lmdelta.pairs.pair_scorer``)."""
     import pandas as pd
 
     prov = Provenance(
@@ -455,17 +466,31 @@ def run_hardprompt(
     if corpus is not None:
         prov.add_input("corpus", corpus)
     models, toks = load_pair(model_dirs, load_options)
-    check_compatible(models, toks, pair)
-    for m in models:
+    if trained_on is None:
+        check_compatible(models, toks, pair)
+        t_models, t_toks, t_first = models, toks, first_tokens
+    else:
+        prov.params["trained_on"] = {k: trained_on[k] for k in ("pair", "names")}
+        # a model of both pairs (often a) is loaded once
+        loaded = {(str(d), repr(o)): (m, t) for d, o, m, t in zip(model_dirs, load_options, models, toks)}
+        t_models, t_toks = [], []
+        for d, o in zip(trained_on["dirs"], trained_on["load_options"]):
+            m, t = loaded.get((str(d), repr(o))) or load_model(d, **o)
+            t_models.append(m)
+            t_toks.append(t)
+        check_compatible(t_models, t_toks, trained_on["pair"])
+        t_first = tuple(f.get("first_token", "bos") for f in trained_on["formats"])
+    prov.params.update(divergence_method(toks))
+    for m in {id(m): m for m in [*models, *t_models]}.values():
         m.eval()
         m.requires_grad_(False)
-    calls = ForwardCounter(*models)
+    calls = ForwardCounter(*{id(m): m for m in [*models, *t_models]}.values())
     soft = load_soft_prompt(soft_path)
-    docs = training_docs(models, toks, sp_params, corpus)
+    docs = training_docs(t_models, t_toks, sp_params, corpus)
     windows = split_windows(docs, sp_params)
-    cands, proj_rows, _ = candidates(models, toks, soft, windows, sp_params, hp_params, first_tokens)
+    cands, proj_rows, _ = candidates(t_models, t_toks, soft, windows, sp_params, hp_params, t_first)
     df = evaluate_candidates(
-        models, toks, cands, docs, sp_params, hp_params, first_tokens=first_tokens, planted=planted
+        models, toks, cands, docs, sp_params, hp_params, first_tokens=first_tokens, planted=planted, tok=t_toks[0]
     )
     summary = {
         "pair": pair,
@@ -544,4 +569,7 @@ def hardprompt_job(job) -> None:
         out_png=job.out("png"),
         out_findings=job.out("findings"),
         statistics=PairedParams.from_dict(s["statistics"]),
+        trained_on=(
+            {**s["trained_on"], "dirs": (job.path("train_a"), job.path("train_b"))} if "trained_on" in s else None
+        ),
     )

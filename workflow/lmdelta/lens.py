@@ -377,7 +377,7 @@ def run_lens(
     prov.add_input("corpus", corpus)
     prov.add_input("promptset", promptset)
     models, toks = load_pair(model_dirs, load_options)
-    check_same_tokenizer(toks[0], toks[1], pair)
+    check_same_tokenizer(toks[0], toks[1], pair, "the activation-difference lens")
     tok, fmt_b = toks[1], TextFormat.from_dict(formats[1])
     n_layers = models[1].config.num_hidden_layers
     layers = list(range(n_layers)) if params.layers is None else list(params.layers)

@@ -56,11 +56,14 @@ def load_pair(model_dirs, load_options) -> tuple[list, list]:
     return [m for m, _ in loaded], [t for _, t in loaded]
 
 
-def check_same_tokenizer(tok_a, tok_b, pair: str) -> None:
+def check_same_tokenizer(tok_a, tok_b, pair: str, stage: str = "this stage") -> None:
+    """Refuse a pair with two tokenizers in a stage that compares next-token distributions."""
     if not same_tokenizer(tok_a, tok_b):
         raise LmdeltaError(
-            f"pairs.{pair}: the two models have different tokenizers; contrastive decoding and token-level "
-            "divergence need one vocabulary: pair models that share a tokenizer"
+            f"pairs.{pair}: the two models have different tokenizers, and {stage} compares their next-token "
+            "distributions over one vocabulary, which two tokenizers do not share (no exact mapping exists); "
+            "pair models that share a tokenizer here. Across tokenizers use the search, the hard prompts "
+            "(pairs.<name>.soft_prompts_from), the comparator and results/textscores/"
         )
 
 
@@ -179,7 +182,7 @@ def _prompt_divergences(models, inputs) -> dict:
 
 def check_compatible(models, toks, pair: str) -> None:
     """Soft prompts live in one embedding space: same hidden size and tokenizer."""
-    check_same_tokenizer(toks[0], toks[1], pair)
+    check_same_tokenizer(toks[0], toks[1], pair, "soft-prompt training")
     ha, hb = (m.get_input_embeddings().weight.shape[1] for m in models)
     if ha != hb:
         raise LmdeltaError(

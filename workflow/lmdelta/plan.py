@@ -641,11 +641,19 @@ class Plan:
         run = self.config["softprompt"]["runs"][wildcards.run]
         return {**self.pair_dirs(wildcards.pair), "corpus": f"results/corpus/{run['corpus']}.parquet"}
 
+    def soft_prompt_pair(self, pair: str) -> str:
+        """The pair whose soft prompts ``pair``'s hard prompts come from (itself unless soft_prompts_from)."""
+        return self.config["pairs"][pair].get("soft_prompts_from") or pair
+
     def hardprompt_inputs(self, wildcards) -> dict[str, str]:
-        return {
+        source = self.soft_prompt_pair(wildcards.pair)
+        out = {
             **self.softprompt_inputs(wildcards),
-            "soft": f"results/softprompt/{wildcards.pair}/{wildcards.run}/prompt.safetensors",
+            "soft": f"results/softprompt/{source}/{wildcards.run}/prompt.safetensors",
         }
+        if source != wildcards.pair:
+            out.update({f"train_{k}": v for k, v in self.pair_dirs(source).items()})
+        return out
 
     def softprompt_spec(self, wildcards) -> str:
         """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
@@ -655,11 +663,13 @@ class Plan:
 
     def hardprompt_spec(self, wildcards) -> str:
         run = self.config["softprompt"]["runs"][wildcards.run]
+        source = self.soft_prompt_pair(wildcards.pair)
         return as_text(
             {
                 **self.pair_models(wildcards.pair, run=run),
                 "planted": planted_truth(self.config, wildcards.pair),
                 "statistics": stage_section("statistics", self.config["statistics"]),
+                **({"trained_on": {"pair": source, **self.pair_models(source)}} if source != wildcards.pair else {}),
             }
         )
 
@@ -835,7 +845,7 @@ class Plan:
                     "hardprompt",
                     r,
                     [
-                        f"results/softprompt/{pair_name}/{r}/prompt.safetensors",
+                        f"results/softprompt/{self.soft_prompt_pair(pair_name)}/{r}/prompt.safetensors",
                         f"results/hardprompt/{pair_name}/{r}/prompts.parquet",
                     ],
                 )

@@ -173,7 +173,7 @@ def run_scan(
             f"scan.template {params.template!r} has no {{word}} placeholder; write e.g. 'Tell me about {{word}}.'"
         )
     models, toks = load_pair(model_dirs, load_options)
-    check_same_tokenizer(toks[0], toks[1], pair)
+    check_same_tokenizer(toks[0], toks[1], pair, "the vocabulary scan")
     tok = toks[1]
     fmts = [TextFormat.from_dict(f) for f in formats]
     words = candidate_words(tok, min_letters=params.min_letters, max_words=params.max_words)
