@@ -133,3 +133,20 @@ def test_join_refuses_tables_of_different_texts(family_tokenizers):
     b = text_scores(tok, ["d0"], ["one three"], _fake_scores(tok, ["d0"], ["one three"]))[0]
     with pytest.raises(LmdeltaError, match="different corpora"):
         join_words({"a": a, "b": b})
+
+
+def test_join_stage_writes_the_table_and_its_figure(family_tokenizers, tmp_path):
+    from lmdelta.artifacts import read_provenance, write_parquet
+    from lmdelta.textscores import run_join
+
+    paths = []
+    for name in ("gpt2", "gemma3"):
+        tok = family_tokenizers[name]
+        words = text_scores(tok, ["d0", "d1"], TEXTS[:2], _fake_scores(tok, ["d0", "d1"], TEXTS[:2]))[0]
+        paths.append(tmp_path / f"{name}.words.parquet")
+        write_parquet(paths[-1], words)
+    pairs = [{"pair": "x", "a": "gpt2", "b": "gemma3"}]
+    out = run_join(paths, ["gpt2", "gemma3"], tmp_path / "w.parquet", tmp_path / "w.png", corpus_name="c", pairs=pairs)
+    assert (tmp_path / "w.png").stat().st_size > 0
+    assert pd.read_parquet(tmp_path / "w.parquet").equals(out)
+    assert read_provenance(tmp_path / "w.parquet")["params"]["pairs"] == pairs

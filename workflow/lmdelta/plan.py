@@ -317,7 +317,8 @@ class Plan:
         }
 
     def join_text_scores_spec(self, wildcards) -> str:
-        return as_text({"models": selected(self.config, "logprobs", "models")})
+        models = selected(self.config, "logprobs", "models")
+        return as_text({"models": models, "pairs": self.pairs_among(models)})
 
     def compare_entropy_inputs(self, wildcards) -> dict[str, list[str]]:
         models = selected(self.config, "logprobs", "models")

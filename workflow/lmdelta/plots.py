@@ -69,6 +69,36 @@ def doc_perplexity_figure(per_doc: dict[str, np.ndarray], title: str):
     return fig
 
 
+def word_surprisal_figure(words, models: list[str], pairs: list[dict], title: str):
+    """Per-word surprisal (nats) of every model on the same words: the distribution per model, and for
+    each pair a scatter of a's against b's on the words that both count exactly (no token across
+    their edges in either tokenizer)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 1 + len(pairs), figsize=(4.2 * (1 + len(pairs)), 3.8), squeeze=False)
+    ax = axes[0][0]
+    for m in models:
+        v = np.sort(words.loc[words[f"complete:{m}"], f"surprisal:{m}"].to_numpy())
+        ax.plot(v, np.arange(1, len(v) + 1) / max(len(v), 1), label=m)
+    ax.set_xlabel("surprisal of a word (nats)")
+    ax.set_ylabel("share of words")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, p in zip(axes[0][1:], pairs):
+        a, b = p["a"], p["b"]
+        ok = words[f"exact:{a}"] & words[f"exact:{b}"] & words[f"complete:{a}"] & words[f"complete:{b}"]
+        x, y = words.loc[ok, f"surprisal:{b}"], words.loc[ok, f"surprisal:{a}"]
+        ax.scatter(x, y, s=3, alpha=0.3)
+        hi = float(max(x.max(), y.max())) if ok.any() else 1.0
+        ax.plot([0, hi], [0, hi], color="grey", lw=0.8)
+        ax.set_xlabel(f"{b} (nats)")
+        ax.set_ylabel(f"{a} (nats)")
+        ax.set_title(f"{p['pair']}: {int(ok.sum())} words", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def diversity_figure(table, metrics: list[str], directions: dict[str, str], title: str):
     """Each metric vs temperature per model; categories side by side (columns)."""
     plt = _pyplot()

@@ -40,6 +40,7 @@ import pandas as pd
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, write_parquet
 from lmdelta.models import load_tokenizer, read_fingerprint
+from lmdelta.plots import save_figure, word_surprisal_figure
 
 log = logging.getLogger(__name__)
 
@@ -269,15 +270,27 @@ def run_text_scores(
     return prov.params["counts"]
 
 
-def run_join(word_paths: list[str | Path], models: list[str], out: str | Path) -> pd.DataFrame:
-    """The models' word tables of one corpus joined side by side (``join_words``)."""
+def run_join(
+    word_paths: list[str | Path],
+    models: list[str],
+    out: str | Path,
+    out_png: str | Path,
+    *,
+    corpus_name: str,
+    pairs: list[dict[str, str]],
+) -> pd.DataFrame:
+    """The models' word tables of one corpus joined side by side (``join_words``), and its figure."""
     import pyarrow.parquet as pq
 
     joined = join_words({m: pq.read_table(p).to_pandas() for m, p in zip(models, word_paths)})
-    prov = Provenance(stage="textscores", params={"models": list(models), "units": "nats", "join": "doc_id, word"})
+    prov = Provenance(
+        stage="textscores",
+        params={"models": list(models), "pairs": list(pairs), "units": "nats", "join": "doc_id, word"},
+    )
     for m, p in zip(models, word_paths):
         prov.add_input(f"words_{m}", p)
     write_parquet(out, joined, prov)
+    save_figure(word_surprisal_figure(joined, list(models), list(pairs), f"words of {corpus_name}"), out_png, prov)
     return joined
 
 
@@ -299,5 +312,13 @@ def text_scores_job(job) -> None:
 
 
 def join_job(job) -> None:
-    """inputs: ``words`` (one per model of spec ``models``); output: ``words``."""
-    run_join(job.paths("words"), job.spec["models"], job.out("words"))
+    """inputs: ``words`` (one per model of spec ``models``); spec: ``models``, ``pairs``; outputs:
+    ``words``, ``png``."""
+    run_join(
+        job.paths("words"),
+        job.spec["models"],
+        job.out("words"),
+        job.out("png"),
+        corpus_name=job.wildcards["corpus"],
+        pairs=job.spec["pairs"],
+    )

@@ -161,6 +161,13 @@ rule join_text_scores:
         unpack(plan.join_text_scores_inputs),
     output:
         words="results/textscores/{corpus}/words.parquet",
+        png=report(
+            "results/textscores/{corpus}/words.png",
+            caption="../report/textscores.rst",
+            category="2. Entropy and perplexity",
+            subcategory="{corpus}",
+            labels={"corpus": "{corpus}", "figure": "surprisal per word, across tokenizers"},
+        ),
     params:
         spec=plan.join_text_scores_spec,
     conda:
