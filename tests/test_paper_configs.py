@@ -284,3 +284,30 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
             got = pd.read_csv(f)
             assert set(got.get("pair", [])) == want, f"{path.name}: {f.relative_to(tmp_path)}"
             assert got.empty or got.p_holm.between(0, 1).all()
+    # Step 16: per-word tables join every scored model on the corpus's own words
+    for f in (tmp_path / "results" / "textscores").glob("*/words.parquet"):
+        words = pd.read_parquet(f)
+        corpus = pd.read_parquet(tmp_path / "results" / "corpus" / f"{f.parent.name}.parquet")
+        joined = words.groupby("doc_id", sort=False).text.agg("".join)
+        assert joined.reindex(corpus.doc_id).tolist() == corpus.text.tolist(), f"{path.name}: {f}"
+    # a pair with two tokenizers is scored by sequence log-ratios; one with a shared tokenizer per token
+    from lmdelta.artifacts import read_provenance
+    from lmdelta.models import load_tokenizer
+    from lmdelta.seqdiv import same_tokenizer
+
+    for name, pair in cfg.get("pairs", {}).items():
+        banks = list((tmp_path / "results" / "search" / name).glob("*/bank.parquet"))
+        hard = list((tmp_path / "results" / "hardprompt" / name).glob("*/prompts.parquet"))
+        if not banks and not hard:
+            continue
+        toks = [load_tokenizer(tmp_path / plan.model_dir(pair[s])) for s in ("a", "b")]
+        method = "token" if same_tokenizer(*toks) else "sequence"
+        for f in banks + hard:
+            assert read_provenance(f)["params"]["divergence_method"] == method, f"{path.name}: {f}"
+        if pair.get("soft_prompts_from"):
+            assert not (tmp_path / "results" / "softprompt" / name).exists(), "no soft prompt is trained on it"
+            for f in hard:
+                assert read_provenance(f)["params"]["trained_on"]["pair"] == pair["soft_prompts_from"]
+        if method == "sequence" and (tmp_path / "results" / "scorecard" / f"{name}.csv").exists():
+            card = pd.read_csv(tmp_path / "results" / "scorecard" / f"{name}.csv")
+            assert {"search", "hardprompt"} <= set(card.method), f"{path.name}: the scorecard ranks both"

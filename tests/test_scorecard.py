@@ -62,13 +62,17 @@ def sources(tmp_path):
     # mean log-ratio a - b: d0 = -1 - (-3) = 2, d1 = 0, d2 = 1  ->  d0, d2, d1
     lp_a = put(
         tmp_path / "lpa.parquet",
-        pd.DataFrame({"doc_id": ["d0", "d0", "d1", "d2"], "logprob": [-1.0, -1.0, -2.0, -1.0]}),
+        pd.DataFrame(
+            {"doc_id": ["d0", "d0", "d1", "d2"], "token_id": [5, 6, 7, 8], "logprob": [-1.0, -1.0, -2.0, -1.0]}
+        ),
         10.0,
         5,
     )
     lp_b = put(
         tmp_path / "lpb.parquet",
-        pd.DataFrame({"doc_id": ["d0", "d0", "d1", "d2"], "logprob": [-3.0, -3.0, -2.0, -2.0]}),
+        pd.DataFrame(
+            {"doc_id": ["d0", "d0", "d1", "d2"], "token_id": [5, 6, 7, 8], "logprob": [-3.0, -3.0, -2.0, -2.0]}
+        ),
         12.0,
         7,
     )
@@ -400,3 +404,27 @@ def test_matrix_figure_grades_organisms_without_controls():
     matrix = pd.DataFrame(columns=["pair", "method", "run", "reference"])
     ax = matrix_figure(matrix, organisms).axes[0]
     assert {t.get_text() for t in ax.texts} >= {"T R", "- R"}
+
+
+def test_corpus_findings_per_byte_when_the_models_scored_different_tokens(tmp_path):
+    """Two tokenizers: a document's ratio is (sum log p_a - sum log p_b) / its UTF-8 bytes."""
+    from lmdelta.artifacts import read_provenance
+    from lmdelta.findings import read_findings
+
+    corpus = tmp_path / "c.parquet"
+    pd.DataFrame({"doc_id": ["d0", "d1"], "text": ["héllo", "abc"]}).to_parquet(corpus)
+    a = pd.DataFrame(
+        {"doc_id": ["d0", "d0", "d1"], "position": [0, 1, 0], "token_id": [1, 2, 3], "logprob": [-1.0, -2.0, -1.0]}
+    )
+    b = pd.DataFrame(
+        {"doc_id": ["d0", "d1", "d1"], "position": [0, 0, 1], "token_id": [7, 8, 9], "logprob": [-6.0, -1.0, -1.0]}
+    )
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    for df, path in zip((a, b), paths):
+        df.to_parquet(path)
+    out = tmp_path / "f.parquet"
+    corpus_findings(tuple(paths), corpus, out, pair="p", names=("a", "b"), corpus_name="c")
+    got = read_findings(out)
+    assert [r["text"] for r in got] == ["héllo", "abc"]
+    assert [r["score"] for r in got] == pytest.approx([(-3.0 + 6.0) / 6, (-1.0 + 2.0) / 3])
+    assert read_provenance(out)["params"]["units"] == "nats per byte"

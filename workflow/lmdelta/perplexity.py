@@ -228,7 +228,9 @@ def corpus_findings(
 ) -> pd.DataFrame:
     """A pair's corpus documents as findings (method ``corpus``): ranked by the mean per-token
     log-likelihood ratio log p_a(x) - log p_b(x) (nats per token) of the actual tokens under the two
-    models: the difference of their cross-entropies on the document, not a KL between distributions."""
+    models: the difference of their cross-entropies on the document, not a KL between distributions.
+    When the two models scored different tokens (two tokenizers, or another first token), a token of
+    one is not a token of the other: the ratio is then per UTF-8 byte of the document (nats per byte)."""
     prov = Provenance(
         stage="corpus_findings",
         params={"pair": pair, "a": names[0], "b": names[1], "corpus": corpus_name, "units": "nats per token"},
@@ -236,13 +238,17 @@ def corpus_findings(
     for side, path in zip(("a", "b"), logprobs):
         prov.add_input(f"logprobs:{side}", path)
     prov.add_input("corpus", corpus)
-    a, b = (pd.read_parquet(p, columns=["doc_id", "logprob"]) for p in logprobs)
-    ratio = (
-        (a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean())
-        .dropna()
-        .sort_values(ascending=False, kind="stable")
-    )
+    a, b = (pd.read_parquet(p, columns=["doc_id", "token_id", "logprob"]) for p in logprobs)
     docs = pd.read_parquet(corpus, columns=["doc_id", "text"]).set_index("doc_id").text
+    same_tokens = len(a) == len(b) and a.doc_id.equals(b.doc_id) and a.token_id.equals(b.token_id)
+    if same_tokens:
+        ratio = a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean()
+    else:
+        n_bytes = docs.map(lambda t: len(t.encode("utf-8")))
+        diff = a.groupby("doc_id").logprob.sum().astype(float) - b.groupby("doc_id").logprob.sum().astype(float)
+        ratio = diff / n_bytes.reindex(diff.index)
+        prov.params["units"] = "nats per byte"
+    ratio = ratio.dropna().sort_values(ascending=False, kind="stable")
     rows = [finding("corpus", corpus_name, "document", v, text=docs[d][:1000]) for d, v in ratio.items()]
     return write_findings(out, rows, prov)
 
