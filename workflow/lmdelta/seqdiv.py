@@ -16,6 +16,9 @@ tokenizer the estimate is exact in expectation: by the chain rule (the stopping 
 time) it equals the sum over positions of the per-token KL along a's samples, which
 ``tests/test_seqdiv.py`` checks.
 
+JS of whole texts is bounded by ln 2 per continuation and sits near it as soon as two models put
+nearly disjoint mass on long texts (two families always do): across tokenizers rank by a KL.
+
 Units: ``kl_a_b`` etc. are nats per byte of continuation text (the mean log-ratio over the mean UTF-8
 length, as bits per byte is), comparable whatever the tokenizers; ``*_seq`` are nats per continuation;
 ``*_se`` are Monte-Carlo standard errors (delta method for the ratio); ``n_samples`` per side.
