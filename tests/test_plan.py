@@ -270,3 +270,25 @@ def test_the_organism_suite_plans_one_matrix_with_roles():
     unknown = copy.deepcopy(cfg)
     unknown["pairs"] = {"x": {"a": "smollm2-random", "b": "smollm2", "control": False}, "y": {**cfg["pairs"]["same"]}}
     assert [p["role"] for p in Plan(unknown).matrix_pairs()] == ["unknown", "control"]
+
+
+def test_a_spread_model_holds_at_most_its_cpu_share_in_host_memory():
+    from lmdelta.plan import size_mb
+
+    assert size_mb("500MB") == 500 and size_mb("2GiB") == pytest.approx(2147.483648) and size_mb("1 KB") == 0.001
+    c = demo_config()
+    c["models"]["smollm2"].update(device="spread", max_memory={"0": "20GiB", "cpu": "100MB"})
+    plan = Plan(c)
+    assert plan._host_weight_mb("smollm2", 135_000_000) == 100  # float32: 540 MB of weights, 100 MB on the host
+    assert Plan(demo_config())._host_weight_mb("smollm2", 135_000_000) == 540
+    assert plan.load_options("smollm2")["max_memory"] == {"0": "20GiB", "cpu": "100MB"}
+    assert "max_memory" not in Plan(demo_config()).load_options("smollm2"), "other models' rules keep their params"
+
+
+def test_spread_models_ask_for_the_gpus_their_max_memory_names():
+    c = demo_config()
+    for m in ("smollm2", "smollm2-cocoa"):
+        c["models"][m].update(device="spread", max_memory={"0": "70GiB", "1": "70GiB", "cpu": "200GiB"})
+    c["models"]["smollm2-cocoa"]["max_memory"]["2"] = "70GiB"
+    assert Plan(c).job_gpus(W(pair="cocoa")) == 3
+    assert Plan(demo_config()).job_gpus(W(pair="cocoa")) == 0

@@ -21,7 +21,16 @@ from lmdelta.behaviour import trigger_keywords
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 #: The keys of a model entry that ``lmdelta.models.load_model`` takes.
-LOAD_OPTION_KEYS = ("dtype", "quantization", "device", "trust_remote_code")
+LOAD_OPTION_KEYS = ("dtype", "quantization", "device", "max_memory", "offload_folder", "trust_remote_code")
+SPREAD_KEYS = ("max_memory", "offload_folder")  # load options only with device: spread
+
+
+def load_options_of(model: dict[str, Any]) -> dict[str, Any]:
+    """A model's load options: the spread keys only when it is spread, so that other models' rules
+    keep the parameters (and the reruns) they had before the option existed."""
+    return {
+        k: model[k] for k in LOAD_OPTION_KEYS if k in model and (model["device"] == "spread" or k not in SPREAD_KEYS)
+    }
 
 
 @cache
@@ -563,6 +572,8 @@ class ModelSpec:
     dtype: str = "auto"
     quantization: str = "none"
     device: str = "auto"
+    max_memory: dict[str, str] | None = None
+    offload_folder: str = "resources/offload"
     trust_remote_code: bool = False
     chat_template: bool = True
     prompt_format: str | None = None
@@ -577,7 +588,7 @@ class ModelSpec:
         return cls(name=name, **d)
 
     def load_options(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in LOAD_OPTION_KEYS}
+        return load_options_of(vars(self))
 
     def text_format(self) -> dict[str, Any]:
         """How the model reads prompts and where its sequences start (``lmdelta.tokens.TextFormat``)."""

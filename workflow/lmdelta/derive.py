@@ -21,7 +21,15 @@ from typing import Any
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, read_jsonl, write_csv
 from lmdelta.config import ModelSpec, stage_spec
-from lmdelta.models import load_model, pad_id, read_fingerprint, resolve_autocast, resolve_device, write_model_folder
+from lmdelta.models import (
+    input_device,
+    load_model,
+    pad_id,
+    read_fingerprint,
+    resolve_autocast,
+    resolve_device,
+    write_model_folder,
+)
 from lmdelta.tokens import TextFormat
 from lmdelta.tokens import prompt_ids as encode_prompt
 from lmdelta.training import batch_indices, load_checkpoint, save_checkpoint, warmup_lr
@@ -155,7 +163,7 @@ def train(
     key_file.write_text(key)
 
     model, tok = load_model(base_dir, dtype="float32", device="auto")
-    device = next(model.parameters()).device
+    device = input_device(model)
     torch.manual_seed(params.seed)
     if params.method == "lora-sft":
         from peft import LoraConfig, get_peft_model

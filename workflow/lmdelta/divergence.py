@@ -8,7 +8,7 @@ log P_b): the direction is in the argument order and in every output column name
 
 from __future__ import annotations
 
-from lmdelta.models import right_pad
+from lmdelta.models import input_device, right_pad
 
 
 def _common(a, b):
@@ -63,7 +63,7 @@ def text_divergences(
         logits = []
         for side, model in enumerate(models):
             ids, mask = right_pad([s[side] for s in chunk], pad)
-            device = next(model.parameters()).device
+            device = input_device(model)
             with torch.inference_mode():
                 logits.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu())
         for i, (s, (sa, sb)) in enumerate(zip(chunk, where)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lmdelta import LmdeltaError
 from lmdelta.decoding import Sampling, decode
-from lmdelta.models import left_pad, pad_id
+from lmdelta.models import input_device, left_pad, pad_id
 from lmdelta.tokens import TextFormat, cut_at_eos, eos_ids, format_prompt, prompt_ids
 
 __all__ = ["Sampling", "TextFormat", "format_prompt", "generate_texts", "prompt_ids"]
@@ -48,7 +48,7 @@ def generate_texts(
     import torch
 
     check_context(model, seqs, max_new_tokens, tokenizer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     eos = eos_ids((model, tokenizer))
     pad = pad_id(tokenizer)
     out: list[dict] = []

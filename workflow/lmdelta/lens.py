@@ -40,7 +40,7 @@ from lmdelta.config import known_fields, stage_spec
 from lmdelta.decoding import Sampling
 from lmdelta.findings import finding, write_findings
 from lmdelta.generation import generate_texts
-from lmdelta.models import ForwardCounter, pad_id, random_lora_like
+from lmdelta.models import ForwardCounter, check_embeddings_in_memory, input_device, pad_id, random_lora_like
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.plots import lens_figure, save_figure
 from lmdelta.promptsets import read_promptset
@@ -130,7 +130,7 @@ def layer_outputs(model, ids, positions: slice):
     ]
     try:
         with torch.inference_mode():
-            model(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+            model(input_ids=ids.to(input_device(model)), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
@@ -224,12 +224,12 @@ class Steer:
 
     def __init__(self, model, layer: int, vector):
         self.layer = decoder_layers(model)[layer]
-        self.vector = vector.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
+        self.vector = vector.to(dtype=next(model.parameters()).dtype)
 
     def _hook(self, _module, _inputs, output):
-        if isinstance(output, tuple):
-            return (output[0] + self.vector, *output[1:])
-        return output + self.vector
+        h = output[0] if isinstance(output, tuple) else output
+        v = self.vector.to(h.device)  # the layer's own device (a spread model's layers differ)
+        return (h + v, *output[1:]) if isinstance(output, tuple) else h + v
 
     def __enter__(self):
         self.handle = self.layer.register_forward_hook(self._hook)
@@ -378,6 +378,8 @@ def run_lens(
     prov.add_input("promptset", promptset)
     models, toks = load_pair(model_dirs, load_options)
     check_same_tokenizer(toks[0], toks[1], pair, "the activation-difference lens")
+    for m in models:
+        check_embeddings_in_memory(m, "the activation-difference lens")
     tok, fmt_b = toks[1], TextFormat.from_dict(formats[1])
     n_layers = models[1].config.num_hidden_layers
     layers = list(range(n_layers)) if params.layers is None else list(params.layers)

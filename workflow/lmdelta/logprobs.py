@@ -35,7 +35,7 @@ import numpy as np
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file
 from lmdelta.config import LOAD_OPTION_KEYS
-from lmdelta.models import ForwardCounter, load_model, read_fingerprint
+from lmdelta.models import ForwardCounter, input_device, load_model, read_fingerprint
 from lmdelta.scoring import LogprobParams, score_sequences
 from lmdelta.shards import read_shards, shard_name, shard_range
 from lmdelta.tokens import prefix_token
@@ -143,7 +143,7 @@ def score_logprobs_shard(
         )
     prefix_id, prefix_text = prefix_token(tokenizer, params.first_token)
     prov.params["prefix_token_id"], prov.params["prefix_token"] = prefix_id, prefix_text
-    device = next(model.parameters()).device
+    device = input_device(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     prov.params["vocab_size"] = int(vocab)
 

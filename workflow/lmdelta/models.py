@@ -259,11 +259,40 @@ def read_fingerprint(folder: str | Path) -> dict[str, Any]:
 def resolve_device(device: str) -> str:
     import torch
 
+    if device == "spread":  # where inputs start; accelerate's hooks move them on (see input_device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise LmdeltaError("device: cuda was asked for but no CUDA GPU is visible; set device: auto or cpu")
     return device
+
+
+def input_device(model):
+    """Where a model's inputs go: its only device, or for a model spread by accelerate (``device:
+    spread``) the device of its first layers (the first GPU in its map; the CPU when everything is in
+    CPU memory or on disk, whose weights accelerate brings in layer by layer)."""
+    import torch
+
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        for where in placed.values():
+            if isinstance(where, int) or str(where).startswith("cuda"):
+                return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+        return torch.device("cpu")
+    return next(model.parameters()).device
+
+
+def check_embeddings_in_memory(model, stage: str) -> None:
+    """Refuse, before any work, a stage that reads a model's embedding matrices directly (soft prompts,
+    hard prompts, the lens) when ``device: spread`` left them on disk or in CPU offload, where
+    accelerate keeps them out of the model (meta tensors) and brings them in only for a forward pass."""
+    for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if emb is not None and emb.weight.is_meta:
+            raise LmdeltaError(
+                f"{stage} reads the embedding matrices of {model.name_or_path}, which device: spread offloaded to "
+                "CPU or disk; raise its max_memory so they stay on a device, or load it with device: auto"
+            )
 
 
 def fast_bf16(device) -> bool:
@@ -357,10 +386,17 @@ def load_model(
     dtype: str = "auto",
     quantization: str = "none",
     device: str = "auto",
+    max_memory: dict[str, str] | None = None,
+    offload_folder: str | Path = "resources/offload",
     trust_remote_code: bool = False,
     verify: bool = False,
 ):
     """Load (model, tokenizer) from a materialised folder, in eval mode, safetensors only.
+
+    ``device: spread`` lets accelerate place the layers over every visible GPU, then CPU memory, then
+    disk (``offload_folder``/<folder name>), each bounded by ``max_memory``; the model then carries
+    accelerate's hooks, which move weights and activations to each layer's device during the forward
+    pass, and the inputs go to ``input_device(model)``.
 
     ``verify`` re-hashes the weights against ``fingerprint.json`` (costs a read of every weight file).
     """
@@ -385,9 +421,15 @@ def load_model(
     kw["dtype"] = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
     if quantization != "none":
         kw["quantization_config"] = _bnb_config(quantization, dtype)
+    if device == "spread":
+        kw["device_map"] = "auto"
+        kw["offload_folder"] = str(Path(offload_folder) / folder.name)
+        if max_memory:
+            kw["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
+    elif quantization != "none":
         kw["device_map"] = {"": dev}
     model = AutoModelForCausalLM.from_pretrained(folder, **kw)
-    if quantization == "none":
+    if quantization == "none" and device != "spread":
         model.to(dev)
     model.eval()
     return model, load_tokenizer(folder, trust_remote_code=trust_remote_code)

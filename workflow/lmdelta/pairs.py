@@ -17,7 +17,7 @@ from lmdelta import LmdeltaError
 from lmdelta.decoding import Combination, Sampling, decode_combined, sub_seed  # noqa: F401 (used by the stages)
 from lmdelta.divergence import divergences
 from lmdelta.generation import check_context
-from lmdelta.models import left_pad, load_model, pad_id, read_fingerprint
+from lmdelta.models import check_embeddings_in_memory, input_device, left_pad, load_model, pad_id, read_fingerprint
 from lmdelta.seqdiv import SequenceDivergence, prompt_divergences, same_tokenizer
 from lmdelta.tokens import TextFormat, cut_at_eos, encode_prompt, eos_ids
 
@@ -76,7 +76,7 @@ def generate_pair(models, toks, prompts: list[dict], p: PairDecoding, *, formats
     encoded = [[encode_prompt(tok, q["prompt"], fmt) for q in prompts] for tok, fmt in zip(toks, fmts)]
     for model, tok, seqs in zip(models, toks, encoded):
         check_context(model, seqs, p.max_new_tokens, tok)
-    device = next(models[0].parameters()).device
+    device = input_device(models[0])
     eos = eos_ids(*zip(models, toks))  # a text ends at an EOS id either model declares
     pad = pad_id(toks[0])
     comb = Combination(weights=tuple(p.weights), space=p.space, plausibility_alpha=p.plausibility_alpha, expert=0)
@@ -183,6 +183,8 @@ def _prompt_divergences(models, inputs) -> dict:
 def check_compatible(models, toks, pair: str) -> None:
     """Soft prompts live in one embedding space: same hidden size and tokenizer."""
     check_same_tokenizer(toks[0], toks[1], pair, "soft-prompt training")
+    for m in models:
+        check_embeddings_in_memory(m, "a soft prompt")
     ha, hb = (m.get_input_embeddings().weight.shape[1] for m in models)
     if ha != hb:
         raise LmdeltaError(

@@ -19,11 +19,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lmdelta import LmdeltaError
 from lmdelta.config import (
-    LOAD_OPTION_KEYS,
     comparator_pairs,
     derived_models,
     interpolated_models,
+    load_options_of,
     materialised_models,
     planted_models,
     planted_truth,
@@ -85,6 +86,17 @@ def training_view(planted: dict[str, Any]) -> dict[str, Any]:
 def _fingerprint(model_dir: str) -> dict[str, Any] | None:
     path = Path(model_dir) / "fingerprint.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def size_mb(size: str) -> float:
+    """A memory size as accelerate reads it ("70GiB", "500MB", "2 GB") in MB (1e6 bytes)."""
+    import re
+
+    m = re.fullmatch(r"([0-9.]+) ?([KMGT])(i?)B", size.strip())
+    if m is None:
+        raise LmdeltaError(f"memory size {size!r} is not like 70GiB or 500MB")
+    base = 1024 if m.group(3) else 1000
+    return float(m.group(1)) * base ** "KMGT".index(m.group(2)) * base / 1e6
 
 
 class Plan:
@@ -158,7 +170,7 @@ class Plan:
 
     def load_options(self, name: str) -> dict[str, Any]:
         """A model's load options (dtype, quantization, device, trust_remote_code)."""
-        return {k: self.config["models"][name][k] for k in LOAD_OPTION_KEYS}
+        return load_options_of(self.config["models"][name])
 
     def model_format(self, name: str) -> dict[str, Any]:
         """How a model reads a prompt (its chat template or prompt_format) and its first token."""
@@ -198,6 +210,15 @@ class Plan:
         m = self.config["models"][name]
         return BYTES_PER_PARAM[m["dtype"] if m["quantization"] == "none" else m["quantization"]]
 
+    def _host_weight_mb(self, name: str, n_parameters: int) -> float:
+        """The job's host memory for a model's weights (MB): all of them, except that a model spread
+        over devices (``device: spread``) holds at most its ``max_memory`` for the CPU in host memory."""
+        mb = n_parameters * self._bytes_per_param(name) / 1e6
+        m = self.config["models"][name]
+        if m["device"] == "spread" and (m.get("max_memory") or {}).get("cpu"):
+            mb = min(mb, size_mb(m["max_memory"]["cpu"]))
+        return mb
+
     def model_mem_mb(self, wildcards, input, attempt: int) -> int:
         """Memory for a job that holds one model: its weights in the load dtype plus the logits of one
         batch (float32, twice for the reductions), plus 1.5 GB for the runtime; more on each retry.
@@ -212,9 +233,8 @@ class Plan:
         fp = _fingerprint(model_dir)
         if fp is None:
             return 8000 * attempt
-        per_param = self._bytes_per_param(name)
-        logits = 2 * 4 * self.config["logprobs"]["batch_tokens"] * fp["vocab_size"]
-        return int((fp["n_parameters"] * per_param + logits) / 1e6 * 1.2 + 1500) * attempt
+        logits = 2 * 4 * self.config["logprobs"]["batch_tokens"] * fp["vocab_size"] / 1e6
+        return int((self._host_weight_mb(name, fp["n_parameters"]) + logits) * 1.2 + 1500) * attempt
 
     def pair_mem_mb(self, wildcards, input, attempt: int) -> int:
         """Memory for a job that holds both models of a pair (contrastive decoding, search, soft and hard
@@ -227,7 +247,7 @@ class Plan:
             if fp is None:
                 total += 8000
                 continue
-            total += fp["n_parameters"] * self._bytes_per_param(pair[side]) / 1e6 * 1.2
+            total += self._host_weight_mb(pair[side], fp["n_parameters"]) * 1.2
         return int(total) * attempt
 
     def job_models(self, wildcards) -> list[str]:
@@ -244,11 +264,14 @@ class Plan:
         return names
 
     def job_gpus(self, wildcards) -> int:
-        """GPUs a job that runs models asks for: 1 when one of its models has device: cuda, else 0
+        """GPUs a job that runs models asks for: 1 when one of its models has device: cuda; for models
+        spread over devices, the GPUs their max_memory names (two models of a pair share them); else 0
         (device auto or cpu: a profile's set-resources can still ask for one). The SLURM plugin turns
         it into --gpus; local runs ignore it unless --resources gpu=N is given (then at most N GPU jobs
         run at once)."""
-        return int(any(self.config["models"][m]["device"] == "cuda" for m in self.job_models(wildcards)))
+        models = [self.config["models"][m] for m in self.job_models(wildcards)]
+        spread = {k for m in models if m["device"] == "spread" for k in (m.get("max_memory") or {}) if str(k).isdigit()}
+        return max(len(spread), int(any(m["device"] == "cuda" for m in models)))
 
     def derive_runtime(self, wildcards) -> int:
         """Minutes: about 5 s per step on 2 CPU cores for a 135M model, with a wide margin."""

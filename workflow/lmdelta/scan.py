@@ -41,7 +41,7 @@ from lmdelta.decoding import Sampling, accepts_logits_to_keep, cache_arg, cache_
 from lmdelta.divergence import js, kl
 from lmdelta.findings import finding, write_findings
 from lmdelta.generation import generate_texts
-from lmdelta.models import ForwardCounter
+from lmdelta.models import ForwardCounter, input_device
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.tokens import TextFormat, prompt_ids
 
@@ -94,7 +94,7 @@ class PrefixScorer:
         self.n_prefix = shared_prefix(seqs)
         self.arg = cache_arg(model)
         self.extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.cache = None
         if self.n_prefix:
             ids = torch.tensor([seqs[0][: self.n_prefix]], device=self.device)

@@ -26,6 +26,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import stage_spec
+from lmdelta.models import input_device
 
 FIELDS = ("logprob", "entropy", "top1_prob", "rank")
 
@@ -117,7 +118,7 @@ def score_sequences(
     """
     import torch
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     chunk_positions = resolve_chunk(chunk_positions, device, model.config.vocab_size)
     items = [
         _Item(i, s, e, f) for i, seq in enumerate(seqs) for s, e, f in rolling_windows(len(seq), max_length, stride)
