@@ -204,9 +204,11 @@ def test_tiny_workflow_end_to_end(tiny_run):
     r = snakemake("--configfile", "changed.yaml", "-n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):", r.stdout, re.M)
-    assert sorted(jobs) == ["all", "compare_entropy_perplexity", "corpus_findings", "corpus_sample"] + [
-        "entropy_perplexity"
-    ] * 4 + ["logprobs"] * 4 + ["logprobs_shard"] * 4 + ["scorecard", "summary"]
+    assert sorted(jobs) == sorted(
+        ["all", "compare_entropy_perplexity", "corpus_findings", "corpus_sample", "join_text_scores"]
+        + ["entropy_perplexity", "logprobs", "logprobs_shard", "text_scores"] * 4
+        + ["scorecard", "summary"]
+    )
     assert "wildcards: corpus=web" in r.stdout
 
 
