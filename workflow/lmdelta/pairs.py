@@ -7,6 +7,7 @@ Divergences are in nats: ``kl_a_b`` = KL(P_a ‖ P_b), ``kl_b_a`` and ``js``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from lmdelta.generation import check_context
 from lmdelta.models import check_embeddings_in_memory, input_device, left_pad, load_model, pad_id, read_fingerprint
 from lmdelta.seqdiv import SequenceDivergence, prompt_divergences, same_tokenizer
 from lmdelta.tokens import TextFormat, cut_at_eos, encode_prompt, eos_ids
+
+log = logging.getLogger(__name__)
 
 DIVERGENCES = ("kl_a_b", "kl_b_a", "js")
 Scorer = Callable[[list[dict], int], dict[str, dict]]  # ([{"id", "prompt"}], seed) -> {id: scores}
@@ -308,6 +311,11 @@ def sequence_scorer(
         raise LmdeltaError(
             "the two models have different tokenizers, so prompts are scored by sequence log-ratios, which need "
             f"samples of the models themselves: set temperature 1.0, top_p 1.0, top_k 0 (got {temperature}, {top_p}, {top_k})"
+        )
+    if divergence == "js":
+        log.warning(
+            "divergence js across tokenizers: the JS of whole texts of two families sits near its bound ln 2 and "
+            "ranks little; kl_a_b or kl_b_a rank prompts (docs/tokenizers.md)"
         )
     p = SequenceDivergence(samples=samples, max_new_tokens=max_new_tokens, seed=0, batch_size=batch_size)
 
