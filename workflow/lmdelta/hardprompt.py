@@ -481,10 +481,11 @@ def run_hardprompt(
         check_compatible(t_models, t_toks, trained_on["pair"])
         t_first = tuple(f.get("first_token", "bos") for f in trained_on["formats"])
     prov.params.update(divergence_method(toks))
-    for m in {id(m): m for m in [*models, *t_models]}.values():
+    every = list({id(m): m for m in [*models, *t_models]}.values())  # a model of both pairs once
+    for m in every:
         m.eval()
         m.requires_grad_(False)
-    calls = ForwardCounter(*{id(m): m for m in [*models, *t_models]}.values())
+    calls = ForwardCounter(*every)
     soft = load_soft_prompt(soft_path)
     docs = training_docs(t_models, t_toks, sp_params, corpus)
     windows = split_windows(docs, sp_params)

@@ -259,9 +259,7 @@ def read_fingerprint(folder: str | Path) -> dict[str, Any]:
 def resolve_device(device: str) -> str:
     import torch
 
-    if device == "spread":  # where inputs start; accelerate's hooks move them on (see input_device)
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "auto":
+    if device in ("auto", "spread"):  # spread: where inputs start; accelerate's hooks move them on
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise LmdeltaError("device: cuda was asked for but no CUDA GPU is visible; set device: auto or cpu")

@@ -90,8 +90,6 @@ def _fingerprint(model_dir: str) -> dict[str, Any] | None:
 
 def size_mb(size: str) -> float:
     """A memory size as accelerate reads it ("70GiB", "500MB", "2 GB") in MB (1e6 bytes)."""
-    import re
-
     m = re.fullmatch(r"([0-9.]+) ?([KMGT])(i?)B", size.strip())
     if m is None:
         raise LmdeltaError(f"memory size {size!r} is not like 70GiB or 500MB")

@@ -38,7 +38,6 @@ from lmdelta.scoring import score_sequences
 from lmdelta.tokens import TextFormat, encode_prompt, eos_ids
 
 SIDES = {"kl_a_b": ("a",), "kl_b_a": ("b",), "js": ("a", "b")}
-DIVERGENCES = tuple(SIDES)
 
 
 @dataclass(frozen=True)
