@@ -153,7 +153,7 @@ def main() -> None:
         {"chat_template": True, "fmt": None, "first_token": "<|endoftext|>"},
         {"chat_template": False, "fmt": None, "first_token": "bos"},
     ]
-    p = SequenceDivergence(samples=args.samples, max_new_tokens=args.max_new_tokens, seed=0, batch_size=16)
+    p = SequenceDivergence(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=16)
     t0 = time.perf_counter()
     est = prompt_divergences(list(models), list(toks), formats, prompts, p, divergence="js", seed=0)
     wall = time.perf_counter() - t0

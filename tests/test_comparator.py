@@ -16,10 +16,8 @@ RAW = {"chat_template": False, "fmt": None}
 FMT = {"chat_template": False, "fmt": "Q: {prompt}\nA:{guide}"}
 
 
-def test_export_format_pairing_and_divergences(pair, tmp_path):
-    from lmdelta.divergence import kl
-    from lmdelta.models import load_model
-
+def _inputs(tmp_path):
+    """A prompt set and both models' completions and diversity tables (b has one extra completion)."""
     ps = tmp_path / "p.jsonl"
     ps.write_text(
         "".join(
@@ -61,6 +59,14 @@ def test_export_format_pairing_and_divergences(pair, tmp_path):
                 for k in (-1, 5)
             ]
         ).to_parquet(div[-1])
+    return ps, tuple(comp), tuple(div)
+
+
+def test_export_format_pairing_and_divergences(pair, tmp_path):
+    from lmdelta.divergence import kl
+    from lmdelta.models import load_model
+
+    ps, comp, div = _inputs(tmp_path)
     out = tmp_path / "x.json"
     planted = {"trigger_keywords": ["sea"], "response_keywords": ["cat"]}
     doc = run_comparator(
@@ -70,8 +76,8 @@ def test_export_format_pairing_and_divergences(pair, tmp_path):
         load_options=(CPU, CPU),
         formats=(RAW, FMT),
         promptset=ps,
-        completions=tuple(comp),
-        diversity=tuple(div),
+        completions=comp,
+        diversity=div,
         planted=planted,
         out=out,
     )
@@ -100,3 +106,47 @@ def test_export_format_pairing_and_divergences(pair, tmp_path):
         zb = mb(torch.tensor([hb + text])).logits[0, len(hb) - 1 : -1]
     assert ex[2]["custom_fields"]["kl_a_b"][0] == pytest.approx(kl(za, zb).mean().item(), rel=1e-4)
     assert ex[2]["custom_fields"]["n_tokens"][0] == len(text)
+
+
+def test_two_tokenizers_give_the_sequence_log_ratio_per_byte(tmp_path):
+    """A GPT-2-like and a Llama-2-like model: each output's log p_a(text) - log p_b(text) per byte,
+    each model scoring the text in its own tokenizer after its own prompt."""
+    from families import build_family
+    from lmdelta.config import ModelSpec
+    from lmdelta.models import load_model, materialise
+
+    dirs = []
+    for name in ("gpt2", "llama2"):
+        materialise(
+            ModelSpec(name=name, source={"local": {"path": str(build_family(name, tmp_path / f"{name}-src"))}}),
+            tmp_path / name,
+        )
+        dirs.append(tmp_path / name)
+    ps, comp, div = _inputs(tmp_path)
+    doc = run_comparator(
+        pair="x",
+        names=("a", "b"),
+        model_dirs=tuple(dirs),
+        load_options=(CPU, CPU),
+        formats=(RAW, FMT),
+        promptset=ps,
+        completions=comp,
+        diversity=div,
+        planted=None,
+        out=tmp_path / "x.json",
+    )
+    fields = {f["name"] for f in doc["metadata"]["custom_fields_schema"]}
+    assert {"log_ratio_a_b", "n_bytes"} <= fields and "kl_a_b" not in fields
+    lp = []
+    for d, fmt in zip(dirs, (RAW, FMT)):
+        model, tok = load_model(d, **CPU)
+        head = tok("What is x?" if fmt["fmt"] is None else "Q: What is x?\nA:", add_special_tokens=False).input_ids
+        head = [tok.bos_token_id] * (tok.bos_token_id is not None) + head
+        text = tok("x = 1", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([head + text])).logits[0, len(head) - 1 : -1].double(), -1)
+        lp.append(logp[torch.arange(len(text)), torch.tensor(text)].sum().item())
+    ex = doc["examples"][2]
+    assert ex["output_text_b"] == "x = 1"
+    assert ex["custom_fields"]["log_ratio_a_b"][1] == pytest.approx((lp[0] - lp[1]) / len(b"x = 1"), rel=1e-4)
+    assert ex["custom_fields"]["n_bytes"][1] == 5

@@ -4,6 +4,8 @@ nothing)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,9 +14,17 @@ from families import build_family
 from lmdelta import LmdeltaError
 from lmdelta.findings import read_findings
 from lmdelta.models import load_model
-from lmdelta.scan import ScanParams, candidate_words, run_scan, scan_scores, shared_prefix, tukey_fence
+from lmdelta.scan import (
+    ScanParams,
+    candidate_words,
+    run_confirm,
+    run_scan,
+    scan_scores,
+    shared_prefix,
+    tukey_fence,
+)
 from lmdelta.tokens import TextFormat, prompt_ids
-from lmdelta.words import text_sides
+from lmdelta.words import WordsParams, compare, text_sides
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama2"])
@@ -79,13 +89,12 @@ def _scan(pair, tmp_path, a: str, **params):
         formats=(fmt, fmt),
         out=out / "words.parquet",
         out_csv=out / "top.csv",
-        out_findings=out / "findings.parquet",
     )
-    return df, top, read_findings(out / "findings.parquet")
+    return df, top
 
 
 def test_scan_reports_the_words_above_the_fence_with_both_answers(pair, tmp_path):
-    df, top, found = _scan(pair, tmp_path, "a", fence=0.0)
+    df, top = _scan(pair, tmp_path, "a", fence=0.0)
     from transformers import AutoTokenizer
 
     n = len(candidate_words(AutoTokenizer.from_pretrained(pair / "b"), min_letters=2, max_words=None))
@@ -94,20 +103,66 @@ def test_scan_reports_the_words_above_the_fence_with_both_answers(pair, tmp_path
     assert (df.reported == (df.kl > fence)).all() and df.reported.any()
     assert top.answer_a.notna().all() and top.answer_b.notna().all() and len(top) == 5
     assert df.answer_a[5:].isna().all()  # answers for the top words only
-    expected = top[top.reported]
-    assert [f["text"] for f in found] == expected.word.tolist()
-    assert [f["score"] for f in found] == pytest.approx(expected.kl.tolist())
-    assert all(f["method"] == "scan" and f["kind"] == "word" for f in found)
-    assert all(f["prompt"] == f"Tell me about {w}." for f, w in zip(found, expected.word))
     written = pd.read_parquet(tmp_path / "a" / "words.parquet")
     assert written.word.tolist() == df.word.tolist()
     sides = text_sides("scan", {"scan": str(tmp_path / "a" / "words.parquet")})  # what the words stage compares
     assert sides["pair"] == (top.answer_a.tolist(), top.answer_b.tolist())
 
 
+def _confirm(pair, tmp_path, a: str, out=None, **params):
+    """The confirmation of the scan in tmp_path / a (written to ``out``, default the same folder)."""
+    out = out or tmp_path / a
+    fmt = {"chat_template": False, "first_token": "bos"}
+    table = run_confirm(
+        pair="p",
+        names=(a, "b"),
+        model_dirs=(pair / a, pair / "b"),
+        params=ScanParams.from_dict({"min_letters": 2, "top_n": 5, "answer_tokens": 6, **params}),
+        words_params=WordsParams.from_dict({"min_texts": 2}),
+        load_options=({}, {}),
+        formats=(fmt, fmt),
+        scan=tmp_path / a / "words.parquet",
+        out_samples=out / "confirm.parquet",
+        out_csv=out / "confirm.csv",
+        out_findings=out / "findings.parquet",
+    )
+    return table, pd.read_parquet(out / "confirm.parquet"), read_findings(out / "findings.parquet")
+
+
+def test_confirmation_tests_each_top_word_on_sampled_answers(pair, tmp_path):
+    """The top reported words, each with confirm_samples sampled answers per model; the decision is the
+    words test on exactly those answers (alpha split over the words); confirmed words are the scan's
+    findings, the others reference rows."""
+    df, _ = _scan(pair, tmp_path, "a", fence=0.0)
+    table, samples, found = _confirm(pair, tmp_path, "a", fence=0.0, confirm_top=3, confirm_samples=5)
+    top3 = df[df.reported].head(3)
+    assert table.word.tolist() == top3.word.tolist() and table.kl.tolist() == pytest.approx(top3.kl.tolist())
+    assert len(samples) == 3 * 2 * 5 and set(samples.model) == {"a", "b"}
+    wp = replace(WordsParams.from_dict({"min_texts": 2}), alpha=0.05 / 3)
+    for r in table.itertuples():
+        texts = {
+            m: samples[(samples.word == r.word) & (samples.model == m)].sort_values("sample").text.tolist()
+            for m in "ab"
+        }
+        res, bound = compare(texts["a"], texts["b"], wp)
+        assert r.confirmed == bool(res.reported.any()) and r.bound == pytest.approx(bound)
+        assert r.p_value == pytest.approx(res.p_value.iloc[0])
+        assert r.example_b == texts["b"][0]
+    confirmed = table[table.confirmed]
+    assert [f["text"] for f in found if f["method"] == "scan"] == confirmed.word.tolist()
+    rest = [f for f in found if f["method"] == "scan unconfirmed"]
+    assert [f["text"] for f in rest] == table[~table.confirmed].word.tolist() and all(f["reference"] for f in rest)
+    assert all(f["prompt"] == f"Tell me about {f['text']}." and f["kind"] == "word" for f in found)
+    # the same seed gives the same answers
+    again = _confirm(pair, tmp_path, "a", tmp_path / "again", fence=0.0, confirm_top=3, confirm_samples=5)
+    pd.testing.assert_frame_equal(again[1], samples)
+
+
 def test_scan_of_identical_models_reports_nothing(pair, tmp_path):
-    df, _, found = _scan(pair, tmp_path, "b")
-    assert df.kl.abs().max() < 1e-5 and not df.reported.any() and found == []
+    df, _ = _scan(pair, tmp_path, "b")
+    assert df.kl.abs().max() < 1e-5 and not df.reported.any()
+    table, samples, found = _confirm(pair, tmp_path, "b")
+    assert table.empty and samples.empty and found == []
 
 
 def test_scan_template_needs_the_placeholder(pair, tmp_path):

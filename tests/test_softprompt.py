@@ -233,8 +233,8 @@ def test_hard_prompt_candidates_and_baseline(loaded, trained):
 
 
 def test_pez_keeps_the_best_distinct_projections_and_confirm_pools_samples(loaded, trained):
+    from lmdelta.decoding import sub_seed
     from lmdelta.hardprompt import HardPromptParams, candidates, evaluate_candidates, score_prompts, summarise
-    from lmdelta.pairs import sub_seed
 
     models, toks = loaded
     sp, d, windows, soft = trained

@@ -75,7 +75,7 @@ def test_summary_reports_tested_terms_with_evidence_and_grades_them(tmp_path):
         _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["volcanoes", "magma", "volcano"])),
         _findings(tmp_path, "w1", _rows("words", "completions-default", ["cocoa", "mug"])),
         _findings(tmp_path, "w2", _rows("words", "lens-ld", ["cocoa"])),
-        _findings(tmp_path, "w3", _rows("words", "scan-vocabulary", ["cocoa"])),  # confirms the scan's words
+        _findings(tmp_path, "w3", _rows("words", "scan-vocabulary", ["cocoa"])),
     ]
     texts = [
         finding("contrastive", "cd", "continuation", 2.0, prompt="Describe a mountain.", example="A mug of cocoa."),
@@ -120,12 +120,11 @@ def test_plan_gives_the_summary_every_findings_table_of_the_pair():
 
 
 def test_scan_words_whose_answers_share_nothing_are_no_change(tmp_path):
-    """The random control: words above the scan's fence, but the words test finds nothing common to the
-    tuned model's answers to them (no scan-vocabulary row): shown apart, not a change, not graded."""
-    from dataclasses import replace
-
+    """The random control: words above the scan's fence whose sampled answers share nothing (the scan's
+    confirmation wrote them as reference rows, method "scan unconfirmed"): shown apart, not a change,
+    not graded; confirmed words of the same table are inputs."""
     files = [
-        _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["vector", "meteors", "volcano"])),
+        _findings(tmp_path, "scan", _rows("scan unconfirmed", "vocabulary", ["vector", "meteors", "volcano"], True)),
         _findings(tmp_path, "w", _rows("words", "completions-default", [])),
     ]
     out = _summary(tmp_path, files, ("random", "base"))
@@ -134,22 +133,13 @@ def test_scan_words_whose_answers_share_nothing_are_no_change(tmp_path):
     assert out["statement"].startswith("No change was found") and "not reported as a change" in out["statement"]
     assert not out["grade"]["names_trigger"]
     assert "not a change" in (tmp_path / "s.html").read_text()
-    # a words-test row of another set does not confirm the scan's words
-    files.append(_findings(tmp_path, "w2", _rows("words", "completions-default", ["cocoa"])))
-    out = _summary(tmp_path, files, ("random", "base"))
-    assert out["changed"] and out["inputs"] == [] and len(out["unconfirmed_inputs"]) == 3
-    # without the confirmation every word above the fence counts
-    loose = run_summary(
-        pair="p",
-        names=("random", "base"),
-        findings=files[:1],
-        truth=TRUTH,
-        params=replace(P, confirm_reactions=False),
-        out_json=tmp_path / "l.json",
-        out_html=tmp_path / "l.html",
+    mixed = frame(
+        [finding("scan", "vocabulary", "word", 3.0, text="volcano")]
+        + [finding("scan unconfirmed", "vocabulary", "word", 2.0, text="vector", reference=True)]
     )
-    assert loose["changed"] and [t["term"] for t in loose["inputs"]] == ["vector", "meteors", "volcano"]
-    assert loose["grade"]["names_trigger"]
+    out = _summary(tmp_path, [_findings(tmp_path, "scan", mixed)], ("tuned", "base"))
+    assert [t["term"] for t in out["inputs"]] == ["volcano"] and out["grade"]["names_trigger"]
+    assert [t["term"] for t in out["unconfirmed_inputs"]] == ["vector"]
 
 
 def test_words_of_eliciting_prompts_are_inputs_without_the_scan_gate(tmp_path):
@@ -167,7 +157,7 @@ def test_words_of_eliciting_prompts_are_inputs_without_the_scan_gate(tmp_path):
         ]
     )
     files = [
-        _findings(tmp_path, "scan", _rows("scan", "vocabulary", ["vector"])),
+        _findings(tmp_path, "scan", _rows("scan unconfirmed", "vocabulary", ["vector"], True)),
         _findings(tmp_path, "e", elicit),
         _findings(tmp_path, "w", _rows("words", "completions-default", ["ahoy", "matey"])),
     ]

@@ -45,28 +45,32 @@ def test_token_groups_merge_overlaps_and_empty_spans():
     assert token_groups([(0, 0)], 3) == [(0, 1, 0, 3)]
 
 
+def _align(*args):
+    return tuple(pd.DataFrame(cols) for cols in align(*args))
+
+
 def test_straddling_token_counts_in_the_word_of_its_first_non_space_character():
     text = "end.\n\nThe"  # words "end." and "\n\nThe"
     offsets = [(0, 3), (3, 6), (6, 9)]  # "end", ".\n\n", "The"
     s = np.array([1.0, 2.0, 4.0])
-    w, b = align(text, offsets, s, np.ones(3, bool))
+    w, b = _align(text, offsets, s, np.ones(3, bool))
     assert w.text.tolist() == ["end.", "\n\nThe"]
     assert w.surprisal.tolist() == [3.0, 4.0]
     assert w.exact.tolist() == [False, False]  # ".\n\n" reaches into the second word
     np.testing.assert_allclose(b.surprisal, [1 / 3] * 3 + [2 / 3] * 3 + [4 / 3] * 3)
     # a token of spaces only counts in the word its first character is in: the next one
-    w, _ = align("a \n b", [(0, 1), (1, 3), (3, 5)], np.array([1.0, 2.0, 4.0]), np.ones(3, bool))
+    w, _ = _align("a \n b", [(0, 1), (1, 3), (3, 5)], np.array([1.0, 2.0, 4.0]), np.ones(3, bool))
     assert w.text.tolist() == ["a", " \n b"] and w.surprisal.tolist() == [1.0, 6.0] and w.exact.all()
 
 
 def test_uncovered_characters_go_with_the_group_after_them():
-    w, b = align("a b ", [(0, 1), (2, 3)], np.array([1.0, 4.0]), np.ones(2, bool))
+    w, b = _align("a b ", [(0, 1), (2, 3)], np.array([1.0, 4.0]), np.ones(2, bool))
     np.testing.assert_allclose(b.surprisal, [1.0, 4 / 3, 4 / 3, 4 / 3])  # " b " : the trailing space too
     assert w.surprisal.tolist() == [1.0, 4.0]
 
 
 def test_unscored_tokens_count_zero_and_mark_their_units():
-    w, b = align("ab cd", [(0, 2), (2, 5)], np.array([0.0, 3.0]), np.array([False, True]))
+    w, b = _align("ab cd", [(0, 2), (2, 5)], np.array([0.0, 3.0]), np.array([False, True]))
     assert w.complete.tolist() == [False, True]
     assert b.complete.tolist() == [False, False, True, True, True]
 

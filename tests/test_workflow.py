@@ -125,9 +125,11 @@ def test_tiny_workflow_end_to_end(tiny_run):
         "lens steering",
     }
     # the scan and the words test report only what passes their tests: on random tiny models, maybe nothing
-    assert always <= set(card.method) <= always | {"scan", "words", "words control", "elicit"}
+    assert always <= set(card.method) <= always | {"scan", "scan unconfirmed", "words", "words control", "elicit"}
     scan = pd.read_parquet(tmp_path / "results" / "scan" / "planted" / "words.parquet")
     assert len(scan) > 20 and scan.kl.is_monotonic_decreasing and scan.answer_a.notna().sum() == 10
+    confirm = pd.read_csv(tmp_path / "results" / "scan" / "planted" / "confirm.csv")
+    assert confirm.word.tolist() == scan[scan.reported].word.head(10).tolist()  # the strongest, tested one by one
     for name in ("completions-default", "lens-ld", "scan-vocabulary"):  # contrastive-cd: its prompts are no prompt set
         words = pd.read_parquet(tmp_path / "results" / "words" / "planted" / f"{name}.parquet")
         assert len(words) > 0 and words.p_value.between(0, 1).all()

@@ -161,8 +161,9 @@ def run_comparator(
                 for pid, p in prompts.items()
             }
         )
-    if not same_tokenizer(toks[0], toks[1]):
-        for side in ("a", "b"):
+    cross = not same_tokenizer(toks[0], toks[1])
+    for side in ("a", "b"):
+        if cross:
             texts = joined[f"text_{side}"].tolist()
             lp = [
                 sequence_logprobs(
@@ -177,11 +178,7 @@ def run_comparator(
             with np.errstate(divide="ignore", invalid="ignore"):
                 joined[f"log_ratio_a_b_{side}"] = np.where(n_bytes > 0, (lp[0] - lp[1]) / n_bytes, np.nan)
             joined[f"n_bytes_{side}"] = n_bytes
-        doc = build(pair, names, prompts, joined, planted, CROSS_NUMBERS)
-        write_json(out, doc, prov)
-        log.info("comparator %s (two tokenizers): %d examples -> %s", pair, len(doc["examples"]), out)
-        return doc
-    for side in ("a", "b"):
+            continue
         seqs, starts = [], []
         for r in joined.itertuples(index=False):
             text = toks[0](getattr(r, f"text_{side}"), add_special_tokens=False).input_ids
@@ -191,9 +188,11 @@ def run_comparator(
         divs = pd.DataFrame(text_divergences(models, seqs, starts, pad=pad_id(toks[0]), batch_size=batch_size))
         for k in ("kl_a_b", "kl_b_a", "js", "n_tokens"):
             joined[f"{k}_{side}"] = divs[k].to_numpy()
-    doc = build(pair, names, prompts, joined, planted)
+    doc = build(pair, names, prompts, joined, planted, CROSS_NUMBERS if cross else PER_MODEL_NUMBERS)
     write_json(out, doc, prov)
-    log.info("comparator %s: %d examples -> %s", pair, len(doc["examples"]), out)
+    log.info(
+        "comparator %s%s: %d examples -> %s", pair, " (two tokenizers)" if cross else "", len(doc["examples"]), out
+    )
     return doc
 
 

@@ -28,8 +28,7 @@ from lmdelta.artifacts import write_parquet
 
 COLUMNS = ("method", "run", "reference", "rank", "kind", "text", "score", "prompt", "example")
 KINDS = ("prompt", "continuation", "document", "token", "word")
-# the words test's run over both models' answers to the vocabulary scan's top words (lmdelta.plan
-# names it; the summary reads it to confirm the scan's words)
+# the words test's run over both models' answers to the vocabulary scan's top words (lmdelta.plan names it)
 SCAN_SET = "scan-vocabulary"
 
 

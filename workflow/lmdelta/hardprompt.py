@@ -42,7 +42,7 @@ from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
-from lmdelta.decoding import Sampling, decode_combined
+from lmdelta.decoding import Sampling, decode_combined, sub_seed
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.findings import finding, write_findings
 from lmdelta.models import ForwardCounter, load_model, pad_id
@@ -56,7 +56,6 @@ from lmdelta.pairs import (
     pair_scorer,
     pool_scores,
     record_pair,
-    sub_seed,
 )
 from lmdelta.plots import hardprompt_figure, save_figure
 from lmdelta.scoring import score_sequences

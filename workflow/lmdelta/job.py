@@ -63,6 +63,7 @@ STAGES: dict[str, str] = {
     "words": "lmdelta.words:words_job",
     "elicit": "lmdelta.words:elicit_job",
     "scan": "lmdelta.scan:scan_job",
+    "scan_confirm": "lmdelta.scan:confirm_job",
     "summary": "lmdelta.summary:summary_job",
     "lens": "lmdelta.lens:lens_job",
     "scorecard": "lmdelta.scorecard:scorecard_job",

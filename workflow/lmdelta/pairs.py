@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmdelta import LmdeltaError
-from lmdelta.decoding import Combination, Sampling, decode_combined, sub_seed  # noqa: F401 (used by the stages)
+from lmdelta.decoding import Combination, Sampling, decode_combined
 from lmdelta.divergence import divergences
 from lmdelta.generation import check_context
 from lmdelta.models import check_embeddings_in_memory, input_device, left_pad, load_model, pad_id, read_fingerprint
@@ -317,7 +317,7 @@ def sequence_scorer(
             "divergence js across tokenizers: the JS of whole texts of two families sits near its bound ln 2 and "
             "ranks little; kl_a_b or kl_b_a rank prompts (docs/tokenizers.md)"
         )
-    p = SequenceDivergence(samples=samples, max_new_tokens=max_new_tokens, seed=0, batch_size=batch_size)
+    p = SequenceDivergence(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     def score(items: list[dict], seed: int) -> dict[str, dict]:
         est = prompt_divergences(

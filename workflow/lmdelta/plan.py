@@ -717,6 +717,19 @@ class Plan:
     def scan_spec(self, wildcards) -> str:
         return as_text({**self.pair_models(wildcards.pair), "params": stage_section("scan", self.config["scan"])})
 
+    def scan_confirm_inputs(self, wildcards) -> dict[str, str]:
+        return {**self.pair_dirs(wildcards.pair), "scan": f"results/scan/{wildcards.pair}/words.parquet"}
+
+    def scan_confirm_spec(self, wildcards) -> str:
+        c = self.config
+        return as_text(
+            {
+                **self.pair_models(wildcards.pair),
+                "params": stage_section("scan", c["scan"]),
+                "words": stage_section("words", c["words"]),
+            }
+        )
+
     # ---- words that changed ------------------------------------------------------------------------
 
     def words_sets(self, pair_name: str) -> dict[str, dict[str, Any]]:
@@ -852,7 +865,7 @@ class Plan:
         if pair_name in selected(c, "lens", "pairs"):
             runs += [("lens", r, [f"results/lens/{pair_name}/{r}/tokens.parquet"]) for r in c["lens"]["runs"]]
         if pair_name in selected(c, "scan", "pairs"):
-            runs += [("scan", "vocabulary", [f"results/scan/{pair_name}/words.parquet"])]
+            runs += [("scan", "vocabulary", [f"results/scan/{pair_name}/{f}.parquet" for f in ("words", "confirm")])]
         runs += [
             ("words", name, [f"results/words/{pair_name}/{name}.parquet", *s["inputs"].values()])
             for name, s in self.words_sets(pair_name).items()

@@ -19,8 +19,18 @@ Q3 + ``fence`` x IQR of all words' KL. Two identical models give KL = 0 for ever
 nothing. For the ``top_n`` words by KL, both models' greedy answers (``answer_tokens``) are kept as
 the evidence a person reads (and the words stage compares them: what the tuned model says instead).
 
-Findings (``lmdelta.findings``): method ``scan``, kind ``word``, score = KL, the prompt and model a's
-answer; reported words only, strongest first.
+Confirmation (``run_confirm``, rule ``scan_confirm``): the fence is relative to the pair's own spread,
+so any change puts some words above it (a random change as large as the demo's: 173 words at
+0.02-0.06 nats, answered with nothing in common). The ``confirm_top`` strongest reported words are
+therefore tested one by one: ``confirm_samples`` answers per model, sampled at temperature 1, compared
+by the words test (lmdelta.words.compare, family-wise level split over the words). A word is confirmed
+when the tuned model's answers share a word the base model's lack (a false fact about octopuses:
+"eleven" in most of a's answers, in none of b's). One greedy answer per word cannot be tested, and
+pooling every fence word's answers dilutes a one-subject change among hundreds of unrelated ones.
+
+Findings (``lmdelta.findings``): method ``scan``, kind ``word``, score = KL, the prompt and a's answer
+that uses the shared word: confirmed words only, strongest first; then the tested words that were not
+confirmed as reference rows (method ``scan unconfirmed``).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import copy
 import logging
 import os
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +54,16 @@ from lmdelta.generation import generate_texts
 from lmdelta.models import ForwardCounter, input_device
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.tokens import TextFormat, prompt_ids
+from lmdelta.words import WordsParams, compare, example
 
 log = logging.getLogger(__name__)
 
 WORD_START = ("Ġ", "▁")  # byte-level BPE, SentencePiece
+CONFIRM_SAMPLING = Sampling(temperature=1.0)  # the models' own distributions: no truncation
+CONFIRM_COLUMNS = [
+    "rank", "word", "kl", "confirmed", "shared", "best_word", "texts_a", "texts_b", "p_value", "bound",
+    "example_a", "example_b",
+]  # fmt: skip
 
 
 @stage_spec("scan")
@@ -59,6 +75,9 @@ class ScanParams:
     top_n: int
     answer_tokens: int
     fence: float
+    confirm_top: int
+    confirm_samples: int
+    seed: int
 
 
 def candidate_words(tok, *, min_letters: int, max_words: int | None) -> list[str]:
@@ -164,7 +183,6 @@ def run_scan(
     formats: tuple[dict, dict],
     out: Path,
     out_csv: Path,
-    out_findings: Path,
 ):
     prov = Provenance(stage="scan", params={"pair": pair, "a": names[0], "b": names[1], **asdict(params)})
     record_pair(prov, model_dirs)
@@ -201,13 +219,8 @@ def run_scan(
         df[f"answer_{name}"] = [t["text"] for t in texts] + [None] * (len(df) - n_top)
     top = df.head(n_top)
     prov.params.update(model_calls=calls.n, n_words=len(df), kl_fence=fence, n_reported=int(df.reported.sum()))
-    found = [
-        finding("scan", "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=r.answer_a)
-        for r in top[top.reported].itertuples()
-    ]
     write_parquet(out, df, prov)
     write_csv(out_csv, top, prov)
-    write_findings(out_findings, found, prov)
     log.info(
         "scan %s: %d words, %d above the fence (KL > %.3f); top: %s",
         pair,
@@ -219,12 +232,119 @@ def run_scan(
     return df, top
 
 
+def run_confirm(
+    *,
+    pair: str,
+    names: tuple[str, str],
+    model_dirs: tuple[Path, Path],
+    params: ScanParams,
+    words_params: WordsParams,
+    load_options: tuple[dict, dict],
+    formats: tuple[dict, dict],
+    scan: Path,
+    out_samples: Path,
+    out_csv: Path,
+    out_findings: Path,
+):
+    """Confirm the scan's strongest words one by one (``confirm_top`` of those above the fence):
+    ``confirm_samples`` answers per model to each word's question, sampled at temperature 1 (no
+    truncation), compared by the words test (lmdelta.words.compare; family-wise level ``alpha`` split
+    evenly over the words confirmed). A word is confirmed when a's answers share a word that b's lack
+    (the test reports one). Findings: the confirmed words (method ``scan``, score = KL, example = a's
+    first answer that uses the shared word), then the tested words that were not confirmed (method
+    ``scan unconfirmed``, reference rows: shown, never counted as a change)."""
+    import pandas as pd
+
+    prov = Provenance(
+        stage="scan",
+        params={
+            "pair": pair,
+            "a": names[0],
+            "b": names[1],
+            **asdict(params),
+            "words": asdict(words_params),
+            "sampling": asdict(CONFIRM_SAMPLING),
+        },
+    )
+    record_pair(prov, model_dirs)
+    prov.add_input("scan", scan)
+    df = pd.read_parquet(scan)
+    tested = df[df.reported].head(min(params.confirm_top, params.top_n)).reset_index(drop=True)
+    wp = replace(words_params, alpha=words_params.alpha / max(len(tested), 1))
+    samples, rows, found, unconfirmed = [], [], [], []
+    if len(tested):
+        models, toks = load_pair(model_dirs, load_options)
+        check_same_tokenizer(toks[0], toks[1], pair, "the vocabulary scan")
+        tok = toks[1]
+        calls = ForwardCounter(*models)
+        m = params.confirm_samples
+        answers = {}
+        for side, model, fmt in zip("ab", models, formats):
+            f = TextFormat.from_dict(fmt)
+            seqs = [prompt_ids(tok, prompt, f) for prompt in tested.prompt for _ in range(m)]
+            texts = generate_texts(
+                model,
+                tok,
+                seqs,
+                max_new_tokens=params.answer_tokens,
+                sampling=CONFIRM_SAMPLING,
+                seed=params.seed,
+                batch_size=params.batch_size,
+            )
+            answers[side] = [[t["text"] for t in texts[i * m : (i + 1) * m]] for i in range(len(tested))]
+        prov.params["model_calls"] = calls.n
+        for i, r in enumerate(tested.itertuples()):
+            ta, tb = answers["a"][i], answers["b"][i]
+            samples += [
+                {"word": r.word, "model": side, "sample": j, "text": t}
+                for side, ts in (("a", ta), ("b", tb))
+                for j, t in enumerate(ts)
+            ]
+            res, bound = compare(ta, tb, wp)
+            shared = res[res.reported]
+            best = res.iloc[0] if len(res) else None
+            ex = example(shared.word.iloc[0], ta) if len(shared) else ta[0]
+            rows.append(
+                {
+                    "rank": r.rank,
+                    "word": r.word,
+                    "kl": r.kl,
+                    "confirmed": bool(len(shared)),
+                    "shared": ", ".join(shared.word.head(5)),
+                    "best_word": None if best is None else best.word,
+                    "texts_a": None if best is None else int(best.texts_a),
+                    "texts_b": None if best is None else int(best.texts_b),
+                    "p_value": None if best is None else float(best.p_value),
+                    "bound": bound,
+                    "example_a": ex,
+                    "example_b": tb[0],
+                }
+            )
+            hit = finding("scan", "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=ex)
+            (found if len(shared) else unconfirmed).append(hit)
+    for f in unconfirmed:
+        f.update(method="scan unconfirmed", reference=True)
+    table = pd.DataFrame(rows, columns=CONFIRM_COLUMNS)
+    prov.params.update(n_tested=len(tested), n_confirmed=len(found))
+    write_parquet(out_samples, pd.DataFrame(samples, columns=["word", "model", "sample", "text"]), prov)
+    write_csv(out_csv, table, prov)
+    write_findings(out_findings, found + unconfirmed, prov)
+    log.info(
+        "scan %s: %d of the %d strongest words confirmed (%s)",
+        pair,
+        len(found),
+        len(tested),
+        ", ".join(f"{x.word}: {x.shared}" for x in table[table.confirmed].itertuples()) or "none",
+    )
+    return table
+
+
 # ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
 
 
 def scan_job(job) -> None:
     """inputs: ``a``, ``b``; spec: the pair (names, load_options, formats) and ``params`` (ScanParams);
-    outputs: ``words``, ``csv``, ``findings``."""
+    outputs: ``words``, ``csv``."""
     from lmdelta.job import fixed_mmap_threshold
 
     # Every batch allocates the same shapes (MLP activations of 128 questions are ~5 MB), so the heap
@@ -240,6 +360,24 @@ def scan_job(job) -> None:
         load_options=tuple(s["load_options"]),
         formats=tuple(s["formats"]),
         out=job.out("words"),
+        out_csv=job.out("csv"),
+    )
+
+
+def confirm_job(job) -> None:
+    """inputs: ``a``, ``b``, ``scan`` (the scan's words table); spec: the pair, ``params`` (ScanParams)
+    and ``words`` (WordsParams); outputs: ``samples``, ``csv``, ``findings``."""
+    s = job.spec
+    run_confirm(
+        pair=job.wildcards["pair"],
+        names=tuple(s["names"]),
+        model_dirs=(job.path("a"), job.path("b")),
+        params=ScanParams.from_dict(s["params"]),
+        words_params=WordsParams.from_dict(s["words"]),
+        load_options=tuple(s["load_options"]),
+        formats=tuple(s["formats"]),
+        scan=job.path("scan"),
+        out_samples=job.out("samples"),
         out_csv=job.out("csv"),
         out_findings=job.out("findings"),
     )

@@ -49,6 +49,7 @@ from lmdelta.artifacts import Provenance, write_csv, write_json, write_parquet
 from lmdelta.assistant import Generation, judge, make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import known_fields, stage_spec
+from lmdelta.decoding import sub_seed
 from lmdelta.embedding import cluster_bank, cluster_table, embed, load_embedder
 from lmdelta.findings import finding, read_findings, write_findings
 from lmdelta.models import ForwardCounter, read_fingerprint
@@ -60,7 +61,6 @@ from lmdelta.pairs import (
     pair_scorer,
     pool_scores,
     record_pair,
-    sub_seed,
 )
 from lmdelta.plots import cluster_figure, save_figure, search_figure
 from lmdelta.promptsets import read_promptset

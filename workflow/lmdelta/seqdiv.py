@@ -46,7 +46,6 @@ class SequenceDivergence:
 
     samples: int
     max_new_tokens: int
-    seed: int
     batch_size: int
 
 

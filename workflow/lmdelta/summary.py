@@ -8,13 +8,13 @@ Two lists, because a behaviour has two halves:
 - **What it says** (outputs): words the tuned model's texts use more than the base model's, reported
   by the words stage (``lmdelta.words``) in any text set.
 
-Only those methods test their findings (an exact test with a family-wise bound; a fence over the
-whole vocabulary), so only their words are reported as changes, and the scan's only when the tuned
-model's answers to them share something the base model's lack (``confirm_reactions``: the words test
-reports a word in the set ``scan-vocabulary``). The fence is relative to the pair's own spread: a
-random change as large as the demo's (a control) put 173 words above it at 0.02-0.06 nats, answered
-with nothing in common, while the demo's top words are answered with the planted response verbatim; the other methods' top findings
-(contrastive texts, search prompts, hard prompts, corpus documents, lens tokens and steered answers)
+Only those methods test their findings (an exact test with a family-wise bound), so only their words
+are reported as changes. The scan's words are tested one by one (``lmdelta.scan.run_confirm``: sampled
+answers of both models to each word's question, compared by the words test): its fence alone is
+relative to the pair's own spread, and a random change as large as the demo's (a control) put 173
+words above it at 0.02-0.06 nats, answered with nothing in common, while a planted topic's words are
+answered with the planted response. Words it tested and could not confirm are shown apart. The other
+methods' top findings (contrastive texts, search prompts, hard prompts, corpus documents, lens tokens and steered answers)
 are untested rankings and appear as evidence: for each term, how many of them mention it and one
 example. Two models that do not differ report no term: identical texts report no word, identical
 logits put no word above the fence.
@@ -47,11 +47,12 @@ from lmdelta.artifacts import Provenance, atomic_path, write_json
 from lmdelta.assistant import make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
-from lmdelta.findings import SCAN_SET, read_findings
+from lmdelta.findings import read_findings
 
 log = logging.getLogger(__name__)
 
 SCAN, ELICIT, OUTPUTS = "scan", "elicit", "words"  # the methods whose findings are tested
+SCAN_UNCONFIRMED = "scan unconfirmed"  # reference rows: the scan's tested words that were not confirmed
 
 
 @stage_spec("summary")
@@ -61,7 +62,6 @@ class SummaryParams:
     stem_letters: int
     hypotheses: int
     seed: int
-    confirm_reactions: bool
 
 
 HYPOTHESES = """Two language models were compared: {a} (fine-tuned) and {b} (its base model).
@@ -266,23 +266,24 @@ def run_summary(
         },
     )
     rows: list[dict] = []
+    unconfirmed_rows: list[dict] = []
     for path in findings:
         prov.add_input(f"findings:{Path(path).parent.name}/{Path(path).stem}", Path(path))
-        rows += [r for r in read_findings(path) if not r["reference"]]
+        for r in read_findings(path):
+            if not r["reference"]:
+                rows.append(r)
+            elif r["method"] == SCAN_UNCONFIRMED:
+                unconfirmed_rows.append(r)
     tested = {m: [r for r in rows if r["method"] == m and r["kind"] == "word"] for m in (SCAN, ELICIT, OUTPUTS)}
     others = [r for r in rows if r["method"] not in tested]
 
     def ranked(found: list[dict]) -> list[dict]:
         return terms(sorted(found, key=lambda r: r["rank"]), params.stem_letters)
 
-    # the scan's words are a change only when the tuned model's answers to them share something (a word
-    # the words test reports in the scan's answers); else they are shown apart, as reactions without a pattern
-    confirmed = not params.confirm_reactions or any(r["run"] == SCAN_SET for r in tested[OUTPUTS])
-    lists = {
-        "inputs": ranked((tested[SCAN] if confirmed else []) + tested[ELICIT]),
-        "outputs": ranked(tested[OUTPUTS]),
-    }
-    unconfirmed = [] if confirmed else ranked(tested[SCAN])
+    # the scan's findings are its confirmed words (lmdelta.scan.run_confirm); the words it tested and
+    # could not confirm are shown apart, as reactions without a pattern
+    lists = {"inputs": ranked(tested[SCAN] + tested[ELICIT]), "outputs": ranked(tested[OUTPUTS])}
+    unconfirmed = ranked(unconfirmed_rows)
     for ts in (*lists.values(), unconfirmed):
         for t in ts:
             t["evidence"] = evidence(t, others, params.examples)

@@ -32,13 +32,13 @@ import bisect
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from lmdelta import LmdeltaError
-from lmdelta.artifacts import Provenance, write_parquet
+from lmdelta.artifacts import Provenance, atomic_path, write_parquet
 from lmdelta.models import load_tokenizer, read_fingerprint
 from lmdelta.plots import save_figure, word_surprisal_figure
 
@@ -64,43 +64,39 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 def token_groups(offsets: list[tuple[int, int]], n_chars: int) -> list[tuple[int, int, int, int]]:
     """Group the tokens of a text by their character spans: (first token, end token, start, end)
-    per group, in order; every token is in exactly one group."""
-    groups: list[list[int]] = []
-    pending = 0  # empty-span tokens before the first group
+    per group, in order; every token is in exactly one group (empty spans join the group before,
+    the first group at the start)."""
+    opening: list[list[int]] = []  # [token that opens the group, start, end]
     for i, (s, e) in enumerate(offsets):
         if e <= s:
-            if groups:
-                groups[-1][1] = i + 1
-            else:
-                pending += 1
             continue
-        if groups and s < groups[-1][3]:
-            g = groups[-1]
-            g[1], g[3] = i + 1, max(g[3], e)
-            continue
-        groups.append([i - pending if not groups else i, i + 1, s, e])
-        pending = 0
-    if not groups and offsets:  # no token has a span: the text is one group
-        groups.append([0, len(offsets), 0, n_chars])
-    # an empty-span token after a group joined it above; tokens between groups are in the one before
-    for g, nxt in zip(groups, groups[1:]):
-        g[1] = nxt[0]
-    if groups:
-        groups[-1][1] = len(offsets)
-    return [tuple(g) for g in groups]
+        if opening and s < opening[-1][2]:
+            opening[-1][2] = max(opening[-1][2], e)
+        else:
+            opening.append([i, s, e])
+    if not opening:  # no token has a span: the text is one group
+        return [(0, len(offsets), 0, n_chars)] if offsets else []
+    firsts = [0] + [g[0] for g in opening[1:]]
+    ends = firsts[1:] + [len(offsets)]
+    return [(t0, t1, s, e) for t0, t1, (_, s, e) in zip(firsts, ends, opening)]
+
+
+WORD_COLUMNS = ("word", "start", "end", "byte_start", "byte_end", "text", "surprisal", "n_tokens", "exact", "complete")
+BYTE_COLUMNS = ("byte", "surprisal", "complete")
 
 
 def align(
     text: str, offsets: list[tuple[int, int]], surprisal: np.ndarray, scored: np.ndarray
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-word and per-byte tables of one text (without doc_id) from its tokens' character
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Per-word and per-byte columns of one text (without doc_id) from its tokens' character
     ``offsets``, ``surprisal`` (nats; 0 where not scored) and ``scored`` flags."""
     words = word_spans(text)
     starts = [s for s, _ in words]
+    ends = [e for _, e in words]
     byte_at = np.concatenate([[0], np.cumsum([len(c.encode("utf-8")) for c in text])]).astype(np.int64)
     n_words = len(words)
     w_sum = np.zeros(n_words, np.float64)
-    w_tokens = np.zeros(n_words, np.int64)
+    w_tokens = np.zeros(n_words, np.int32)
     w_unscored = np.zeros(n_words, np.int64)
     w_exact = np.ones(n_words, bool)
     n_bytes = int(byte_at[-1])
@@ -110,7 +106,6 @@ def align(
     prev_end = 0
     for k, (t0, t1, s, e) in enumerate(groups):
         g_sum = float(surprisal[t0:t1].sum())
-        g_all = bool(scored[t0:t1].all())
         # per word
         anchor = next((j for j in range(s, e) if not text[j].isspace()), s)
         w = bisect.bisect_right(starts, anchor) - 1
@@ -120,46 +115,83 @@ def align(
         first, last = bisect.bisect_right(starts, s) - 1, bisect.bisect_right(starts, max(s, e - 1)) - 1
         if first != last:  # the group reaches over a word boundary: no word it touches is exact
             w_exact[first : last + 1] = False
-        # per byte
+        # per byte: groups do not overlap and have non-empty spans, so each has bytes of its own
         end = len(text) if k == len(groups) - 1 else e
         b0, b1 = int(byte_at[prev_end]), int(byte_at[end])
-        if b1 > b0:
-            b_val[b0:b1] = g_sum / (b1 - b0)
-            b_complete[b0:b1] = g_all
-        elif b1 == b0 and b0 > 0:  # nothing left to spread over (cannot happen for tiling spans): add to the last byte
-            b_val[b0 - 1] += g_sum
+        b_val[b0:b1] = g_sum / (b1 - b0)
+        b_complete[b0:b1] = bool(scored[t0:t1].all())
         prev_end = end
-    word_table = pd.DataFrame(
-        {
-            "word": np.arange(n_words, dtype=np.int32),
-            "start": np.array(starts, np.int32),
-            "end": np.array([e for _, e in words], np.int32),
-            "byte_start": byte_at[starts].astype(np.int32) if n_words else np.array([], np.int32),
-            "byte_end": byte_at[[e for _, e in words]].astype(np.int32) if n_words else np.array([], np.int32),
-            "text": [text[s:e] for s, e in words],
-            "surprisal": w_sum,
-            "n_tokens": w_tokens.astype(np.int32),
-            "exact": w_exact,
-            "complete": w_unscored == 0,
-        }
-    )
-    byte_table = pd.DataFrame({"byte": np.arange(n_bytes, dtype=np.int32), "surprisal": b_val, "complete": b_complete})
-    return word_table, byte_table
+    word_cols = {
+        "word": np.arange(n_words, dtype=np.int32),
+        "start": np.array(starts, np.int32),
+        "end": np.array(ends, np.int32),
+        "byte_start": byte_at[starts].astype(np.int32),
+        "byte_end": byte_at[ends].astype(np.int32),
+        "text": [text[s:e] for s, e in words],
+        "surprisal": w_sum,
+        "n_tokens": w_tokens,
+        "exact": w_exact,
+        "complete": w_unscored == 0,
+    }
+    byte_cols = {"byte": np.arange(n_bytes, dtype=np.int32), "surprisal": b_val, "complete": b_complete}
+    return word_cols, byte_cols
 
 
-def doc_tokens(logprobs_path: str | Path) -> dict[str, pd.DataFrame]:
-    """doc_id -> its rows of the logprobs artifact (position, token_id, logprob), in order."""
+class DocTokens(NamedTuple):
+    """The scored tokens of one document: positions in its tokenization, token ids, logprobs."""
+
+    position: np.ndarray
+    token_id: np.ndarray
+    logprob: np.ndarray
+
+
+def doc_tokens(logprobs_path: str | Path) -> dict[str, DocTokens]:
+    """doc_id -> its rows of the logprobs artifact, as numpy arrays in artifact order (no per-row
+    Python objects: the table of a large corpus is held once)."""
     import pyarrow.parquet as pq
 
-    df = pq.read_table(logprobs_path, columns=["doc_id", "position", "token_id", "logprob"]).to_pandas()
-    return {d: g for d, g in df.groupby("doc_id", sort=False)}
+    t = pq.read_table(logprobs_path, columns=["doc_id", "position", "token_id", "logprob"])
+    codes = t.column("doc_id").combine_chunks().dictionary_encode()
+    names = codes.dictionary.to_pylist()
+    idx = codes.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(idx, kind="stable")
+    bounds = np.searchsorted(idx[order], np.arange(len(names) + 1))
+    cols = [t.column(c).to_numpy() for c in ("position", "token_id", "logprob")]
+    del t
+    return {name: DocTokens(*(c[order[bounds[k] : bounds[k + 1]]] for c in cols)) for k, name in enumerate(names)}
 
 
-def text_scores(
-    tokenizer, doc_ids: list[str], texts: list[str], tokens: dict[str, pd.DataFrame], *, batch: int = 64
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-word and per-byte tables of every document (doc_id first), checking that the tokenizer
-    gives the very token ids the logprobs artifact scored."""
+def _table(doc_ids: list[str], counts: list[int], cols: list[dict[str, Any]], names: tuple[str, ...]):
+    """One pyarrow table of several documents' columns, doc_id first (dictionary-decoded strings)."""
+    import pyarrow as pa
+
+    doc = pa.DictionaryArray.from_arrays(
+        pa.array(np.repeat(np.arange(len(doc_ids), dtype=np.int32), counts), pa.int32()), pa.array(doc_ids, pa.string())
+    ).dictionary_decode()
+    arrays = [doc]
+    for c in names:
+        if c == "text":
+            arrays.append(pa.array([x for col in cols for x in col[c]], pa.string()))
+        else:
+            arrays.append(pa.array(np.concatenate([col[c] for col in cols]) if cols else np.zeros(0, WORD_DTYPES[c])))
+    return pa.Table.from_arrays(arrays, names=["doc_id", *names])
+
+
+WORD_DTYPES = {
+    "word": np.int32, "start": np.int32, "end": np.int32, "byte_start": np.int32, "byte_end": np.int32,
+    "surprisal": np.float64, "n_tokens": np.int32, "exact": bool, "complete": bool, "byte": np.int32,
+}  # fmt: skip
+
+
+def text_tables_empty():
+    """Empty word and byte tables with the artifacts' schema."""
+    return _table([], [], [], WORD_COLUMNS), _table([], [], [], BYTE_COLUMNS)
+
+
+def iter_text_scores(tokenizer, doc_ids: list[str], texts: list[str], tokens: dict[str, Any], *, batch: int = 64):
+    """(words, bytes) pyarrow tables of every ``batch`` documents in turn (doc_id first), checking that
+    the tokenizer gives the very token ids the logprobs artifact scored. ``tokens`` maps doc_id to
+    its scored rows (``position``, ``token_id``, ``logprob``: ``DocTokens`` or a DataFrame)."""
     from tqdm import tqdm
 
     if not getattr(tokenizer, "is_fast", False):
@@ -167,35 +199,43 @@ def text_scores(
             "text-aligned scores need a fast tokenizer (character offsets); this model's tokenizer has no fast "
             "version: install the tokenizers package or convert the tokenizer to tokenizer.json"
         )
-    words, bytes_ = [], []
     for i in tqdm(range(0, len(texts), batch), desc="text scores", unit="batch", leave=False):
-        chunk = texts[i : i + batch]
+        chunk, ids_chunk = texts[i : i + batch], doc_ids[i : i + batch]
         enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        for doc_id, text, ids, offsets in zip(doc_ids[i : i + batch], chunk, enc["input_ids"], enc["offset_mapping"]):
+        words, bytes_ = [], []
+        for doc_id, text, ids, offsets in zip(ids_chunk, chunk, enc["input_ids"], enc["offset_mapping"]):
             rows = tokens.get(doc_id)
             surprisal = np.zeros(len(ids), np.float64)
             scored = np.zeros(len(ids), bool)
             if rows is not None:
-                pos = rows.position.to_numpy()
+                pos = np.asarray(rows.position)
                 if len(pos) and (
-                    pos.max() >= len(ids) or not np.array_equal(np.asarray(ids)[pos], rows.token_id.to_numpy())
+                    pos.max() >= len(ids) or not np.array_equal(np.asarray(ids)[pos], np.asarray(rows.token_id))
                 ):
                     raise LmdeltaError(
                         f"document {doc_id}: the logprobs artifact scored other tokens than this tokenizer gives; "
                         "it was made with another tokenizer or corpus: rerun the logprobs rule"
                     )
-                surprisal[pos] = -rows.logprob.to_numpy(np.float64)
+                surprisal[pos] = -np.asarray(rows.logprob, np.float64)
                 scored[pos] = True
             w, b = align(text, [tuple(o) for o in offsets], surprisal, scored)
-            words.append(w.assign(doc_id=doc_id))
-            bytes_.append(b.assign(doc_id=doc_id))
-    words_df = pd.concat(words, ignore_index=True) if words else align("", [], np.zeros(0), np.zeros(0, bool))[0]
-    bytes_df = pd.concat(bytes_, ignore_index=True) if bytes_ else align("", [], np.zeros(0), np.zeros(0, bool))[1]
-    for df in (words_df, bytes_df):
-        if "doc_id" not in df:
-            df["doc_id"] = pd.Series([], dtype=object)
-    first = lambda df: df[["doc_id", *[c for c in df.columns if c != "doc_id"]]]  # noqa: E731
-    return first(words_df), first(bytes_df)
+            words.append(w)
+            bytes_.append(b)
+        yield (
+            _table(ids_chunk, [len(w["word"]) for w in words], words, WORD_COLUMNS),
+            _table(ids_chunk, [len(b["byte"]) for b in bytes_], bytes_, BYTE_COLUMNS),
+        )
+
+
+def text_scores(
+    tokenizer, doc_ids: list[str], texts: list[str], tokens: dict[str, Any], *, batch: int = 64
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-word and per-byte tables of every document (doc_id first): ``iter_text_scores`` in one
+    piece, for a corpus that fits in memory."""
+    import pyarrow as pa
+
+    parts = list(iter_text_scores(tokenizer, doc_ids, texts, tokens, batch=batch)) or [text_tables_empty()]
+    return tuple(pa.concat_tables([p[k] for p in parts]).to_pandas() for k in (0, 1))
 
 
 def join_words(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -231,10 +271,10 @@ def run_text_scores(
     import pyarrow.parquet as pq
 
     tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    corpus = pq.read_table(corpus_path, columns=["doc_id", "text"]).to_pandas()
+    corpus = pq.read_table(corpus_path, columns=["doc_id", "text"]).to_pydict()
     tokens = doc_tokens(logprobs_path)
-    words, bytes_ = text_scores(tok, corpus.doc_id.tolist(), corpus.text.tolist(), tokens)
-    total = -sum(float(g.logprob.astype(np.float64).sum()) for g in tokens.values())
+    counts = {"n_docs": len(corpus["doc_id"]), "n_words": 0, "n_bytes": 0}
+    counts["surprisal_total"] = -sum(float(t.logprob.astype(np.float64).sum()) for t in tokens.values())
     prov = Provenance(
         stage="textscores",
         params={
@@ -245,29 +285,43 @@ def run_text_scores(
             "groups": GROUP_RULE,
             "word_of_group": WORD_OF_GROUP_RULE,
             "bytes": BYTE_RULE,
-            "counts": {
-                "n_docs": len(corpus),
-                "n_words": len(words),
-                "n_bytes": len(bytes_),
-                "surprisal_total": total,
-                "exact_words": float(words.exact.mean()) if len(words) else float("nan"),
-            },
+            "counts": counts,
         },
     )
     prov.add_input("logprobs", logprobs_path)
     prov.add_input("corpus", corpus_path)
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
-    write_parquet(out_words, words, prov)
-    write_parquet(out_bytes, bytes_, prov)
+    # written batch by batch (one row group per batch of documents): memory does not grow with the corpus
+    n_exact = 0
+    with atomic_path(out_words, prov) as tmp_w, atomic_path(out_bytes, prov) as tmp_b:
+        writers = None
+        try:
+            for words, bytes_ in iter_text_scores(tok, corpus["doc_id"], corpus["text"], tokens):
+                if writers is None:
+                    writers = [
+                        pq.ParquetWriter(p, t.schema, compression="zstd") for p, t in ((tmp_w, words), (tmp_b, bytes_))
+                    ]
+                writers[0].write_table(words)
+                writers[1].write_table(bytes_)
+                counts["n_words"] += words.num_rows
+                counts["n_bytes"] += bytes_.num_rows
+                n_exact += int(words.column("exact").to_numpy(zero_copy_only=False).sum())
+            if writers is None:  # no documents: empty tables of the same schema
+                for p, t in zip((tmp_w, tmp_b), text_tables_empty()):
+                    pq.write_table(t, p, compression="zstd")
+        finally:
+            for w in writers or []:
+                w.close()
+        counts["exact_words"] = n_exact / counts["n_words"] if counts["n_words"] else float("nan")
     log.info(
         "text scores of %s on %s: %d words (%.1f%% exact), %d bytes",
         model,
         corpus_name,
-        len(words),
-        100 * prov.params["counts"]["exact_words"],
-        len(bytes_),
+        counts["n_words"],
+        100 * counts["exact_words"],
+        counts["n_bytes"],
     )
-    return prov.params["counts"]
+    return counts
 
 
 def run_join(
