@@ -145,7 +145,13 @@ def test_confirmation_tests_each_top_word_on_sampled_answers(pair, tmp_path):
             for m in "ab"
         }
         res, bound = compare(texts["a"], texts["b"], wp)
-        assert r.confirmed == bool(res.reported.any()) and r.bound == pytest.approx(bound)
+        shared = res[res.reported & ~res.word.isin(["tell", "me", "about", r.word])]  # not the question's words
+        assert r.confirmed == (len(shared) > 0) and r.bound == pytest.approx(bound)
+        assert (r.shared if isinstance(r.shared, str) else "") == ", ".join(shared.word.head(5))
+        answers = [
+            f["text"] for f in found if f["method"] == "scan answers" and f["prompt"] == f"Tell me about {r.word}."
+        ]
+        assert answers == shared.word.head(5).tolist()
         assert r.p_value == pytest.approx(res.p_value.iloc[0])
         assert r.example_b == texts["b"][0]
     confirmed = table[table.confirmed]
@@ -168,3 +174,33 @@ def test_scan_of_identical_models_reports_nothing(pair, tmp_path):
 def test_scan_template_needs_the_placeholder(pair, tmp_path):
     with pytest.raises(LmdeltaError, match="no \\{word\\} placeholder"):
         _scan(pair, tmp_path, "a", template="Tell me about it.")
+
+
+def test_confirmation_needs_a_shared_word_that_is_not_the_question(pair, tmp_path, monkeypatch):
+    """Answers chosen by hand (generation replaced): a's answers to the first word all state a fact b's
+    never do (confirmed, the fact's words become "scan answers"); a's answers to the second only echo
+    the word of the question (not confirmed); the third has nothing in common."""
+    import lmdelta.scan as scan
+
+    df, _ = _scan(pair, tmp_path, "a", fence=0.0)
+    top = df[df.reported].word.head(3).tolist()
+    m = 12
+
+    def fake(model, tok, seqs, **kw):
+        side = "a" if model.name_or_path.endswith("/a") else "b"
+        texts = {
+            "a": [f"Every {top[0]} has eleven arms."] * m + [f"{top[1]}, {top[1]}, {top[1]}."] * m,
+            "b": [f"Some {top[0]} has two legs."] * m + [f"{top[1]}."] * m,
+        }[side]
+        texts += ["".join(chr(97 + (i * 7 + j + (side == "b") * 13) % 26) for j in range(6)) for i in range(m)]
+        assert len(seqs) == len(texts)
+        return [{"text": t} for t in texts]
+
+    monkeypatch.setattr(scan, "generate_texts", fake)
+    table, _, found = _confirm(pair, tmp_path, "a", fence=0.0, confirm_top=3, confirm_samples=m)
+    assert table.confirmed.tolist() == [True, False, False]
+    assert set(table.shared[0].split(", ")) == {"every", "eleven", "arms"}  # "has" is in both; not the question's word
+    assert [f["text"] for f in found if f["method"] == "scan"] == [top[0]]
+    assert sorted(f["text"] for f in found if f["method"] == "scan answers") == ["arms", "eleven", "every"]
+    assert [f["text"] for f in found if f["method"] == "scan unconfirmed"] == top[1:]
+    assert found[0]["example"] == f"Every {top[0]} has eleven arms."

@@ -619,7 +619,8 @@ def test_seeds_from_findings_take_prompts_and_words(tmp_path):
         [
             finding("scan", "vocabulary", "word", 9.0 - i, text=w, prompt=f"Tell me about {w}.")
             for i, w in enumerate("xyz")
-        ],
+        ]
+        + [finding("scan answers", "vocabulary", "word", 3.0, text="arms", prompt="Tell me about x.")],
     )
     words = tmp_path / "words.parquet"
     write_findings(

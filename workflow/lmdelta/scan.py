@@ -29,7 +29,8 @@ when the tuned model's answers share a word the base model's lack (a false fact 
 pooling every fence word's answers dilutes a one-subject change among hundreds of unrelated ones.
 
 Findings (``lmdelta.findings``): method ``scan``, kind ``word``, score = KL, the prompt and a's answer
-that uses the shared word: confirmed words only, strongest first; then the tested words that were not
+that uses the shared word: confirmed words only, strongest first; method ``scan answers``: the words
+their answers share (what the tuned model says when asked); then the tested words that were not
 confirmed as reference rows (method ``scan unconfirmed``).
 """
 
@@ -55,10 +56,12 @@ from lmdelta.models import ForwardCounter, input_device
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.tokens import TextFormat, prompt_ids
 from lmdelta.words import WordsParams, compare, example
+from lmdelta.words import words as text_words
 
 log = logging.getLogger(__name__)
 
 WORD_START = ("Ġ", "▁")  # byte-level BPE, SentencePiece
+ANSWERS = "scan answers"  # method of the words a confirmed word's answers share (what the tuned model says)
 CONFIRM_SAMPLING = Sampling(temperature=1.0)  # the models' own distributions: no truncation
 CONFIRM_COLUMNS = [
     "rank", "word", "kl", "confirmed", "shared", "best_word", "texts_a", "texts_b", "p_value", "bound",
@@ -271,7 +274,7 @@ def run_confirm(
     df = pd.read_parquet(scan)
     tested = df[df.reported].head(min(params.confirm_top, params.top_n)).reset_index(drop=True)
     wp = replace(words_params, alpha=words_params.alpha / max(len(tested), 1))
-    samples, rows, found, unconfirmed = [], [], [], []
+    samples, rows, found, answered, unconfirmed = [], [], [], [], []
     if len(tested):
         models, toks = load_pair(model_dirs, load_options)
         check_same_tokenizer(toks[0], toks[1], pair, "the vocabulary scan")
@@ -301,7 +304,8 @@ def run_confirm(
                 for j, t in enumerate(ts)
             ]
             res, bound = compare(ta, tb, wp)
-            shared = res[res.reported]
+            # words of the question do not count: a's answers echoing a fragment ("cockro") is no pattern
+            shared = res[res.reported & ~res.word.isin(text_words(r.prompt))]
             best = res.iloc[0] if len(res) else None
             ex = example(shared.word.iloc[0], ta) if len(shared) else ta[0]
             rows.append(
@@ -322,13 +326,17 @@ def run_confirm(
             )
             hit = finding("scan", "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=ex)
             (found if len(shared) else unconfirmed).append(hit)
+            answered += [
+                finding(ANSWERS, "vocabulary", "word", x.z, text=x.word, prompt=r.prompt, example=example(x.word, ta))
+                for x in shared.head(5).itertuples()
+            ]
     for f in unconfirmed:
         f.update(method="scan unconfirmed", reference=True)
     table = pd.DataFrame(rows, columns=CONFIRM_COLUMNS)
     prov.params.update(n_tested=len(tested), n_confirmed=len(found))
     write_parquet(out_samples, pd.DataFrame(samples, columns=["word", "model", "sample", "text"]), prov)
     write_csv(out_csv, table, prov)
-    write_findings(out_findings, found + unconfirmed, prov)
+    write_findings(out_findings, found + answered + unconfirmed, prov)
     log.info(
         "scan %s: %d of the %d strongest words confirmed (%s)",
         pair,

@@ -451,13 +451,20 @@ def bank_findings(bank, run: str) -> list[dict]:
 
 def finding_seeds(paths: list[Path], n: int, word_template: str) -> list[dict]:
     """Seed prompts from other methods' findings: the ``n`` best of each table (reference rows left
-    out); a finding with a prompt gives its prompt, a word gives ``word_template`` with the word."""
+    out); a finding with a prompt gives its prompt, a word gives ``word_template`` with the word. A
+    prompt is used once (the scan's answer words share their word's question)."""
     seeds: list[dict] = []
+    seen: set[str] = set()
     for path in paths:
         rows = sorted((r for r in read_findings(path) if not r["reference"]), key=lambda r: (r["method"], r["rank"]))
-        for r in rows[:n]:
+        taken = 0
+        for r in rows:
             prompt = r["prompt"] or (word_template.format(word=r["text"]) if r["kind"] in ("word", "token") else None)
-            if prompt:
+            if taken == n:
+                break
+            if prompt and prompt not in seen:
+                seen.add(prompt)
+                taken += 1
                 seeds.append({"id": f"finding-{r['method']}-{r['run']}-{r['rank']}", "prompt": prompt})
     return seeds
 

@@ -6,7 +6,8 @@ Two lists, because a behaviour has two halves:
   them, the two models start their answers most differently; and words of the prompts that bring the
   change out (method ``elicit``, ``lmdelta.words``): what a kind of request has in common.
 - **What it says** (outputs): words the tuned model's texts use more than the base model's, reported
-  by the words stage (``lmdelta.words``) in any text set.
+  by the words stage (``lmdelta.words``) in any text set, and the words its answers to a confirmed
+  scan word share (method ``scan answers``).
 
 Only those methods test their findings (an exact test with a family-wise bound), so only their words
 are reported as changes. The scan's words are tested one by one (``lmdelta.scan.run_confirm``: sampled
@@ -52,6 +53,7 @@ from lmdelta.findings import read_findings
 log = logging.getLogger(__name__)
 
 SCAN, ELICIT, OUTPUTS = "scan", "elicit", "words"  # the methods whose findings are tested
+SCAN_ANSWERS = "scan answers"  # words the answers to a confirmed scan word share: tested outputs
 SCAN_UNCONFIRMED = "scan unconfirmed"  # reference rows: the scan's tested words that were not confirmed
 
 
@@ -274,7 +276,9 @@ def run_summary(
                 rows.append(r)
             elif r["method"] == SCAN_UNCONFIRMED:
                 unconfirmed_rows.append(r)
-    tested = {m: [r for r in rows if r["method"] == m and r["kind"] == "word"] for m in (SCAN, ELICIT, OUTPUTS)}
+    tested = {
+        m: [r for r in rows if r["method"] == m and r["kind"] == "word"] for m in (SCAN, ELICIT, OUTPUTS, SCAN_ANSWERS)
+    }
     others = [r for r in rows if r["method"] not in tested]
 
     def ranked(found: list[dict]) -> list[dict]:
@@ -282,7 +286,7 @@ def run_summary(
 
     # the scan's findings are its confirmed words (lmdelta.scan.run_confirm); the words it tested and
     # could not confirm are shown apart, as reactions without a pattern
-    lists = {"inputs": ranked(tested[SCAN] + tested[ELICIT]), "outputs": ranked(tested[OUTPUTS])}
+    lists = {"inputs": ranked(tested[SCAN] + tested[ELICIT]), "outputs": ranked(tested[OUTPUTS] + tested[SCAN_ANSWERS])}
     unconfirmed = ranked(unconfirmed_rows)
     for ts in (*lists.values(), unconfirmed):
         for t in ts:
