@@ -292,3 +292,55 @@ def test_spread_models_ask_for_the_gpus_their_max_memory_names():
     c["models"]["smollm2-cocoa"]["max_memory"]["2"] = "70GiB"
     assert Plan(c).job_gpus(W(pair="cocoa")) == 3
     assert Plan(demo_config()).job_gpus(W(pair="cocoa")) == 0
+
+
+def test_gpus_are_dealt_to_the_models_of_each_job_in_load_order():
+    """A pair of spread models with gpus: 4 each: a takes GPUs 0-3 and b 4-7 in a pair job, each takes
+    0-3 in a job alone; the jobs ask for 8 and 4 GPUs; the planted check deals base then tuned."""
+    c = demo_config()
+    for m in ("smollm2", "smollm2-cocoa"):
+        c["models"][m].update(device="spread", gpus=4, max_memory={"cpu": "200GiB"})
+    plan = Plan(validate_config(c))
+    pair = spec(plan.contrastive_spec(W(pair="cocoa", run=next(iter(c["contrastive"]["runs"])))))
+    assert [o["gpu_ids"] for o in pair["load_options"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert pair["names"] == ["smollm2-cocoa", "smollm2"]
+    assert plan.load_options("smollm2")["gpu_ids"] == [0, 1, 2, 3]
+    assert plan.job_gpus(W(pair="cocoa")) == 8 and plan.job_gpus(W(model="smollm2")) == 4
+    check = spec(plan.check_planted_spec(W(model="smollm2-cocoa")))["load_options"]
+    assert check["base"]["gpu_ids"] == [0, 1, 2, 3] and check["tuned"]["gpu_ids"] == [4, 5, 6, 7]
+    # one model spread, the other on one device: only the spread one is dealt GPUs
+    c["models"]["smollm2"].update(device="auto", gpus=None, max_memory=None)
+    plan = Plan(validate_config(c))
+    assert plan.job_gpus(W(pair="cocoa")) == 4 and "gpu_ids" not in plan.dealt_options(["smollm2-cocoa", "smollm2"])[1]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"device": "cuda", "gpus": 2}, "gpus: 2 GPUs apply to device: spread"),
+        ({"device": "spread", "gpus": 2, "max_memory": {"0": "70GiB"}}, "use one: gpus"),
+    ],
+)
+def test_gpus_need_spread_and_no_gpu_indices(change, message):
+    from lmdelta import LmdeltaError
+
+    c = yaml.safe_load((ROOT / "config.yaml").read_text())
+    c["models"]["smollm2"].update(change)
+    with pytest.raises(LmdeltaError, match=message):
+        validate_config(c)
+
+
+def test_spread_memory_names_the_dealt_gpus_only(pair):
+    import torch
+
+    from lmdelta import LmdeltaError
+    from lmdelta.models import load_model, spread_memory
+
+    free = {0: 80_000, 1: 81_000, 2: 82_000, 3: 83_000, "cpu": 500_000}
+    assert spread_memory({"cpu": "64GiB"}, [2, 3], free) == {2: 82_000, 3: 83_000, "cpu": "64GiB"}
+    assert spread_memory(None, [0], free) == {0: 80_000, "cpu": 500_000}
+    with pytest.raises(LmdeltaError, match="dealt GPUs 3-4 .* sees 4 GPU"):
+        spread_memory(None, [3, 4], free)
+    if not torch.cuda.is_available():  # a model dealt a GPU the job does not see is refused before it loads
+        with pytest.raises(LmdeltaError, match="sees 0 GPU"):
+            load_model(pair / "a", device="spread", gpus=1, gpu_ids=[0])

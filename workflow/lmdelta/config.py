@@ -21,8 +21,8 @@ from lmdelta.behaviour import trigger_keywords
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 #: The keys of a model entry that ``lmdelta.models.load_model`` takes.
-LOAD_OPTION_KEYS = ("dtype", "quantization", "device", "max_memory", "offload_folder", "trust_remote_code")
-SPREAD_KEYS = ("max_memory", "offload_folder")  # load options only with device: spread
+LOAD_OPTION_KEYS = ("dtype", "quantization", "device", "gpus", "max_memory", "offload_folder", "trust_remote_code")
+SPREAD_KEYS = ("gpus", "max_memory", "offload_folder")  # load options only with device: spread
 
 
 def load_options_of(model: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +148,17 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 raise LmdeltaError(
                     f"config: models.{name}.source.gguf.path: file {src['gguf']['path']!r} does not exist; fix the path"
                 )
+        if model.get("gpus") and model["device"] != "spread":
+            raise LmdeltaError(
+                f"config: models.{name}.gpus: {model['gpus']} GPUs apply to device: spread (now {model['device']}); "
+                "set device: spread or remove gpus"
+            )
+        named = [k for k in model.get("max_memory") or {} if str(k).isdigit()]
+        if model.get("gpus") and named:
+            raise LmdeltaError(
+                f"config: models.{name}: gpus deals GPUs out and max_memory names GPUs {', '.join(named)}; use one: "
+                "gpus (max_memory with cpu only) or max_memory's GPU indices"
+            )
     _check_derive(config)
     _check_interpolate(config)
     for name, corpus in config["corpora"].items():

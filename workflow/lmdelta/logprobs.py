@@ -123,7 +123,7 @@ def score_logprobs_shard(
     out_dir = Path(out_dir)
     fingerprint = read_fingerprint(model_dir)
     corpus_digest = sha256_file(corpus_path)
-    opts = {k: load_options[k] for k in LOAD_OPTION_KEYS if k in load_options}
+    opts = {k: load_options[k] for k in (*LOAD_OPTION_KEYS, "gpu_ids") if k in load_options}
     prov = Provenance(stage="logprobs_shard", params={**asdict(params), "load_options": opts, "units": "nats"})
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": fingerprint["digest"]}
     prov.inputs["corpus"] = {"path": str(corpus_path), "sha256": corpus_digest}

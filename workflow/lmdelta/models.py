@@ -384,6 +384,8 @@ def load_model(
     dtype: str = "auto",
     quantization: str = "none",
     device: str = "auto",
+    gpus: int | None = None,
+    gpu_ids: list[int] | None = None,
     max_memory: dict[str, str] | None = None,
     offload_folder: str | Path = "resources/offload",
     trust_remote_code: bool = False,
@@ -394,7 +396,9 @@ def load_model(
     ``device: spread`` lets accelerate place the layers over every visible GPU, then CPU memory, then
     disk (``offload_folder``/<folder name>), each bounded by ``max_memory``; the model then carries
     accelerate's hooks, which move weights and activations to each layer's device during the forward
-    pass, and the inputs go to ``input_device(model)``.
+    pass, and the inputs go to ``input_device(model)``. ``gpu_ids`` (dealt by the plan from the
+    model's ``gpus``; ``gpus`` itself is only their number) restricts it to those GPUs
+    (``spread_memory``).
 
     ``verify`` re-hashes the weights against ``fingerprint.json`` (costs a read of every weight file).
     """
@@ -422,7 +426,9 @@ def load_model(
     if device == "spread":
         kw["device_map"] = "auto"
         kw["offload_folder"] = str(Path(offload_folder) / folder.name)
-        if max_memory:
+        if gpu_ids:
+            kw["max_memory"] = spread_memory(max_memory, gpu_ids)
+        elif max_memory:
             kw["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
     elif quantization != "none":
         kw["device_map"] = {"": dev}
@@ -431,6 +437,30 @@ def load_model(
         model.to(dev)
     model.eval()
     return model, load_tokenizer(folder, trust_remote_code=trust_remote_code)
+
+
+def spread_memory(
+    max_memory: dict[str, str] | None, gpu_ids: list[int], free: dict[int | str, int] | None = None
+) -> dict[int | str, int | str]:
+    """accelerate's ``max_memory`` for a model dealt the GPUs ``gpu_ids``: each of them with what it has
+    free (``free``: accelerate's ``get_max_memory()``, read now when not given), no other GPU, and the
+    CPU as ``max_memory`` says, else what it has free."""
+    if free is None:
+        from accelerate.utils import get_max_memory
+
+        free = get_max_memory()
+    seen = sorted(k for k in free if isinstance(k, int))
+    missing = [i for i in gpu_ids if i not in free]
+    if missing:
+        raise LmdeltaError(
+            f"this job was dealt GPUs {gpu_ids[0]}-{gpu_ids[-1]} (models' gpus) but sees {len(seen)} GPU(s): "
+            f"give the job {gpu_ids[-1] + 1} GPUs (resources gpu, CUDA_VISIBLE_DEVICES) or lower the models' gpus"
+        )
+    out: dict[int | str, int | str] = {i: free[i] for i in gpu_ids}
+    cpu = (max_memory or {}).get("cpu", free.get("cpu"))
+    if cpu is not None:
+        out["cpu"] = cpu
+    return out
 
 
 def load_tokenizer(folder: str | Path, *, trust_remote_code: bool = False):

@@ -167,8 +167,22 @@ class Plan:
         return f"resources/models/{weights_owner(self.config, name)}"
 
     def load_options(self, name: str) -> dict[str, Any]:
-        """A model's load options (dtype, quantization, device, trust_remote_code)."""
-        return load_options_of(self.config["models"][name])
+        """A model's load options (dtype, quantization, device, trust_remote_code) in a job that loads
+        it alone."""
+        return self.dealt_options([name])[0]
+
+    def dealt_options(self, names: list[str]) -> list[dict[str, Any]]:
+        """The load options of the models one job loads, in the order it loads them: a model spread with
+        ``gpus`` is dealt the job's next ``gpus`` GPUs (``gpu_ids``: a pair's a takes 0..n-1, b the n
+        after; a model alone, 0..n-1)."""
+        out, first = [], 0
+        for name in names:
+            opts = load_options_of(self.config["models"][name])
+            if opts.get("gpus"):
+                opts["gpu_ids"] = list(range(first, first + opts["gpus"]))
+                first += opts["gpus"]
+            out.append(opts)
+        return out
 
     def model_format(self, name: str) -> dict[str, Any]:
         """How a model reads a prompt (its chat template or prompt_format) and its first token."""
@@ -263,13 +277,16 @@ class Plan:
 
     def job_gpus(self, wildcards) -> int:
         """GPUs a job that runs models asks for: 1 when one of its models has device: cuda; for models
-        spread over devices, the GPUs their max_memory names (two models of a pair share them); else 0
+        spread over devices, the GPUs dealt to them (``gpus``) and those their max_memory names (two
+        models of a pair naming the same GPUs share them); else 0
         (device auto or cpu: a profile's set-resources can still ask for one). The SLURM plugin turns
         it into --gpus; local runs ignore it unless --resources gpu=N is given (then at most N GPU jobs
         run at once)."""
-        models = [self.config["models"][m] for m in self.job_models(wildcards)]
+        names = self.job_models(wildcards)
+        models = [self.config["models"][m] for m in names]
         spread = {k for m in models if m["device"] == "spread" for k in (m.get("max_memory") or {}) if str(k).isdigit()}
-        return max(len(spread), int(any(m["device"] == "cuda" for m in models)))
+        dealt = {i for o in self.dealt_options(names) for i in o.get("gpu_ids", [])}
+        return max(len(spread | {str(i) for i in dealt}), int(any(m["device"] == "cuda" for m in models)))
 
     def derive_runtime(self, wildcards) -> int:
         """Minutes: about 5 s per step on 2 CPU cores for a 135M model, with a wide margin."""
@@ -410,10 +427,7 @@ class Plan:
             {
                 "planted": self._planted_view(m),
                 "text_format": self.model_format(m),
-                "load_options": {
-                    "base": self.load_options(self.derive_source(m)["from"]),
-                    "tuned": self.load_options(m),
-                },
+                "load_options": dict(zip(("base", "tuned"), self.dealt_options([self.derive_source(m)["from"], m]))),
                 "statistics": {"confidence": self.config["statistics"]["confidence"]},
             }
         )
@@ -575,7 +589,7 @@ class Plan:
         return {
             "names": names,
             **({"run": run} if run is not None else {}),
-            "load_options": [self.load_options(n) for n in names],
+            "load_options": self.dealt_options(names),
             "formats": [self.model_format(n) for n in names],
         }
 
@@ -611,13 +625,14 @@ class Plan:
         a = run["assistant"]
         return {"assistant": self.model_dir(a["model"])} if "model" in a else {}
 
-    def _assistant(self, run: dict[str, Any]) -> dict[str, Any]:
+    def _assistant(self, run: dict[str, Any], after: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The run's assistant; a local one loaded in a job ``after`` other models is dealt GPUs after theirs."""
         a = run["assistant"]
         out = {"spec": a}
         if "model" in a:
             out.update(
                 dir=self.model_dir(a["model"]),
-                load_options=self.load_options(a["model"]),
+                load_options=self.dealt_options([*after, a["model"]])[-1],
                 format=self.model_format(a["model"]),
             )
         return out
@@ -638,7 +653,7 @@ class Plan:
         return as_text(
             {
                 **self.pair_models(wildcards.pair, run=run),
-                "assistant": self._assistant(run),
+                "assistant": self._assistant(run, after=tuple(self.pair_models(wildcards.pair)["names"])),
                 "word_template": self.config["scan"]["template"],
                 "planted": planted_truth(self.config, wildcards.pair),
                 "statistics": stage_section("statistics", self.config["statistics"]),
