@@ -583,6 +583,7 @@ class ModelSpec:
     dtype: str = "auto"
     quantization: str = "none"
     device: str = "auto"
+    gpus: int | None = None
     max_memory: dict[str, str] | None = None
     offload_folder: str = "resources/offload"
     trust_remote_code: bool = False
