@@ -138,6 +138,36 @@ def test_training_raises_the_heldout_divergence(loaded, tmp_path):
     assert [r["step"] for r in res["metrics"]] == list(range(1, 9))
 
 
+def test_the_chosen_prompt_is_tested_on_windows_that_never_chose_it(loaded, tmp_path):
+    """The held-out test: windows after the eval_windows (disjoint from them), per held-out document the
+    token-weighted mean with and without the prompt, as evaluate computes it on that document alone."""
+    from lmdelta.softprefix import heldout_test_windows, pair_templates
+    from lmdelta.softprompt import heldout_test
+    from lmdelta.stats import PairedParams
+
+    models, toks = loaded
+    p = params(steps=4, eval_windows=4, test_windows=40, heldout_fraction=0.4)
+    d = docs(toks[0])
+    train, held = split_windows(d, p)
+    test = heldout_test_windows(d, p)
+    assert len(test) == 40 and all(w not in held and w not in train for _, w in test)
+    assert len({i for i, _ in test}) >= 2
+    res = train_prompt(models, toks, (train, held), p, ckpt_dir=tmp_path / "ck", progress=False)
+    stats = PairedParams.from_dict({"n_permutations": 999, "n_boot": 999})
+    got = heldout_test(models, toks, res["prompt"], test, p, stats, ("bos", "bos"))
+    tpl, pad = pair_templates(toks, p.placement, ("bos", "bos")), toks[0].pad_token_id
+    by_doc = {}
+    for i, w in test:
+        by_doc.setdefault(i, []).append(w)
+    with_p = [evaluate(models, res["prompt"], tpl, ws, pad, p) for ws in by_doc.values()]
+    without = [evaluate(models, None, tpl, ws, pad, p) for ws in by_doc.values()]
+    assert got["n_docs"] == len(by_doc) and got["n_windows"] == 40
+    assert got["with_prompt"] == pytest.approx(np.mean(with_p), rel=1e-5)
+    assert got["without_prompt"] == pytest.approx(np.mean(without), rel=1e-5)
+    assert got["diff_low"] <= got["diff"] <= got["diff_high"] and 0 < got["p"] <= 1
+    assert heldout_test(models, toks, res["prompt"], test[:1], p, stats, ("bos", "bos")) is None  # one document
+
+
 def test_resume_gives_the_uninterrupted_result(loaded, tmp_path):
     models, toks = loaded
     p = params(steps=6, accumulation=2)

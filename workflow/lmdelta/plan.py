@@ -696,7 +696,10 @@ class Plan:
         """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
         run = self.config["softprompt"]["runs"][wildcards.run]
         training = {k: v for k, v in run.items() if k not in HARD_PROMPT_KEYS}
-        return as_text(self.pair_models(wildcards.pair, run=training))
+        stats = stage_section(
+            "statistics", self.config["statistics"]
+        )  # the held-out test (checkpoints keep the training)
+        return as_text({**self.pair_models(wildcards.pair, run=training), "statistics": stats})
 
     def hardprompt_spec(self, wildcards) -> str:
         run = self.config["softprompt"]["runs"][wildcards.run]

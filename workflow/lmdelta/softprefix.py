@@ -77,20 +77,32 @@ def pair_divergence(models, prompt, templates, ids, mask, divergence: str):
     return (d * m).sum() / m.sum(), d
 
 
-def split_windows(docs: list[list[int]], p) -> tuple[list[list[int]], list[list[int]]]:
-    """Train and held-out windows of ``p.seq_len`` tokens (documents split by a permutation seeded by
-    ``p.seed``; ``p``: the run's ``lmdelta.softprompt.SoftPromptParams``)."""
+def _windows(docs: list[list[int]], p) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
+    """Train windows, and held-out windows with their document's index (documents split by a
+    permutation seeded by ``p.seed``)."""
     order = np.random.default_rng([p.seed, 17]).permutation(len(docs))
     n_held = max(1, round(len(docs) * p.heldout_fraction)) if len(docs) > 1 else 0
-    held_docs, train_docs = [docs[i] for i in order[:n_held]], [docs[i] for i in order[n_held:]]
 
-    def windows(ds):
-        out = []
-        for d in ds:
-            out += [d[i : i + p.seq_len] for i in range(0, len(d), p.seq_len) if len(d[i : i + p.seq_len]) >= 2]
-        return out
+    def windows(d):
+        return [d[i : i + p.seq_len] for i in range(0, len(d), p.seq_len) if len(d[i : i + p.seq_len]) >= 2]
 
-    train, held = windows(train_docs), windows(held_docs)[: p.eval_windows]
+    train = [w for i in order[n_held:] for w in windows(docs[i])]
+    held = [(int(i), w) for i in order[:n_held] for w in windows(docs[i])]
+    return train, held
+
+
+def heldout_test_windows(docs: list[list[int]], p) -> list[tuple[int, list[int]]]:
+    """(document index, window) of the held-out windows after the ``eval_windows`` that choose the
+    training step, at most ``p.test_windows``: the soft prompt is tested on them, never chosen on them."""
+    return _windows(docs, p)[1][p.eval_windows : p.eval_windows + p.test_windows]
+
+
+def split_windows(docs: list[list[int]], p) -> tuple[list[list[int]], list[list[int]]]:
+    """Train and held-out windows of ``p.seq_len`` tokens (documents split by a permutation seeded by
+    ``p.seed``; ``p``: the run's ``lmdelta.softprompt.SoftPromptParams``); the held-out windows are the
+    first ``eval_windows`` (early stopping)."""
+    train, held_docs = _windows(docs, p)
+    held = [w for _, w in held_docs[: p.eval_windows]]
     if not train or not held:
         raise LmdeltaError(
             f"softprompt: {len(train)} training and {len(held)} held-out windows of {p.seq_len} tokens; "
@@ -178,6 +190,7 @@ class SoftPromptParams:
     seq_len: int
     heldout_fraction: float
     eval_windows: int
+    test_windows: int
     batch: int
     accumulation: int
     steps: int

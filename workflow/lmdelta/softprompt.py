@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
 from lmdelta.models import ForwardCounter, pad_id, resolve_autocast
@@ -35,12 +37,14 @@ from lmdelta.pairs import check_compatible, load_pair, record_pair
 from lmdelta.plots import save_figure, softprompt_figure
 from lmdelta.softprefix import (
     SoftPromptParams,
+    heldout_test_windows,
     nearest_tokens,
     pair_divergence,
     pair_templates,
     split_windows,
     training_docs,
 )
+from lmdelta.stats import PairedParams, paired
 from lmdelta.training import batch_indices, load_checkpoint, save_checkpoint, warmup_lr
 
 log = logging.getLogger(__name__)
@@ -71,19 +75,59 @@ def init_prompt(embedding, tok, p: SoftPromptParams):
     raise LmdeltaError(f"softprompt: init {p.init!r} is unknown; use vocab, text or random")
 
 
-def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) -> float:
-    """Mean divergence over held-out windows (token-weighted), with ``prompt`` (None = without)."""
+def window_divergences(
+    models, prompt, templates, windows, pad: int, p: SoftPromptParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: the summed divergence over its text positions and their number, with ``prompt``
+    (None = without)."""
     import torch
 
-    total, count = 0.0, 0
+    sums, counts = [], []
     with torch.no_grad():
         for i in range(0, len(windows), p.batch):
             ids, mask = collate(windows[i : i + p.batch], pad)
             _, d = pair_divergence(models, prompt, templates, ids, mask, p.divergence)
             m = mask.to(d.device).float()
-            total += float((d.float() * m).sum())
-            count += int(m.sum())
-    return total / count
+            sums += (d.float() * m).sum(-1).tolist()
+            counts += m.sum(-1).tolist()
+    return np.asarray(sums, np.float64), np.asarray(counts, np.float64)
+
+
+def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) -> float:
+    """Mean divergence over held-out windows (token-weighted), with ``prompt`` (None = without)."""
+    sums, counts = window_divergences(models, prompt, templates, windows, pad, p)
+    return float(sums.sum() / counts.sum())
+
+
+def heldout_test(models, toks, prompt, test, p: SoftPromptParams, stats: PairedParams, first_tokens) -> dict | None:
+    """The chosen soft prompt against no prompt on held-out windows that never chose the step
+    (``test``: (document, window) pairs): per document the token-weighted mean divergence with and
+    without, compared by a sign-flip test over documents with a bootstrap interval of the mean
+    difference. None when fewer than two documents have test windows."""
+    docs = sorted({d for d, _ in test})
+    if len(docs) < 2:
+        return None
+    templates = pair_templates(toks, p.placement, first_tokens)
+    pad = pad_id(toks[0])
+    windows = [w for _, w in test]
+    doc_of = np.array([docs.index(d) for d, _ in test])
+    per_doc = {}
+    for name, pr in (("with", prompt), ("without", None)):
+        sums, counts = window_divergences(models, pr, templates, windows, pad, p)
+        per_doc[name] = np.bincount(doc_of, sums, len(docs)) / np.bincount(doc_of, counts, len(docs))
+    res = paired(per_doc["with"], per_doc["without"], test="sign-flip", params=stats)
+    return {
+        "unit": "held-out document (windows after the eval_windows that chose the step)",
+        "n_docs": len(docs),
+        "n_windows": len(windows),
+        "with_prompt": res["mean_a"],
+        "without_prompt": res["mean_b"],
+        "diff": res["diff"],
+        "diff_low": res["diff_low"],
+        "diff_high": res["diff_high"],
+        "test": res["test"],
+        "p": res["p"],
+    }
 
 
 # ---- training -----------------------------------------------------------------------------------------
@@ -264,7 +308,9 @@ def run_softprompt(
     ckpt_dir: Path,
     tensorboard_dir: Path | None = None,
     stop_after: int | None = None,
+    statistics: PairedParams | None = None,
 ) -> dict | None:
+    """``statistics`` (the config's ``statistics:``; default: its schema defaults) for the held-out test."""
     import pandas as pd
     import torch
     from safetensors.torch import save_file
@@ -290,7 +336,8 @@ def run_softprompt(
     models, toks = load_pair(model_dirs, load_options)
     check_compatible(models, toks, pair)
     torch.manual_seed(params.seed)
-    windows = split_windows(training_docs(models, toks, params, corpus), params)
+    docs = training_docs(models, toks, params, corpus)
+    windows = split_windows(docs, params)
     identity = " ".join(prov.inputs[f"model_{side}"]["fingerprint"] for side in ("a", "b"))
     res = train_prompt(
         models,
@@ -319,6 +366,15 @@ def run_softprompt(
         "stopped_early": res["stopped_early"],
         "n_train_windows": len(windows[0]),
         "n_heldout_windows": len(windows[1]),
+        "heldout_test": heldout_test(
+            models,
+            toks,
+            res["prompt"],
+            heldout_test_windows(docs, params),
+            params,
+            statistics or PairedParams.from_dict({}),
+            first_tokens,
+        ),
         "nearest_tokens_cosine": [[t for t, _, _ in c] for c in nearest_tokens(res["prompt"], emb, toks[0], k=3)],
     }
     prov.params["summary"] = {k: summary[k] for k in ("heldout_without_prompt", "heldout_with_prompt", "best_step")}
@@ -369,4 +425,5 @@ def softprompt_job(job) -> None:
         out_summary=job.out("summary"),
         ckpt_dir=Path(job.params["checkpoints"]),
         tensorboard_dir=Path(tb) if tb else None,
+        statistics=PairedParams.from_dict(s.get("statistics", {})),
     )
