@@ -144,3 +144,34 @@ def test_the_engine_uses_the_current_cache_argument(tiny_models):
                 model, ids, torch.ones_like(ids), max_new_tokens=4, sampling=Sampling(), eos_ids=(), pad_id=0, seed=0
             )
     assert new.shape == (1, 4)
+
+
+def test_asking_whether_every_row_finished_less_often_changes_nothing(tiny_models):
+    """On a GPU the engine reads "every row finished?" only every sync_every steps (a host sync) and
+    cuts the steps decoded after that: the same ids for any sync_every, rows finishing at various steps."""
+    from transformers import AutoModelForCausalLM
+
+    from lmdelta.decoding import decode_combined
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (6, 5))
+    stops = tuple(range(0, model.config.vocab_size, 3))  # a third of the vocabulary ends a row
+    runs = {}
+    with torch.inference_mode():
+        for every in (1, 3, 8, 64):
+            runs[every] = decode_combined(
+                [model],
+                [(ids, torch.ones_like(ids))],
+                comb=None,
+                max_new_tokens=20,
+                sampling=Sampling(temperature=1.0),
+                eos_ids=stops,
+                pad_id=0,
+                seed=5,
+                sync_every=every,
+            )
+    ends = [next(i for i, t in enumerate(row.tolist()) if t in stops) for row in runs[1]]
+    assert len(set(ends)) > 1 and runs[1].shape[1] == max(ends) + 1  # cut right after the last row's EOS
+    for every in (3, 8, 64):
+        assert torch.equal(runs[every], runs[1]), every
