@@ -208,6 +208,7 @@ def decode(
     eos_ids: tuple[int, ...],
     pad_id: int,
     seed: int,
+    sync_every: int | None = None,
 ):
     """One model: continue a left-padded batch; return the new ids [B, n <= max_new_tokens] (pad after EOS)."""
     return decode_combined(
@@ -219,6 +220,7 @@ def decode(
         eos_ids=eos_ids,
         pad_id=pad_id,
         seed=seed,
+        sync_every=sync_every,
     )
 
 
