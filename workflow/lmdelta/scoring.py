@@ -19,14 +19,18 @@ Nothing vocabulary-sized goes to the host except that one accumulated vector.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.config import stage_spec
 from lmdelta.models import input_device
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("logprob", "entropy", "top1_prob", "rank")
 
@@ -81,20 +85,44 @@ def reduce_logits(z, targets, prob_sum=None):
     """Reductions of a [C, V] chunk of logits (any float dtype) at the target ids [C].
 
     Returns float32 tensors (logprob, entropy, top1_prob) and int rank; adds the chunk's
-    probabilities into ``prob_sum`` ([V], float64) when given.
+    probabilities into ``prob_sum`` ([V], float64) when given. Few passes over the chunk: the max,
+    exp(z - max) once, its sum, one dot product with z for the entropy, one comparison for the rank
+    and one matrix-vector product for the probabilities (no [C, V] probability tensor is divided out).
     """
     import torch
 
     z = z.float()
-    lse = torch.logsumexp(z, dim=-1)
+    m = z.amax(-1)
+    e = torch.exp(z - m[:, None])
+    s = e.sum(-1)
+    lse = m + torch.log(s)
     z_t = z.gather(1, targets[:, None])[:, 0]
-    p = torch.exp(z - lse[:, None])
-    entropy = lse - (p * z).sum(-1)
-    top1 = torch.exp(z.max(-1).values - lse)
+    entropy = lse - torch.linalg.vecdot(e, z) / s
     rank = (z > z_t[:, None]).sum(-1) + 1
     if prob_sum is not None:
-        prob_sum += p.sum(0)
-    return z_t - lse, entropy, top1, rank
+        prob_sum += ((1.0 / s) @ e).to(prob_sum.dtype)
+    return z_t - lse, entropy, 1.0 / s, rank
+
+
+def reducer(device):
+    """The reduction for logits on ``device``: on a GPU ``torch.compile`` of ``reduce_logits`` (one
+    fused kernel instead of a launch and a pass over the chunk per operation; compiled once per
+    process, shapes dynamic), else ``reduce_logits`` itself. The compiled and eager numbers agree to
+    float32 rounding of sums over the vocabulary (tests/test_scoring.py)."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return reduce_logits
+    return _compiled()
+
+
+@cache
+def _compiled():
+    import torch
+
+    try:
+        return torch.compile(reduce_logits, dynamic=True)
+    except Exception as e:  # no compiler for this platform: the eager reduction, same numbers
+        log.warning("torch.compile of the scorer's reduction failed (%s); using the eager one", e)
+        return reduce_logits
 
 
 def score_sequences(
@@ -120,6 +148,7 @@ def score_sequences(
 
     device = input_device(model)
     chunk_positions = resolve_chunk(chunk_positions, device, model.config.vocab_size)
+    reduce = reducer(device)
     items = [
         _Item(i, s, e, f) for i, seq in enumerate(seqs) for s, e, f in rolling_windows(len(seq), max_length, stride)
     ]
@@ -134,48 +163,47 @@ def score_sequences(
         )
     }
     filled = [np.zeros(max(len(s) - 1, 0), bool) for s in seqs]
+    arrays = [np.asarray(s, dtype=np.int64) for s in seqs]
 
     for batch in _batches(items, batch_tokens):
         width = batch[0].stop - batch[0].start
         ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        rows, cols, targets, where = [], [], [], []
+        rows, cols, targets = [], [], []
         for b, it in enumerate(batch):
             n = it.stop - it.start
             off = 0 if padding_side == "right" else width - n
-            ids[b, off : off + n] = torch.as_tensor(seqs[it.seq][it.start : it.stop])
+            ids[b, off : off + n] = torch.from_numpy(arrays[it.seq][it.start : it.stop])
             mask[b, off : off + n] = 1
-            for s in range(it.score_from, it.stop + 1):  # id s is predicted at fed position s - 1 - start
-                rows.append(b)
-                cols.append(off + s - 1 - it.start)
-                targets.append(seqs[it.seq][s])
-                where.append((it.seq, s - 1))
+            # ids score_from..stop are predicted at fed positions score_from - 1 - start .. stop - 1 - start
+            k = it.stop + 1 - it.score_from
+            rows.append(np.full(k, b))
+            cols.append(np.arange(off + it.score_from - 1 - it.start, off + it.stop - it.start))
+            targets.append(arrays[it.seq][it.score_from : it.stop + 1])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
             logits = model(
                 input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
             ).logits
-            rows_t = torch.as_tensor(rows, device=device)
-            cols_t = torch.as_tensor(cols, device=device)
-            tgt_t = torch.as_tensor(targets, device=device)
+            rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
+            cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
+            tgt_t = torch.from_numpy(np.concatenate(targets)).to(device)
             results = []
-            for c in range(0, len(rows), chunk_positions):
+            for c in range(0, len(rows_t), chunk_positions):
                 sl = slice(c, c + chunk_positions)
                 z = logits[rows_t[sl], cols_t[sl]]
-                results.append(torch.stack([r.float() for r in reduce_logits(z, tgt_t[sl], prob_sum)], dim=1))
+                results.append(torch.stack([r.float() for r in reduce(z, tgt_t[sl], prob_sum)], dim=1))
             scores = torch.cat(results).cpu().numpy()
         del logits
-        seq_idx = np.fromiter((w[0] for w in where), np.int64, len(where))
-        pos_idx = np.fromiter((w[1] for w in where), np.int64, len(where))
-        for k, name in enumerate(FIELDS):
-            col = scores[:, k]
-            for i in np.unique(seq_idx):
-                sel = seq_idx == i
-                out[name][i][pos_idx[sel]] = col[sel]
-        for i in np.unique(seq_idx):
-            filled[i][pos_idx[seq_idx == i]] = True
+        at = 0
+        for it, r in zip(batch, rows):  # each window's scores are one contiguous run, in order
+            span = slice(it.score_from - 1, it.stop)
+            for k, name in enumerate(FIELDS):
+                out[name][it.seq][span] = scores[at : at + len(r), k]
+            filled[it.seq][span] = True
+            at += len(r)
         if progress is not None:
-            progress(len(rows))
+            progress(at)
 
     result = []
     for i, seq in enumerate(seqs):
