@@ -2,7 +2,8 @@
 
 Builds randomly initialised models of real architectures on the machine (SmolLM2-135M's Llama config
 and Pythia-1B's GPT-NeoX config), materialises each through the real `local` source, then loads it
-with every option through `lmdelta.models.load_model` and prints, per option: load time, weight
+with every option through `lmdelta.models.load_model` (and device: spread dealt GPU 0, which must
+equal float32 on cuda) and prints, per option: load time, weight
 memory, forward throughput (batch 8 x 512, logits over the full vocabulary) and its ratio to float32,
 and the largest per-token log-probability difference from float32.
 
@@ -27,7 +28,15 @@ from random_models import PYTHIA_1B, SMOLLM2_135M, build, tokenizer_dir  # noqa:
 from lmdelta.models import load_model  # noqa: E402
 
 CONFIGS = {"smollm2-135m (llama)": SMOLLM2_135M, "pythia-1b (gpt_neox)": PYTHIA_1B}
-OPTIONS = [("float32", "none"), ("bfloat16", "none"), ("float16", "none"), ("auto", "8bit"), ("bfloat16", "4bit")]
+SPREAD = {"device": "spread", "gpus": 1, "gpu_ids": [0]}  # dealt GPU 0 (Step 17): must equal float32 on cuda
+OPTIONS = [
+    ("float32", "none", {}),
+    ("bfloat16", "none", {}),
+    ("float16", "none", {}),
+    ("auto", "8bit", {}),
+    ("bfloat16", "4bit", {}),
+    ("float32", "none", SPREAD),
+]
 BATCH, SEQ, REPS = 8, 512, 5
 
 
@@ -60,9 +69,9 @@ def main() -> None:
         folder = build(config, work, tok, name=config[0])
         ids = torch.randint(0, 512, (BATCH, SEQ), generator=torch.Generator().manual_seed(0)).cuda()
         base_tps = base_lp = None
-        for dtype, quant in OPTIONS:
+        for dtype, quant, extra in OPTIONS:
             t0 = time.perf_counter()
-            model, _ = load_model(folder, dtype=dtype, quantization=quant, device="cuda")
+            model, _ = load_model(folder, dtype=dtype, quantization=quant, **({"device": "cuda"} | extra))
             load_s = time.perf_counter() - t0
             secs, lp = timed_forward(model, ids)
             tps = BATCH * SEQ / secs
@@ -70,7 +79,7 @@ def main() -> None:
                 base_tps, base_lp = tps, lp
             dlp = (token_logprobs(lp, ids) - token_logprobs(base_lp, ids)).abs().max().item()
             print(
-                f"{label:22} {dtype:9} {quant:5} {load_s:7.2f} {model.get_memory_footprint() / 1e9:10.3f} {tps:9.0f} {tps / base_tps:7.2f} {dlp:10.4f}"
+                f"{label:22} {dtype:9} {'spread' if extra else quant:5} {load_s:7.2f} {model.get_memory_footprint() / 1e9:10.3f} {tps:9.0f} {tps / base_tps:7.2f} {dlp:10.4f}"
             )
             del model
             torch.cuda.empty_cache()
