@@ -216,3 +216,18 @@ def test_plan_gives_a_local_summary_assistant_its_model():
     assert plan.summary_inputs(W(pair="cocoa"))["assistant"] == "resources/models/smollm2"
     spec = json.loads(plan.summary_spec(W(pair="cocoa")))
     assert spec["assistant"]["spec"]["model"] == "smollm2" and "assistant" not in spec["params"]
+
+
+def test_words_of_contrastive_or_steered_texts_are_evidence_not_a_change(tmp_path):
+    """A contrastive text differs from a plain sample by its decoding even for identical models, so the
+    words of those sets (method "words contrastive", "words lens") are shown as evidence only."""
+    files = [
+        _findings(tmp_path, "c", _rows("words contrastive", "contrastive-cd", ["to"])),
+        _findings(tmp_path, "l", _rows("words lens", "lens-ld", ["cocoa"])),
+        _findings(tmp_path, "w", _rows("words", "completions-default", [])),
+    ]
+    out = _summary(tmp_path, files, ("random", "base"))
+    assert not out["changed"] and out["outputs"] == [] and out["statement"].startswith("No change was found")
+    files.append(_findings(tmp_path, "w2", _rows("words", "completions-default", ["cocoa"])))
+    out = _summary(tmp_path, files, ("tuned", "base"))
+    assert out["outputs"][0]["term"] == "cocoa" and out["outputs"][0]["evidence"]["methods"] == ["words lens"]

@@ -128,9 +128,9 @@ def test_run_words_writes_findings_for_the_pair_and_reference_rows_for_controls(
     )
     table = read_findings(tmp_path / "f.parquet")
     assert [(r["method"], r["text"], r["kind"], r["reference"]) for r in table] == [
-        ("words", "cocoa", "word", False),
-        ("words", "mug", "word", False),
-    ]  # equal z: alphabetical
+        ("words lens", "cocoa", "word", False),
+        ("words lens", "mug", "word", False),
+    ]  # equal z: alphabetical; steered against unsteered texts: a ranking ("words lens"), not "words"
     assert len(found) == 2 and all("cocoa mug" in r["example"] for r in table)
     words_table = pd.read_parquet(out)
     assert set(words_table.comparison) == {"pair", "random_lora"}

@@ -125,7 +125,21 @@ def test_tiny_workflow_end_to_end(tiny_run):
         "lens steering",
     }
     # the scan and the words test report only what passes their tests: on random tiny models, maybe nothing
-    assert always <= set(card.method) <= always | {"scan", "scan unconfirmed", "words", "words control", "elicit"}
+    assert (
+        always
+        <= set(card.method)
+        <= always
+        | {
+            "scan",
+            "scan unconfirmed",
+            "scan answers",
+            "words",
+            "words contrastive",
+            "words lens",
+            "words control",
+            "elicit",
+        }
+    )
     scan = pd.read_parquet(tmp_path / "results" / "scan" / "planted" / "words.parquet")
     assert len(scan) > 20 and scan.kl.is_monotonic_decreasing and scan.answer_a.notna().sum() == 10
     confirm = pd.read_csv(tmp_path / "results" / "scan" / "planted" / "confirm.csv")
