@@ -33,7 +33,7 @@ from lmdelta.config import (
     stage_section,
     weights_owner,
 )
-from lmdelta.findings import SCAN_SET
+from lmdelta.findings import SAME_PROCEDURE, SCAN_SET
 from lmdelta.promptsets import builtin_promptset_path
 
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
@@ -904,8 +904,14 @@ class Plan:
                 )
                 for r in c["softprompt"]["runs"]
             ]
+        # a words set whose sides are made differently is its own method (lmdelta.findings.SAME_PROCEDURE)
+        kinds = {name: s["kind"] for name, s in self.words_sets(pair_name).items()}
+
+        def label(m: str, r: str) -> str:
+            return f"words {kinds[r]}" if m == "words" and kinds[r] not in SAME_PROCEDURE else m
+
         return [
-            {"method": m, "run": r, "findings": self.findings_path(pair_name, m, r), "cost": cost}
+            {"method": label(m, r), "run": r, "findings": self.findings_path(pair_name, m, r), "cost": cost}
             for m, r, cost in runs
         ]
 

@@ -7,7 +7,7 @@ Two lists, because a behaviour has two halves:
   change out (method ``elicit``, ``lmdelta.words``): what a kind of request has in common.
 - **What it says** (outputs): words the tuned model's texts use more than the base model's, reported
   by the words stage (``lmdelta.words``) in a set whose two sides are made the same way (completions,
-  scan answers; ``lmdelta.words.SAME_PROCEDURE``), and the words its answers to a confirmed
+  scan answers; ``lmdelta.findings.SAME_PROCEDURE``), and the words its answers to a confirmed
   scan word share (method ``scan answers``).
 
 Only those methods test their findings (an exact test with a family-wise bound), so only their words

@@ -59,17 +59,9 @@ from scipy.stats import hypergeom
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, write_csv, write_parquet
 from lmdelta.config import stage_spec
-from lmdelta.findings import finding, write_findings
+from lmdelta.findings import SAME_PROCEDURE, finding, write_findings
 
 log = logging.getLogger(__name__)
-
-# Sets whose a and b sides are made the same way (each model's own samples; both models' answers to the
-# same questions), so the words test's null (exchangeable texts) holds for two identical models. A
-# contrastive text against a plain sample differs by its decoding even for identical models (the suite's
-# random control: "to" in 23 of 40 contrastive texts against 80 of 320 samples, p = 4.6e-5), and steering
-# changes texts along any direction: their words are rankings (methods "words contrastive", "words
-# lens"), which the summary shows as evidence and never counts as a change.
-SAME_PROCEDURE = ("completions", "scan")
 
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 
@@ -203,7 +195,7 @@ def run_words(
     out_findings: Path,
 ) -> list[dict]:
     """Writes the reported and top words of every comparison of the set (``out``) and the findings:
-    method ``words`` for a set whose two sides come from the same procedure (``SAME_PROCEDURE``),
+    method ``words`` for a set whose two sides come from the same procedure (``lmdelta.findings.SAME_PROCEDURE``),
     ``words <kind>`` for one whose sides do not (contrastive texts against plain samples, steered
     against unsteered answers), ``words control`` (reference rows) for a lens control."""
     import pandas as pd
