@@ -156,8 +156,9 @@ def decode_combined(
 
     Whether every row has finished is a read from the device, which makes the host wait for the GPU;
     it is asked only every ``sync_every`` steps (default 8 on a GPU; 1 on a CPU, where nothing waits
-    and extra steps would only cost, and with ``on_step``, whose caller records every step), and the steps decoded after the last row finished are cut off, so the result is the
-    same for any ``sync_every``.
+    and extra steps would only cost, and with ``on_step``, whose caller records every step), and the
+    steps decoded after the last row finished are cut off, so the result is the same for any
+    ``sync_every``.
     """
     import torch
 

@@ -37,6 +37,15 @@ SCAN_SET = "scan-vocabulary"
 # changes texts along any direction: their words are rankings (methods "words contrastive", "words
 # lens"), which the summary shows as evidence and never counts as a change.
 SAME_PROCEDURE = ("completions", "scan")
+# the vocabulary scan's confirmation (lmdelta.scan.run_confirm): the words a confirmed word's answers share
+# (tested outputs), and the words it tested and could not confirm (reference rows)
+SCAN_ANSWERS, SCAN_UNCONFIRMED = "scan answers", "scan unconfirmed"
+
+
+def words_method(kind: str) -> str:
+    """The method of a words set's findings: ``words`` when its two sides are made the same way, else
+    ``words <kind>`` (a ranking, never counted as a change)."""
+    return "words" if kind in SAME_PROCEDURE else f"words {kind}"
 
 
 def join_text(*parts: Any) -> str:

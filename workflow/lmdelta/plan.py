@@ -33,7 +33,7 @@ from lmdelta.config import (
     stage_section,
     weights_owner,
 )
-from lmdelta.findings import SAME_PROCEDURE, SCAN_SET
+from lmdelta.findings import SCAN_SET, words_method
 from lmdelta.promptsets import builtin_promptset_path
 
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
@@ -696,9 +696,8 @@ class Plan:
         """The run without its hard-prompt settings: changing those must not retrain the soft prompt."""
         run = self.config["softprompt"]["runs"][wildcards.run]
         training = {k: v for k, v in run.items() if k not in HARD_PROMPT_KEYS}
-        stats = stage_section(
-            "statistics", self.config["statistics"]
-        )  # the held-out test (checkpoints keep the training)
+        # statistics: for the held-out test (a changed section reruns the job; the checkpoints keep the training)
+        stats = stage_section("statistics", self.config["statistics"])
         return as_text({**self.pair_models(wildcards.pair, run=training), "statistics": stats})
 
     def hardprompt_spec(self, wildcards) -> str:
@@ -884,9 +883,10 @@ class Plan:
             runs += [("lens", r, [f"results/lens/{pair_name}/{r}/tokens.parquet"]) for r in c["lens"]["runs"]]
         if pair_name in selected(c, "scan", "pairs"):
             runs += [("scan", "vocabulary", [f"results/scan/{pair_name}/{f}.parquet" for f in ("words", "confirm")])]
+        words_sets = self.words_sets(pair_name)
         runs += [
             ("words", name, [f"results/words/{pair_name}/{name}.parquet", *s["inputs"].values()])
-            for name, s in self.words_sets(pair_name).items()
+            for name, s in words_sets.items()
         ]
         runs += [
             ("elicit", ps, [f"results/elicit/{pair_name}/{ps}.parquet", *(inputs[k] for k in ("a", "b", "words"))])
@@ -904,11 +904,10 @@ class Plan:
                 )
                 for r in c["softprompt"]["runs"]
             ]
-        # a words set whose sides are made differently is its own method (lmdelta.findings.SAME_PROCEDURE)
-        kinds = {name: s["kind"] for name, s in self.words_sets(pair_name).items()}
 
+        # a words set whose sides are made differently is its own method; its findings stay under words/
         def label(m: str, r: str) -> str:
-            return f"words {kinds[r]}" if m == "words" and kinds[r] not in SAME_PROCEDURE else m
+            return words_method(words_sets[r]["kind"]) if m == "words" else m
 
         return [
             {"method": label(m, r), "run": r, "findings": self.findings_path(pair_name, m, r), "cost": cost}

@@ -50,7 +50,7 @@ from lmdelta.artifacts import Provenance, write_csv, write_parquet
 from lmdelta.config import stage_spec
 from lmdelta.decoding import Sampling, accepts_logits_to_keep, cache_arg, cache_of
 from lmdelta.divergence import js, kl
-from lmdelta.findings import finding, write_findings
+from lmdelta.findings import SCAN_ANSWERS, SCAN_UNCONFIRMED, finding, write_findings
 from lmdelta.generation import generate_texts
 from lmdelta.models import ForwardCounter, input_device
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
@@ -61,7 +61,6 @@ from lmdelta.words import words as text_words
 log = logging.getLogger(__name__)
 
 WORD_START = ("Ġ", "▁")  # byte-level BPE, SentencePiece
-ANSWERS = "scan answers"  # method of the words a confirmed word's answers share (what the tuned model says)
 CONFIRM_SAMPLING = Sampling(temperature=1.0)  # the models' own distributions: no truncation
 CONFIRM_COLUMNS = [
     "rank", "word", "kl", "confirmed", "shared", "best_word", "texts_a", "texts_b", "p_value", "bound",
@@ -253,9 +252,11 @@ def run_confirm(
     ``confirm_samples`` answers per model to each word's question, sampled at temperature 1 (no
     truncation), compared by the words test (lmdelta.words.compare; family-wise level ``alpha`` split
     evenly over the words confirmed). A word is confirmed when a's answers share a word that b's lack
-    (the test reports one). Findings: the confirmed words (method ``scan``, score = KL, example = a's
-    first answer that uses the shared word), then the tested words that were not confirmed (method
-    ``scan unconfirmed``, reference rows: shown, never counted as a change)."""
+    (the test reports one that is not a word of the question). Findings: the confirmed words (method
+    ``scan``, score = KL, example = a's first answer that uses the shared word); the shared words
+    (method ``scan answers``, at most five per confirmed word, score = z of the log-odds: what the tuned
+    model says when asked); then the tested words that were not confirmed (method ``scan unconfirmed``,
+    reference rows: shown, never counted as a change)."""
     import pandas as pd
 
     prov = Provenance(
@@ -306,14 +307,15 @@ def run_confirm(
             res, bound = compare(ta, tb, wp)
             # words of the question do not count: a's answers echoing a fragment ("cockro") is no pattern
             shared = res[res.reported & ~res.word.isin(text_words(r.prompt))]
+            confirmed = len(shared) > 0
             best = res.iloc[0] if len(res) else None
-            ex = example(shared.word.iloc[0], ta) if len(shared) else ta[0]
+            ex = example(shared.word.iloc[0], ta) if confirmed else ta[0]
             rows.append(
                 {
                     "rank": r.rank,
                     "word": r.word,
                     "kl": r.kl,
-                    "confirmed": bool(len(shared)),
+                    "confirmed": confirmed,
                     "shared": ", ".join(shared.word.head(5)),
                     "best_word": None if best is None else best.word,
                     "texts_a": None if best is None else int(best.texts_a),
@@ -324,14 +326,17 @@ def run_confirm(
                     "example_b": tb[0],
                 }
             )
-            hit = finding("scan", "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=ex)
-            (found if len(shared) else unconfirmed).append(hit)
+            method = "scan" if confirmed else SCAN_UNCONFIRMED
+            hit = finding(
+                method, "vocabulary", "word", r.kl, text=r.word, prompt=r.prompt, example=ex, reference=not confirmed
+            )
+            (found if confirmed else unconfirmed).append(hit)
             answered += [
-                finding(ANSWERS, "vocabulary", "word", x.z, text=x.word, prompt=r.prompt, example=example(x.word, ta))
+                finding(
+                    SCAN_ANSWERS, "vocabulary", "word", x.z, text=x.word, prompt=r.prompt, example=example(x.word, ta)
+                )
                 for x in shared.head(5).itertuples()
             ]
-    for f in unconfirmed:
-        f.update(method="scan unconfirmed", reference=True)
     table = pd.DataFrame(rows, columns=CONFIRM_COLUMNS)
     prov.params.update(n_tested=len(tested), n_confirmed=len(found))
     write_parquet(out_samples, pd.DataFrame(samples, columns=["word", "model", "sample", "text"]), prov)

@@ -459,9 +459,9 @@ def finding_seeds(paths: list[Path], n: int, word_template: str) -> list[dict]:
         rows = sorted((r for r in read_findings(path) if not r["reference"]), key=lambda r: (r["method"], r["rank"]))
         taken = 0
         for r in rows:
-            prompt = r["prompt"] or (word_template.format(word=r["text"]) if r["kind"] in ("word", "token") else None)
             if taken == n:
                 break
+            prompt = r["prompt"] or (word_template.format(word=r["text"]) if r["kind"] in ("word", "token") else None)
             if prompt and prompt not in seen:
                 seen.add(prompt)
                 taken += 1

@@ -104,13 +104,12 @@ def heldout_test(models, toks, prompt, test, p: SoftPromptParams, stats: PairedP
     (``test``: (document, window) pairs): per document the token-weighted mean divergence with and
     without, compared by a sign-flip test over documents with a bootstrap interval of the mean
     difference. None when fewer than two documents have test windows."""
-    docs = sorted({d for d, _ in test})
+    docs, doc_of = np.unique([d for d, _ in test], return_inverse=True)
     if len(docs) < 2:
         return None
     templates = pair_templates(toks, p.placement, first_tokens)
     pad = pad_id(toks[0])
     windows = [w for _, w in test]
-    doc_of = np.array([docs.index(d) for d, _ in test])
     per_doc = {}
     for name, pr in (("with", prompt), ("without", None)):
         sums, counts = window_divergences(models, pr, templates, windows, pad, p)

@@ -49,13 +49,11 @@ from lmdelta.artifacts import Provenance, atomic_path, write_json
 from lmdelta.assistant import make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
-from lmdelta.findings import read_findings
+from lmdelta.findings import SCAN_ANSWERS, SCAN_UNCONFIRMED, read_findings
 
 log = logging.getLogger(__name__)
 
 SCAN, ELICIT, OUTPUTS = "scan", "elicit", "words"  # the methods whose findings are tested
-SCAN_ANSWERS = "scan answers"  # words the answers to a confirmed scan word share: tested outputs
-SCAN_UNCONFIRMED = "scan unconfirmed"  # reference rows: the scan's tested words that were not confirmed
 
 
 @stage_spec("summary")

@@ -173,11 +173,11 @@ def _table(doc_ids: list[str], counts: list[int], cols: list[dict[str, Any]], na
         if c == "text":
             arrays.append(pa.array([x for col in cols for x in col[c]], pa.string()))
         else:
-            arrays.append(pa.array(np.concatenate([col[c] for col in cols]) if cols else np.zeros(0, WORD_DTYPES[c])))
+            arrays.append(pa.array(np.concatenate([col[c] for col in cols]) if cols else np.zeros(0, COLUMN_DTYPES[c])))
     return pa.Table.from_arrays(arrays, names=["doc_id", *names])
 
 
-WORD_DTYPES = {
+COLUMN_DTYPES = {
     "word": np.int32, "start": np.int32, "end": np.int32, "byte_start": np.int32, "byte_end": np.int32,
     "surprisal": np.float64, "n_tokens": np.int32, "exact": bool, "complete": bool, "byte": np.int32,
 }  # fmt: skip
@@ -293,25 +293,18 @@ def run_text_scores(
     prov.inputs["model"] = {"path": str(model_dir), "fingerprint": read_fingerprint(model_dir)["digest"]}
     # written batch by batch (one row group per batch of documents): memory does not grow with the corpus
     n_exact = 0
+    schemas = [t.schema for t in text_tables_empty()]
     with atomic_path(out_words, prov) as tmp_w, atomic_path(out_bytes, prov) as tmp_b:
-        writers = None
-        try:
+        with (
+            pq.ParquetWriter(tmp_w, schemas[0], compression="zstd") as word_writer,
+            pq.ParquetWriter(tmp_b, schemas[1], compression="zstd") as byte_writer,
+        ):
             for words, bytes_ in iter_text_scores(tok, corpus["doc_id"], corpus["text"], tokens):
-                if writers is None:
-                    writers = [
-                        pq.ParquetWriter(p, t.schema, compression="zstd") for p, t in ((tmp_w, words), (tmp_b, bytes_))
-                    ]
-                writers[0].write_table(words)
-                writers[1].write_table(bytes_)
+                word_writer.write_table(words)
+                byte_writer.write_table(bytes_)
                 counts["n_words"] += words.num_rows
                 counts["n_bytes"] += bytes_.num_rows
                 n_exact += int(words.column("exact").to_numpy(zero_copy_only=False).sum())
-            if writers is None:  # no documents: empty tables of the same schema
-                for p, t in zip((tmp_w, tmp_b), text_tables_empty()):
-                    pq.write_table(t, p, compression="zstd")
-        finally:
-            for w in writers or []:
-                w.close()
         counts["exact_words"] = n_exact / counts["n_words"] if counts["n_words"] else float("nan")
     log.info(
         "text scores of %s on %s: %d words (%.1f%% exact), %d bytes",

@@ -59,7 +59,7 @@ from scipy.stats import hypergeom
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, write_csv, write_parquet
 from lmdelta.config import stage_spec
-from lmdelta.findings import SAME_PROCEDURE, finding, write_findings
+from lmdelta.findings import finding, words_method, write_findings
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,9 @@ def run_words(
     out_findings: Path,
 ) -> list[dict]:
     """Writes the reported and top words of every comparison of the set (``out``) and the findings:
-    method ``words`` for a set whose two sides come from the same procedure (``lmdelta.findings.SAME_PROCEDURE``),
-    ``words <kind>`` for one whose sides do not (contrastive texts against plain samples, steered
-    against unsteered answers), ``words control`` (reference rows) for a lens control."""
+    ``lmdelta.findings.words_method`` of the set's kind (``words`` when both sides are made the same
+    way, ``words contrastive`` / ``words lens`` when not) for the pair, ``words control`` (reference
+    rows) for a lens control."""
     import pandas as pd
 
     prov = Provenance(stage="words", params={"pair": pair, "set": set_name, "kind": kind, **vars(params)})
@@ -207,7 +207,7 @@ def run_words(
         top = df[df.reported | (df.index < params.top_n)]
         tables.append(top.assign(comparison=label, n_texts_a=len(texts_a), n_texts_b=len(texts_b), p_bound=bound))
         control = label != "pair"
-        method = "words control" if control else ("words" if kind in SAME_PROCEDURE else f"words {kind}")
+        method = "words control" if control else words_method(kind)
         found += set_findings(set_name, df, texts_a, params.top_n, method=method, reference=control)
         log.info(
             "words %s %s %s: %d of %d words reported (p <= %.2g)",
