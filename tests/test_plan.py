@@ -279,6 +279,34 @@ def test_the_organism_suite_plans_one_matrix_with_roles():
     assert [p["role"] for p in Plan(unknown).matrix_pairs()] == ["unknown", "control"]
 
 
+def test_the_organism_suite_reuses_the_demos_artifacts_spec_for_spec():
+    """Every job the two configs share (the base and cocoa models, the cocoa pair, the corpus and prompt
+    set) has the same spec text in both, so one folder serves both and neither rebuilds the other's.
+    The key order of a section does not count (organisms.yaml builds its models with YAML merge keys);
+    only the stages that gather every model of a config may differ."""
+    demo = Plan(demo_config())
+    suite = Plan(validate_config(yaml.safe_load((ROOT / "configs" / "organisms.yaml").read_text())))
+    gathering = {"compare_diversity_spec", "compare_entropy_spec", "join_text_scores_spec", "uid_spec", "matrix_spec"}
+    w = dict(model="smollm2-cocoa", pair="cocoa", corpus="python_docs", promptset="default", shard="0", n="1")
+    compared = []
+    for name in sorted(n for n in dir(Plan) if n.endswith("_spec") and not n.startswith("_")):
+        if name in gathering:
+            continue
+        runs = {r for section in ("contrastive", "search", "softprompt") for r in demo.config[section]["runs"]}
+        for run in sorted(runs) or [None]:
+            ws = W(**w, run=run, set="completions-default")
+            try:
+                mine = getattr(demo, name)(ws)
+            except (KeyError, AttributeError, TypeError):
+                continue  # a run of another stage: not this rule's wildcards
+            assert getattr(suite, name)(ws) == mine, f"{name} ({run}): configs/organisms.yaml differs from config.yaml"
+            compared.append(name)
+    assert {"derive_data_spec", "contrastive_spec", "scan_spec", "search_spec", "diversity_spec"} <= set(compared)
+    assert json.loads(Plan.derive_data_spec(demo, W(**w))) and '"answer_tokens": 48, "n_heldout": 30' in (
+        demo.derive_data_spec(W(**w))
+    ), "keys sorted"
+
+
 def test_a_spread_model_holds_at_most_its_cpu_share_in_host_memory():
     from lmdelta.plan import size_mb
 

@@ -55,8 +55,10 @@ def expand(pattern: str, **values: str | list[str]) -> list[str]:
 
 
 def as_text(spec: Any) -> str:
-    """A spec as the JSON text a rule's ``spec`` param holds."""
-    return json.dumps(spec)
+    """A spec as the JSON text a rule's ``spec`` param holds, keys sorted: Snakemake's params trigger
+    compares this text, so two configs that say the same thing in another key order (a YAML merge key,
+    a reordered section) share their artifacts instead of rebuilding them."""
+    return json.dumps(spec, sort_keys=True)
 
 
 def local_stamp(source: dict[str, Any]) -> str:
