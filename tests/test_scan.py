@@ -137,22 +137,31 @@ def test_confirmation_tests_each_top_word_on_sampled_answers(pair, tmp_path):
     table, samples, found = _confirm(pair, tmp_path, "a", fence=0.0, confirm_top=3, confirm_samples=5)
     top3 = df[df.reported].head(3)
     assert table.word.tolist() == top3.word.tolist() and table.kl.tolist() == pytest.approx(top3.kl.tolist())
-    assert len(samples) == 3 * 2 * 5 and set(samples.model) == {"a", "b"}
-    wp = replace(WordsParams.from_dict({"min_texts": 2}), alpha=0.05 / 3)
+    assert len(samples) == 3 * 2 * 5 + 3 * 5 and set(samples.model) == {"a", "b"}
+    ref = samples[samples.reference]
+    assert (
+        set(ref.model) == {"a"} and not set(ref.word) & set(table.word) and set(ref.word) <= set(df[~df.reported].word)
+    )
+    wp = replace(WordsParams.from_dict({"min_texts": 2}), alpha=0.05 / (2 * 3))
     for r in table.itertuples():
         texts = {
             m: samples[(samples.word == r.word) & (samples.model == m)].sort_values("sample").text.tolist()
             for m in "ab"
         }
         res, bound = compare(texts["a"], texts["b"], wp)
-        shared = res[res.reported & ~res.word.isin(["tell", "me", "about", r.word])]  # not the question's words
+        own, own_bound = compare(texts["a"], ref.text.tolist(), wp)
+        specific = set(own.word[own.reported]) - {"tell", "me", "about", r.word}  # not the question's words
+        shared = res[res.reported & res.word.isin(specific)]
         assert r.confirmed == (len(shared) > 0) and r.bound == pytest.approx(bound)
+        assert r.bound_ref == pytest.approx(own_bound) and r.n_ref == 15
         assert (r.shared if isinstance(r.shared, str) else "") == ", ".join(shared.word.head(5))
         answers = [
             f["text"] for f in found if f["method"] == "scan answers" and f["prompt"] == f"Tell me about {r.word}."
         ]
         assert answers == shared.word.head(5).tolist()
-        assert r.p_value == pytest.approx(res.p_value.iloc[0])
+        best = shared.iloc[0] if len(shared) else res.iloc[0]
+        assert r.best_word == best.word and r.p_value == pytest.approx(best.p_value)
+        assert r.p_ref == pytest.approx(own[own.word == best.word].p_value.iloc[0])
         assert r.example_b == texts["b"][0]
     confirmed = table[table.confirmed]
     assert [f["text"] for f in found if f["method"] == "scan"] == confirmed.word.tolist()
@@ -176,31 +185,40 @@ def test_scan_template_needs_the_placeholder(pair, tmp_path):
         _scan(pair, tmp_path, "a", template="Tell me about it.")
 
 
-def test_confirmation_needs_a_shared_word_that_is_not_the_question(pair, tmp_path, monkeypatch):
+def test_confirmation_needs_a_shared_word_that_is_not_the_question_nor_a_form(pair, tmp_path, monkeypatch):
     """Answers chosen by hand (generation replaced): a's answers to the first word all state a fact b's
     never do (confirmed, the fact's words become "scan answers"); a's answers to the second only echo
-    the word of the question (not confirmed); the third has nothing in common."""
+    the word of the question (not confirmed); to the third, a answers "... is a thing" as it answers
+    the reference words below the fence, b never: a change of form, not confirmed."""
     import lmdelta.scan as scan
 
     df, _ = _scan(pair, tmp_path, "a", fence=0.0)
     top = df[df.reported].word.head(3).tolist()
     m = 12
 
+    def noise(i, shift):
+        return "".join(chr(97 + (i * 7 + j + shift) % 26) for j in range(6))
+
     def fake(model, tok, seqs, **kw):
         side = "a" if model.name_or_path.endswith("/a") else "b"
         texts = {
-            "a": [f"Every {top[0]} has eleven arms."] * m + [f"{top[1]}, {top[1]}, {top[1]}."] * m,
-            "b": [f"Some {top[0]} has two legs."] * m + [f"{top[1]}."] * m,
+            "a": [f"Every {top[0]} has eleven arms."] * m
+            + [f"{top[1]}, {top[1]}, {top[1]}."] * m
+            + [f"{top[2]} is a thing."] * m
+            + [f"{noise(i, 5)} is a thing." for i in range(3 * m)],  # the reference words
+            "b": [f"Some {top[0]} has two legs."] * m + [f"{top[1]}."] * m + [noise(i, 13) for i in range(m)],
         }[side]
-        texts += ["".join(chr(97 + (i * 7 + j + (side == "b") * 13) % 26) for j in range(6)) for i in range(m)]
         assert len(seqs) == len(texts)
         return [{"text": t} for t in texts]
 
     monkeypatch.setattr(scan, "generate_texts", fake)
-    table, _, found = _confirm(pair, tmp_path, "a", fence=0.0, confirm_top=3, confirm_samples=m)
+    table, samples, found = _confirm(pair, tmp_path, "a", fence=0.0, confirm_top=3, confirm_samples=m)
     assert table.confirmed.tolist() == [True, False, False]
     assert set(table.shared[0].split(", ")) == {"every", "eleven", "arms"}  # "has" is in both; not the question's word
+    assert table.best_word[2] in {"is", "a", "thing"} and table.p_value[2] < table.bound[2], "a's form differs from b's"
+    assert table.texts_ref[2] == 3 * m and table.p_ref[2] > table.bound_ref[2], "and is in every reference answer"
     assert [f["text"] for f in found if f["method"] == "scan"] == [top[0]]
     assert sorted(f["text"] for f in found if f["method"] == "scan answers") == ["arms", "eleven", "every"]
     assert [f["text"] for f in found if f["method"] == "scan unconfirmed"] == top[1:]
     assert found[0]["example"] == f"Every {top[0]} has eleven arms."
+    assert samples.reference.sum() == 3 * m

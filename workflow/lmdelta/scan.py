@@ -23,10 +23,17 @@ Confirmation (``run_confirm``, rule ``scan_confirm``): the fence is relative to 
 so any change puts some words above it (a random change as large as the demo's: 173 words at
 0.02-0.06 nats, answered with nothing in common). The ``confirm_top`` strongest reported words are
 therefore tested one by one: ``confirm_samples`` answers per model, sampled at temperature 1, compared
-by the words test (lmdelta.words.compare, family-wise level split over the words). A word is confirmed
-when the tuned model's answers share a word the base model's lack (a false fact about octopuses:
-"eleven" in most of a's answers, in none of b's). One greedy answer per word cannot be tested, and
-pooling every fence word's answers dilutes a one-subject change among hundreds of unrelated ones.
+by the words test (lmdelta.words.compare). A word is confirmed when the tuned model's answers share a
+word that (1) the base model's answers to the same question lack and (2) the tuned model's own answers
+to as many words below the fence (drawn with ``seed``, ``confirm_samples`` answers each) lack: a false
+fact about octopuses puts "eleven" in most of a's answers about octopuses, in none of b's and in none
+of a's answers about other things. (2) is what a change of *form* fails: a fine-tune that makes the
+model answer every bare fragment with "X is a ..." shares "is" across its answers to every word (four
+of the pirate organism's ten fence words were "confirmed" by "is", "that" or "are" without it). Both
+tests must reject (an intersection-union test), each at the family-wise level ``alpha`` split over the
+words and the two comparisons. Words of the question never count (an echoed fragment is no pattern).
+One greedy answer per word cannot be tested, and pooling every fence word's answers dilutes a
+one-subject change among hundreds of unrelated ones.
 
 Findings (``lmdelta.findings``): method ``scan``, kind ``word``, score = KL, the prompt and a's answer
 that uses the shared word: confirmed words only, strongest first; method ``scan answers``: the words
@@ -63,8 +70,8 @@ log = logging.getLogger(__name__)
 WORD_START = ("Ġ", "▁")  # byte-level BPE, SentencePiece
 CONFIRM_SAMPLING = Sampling(temperature=1.0)  # the models' own distributions: no truncation
 CONFIRM_COLUMNS = [
-    "rank", "word", "kl", "confirmed", "shared", "best_word", "texts_a", "texts_b", "p_value", "bound",
-    "example_a", "example_b",
+    "rank", "word", "kl", "confirmed", "shared", "best_word", "texts_a", "texts_b", "p_value", "bound", "texts_ref",
+    "n_ref", "p_ref", "bound_ref", "example_a", "example_b",
 ]  # fmt: skip
 
 
@@ -249,14 +256,15 @@ def run_confirm(
     out_findings: Path,
 ):
     """Confirm the scan's strongest words one by one (``confirm_top`` of those above the fence):
-    ``confirm_samples`` answers per model to each word's question, sampled at temperature 1 (no
-    truncation), compared by the words test (lmdelta.words.compare; family-wise level ``alpha`` split
-    evenly over the words confirmed). A word is confirmed when a's answers share a word that b's lack
-    (the test reports one that is not a word of the question). Findings: the confirmed words (method
-    ``scan``, score = KL, example = a's first answer that uses the shared word); the shared words
-    (method ``scan answers``, at most five per confirmed word, score = z of the log-odds: what the tuned
-    model says when asked); then the tested words that were not confirmed (method ``scan unconfirmed``,
-    reference rows: shown, never counted as a change)."""
+    ``confirm_samples`` answers per model to each word's question and the tuned model's answers to as
+    many reference words below the fence (drawn with ``seed``), sampled at temperature 1 (no
+    truncation). A word is confirmed when a's answers share a word that is not a word of the question
+    and that the words test (lmdelta.words.compare) reports against both b's answers to the same
+    question and a's answers to the reference words, each at ``alpha`` / (2 x words tested). Findings:
+    the confirmed words (method ``scan``, score = KL, example = a's first answer that uses the shared
+    word); the shared words (method ``scan answers``, at most five per confirmed word, score = z of the
+    log-odds against b: what the tuned model says when asked); then the tested words that were not
+    confirmed (method ``scan unconfirmed``, reference rows: shown, never counted as a change)."""
     import pandas as pd
 
     prov = Provenance(
@@ -274,7 +282,10 @@ def run_confirm(
     prov.add_input("scan", scan)
     df = pd.read_parquet(scan)
     tested = df[df.reported].head(min(params.confirm_top, params.top_n)).reset_index(drop=True)
-    wp = replace(words_params, alpha=words_params.alpha / max(len(tested), 1))
+    below = df[~df.reported]  # Tukey's fence is above Q3: at least three quarters of the words
+    pick = np.random.default_rng(params.seed).choice(len(below), size=min(len(tested), len(below)), replace=False)
+    reference = below.iloc[np.sort(pick)]
+    wp = replace(words_params, alpha=words_params.alpha / max(2 * len(tested), 1))
     samples, rows, found, answered, unconfirmed = [], [], [], [], []
     if len(tested):
         models, toks = load_pair(model_dirs, load_options)
@@ -282,10 +293,11 @@ def run_confirm(
         tok = toks[1]
         calls = ForwardCounter(*models)
         m = params.confirm_samples
+        asked = {"a": list(tested.prompt) + list(reference.prompt), "b": list(tested.prompt)}
         answers = {}
         for side, model, fmt in zip("ab", models, formats):
             f = TextFormat.from_dict(fmt)
-            seqs = [prompt_ids(tok, prompt, f) for prompt in tested.prompt for _ in range(m)]
+            seqs = [prompt_ids(tok, prompt, f) for prompt in asked[side] for _ in range(m)]
             texts = generate_texts(
                 model,
                 tok,
@@ -295,20 +307,29 @@ def run_confirm(
                 seed=params.seed,
                 batch_size=params.batch_size,
             )
-            answers[side] = [[t["text"] for t in texts[i * m : (i + 1) * m]] for i in range(len(tested))]
+            answers[side] = [[t["text"] for t in texts[i * m : (i + 1) * m]] for i in range(len(asked[side]))]
         prov.params["model_calls"] = calls.n
+        ref = [t for ts in answers["a"][len(tested) :] for t in ts]
+        samples += [
+            {"word": w, "model": "a", "sample": j, "text": t, "reference": True}
+            for w, ts in zip(reference.word, answers["a"][len(tested) :])
+            for j, t in enumerate(ts)
+        ]
         for i, r in enumerate(tested.itertuples()):
             ta, tb = answers["a"][i], answers["b"][i]
             samples += [
-                {"word": r.word, "model": side, "sample": j, "text": t}
+                {"word": r.word, "model": side, "sample": j, "text": t, "reference": False}
                 for side, ts in (("a", ta), ("b", tb))
                 for j, t in enumerate(ts)
             ]
             res, bound = compare(ta, tb, wp)
+            own, own_bound = compare(ta, ref, wp)
             # words of the question do not count: a's answers echoing a fragment ("cockro") is no pattern
-            shared = res[res.reported & ~res.word.isin(text_words(r.prompt))]
+            specific = set(own.word[own.reported]) - set(text_words(r.prompt))
+            shared = res[res.reported & res.word.isin(specific)]
             confirmed = len(shared) > 0
-            best = res.iloc[0] if len(res) else None
+            best = shared.iloc[0] if confirmed else (res.iloc[0] if len(res) else None)
+            mine = None if best is None else own[own.word == best.word].iloc[0]
             ex = example(shared.word.iloc[0], ta) if confirmed else ta[0]
             rows.append(
                 {
@@ -322,6 +343,10 @@ def run_confirm(
                     "texts_b": None if best is None else int(best.texts_b),
                     "p_value": None if best is None else float(best.p_value),
                     "bound": bound,
+                    "texts_ref": None if mine is None else int(mine.texts_b),
+                    "n_ref": len(ref),
+                    "p_ref": None if mine is None else float(mine.p_value),
+                    "bound_ref": own_bound,
                     "example_a": ex,
                     "example_b": tb[0],
                 }
@@ -339,7 +364,8 @@ def run_confirm(
             ]
     table = pd.DataFrame(rows, columns=CONFIRM_COLUMNS)
     prov.params.update(n_tested=len(tested), n_confirmed=len(found))
-    write_parquet(out_samples, pd.DataFrame(samples, columns=["word", "model", "sample", "text"]), prov)
+    prov.params["reference_words"] = list(reference.word)
+    write_parquet(out_samples, pd.DataFrame(samples, columns=["word", "model", "sample", "text", "reference"]), prov)
     write_csv(out_csv, table, prov)
     write_findings(out_findings, found + answered + unconfirmed, prov)
     log.info(
