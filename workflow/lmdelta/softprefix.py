@@ -92,9 +92,13 @@ def _windows(docs: list[list[int]], p) -> tuple[list[list[int]], list[tuple[int,
 
 
 def heldout_test_windows(docs: list[list[int]], p) -> list[tuple[int, list[int]]]:
-    """(document index, window) of the held-out windows after the ``eval_windows`` that choose the
-    training step, at most ``p.test_windows``: the soft prompt is tested on them, never chosen on them."""
-    return _windows(docs, p)[1][p.eval_windows : p.eval_windows + p.test_windows]
+    """(document index, window) of the held-out documents none of whose windows is among the
+    ``eval_windows`` that choose the training step, at most ``p.test_windows`` windows: the soft prompt
+    is tested on them, never chosen on them, and the test's unit (a document) shares nothing with the
+    choice."""
+    held = _windows(docs, p)[1]
+    chose = {i for i, _ in held[: p.eval_windows]}
+    return [(i, w) for i, w in held[p.eval_windows :] if i not in chose][: p.test_windows]
 
 
 def split_windows(docs: list[list[int]], p) -> tuple[list[list[int]], list[list[int]]]:

@@ -100,7 +100,7 @@ def evaluate(models, prompt, templates, windows, pad: int, p: SoftPromptParams) 
 
 
 def heldout_test(models, toks, prompt, test, p: SoftPromptParams, stats: PairedParams, first_tokens) -> dict | None:
-    """The chosen soft prompt against no prompt on held-out windows that never chose the step
+    """The chosen soft prompt against no prompt on held-out documents that never chose the step
     (``test``: (document, window) pairs): per document the token-weighted mean divergence with and
     without, compared by a sign-flip test over documents with a bootstrap interval of the mean
     difference. None when fewer than two documents have test windows."""
@@ -116,7 +116,7 @@ def heldout_test(models, toks, prompt, test, p: SoftPromptParams, stats: PairedP
         per_doc[name] = np.bincount(doc_of, sums, len(docs)) / np.bincount(doc_of, counts, len(docs))
     res = paired(per_doc["with"], per_doc["without"], test="sign-flip", params=stats)
     return {
-        "unit": "held-out document (windows after the eval_windows that chose the step)",
+        "unit": "held-out document that gave no window to the choice of the step",
         "n_docs": len(docs),
         "n_windows": len(windows),
         "with_prompt": res["mean_a"],
