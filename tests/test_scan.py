@@ -159,7 +159,8 @@ def test_confirmation_tests_each_top_word_on_sampled_answers(pair, tmp_path):
             f["text"] for f in found if f["method"] == "scan answers" and f["prompt"] == f"Tell me about {r.word}."
         ]
         assert answers == shared.word.head(5).tolist()
-        best = shared.iloc[0] if len(shared) else res.iloc[0]
+        answer_words = res[~res.word.isin(["tell", "me", "about", r.word])]
+        best = shared.iloc[0] if len(shared) else (answer_words if len(answer_words) else res).iloc[0]
         assert r.best_word == best.word and r.p_value == pytest.approx(best.p_value)
         assert r.p_ref == pytest.approx(own[own.word == best.word].p_value.iloc[0])
         assert r.example_b == texts["b"][0]
