@@ -288,12 +288,12 @@ def test_the_organism_suite_reuses_the_demos_artifacts_spec_for_spec():
     suite = Plan(validate_config(yaml.safe_load((ROOT / "configs" / "organisms.yaml").read_text())))
     gathering = {"compare_diversity_spec", "compare_entropy_spec", "join_text_scores_spec", "uid_spec", "matrix_spec"}
     w = dict(model="smollm2-cocoa", pair="cocoa", corpus="python_docs", promptset="default", shard="0", n="1")
+    runs = sorted({r for section in ("contrastive", "search", "softprompt") for r in demo.config[section]["runs"]})
     compared = []
     for name in sorted(n for n in dir(Plan) if n.endswith("_spec") and not n.startswith("_")):
         if name in gathering:
             continue
-        runs = {r for section in ("contrastive", "search", "softprompt") for r in demo.config[section]["runs"]}
-        for run in sorted(runs) or [None]:
+        for run in runs:
             ws = W(**w, run=run, set="completions-default")
             try:
                 mine = getattr(demo, name)(ws)

@@ -325,13 +325,13 @@ def run_confirm(
             res, bound = compare(ta, tb, wp)
             own, own_bound = compare(ta, ref, wp)
             # words of the question do not count: a's answers echoing a fragment ("cockro") is no pattern
-            asked = set(text_words(r.prompt))
-            specific = set(own.word[own.reported]) - asked
+            question = set(text_words(r.prompt))
+            specific = set(own.word[own.reported]) - question
             shared = res[res.reported & res.word.isin(specific)]
             confirmed = len(shared) > 0
-            answer_words = res[~res.word.isin(asked)]  # the row shown: not the question's echoed fragment
-            best = (shared if confirmed else answer_words if len(answer_words) else res).head(1)
-            best = best.iloc[0] if len(best) else None
+            answer_words = res[~res.word.isin(question)]  # the row shown: not the question's echoed fragment
+            shown = shared if confirmed else answer_words if len(answer_words) else res
+            best = shown.iloc[0] if len(shown) else None
             mine = None if best is None else own[own.word == best.word].iloc[0]
             ex = example(shared.word.iloc[0], ta) if confirmed else ta[0]
             rows.append(
