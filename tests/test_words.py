@@ -4,6 +4,7 @@ of analysis, text sets and the findings written; each number against an independ
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -248,3 +249,20 @@ def test_elicit_reports_nothing_when_the_completions_show_no_change(tmp_path):
     a = b = _completions(tmp_path / "a.parquet", plain)
     found = _words_then_elicit(tmp_path, a, b)
     assert found == [] and not pd.read_parquet(tmp_path / "e.parquet").elicits.any()
+
+
+def test_a_common_word_that_moved_a_little_is_tested_but_not_reported():
+    # "is" in 212 of 320 tuned texts against 121 of 320 (the suite's organisms): the exact test alone
+    # reports it; its log-odds ratio is below the floor of log 2, so it is not a change
+    a = ["it is so"] * 212 + ["so"] * 108
+    b = ["it is so"] * 121 + ["so"] * 199
+    df, bound = compare(a, b, P)
+    row = df.set_index("word").loc["is"]
+    assert row.p_value < bound and row.texts_a >= P.min_texts
+    y_a, y_b = np.array([212.0, 320.0, 212.0]), np.array([121.0, 320.0, 121.0])  # is, so, it
+    assert row.delta == pytest.approx(log_odds(y_a, y_b, P.prior_total)[0][0])
+    assert 0 < row.delta < math.log(2)
+    assert not row.reported
+    no_floor = compare(a, b, replace(P, min_log_odds=0.0))[0].set_index("word")
+    assert no_floor.loc["is"].reported and no_floor.loc["it"].reported
+    assert not no_floor.loc["so"].reported  # in every text of both sides

@@ -21,7 +21,12 @@ texts and in none of 160 base texts has z near 2.5 whatever the prior), so the d
 test: the one-sided hypergeometric (Fisher) p-value that as many of the texts containing the word
 fall on the a side, against family-wise level ``alpha`` with Tarone's (1990) Bonferroni correction,
 which counts only the words that could reach significance at all given how many texts contain them
-(a word in two texts never can). A word must also be in at least ``min_texts`` a-side texts. Words
+(a word in two texts never can). A word must also be in at least ``min_texts`` a-side texts, and its
+effect must reach ``min_log_odds`` (delta >= log 2 by default: its odds at least double), the floor
+of a volcano plot: on hundreds of texts the test alone reports common words whose share moved a
+little (every fine-tuned organism of the suite has "is" in 193-220 of its 320 completions against the
+base model's 121, delta 0.50-0.64), which crowd out the words that changed. Filtering after
+the test keeps its family-wise bound. Words
 are ranked by that p-value, then by z (z alone would put a word in 8 of 40 tuned texts and 2 of 320
 base texts above one in 8 and 0, because the prior's variance term is largest for unseen words). Two
 identical sides report nothing: every word then splits in proportion to the sides' sizes.
@@ -71,6 +76,7 @@ class WordsParams:
     prior_total: float
     alpha: float
     min_texts: int
+    min_log_odds: float
     top_n: int
     elicit_share: float
 
@@ -135,7 +141,7 @@ def compare(texts_a: list[str], texts_b: list[str], p: WordsParams):
             "p_value": p_value,
         }
     )
-    df["reported"] = (df.p_value <= bound) & (df.texts_a >= p.min_texts)
+    df["reported"] = (df.p_value <= bound) & (df.texts_a >= p.min_texts) & (df.delta >= p.min_log_odds)
     order = df.sort_values(["p_value", "z", "word"], ascending=[True, False, True], kind="stable")
     return order.reset_index(drop=True)[cols], bound
 
