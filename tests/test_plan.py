@@ -190,12 +190,23 @@ def test_matched_uid_sources_are_the_human_continuations():
 def test_scorecard_reads_every_configured_method_and_only_those(demo):
     pair = next(iter(demo.config["pairs"]))
     kinds = {s["method"] for s in demo.discovery_sources(pair)}
-    assert kinds == {"corpus", "contrastive", "search", "hardprompt", "words", "words contrastive", "elicit", "scan"}
+    assert kinds == {
+        "corpus",
+        "contrastive",
+        "search",
+        "hardprompt",
+        "lens",
+        "words",
+        "words contrastive",
+        "words lens",
+        "elicit",
+        "scan",
+    }
     inputs = demo.scorecard_inputs(W(pair=pair))
     files = inputs["files"]
     assert all(f.startswith("results/") for f in files) and len(files) == len(set(files))
     assert inputs["model"] == "resources/models/smollm2-cocoa"  # it continues each finding's prompt afresh
-    off = Plan(demo_config(search={"pairs": []}, softprompt={"pairs": []}))
+    off = Plan(demo_config(search={"pairs": []}, softprompt={"pairs": []}, lens={"pairs": []}))
     assert {s["method"] for s in off.discovery_sources(pair)} == {
         "corpus",
         "contrastive",
