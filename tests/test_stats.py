@@ -18,6 +18,7 @@ from lmdelta.stats import (
     holm,
     mcnemar_exact,
     mean_interval,
+    rate_interval,
     paired,
     sign_flip_p,
     unpaired,
@@ -156,3 +157,27 @@ def test_bootstrap_ci_resamples_each_source_on_its_own():
     assert low == pytest.approx(ref[0], abs=0.04) and high == pytest.approx(ref[1], abs=0.04)
     assert bootstrap_ci([2.0, 2.0], [1.0, 1.0], ratio=True) == (2.0, 2.0)
     assert all(math.isnan(x) for x in bootstrap_ci([], [1.0]))
+
+
+def test_rate_interval_is_clopper_pearson_on_the_units_and_never_a_point():
+    from scipy.stats import binomtest
+
+    ci = binomtest(7, 10).proportion_ci(confidence_level=0.95, method="exact")
+    assert rate_interval([1.0] * 7 + [0.0] * 3, 0.95) == pytest.approx((ci.low, ci.high))
+    low, high = rate_interval([1.0] * 10, 0.95)  # every finding always hits: not the point 1
+    assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 10))
+    assert rate_interval([0.0] * 10, 0.95)[0] == 0.0 and rate_interval([0.0] * 10, 0.95)[1] < 0.31
+    rates = [0.25, 0.5, 0.75, 1.0, 0.0, 0.5]  # fractional rates: between the integer neighbours' intervals
+    lo, hi = rate_interval(rates, 0.95)
+    lo3, hi3 = rate_interval([1.0] * 3 + [0.0] * 3, 0.95)
+    assert lo <= sum(rates) / len(rates) <= hi and lo == pytest.approx(lo3) and hi == pytest.approx(hi3)
+    # conservative: a simulation of per-finding rates (4 continuations each) covers at least 95%
+    rng = np.random.default_rng(0)
+    p_true = rng.uniform(0.3, 0.9, 10)
+    cover = 0
+    for _ in range(400):
+        r = rng.binomial(4, p_true) / 4
+        a, b = rate_interval(r, 0.95)
+        cover += a <= p_true.mean() <= b
+    assert cover / 400 >= 0.95
+    assert all(math.isnan(x) for x in rate_interval([], 0.95))

@@ -42,7 +42,7 @@ from lmdelta.config import stage_spec
 from lmdelta.embedding import embed, load_embedder
 from lmdelta.findings import join_text, read_findings
 from lmdelta.plots import matrix_figure, save_figure, scorecard_figure
-from lmdelta.stats import mean_interval, proportion_interval
+from lmdelta.stats import proportion_interval, rate_interval
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ class ResampleParams:
     top_k: int
     seed: int
     batch_size: int
-    n_boot: int
 
 
 @stage_spec("scorecard", elsewhere=("min_trigger_rate", "max_elsewhere_rate", "resample"))
@@ -148,15 +147,12 @@ def table(
     rows: list[dict],
     costs: dict[tuple[str, str], tuple[float, int | None]],
     params: ScorecardParams,
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
 ):
     """One row per method and run: precision@k by keyword and by embedding, each with its exact
     interval (``_low``, ``_high``), wall time, model calls; where the rows carry fresh hit rates
-    (``fresh_hits``), the mean over the top k of each (``fresh_<name>``) with its bootstrap interval over
-    findings. A method that surfaced nothing (a words set with no reported word) gets a row with k = 0
-    and no precision."""
+    (``fresh_hits``), the mean over the top k of each (``fresh_<name>``) with its interval over findings
+    (``lmdelta.stats.rate_interval``: exact on k findings, conservative for rates). A method that
+    surfaced nothing (a words set with no reported word) gets a row with k = 0 and no precision."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -179,8 +175,8 @@ def table(
         if "fresh_keyword" in top:
             for name in ("keyword", "trigger", "response"):
                 row[f"fresh_{name}"] = float(top[f"fresh_{name}"].mean())
-                row[f"fresh_{name}_low"], row[f"fresh_{name}_high"] = mean_interval(
-                    top[f"fresh_{name}"], confidence=params.confidence, n_boot=n_boot, seed=seed
+                row[f"fresh_{name}_low"], row[f"fresh_{name}_high"] = rate_interval(
+                    top[f"fresh_{name}"], params.confidence
                 )
             row["fresh_samples"] = int(top.fresh_n.max())
         row.update(mean_similarity=float(top.similarity.mean()), n_surfaced=len(g), wall_time_s=wall, model_calls=calls)
@@ -264,7 +260,7 @@ def run_scorecard(
         fresh_hits(top_rows, continuations, truth)
         prov.add_input("model", Path(model["dir"]))
     prov.params["resample_calls"] = resample_calls
-    card = table(rows, costs, params, n_boot=resampling.n_boot, seed=resampling.seed)
+    card = table(rows, costs, params)
     columns = ["method", "run", "rank", "score", "hit_keyword", "mentions_trigger", "shows_response", "similarity"]
     columns += [c for c in ("fresh_keyword", "fresh_trigger", "fresh_response", "fresh_n") if rows and c in rows[0]]
     top = pd.DataFrame(rows, columns=[*columns, "surfaced"])
