@@ -175,6 +175,8 @@ def text_sides(kind: str, inputs: dict[str, str]) -> dict[str, tuple[list[str], 
     if kind != "lens":
         raise LmdeltaError(f"words: unknown text set kind {kind!r}")
     steered = pd.read_parquet(inputs["steered"], columns=["comparison", "scale", "text"])
+    if steered.empty:  # no comparison had a difference to steer along (identical models): nothing to compare
+        return {}
     unsteered = steered[steered.scale == 0]
     # every comparison's scale-0 answers are b's own, sampled with the same seed: the pair's are the reference
     ref = "pair" if (unsteered.comparison == "pair").any() else next(iter(unsteered.comparison), None)
