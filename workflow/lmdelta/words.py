@@ -25,11 +25,11 @@ which counts only the words that could reach significance at all given how many 
 effect must reach ``min_log_odds`` (delta >= log 2 by default: its odds at least double), the floor
 of a volcano plot: on hundreds of texts the test alone reports common words whose share moved a
 little (every fine-tuned organism of the suite has "is" in 193-220 of its 320 completions against the
-base model's 121, delta 0.50-0.64), which crowd out the words that changed. Filtering after
-the test keeps its family-wise bound. Words
-are ranked by that p-value, then by z (z alone would put a word in 8 of 40 tuned texts and 2 of 320
-base texts above one in 8 and 0, because the prior's variance term is largest for unseen words). Two
-identical sides report nothing: every word then splits in proportion to the sides' sizes.
+base model's 121, delta 0.50-0.64), which crowd out the words that changed. Filtering after the test
+keeps its family-wise bound. Words are ranked by that p-value, then by z (z alone would put a word in
+8 of 40 tuned texts and 2 of 320 base texts above one in 8 and 0, because the prior's variance term is
+largest for unseen words). Two identical sides report nothing: every word then splits in proportion
+to the sides' sizes.
 
 Sets per pair (``lmdelta.plan.Plan.words_sets``): ``completions-<promptset>`` (a's completions against
 b's), ``contrastive-<run>`` (the contrastive texts against b's completions of the same prompt set),
