@@ -107,7 +107,8 @@ def test_lens_sides_compare_steered_with_unsteered_and_need_scale_zero(tmp_path)
     assert list(sides) == ["pair", "random_lora"]
     assert sides["pair"] == (["cocoa"], ["plain", "plain"])  # the pair's unsteered answers (b's own) are the reference
     assert sides["random_lora"] == (["noise"], ["plain", "plain"])
-    assert text_sides("lens", {"steered": _steered(tmp_path / "e.parquet", [])}) == {}  # identical models: nothing steered
+    # identical models: no difference to steer along, nothing steered, nothing compared
+    assert text_sides("lens", {"steered": _steered(tmp_path / "e.parquet", [])}) == {}
     with pytest.raises(LmdeltaError, match="scale 0"):
         text_sides("lens", {"steered": _steered(tmp_path / "t.parquet", [("pair", 1.0, "x")])})
 
