@@ -18,8 +18,9 @@ from lmdelta.stats import (
     holm,
     mcnemar_exact,
     mean_interval,
-    rate_interval,
     paired,
+    proportion_interval,
+    rate_interval,
     sign_flip_p,
     unpaired,
     wilcoxon_p,
@@ -164,6 +165,10 @@ def test_rate_interval_is_clopper_pearson_on_the_units_and_never_a_point():
 
     ci = binomtest(7, 10).proportion_ci(confidence_level=0.95, method="exact")
     assert rate_interval([1.0] * 7 + [0.0] * 3, 0.95) == pytest.approx((ci.low, ci.high))
+    for n in (1, 10, 30, 60):  # the one exact interval, for whole counts too, is scipy's
+        for k in range(n + 1):
+            ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+            assert proportion_interval(k, n, 0.95) == pytest.approx((ci.low, ci.high), abs=1e-10)
     low, high = rate_interval([1.0] * 10, 0.95)  # every finding always hits: not the point 1
     assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 10))
     assert rate_interval([0.0] * 10, 0.95)[0] == 0.0 and rate_interval([0.0] * 10, 0.95)[1] < 0.31

@@ -94,33 +94,28 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def proportion_interval(hits: int, n: int, confidence: float) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) interval of a proportion, ``hits`` of ``n`` (scipy's binomtest); NaN
-    for n = 0."""
-    from scipy.stats import binomtest
+def proportion_interval(hits: float, n: int, confidence: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a proportion, ``hits`` of ``n``, from the beta quantiles
+    (equal to scipy's binomtest exact interval within 1e-12); ``hits`` may be fractional (see
+    ``rate_interval``). NaN for n = 0."""
+    from scipy.stats import beta
 
     if n == 0:
         return math.nan, math.nan
-    ci = binomtest(hits, n).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
+    tail = (1.0 - confidence) / 2.0
+    low = 0.0 if hits <= 0 else float(beta.ppf(tail, hits, n - hits + 1))
+    high = 1.0 if hits >= n else float(beta.isf(tail, hits + 1, n - hits))
+    return low, high
 
 
 def rate_interval(rates: Sequence[float], confidence: float) -> tuple[float, float]:
     """Interval of the mean of per-unit rates in [0, 1] (each unit's share of hits among its own
-    samples): Clopper-Pearson on k units with sum(rates) successes (fractional successes through the
-    beta quantiles). A Bernoulli has the largest variance of any [0, 1] variable with its mean, so the
-    interval is conservative for rates; unlike a bootstrap over the units it is not the single point
-    1 when every unit's rate is 1 (10 findings, every continuation a hit: 0.69-1). NaN for no unit."""
-    from scipy.stats import beta
-
+    samples): the exact interval of k units with sum(rates) successes. A Bernoulli has the largest
+    variance of any [0, 1] variable with its mean, so the interval is conservative for rates; unlike a
+    bootstrap over the units it is not the single point 1 when every unit's rate is 1 (10 findings,
+    every continuation a hit: 0.69-1). NaN for no unit."""
     v = np.clip(np.asarray(rates, dtype=np.float64), 0.0, 1.0)
-    n, x = len(v), float(v.sum())
-    if n == 0:
-        return math.nan, math.nan
-    tail = (1.0 - confidence) / 2.0
-    low = 0.0 if x <= 0 else float(beta.ppf(tail, x, n - x + 1))
-    high = 1.0 if x >= n else float(beta.ppf(1.0 - tail, x + 1, n - x))
-    return low, high
+    return proportion_interval(float(v.sum()), len(v), confidence)
 
 
 def mean_interval(values: Sequence[float], *, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
