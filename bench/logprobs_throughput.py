@@ -6,7 +6,8 @@
 - naive: batched forward, then log_softmax over the whole [batch x tokens x vocab] tensor
 - lmdelta: `lmdelta.scoring.score_sequences` with every reduction and the mean-probability vector
 
-Prints tokens/s and each one's ratio to raw. Goals (issue "Step 2"): lmdelta >= 0.8x raw on CPU;
+Prints tokens/s (best of ``--repeats`` rounds, each timing every method once) and each one's ratio to
+raw, with the median of the rounds' own ratios (steadier on a shared CPU whose speed drifts). Goals (issue "Step 2"): lmdelta >= 0.8x raw on CPU;
 >= 3x study on GPU.
 
     python bench/logprobs_throughput.py [--model resources/models/smollm2] [--docs 24] [--tokens 400]
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs per method")
+    ap.add_argument("--repeats", type=int, default=5, help="best of this many runs per method, round robin")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, folder = get_model(args)
@@ -120,18 +121,24 @@ def main() -> None:
     )
     # warm-up; on a GPU over every chunk shape, so that compiling the reduction is not timed
     bench_lmdelta(model, ids if device == "cuda" else ids[:2], args.batch)
-    results = {}
-    for name, fn in (("raw", bench_raw), ("study", bench_study), ("naive", bench_naive), ("lmdelta", bench_lmdelta)):
-        best = float("inf")
-        for _ in range(args.repeats):
+    # round robin (each repeat times every method once), so that a host whose speed drifts during the
+    # run (a shared CPU does) slows every method alike instead of whichever ran in the slow minutes
+    methods = {"raw": bench_raw, "study": bench_study, "naive": bench_naive, "lmdelta": bench_lmdelta}
+    times = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
             sync(device)
             t0 = time.perf_counter()
             fn(model, ids, args.batch)
             sync(device)
-            best = min(best, time.perf_counter() - t0)
-        results[name] = n_tok / best
+            times[name].append(time.perf_counter() - t0)
+    results = {name: n_tok / min(t) for name, t in times.items()}
     for name, tps in results.items():
-        print(f"{name:8} {tps:9.0f} tok/s   {tps / results['raw']:5.2f}x raw   {tps / results['study']:5.2f}x study")
+        per_round = np.median(np.array(times["raw"]) / np.array(times[name]))
+        print(
+            f"{name:8} {tps:9.0f} tok/s   {tps / results['raw']:5.2f}x raw   {tps / results['study']:5.2f}x study"
+            f"   (median of the rounds' ratios to raw: {per_round:4.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -156,6 +156,23 @@ def test_chunk_size_changes_speed_not_numbers(models):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 
+def test_chunks_are_the_scored_positions_in_order_without_copying_inside_a_run():
+    """The reducer gets views of the logits where a chunk lies in one window's run, and the same rows as
+    indexing every scored position would give, chunk by chunk, for any chunk size."""
+    from lmdelta.scoring import _chunks
+
+    logits = torch.randn(3, 10, 6)
+    runs = [(0, 2, 7), (2, 0, 1), (1, 4, 6)]  # (row, first position, count)
+    rows = torch.tensor([r for r, _, n in runs for _ in range(n)])
+    cols = torch.tensor([c + i for _, c, n in runs for i in range(n)])
+    for size in (1, 3, 7, 8, 14, 100):
+        got = list(_chunks(logits, runs, size))
+        assert [len(z) for z in got[:-1]] == [size] * (len(got) - 1)
+        assert torch.equal(torch.cat(got), logits[rows, cols])
+    inside = next(_chunks(logits, runs, 3))
+    assert inside.data_ptr() == logits[0, 2].data_ptr()  # a view, not a copy
+
+
 def _reference(z, targets):
     """The reductions in float64, written out."""
     zd = z.double()
