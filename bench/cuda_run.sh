@@ -14,9 +14,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 rc=0
 run() { echo "=== $*"; "$@" 2>&1 | grep -v "Loading weights\|Writing model shards\|past_key_values\|return forward_call" | tee -a "$log/cuda_bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || rc=1; }
+export LMDELTA_BENCH_MODELS=/tmp/bench-models  # each random model is built once for every bench below
 run python3 bench/cuda_paths.py --tokenizer "$tok"
+# the scorer against the raw forward (Step 17: >= 0.8x raw bf16 at the 1B shape)
 run python3 bench/logprobs_throughput.py --model none --device cuda --dtype bfloat16 --docs 32 --tokens 512 --batch 32 --threads 16
 run python3 bench/logprobs_throughput.py --model none --device cuda --dtype float32 --docs 32 --tokens 512 --batch 32 --threads 16
-run python3 bench/generation_throughput.py --model none --tokenizer "$tok" --device cuda --prompts 4 --samples 25 --tokens 64 --batch 100 --dtypes float32,bfloat16 --threads 16
+run python3 bench/logprobs_throughput.py --model none --shape pythia-1b --device cuda --dtype bfloat16 --docs 32 --tokens 512 --batch 16 --threads 16
+# generation, float32 vs bf16 (Step 17: bf16 >= float32 at 135M, >= 1.5x at 1B); the 135M run profiled
+run python3 bench/generation_throughput.py --model none --tokenizer "$tok" --device cuda --prompts 4 --samples 25 --tokens 64 --batch 100 --dtypes float32,bfloat16 --threads 16 --profile
+run python3 bench/generation_throughput.py --model none --shape pythia-1b --tokenizer "$tok" --device cuda --prompts 2 --samples 50 --tokens 64 --batch 100 --dtypes float32,bfloat16 --threads 16
+# soft-prompt training, float32 vs bf16 autocast (plain, and with the frozen weights cast once)
+run python3 bench/training_throughput.py --tokenizer "$tok" --device cuda --batch 16 --seq-len 64 --steps 10 --threads 16 --profile
+run python3 bench/training_throughput.py --shape pythia-1b --tokenizer "$tok" --device cuda --batch 16 --seq-len 64 --steps 10 --threads 16
 run python3 bench/cuda_load_options.py
 exit $rc

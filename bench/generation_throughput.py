@@ -8,8 +8,11 @@
 Every sequence is forced to ``--tokens`` new tokens (the study: ``min_new_tokens``; lmdelta: no EOS
 stop) so both do the same work.
 Prints tokens/s of each and the ratio. Goal (issue "Step 4"): >= 4x on the CPU, >= 10x on a GPU.
-On a GPU each dtype is also run with a host sync every step (``sync_every=1``) against the engine's
-default (every 8 steps; the load is not timed in that second run).
+On a GPU each dtype's generation is timed again once warm (kernels chosen, caches allocated), alone,
+and with a host sync every step (``sync_every=1``) against the engine's default (every 8 steps); the
+last lines compare the dtypes' generation alone (Step 17's goals: bf16 at least as fast as float32 at
+135M, at least 1.5x at about 1B: ``--shape pythia-1b``). ``--profile`` prints the top operators of
+one batch per dtype.
 
     python bench/generation_throughput.py [--model resources/models/smollm2] [--prompts 4] [--samples 10]
         [--tokens 48] [--batch 40] [--dtypes float32,bfloat16] [--device cpu|cuda] [--threads 2]
@@ -88,6 +91,11 @@ def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed, sync_ever
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2"))
+    ap.add_argument(
+        "--shape",
+        default="smollm2-135m",
+        help="config of the random model built without --model: smollm2-135m, pythia-1b",
+    )
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=48)
@@ -95,6 +103,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="print the top operators of one batch per dtype")
     ap.add_argument(
         "--tokenizer", default=None, help="tokenizer folder for the random model built when --model is missing"
     )
@@ -103,11 +112,11 @@ def main() -> None:
     if not Path(args.model).exists():
         import tempfile
 
-        from random_models import SMOLLM2_135M, build, tokenizer_dir
+        from random_models import SHAPES, build, tokenizer_dir
 
         work = Path(tempfile.mkdtemp())
-        args.model = str(build(SMOLLM2_135M, work, tokenizer_dir(work, args.tokenizer)))
-        print(f"{args.model}: a randomly initialised model with SmolLM2-135M's config")
+        args.model = str(build(SHAPES[args.shape], work, tokenizer_dir(work, args.tokenizer)))
+        print(f"{args.model}: a randomly initialised model of {args.shape}'s config")
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0)
     prompts = [p for p in read_promptset(builtin_promptset_path("default")) if p["category"] == "creative"][
         : args.prompts
@@ -125,6 +134,7 @@ def main() -> None:
         f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens on {args.device}, {args.threads} threads"
     )
     print(f"study (float32, reload per prompt, 5 per call): {study:7.1f} tok/s")
+    alone = {}
     for dtype in args.dtypes.split(","):
         t0 = time.perf_counter()
         model, tok = load_model(args.model, dtype=dtype, device=args.device)
@@ -132,16 +142,31 @@ def main() -> None:
         t_gen = time.perf_counter()
         n_ours = generate_lmdelta(model, tok, texts, args.tokens, sampling, batch=args.batch, seed=0)
         ours = n_ours / (time.perf_counter() - t0)
-        default = n_ours / (time.perf_counter() - t_gen)
         print(f"lmdelta ({dtype}, one load, batch {args.batch}): {ours:7.1f} tok/s   {ours / study:.2f}x the study")
+        if args.device != "cpu":  # warm now (kernels chosen, caches allocated): generation alone, timed again
+            t_gen = time.perf_counter()
+            n_ours = generate_lmdelta(model, tok, texts, args.tokens, sampling, batch=args.batch, seed=0)
+        alone[dtype] = n_ours / (time.perf_counter() - t_gen)
         if args.device != "cpu":  # the engine's default on a GPU reads "all finished?" every 8 steps
             t0 = time.perf_counter()
             n = generate_lmdelta(model, tok, texts, args.tokens, sampling, batch=args.batch, seed=0, sync_every=1)
             every_step = n / (time.perf_counter() - t0)
             print(
-                f"   generation alone: default (sync every 8 steps) {default:7.1f} tok/s, a sync every step "
-                f"{every_step:7.1f} tok/s: {default / every_step:.2f}x"
+                f"   generation alone: default (sync every 8 steps) {alone[dtype]:7.1f} tok/s, a sync every step "
+                f"{every_step:7.1f} tok/s: {alone[dtype] / every_step:.2f}x"
             )
+        if args.profile:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if args.device == "cuda":
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=acts) as prof:
+                generate_lmdelta(model, tok, texts[: args.batch], args.tokens, sampling, batch=args.batch, seed=0)
+            key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=15))
+        del model
+    if "float32" in alone:
+        for dtype, tps in alone.items():
+            print(f"generation alone, {dtype}: {tps:7.1f} tok/s   {tps / alone['float32']:.2f}x float32")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ Goals: lmdelta >= 0.8x raw on CPU (issue "Step 2"; Step 17 raised it to 0.9x) an
     python bench/logprobs_throughput.py [--model resources/models/smollm2] [--docs 24] [--tokens 400]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--threads 2]
 
-Without --model (or when the folder is missing) a randomly initialised model with SmolLM2-135M's
-Llama config is built first (same cost per token as the real one).
+Without --model (or when the folder is missing) a randomly initialised model of ``--shape`` is built
+first (SmolLM2-135M's Llama config, or Pythia-1B's GPT-NeoX config; the same cost per token as the real one).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from lmdelta.scoring import score_sequences  # noqa: E402
 def get_model(args):
     folder = Path(args.model) if args.model else None
     if folder is None or not folder.exists():
-        from random_models import SMOLLM2_135M, build, tokenizer_dir
+        from random_models import SHAPES, build, tokenizer_dir
 
         work = Path(tempfile.mkdtemp())
-        folder = build(SMOLLM2_135M, work, tokenizer_dir(work))
+        folder = build(SHAPES[args.shape], work, tokenizer_dir(work))
     model, _ = load_model(folder, dtype=args.dtype, device=args.device)
     return model, folder
 
@@ -102,6 +102,11 @@ def bench_lmdelta(model, ids, batch):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2"))
+    ap.add_argument(
+        "--shape",
+        default="smollm2-135m",
+        help="config of the random model built without --model: smollm2-135m, pythia-1b",
+    )
     ap.add_argument("--docs", type=int, default=24)
     ap.add_argument("--tokens", type=int, default=400)
     ap.add_argument("--batch", type=int, default=8)

@@ -6,6 +6,10 @@ takes 64 MiB of files): the cost per token depends on the shapes, not on the wei
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,6 +46,8 @@ PYTHIA_1B = (
     ),
 )
 
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "pythia-1b": PYTHIA_1B}  # the benches' --shape
+
 
 def tokenizer_dir(work: Path, real: str | Path | None = None) -> Path:
     """``real`` when it holds a tokenizer (e.g. resources/models/smollm2: its chat template too), else the tests' tiny one."""
@@ -51,9 +57,21 @@ def tokenizer_dir(work: Path, real: str | Path | None = None) -> Path:
 
 
 def build(config: tuple[str, dict], work: Path, tok: Path, *, name: str = "bench", seed: int = 0, **overrides) -> Path:
-    """A materialised folder of a randomly initialised model of ``config`` (arch, dims)."""
+    """A materialised folder of a randomly initialised model of ``config`` (arch, dims).
+
+    With ``LMDELTA_BENCH_MODELS`` set (bench/cuda_run.sh sets it), models are kept in that folder, one per
+    architecture, dims, seed and tokenizer, and built only once for all the benches of a run.
+    """
     arch, dims = config
-    src = build_tiny_model(arch, work / f"{name}-src", tok, seed=seed, **{**dims, **overrides})
+    dims = {**dims, **overrides}
+    cache = os.environ.get("LMDELTA_BENCH_MODELS")
+    if cache:
+        key = json.dumps([arch, dims, seed, str(Path(tok).resolve())], sort_keys=True)
+        work, name = Path(cache), f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        if (work / name / "config.json").exists():
+            return work / name
+    src = build_tiny_model(arch, work / f"{name}-src", tok, seed=seed, **dims)
     folder = work / name
     materialise(ModelSpec(name=name, source={"local": {"path": str(src)}}), folder)
+    shutil.rmtree(src)
     return folder

@@ -345,3 +345,55 @@ def test_autocast_auto_uses_bf16_only_where_it_is_native(monkeypatch, caplog):
     assert m.resolve_autocast("auto", cpu, where="t") == "bf16" and m.resolve_autocast("none", cpu, where="t") == "none"
     with pytest.raises(LmdeltaError, match="autocast 'fp8' is unknown"):
         m.resolve_autocast("fp8", cpu, where="t")
+
+
+def _frozen_models():
+    """Tiny frozen models whose linear layers differ in kind: Llama with tied embeddings (the output
+    layer shares the embedding), GPT-2 (Conv1D layers, biases), and a Llama under a LoRA (trainable
+    adapters beside frozen base layers, as derive trains it)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    dims = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+    tied = LlamaForCausalLM(LlamaConfig(**dims, num_key_value_heads=2, tie_word_embeddings=True)).requires_grad_(False)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4)).requires_grad_(False)
+    base = LlamaForCausalLM(LlamaConfig(**dims, num_key_value_heads=2))
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    return {"llama tied": tied.eval(), "gpt2": gpt2.eval(), "llama lora": lora.eval()}  # no dropout
+
+
+@pytest.mark.parametrize("kind", ["llama tied", "gpt2", "llama lora"])
+def test_frozen_autocast_is_bitwise_autocast_and_restores_the_weights(kind):
+    """FrozenAutocast casts the frozen linear weights once instead of at every product: the loss and
+    every gradient (a soft prompt's, a LoRA's) equal plain torch.autocast's bit for bit, and outside the
+    region the models hold their own float32 parameters again."""
+    from lmdelta.models import FrozenAutocast
+
+    model = _frozen_models()[kind]
+    before = {k: v for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+
+    def step(region):
+        prompt = torch.nn.Parameter(torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(2)))
+        model.zero_grad(set_to_none=True)
+        with region():
+            embeds = torch.cat([prompt, model.get_input_embeddings()(ids)], dim=1)
+            loss = model(inputs_embeds=embeds).logits.float().logsumexp(-1).mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), prompt.grad.clone(), grads
+
+    plain = step(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    amp = FrozenAutocast([model], enabled=True, device_type="cpu")
+    assert amp._swaps, "the linear weights were not swapped"
+    cast = step(amp)
+    assert torch.equal(plain[0], cast[0]) and torch.equal(plain[1], cast[1])
+    assert plain[2].keys() == cast[2].keys() and all(torch.equal(plain[2][k], cast[2][k]) for k in plain[2])
+    if kind == "llama lora":
+        assert cast[2] and all("lora_" in k for k in cast[2])  # the adapters train; their weights stay float32
+    after = model.state_dict()
+    assert all(after[k] is before[k] or after[k].data_ptr() == before[k].data_ptr() for k in before)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    off = FrozenAutocast([model], enabled=False, device_type="cpu")
+    assert not off._swaps and torch.equal(step(off)[0], step(lambda: torch.autocast("cpu", enabled=False))[0])

@@ -22,6 +22,7 @@ from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, read_jsonl, write_csv
 from lmdelta.config import ModelSpec, stage_spec
 from lmdelta.models import (
+    FrozenAutocast,
     input_device,
     load_model,
     pad_id,
@@ -188,7 +189,7 @@ def train(
 
     examples = encode_examples(tok, records, text_format=params.text_format, max_tokens=params.max_tokens)
     pad = pad_id(tok)
-    use_autocast = autocast == "bf16"
+    amp = FrozenAutocast([model], enabled=autocast == "bf16", device_type=device.type)
     end = params.steps if stop_after is None else min(params.steps, stop_after)
     bar = tqdm(range(start, end), desc=f"derive {name}", unit=" step", initial=start, total=params.steps)
     for step in bar:
@@ -198,7 +199,7 @@ def train(
         )
         for g in optimizer.param_groups:
             g["lr"] = warmup_lr(step, params.lr, params.warmup_steps)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+        with amp():
             loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         if not math.isfinite(loss.item()):
             raise LmdeltaError(f"derive: loss became {loss.item()} at step {step}; lower derive.lr")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,59 @@ def resolve_autocast(setting: str, device, *, where: str) -> str:
     if setting not in ("bf16", "none"):
         raise LmdeltaError(f"{where}: autocast {setting!r} is unknown; use auto, bf16 or none")
     return setting
+
+
+class FrozenAutocast:
+    """bf16 autocast for training through frozen models, without casting their weights at every step.
+
+    ``torch.autocast`` casts a float32 weight to bfloat16 each time a matrix product reads it, and keeps
+    the cast only for weights that require a gradient: through frozen models (the soft prompt's pair,
+    a LoRA's base) every forward and every backward casts all their weights again. Here the frozen
+    float32 weights and biases of the linear layers (``nn.Linear`` and GPT-2's ``Conv1D``) on the
+    autocast device are cast once, and swapped in only inside the region (outside it, e.g. in held-out
+    evaluation, the models are as loaded). Autocast would have made exactly these casts (round to
+    nearest bfloat16) for exactly these products, so the numbers are bitwise the same
+    (tests/test_softprompt.py); the cost is a bfloat16 copy of those weights (half their float32 size).
+    Weights offloaded by accelerate (meta tensors) or on another device are left to autocast.
+
+        amp = FrozenAutocast(models, enabled=autocast == "bf16", device_type=device.type)
+        with amp():
+            loss = ...
+    """
+
+    LINEAR_TYPES = ("Linear", "Conv1D")
+
+    def __init__(self, models, *, enabled: bool, device_type: str):
+        import torch
+
+        self.enabled, self.device_type = enabled, device_type
+        self._swaps: list[tuple[dict, str, Any, Any]] = []  # (module._parameters, name, float32, bfloat16)
+        if not enabled:
+            return
+        cast: dict[int, Any] = {}  # tied weights share one copy
+        for model in models:
+            for mod in model.modules():
+                if not (isinstance(mod, torch.nn.Linear) or type(mod).__name__ in self.LINEAR_TYPES):
+                    continue
+                for name, t in list(mod._parameters.items()):
+                    if t is None or t.requires_grad or t.dtype != torch.float32 or t.device.type != device_type:
+                        continue
+                    if id(t) not in cast:
+                        cast[id(t)] = torch.nn.Parameter(t.detach().to(torch.bfloat16), requires_grad=False)
+                    self._swaps.append((mod._parameters, name, t, cast[id(t)]))
+
+    @contextmanager
+    def __call__(self):
+        import torch
+
+        for params, name, _, low in self._swaps:
+            params[name] = low
+        try:
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.enabled):
+                yield
+        finally:
+            for params, name, full, _ in self._swaps:
+                params[name] = full
 
 
 class ForwardCounter:

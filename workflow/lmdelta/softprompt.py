@@ -31,7 +31,7 @@ import numpy as np
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, write_csv, write_json
-from lmdelta.models import ForwardCounter, pad_id, resolve_autocast
+from lmdelta.models import ForwardCounter, FrozenAutocast, pad_id, resolve_autocast
 from lmdelta.models import right_pad as collate  # the batches of training windows
 from lmdelta.pairs import check_compatible, load_pair, record_pair
 from lmdelta.plots import save_figure, softprompt_figure
@@ -161,7 +161,7 @@ def train_prompt(
     device = models[0].get_input_embeddings().weight.device
 
     autocast = resolve_autocast(p.autocast, device, where="softprompt")
-    use_autocast = autocast == "bf16"
+    amp = FrozenAutocast(models, enabled=autocast == "bf16", device_type=device.type)
 
     ckpt_dir = Path(ckpt_dir)
     key = json.dumps(
@@ -221,7 +221,7 @@ def train_prompt(
         for micro in range(p.accumulation):
             idx = batch_indices(len(train), p.batch, step * p.accumulation + micro, p.seed)
             ids, mask = collate([train[i] for i in idx], pad)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            with amp():
                 kl_mean, _ = pair_divergence(models, prompt, templates, ids, mask, p.divergence)
             loss = -kl_mean.float() / p.accumulation
             loss.backward()
