@@ -6,13 +6,14 @@ once (`lmdelta.models.FrozenAutocast`), on the same pair, windows and steps, in 
   frozen weight again at every product of every forward and backward
 - bf16 autocast (lmdelta): the trainer as it is (the frozen linear weights cast once, bitwise the same numbers)
 
-Each variant trains ``--steps`` steps of the real `train_prompt` from the same start; the time per step
-is the median of the trainer's own per-step times after the first two (warm-up), evaluation excluded.
+Each variant trains ``--steps`` steps of the real `train_prompt` from the same start, ``--rounds`` times
+round robin; the time per step is the median of the trainer's own per-step times after the first two
+(warm-up), evaluation excluded, and the best round counts.
 Prints steps/s, each variant's ratio to float32, and whether the two bf16 variants trained the same
 prompt (they must, bit for bit). ``--profile`` adds the top operators of two steps of each variant
 (torch.profiler; on a GPU sorted by device time): what to fix next.
 
-    python bench/training_throughput.py [--shape smollm2-135m|pythia-1b] [--device cpu|cuda] [--steps 8]
+    python bench/training_throughput.py [--shape smollm2-135m|pythia-1b] [--device cpu|cuda] [--steps 8] [--rounds 2]
         [--batch 8] [--seq-len 64] [--threads 2] [--tokenizer DIR] [--profile]
 
 The models are randomly initialised of the real shapes (`bench/random_models.py`): the cost per step
@@ -86,6 +87,9 @@ def main() -> None:
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="each variant trained this many times, round robin; best kept"
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
@@ -109,9 +113,11 @@ def main() -> None:
         ("bf16 autocast (plain)", "bf16", True),
         ("bf16 autocast (lmdelta)", "bf16", False),
     ]
-    speed, prompts = {}, {}
-    for name, autocast, plain in variants:
-        speed[name], prompts[name] = train(models, toks, docs, args, autocast, plain, work, profile=False)
+    speed, prompts = dict.fromkeys([v[0] for v in variants], 0.0), {}
+    for _ in range(args.rounds):  # round robin: a host whose speed drifts slows every variant alike
+        for name, autocast, plain in variants:
+            s, prompts[name] = train(models, toks, docs, args, autocast, plain, work, profile=False)
+            speed[name] = max(speed[name], s)
     for name, _, _ in variants:
         print(f"{name:24} {speed[name]:7.2f} steps/s   {speed[name] / speed['float32']:5.2f}x float32")
     same = torch.equal(prompts["bf16 autocast (plain)"], prompts["bf16 autocast (lmdelta)"])
