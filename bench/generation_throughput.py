@@ -12,7 +12,8 @@ On a GPU each dtype's generation is timed again once warm (kernels chosen, cache
 and with a host sync every step (``sync_every=1``) against the engine's default (every 8 steps); the
 last lines compare the dtypes' generation alone (Step 17's goals: bf16 at least as fast as float32 at
 135M, at least 1.5x at about 1B: ``--shape pythia-1b``). ``--profile`` prints the top operators of
-one batch per dtype.
+one batch per dtype; ``--library`` times transformers' own generate on the same batch, warm, with its
+dynamic cache and with its static cache (which on a GPU compiles the forward into CUDA graphs).
 
     python bench/generation_throughput.py [--model resources/models/smollm2] [--prompts 4] [--samples 10]
         [--tokens 48] [--batch 40] [--dtypes float32,bfloat16] [--device cpu|cuda] [--threads 2]
@@ -39,8 +40,10 @@ from lmdelta.models import load_model  # noqa: E402
 from lmdelta.promptsets import builtin_promptset_path, read_promptset  # noqa: E402
 
 
-def generate_study(model, tok, texts, tokens, sampling, batch, seed):
-    """The study's generation: transformers' generate, min_new_tokens so every sequence is full length."""
+def generate_study(model, tok, texts, tokens, sampling, batch, seed, cache_implementation=None):
+    """The study's generation: transformers' generate, min_new_tokens so every sequence is full length.
+    ``cache_implementation="static"``: the library's static KV cache, which on a GPU makes generate
+    compile the forward (CUDA graphs): the library's own fast path, to compare the engine with."""
     from transformers import GenerationConfig
 
     cfg = GenerationConfig(
@@ -52,6 +55,7 @@ def generate_study(model, tok, texts, tokens, sampling, batch, seed):
         top_k=None,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.eos_token_id,
+        cache_implementation=cache_implementation,
     )
     tok.padding_side = "left"
     n = 0
@@ -62,6 +66,11 @@ def generate_study(model, tok, texts, tokens, sampling, batch, seed):
             out = model.generate(**enc, generation_config=cfg)
         n += (out.shape[1] - enc.input_ids.shape[1]) * out.shape[0]
     return n
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed, sync_every=None):
@@ -104,6 +113,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="print the top operators of one batch per dtype")
+    ap.add_argument(
+        "--library", action="store_true", help="also time transformers' generate, dynamic and static cache (warm)"
+    )
     ap.add_argument(
         "--tokenizer", default=None, help="tokenizer folder for the random model built when --model is missing"
     )
@@ -155,6 +167,18 @@ def main() -> None:
                 f"   generation alone: default (sync every 8 steps) {alone[dtype]:7.1f} tok/s, a sync every step "
                 f"{every_step:7.1f} tok/s: {alone[dtype] / every_step:.2f}x"
             )
+        if args.library:  # transformers' generate, one batch: dynamic cache, then static (compiled on a GPU)
+            for impl in (None, "static"):
+                for _ in range(2):  # the first call warms up (a static cache compiles there); the second is timed
+                    sync(args.device)
+                    t0 = time.perf_counter()
+                    n = generate_study(model, tok, texts, args.tokens, sampling, args.batch, 0, impl)
+                    sync(args.device)
+                tps = n / (time.perf_counter() - t0)
+                print(
+                    f"   transformers generate ({impl or 'dynamic'} cache, batch {args.batch}): {tps:7.1f} tok/s, "
+                    f"lmdelta's engine {alone[dtype] / tps:.2f}x that"
+                )
         if args.profile:
             acts = [torch.profiler.ProfilerActivity.CPU]
             if args.device == "cuda":
