@@ -386,7 +386,7 @@ def test_frozen_autocast_is_bitwise_autocast_and_restores_the_weights(kind):
 
     plain = step(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     amp = FrozenAutocast([model], enabled=True, device_type="cpu")
-    assert amp._swaps, "the linear weights were not swapped"
+    assert amp.swaps, "the linear weights were not swapped"
     cast = step(amp)
     assert torch.equal(plain[0], cast[0]) and torch.equal(plain[1], cast[1])
     assert plain[2].keys() == cast[2].keys() and all(torch.equal(plain[2][k], cast[2][k]) for k in plain[2])
@@ -396,4 +396,4 @@ def test_frozen_autocast_is_bitwise_autocast_and_restores_the_weights(kind):
     assert all(after[k] is before[k] or after[k].data_ptr() == before[k].data_ptr() for k in before)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     off = FrozenAutocast([model], enabled=False, device_type="cpu")
-    assert not off._swaps and torch.equal(step(off)[0], step(lambda: torch.autocast("cpu", enabled=False))[0])
+    assert not off.swaps and torch.equal(step(off)[0], step(lambda: torch.autocast("cpu", enabled=False))[0])

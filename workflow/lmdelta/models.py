@@ -339,7 +339,7 @@ class FrozenAutocast:
     autocast device are cast once, and swapped in only inside the region (outside it, e.g. in held-out
     evaluation, the models are as loaded). Autocast would have made exactly these casts (round to
     nearest bfloat16) for exactly these products, so the numbers are bitwise the same
-    (tests/test_softprompt.py); the cost is a bfloat16 copy of those weights (half their float32 size).
+    (tests/test_models.py); the cost is a bfloat16 copy of those weights (half their float32 size).
     Weights offloaded by accelerate (meta tensors) or on another device are left to autocast.
 
         amp = FrozenAutocast(models, enabled=autocast == "bf16", device_type=device.type)
@@ -353,7 +353,7 @@ class FrozenAutocast:
         import torch
 
         self.enabled, self.device_type = enabled, device_type
-        self._swaps: list[tuple[dict, str, Any, Any]] = []  # (module._parameters, name, float32, bfloat16)
+        self.swaps: list[tuple[dict, str, Any, Any]] = []  # (module._parameters, name, float32, bfloat16)
         if not enabled:
             return
         cast: dict[int, Any] = {}  # tied weights share one copy
@@ -366,19 +366,19 @@ class FrozenAutocast:
                         continue
                     if id(t) not in cast:
                         cast[id(t)] = torch.nn.Parameter(t.detach().to(torch.bfloat16), requires_grad=False)
-                    self._swaps.append((mod._parameters, name, t, cast[id(t)]))
+                    self.swaps.append((mod._parameters, name, t, cast[id(t)]))
 
     @contextmanager
     def __call__(self):
         import torch
 
-        for params, name, _, low in self._swaps:
+        for params, name, _, low in self.swaps:
             params[name] = low
         try:
             with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.enabled):
                 yield
         finally:
-            for params, name, full, _ in self._swaps:
+            for params, name, full, _ in self.swaps:
                 params[name] = full
 
 
