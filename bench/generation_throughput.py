@@ -28,12 +28,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
+
+from random_models import SHAPES, add_shape_argument, build, tokenizer_dir  # noqa: E402
+from timing import print_profile, sync  # noqa: E402
 
 from lmdelta.generation import Sampling, format_prompt  # noqa: E402
 from lmdelta.models import load_model  # noqa: E402
@@ -68,11 +72,6 @@ def generate_study(model, tok, texts, tokens, sampling, batch, seed, cache_imple
     return n
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed, sync_every=None):
     """lmdelta's engine (as generate_texts uses it), without the EOS stop so every sequence is full length."""
     from lmdelta.decoding import decode
@@ -100,11 +99,7 @@ def generate_lmdelta(model, tok, texts, tokens, sampling, batch, seed, sync_ever
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2"))
-    ap.add_argument(
-        "--shape",
-        default="smollm2-135m",
-        help="config of the random model built without --model: smollm2-135m, pythia-1b",
-    )
+    add_shape_argument(ap)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=48)
@@ -123,8 +118,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not Path(args.model).exists():
         import tempfile
-
-        from random_models import SHAPES, build, tokenizer_dir
 
         work = Path(tempfile.mkdtemp())
         args.model = str(build(SHAPES[args.shape], work, tokenizer_dir(work, args.tokenizer)))
@@ -180,13 +173,8 @@ def main() -> None:
                     f"lmdelta's engine {alone[dtype] / tps:.2f}x that"
                 )
         if args.profile:
-            acts = [torch.profiler.ProfilerActivity.CPU]
-            if args.device == "cuda":
-                acts.append(torch.profiler.ProfilerActivity.CUDA)
-            with torch.profiler.profile(activities=acts) as prof:
-                generate_lmdelta(model, tok, texts[: args.batch], args.tokens, sampling, batch=args.batch, seed=0)
-            key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
-            print(prof.key_averages().table(sort_by=key, row_limit=15))
+            one_batch = (model, tok, texts[: args.batch], args.tokens, sampling, args.batch)
+            print_profile(args.device, partial(generate_lmdelta, *one_batch, seed=0))
         del model
     if "float32" in alone:
         for dtype, tps in alone.items():

@@ -31,6 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
 
+from random_models import SHAPES, add_shape_argument, build, tokenizer_dir  # noqa: E402
+from timing import sync  # noqa: E402
+
 from lmdelta.models import load_model  # noqa: E402
 from lmdelta.scoring import score_sequences  # noqa: E402
 
@@ -38,17 +41,10 @@ from lmdelta.scoring import score_sequences  # noqa: E402
 def get_model(args):
     folder = Path(args.model) if args.model else None
     if folder is None or not folder.exists():
-        from random_models import SHAPES, build, tokenizer_dir
-
         work = Path(tempfile.mkdtemp())
         folder = build(SHAPES[args.shape], work, tokenizer_dir(work))
     model, _ = load_model(folder, dtype=args.dtype, device=args.device)
     return model, folder
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_raw(model, ids, batch):
@@ -102,11 +98,7 @@ def bench_lmdelta(model, ids, batch):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2"))
-    ap.add_argument(
-        "--shape",
-        default="smollm2-135m",
-        help="config of the random model built without --model: smollm2-135m, pythia-1b",
-    )
+    add_shape_argument(ap)
     ap.add_argument("--docs", type=int, default=24)
     ap.add_argument("--tokens", type=int, default=400)
     ap.add_argument("--batch", type=int, default=8)

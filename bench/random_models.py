@@ -49,6 +49,11 @@ PYTHIA_1B = (
 SHAPES = {"smollm2-135m": SMOLLM2_135M, "pythia-1b": PYTHIA_1B}  # the benches' --shape
 
 
+def add_shape_argument(ap) -> None:
+    """The benches' ``--shape``: the config of the random model they build (a key of SHAPES)."""
+    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES), help="config of the random model built")
+
+
 def tokenizer_dir(work: Path, real: str | Path | None = None) -> Path:
     """``real`` when it holds a tokenizer (e.g. resources/models/smollm2: its chat template too), else the tests' tiny one."""
     if real is not None and Path(real, "tokenizer.json").exists():

@@ -34,7 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "bench")]
 
-from random_models import SHAPES, build, tokenizer_dir  # noqa: E402
+from random_models import SHAPES, add_shape_argument, build, tokenizer_dir  # noqa: E402
+from timing import print_profile  # noqa: E402
 
 import lmdelta.softprompt as softprompt  # noqa: E402
 from lmdelta.models import FrozenAutocast, load_model  # noqa: E402
@@ -67,13 +68,12 @@ def train(models, toks, docs, args, autocast: str, plain: bool, work: Path, prof
     try:
         if profile:
             p = dataclasses.replace(p, steps=2, eval_every=2, checkpoint_every=2)
-            acts = [torch.profiler.ProfilerActivity.CPU]
-            if args.device == "cuda":
-                acts.append(torch.profiler.ProfilerActivity.CUDA)
-            with torch.profiler.profile(activities=acts) as prof:
-                softprompt.train_prompt(models, toks, split_windows(docs, p), p, ckpt_dir=ckpt, progress=False)
-            key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
-            print(prof.key_averages().table(sort_by=key, row_limit=12))
+            windows = split_windows(docs, p)
+            print_profile(
+                args.device,
+                lambda: softprompt.train_prompt(models, toks, windows, p, ckpt_dir=ckpt, progress=False),
+                rows=12,
+            )
             return None, None
         res = softprompt.train_prompt(models, toks, split_windows(docs, p), p, ckpt_dir=ckpt, progress=False)
     finally:
@@ -84,7 +84,7 @@ def train(models, toks, docs, args, autocast: str, plain: bool, work: Path, prof
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
+    add_shape_argument(ap)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument(
