@@ -7,7 +7,8 @@ small file of the same format (a ``.jsonl.zst`` served on 127.0.0.1 for a URL so
 folder for an ``hf_dataset`` source), and sizes shrink (documents, prompts, samples, steps, cycles,
 tokens) so that each runs in about a minute. Models whose stand-ins would be alike in everything but
 their weights (same family, same variant, same settings: the six Pythia sizes) are represented by the
-first of them, unless a pair, an assistant or a scorer names them; planted models that take the same
+first of them, unless a pair, an assistant or a scorer names them; groups of pairs alike in everything but their
+weights (the Pythia studies' base, SFT and DPO of six sizes) by the first group; planted models that take the same
 code path (the organism suite's topic -> response models) by the first of them, with its pairs; likewise "continue the article"
 prompt sets made from corpora of the same source kind (the UID study's two news/story sets). Every other key, prompt formats,
 chat templates, dtypes, placements, divergences, weightings and ablations included, is the paper's. A config added to
@@ -30,7 +31,7 @@ import yaml
 from conftest import ROOT, snakemake
 from families import build_family, family_of_hf_id
 
-pytestmark = pytest.mark.slow  # every paper config through Snakemake on stand-ins (about 9 minutes)
+pytestmark = pytest.mark.slow  # every paper config through Snakemake on stand-ins (about 25 minutes on 2 cores)
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -186,10 +187,82 @@ def _merge_alike_organisms(cfg: dict) -> None:
     cfg["pairs"] = {n: p for n, p in cfg.get("pairs", {}).items() if not {p["a"], p["b"]} & drop}
 
 
+def _strings(node) -> set[str]:
+    """Every string in a config node, keys and values."""
+    if isinstance(node, dict):
+        return {k for k in node if isinstance(k, str)} | {s for v in node.values() for s in _strings(v)}
+    if isinstance(node, list):
+        return {s for v in node for s in _strings(v)}
+    return {node} if isinstance(node, str) else set()
+
+
+def _merge_alike_pair_groups(cfg: dict) -> dict[str, str]:
+    """Keep the first of the pair groups whose stand-ins would be alike, drop the others with their models,
+    and return dropped model -> the model in the kept group that takes its place in model selections.
+
+    A group is a set of models joined by pairs (the Pythia studies: base, SFT and DPO of one size, three
+    pairs). Two groups are alike when, with their models numbered in order of first appearance in their
+    pairs, the models have the same stand-in (family, variant, settings) and the pairs the same roles
+    and settings (the six Pythia sizes). A group is kept whole when a model of it is not a plain hub
+    model, or a model or pair of it is named anywhere else (a run, an assistant, a scorer, a selection
+    of pairs)."""
+    pairs = cfg.get("pairs") or {}
+    rest = {k: v for k, v in cfg.items() if k not in ("pairs", "models")}
+    for section in ("logprobs", "completions", "uid"):  # model selections follow the merge instead
+        if isinstance(rest.get(section), dict):
+            rest[section] = {k: v for k, v in rest[section].items() if k != "models"}
+    named = _named_elsewhere({**cfg, "pairs": {}}) | _strings(rest)
+    parent: dict[str, str] = {}
+
+    def root(m: str) -> str:
+        while parent.setdefault(m, m) != m:
+            m = parent[m]
+        return m
+
+    for p in pairs.values():
+        parent[root(p["a"])] = root(p["b"])
+    groups: dict[str, list[str]] = {}  # a group's root model -> its pair names, in config order
+    for name, p in pairs.items():
+        groups.setdefault(root(p["a"]), []).append(name)
+    first: dict[str, list[str]] = {}  # canonical form -> the kept group's models, numbered
+    dropped: dict[str, str] = {}
+    for names in groups.values():
+        order: list[str] = list(dict.fromkeys(m for n in names for m in (pairs[n]["a"], pairs[n]["b"])))
+        models = [cfg["models"][m] for m in order]
+        if any("hf" not in m["source"] for m in models) or (set(order) | set(names)) & named:
+            continue
+        form = json.dumps(
+            [
+                [
+                    [*family_of_hf_id(m["source"]["hf"]["id"]), {k: v for k, v in m.items() if k != "source"}]
+                    for m in models
+                ],
+                [
+                    [
+                        order.index(pairs[n]["a"]),
+                        order.index(pairs[n]["b"]),
+                        {k: v for k, v in pairs[n].items() if k not in ("a", "b")},
+                    ]
+                    for n in names
+                ],
+            ],
+            sort_keys=True,
+        )
+        kept = first.setdefault(form, order)
+        if kept is not order:
+            dropped.update(zip(order, kept))
+            for n in names:
+                del pairs[n]
+    cfg["models"] = {n: m for n, m in cfg["models"].items() if n not in dropped}
+    return dropped
+
+
 def stand_in_config(path: Path, tmp_path: Path, stand_ins, base_url: str, www: Path) -> dict:
     cfg = yaml.safe_load(path.read_text())
     _merge_alike_organisms(cfg)
+    in_group = _merge_alike_pair_groups(cfg)
     rep = _representatives(cfg)
+    rep |= {n: rep[m] for n, m in in_group.items()}
     cfg["models"] = {n: m for n, m in cfg["models"].items() if rep[n] == n}
     for section, key in (("logprobs", "models"), ("completions", "models"), ("uid", "models"), ("uid", "scorers")):
         chosen = cfg.get(section, {}).get(key)
