@@ -184,7 +184,12 @@ def test_max_length_beyond_model_context(setup):
         run(setup, "long", max_length=4096, stride=4096, batch_tokens=4096)
 
 
-def test_summary_and_comparison_match_independent_arithmetic(setup):
+def test_summary_and_comparison_match_independent_arithmetic(setup, monkeypatch):
+    import hashlib
+
+    import lmdelta.perplexity
+
+    monkeypatch.setattr(lmdelta.perplexity, "SUMMARY_BATCH_ROWS", 7)  # documents span batches
     root, _, corpus = setup
     out = run(setup, "summ")
     df = pd.read_parquet(out)
@@ -210,6 +215,11 @@ def test_summary_and_comparison_match_independent_arithmetic(setup):
     assert sum(summary["entropy_histogram"]["counts"]) == len(df)
     docs = pd.read_parquet(root / "s.docs.parquet")
     assert math.isclose(docs.set_index("doc_id").perplexity["a"], per_doc_ppl["a"], rel_tol=1e-9)
+    whole = {
+        d: hashlib.blake2b(g.token_id.to_numpy(np.int64).tobytes(), digest_size=8).hexdigest()
+        for d, g in df.groupby("doc_id")
+    }
+    assert docs.set_index("doc_id").tokens_digest.to_dict() == whole and len(set(whole.values())) == 6
     table = run_compare(
         "c",
         ["m", "m2"],
@@ -258,6 +268,7 @@ def test_paired_table_compares_the_same_documents():
                 "nll_sum": nll * n_tokens,
                 "mean_nll": nll,
                 "mean_entropy": nll + 0.5,
+                "tokens_digest": [f"t{i}" for i in range(len(n_tokens))],
             }
         )
 
@@ -277,3 +288,12 @@ def test_paired_table_compares_the_same_documents():
     assert (t.p_holm >= t.p).all() and (t.unit == "document").all()
     same = paired_table("c", {"m": tables["base"]}, [{"pair": "same", "a": "m", "b": "m"}], params)
     assert (same["diff"] == 0).all() and (same.p == 1).all() and (same.diff_low == 0).all()
+    # another tokenizer (one document cut into other tokens): nats per token are not comparable, bits per
+    # byte are; the per-byte row is the same as before, and the Holm correction runs over it alone
+    other = tables["tuned"].assign(tokens_digest=lambda d: d.tokens_digest.where(d.doc_id != "c", "other"))
+    cross = paired_table(
+        "c", {"tuned": other, "base": tables["base"]}, [{"pair": "x", "a": "tuned", "b": "base"}], params
+    )
+    assert list(cross.metric) == ["bits_per_byte"] and (cross.p_holm == cross.p).all()
+    row = cross.iloc[0]
+    assert row["diff"] == t.loc["bits_per_byte", "diff"] and row["p"] == t.loc["bits_per_byte", "p"]

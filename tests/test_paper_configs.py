@@ -368,6 +368,12 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     from lmdelta.models import load_tokenizer
     from lmdelta.seqdiv import same_tokenizer
 
+    for f in (tmp_path / "results" / "entropy_perplexity").glob("*/paired.csv"):  # nats per token: one tokenizer
+        for name, rows in pd.read_csv(f).groupby("pair"):
+            pair = cfg["pairs"][name]
+            shared = same_tokenizer(*(load_tokenizer(tmp_path / plan.model_dir(pair[s])) for s in ("a", "b")))
+            want = {"mean_nll", "mean_entropy", "bits_per_byte"} if shared else {"bits_per_byte"}
+            assert set(rows.metric) == want, f"{path.name}: {f.relative_to(tmp_path)} {name}"
     for name, pair in cfg.get("pairs", {}).items():
         banks = list((tmp_path / "results" / "search" / name).glob("*/bank.parquet"))
         hard = list((tmp_path / "results" / "hardprompt" / name).glob("*/prompts.parquet"))

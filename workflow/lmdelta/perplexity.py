@@ -11,16 +11,20 @@ Definitions (natural logarithms; NLL = -logprob of the actual token):
 
 Paired comparisons (``paired_table``, ``paired.csv``): for every pair of the config whose two models
 were both scored on the corpus, the same documents are the units: per document, the mean NLL and the
-mean entropy (nats per token of each model's own tokenizer: comparable between models that share a
-tokenizer) and bits per byte (comparable whatever the tokenizers); the mean difference a - b with its
+mean entropy in nats per token, and bits per byte; the mean difference a - b with its
 bootstrap interval over documents and the sign-flip permutation test (``lmdelta.stats``), Holm-corrected
 over the table. A corpus-level perplexity is one number per model; its difference has no unit to
 resample except the documents, which is why the test is on per-document values (each document
-weighted once, not by its length).
+weighted once, not by its length). Per-token means are compared only when the two models scored the
+same tokens of every document (``same_tokens``: the same tokenizer and the same first-token policy);
+otherwise a token of one is not a token of the other (two tokenizers cut the same text into tokens of
+different lengths, so nats per token differ with the cut, not with the model) and the pair's rows are
+bits per byte alone, which do not depend on the tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from lmdelta.stats import PairedParams, corrected_table, paired_metrics
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
 ENTROPY_BIN_WIDTH = 0.05
+SUMMARY_BATCH_ROWS = 1 << 16  # token rows read at a time
 ENTROPY_MAX = 13.0  # above ln(262144) = 12.48, the largest vocabulary among the supported models
 
 
@@ -55,10 +60,16 @@ def summarise(
     edges = np.arange(0.0, ENTROPY_MAX + ENTROPY_BIN_WIDTH / 2, ENTROPY_BIN_WIDTH)
     hist = np.zeros(len(edges) - 1, np.int64)
     per_doc = []
+    digests: dict[Any, Any] = {}  # doc -> hash of its scored token ids, in order (rows of a doc may span batches)
     pf = pq.ParquetFile(logprobs_path)
-    for batch in pf.iter_batches(columns=["doc_id", "logprob", "entropy", "top1_prob"], batch_size=1 << 16):
+    cols = ["doc_id", "token_id", "logprob", "entropy", "top1_prob"]
+    for batch in pf.iter_batches(columns=cols, batch_size=SUMMARY_BATCH_ROWS):
         df = batch.to_pandas().astype({"logprob": np.float64, "entropy": np.float64, "top1_prob": np.float64})
         df["nll"] = -df["logprob"]
+        ids, doc = df.token_id.to_numpy(np.int64), df.doc_id.to_numpy()
+        cuts = [0, *(np.flatnonzero(doc[1:] != doc[:-1]) + 1), len(doc)]
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            digests.setdefault(doc[start], hashlib.blake2b(digest_size=8)).update(ids[start:end].tobytes())
         hist += np.histogram(np.clip(df["entropy"].to_numpy(), 0, ENTROPY_MAX - 1e-9), bins=edges)[0]
         per_doc.append(
             df.groupby("doc_id", sort=False).agg(
@@ -80,6 +91,7 @@ def summarise(
     docs["perplexity"] = np.exp(docs.mean_nll)
     docs["mean_entropy"] = docs.entropy_sum / docs.n_tokens
     docs["mean_top1_prob"] = docs.top1_sum / docs.n_tokens
+    docs["tokens_digest"] = [digests[d].hexdigest() for d in docs.index]
     docs = docs.reset_index(names="doc_id")
 
     mean_prob = np.load(meanprob_path)
@@ -101,7 +113,7 @@ def summarise(
         "entropy_histogram": {"bin_width_nats": ENTROPY_BIN_WIDTH, "counts": hist.tolist()},
     }
     cols = ["doc_id", "n_tokens", "n_bytes", "nll_sum", "mean_nll", "perplexity", "mean_entropy", "mean_top1_prob"]
-    return summary, docs[cols]
+    return summary, docs[[*cols, "tokens_digest"]]
 
 
 TABLE_COLUMNS = [
@@ -170,6 +182,16 @@ PAIRED_COLUMNS = [
 ]
 
 
+def same_tokens(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two models scored the same tokens of every document both scored (per-document tables
+    indexed by document, with ``tokens_digest``): only then is a token of one a token of the other, and
+    per-token means comparable. A table without digests (written before they were) counts as different."""
+    if "tokens_digest" not in a or "tokens_digest" not in b:
+        return False
+    shared = a.index.intersection(b.index)
+    return bool((a.tokens_digest.reindex(shared) == b.tokens_digest.reindex(shared)).all())
+
+
 def paired_table(
     corpus_name: str, docs: dict[str, pd.DataFrame], pairs: list[dict[str, str]], params: PairedParams
 ) -> pd.DataFrame:
@@ -180,7 +202,8 @@ def paired_table(
     for pair in pairs:
         a, b = (docs[pair[s]].set_index("doc_id") for s in "ab")
         a, b = (df.assign(bits_per_byte=df.nll_sum / math.log(2) / df.n_bytes) for df in (a, b))
-        for row in paired_metrics(a, b, unit="document", metrics=list(values), test="sign-flip", params=params):
+        metrics = list(values) if same_tokens(a, b) else ["bits_per_byte"]
+        for row in paired_metrics(a, b, unit="document", metrics=metrics, test="sign-flip", params=params):
             head = {"corpus": corpus_name, "pair": pair["pair"], "a": pair["a"], "b": pair["b"]}
             rows.append(head | {"metric": row["metric"], "values": values[row["metric"]]} | row)
     return corrected_table(rows, PAIRED_COLUMNS)
