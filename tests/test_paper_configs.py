@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import zlib
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -368,19 +369,21 @@ def test_paper_config_runs_on_stand_ins(path, tmp_path, stand_ins, http_server):
     from lmdelta.models import load_tokenizer
     from lmdelta.seqdiv import same_tokenizer
 
+    @cache
+    def shares_tokenizer(name: str) -> bool:
+        pair = cfg["pairs"][name]
+        return same_tokenizer(*(load_tokenizer(tmp_path / plan.model_dir(pair[s])) for s in ("a", "b")))
+
     for f in (tmp_path / "results" / "entropy_perplexity").glob("*/paired.csv"):  # nats per token: one tokenizer
         for name, rows in pd.read_csv(f).groupby("pair"):
-            pair = cfg["pairs"][name]
-            shared = same_tokenizer(*(load_tokenizer(tmp_path / plan.model_dir(pair[s])) for s in ("a", "b")))
-            want = {"mean_nll", "mean_entropy", "bits_per_byte"} if shared else {"bits_per_byte"}
+            want = {"mean_nll", "mean_entropy", "bits_per_byte"} if shares_tokenizer(name) else {"bits_per_byte"}
             assert set(rows.metric) == want, f"{path.name}: {f.relative_to(tmp_path)} {name}"
     for name, pair in cfg.get("pairs", {}).items():
         banks = list((tmp_path / "results" / "search" / name).glob("*/bank.parquet"))
         hard = list((tmp_path / "results" / "hardprompt" / name).glob("*/prompts.parquet"))
         if not banks and not hard:
             continue
-        toks = [load_tokenizer(tmp_path / plan.model_dir(pair[s])) for s in ("a", "b")]
-        method = "token" if same_tokenizer(*toks) else "sequence"
+        method = "token" if shares_tokenizer(name) else "sequence"
         for f in banks + hard:
             assert read_provenance(f)["params"]["divergence_method"] == method, f"{path.name}: {f}"
         if pair.get("soft_prompts_from"):

@@ -39,8 +39,8 @@ from lmdelta.stats import PairedParams, corrected_table, paired_metrics
 
 #: Entropy histogram bins (nats), shared by all models so that they can be compared and summed.
 ENTROPY_BIN_WIDTH = 0.05
-SUMMARY_BATCH_ROWS = 1 << 16  # token rows read at a time
 ENTROPY_MAX = 13.0  # above ln(262144) = 12.48, the largest vocabulary among the supported models
+SUMMARY_BATCH_ROWS = 1 << 16  # token rows read at a time
 
 
 def vocab_fraction(mean_prob: np.ndarray, mass: float) -> float:
@@ -263,8 +263,7 @@ def corpus_findings(
     prov.add_input("corpus", corpus)
     a, b = (pd.read_parquet(p, columns=["doc_id", "token_id", "logprob"]) for p in logprobs)
     docs = pd.read_parquet(corpus, columns=["doc_id", "text"]).set_index("doc_id").text
-    same_tokens = len(a) == len(b) and a.doc_id.equals(b.doc_id) and a.token_id.equals(b.token_id)
-    if same_tokens:
+    if len(a) == len(b) and a.doc_id.equals(b.doc_id) and a.token_id.equals(b.token_id):
         ratio = a.groupby("doc_id").logprob.mean() - b.groupby("doc_id").logprob.mean()
     else:
         n_bytes = docs.map(lambda t: len(t.encode("utf-8")))
