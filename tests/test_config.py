@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import subprocess
 import sys
 import time
@@ -361,3 +362,43 @@ def test_an_empty_selection_turns_a_section_off(tmp_path):
     for rule in ("logprobs_shard", "completions_shard", "diversity", "uid"):
         assert f"rule {rule}:" in on.stdout and f"rule {rule}:" not in off.stdout, rule
     assert "rule materialise_model:" in off.stdout
+
+
+def declared_rules(path: Path) -> set[str]:
+    """The rules a config's header says it runs: '# Runs (...): a, b,' and its continuation lines."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("# Runs"))
+    text = lines[start].split(":", 1)[1]
+    for ln in lines[start + 1 :]:
+        if not ln.startswith("#   "):
+            break
+        text += " " + ln[1:]
+    return {r.strip() for r in text.split(",") if r.strip()}
+
+
+def planned_rules(config: Path) -> set[str]:
+    """The rules a dry run plans for every target of the config (-F: as on a fresh checkout)."""
+    r = _snakemake("-n", "-F", "--nolock", "--quiet", "rules", "--configfile", str(config), cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    block = r.stdout.split("Job stats:")[1].splitlines()[3:]
+    rows = [ln.split()[0] for ln in itertools.takewhile(lambda ln: ln.strip() and not ln.startswith("total"), block)]
+    return set(rows) - {"all"}
+
+
+@pytest.mark.parametrize(
+    "path", [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))], ids=lambda p: p.name
+)
+def test_every_config_plans_exactly_its_declared_rules(path):
+    """Nothing runs that a config did not ask for: the expensive discovery stages (scan, lens, search,
+    soft prompts) plan nothing unless their pairs or runs are named, and each shipped config's header
+    lists what it runs."""
+    assert planned_rules(path) == declared_rules(path)
+
+
+def test_the_scan_runs_only_when_asked(tmp_path):
+    """A pair alone plans no scan, no words test without text sets, and no summary page without terms."""
+    base = {**GOOD, "pairs": {"p": {"a": "m", "b": "m"}}, "completions": {"models": []}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(base))
+    assert not {"scan", "scan_confirm", "words", "summary"} & planned_rules(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**base, "scan": {"pairs": ["p"]}}))
+    assert {"scan", "scan_confirm", "words", "summary"} <= planned_rules(tmp_path / "c.yaml")

@@ -8,6 +8,7 @@ The Snakefile calls it before any job starts; the stage CLIs receive explicit sp
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -43,6 +44,20 @@ def _where(path) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+# Keyword arguments of transformers' from_pretrained that users write into a model's entry, and the key
+# that says the same here (models.<name>: dtype, device, quantization, source.hf.revision).
+TRANSFORMERS_NAMES = {
+    "torch_dtype": "dtype: (float32, bfloat16, float16 or auto)",
+    "device_map": "device: (auto, cpu, cuda, cuda:N, or spread to place one model over several devices)",
+    "load_in_8bit": "quantization: 8bit",
+    "load_in_4bit": "quantization: 4bit",
+    "quantization_config": "quantization: (none, 8bit or 4bit)",
+    "revision": "source: {hf: {id: ..., revision: ...}}",
+    "pretrained_model_name_or_path": "source: {hf: {id: ...}} or source: {local: {path: ...}}",
+    "model_id": "source: {hf: {id: ...}}",
+}
+
+
 def _explain(error) -> str:
     """Turn a jsonschema error into one line: where, what is wrong, how to fix it."""
     where = _where(error.absolute_path)
@@ -50,6 +65,11 @@ def _explain(error) -> str:
     if v == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(set(inst) - set(allowed)) if isinstance(inst, dict) else []
+        for key in extra:  # a name transformers users type, or a typo of a key
+            if key in TRANSFORMERS_NAMES and TRANSFORMERS_NAMES[key].split(":")[0] in allowed:
+                return f"{where}: unknown key {key!r}: transformers' {key} is lmdelta's {TRANSFORMERS_NAMES[key]}"
+            if hint := did_you_mean(key, allowed):
+                return f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
         hint = f"allowed keys: {', '.join(allowed)}" if allowed else "remove it"
         return f"{where}: unknown key {', '.join(map(repr, extra))}; {hint}"
     if v == "required":
@@ -272,7 +292,8 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(
                 f"config: comparator.pairs: pair {name!r} needs completions of {', '.join(missing)}; add them to completions.models"
             )
-    _check_selection(config, "scorecard", pools=(("pairs", "pairs"),))
+    for section in ("scan", "words", "summary", "scorecard"):
+        _check_selection(config, section, pools=(("pairs", "pairs"),))
     for name in config["scorecard"]["pairs"] or []:
         if planted_truth(config, name) is None:
             raise LmdeltaError(
@@ -401,6 +422,12 @@ def scorecard_pairs(config: dict[str, Any]) -> list[str]:
     return [p for p in selected(config, "scorecard", "pairs") if planted_truth(config, p) is not None]
 
 
+def did_you_mean(name: str, names) -> str:
+    """' (did you mean 'x'?)' for the closest of ``names``, or ''."""
+    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check_selection(
     config: dict[str, Any], section: str, pools=(("models", "models"), ("corpora", "corpora"))
 ) -> None:
@@ -409,7 +436,8 @@ def _check_selection(
         for name in chosen or []:
             if name not in config[pool]:
                 raise LmdeltaError(
-                    f"config: {section}.{key}: {name!r} is not defined under {pool}:; use one of {', '.join(config[pool])}"
+                    f"config: {section}.{key}: {name!r} is not defined under {pool}:{did_you_mean(name, config[pool])}; "
+                    f"use one of {', '.join(config[pool]) or '(none: add one)'}"
                 )
 
 

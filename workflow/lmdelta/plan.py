@@ -139,7 +139,7 @@ class Plan:
             ),
             *expand("results/scan/{pair}/words.parquet", pair=selected(c, "scan", "pairs")),
             *self.words_targets(),
-            *expand("results/summary/{pair}.html", pair=selected(c, "summary", "pairs")),
+            *expand("results/summary/{pair}.html", pair=self.summary_pairs()),
             *expand("results/scorecard/{pair}.csv", pair=scorecard_pairs(c)),
             *(["results/suite/matrix.csv"] if self.matrix_pairs() else []),
             *expand(
@@ -150,6 +150,24 @@ class Plan:
                 ],
             ),
         ]
+
+    def wildcard_patterns(self) -> dict[str, str]:
+        """Each name wildcard matches only the names the config defines, so a target with a typo
+        (results/scan/nope/words.parquet) gets Snakemake's "no rule to produce" instead of a lookup error
+        inside an input function. Run names are each section's own (``run_pattern``)."""
+        c = self.config
+        return {
+            "model": name_pattern(list(c["models"])),
+            "scorer": name_pattern(list(c["models"])),
+            "corpus": name_pattern(list(c["corpora"])),
+            "promptset": name_pattern(list(c["promptsets"])),
+            "pair": name_pattern(list(c["pairs"])),
+            "set": name_pattern(sorted({s for p in c["pairs"] for s in self.words_sets(p)})),
+        }
+
+    def run_pattern(self, section: str) -> str:
+        """The run names of a section (contrastive, search, softprompt, lens)."""
+        return name_pattern(list(self.config[section]["runs"]))
 
     def model_patterns(self) -> dict[str, str]:
         """Which rule makes resources/models/{model}: derived models are trained, interpolated ones
@@ -830,6 +848,14 @@ class Plan:
 
     # ---- what changed, in words --------------------------------------------------------------------
 
+    def summary_pairs(self) -> list[str]:
+        """Pairs with a summary page: those named under summary.pairs, else every pair with terms to show
+        (a scan or a words set: the tested methods the page is built from). A contrastive or search
+        study alone gets no page of untested evidence it did not ask for."""
+        if self.config["summary"]["pairs"] is not None:
+            return list(self.config["summary"]["pairs"])
+        return [p for p in self.config["pairs"] if p in selected(self.config, "scan", "pairs") or self.words_sets(p)]
+
     def summary_inputs(self, wildcards) -> dict[str, Any]:
         inputs: dict[str, Any] = {"findings": [s["findings"] for s in self.discovery_sources(wildcards.pair)]}
         a = self.config["summary"]["assistant"]
@@ -947,7 +973,7 @@ class Plan:
         c = self.config
         scored = set(scorecard_pairs(c))
         out = []
-        for name in selected(c, "summary", "pairs"):
+        for name in self.summary_pairs():
             truth = planted_truth(c, name)
             role = "organism" if truth else "control" if c["pairs"][name]["control"] else "unknown"
             out.append(

@@ -41,21 +41,24 @@ validate(config, "../schemas/config.schema.yaml")
 # Every job's inputs, spec and resources (lmdelta.plan).
 plan = Plan(config)
 
-NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 # resources/models/{model}: a derived model is trained (derive_model), an interpolated one merged
 # (interpolate_model), the others materialised from their source (materialise_model).
 MODEL_PATTERNS = plan.model_patterns()
 
 
+# Name wildcards match only the names the config defines (a typo in a target: "no rule to produce");
+# each rule with a {run} matches its own section's runs.
+NAMES = plan.wildcard_patterns()
+
+
 wildcard_constraints:
-    model=NAME,
-    corpus=NAME,
-    promptset=NAME,
-    scorer=NAME,
+    model=NAMES["model"],
+    corpus=NAMES["corpus"],
+    promptset=NAMES["promptset"],
+    scorer=NAMES["scorer"],
     context="none|prompt",
-    pair=NAME,
-    run=NAME,
-    set=NAME,
+    pair=NAMES["pair"],
+    set=NAMES["set"],
     shard=r"\d+",
     n=r"\d+",
 

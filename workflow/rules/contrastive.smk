@@ -35,6 +35,8 @@ rule contrastive:
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "against a's own samples"},
         ),
+    wildcard_constraints:
+        run=plan.run_pattern("contrastive"),
     params:
         spec=plan.contrastive_spec,
     conda:

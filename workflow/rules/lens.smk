@@ -23,6 +23,8 @@ rule lens:
             labels={"pair": "{pair}", "run": "{run}", "figure": "difference by layer"},
         ),
         findings=plan.findings_path("{pair}", "lens", "{run}"),
+    wildcard_constraints:
+        run=plan.run_pattern("lens"),
     params:
         spec=plan.lens_spec,
     conda:

@@ -29,6 +29,8 @@ rule search:
         ),
         summary="results/search/{pair}/{run}/summary.json",
         findings=plan.findings_path("{pair}", "search", "{run}"),
+    wildcard_constraints:
+        run=plan.run_pattern("search"),
     params:
         spec=plan.search_spec,
     conda:
@@ -65,6 +67,8 @@ rule search_clusters:
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "clusters by divergence"},
         ),
+    wildcard_constraints:
+        run=plan.run_pattern("search"),
     params:
         spec=plan.search_clusters_spec,
     conda:

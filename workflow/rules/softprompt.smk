@@ -21,6 +21,8 @@ rule softprompt:
             labels={"pair": "{pair}", "run": "{run}", "figure": "soft-prompt training curve"},
         ),
         summary="results/softprompt/{pair}/{run}/summary.json",
+    wildcard_constraints:
+        run=plan.run_pattern("softprompt"),
     params:
         spec=plan.softprompt_spec,
         checkpoints="resources/softprompt/{pair}/{run}/checkpoints",
@@ -69,6 +71,8 @@ rule hardprompt:
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts vs snippets"},
         ),
+    wildcard_constraints:
+        run=plan.run_pattern("softprompt"),
     params:
         spec=plan.hardprompt_spec,
     conda:
