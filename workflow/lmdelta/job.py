@@ -35,6 +35,7 @@ log = logging.getLogger("lmdelta")
 STAGES: dict[str, str] = {
     "materialise_model": "lmdelta.models:materialise_job",
     "interpolate_model": "lmdelta.models:interpolate_job",
+    "adapter_model": "lmdelta.models:adapter_job",
     "corpus_fetch": "lmdelta.corpus:fetch_job",
     "corpus_sample": "lmdelta.corpus:sample_job",
     "logprobs_shard": "lmdelta.logprobs:shard_job",

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file, sha256_tree
-from lmdelta.config import ModelSpec
+from lmdelta.config import ModelSpec, local_model_problem
 from lmdelta.download import check_sha256, download
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,8 @@ def _load_source(spec: ModelSpec, work: Path, *, timeout_s: float, tries: int):
         return (*_from_pretrained(src["id"], where, allow_pickle=src.get("allow_pickle", False), **kw), origin)
     if kind == "local":
         path = Path(src["path"])
-        if not path.is_dir():
-            raise LmdeltaError(f"{where}: folder {path} does not exist; fix path")
+        if problem := local_model_problem(path):
+            raise LmdeltaError(f"{where}: {problem}")
         return (
             *_from_pretrained(str(path), where, allow_pickle=src.get("allow_pickle", False), **common),
             {"local": str(path.resolve())},
@@ -618,6 +619,128 @@ def interpolate(
     return write_model_folder(model_a, tok, out, ModelSpec(name=name, source=source), prov)
 
 
+# ---- PEFT adapters -------------------------------------------------------------------------------------
+
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "*.json", "*.model", "*.txt"]
+
+
+def fetch_adapter(src: dict[str, Any], work: Path, *, where: str) -> tuple[Path, dict[str, Any]]:
+    """The adapter's folder (a local one, or the hub repo's files downloaded into ``work``) and what
+    identifies it (path, or hub id with the revision asked for and the commit it resolved to)."""
+    if "path" in src:
+        path = Path(src["path"])
+        if not (path / "adapter_config.json").is_file():
+            what = "does not exist" if not path.is_dir() else "holds no adapter_config.json"
+            raise LmdeltaError(
+                f"{where}.path: folder {str(path)!r} {what}; point it at a folder saved by peft's save_pretrained"
+            )
+        return path, {"path": str(path.resolve()), "sha256": sha256_tree(path)}
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(
+            snapshot_download(
+                src["id"], revision=src["revision"], allow_patterns=ADAPTER_FILES, local_dir=work / "adapter"
+            )
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = (
+            " (HF_HUB_OFFLINE is set: unset it to download, or use path: for a local copy)"
+            if os.environ.get("HF_HUB_OFFLINE") == "1"
+            else ""
+        )
+        raise LmdeltaError(
+            f"{where}.id: cannot download adapter {src['id']!r} at {src['revision']!r} ({first}){offline}"
+        ) from None
+    shutil.rmtree(folder / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+    if not (folder / "adapter_config.json").is_file():
+        raise LmdeltaError(
+            f"{where}.id: {src['id']!r} holds no adapter_config.json; it is not a PEFT adapter (a model? use source: hf:)"
+        )
+    commit = None
+    from huggingface_hub import HfApi
+
+    try:
+        commit = HfApi().model_info(src["id"], revision=src["revision"]).sha
+    except Exception:  # noqa: BLE001 - the commit is provenance only; the files' digest identifies them too
+        pass
+    return folder, {"id": src["id"], "revision": src["revision"], "commit": commit, "sha256": sha256_tree(folder)}
+
+
+def _base_mismatch(adapter_cfg: dict[str, Any], base_source: dict[str, Any] | None) -> str | None:
+    """The adapter's recorded base against the declared base's hub id, when both are hub ids."""
+    recorded = adapter_cfg.get("base_model_name_or_path")
+    declared = (base_source or {}).get("hf", {}).get("id")
+    if not recorded or not declared or Path(recorded).is_absolute() or recorded.startswith("."):
+        return None
+    return None if recorded.lower() == declared.lower() else recorded
+
+
+def merge_adapter(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out: str | Path,
+    *,
+    name: str,
+    source: dict[str, Any],
+    origin: dict[str, Any],
+    base_source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load a PEFT adapter onto the materialised base (float32, CPU), merge it into the weights and write
+    a normal materialised folder: every stage then reads the fine-tune like any other model (the merged
+    weights give the adapter's outputs up to float rounding: tests/test_models.py). The tokenizer is the
+    adapter's when it ships one, else the base's."""
+    import torch
+    from peft import PeftConfig, PeftModel
+
+    where = f"models.{name}.source.adapter"
+    adapter_dir = Path(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    recorded = cfg.get("base_model_name_or_path")
+    if source["adapter"]["check_base"] and (wrong := _base_mismatch(cfg, base_source)):
+        raise LmdeltaError(
+            f"{where}: the adapter was trained on {wrong!r} but base {source['adapter']['base']!r} is "
+            f"{base_source['hf']['id']!r}; set adapter.base to a model of that id (check_base: false if they hold the same weights)"
+        )
+    PeftConfig.from_pretrained(adapter_dir)  # an unknown peft_type or a broken config fails here, before the base loads
+    model, tok = load_model(base_dir, dtype="float32", device="cpu")
+    try:
+        tuned = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        trained_on = f" (it records base {recorded!r})" if recorded else ""
+        raise LmdeltaError(
+            f"{where}: the adapter does not fit base {source['adapter']['base']!r}{trained_on}: {first}; set adapter.base to the model it was trained on"
+        ) from None
+    with torch.no_grad():
+        merged = tuned.merge_and_unload()
+    if any(f.name.startswith("tokenizer") for f in adapter_dir.iterdir()):
+        tok = load_tokenizer_files(adapter_dir)
+    prov = Provenance(
+        stage="adapter",
+        params={
+            "name": name,
+            "merge": "merged into the base's float32 weights (peft merge_and_unload)",
+            "peft_type": cfg.get("peft_type"),
+            "r": cfg.get("r"),
+            "lora_alpha": cfg.get("lora_alpha"),
+            "target_modules": cfg.get("target_modules"),
+            "base_model_name_or_path": recorded,
+        },
+    )
+    prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
+    prov.inputs["adapter"] = origin
+    return write_model_folder(merged, tok, out, ModelSpec(name=name, source=source), prov)
+
+
+def load_tokenizer_files(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(folder))
+
+
 # ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
 
 
@@ -642,3 +765,23 @@ def interpolate_job(job) -> None:
         rank=s["rank"],
         seed=s["seed"],
     )
+
+
+def adapter_job(job) -> None:
+    """inputs: ``base``; spec: {"source", "base_source"}; output: ``model``."""
+    source = job.spec["source"]
+    name = job.wildcards["model"]
+    out = Path(job.out("model"))
+    with tempfile.TemporaryDirectory(
+        prefix=f".{name}.adapter-", dir=out.parent if out.parent.exists() else None
+    ) as work:
+        folder, origin = fetch_adapter(source["adapter"], Path(work), where=f"models.{name}.source.adapter")
+        merge_adapter(
+            job.path("base"),
+            folder,
+            out,
+            name=name,
+            source=source,
+            origin=origin,
+            base_source=job.spec["base_source"],
+        )

@@ -21,6 +21,7 @@ from typing import Any
 
 from lmdelta import LmdeltaError
 from lmdelta.config import (
+    adapter_models,
     comparator_pairs,
     derived_models,
     interpolated_models,
@@ -154,7 +155,8 @@ class Plan:
     def wildcard_patterns(self) -> dict[str, str]:
         """Each name wildcard matches only the names the config defines, so a target with a typo
         (results/scan/nope/words.parquet) gets Snakemake's "no rule to produce" instead of a lookup error
-        inside an input function. Run names are each section's own (``run_pattern``)."""
+        inside an input function. Run names are each section's own (``run_pattern``), words sets and
+        elicit tables their pairs' (``words_patterns``)."""
         c = self.config
         return {
             "model": name_pattern(list(c["models"])),
@@ -162,8 +164,13 @@ class Plan:
             "corpus": name_pattern(list(c["corpora"])),
             "promptset": name_pattern(list(c["promptsets"])),
             "pair": name_pattern(list(c["pairs"])),
-            "set": name_pattern(sorted({s for p in c["pairs"] for s in self.words_sets(p)})),
         }
+
+    def words_patterns(self, elicit: bool = False) -> dict[str, str]:
+        """The pairs with a words set (or an elicit table) and the names of those sets (prompt sets)."""
+        sets = {p: self.elicit_sets(p) if elicit else self.words_sets(p) for p in self.config["pairs"]}
+        names = name_pattern(sorted({s for v in sets.values() for s in v}))
+        return {"pair": name_pattern([p for p, v in sets.items() if v]), "promptset" if elicit else "set": names}
 
     def run_pattern(self, section: str) -> str:
         """The run names of a section (contrastive, search, softprompt, lens)."""
@@ -171,12 +178,14 @@ class Plan:
 
     def model_patterns(self) -> dict[str, str]:
         """Which rule makes resources/models/{model}: derived models are trained, interpolated ones
-        merged, the others materialised from their source."""
+        mixed, adapters merged into their base, the others materialised from their source."""
         derived, interpolated = derived_models(self.config), interpolated_models(self.config)
-        sourced = [n for n in materialised_models(self.config) if n not in derived + interpolated]
+        adapters = adapter_models(self.config)
+        sourced = [n for n in materialised_models(self.config) if n not in derived + interpolated + adapters]
         return {
             "derived": name_pattern(derived),
             "interpolated": name_pattern(interpolated),
+            "adapter": name_pattern(adapters),
             "sourced": name_pattern(sourced),
         }
 
@@ -232,6 +241,15 @@ class Plan:
     def interpolate_inputs(self, wildcards) -> dict[str, str]:
         src = self.config["models"][wildcards.model]["source"]["interpolate"]
         return {"a": self.model_dir(src["a"]), "b": self.model_dir(src["b"])}
+
+    def adapter_base(self, wildcards) -> str:
+        return self.model_dir(self.config["models"][wildcards.model]["source"]["adapter"]["base"])
+
+    def adapter_spec(self, wildcards) -> str:
+        """The adapter's source, and its base's (the adapter's recorded base is checked against it)."""
+        src = self.config["models"][wildcards.model]["source"]
+        base = self.config["models"][weights_owner(self.config, src["adapter"]["base"])]["source"]
+        return as_text({"source": src, "base_source": base})
 
     def interpolate_spec(self, wildcards) -> str:
         return as_text({"source": self.model_source(wildcards.model)})

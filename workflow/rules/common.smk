@@ -58,7 +58,6 @@ wildcard_constraints:
     scorer=NAMES["scorer"],
     context="none|prompt",
     pair=NAMES["pair"],
-    set=NAMES["set"],
     shard=r"\d+",
     n=r"\d+",
 

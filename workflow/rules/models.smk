@@ -1,4 +1,5 @@
 # Model materialisation: any source -> resources/models/{model}/ (safetensors, tokenizer, fingerprint).
+# A PEFT adapter is merged into its base's materialised folder (adapter_model).
 
 
 rule materialise_model:
@@ -36,6 +37,26 @@ rule interpolate_model:
         "logs/interpolate_model/{model}.log",
     benchmark:
         "benchmarks/interpolate_model/{model}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    script:
+        JOB
+
+
+rule adapter_model:
+    input:
+        base=plan.adapter_base,
+    output:
+        model=directory("resources/models/{model}"),
+    params:
+        spec=plan.adapter_spec,
+    wildcard_constraints:
+        model=MODEL_PATTERNS["adapter"],
+    conda:
+        CONDA_ENV
+    log:
+        "logs/adapter_model/{model}.log",
     resources:
         mem_mb=8000,
         runtime=30,

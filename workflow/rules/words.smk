@@ -14,6 +14,8 @@ rule words:
             labels={"pair": "{pair}", "set": "{set}"},
         ),
         findings=plan.findings_path("{pair}", "words", "{set}"),
+    wildcard_constraints:
+        **plan.words_patterns(),
     params:
         spec=plan.words_spec,
     conda:
@@ -46,6 +48,8 @@ rule elicit:
             labels={"pair": "{pair}", "set": "elicit-{promptset}"},
         ),
         findings=plan.findings_path("{pair}", "elicit", "{promptset}"),
+    wildcard_constraints:
+        **plan.words_patterns(elicit=True),
     params:
         spec=plan.elicit_spec,
     conda:
