@@ -106,7 +106,7 @@ BAD = [
     ),
     (
         _with("models.t", {"source": {"derive": {"from": "t", "data": {"file": {"path": __file__}}}}}),
-        ["models.t: derive.from / variant_of forms a loop (t -> t)"],
+        ["models.t: derive.from / variant_of / adapter.base forms a loop (t -> t)"],
     ),
     (
         _with("models.t", {"source": {"derive": {"from": "m", "data": {"file": {"path": "/no/data.jsonl"}}}}}),
@@ -214,6 +214,34 @@ BAD = [
     (_with("scan", {"template": "Tell me about it."}), ["scan.template", "{word} is replaced"]),
     (_with("summary", {"assistant": {"model": "zz"}}), ["summary.assistant.model: 'zz' is not defined"]),
 ]
+
+
+# A new user's mistakes (Step 18): each is one line, with a "did you mean" where a name is close.
+PAIR = {**GOOD, "pairs": {"cocoa": {"a": "m", "b": "m"}}}
+NEW_USER = {
+    "scan pair": (
+        {**PAIR, "scan": {"pairs": ["cocao"]}},
+        ["scan.pairs: 'cocao' is not defined under pairs: (did you mean 'cocoa'?)"],
+    ),
+    "summary pair": (
+        {**PAIR, "summary": {"pairs": ["coco"]}},
+        ["summary.pairs: 'coco' is not defined", "did you mean 'cocoa'"],
+    ),
+    "words pair": (
+        {**PAIR, "words": {"pairs": ["nope"]}},
+        ["words.pairs: 'nope' is not defined under pairs:; use one of cocoa"],
+    ),
+    "torch_dtype": (
+        _with("models.m.torch_dtype", "bfloat16"),
+        ["models.m: unknown key 'torch_dtype'", "lmdelta's dtype:"],
+    ),
+    "device_map": (
+        _with("models.m.device_map", "auto"),
+        ["models.m: unknown key 'device_map'", "lmdelta's device:", "spread"],
+    ),
+    "typo of a key": (_with("models.m.dtyp", "float32"), ["models.m: unknown key 'dtyp' (did you mean 'dtype'?)"]),
+}
+BAD += list(NEW_USER.values())
 
 
 @pytest.mark.parametrize("cfg,words", BAD, ids=[" ".join(w[:1]) + f"#{i}" for i, (_, w) in enumerate(BAD)])
@@ -402,3 +430,54 @@ def test_the_scan_runs_only_when_asked(tmp_path):
     assert not {"scan", "scan_confirm", "words", "summary"} & planned_rules(tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**base, "scan": {"pairs": ["p"]}}))
     assert {"scan", "scan_confirm", "words", "summary"} <= planned_rules(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("case", list(NEW_USER))
+def test_a_new_users_mistake_stops_snakemake_before_any_job_in_one_line(tmp_path, case):
+    cfg, words = NEW_USER[case]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = _snakemake("--cores", "1", "--configfile", "c.yaml", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out and words[0] in out, out[-2000:]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        ({}, "holds no model (no config.json); point it at a folder written by save_pretrained"),
+        ({"adapter_config.json": "{}"}, "holds a PEFT adapter, not a model; use source: {adapter:"),
+        ({"m.gguf": "x"}, "holds a GGUF file, not a model folder; use source: {gguf:"),
+    ],
+    ids=["empty", "adapter", "gguf"],
+)
+def test_a_folder_without_a_model_is_one_line_before_any_job(tmp_path, content, says):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, text in content.items():
+        (folder / name).write_text(text)
+    cfg = {**GOOD, "models": {"m": {"source": {"local": {"path": str(folder)}}}}}
+    with pytest.raises(LmdeltaError, match="models.m.source.local.path: ") as err:
+        validate_config(cfg)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = _snakemake("--cores", "1", "--configfile", "c.yaml", cwd=tmp_path)
+    assert r.returncode != 0 and says in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "results/scan/nope/words.parquet",
+        "results/search/cocoa/nope/bank.parquet",
+        "results/contrastive/cocoa/finder.parquet",
+        "results/words/cocoa/nope.parquet",
+        "results/entropy_perplexity/nope/smollm2.json",
+        "resources/models/nope",
+    ],
+)
+def test_a_target_that_names_nothing_configured_is_no_rule_to_produce(tmp_path, target):
+    """A typo in a target path: Snakemake's one line, not a lookup error inside an input function."""
+    r = _snakemake("-n", target, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and f"No rule to produce {target}" in out and "Traceback" not in out, out[-2000:]
