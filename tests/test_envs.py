@@ -9,7 +9,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SMOLLM2
 
 # conda-forge names of PyPI packages, where they differ
 CONDA_NAME = {
@@ -61,7 +61,7 @@ def test_every_conda_env_choice_has_its_file():
     assert (
         validate_config(
             {
-                "models": {"m": {"source": {"local": {"path": str(ROOT)}}}},
+                "models": {"m": {"source": {"wheel": dict(SMOLLM2)}}},
                 "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
             }
         )["conda_env"]

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, SMOLLM2
 from lmdelta import LmdeltaError
 from lmdelta.config import ModelSpec, validate_config
 from lmdelta.models import load_model, materialise
@@ -91,8 +91,8 @@ def test_remote_code_is_off_unless_set_per_model():
     cfg = validate_config(
         {
             "models": {
-                "a": {"source": {"local": {"path": str(ROOT)}}},
-                "b": {"source": {"local": {"path": str(ROOT)}}, "trust_remote_code": True},
+                "a": {"source": {"wheel": dict(SMOLLM2)}},
+                "b": {"source": {"wheel": dict(SMOLLM2)}, "trust_remote_code": True},
             },
             "corpora": {"c": {"source": {"builtin": {"name": "python_docs"}}}},
         }

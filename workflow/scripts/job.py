@@ -5,4 +5,4 @@ import sys
 
 from lmdelta.job import Job, run
 
-sys.exit(run(Job.from_snakemake(snakemake)))  # noqa: F821
+sys.exit(run(Job.from_snakemake(snakemake), under_snakemake=True))  # noqa: F821
