@@ -5,10 +5,13 @@ from snakemake.utils import min_version
 min_version("9.27")
 
 
-report: "workflow/report/workflow.rst"
-
-
 include: "workflow/rules/common.smk"
+
+
+# The report's landing page: each pair's summary statement (what changed) above the workflow's text.
+report: plan.report_landing()
+
+
 include: "workflow/rules/models.smk"
 include: "workflow/rules/derive.smk"
 include: "workflow/rules/corpus.smk"

@@ -27,7 +27,7 @@ STAGES = {
     "comparator",
     "scorecard",
 }
-CLI = {"__main__"}  # the command line dispatches to every stage
+CLI = {"__main__", "estimate"}  # the command line dispatches to every stage; the estimate reads the corpus stage
 
 
 def imports() -> dict[str, set[str]]:

@@ -3,7 +3,8 @@
 Rules do not call it: each runs ``workflow/scripts/job.py`` (``lmdelta.job``). What a person needs:
 
     python -m lmdelta provenance results/corpus/demo.parquet     # an artifact's provenance record
-    python -m lmdelta check-config config.yaml                    # validate a config file
+    python -m lmdelta check-config config.yaml                    # validate a config file; its run's cost
+    python -m lmdelta estimate --configfile config.yaml [targets]  # what each job of a run will cost here
     python -m lmdelta config-reference --out docs/config-reference.md   # the key reference, from the schema
     python -m lmdelta check-report results/report.html            # the report as rendered in Chromium
     python -m lmdelta run --job logs/corpus_sample/demo.log.job.json    # one job again, by hand
@@ -60,6 +61,15 @@ def cmd_check_config(a: argparse.Namespace) -> None:
     print(f"{a.config}: valid ({len(cfg['models'])} models, {len(cfg['corpora'])} corpora)")
 
 
+def cmd_estimate(a: argparse.Namespace) -> None:
+    import os
+
+    from lmdelta.estimate import estimate, format_estimate
+
+    rows = estimate(a.configfile, a.targets + (["--forceall"] if a.forceall else []), threads=a.cores or os.cpu_count())
+    print(format_estimate(rows, a.cores or os.cpu_count()))
+
+
 def cmd_config_reference(a: argparse.Namespace) -> None:
     from lmdelta.config import schema_reference
 
@@ -92,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a config file")
     sp.add_argument("config")
     sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser(
+        "estimate",
+        help="what a run will cost on this machine: the jobs Snakemake would run (a dry run), the tokens each "
+        "reads, generates and trains on, and a time from a probe of each model",
+    )
+    sp.add_argument("targets", nargs="*", help="targets as for snakemake (default: the whole config)")
+    sp.add_argument("--configfile", default="config.yaml", help="the config (default: config.yaml, the demo)")
+    sp.add_argument("--cores", type=int, help="threads per job (default: every core)")
+    sp.add_argument("--forceall", action="store_true", help="every job, as on a fresh checkout")
+    sp.set_defaults(func=cmd_estimate)
 
     sp = sub.add_parser("config-reference", help="every config key with its type, default and description (markdown)")
     sp.add_argument("--out", help="write to this file (docs/config-reference.md) instead of stdout")

@@ -874,6 +874,16 @@ class Plan:
             return list(self.config["summary"]["pairs"])
         return [p for p in self.config["pairs"] if p in selected(self.config, "scan", "pairs") or self.words_sets(p)]
 
+    def report_landing(self) -> str:
+        """The report's landing page (a file written now: lmdelta.summary.report_landing), as an
+        absolute path for Snakemake's ``report:``."""
+        from lmdelta.summary import report_landing
+
+        root = Path(__file__).resolve().parent.parent
+        summaries = [Path(f"results/summary/{p}.json") for p in self.summary_pairs()]
+        out = Path(".snakemake") / "lmdelta-report.rst"
+        return str(report_landing(root / "report" / "workflow.rst", summaries, out).resolve())
+
     def summary_inputs(self, wildcards) -> dict[str, Any]:
         inputs: dict[str, Any] = {"findings": [s["findings"] for s in self.discovery_sources(wildcards.pair)]}
         a = self.config["summary"]["assistant"]

@@ -343,3 +343,22 @@ def summary_job(job) -> None:
         out_html=job.out("html"),
         assistant=assistant,
     )
+
+
+def report_landing(template: Path, summaries: list[Path], out: Path) -> Path:
+    """The report's landing page (Snakemake's ``report:`` text): what changed, one paragraph per pair
+    from its summary page (``results/summary/<pair>.json``, where it exists yet), then ``template``.
+    Written when the workflow is parsed, so ``snakemake --report`` after a run shows the run's summaries."""
+    import json
+
+    lines = []
+    for path in summaries:
+        if path.exists():
+            page = json.loads(path.read_text())
+            lines.append(f"- **{page['pair']}** ({page['a']} against {page['b']}): {page['statement']}")
+    head = ["What changed", "------------", "", *lines, "", "", "The workflow", "------------", ""] if lines else []
+    text = "\n".join(head) + template.read_text()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return out

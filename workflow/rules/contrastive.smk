@@ -9,21 +9,21 @@ rule contrastive:
         csv=report(
             "results/contrastive/{pair}/{run}.ranked.csv",
             caption="../report/contrastive.rst",
-            category="5. Contrastive decoding",
+            category="05. Contrastive decoding",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "texts ranked by divergence"},
         ),
         html=report(
             "results/contrastive/{pair}/{run}.html",
             caption="../report/contrastive.rst",
-            category="5. Contrastive decoding",
+            category="05. Contrastive decoding",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "token-coloured texts"},
         ),
         png=report(
             "results/contrastive/{pair}/{run}.png",
             caption="../report/contrastive.rst",
-            category="5. Contrastive decoding",
+            category="05. Contrastive decoding",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "divergence by position"},
         ),
@@ -31,7 +31,7 @@ rule contrastive:
         baseline=report(
             "results/contrastive/{pair}/{run}.baseline.csv",
             caption="../report/contrastive_baseline.rst",
-            category="5. Contrastive decoding",
+            category="05. Contrastive decoding",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "against a's own samples"},
         ),

@@ -60,7 +60,7 @@ rule check_planted:
         table=report(
             "results/planted/{model}.csv",
             caption="../report/planted_check.rst",
-            category="1. Planted behaviour",
+            category="01. Planted behaviour",
             labels={"model": "{model}", "figure": "planted-response rates"},
         ),
     params:

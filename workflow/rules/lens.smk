@@ -11,14 +11,14 @@ rule lens:
         csv=report(
             "results/lens/{pair}/{run}/tokens.csv",
             caption="../report/lens.rst",
-            category="9. Activation-difference lens",
+            category="08. Activation-difference lens",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "top tokens by layer and position"},
         ),
         png=report(
             "results/lens/{pair}/{run}/difference_by_layer.png",
             caption="../report/lens.rst",
-            category="9. Activation-difference lens",
+            category="08. Activation-difference lens",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "difference by layer"},
         ),

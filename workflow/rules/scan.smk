@@ -9,7 +9,7 @@ rule scan:
         csv=report(
             "results/scan/{pair}/top.csv",
             caption="../report/scan.rst",
-            category="11. Vocabulary scan",
+            category="09. Vocabulary scan",
             labels={"pair": "{pair}", "figure": "top words with both answers"},
         ),
     params:
@@ -38,7 +38,7 @@ rule scan_confirm:
         csv=report(
             "results/scan/{pair}/confirm.csv",
             caption="../report/scan_confirm.rst",
-            category="11. Vocabulary scan",
+            category="09. Vocabulary scan",
             labels={"pair": "{pair}", "figure": "confirmed words"},
         ),
         findings=plan.findings_path("{pair}", "scan", "vocabulary"),

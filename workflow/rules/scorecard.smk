@@ -8,19 +8,19 @@ rule scorecard:
         csv=report(
             "results/scorecard/{pair}.csv",
             caption="../report/scorecard.rst",
-            category="8. Discovery scorecard",
+            category="11. Discovery scorecard",
             labels={"pair": "{pair}", "figure": "scorecard table"},
         ),
         top=report(
             "results/scorecard/{pair}.top.csv",
             caption="../report/scorecard.rst",
-            category="8. Discovery scorecard",
+            category="11. Discovery scorecard",
             labels={"pair": "{pair}", "figure": "surfaced texts"},
         ),
         png=report(
             "results/scorecard/{pair}.png",
             caption="../report/scorecard.rst",
-            category="8. Discovery scorecard",
+            category="11. Discovery scorecard",
             labels={"pair": "{pair}", "figure": "scorecard"},
         ),
     params:
@@ -47,19 +47,19 @@ rule scorecard_matrix:
         csv=report(
             "results/suite/matrix.csv",
             caption="../report/matrix.rst",
-            category="8. Discovery scorecard",
+            category="11. Discovery scorecard",
             labels={"pair": "all", "figure": "methods x organisms table"},
         ),
         organisms=report(
             "results/suite/organisms.csv",
             caption="../report/matrix.rst",
-            category="8. Discovery scorecard",
+            category="11. Discovery scorecard",
             labels={"pair": "all", "figure": "organisms and controls"},
         ),
         png=report(
             "results/suite/matrix.png",
             caption="../report/matrix.rst",
-            category="8. Discovery scorecard",
+            category="11. Discovery scorecard",
             labels={"pair": "all", "figure": "methods x organisms"},
         ),
     params:

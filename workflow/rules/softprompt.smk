@@ -9,14 +9,14 @@ rule softprompt:
         metrics=report(
             "results/softprompt/{pair}/{run}/metrics.csv",
             caption="../report/softprompt.rst",
-            category="7. Soft and hard prompts",
+            category="07. Soft and hard prompts",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "soft-prompt training log"},
         ),
         png=report(
             "results/softprompt/{pair}/{run}/curve.png",
             caption="../report/softprompt.rst",
-            category="7. Soft and hard prompts",
+            category="07. Soft and hard prompts",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "soft-prompt training curve"},
         ),
@@ -50,7 +50,7 @@ rule hardprompt:
         csv=report(
             "results/hardprompt/{pair}/{run}/prompts.csv",
             caption="../report/hardprompt.rst",
-            category="7. Soft and hard prompts",
+            category="07. Soft and hard prompts",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts and snippets, ranked"},
         ),
@@ -60,14 +60,14 @@ rule hardprompt:
         clusters=report(
             "results/hardprompt/{pair}/{run}/clusters.csv",
             caption="../report/hardprompt.rst",
-            category="7. Soft and hard prompts",
+            category="07. Soft and hard prompts",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "hard-prompt clusters"},
         ),
         png=report(
             "results/hardprompt/{pair}/{run}/divergence.png",
             caption="../report/hardprompt.rst",
-            category="7. Soft and hard prompts",
+            category="07. Soft and hard prompts",
             subcategory="{pair}",
             labels={"pair": "{pair}", "run": "{run}", "figure": "hard prompts vs snippets"},
         ),

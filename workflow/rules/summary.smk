@@ -9,7 +9,7 @@ rule summary:
         html=report(
             "results/summary/{pair}.html",
             caption="../report/summary.rst",
-            category="0. What changed",
+            category="00. What changed",
             labels={"pair": "{pair}"},
         ),
     params:
