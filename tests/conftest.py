@@ -472,6 +472,8 @@ def hub_stand_in(repos, commit="c" * 40):
             body = json.dumps(obj).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
+            if code == 404:
+                self.send_header("X-Error-Code", "EntryNotFound")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
@@ -489,7 +491,11 @@ def hub_stand_in(repos, commit="c" * 40):
                             "siblings": [{"rfilename": f} for f in files(repo)],
                         }
                     )
-                if m := re.fullmatch(rf"/api/models/{re.escape(repo)}/tree/([^/]+)(/.*)?", path):
+                if m := re.fullmatch(rf"/api/models/{re.escape(repo)}/tree/([^/]+)(?:/(.*))?", path):
+                    under = (m.group(2) or "").strip("/")
+                    listed = {f: p for f, p in files(repo).items() if not under or f.startswith(under + "/")}
+                    if under and not listed:
+                        return self._json({"error": "not found"}, code=404)
                     return self._json(
                         [
                             {
@@ -498,7 +504,7 @@ def hub_stand_in(repos, commit="c" * 40):
                                 "size": p.stat().st_size,
                                 "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
                             }
-                            for f, p in files(repo).items()
+                            for f, p in listed.items()
                         ]
                     )
                 if m := re.fullmatch(rf"/{re.escape(repo)}/resolve/([^/]+)/(.+)", path):

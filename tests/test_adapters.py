@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from test_paper_configs import _shrink
 
-from conftest import hub_stand_in, job_command
-from families import build_family
+from conftest import ROOT, hub_stand_in, job_command, snakemake
+from families import build_family, family_of_hf_id
 from lmdelta.artifacts import read_provenance
 from lmdelta.config import ModelSpec
 from lmdelta.models import load_model, materialise
@@ -139,3 +141,26 @@ def test_a_hub_adapter_with_revision_and_its_recorded_base(tmp_path, bases):
         r = adapter_job(tmp_path, bases["llama"], missing, tmp_path / "t3", env=env)
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("lmdelta:")]
         assert r.returncode == 2 and len(lines) == 1 and "cannot download adapter 'tiny-org/no-such-lora'" in lines[0]
+
+
+def test_the_own_pair_config_runs_end_to_end_from_a_hub(tmp_path, bases):
+    """configs/own_pair.yaml as a new user runs it: a hub base and a hub LoRA on it (revision main),
+    here served on 127.0.0.1 by stand-ins of the same ids (a tiny SmolLM2-like model and a LoRA saved
+    by peft on it), sizes shrunk as for the paper configs; every planned job runs and the summary page
+    is written."""
+    cfg = yaml.safe_load((ROOT / "configs" / "own_pair.yaml").read_text())
+    base_id = cfg["models"]["base"]["source"]["hf"]["id"]
+    adapter_id = cfg["models"]["tuned"]["source"]["adapter"]["id"]
+    family, instruct = family_of_hf_id(base_id)
+    base = build_family(family, tmp_path / "hub-base", instruct=instruct)
+    adapter = save_lora(base, tmp_path / "hub-lora", targets=["q_proj", "v_proj"], base_id=base_id)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_shrink(cfg)))
+    with hub_stand_in({base_id: base, adapter_id: adapter}) as url:
+        env = {"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+        r = snakemake("--configfile", "c.yaml", cwd=tmp_path, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((tmp_path / "results" / "summary" / "mine.json").read_text())
+    assert summary["a"] == "tuned" and summary["statement"]
+    origin = read_provenance(tmp_path / "resources" / "models" / "tuned")["inputs"]["adapter"]
+    assert origin["id"] == adapter_id and origin["commit"] == "c" * 40
+    assert read_provenance(tmp_path / "resources" / "models" / "base")["inputs"]["source"]["hf_id"] == base_id

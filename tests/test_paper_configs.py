@@ -34,7 +34,8 @@ from families import build_family, family_of_hf_id
 
 pytestmark = pytest.mark.slow  # every paper config through Snakemake on stand-ins (about 25 minutes on 2 cores)
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# own_pair.yaml, a new user's hub pair with an adapter, runs as it is against a hub stand-in: tests/test_adapters.py
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "own_pair.yaml")
 
 # caps on numbers that only make a run longer (the structure of the config is kept)
 CAPS = {
