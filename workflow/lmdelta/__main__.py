@@ -59,6 +59,12 @@ def cmd_check_config(a: argparse.Namespace) -> None:
 
     cfg = load_config_file(a.config)
     print(f"{a.config}: valid ({len(cfg['models'])} models, {len(cfg['corpora'])} corpora)")
+    if not a.no_estimate:
+        import os
+
+        from lmdelta.estimate import estimate, total_line
+
+        print(total_line(estimate(a.config, [], threads=os.cpu_count())), "(per job: python -m lmdelta estimate)")
 
 
 def cmd_estimate(a: argparse.Namespace) -> None:
@@ -67,7 +73,7 @@ def cmd_estimate(a: argparse.Namespace) -> None:
     from lmdelta.estimate import estimate, format_estimate
 
     rows = estimate(a.configfile, a.targets + (["--forceall"] if a.forceall else []), threads=a.cores or os.cpu_count())
-    print(format_estimate(rows, a.cores or os.cpu_count()))
+    print(format_estimate(rows))
 
 
 def cmd_config_reference(a: argparse.Namespace) -> None:
@@ -99,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-verify", action="store_true", help="skip checking the record's sha256 against the artifact")
     sp.set_defaults(func=cmd_provenance)
 
-    sp = sub.add_parser("check-config", help="validate a config file")
+    sp = sub.add_parser("check-config", help="validate a config file and estimate its run's cost here")
     sp.add_argument("config")
+    sp.add_argument("--no-estimate", action="store_true", help="validate only (no dry run, no probe)")
     sp.set_defaults(func=cmd_check_config)
 
     sp = sub.add_parser(

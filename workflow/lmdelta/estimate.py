@@ -51,6 +51,7 @@ LOAD_MB_PER_S = 400.0  # safetensors read and placed, CPU
 MATERIALISE_MB_PER_S = 60.0  # a GGUF dequantised or a hub folder converted, and written as safetensors
 CHARS_PER_TOKEN = 4.0  # English text and code with a 32k-260k vocabulary
 PROBE_FILE = Path(".snakemake") / "lmdelta-probes.json"
+SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 
 
 @dataclass
@@ -108,6 +109,8 @@ class Rates:
 def planned_jobs(snakemake_args: list[str], cwd: Path | None = None) -> list[dict[str, Any]]:
     """The jobs a dry run of ``snakemake <args>`` plans: rule and wildcards of each."""
     cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--nolock", *snakemake_args]
+    if "-s" not in snakemake_args and not (Path(cwd or ".") / "Snakefile").exists():
+        cmd[1:1] = ["-s", str(SNAKEFILE)]  # run from another folder: this checkout's workflow
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if r.returncode != 0:
         lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
@@ -499,35 +502,36 @@ def estimate(config_path: str, snakemake_args: list[str], *, threads: int = 2) -
     return rows
 
 
-def format_estimate(rows: list[dict[str, Any]], cores: int) -> str:
-    """A table per job and the total: the sum of job times, and the wall time on ``cores`` cores when
-    jobs run one at a time (each model job takes every core here: lmdelta sets threads per job)."""
+def _duration(s: float) -> str:
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min" if s >= 3600 else f"{s / 60:.0f} min"
 
-    def hms(s: float) -> str:
-        return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min" if s >= 3600 else f"{s / 60:.1f} min"
 
-    lines = [f"{'rule':26s} {'job':38s} {'forward':>10s} {'generated':>10s} {'train':>10s} {'estimate':>10s}"]
-    known = [r["seconds"] for r in rows if r["seconds"] is not None]
+def format_estimate(rows: list[dict[str, Any]]) -> str:
+    """A line per job (rule, wildcards, tokens, seconds) and the total (``total_line``)."""
+    lines = [f"{'rule':26s} {'job':40s} {'forward':>10s} {'generated':>10s} {'train':>10s} {'estimate':>9s}"]
     for r in rows:
         t = "unknown" if r["seconds"] is None else f"{r['seconds']:.0f} s"
         lines.append(
-            f"{r['rule']:26s} {r['job'][:38]:38s} {r['forward_tokens']:>10,} {r['generated_tokens']:>10,} "
-            f"{r['train_tokens']:>10,} {t:>10s}"
+            f"{r['rule']:26s} {r['job'][:40]:40s} {r['forward_tokens']:>10,} {r['generated_tokens']:>10,} "
+            f"{r['train_tokens']:>10,} {t:>9s}"
         )
-    unknown = len(rows) - len(known)
-    lines.append(total_line(rows) + (f" ({unknown} jobs of models not yet downloaded not counted)" if unknown else ""))
-    return "\n".join(lines)
+    return "\n".join([*lines, total_line(rows)])
 
 
 def total_line(rows: list[dict[str, Any]]) -> str:
+    """One line: jobs, the sum of their estimated times (jobs one at a time), the costliest rules, and
+    how many jobs have no estimate (a model not downloaded yet)."""
+    if not rows:
+        return "estimate: nothing to run (every requested file is up to date)"
     known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
     by_rule: dict[str, float] = {}
     for r in rows:
         if r["seconds"] is not None:
             by_rule[r["rule"]] = by_rule.get(r["rule"], 0.0) + r["seconds"]
     top = sorted(by_rule.items(), key=lambda kv: -kv[1])[:3]
-    t = f"{int(known // 3600)} h {int(known % 3600 // 60):02d} min" if known >= 3600 else f"{known / 60:.0f} min"
+    unknown = sum(r["seconds"] is None for r in rows)
     return (
-        f"estimate: {len(rows)} jobs, about {t} of work on this machine (one job at a time); "
-        f"most in {', '.join(f'{k} ({v / 60:.0f} min)' for k, v in top)}"
+        f"estimate: {len(rows)} jobs, about {_duration(known)} on this machine, one job at a time"
+        + (f"; most in {', '.join(f'{k} ({_duration(v)})' for k, v in top)}" if top else "")
+        + (f"; {unknown} jobs not counted (their models' sizes are known once downloaded)" if unknown else "")
     )
