@@ -248,5 +248,16 @@ def run(job: Job, *, keep_job_file: bool = True, under_snakemake: bool = False) 
         log.error("%s", e, extra={"user_error": True})
         print(f"lmdelta: error: {e}", file=sys.stderr)
         return 2
-    log.info("%s: peak memory %.0f MB (max RSS)", job.stage, peak_rss_mb())
+    log.info(
+        "%s: peak memory %.0f MB (max RSS), %.1f s since the process started", job.stage, peak_rss_mb(), process_s()
+    )
     return 0
+
+
+def process_s() -> float:
+    """Seconds since this process started (imports included: what a job costs; bench/estimate_check.py)."""
+    import time
+
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
