@@ -207,7 +207,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise LmdeltaError(f"config: promptsets.{name}.file: {ps['file']!r} does not exist; fix the path")
         if "from_corpus" in ps and ps["from_corpus"]["corpus"] not in config["corpora"]:
             raise LmdeltaError(
-                f"config: promptsets.{name}.from_corpus.corpus: {ps['from_corpus']['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}"
+                f"config: promptsets.{name}.from_corpus.corpus: {ps['from_corpus']['corpus']!r} is not defined under corpora:{did_you_mean(ps['from_corpus']['corpus'], config['corpora'])}; use one of {', '.join(config['corpora'])}"
             )
     _check_selection(config, "completions", pools=(("models", "models"), ("promptsets", "promptsets")))
     _check_selection(
@@ -219,7 +219,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
         for side in ("a", "b"):
             if pair[side] not in config["models"]:
                 raise LmdeltaError(
-                    f"config: pairs.{name}.{side}: {pair[side]!r} is not defined under models:; use one of {', '.join(config['models'])}"
+                    f"config: pairs.{name}.{side}: {pair[side]!r} is not defined under models:{did_you_mean(pair[side], config['models'])}; use one of {', '.join(config['models'])}"
                 )
         src = pair.get("soft_prompts_from")
         if src is not None and (
@@ -234,11 +234,11 @@ def _check_semantics(config: dict[str, Any]) -> None:
         src = run["prompts"]
         if "promptset" in src and src["promptset"] not in config["promptsets"]:
             raise LmdeltaError(
-                f"config: contrastive.runs.{name}.prompts.promptset: {src['promptset']!r} is not defined under promptsets:"
+                f"config: contrastive.runs.{name}.prompts.promptset: {src['promptset']!r} is not defined under promptsets:{did_you_mean(src['promptset'], config['promptsets'])}"
             )
         if "corpus" in src and src["corpus"]["name"] not in config["corpora"]:
             raise LmdeltaError(
-                f"config: contrastive.runs.{name}.prompts.corpus.name: {src['corpus']['name']!r} is not defined under corpora:"
+                f"config: contrastive.runs.{name}.prompts.corpus.name: {src['corpus']['name']!r} is not defined under corpora:{did_you_mean(src['corpus']['name'], config['corpora'])}"
             )
         if run["space"] == "prob" and min(run["weights"]) < 0:
             raise LmdeltaError(
@@ -251,13 +251,13 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for where, a in assistants:
         if "model" in a and a["model"] not in config["models"]:
             raise LmdeltaError(
-                f"{where}.assistant.model: {a['model']!r} is not defined under models:; use one of {', '.join(config['models'])}"
+                f"{where}.assistant.model: {a['model']!r} is not defined under models:{did_you_mean(a['model'], config['models'])}; use one of {', '.join(config['models'])}"
             )
     for name, run in config["search"]["runs"].items():
         where = f"config: search.runs.{name}"
         if run["seeds"] not in config["promptsets"]:
             raise LmdeltaError(
-                f"{where}.seeds: {run['seeds']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'}"
+                f"{where}.seeds: {run['seeds']!r} is not defined under promptsets:{did_you_mean(run['seeds'], config['promptsets'])}; use one of {', '.join(config['promptsets']) or '(none: add one)'}"
             )
         if run["reply_prefix"] and "http" in run["assistant"]:
             raise LmdeltaError(
@@ -272,11 +272,11 @@ def _check_semantics(config: dict[str, Any]) -> None:
         where = f"config: lens.runs.{name}"
         if run["corpus"] not in config["corpora"]:
             raise LmdeltaError(
-                f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}"
+                f"{where}.corpus: {run['corpus']!r} is not defined under corpora:{did_you_mean(run['corpus'], config['corpora'])}; use one of {', '.join(config['corpora'])}"
             )
         if run["prompts"] is not None and run["prompts"] not in config["promptsets"]:
             raise LmdeltaError(
-                f"{where}.prompts: {run['prompts']!r} is not defined under promptsets:; use one of {', '.join(config['promptsets']) or '(none: add one)'} or null"
+                f"{where}.prompts: {run['prompts']!r} is not defined under promptsets:{did_you_mean(run['prompts'], config['promptsets'])}; use one of {', '.join(config['promptsets']) or '(none: add one)'} or null"
             )
     _check_selection(config, "softprompt", pools=(("pairs", "pairs"),))
     for name, run in config["softprompt"]["runs"].items():
@@ -287,7 +287,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             )
         if run["corpus"] not in config["corpora"]:
             raise LmdeltaError(
-                f"{where}.corpus: {run['corpus']!r} is not defined under corpora:; use one of {', '.join(config['corpora'])}"
+                f"{where}.corpus: {run['corpus']!r} is not defined under corpora:{did_you_mean(run['corpus'], config['corpora'])}; use one of {', '.join(config['corpora'])}"
             )
         if run["init"] == "text" and not run["init_text"]:
             raise LmdeltaError(f"{where}.init_text: init: text needs init_text; give a text or use init: vocab")
@@ -370,7 +370,7 @@ def _check_derive(config: dict[str, Any]) -> None:
             key, parent = link
             if parent not in models:
                 raise LmdeltaError(
-                    f"config: models.{seen[-1]}.source.{key}: {parent!r} is not defined under models:; use one of {', '.join(models)}"
+                    f"config: models.{seen[-1]}.source.{key}: {parent!r} is not defined under models:{did_you_mean(parent, config['models'])}; use one of {', '.join(models)}"
                 )
             if parent in seen:
                 raise LmdeltaError(
