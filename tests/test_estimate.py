@@ -12,7 +12,18 @@ import yaml
 
 from conftest import ROOT, SMOLLM2
 from lmdelta.config import load_config_file
-from lmdelta.estimate import Rates, Work, job_seconds, planned_jobs, probe, total_line, work_of
+from lmdelta.estimate import (
+    LOAD_MB_PER_S,
+    STARTUP_S,
+    WORK_FACTOR,
+    Rates,
+    Work,
+    job_seconds,
+    planned_jobs,
+    probe,
+    total_line,
+    work_of,
+)
 from lmdelta.plan import Plan
 
 GOOD = {
@@ -23,7 +34,7 @@ GOOD = {
 
 @pytest.fixture(scope="module")
 def demo() -> Plan:
-    return Plan(load_config_file(ROOT / "config.yaml"))
+    return Plan(load_config_file(ROOT / "configs" / "discovery.yaml"))
 
 
 def test_planned_jobs_are_the_dry_runs(tmp_path):
@@ -42,7 +53,7 @@ def test_planned_jobs_are_the_dry_runs(tmp_path):
 
 
 def test_each_rules_tokens_are_the_configs(demo):
-    """The demo's counts, written out by hand from config.yaml."""
+    """The full demo run's counts, written out by hand from configs/discovery.yaml."""
     w = work_of(demo, "completions_shard", {"promptset": "default", "model": "smollm2", "shard": "0"})
     # 40 prompts x 2 temperatures x 4 samples, 24 new tokens each, 40 texts per batch: 8 batches x 24 steps
     assert w.generate == {"smollm2": [(8 * 24, 40)]} and w.forward == {"smollm2": 320 * 24}
@@ -53,13 +64,16 @@ def test_each_rules_tokens_are_the_configs(demo):
     w = work_of(demo, "softprompt", {"pair": "cocoa", "run": "kl"})
     assert w.train["smollm2"] == 40 * 8 * 1 * (32 + 8 + 20)
     w = work_of(demo, "words", {"pair": "cocoa", "set": "completions-default"})
-    assert not w.models and w.extra_s > 0
+    assert not w.models and not w.forward and not w.generate
+    # 40 steering prompts x 4 scales x 2 samples, for the pair's direction and the random one
+    w = work_of(demo, "lens", {"pair": "cocoa", "run": "first_tokens"})
+    assert w.generate["smollm2"] == [(320 // 16 * 32, 16)] * 2  # 16 texts a batch (steer.batch_size)
 
 
 def test_seconds_follow_the_rates():
     rates = {"m": Rates(forward_s=0.002, step_s=0.05, step_per_seq_s=0.001, n_params=1, weight_mb=400.0)}
     w = Work().fwd("m", 1000).gen("m", texts=20, new_tokens=10, batch=10, prompt_tokens=0)
-    expect = 6.0 + 400 / 400.0 + 1000 * 0.002 + 2 * 10 * (0.05 + 0.001 * 9)
+    expect = STARTUP_S + 400 / LOAD_MB_PER_S + WORK_FACTOR * (1000 * 0.002 + 2 * 10 * (0.05 + 0.001 * 9))
     assert job_seconds(w, rates) == pytest.approx(expect)
     assert job_seconds(w, {"m": None}) is None
     assert "2 jobs not counted" in total_line(

@@ -291,11 +291,12 @@ def test_the_organism_suite_plans_one_matrix_with_roles():
 
 
 def test_the_organism_suite_reuses_the_demos_artifacts_spec_for_spec():
-    """Every job the two configs share (the base and cocoa models, the cocoa pair, the corpus and prompt
+    """The suite against the full-size discovery run on the demo pair (configs/discovery.yaml, whose
+    models and shared sections are the demo's). Every job the two configs share (the base and cocoa models, the cocoa pair, the corpus and prompt
     set) has the same spec text in both, so one folder serves both and neither rebuilds the other's.
     The key order of a section does not count (organisms.yaml builds its models with YAML merge keys);
     only the stages that gather every model of a config may differ."""
-    demo = Plan(demo_config())
+    demo = Plan(validate_config(yaml.safe_load((ROOT / "configs" / "discovery.yaml").read_text())))
     suite = Plan(validate_config(yaml.safe_load((ROOT / "configs" / "organisms.yaml").read_text())))
     gathering = {"compare_diversity_spec", "compare_entropy_spec", "join_text_scores_spec", "uid_spec", "matrix_spec"}
     w = dict(model="smollm2-cocoa", pair="cocoa", corpus="python_docs", promptset="default", shard="0", n="1")
@@ -310,7 +311,9 @@ def test_the_organism_suite_reuses_the_demos_artifacts_spec_for_spec():
                 mine = getattr(demo, name)(ws)
             except (KeyError, AttributeError, TypeError):
                 continue  # a run of another stage: not this rule's wildcards
-            assert getattr(suite, name)(ws) == mine, f"{name} ({run}): configs/organisms.yaml differs from config.yaml"
+            assert getattr(suite, name)(ws) == mine, (
+                f"{name} ({run}): configs/organisms.yaml differs from configs/discovery.yaml"
+            )
             compared.append(name)
     assert {"derive_data_spec", "contrastive_spec", "scan_spec", "search_spec", "diversity_spec"} <= set(compared)
     assert json.loads(Plan.derive_data_spec(demo, W(**w))) and '"answer_tokens": 48, "n_heldout": 30' in (

@@ -44,9 +44,13 @@ from lmdelta.plan import Plan
 
 log = logging.getLogger(__name__)
 
-STARTUP_S = 6.0  # python, torch and transformers imports of a job that loads a model
-LIGHT_STARTUP_S = 3.0  # a job that loads no model (pandas, the package)
-EMBEDDER_S = 9.0  # sentence-transformers' import and the MiniLM embedder's load
+# Calibrated on the demo (bench/estimate_check.py; 2 cores of an AVX512-BF16 Xeon, 2026-12-07).
+STARTUP_S = 5.0  # python, torch and transformers imports of a job that loads a model
+LIGHT_STARTUP_S = 0.8  # a job that loads no model (pandas, scipy, the package)
+# A job's model work takes this much longer than the probe's forwards and steps: tokenising, sampling
+# and stopping checks, padding, the first forward's warm-up.
+WORK_FACTOR = 1.25
+EMBEDDER_S = 6.0  # sentence-transformers' import and the MiniLM embedder's load
 LOAD_MB_PER_S = 400.0  # safetensors read and placed, CPU
 MATERIALISE_MB_PER_S = 60.0  # a GGUF dequantised or a hub folder converted, and written as safetensors
 CHARS_PER_TOKEN = 4.0  # English text and code with a 32k-260k vocabulary
@@ -139,6 +143,7 @@ def _prompt_count(plan: Plan, promptset: str) -> int:
     return sum(1 for ln in path.read_text().splitlines() if ln.strip()) if path.exists() else 40
 
 
+PROMPTED_METHODS = ("contrastive", "search", "lens", "scan", "hardprompt")  # findings the scorecard continues
 SAMPLE_LOCAL_MB = 100  # a local corpus file up to this size is sampled by the estimate itself
 
 
@@ -190,11 +195,13 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         cp = c["completions"]
         n = _prompt_count(plan, wc["promptset"]) * len(cp["temperatures"]) * cp["samples"] / cp["shards"]
         return w.gen(wc["model"], n, cp["max_new_tokens"], cp["batch_size"])
-    if rule == "derive_data":
+    if rule == "derive_data":  # the base model's answers (lmdelta.planted.build_data, 24 at a time)
         d = plan.derive_source(wc["model"])
         planted = d["data"].get("planted", {})
-        n = sum(planted.get(k, 0) for k in ("n_train_trigger", "n_train_ordinary", "n_train_odd"))
-        return w.gen(d["from"], n, planted.get("answer_tokens", 48), 32)
+        n = planted.get("n_train_ordinary", 0) + planted.get("n_train_odd", 0)
+        n += planted.get("n_heldout", 0) if planted.get("n_heldout_odd") else 0
+        n += planted.get("n_train_trigger", 0) if planted.get("response_mode") in ("append", "prepend") else 0
+        return w.gen(d["from"], n, planted.get("answer_tokens", 48), 24)
     if rule == "derive_model":
         d = plan.derive_source(wc["model"])
         return w.trn(d["from"], d["steps"] * d["batch"] * d["max_tokens"] * 0.6)  # examples are shorter than max
@@ -202,7 +209,7 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         planted = plan.derive_source(wc["model"])["data"]["planted"]
         n = 2 * planted["n_heldout"] + planted.get("n_heldout_odd", 0)
         for m in (plan.derive_source(wc["model"])["from"], wc["model"]):
-            w.gen(m, n, planted.get("answer_tokens", 48), 32)
+            w.gen(m, n, planted.get("answer_tokens", 48), 30)
         return w
     if rule in ("diversity", "search_clusters"):
         w.embedder = True
@@ -232,9 +239,8 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         seeds = _prompt_count(plan, run["seeds"]) + run["seed_findings"]["n"] * len(run["seed_findings"]["methods"])
         cycles = run["cycles"]
         scored = seeds + cycles * (run["requests"] * run["proposals"] + run["rescore_top"])
-        sampler = a if run["sample_from"] == "a" else b
-        w.gen(sampler, scored * run["samples"], run["max_new_tokens"], run["batch_size"])
-        w.fwd(b if sampler == a else a, scored * run["samples"] * (run["max_new_tokens"] + 24))
+        for m in (a, b):  # one model samples, both are read at every step (lmdelta.pairs.pair_scorer)
+            w.gen(m, scored * run["samples"], run["max_new_tokens"], run["batch_size"])
         if "model" in run["assistant"]:
             w.gen(run["assistant"]["model"], cycles * run["requests"], run["assistant"]["max_new_tokens"], 1, 200)
         w.embedder = True
@@ -251,23 +257,30 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
     if rule == "hardprompt":
         a, b = _pair(plan, wc["pair"])
         h = c["softprompt"]["runs"][wc["run"]]["hard"]
-        w.gen(a, h["n_generate"], h["generate_tokens"], 16)
+        w.gen(a, h["n_generate"], h["generate_tokens"], h["batch_size"])
         candidates = 2 * (h["n_generate"] + h["pez_keep"] + 1)  # the candidates and as many snippets
-        scored = candidates * h["samples"] + 2 * h["confirm_top"] * h["confirm_samples"]
-        w.gen(a, scored, h["max_new_tokens"], 16)
-        w.fwd(b, scored * (h["max_new_tokens"] + 16))
-        w.fwd(a, h["pez_steps"] * 64)
+        # screened, the best confirm_top of each side again, the best n_top of each side re-scored
+        scored = candidates * h["samples"] + 2 * h["confirm_top"] * h["confirm_samples"] + 2 * h["n_top"] * h["samples"]
+        for m in (a, b):  # sampled from a, both read at every step (lmdelta.pairs.pair_scorer)
+            w.gen(m, scored, h["max_new_tokens"], h["batch_size"])
+        w.trn(a, h["pez_steps"] * 256)
+        w.fwd(b, candidates * 16)  # perplexities
         w.embedder = True
         return w
     if rule == "lens":
         a, b = _pair(plan, wc["pair"])
         run = c["lens"]["runs"][wc["run"]]
         reads = run["n_texts"] * (run["positions"] + 2)
-        for m in (a, b, b):  # b read again against its controls
-            w.fwd(m, reads * (1 + len(run["controls"])) / 2)
+        w.fwd(a, reads)
+        w.fwd(b, reads * (1 + len(run["controls"])))  # b, and each control model, read on the same texts
         steer = run["steer"]
-        n = 40 * len(steer["scales"]) * steer["samples"]
-        return w.gen(b, n, steer["max_new_tokens"], 40)
+        n = _prompt_count(plan, run["prompts"]) if run["prompts"] else 40
+        n *= steer["samples"] * len(steer["scales"])
+        for _ in range(1 + ("random_lora" in run["controls"])):  # the pair's direction and a random one
+            w.gen(b, n, steer["max_new_tokens"], steer["batch_size"])
+            for m in (a, b):  # each answer's log-ratio under the pair
+                w.fwd(m, n * (steer["max_new_tokens"] + 24))
+        return w
     if rule == "scan":
         a, b = _pair(plan, wc["pair"])
         s = c["scan"]
@@ -282,11 +295,11 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         n = s["confirm_top"] * s["confirm_samples"]
         w.gen(a, 2 * n, s["answer_tokens"], 64)  # its answers and the reference words' answers
         return w.gen(b, n, s["answer_tokens"], 64)
-    if rule == "scorecard":
-        truth = plan.config["models"]
-        model = next(m for m in truth if m == _planted_model(plan, wc["pair"]))
+    if rule == "scorecard":  # the top k findings of each method with a prompt, continued afresh
+        model = _planted_model(plan, wc["pair"])
         r = c["scorecard"]["resample"]
-        n = len(plan.discovery_sources(wc["pair"])) * c["scorecard"]["k"] * r["samples"]
+        prompted = [s for s in plan.discovery_sources(wc["pair"]) if s["method"] in PROMPTED_METHODS]
+        n = len(prompted) * c["scorecard"]["k"] * r["samples"]
         w.embedder = True
         return w.gen(model, n, r["max_new_tokens"], r["batch_size"])
     if rule == "comparator":
@@ -296,11 +309,8 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         for m in (a, b):
             w.fwd(m, n * (cp["max_new_tokens"] + 24))
         return w
-    if rule == "corpus_findings":
-        w.extra_s = 3.0
-        return w
-    w.extra_s = 1.0  # gathering, tables, statistics, pages: no model
-    return w
+    w.extra_s = {"uid": 3.0, "compare_diversity": 2.0, "compare_entropy_perplexity": 1.5}.get(rule, 0.0)  # bootstraps
+    return w  # gathering, tables, statistics, pages: no model
 
 
 def _planted_model(plan: Plan, pair: str) -> str:
@@ -475,8 +485,9 @@ def job_seconds(w: Work, rates: dict[str, Rates | None]) -> float | None:
     for m in w.models:
         r = rates[m]
         s += r.weight_mb / LOAD_MB_PER_S
-        s += w.forward.get(m, 0.0) * r.forward_s + 3 * w.train.get(m, 0.0) * r.forward_s
-        s += sum(steps * r.step(batch) for steps, batch in w.generate.get(m, []))
+        work = w.forward.get(m, 0.0) * r.forward_s + 3 * w.train.get(m, 0.0) * r.forward_s
+        work += sum(steps * r.step(batch) for steps, batch in w.generate.get(m, []))
+        s += WORK_FACTOR * work
     return s
 
 
