@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 
 # Calibrated on the demo (bench/estimate_check.py; 2 cores of an AVX512-BF16 Xeon, 2026-12-07).
 STARTUP_S = 5.0  # python, torch and transformers imports of a job that loads a model
-LIGHT_STARTUP_S = 0.8  # a job that loads no model (pandas, scipy, the package)
+LIGHT_STARTUP_S = 1.5  # a job that loads no model (pandas, scipy, the package)
 # A job's model work takes this much longer than the probe's forwards and steps: tokenising, sampling
 # and stopping checks, padding, the first forward's warm-up.
-WORK_FACTOR = 1.25
+WORK_FACTOR = 1.1
 EMBEDDER_S = 6.0  # sentence-transformers' import and the MiniLM embedder's load
 LOAD_MB_PER_S = 400.0  # safetensors read and placed, CPU
 MATERIALISE_MB_PER_S = 60.0  # a GGUF dequantised or a hub folder converted, and written as safetensors
