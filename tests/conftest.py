@@ -161,8 +161,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(www: Path):
     """Serve the folder ``www`` on 127.0.0.1 while the block runs; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    with running(
+        http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(www)))
+    ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running(server: http.server.ThreadingHTTPServer):
+    """Serve on a thread while the block runs; yields the server's base URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -531,10 +538,5 @@ def hub_stand_in(repos, commit="c" * 40):
 
         do_GET = do_HEAD = _route
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with running(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)) as url:
+        yield url

@@ -690,7 +690,7 @@ def merge_adapter(
 ) -> dict[str, Any]:
     """Load a PEFT adapter onto the materialised base (float32, CPU), merge it into the weights and write
     a normal materialised folder: every stage then reads the fine-tune like any other model (the merged
-    weights give the adapter's outputs up to float rounding: tests/test_models.py). The tokenizer is the
+    weights give the adapter's outputs up to float rounding: tests/test_adapters.py). The tokenizer is the
     adapter's when it ships one, else the base's."""
     import torch
     from peft import PeftConfig, PeftModel
