@@ -70,6 +70,14 @@ def test_each_rules_tokens_are_the_configs(demo):
     assert w.generate["smollm2"] == [(320 // 16 * 32, 16)] * 2  # 16 texts a batch (steer.batch_size)
 
 
+def test_a_documents_windows_are_the_scorers():
+    from lmdelta.estimate import window_tokens
+
+    assert window_tokens(100, 512, 256) == 100  # one window: the first token and the 100 after it
+    assert window_tokens(1000, 512, 256) == 512 * 3  # windows ending at 512, 768 and 1000
+    assert window_tokens(1024, 512, 512) == 512 * 2
+
+
 def test_seconds_follow_the_rates():
     rates = {"m": Rates(forward_s=0.002, step_s=0.05, step_per_seq_s=0.001, n_params=1, weight_mb=400.0)}
     w = Work().fwd("m", 1000).gen("m", texts=20, new_tokens=10, batch=10, prompt_tokens=0)

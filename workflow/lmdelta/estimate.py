@@ -68,6 +68,7 @@ class Work:
     models: list[str] = field(default_factory=list)  # loaded by the job
     extra_s: float = 0.0
     embedder: bool = False
+    writes_model: bool = False  # materialises its model: sized by its weights
 
     def fwd(self, model: str, tokens: float) -> Work:
         self.forward[model] = self.forward.get(model, 0.0) + tokens
@@ -147,15 +148,14 @@ PROMPTED_METHODS = ("contrastive", "search", "lens", "scan", "hardprompt")  # fi
 SAMPLE_LOCAL_MB = 100  # a local corpus file up to this size is sampled by the estimate itself
 
 
-def _corpus_tokens(plan: Plan, corpus: str) -> tuple[float, int]:
-    """(tokens, documents) of a sampled corpus: counted in the sample when it exists, or in the sample
-    drawn here from a builtin corpus or a small local file; else n_docs x max_chars (a bound)."""
+def _document_tokens(plan: Plan, corpus: str) -> list[float]:
+    """Tokens of each document of a sampled corpus: counted in the sample when it exists, or in the
+    sample drawn here from a builtin corpus or a small local file; else n_docs of max_chars (a bound)."""
     path = Path(f"results/corpus/{corpus}.parquet")
     if path.exists():
         import pandas as pd
 
-        texts = pd.read_parquet(path, columns=["text"]).text
-        return float(texts.str.len().sum()) / CHARS_PER_TOKEN, len(texts)
+        return [n / CHARS_PER_TOKEN for n in pd.read_parquet(path, columns=["text"]).text.str.len()]
     spec = plan.config["corpora"][corpus]
     kind, src = next(iter(spec["source"].items()))
     s = spec["sample"]
@@ -167,9 +167,15 @@ def _corpus_tokens(plan: Plan, corpus: str) -> tuple[float, int]:
             iter_documents(CorpusSpec.from_dict(corpus, spec), None),
             **{k: s[k] for k in ("n_docs", "method", "seed", "min_chars", "max_chars")},
         )
-        return sum(len(d.text) for d in docs) / CHARS_PER_TOKEN, len(docs)
-    n = s.get("n_docs") or 1000
-    return n * (s.get("max_chars") or 4000) / CHARS_PER_TOKEN, n
+        return [len(d.text) / CHARS_PER_TOKEN for d in docs]
+    return [(s.get("max_chars") or 4000) / CHARS_PER_TOKEN] * (s.get("n_docs") or 1000)
+
+
+def window_tokens(n: int, max_length: int, stride: int) -> int:
+    """Tokens read to score a document of ``n`` tokens: the scorer's own rolling windows."""
+    from lmdelta.scoring import rolling_windows
+
+    return sum(stop - start for start, stop, _ in rolling_windows(n + 1, max_length, stride))  # + its first token
 
 
 def _pair(plan: Plan, pair: str) -> tuple[str, str]:
@@ -181,16 +187,16 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
     """The work of one job of ``rule`` with wildcards ``wc`` (counted from the config)."""
     c, w = plan.config, Work()
     if rule in ("materialise_model", "interpolate_model", "adapter_model"):
-        w.extra_s = -1.0  # sized by the model's weights (estimate_jobs)
+        w.writes_model = True
         return w._load(wc["model"])
-    if rule in ("logprobs_shard", "text_scores"):
-        if rule == "text_scores":
-            w.extra_s = 2.0
-            return w
-        tokens, _ = _corpus_tokens(plan, wc["corpus"])
+    if rule == "text_scores":  # the logprobs mapped onto words and bytes: tokenising only
+        w.extra_s = 2.0
+        return w
+    if rule == "logprobs_shard":
         lp = c["logprobs"]
-        overlap = lp["max_length"] / lp["stride"] if tokens > lp["max_length"] else 1.0
-        return w.fwd(wc["model"], tokens * min(overlap, 2.0) / lp["shards"])
+        docs = _document_tokens(plan, wc["corpus"])
+        read = sum(window_tokens(round(n), lp["max_length"], lp["stride"]) for n in docs)
+        return w.fwd(wc["model"], read / lp["shards"])
     if rule == "completions_shard":
         cp = c["completions"]
         n = _prompt_count(plan, wc["promptset"]) * len(cp["temperatures"]) * cp["samples"] / cp["shards"]
@@ -478,7 +484,7 @@ def job_seconds(w: Work, rates: dict[str, Rates | None]) -> float | None:
     if any(rates.get(m) is None for m in w.models):
         return None
     s = (STARTUP_S if w.models else LIGHT_STARTUP_S) + (EMBEDDER_S if w.embedder else 0.0)
-    if w.extra_s < 0:  # materialisation: sized by the weights
+    if w.writes_model:  # materialisation: sized by the weights
         r = rates[w.models[0]]
         return s + r.weight_mb / MATERIALISE_MB_PER_S
     s += w.extra_s
