@@ -103,14 +103,17 @@ def resample(prompts: list[str], model_dir, load_options: dict, text_format: dic
 
 
 def fresh_hits(rows: list[dict], continuations: dict[str, list[str]], truth: dict[str, Any]) -> list[dict]:
-    """Each finding's hit rates on its fresh continuations (prompt and continuation read together):
-    ``fresh_trigger``, ``fresh_response``, ``fresh_keyword`` (either), and ``fresh_n``; a finding without
-    a prompt (a document, a word of the words test) keeps its surfaced hits, with ``fresh_n`` 0."""
+    """Each finding's hit rates on its fresh continuations: ``fresh_trigger`` (the prompt and the
+    continuation read together: a found prompt that names the trigger names it), ``fresh_response``
+    (the continuation alone: what the model says, not what it was asked; a prompt that contains a
+    response keyword is no hit), ``fresh_keyword`` (either), and ``fresh_n``; a finding without a
+    prompt (a document, a word of the words test) keeps its surfaced hits, with ``fresh_n`` 0."""
     for r in rows:
-        texts = [join_text(r["prompt"], c) for c in continuations.get(r.get("prompt") or "", [])]
+        said = continuations.get(r.get("prompt") or "", [])
+        texts = [join_text(r["prompt"], c) for c in said]
         if texts:
             trig = [mentions(t, truth["trigger_keywords"]) for t in texts]
-            resp = [shows_planted(t, truth["response_keywords"]) for t in texts]
+            resp = [shows_planted(c, truth["response_keywords"]) for c in said]
             r["fresh_trigger"], r["fresh_response"] = float(np.mean(trig)), float(np.mean(resp))
             r["fresh_keyword"] = float(np.mean([a or b for a, b in zip(trig, resp)]))
         else:
