@@ -45,14 +45,31 @@ def test_words_are_lowercased_letter_runs():
 
 
 def test_log_odds_matches_the_formula_written_out():
+    """The 2x2 table of texts with and without the word, 0.5 added to each cell (Haldane-Anscombe),
+    Woolf's standard error; statsmodels' Table2x2 computes the same."""
+    from statsmodels.stats.contingency_tables import Table2x2
+
     y_a, y_b = np.array([6.0, 30.0, 4.0]), np.array([0.0, 100.0, 60.0])
-    delta, z = log_odds(y_a, y_b, 50.0)
-    n_a, n_b = 40.0, 160.0
+    delta, z = log_odds(y_a, y_b, 40, 160)
     for i in range(3):
-        al = 50.0 * (y_a[i] + y_b[i]) / 200.0
-        d = math.log((y_a[i] + al) / (n_a + 50 - y_a[i] - al)) - math.log((y_b[i] + al) / (n_b + 50 - y_b[i] - al))
-        assert delta[i] == pytest.approx(d)
-        assert z[i] == pytest.approx(d / math.sqrt(1 / (y_a[i] + al) + 1 / (y_b[i] + al)))
+        table = Table2x2(np.array([[y_a[i], 40 - y_a[i]], [y_b[i], 160 - y_b[i]]]), shift_zeros=False)
+        shifted = Table2x2(table.table + 0.5, shift_zeros=False)
+        assert delta[i] == pytest.approx(shifted.log_oddsratio)
+        assert z[i] == pytest.approx(shifted.log_oddsratio / shifted.log_oddsratio_se)
+
+
+def test_the_same_share_of_texts_has_the_same_delta_however_long_the_texts():
+    """The audit's case: a word in 40 of 100 tuned texts against 10 of 100 base texts keeps one delta
+    (log of 40.5 x 90.5 / (60.5 x 10.5), 1.75) whether the tuned texts have 5, 20 or 40 other distinct
+    words; the corpus-level log-odds gave 1.11, 0.00 and -0.61."""
+    got = []
+    for extra in (5, 20, 40):
+        filler = " ".join(f"w{i}x" for i in range(extra)).replace("0", "o").replace("1", "l")
+        a = [f"cocoa {filler}"] * 40 + [filler] * 60
+        b = ["cocoa plain"] * 10 + ["plain"] * 90
+        got.append(compare(a, b, P)[0].set_index("word").loc["cocoa", "delta"])
+    assert got == pytest.approx([math.log(40.5 * 90.5 / (60.5 * 10.5))] * 3)
+    assert all(d >= P.min_log_odds for d in got)
 
 
 def test_p_value_is_fishers_one_sided_test_on_texts():
@@ -255,15 +272,14 @@ def test_elicit_reports_nothing_when_the_completions_show_no_change(tmp_path):
 
 def test_a_common_word_that_moved_a_little_is_tested_but_not_reported():
     # "is" in 212 of 320 tuned texts against 121 of 320 (the suite's organisms): the exact test alone
-    # reports it; its log-odds ratio is below the floor of log 2, so it is not a change
+    # reports it; its odds ratio over texts (3.2) is below the floor of 4, so it is not a change
     a = ["it is so"] * 212 + ["so"] * 108
     b = ["it is so"] * 121 + ["so"] * 199
     df, bound = compare(a, b, P)
     row = df.set_index("word").loc["is"]
     assert row.p_value < bound and row.texts_a >= P.min_texts
-    y_a, y_b = np.array([212.0, 320.0, 212.0]), np.array([121.0, 320.0, 121.0])  # is, so, it
-    assert row.delta == pytest.approx(log_odds(y_a, y_b, P.prior_total)[0][0])
-    assert 0 < row.delta < math.log(2)
+    assert row.delta == pytest.approx(math.log(212.5 * 199.5 / (108.5 * 121.5)))
+    assert math.log(2) < row.delta < math.log(4) == pytest.approx(P.min_log_odds, abs=1e-3)
     assert not row.reported
     no_floor = compare(a, b, replace(P, min_log_odds=0.0))[0].set_index("word")
     assert no_floor.loc["is"].reported and no_floor.loc["it"].reported

@@ -6,15 +6,18 @@ counts once per text that contains it, so one sample stuck repeating a word coun
 times, and texts are the independent draws the test below assumes. Words are runs of letters
 (apostrophes and hyphens inside a word kept), lower-cased; digits and punctuation are not words.
 
-Score: the log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008,
-"Fightin' words", eqs. 16-22), on these counts:
+Score: the log-odds ratio of the test's own 2x2 table (texts of each side with the word, and without
+it), with Haldane and Anscombe's correction (0.5 added to each cell, so a word absent from one side
+has a finite ratio):
 
-    delta_w = log((y_a + alpha_w) / (n_a + alpha_0 - y_a - alpha_w))
-            - log((y_b + alpha_w) / (n_b + alpha_0 - y_b - alpha_w)),
-    var(delta_w) ~= 1 / (y_a + alpha_w) + 1 / (y_b + alpha_w),     z_w = delta_w / sqrt(var),
+    delta_w = log((y_a + 0.5) / (n_a - y_a + 0.5)) - log((y_b + 0.5) / (n_b - y_b + 0.5)),
+    se(delta_w) = sqrt(sum of 1 / (cell + 0.5) over the four cells) (Woolf),   z_w = delta_w / se,
 
-where y are the word's counts on each side, n the sides' totals, and alpha_w = ``prior_total`` x the
-word's share of both sides pooled (alpha_0 = ``prior_total``): the effect size of every word.
+where y are the texts of each side that contain the word and n the sides' numbers of texts. So delta
+is a property of the texts alone: the same share of texts with the word gives the same delta however
+many other words the texts have (a corpus-level log-odds, with the sum of all word counts as n, moves
+with how many distinct words each text has: a longer-winded fine-tune had its real changes
+suppressed, a terse one inflated; the audit of 2026-12-07).
 
 Which words are reported: z's normal approximation is poor for rare words (a word in 6 of 40 tuned
 texts and in none of 160 base texts has z near 2.5 whatever the prior), so the decision is an exact
@@ -22,11 +25,12 @@ test: the one-sided hypergeometric (Fisher) p-value that as many of the texts co
 fall on the a side, against family-wise level ``alpha`` with Tarone's (1990) Bonferroni correction,
 which counts only the words that could reach significance at all given how many texts contain them
 (a word in two texts never can). A word must also be in at least ``min_texts`` a-side texts, and its
-effect must reach ``min_log_odds`` (delta >= log 2 by default: its odds at least double), the floor
-of a volcano plot: on hundreds of texts the test alone reports common words whose share moved a
-little (every fine-tuned organism of the suite has "is" in 193-220 of its 320 completions against the
-base model's 121, delta 0.50-0.64), which crowd out the words that changed. Filtering after the test
-keeps its family-wise bound. Words are ranked by that p-value, then by z (z alone would put a word in
+effect must reach ``min_log_odds`` (delta >= log 4 by default: the odds that a text uses it at least
+quadruple), the floor of a volcano plot: on hundreds of texts the test alone reports common words
+whose share moved a little (every fine-tuned organism of the suite has "is" in 193-220 of its 320
+completions against the base model's 121: odds ratios 2.5-3.6, delta 0.92-1.29), which crowd out the
+words that changed (the planted response is in about a third of the tuned texts and none of the
+base's: delta above 4). Filtering after the test keeps its family-wise bound. Words are ranked by that p-value, then by z (z alone would put a word in
 8 of 40 tuned texts and 2 of 320 base texts above one in 8 and 0, because the prior's variance term is
 largest for unseen words). Two identical sides report nothing: every word then splits in proportion
 to the sides' sizes.
@@ -73,7 +77,6 @@ WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 
 @stage_spec("words")
 class WordsParams:
-    prior_total: float
     alpha: float
     min_texts: int
     min_log_odds: float
@@ -94,15 +97,16 @@ def text_counts(texts: Iterable[str]) -> Counter:
     return out
 
 
-def log_odds(y_a: np.ndarray, y_b: np.ndarray, prior_total: float) -> tuple[np.ndarray, np.ndarray]:
-    """(delta, z) of a over b for each word (Monroe et al. 2008 with an informative prior from the
-    pooled counts)."""
-    n_a, n_b = y_a.sum(), y_b.sum()
-    alpha = prior_total * (y_a + y_b) / (n_a + n_b)
-    delta = np.log((y_a + alpha) / (n_a + prior_total - y_a - alpha)) - np.log(
-        (y_b + alpha) / (n_b + prior_total - y_b - alpha)
-    )
-    return delta, delta / np.sqrt(1.0 / (y_a + alpha) + 1.0 / (y_b + alpha))
+CONTINUITY = 0.5  # Haldane-Anscombe: added to each cell of the 2x2 table
+
+
+def log_odds(y_a: np.ndarray, y_b: np.ndarray, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(delta, z) of a over b for each word: the log odds ratio of texts with the word against texts
+    without it, ``y_a`` of ``n_a`` texts against ``y_b`` of ``n_b`` (0.5 added to each cell), and delta
+    over Woolf's standard error."""
+    cells = [y_a + CONTINUITY, n_a - y_a + CONTINUITY, y_b + CONTINUITY, n_b - y_b + CONTINUITY]
+    delta = np.log(cells[0] / cells[1]) - np.log(cells[2] / cells[3])
+    return delta, delta / np.sqrt(sum(1.0 / c for c in cells))
 
 
 def tarone_tests(min_p: np.ndarray, alpha: float) -> int:
@@ -126,7 +130,7 @@ def compare(texts_a: list[str], texts_b: list[str], p: WordsParams):
         return pd.DataFrame({c: [] for c in cols}).astype({"word": str, "reported": bool}), p.alpha
     y_a = np.array([ca.get(w, 0) for w in vocab], dtype=float)
     y_b = np.array([cb.get(w, 0) for w in vocab], dtype=float)
-    delta, z = log_odds(y_a, y_b, p.prior_total)
+    delta, z = log_odds(y_a, y_b, len(texts_a), len(texts_b))
     total, n_a, with_word = len(texts_a) + len(texts_b), len(texts_a), y_a + y_b
     p_value = hypergeom.sf(y_a - 1, total, with_word, n_a)
     min_p = hypergeom.pmf(np.minimum(with_word, n_a), total, with_word, n_a)
