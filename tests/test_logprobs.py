@@ -235,6 +235,37 @@ def test_summary_and_comparison_match_independent_arithmetic(setup, monkeypatch)
     ] == "compare_entropy_perplexity"
 
 
+def test_bits_per_byte_counts_the_bytes_of_the_scored_tokens(setup):
+    """Under first_token: none each document's first token is not scored: its bytes leave the
+    denominator with its logprob (before, they stayed in, which favoured such a model against others)."""
+    from transformers import AutoTokenizer
+
+    root, model_dir, corpus = setup
+    out = run(setup, "nofirst", first_token="none")
+    df = pd.read_parquet(out)
+    summary = run_summary(
+        out,
+        out.with_suffix(".meanprob.npy"),
+        corpus,
+        root / "n.json",
+        root / "n.docs.parquet",
+        model="m",
+        corpus_name="c",
+        first_token="none",
+        model_dir=model_dir,
+    )
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    scored = 0
+    for d in df.doc_id.unique():  # by hand: the bytes of every token but the first, decoded alone
+        ids = tok(DOCS[d], add_special_tokens=False).input_ids
+        first = tok.decode(ids[:1])
+        assert DOCS[d].startswith(first)
+        scored += len(DOCS[d].encode()) - len(first.encode())
+    nll = -df.logprob.astype(np.float64)
+    assert math.isclose(summary["bits_per_byte"], nll.sum() / math.log(2) / scored, rel_tol=1e-9)
+    assert scored < sum(len(DOCS[d].encode()) for d in df.doc_id.unique())
+
+
 def test_vocab_fraction_brute_force():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.full(1000, 0.05))

@@ -4,8 +4,9 @@ Definitions (natural logarithms; NLL = -logprob of the actual token):
 - ``perplexity_tokens`` = exp(mean NLL over all scored tokens of the corpus)
 - ``perplexity_docs_mean`` = mean over documents of exp(mean NLL of the document)
 - ``mean_entropy_nats_tokens`` / ``_docs``: token average / average of per-document means
-- ``bits_per_byte`` = total NLL / ln 2 / total UTF-8 bytes of the scored documents (with
-  ``first_token: none`` the first token of each document is not scored, which lowers it slightly)
+- ``bits_per_byte`` = total NLL / ln 2 / total UTF-8 bytes of the scored tokens (with
+  ``first_token: none`` the first token of each document is not scored: its bytes are left out too,
+  so a model scored that way is not favoured in a comparison across tokenizers)
 - ``vocab_fraction_70`` / ``_90``: the smallest fraction of the model's output vocabulary whose
   tokens together hold 70% / 90% of the mean next-token distribution (lower = mass on fewer tokens)
 
@@ -51,10 +52,22 @@ def vocab_fraction(mean_prob: np.ndarray, mass: float) -> float:
     return min(k, len(p)) / len(p)
 
 
+def unscored_bytes(tokenizer, text: str) -> int:
+    """UTF-8 bytes of a document's first token, which is not scored under ``first_token: none`` (nothing
+    before it predicts it): the text is tokenised as the scorer does (``lmdelta.tokens.encode``, no
+    special tokens) and the first token's characters counted."""
+    if not text:
+        return 0
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    return len(text[: spans[0][1]].encode("utf-8")) if spans else 0
+
+
 def summarise(
-    logprobs_path: str | Path, meanprob_path: str | Path, corpus_path: str | Path
+    logprobs_path: str | Path, meanprob_path: str | Path, corpus_path: str | Path, tokenizer=None
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Corpus-level summary and per-document table, streaming the token table by row group."""
+    """Corpus-level summary and per-document table, streaming the token table by row group. With a
+    ``tokenizer`` (the scorer's, when its ``first_token`` is none) each document's bytes are those of
+    its scored tokens: its first token's bytes are left out, as its logprob is."""
     import pyarrow.parquet as pq
 
     edges = np.arange(0.0, ENTROPY_MAX + ENTROPY_BIN_WIDTH / 2, ENTROPY_BIN_WIDTH)
@@ -83,7 +96,7 @@ def summarise(
     n_bytes = {}
     for batch in pq.ParquetFile(corpus_path).iter_batches(columns=["doc_id", "text"], batch_size=1024):
         n_bytes.update(
-            (d, len(t.encode("utf-8")))
+            (d, len(t.encode("utf-8")) - (unscored_bytes(tokenizer, t) if tokenizer is not None else 0))
             for d, t in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist())
         )
     docs["n_bytes"] = [n_bytes[d] for d in docs.index]
@@ -141,16 +154,38 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
 
 
 def run_summary(
-    logprobs: Path, meanprob: Path, corpus: Path, out_json: Path, out_docs: Path, *, model: str, corpus_name: str
+    logprobs: Path,
+    meanprob: Path,
+    corpus: Path,
+    out_json: Path,
+    out_docs: Path,
+    *,
+    model: str,
+    corpus_name: str,
+    first_token: str = "bos",
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """``results/entropy_perplexity/<corpus>/<model>.json`` and the per-document table beside it."""
+    """``results/entropy_perplexity/<corpus>/<model>.json`` and the per-document table beside it. Under
+    ``first_token: none`` the model's tokenizer (``model_dir``) says which bytes were scored."""
     prov = Provenance(
         stage="entropy_perplexity",
-        params={"model": model, "corpus": corpus_name, "log_base": "e", "entropy_bin_width_nats": ENTROPY_BIN_WIDTH},
+        params={
+            "model": model,
+            "corpus": corpus_name,
+            "log_base": "e",
+            "entropy_bin_width_nats": ENTROPY_BIN_WIDTH,
+            "first_token": first_token,
+            "bytes": "of the scored tokens (the first token's left out when first_token is none)",
+        },
     )
     for name, path in (("logprobs", logprobs), ("meanprob", meanprob), ("corpus", corpus)):
         prov.add_input(name, path)
-    summary, docs = summarise(logprobs, meanprob, corpus)
+    tokenizer = None
+    if first_token == "none":
+        from lmdelta.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model_dir)
+    summary, docs = summarise(logprobs, meanprob, corpus, tokenizer)
     summary = {"model": model, "corpus": corpus_name, **summary}
     write_parquet(out_docs, docs, prov)
     write_json(out_json, summary, prov)
@@ -279,7 +314,8 @@ def corpus_findings(
 
 
 def summary_job(job) -> None:
-    """inputs: ``logprobs``, ``meanprob``, ``corpus``; outputs: ``json``, ``docs``."""
+    """inputs: ``logprobs``, ``meanprob``, ``corpus``, ``model``; spec: ``first_token``; outputs: ``json``,
+    ``docs``."""
     run_summary(
         job.path("logprobs"),
         job.path("meanprob"),
@@ -288,6 +324,8 @@ def summary_job(job) -> None:
         job.out("docs"),
         model=job.wildcards["model"],
         corpus_name=job.wildcards["corpus"],
+        first_token=job.spec["first_token"],
+        model_dir=job.path("model"),
     )
 
 

@@ -383,6 +383,10 @@ class Plan:
             *expand("results/textscores/{corpus}/words.parquet", corpus=corpora),
         ]
 
+    def entropy_spec(self, wildcards) -> str:
+        """The first token: under none each document's first token, unscored, leaves bits per byte too."""
+        return as_text({"first_token": self.config["models"][wildcards.model]["first_token"]})
+
     def text_scores_spec(self, wildcards) -> str:
         return as_text({"trust_remote_code": self.config["models"][wildcards.model]["trust_remote_code"]})
 

@@ -48,9 +48,12 @@ rule entropy_perplexity:
         logprobs="results/logprobs/{corpus}/{model}.parquet",
         meanprob="results/logprobs/{corpus}/{model}.meanprob.npy",
         corpus="results/corpus/{corpus}.parquet",
+        model=plan.model_input,
     output:
         json="results/entropy_perplexity/{corpus}/{model}.json",
         docs="results/entropy_perplexity/{corpus}/{model}.docs.parquet",
+    params:
+        spec=plan.entropy_spec,
     conda:
         CONDA_ENV
     log:
