@@ -303,7 +303,7 @@ def tiny_config(tmp_path: Path, tiny_models, http_server) -> dict:
                 }
             }
         },
-        "scan": {"min_letters": 2, "top_n": 10, "answer_tokens": 4},
+        "scan": {"pairs": None, "min_letters": 2, "top_n": 10, "answer_tokens": 4},  # every pair (asked for)
         "summary": {"assistant": {"model": "neox", "max_new_tokens": 12}},
         "lens": {
             "runs": {

@@ -412,7 +412,8 @@ def probe(cfg: dict[str, Any], *, dtype: str, device: str, threads: int, repeats
         small = base.__class__.from_dict({**base.to_dict(), "num_hidden_layers": layers})
         if getattr(small, "layer_types", None):
             small.layer_types = small.layer_types[:layers]
-        model = AutoModelForCausalLM.from_config(small, dtype=torch_dtype).to(dev).eval()
+        model = AutoModelForCausalLM.from_config(small, dtype=torch_dtype).to(dev)
+        model.eval()
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(0, text.vocab_size, (16, 64), generator=gen).to(dev)
         with torch.inference_mode():
