@@ -60,7 +60,7 @@ def test_each_rules_tokens_are_the_configs(demo):
     w = work_of(demo, "derive_model", {"model": "smollm2-cocoa"})
     assert w.train == {"smollm2": 96 * 8 * 128 * 0.6}
     w = work_of(demo, "scan", {"pair": "cocoa"})
-    assert w.forward == {m: 20000 * 8 + 30 * 24 for m in ("smollm2-cocoa", "smollm2")}
+    assert w.forward == {m: 20093 * 8 + 30 * 24 for m in ("smollm2-cocoa", "smollm2")}  # every candidate word
     w = work_of(demo, "softprompt", {"pair": "cocoa", "run": "kl"})
     assert w.train["smollm2"] == 40 * 8 * 1 * (32 + 8 + 20)
     w = work_of(demo, "words", {"pair": "cocoa", "set": "completions-default"})

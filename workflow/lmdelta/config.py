@@ -162,12 +162,9 @@ def _check_semantics(config: dict[str, Any]) -> None:
         if (
             "adapter" in src
             and "path" in src["adapter"]
-            and not (Path(src["adapter"]["path"]) / "adapter_config.json").is_file()
+            and (problem := adapter_folder_problem(Path(src["adapter"]["path"])))
         ):
-            raise LmdeltaError(
-                f"config: models.{name}.source.adapter.path: folder {src['adapter']['path']!r} holds no adapter_config.json; "
-                "point it at a folder saved by peft's save_pretrained"
-            )
+            raise LmdeltaError(f"config: models.{name}.source.adapter.path: {problem}")
         if "local" in src and (problem := local_model_problem(Path(src["local"]["path"]))):
             raise LmdeltaError(f"config: models.{name}.source.local.path: {problem}")
         if "gguf" in src and not src["gguf"]["path"].startswith(("http://", "https://")):
@@ -337,6 +334,14 @@ def local_model_problem(path: Path) -> str | None:
         f"folder {str(path)!r} holds no model (no config.json); point it at a folder written by save_pretrained "
         "(config.json, *.safetensors, tokenizer files)"
     )
+
+
+def adapter_folder_problem(path: Path) -> str | None:
+    """Why a local folder is not a PEFT adapter (one line with the fix), or None."""
+    if (path / "adapter_config.json").is_file():
+        return None
+    what = "does not exist" if not path.is_dir() else "holds no adapter_config.json"
+    return f"folder {str(path)!r} {what}; point it at a folder saved by peft's save_pretrained"
 
 
 def _parent(model: dict[str, Any]) -> tuple[str, str] | None:

@@ -8,12 +8,12 @@ Each job's work is counted from the config, per model it loads:
 - ``train``: tokens of training steps (forward and backward: three forwards' work);
 
 plus a fixed start-up (a job imports torch and transformers: about 5 s; sentence-transformers about
-7 s more) and the loading of each model (its weights read at ``LOAD_MB_PER_S``).
+6 s more) and the loading of each model (its weights read at ``LOAD_MB_PER_S``).
 
 Rates come from a probe of each model on this machine (``probe``): a randomly initialised copy of the
-model's own architecture, built with one and with two decoder layers in its load dtype on its
-device, times a batched forward and a decoding step; the per-layer difference is extrapolated to the
-model's depth, so the probe costs seconds even for a large model. Its configuration comes from the
+model's own architecture in its load dtype on its device times a batched forward and a decoding step.
+A model up to ``PROBE_FULL_PARAMS`` is built whole; a larger one with one and with two decoder layers,
+the per-layer difference extrapolated to its depth, so the probe costs seconds even for a large model. Its configuration comes from the
 materialised folder, the local folder, the GGUF header or the hub cache (a hub model never
 downloaded has no size yet: its jobs are listed without a time). Probes are kept in
 ``.snakemake/lmdelta-probes.json`` per architecture, dtype, device and thread count.
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdelta import LmdeltaError
-from lmdelta.config import load_config_file, weights_owner
+from lmdelta.config import load_config_file, planted_truth, weights_owner
 from lmdelta.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -217,11 +217,14 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         for m in (plan.derive_source(wc["model"])["from"], wc["model"]):
             w.gen(m, n, planted.get("answer_tokens", 48), 30)
         return w
-    if rule in ("diversity", "search_clusters"):
-        w.embedder = True
+    if rule == "diversity":  # the embedder over every completion of the model
         cp = c["completions"]
-        texts = 40 * len(cp["temperatures"]) * cp["samples"]
-        w.extra_s = texts * 0.01
+        w.embedder = True
+        w.extra_s = _prompt_count(plan, wc["promptset"]) * len(cp["temperatures"]) * cp["samples"] * 0.01
+        return w
+    if rule == "search_clusters":  # the embedder over the search's bank
+        w.embedder = True
+        w.extra_s = 1.0
         return w
     if rule in ("uid_score_texts", "uid_score_human"):
         cp = c["completions"]
@@ -290,7 +293,7 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
     if rule == "scan":
         a, b = _pair(plan, wc["pair"])
         s = c["scan"]
-        n_words = s["max_words"] or 20000
+        n_words = _scan_words(plan, b)
         for m in (a, b):
             w.fwd(m, n_words * 8)  # the word and the rest of the template after the shared prefix
             w.gen(m, s["top_n"], s["answer_tokens"], s["batch_size"])
@@ -302,7 +305,7 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
         w.gen(a, 2 * n, s["answer_tokens"], 64)  # its answers and the reference words' answers
         return w.gen(b, n, s["answer_tokens"], 64)
     if rule == "scorecard":  # the top k findings of each method with a prompt, continued afresh
-        model = _planted_model(plan, wc["pair"])
+        model = planted_truth(c, wc["pair"])["model"]
         r = c["scorecard"]["resample"]
         prompted = [s for s in plan.discovery_sources(wc["pair"]) if s["method"] in PROMPTED_METHODS]
         n = len(prompted) * c["scorecard"]["k"] * r["samples"]
@@ -319,10 +322,21 @@ def work_of(plan: Plan, rule: str, wc: dict[str, str]) -> Work:
     return w  # gathering, tables, statistics, pages: no model
 
 
-def _planted_model(plan: Plan, pair: str) -> str:
-    from lmdelta.config import planted_truth
+SCAN_WORDS_UNKNOWN = 20093  # SmolLM2's candidates: assumed while the tokenizer is not materialised
 
-    return planted_truth(plan.config, pair)["model"]
+
+def _scan_words(plan: Plan, model: str) -> int:
+    """The scan's questions: its candidate words (lmdelta.scan.candidate_words) of the model's tokenizer
+    once it is materialised, else SCAN_WORDS_UNKNOWN, at most ``max_words``."""
+    s = plan.config["scan"]
+    folder = Path(plan.model_dir(model))
+    if not (folder / "fingerprint.json").is_file():
+        return min(s["max_words"] or SCAN_WORDS_UNKNOWN, SCAN_WORDS_UNKNOWN)
+    from lmdelta.models import load_tokenizer
+    from lmdelta.scan import candidate_words
+
+    tok = load_tokenizer(folder, trust_remote_code=plan.config["models"][model]["trust_remote_code"])
+    return len(candidate_words(tok, min_letters=s["min_letters"], max_words=s["max_words"]))
 
 
 # ---- probes ------------------------------------------------------------------------------------------
@@ -346,15 +360,11 @@ def model_config(plan: Plan, name: str) -> dict[str, Any] | None:
     if kind == "gguf" and not spec["path"].startswith(("http://", "https://")):
         gguf = Path(spec["path"])
     if kind == "wheel":
-        from importlib.metadata import PackageNotFoundError, distribution
-
         from packaging.requirements import Requirement
 
-        try:
-            dist = distribution(Requirement(spec["requirement"]).name)
-            gguf = Path(dist.locate_file(spec["path"]))
-        except PackageNotFoundError:
-            return None
+        from lmdelta.models import installed_member
+
+        gguf = installed_member(Requirement(spec["requirement"]), spec["path"].strip("/"))
     if gguf is not None and gguf.is_file():
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 

