@@ -4,6 +4,7 @@ the grading rule, and a pair with no tested finding reporting no change."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace as W
 
 import pytest
@@ -104,7 +105,7 @@ def test_untested_findings_alone_are_no_change(tmp_path):
     files = [_findings(tmp_path, "c", texts), _findings(tmp_path, "s", frame([]))]
     out = _summary(tmp_path, files, ("a", "b"))
     assert not out["changed"] and out["inputs"] == [] and out["outputs"] == []
-    assert out["statement"].startswith("No change was found")
+    assert out["statement"].startswith("No word-level change was found")
     assert not out["grade"]["names_trigger"] and not out["grade"]["names_response"]
 
 
@@ -130,7 +131,9 @@ def test_scan_words_whose_answers_share_nothing_are_no_change(tmp_path):
     out = _summary(tmp_path, files, ("random", "base"))
     assert not out["changed"] and out["inputs"] == [] and out["outputs"] == []
     assert [t["term"] for t in out["unconfirmed_inputs"]] == ["vector", "meteors", "volcano"]
-    assert out["statement"].startswith("No change was found") and "not reported as a change" in out["statement"]
+    assert (
+        out["statement"].startswith("No word-level change was found") and "not reported as a change" in out["statement"]
+    )
     assert not out["grade"]["names_trigger"]
     assert "not a change" in (tmp_path / "s.html").read_text()
     mixed = frame(
@@ -227,7 +230,37 @@ def test_words_of_contrastive_or_steered_texts_are_evidence_not_a_change(tmp_pat
         _findings(tmp_path, "w", _rows("words", "completions-default", [])),
     ]
     out = _summary(tmp_path, files, ("random", "base"))
-    assert not out["changed"] and out["outputs"] == [] and out["statement"].startswith("No change was found")
+    assert not out["changed"] and out["outputs"] == [] and out["statement"].startswith("No word-level change was found")
     files.append(_findings(tmp_path, "w2", _rows("words", "completions-default", ["cocoa"])))
     out = _summary(tmp_path, files, ("tuned", "base"))
     assert out["outputs"][0]["term"] == "cocoa" and out["outputs"][0]["evidence"]["methods"] == ["words lens"]
+
+
+def test_no_finding_says_what_was_tested_and_at_what_level(tmp_path):
+    """ "No change" was said of a random control whose weights and scan KL differ: the statement now
+    names the verdict's level and its tested comparisons, and a page with no tested comparison says
+    nothing was tested."""
+    files = [_findings(tmp_path, "w", _rows("words", "completions-default", []))]
+    tests = ("completions-default", "scan-vocabulary", "scan-confirm")
+    params = replace(P, verdict_alpha=0.05, verdict_tests=tests)
+    out = run_summary(
+        pair="p", names=("random", "base"), findings=files, truth=None, params=params,
+        out_json=tmp_path / "s.json", out_html=tmp_path / "s.html",
+    )  # fmt: skip
+    assert not out["changed"] and out["verdict"] == {"alpha": 0.05, "tests": list(tests)}
+    said = out["statement"]
+    assert said.startswith("No word-level change was found between random and base at family-wise level 5% over 3")
+    assert "scan-confirm" in said and "not evidence of no change" in said
+    none = run_summary(
+        pair="p", names=("random", "base"), findings=files, truth=None, params=replace(params, verdict_tests=()),
+        out_json=tmp_path / "n.json", out_html=tmp_path / "n.html",
+    )  # fmt: skip
+    assert none["statement"].startswith("Nothing was tested for a change between random and base")
+    rows = _rows("words", "completions-default", ["cocoa"])
+    found = run_summary(
+        pair="p", names=("tuned", "base"), findings=[_findings(tmp_path, "c", rows)], truth=None, params=params,
+        out_json=tmp_path / "c.json", out_html=tmp_path / "c.html",
+    )  # fmt: skip
+    assert found["changed"] and found["statement"].endswith(
+        "Tested at family-wise level 5% over 3 tested comparisons (completions-default, scan-vocabulary, scan-confirm)."
+    )

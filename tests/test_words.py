@@ -3,6 +3,7 @@ of analysis, text sets and the findings written; each number against an independ
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -284,3 +285,75 @@ def test_a_common_word_that_moved_a_little_is_tested_but_not_reported():
     no_floor = compare(a, b, replace(P, min_log_odds=0.0))[0].set_index("word")
     assert no_floor.loc["is"].reported and no_floor.loc["it"].reported
     assert not no_floor.loc["so"].reported  # in every text of both sides
+
+
+class _Wildcards(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _verdict_levels(plan: Plan, pair: str) -> dict[str, float]:
+    """Each tested comparison of the pair's verdict and the level its job is given (read from the job
+    specs, as Snakemake passes them); the scan's confirmation tests each of its words twice at
+    level / (2 x words), an intersection-union test, so its words together stay within its level."""
+    import json
+
+    levels = {}
+    for test in plan.verdict_tests(pair):
+        if test == "scan-confirm":
+            spec = json.loads(plan.scan_confirm_spec(_Wildcards(pair=pair)))["words"]
+        else:
+            spec = json.loads(plan.words_spec(_Wildcards(pair=pair, set=test)))["params"]
+        levels[test] = WordsParams.from_dict(spec).level
+    return levels
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "configs/discovery.yaml", "configs/organisms.yaml"])
+def test_the_verdict_has_one_family_wise_bound_over_every_tested_comparison(config):
+    """The summary calls a pair changed when any tested comparison reports a word: the levels its jobs
+    are given sum to at most words.alpha (each set had alpha: 0.15 for the demo's cocoa pair)."""
+    raw = yaml.safe_load((ROOT / config).read_text())
+    plan = Plan(validate_config(raw))
+    alpha = plan.config["words"]["alpha"]
+    pairs = [p for p in plan.summary_pairs() if plan.verdict_tests(p)]
+    assert pairs
+    for pair in pairs:
+        levels = _verdict_levels(plan, pair)
+        assert len(levels) >= 2 and sum(levels.values()) <= alpha + 1e-12, (pair, levels)
+        spec = json.loads(plan.summary_spec(_Wildcards(pair=pair)))["params"]
+        assert spec["verdict_alpha"] == alpha and spec["verdict_tests"] == list(levels)
+
+
+def test_a_pair_whose_outputs_are_identically_distributed_is_called_changed_at_most_alpha_of_the_time():
+    """Simulation of the verdict on the demo's cocoa pair with both models' texts drawn from one
+    distribution (words from a Zipf law, mixed over topics so that texts differ as real ones do): each
+    tested comparison at the level the plan gives it, through the code the jobs run (words.compare and
+    scan.confirm_word); "changed" when any reports a word. Its rate stays within alpha (with three
+    Monte-Carlo standard errors); what the bound allows is what each set at alpha allowed, over 3."""
+    from lmdelta.scan import confirm_word
+
+    plan = Plan(validate_config(yaml.safe_load((ROOT / "config.yaml").read_text())))
+    levels = _verdict_levels(plan, "cocoa")
+    alpha = plan.config["words"]["alpha"]
+    assert set(levels) == {"completions-default", "scan-vocabulary", "scan-confirm"}
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i:04d}".replace("0", "o").replace("1", "l") for i in range(600)])
+    weights = 1 / np.arange(1, 601) ** 1.1
+    topics = [rng.permutation(weights) + weights for _ in range(8)]
+    topics = [t / t.sum() for t in topics]
+
+    def texts(n: int, length: int = 30) -> list[str]:
+        return [" ".join(rng.choice(vocab, size=length, p=topics[rng.integers(8)])) for _ in range(n)]
+
+    base = WordsParams.from_dict({})
+    at = {t: replace(base, alpha=lv) for t, lv in levels.items()}
+    runs, changed = 150, 0
+    for _ in range(runs):
+        hit = compare(texts(160), texts(160), at["completions-default"])[0].reported.any()
+        hit |= compare(texts(20), texts(20), at["scan-vocabulary"])[0].reported.any()
+        confirm = replace(at["scan-confirm"], alpha=at["scan-confirm"].alpha / (2 * 5))
+        ref = texts(5 * 8)
+        for _ in range(5):
+            hit |= len(confirm_word("Tell me about it.", texts(8), texts(8), ref, confirm)[2]) > 0
+        changed += bool(hit)
+    rate = changed / runs
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs), rate

@@ -30,6 +30,9 @@ COLUMNS = ("method", "run", "reference", "rank", "kind", "text", "score", "promp
 KINDS = ("prompt", "continuation", "document", "token", "word")
 # the words test's run over both models' answers to the vocabulary scan's top words (lmdelta.plan names it)
 SCAN_SET = "scan-vocabulary"
+# the scan's confirmation of its strongest words (lmdelta.scan.run_confirm), as one of the tests behind
+# the summary's verdict (lmdelta.plan.Plan.verdict_tests)
+SCAN_CONFIRM = "scan-confirm"
 # Sets whose a and b sides are made the same way (each model's own samples; both models' answers to the
 # same questions), so the words test's null (exchangeable texts) holds for two identical models. A
 # contrastive text against a plain sample differs by its decoding even for identical models (the suite's

@@ -34,7 +34,7 @@ from lmdelta.config import (
     stage_section,
     weights_owner,
 )
-from lmdelta.findings import SCAN_SET, words_method
+from lmdelta.findings import SCAN_CONFIRM, SCAN_SET, words_method
 from lmdelta.promptsets import builtin_promptset_path
 
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
@@ -785,7 +785,7 @@ class Plan:
             {
                 **self.pair_models(wildcards.pair),
                 "params": stage_section("scan", c["scan"]),
-                "words": stage_section("words", c["words"]),
+                "words": self.words_params(wildcards.pair, SCAN_CONFIRM),
             }
         )
 
@@ -854,6 +854,21 @@ class Plan:
     def elicit_inputs(self, wildcards) -> dict[str, str]:
         return self.elicit_sets(wildcards.pair)[wildcards.promptset]
 
+    def verdict_tests(self, pair_name: str) -> list[str]:
+        """The tested comparisons behind the summary's verdict "changed" for a pair: the words sets whose
+        sides are made the same way (lmdelta.findings.SAME_PROCEDURE) and the scan's confirmation. The
+        words stage's ``alpha`` is the verdict's family-wise level, split over them (lmdelta.words).
+        Elicit's findings need a reported output word first, so they add no chance of a false verdict."""
+        tests = [name for name, s in self.words_sets(pair_name).items() if words_method(s["kind"]) == "words"]
+        return tests + ([SCAN_CONFIRM] if pair_name in selected(self.config, "scan", "pairs") else [])
+
+    def words_params(self, pair_name: str, test: str | None = None) -> dict[str, Any]:
+        """The words stage's parameters for one comparison of a pair: the config's, with the verdict's
+        number of tests where ``test`` is one of them (``verdict_tests``)."""
+        params = stage_section("words", self.config["words"])
+        tests = self.verdict_tests(pair_name)
+        return {**params, "verdict_tests": len(tests)} if test in tests else params
+
     def elicit_spec(self, wildcards) -> str:
         return as_text({"params": stage_section("words", self.config["words"])})
 
@@ -864,7 +879,7 @@ class Plan:
         return as_text(
             {
                 "kind": self.words_sets(wildcards.pair)[wildcards.set]["kind"],
-                "params": stage_section("words", self.config["words"]),
+                "params": self.words_params(wildcards.pair, wildcards.set),
             }
         )
 
@@ -899,7 +914,11 @@ class Plan:
             {
                 "names": self.pair_models(wildcards.pair)["names"],
                 "truth": planted_truth(self.config, wildcards.pair),
-                "params": stage_section("summary", self.config["summary"]),
+                "params": {
+                    **stage_section("summary", self.config["summary"]),
+                    "verdict_alpha": self.config["words"]["alpha"],
+                    "verdict_tests": self.verdict_tests(wildcards.pair),
+                },
                 "assistant": self._assistant({"assistant": a}) if a else None,
             }
         )

@@ -353,7 +353,7 @@ def matrix_figure(matrix, organisms):
     for j, o in enumerate(organisms.itertuples()):
         if o.role == "control":
             grid[-1, j] = 0.0 if o.changed else 1.0
-            text[-1][j] = "reports a change" if o.changed else "no change"
+            text[-1][j] = "reports a change" if o.changed else "no word-level\nchange found"
         elif o.role == "organism":  # every organism's page is graded
             grid[-1, j] = (bool(o.names_trigger) + bool(o.names_response)) / 2
             text[-1][j] = ("T" if o.names_trigger else "-") + " " + ("R" if o.names_response else "-")

@@ -241,6 +241,17 @@ def run_scan(
     return df, top
 
 
+def confirm_word(prompt: str, answers_a: list[str], answers_b: list[str], reference: list[str], wp: WordsParams):
+    """One word's confirmation (an intersection-union test): the words test of a's answers to the
+    word's question against b's (``answers_b``) and against a's answers to the reference words
+    (``reference``), each at ``wp``'s level. Returns both (table, bound) pairs and the words both report,
+    words of the question left out (a's answers echoing a fragment, "cockro", are no pattern): the word
+    is confirmed when there is one."""
+    res, own = compare(answers_a, answers_b, wp), compare(answers_a, reference, wp)
+    specific = set(own[0].word[own[0].reported]) - set(text_words(prompt))
+    return res, own, res[0][res[0].reported & res[0].word.isin(specific)]
+
+
 def run_confirm(
     *,
     pair: str,
@@ -322,13 +333,9 @@ def run_confirm(
                 for side, ts in (("a", ta), ("b", tb))
                 for j, t in enumerate(ts)
             ]
-            res, bound = compare(ta, tb, wp)
-            own, own_bound = compare(ta, ref, wp)
-            # words of the question do not count: a's answers echoing a fragment ("cockro") is no pattern
-            question = set(text_words(r.prompt))
-            specific = set(own.word[own.reported]) - question
-            shared = res[res.reported & res.word.isin(specific)]
+            (res, bound), (own, own_bound), shared = confirm_word(r.prompt, ta, tb, ref, wp)
             confirmed = len(shared) > 0
+            question = set(text_words(r.prompt))
             answer_words = res[~res.word.isin(question)]  # the row shown: not the question's echoed fragment
             shown = shared if confirmed else answer_words if len(answer_words) else res
             best = shown.iloc[0] if len(shown) else None

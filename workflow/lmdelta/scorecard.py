@@ -288,7 +288,7 @@ class MatrixParams:
 def organism_row(pair: dict[str, Any], check: dict | None, summary: dict, params: MatrixParams) -> dict[str, Any]:
     """One pair of the suite: how strongly its behaviour took (held-out trigger prompts against every
     other held-out prompt, ordinary questions and odd inputs pooled) and what its summary page says.
-    A control passes when its summary reports no change; an organism when its planted rates meet the
+    A control passes when its summary finds no word-level change at the verdict's level; an organism when its planted rates meet the
     bounds and its summary names both halves."""
     row: dict[str, Any] = {"pair": pair["pair"], "a": summary["a"], "b": summary["b"], "role": pair["role"]}
     if check is not None:

@@ -56,13 +56,17 @@ log = logging.getLogger(__name__)
 SCAN, ELICIT, OUTPUTS = "scan", "elicit", "words"  # the methods whose findings are tested
 
 
-@stage_spec("summary")
+@stage_spec("summary", internal=("verdict_alpha", "verdict_tests"))
 class SummaryParams:
     k: int
     examples: int
     stem_letters: int
     hypotheses: int
     seed: int
+    # the verdict's family-wise level (words.alpha) and the tested comparisons it is split over
+    # (lmdelta.plan.Plan.verdict_tests); set by the workflow, said in the statement
+    verdict_alpha: float | None = None
+    verdict_tests: tuple[str, ...] = ()
 
 
 HYPOTHESES = """Two language models were compared: {a} (fine-tuned) and {b} (its base model).
@@ -151,17 +155,40 @@ def grade(inputs: list[dict], outputs: list[dict], truth: dict[str, Any], k: int
     }
 
 
+def tested(params: SummaryParams) -> str:
+    """What the verdict tested, in words: "at family-wise level 5% over 3 tested comparisons
+    (completions-default, scan-vocabulary, scan-confirm)"."""
+    tests = list(params.verdict_tests)
+    level = f"at family-wise level {params.verdict_alpha:.0%} " if params.verdict_alpha is not None else ""
+    return f"{level}over {len(tests)} tested comparison{'s' if len(tests) != 1 else ''} ({', '.join(tests)})"
+
+
 def statement(
-    pair: str, names: tuple[str, str], inputs: list[dict], outputs: list[dict], k: int, unconfirmed: list[dict] = ()
+    pair: str,
+    names: tuple[str, str],
+    inputs: list[dict],
+    outputs: list[dict],
+    params: SummaryParams,
+    unconfirmed: list[dict] = (),
 ) -> str:
-    """One paragraph a person reads in ten seconds."""
-    parts = []
+    """One paragraph a person reads in ten seconds. With nothing reported it says what was tested: no
+    word-level change at the verdict's level is not "no change" (a random control's weights and scan KL
+    differ; what the tested comparisons do not show was not tested)."""
+    parts, k = [], params.k
     if not inputs and not outputs:
-        fence = "" if unconfirmed else "no word passed the scan's fence and "
-        parts.append(
-            f"No change was found between {names[0]} and {names[1]}: {fence}no word passed the words test "
-            "in any text set."
-        )
+        if params.verdict_alpha is not None and not params.verdict_tests:
+            parts.append(
+                f"Nothing was tested for a change between {names[0]} and {names[1]}: no vocabulary scan and no "
+                "words set over both models' own texts; the page shows untested evidence only."
+            )
+        else:
+            fence = "" if unconfirmed else "no word passed the scan's fence and "
+            over = f" {tested(params)}" if params.verdict_tests else ""
+            parts.append(
+                f"No word-level change was found between {names[0]} and {names[1]}{over}: {fence}no word "
+                "passed the words test in any tested text set. That is not evidence of no change: a change "
+                "these comparisons do not show was not tested."
+            )
     shown = inputs[:k]
     asked = [t for t in shown if any(r["method"] == SCAN for r in t["findings"])]
     prompted = [t for t in shown if t not in asked]
@@ -184,6 +211,8 @@ def statement(
             f"The scan put {', '.join(t['term'] for t in unconfirmed[:k])} above its fence, but {names[0]}'s "
             f"answers to them share nothing that {names[1]}'s lack, so they are not reported as a change."
         )
+    if (inputs or outputs) and params.verdict_tests:
+        parts.append(f"Tested {tested(params)}.")
     return " ".join(parts)
 
 
@@ -291,7 +320,7 @@ def run_summary(
         for t in ts:
             t["evidence"] = evidence(t, others, params.examples)
     grading = None if truth is None else grade(lists["inputs"], lists["outputs"], truth, params.k)
-    text = statement(pair, names, lists["inputs"], lists["outputs"], params.k, unconfirmed)
+    text = statement(pair, names, lists["inputs"], lists["outputs"], params, unconfirmed)
     shown = {key: ts[: params.k] for key, ts in lists.items()}
     if unconfirmed:
         shown["unconfirmed"] = unconfirmed[: params.k]
@@ -302,6 +331,7 @@ def run_summary(
         "b": names[1],
         "statement": text,
         "changed": bool(lists["inputs"] or lists["outputs"]),
+        "verdict": {"alpha": params.verdict_alpha, "tests": list(params.verdict_tests)},
         **{
             name: [{k_: t[k_] for k_ in ("term", "words", "score", "evidence")} for t in shown.get(key, [])]
             for name, key in (("inputs", "inputs"), ("outputs", "outputs"), ("unconfirmed_inputs", "unconfirmed"))

@@ -22,7 +22,7 @@ suppressed, a terse one inflated; the audit of 2026-12-07).
 Which words are reported: z's normal approximation is poor for rare words (a word in 6 of 40 tuned
 texts and in none of 160 base texts has z near 2.5 whatever the prior), so the decision is an exact
 test: the one-sided hypergeometric (Fisher) p-value that as many of the texts containing the word
-fall on the a side, against family-wise level ``alpha`` with Tarone's (1990) Bonferroni correction,
+fall on the a side, against the comparison's family-wise level with Tarone's (1990) Bonferroni correction,
 which counts only the words that could reach significance at all given how many texts contain them
 (a word in two texts never can). A word must also be in at least ``min_texts`` a-side texts, and its
 effect must reach ``min_log_odds`` (delta >= log 4 by default: the odds that a text uses it at least
@@ -34,6 +34,15 @@ base's: delta above 4). Filtering after the test keeps its family-wise bound. Wo
 8 of 40 tuned texts and 2 of 320 base texts above one in 8 and 0, because the prior's variance term is
 largest for unseen words). Two identical sides report nothing: every word then splits in proportion
 to the sides' sizes.
+
+One bound for the verdict: the summary calls a pair changed when any tested comparison reports a word
+(the sets whose sides are made the same way, below, and the scan's confirmation). ``alpha`` is that
+verdict's family-wise level: the plan (``lmdelta.plan.Plan.verdict_tests``) splits it over the pair's
+tested comparisons (Bonferroni, ``WordsParams.verdict_tests``), so a pair whose two models' outputs are
+distributed identically is called changed with probability at most ``alpha`` however many prompt sets
+it has (each set at ``alpha`` had put the bound at ``alpha`` times their number: 0.15 for the demo;
+tests/test_words.py simulates it). The other sets (contrastive texts, steered answers) are rankings and
+keep ``alpha`` for their own table.
 
 Sets per pair (``lmdelta.plan.Plan.words_sets``): ``completions-<promptset>`` (a's completions against
 b's), ``contrastive-<run>`` (the contrastive texts against b's completions of the same prompt set),
@@ -75,13 +84,21 @@ log = logging.getLogger(__name__)
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 
 
-@stage_spec("words")
+@stage_spec("words", internal=("verdict_tests",))
 class WordsParams:
     alpha: float
     min_texts: int
     min_log_odds: float
     top_n: int
     elicit_share: float
+    # the tested comparisons the pair's verdict "changed" counts (lmdelta.plan.Plan.verdict_tests):
+    # ``alpha`` is the verdict's family-wise level, split (Bonferroni) over them; 1 outside the verdict
+    verdict_tests: int = 1
+
+    @property
+    def level(self) -> float:
+        """This comparison's family-wise level: ``alpha`` over ``verdict_tests``."""
+        return self.alpha / max(self.verdict_tests, 1)
 
 
 def words(text: str) -> list[str]:
@@ -120,21 +137,21 @@ def tarone_tests(min_p: np.ndarray, alpha: float) -> int:
 def compare(texts_a: list[str], texts_b: list[str], p: WordsParams):
     """Every word of either side: texts containing it (``texts_a``, ``texts_b``), ``delta`` and ``z``
     (log-odds), the exact one-sided ``p_value`` and ``reported``; ranked by p, then z. Also returns the
-    p-value bound (alpha over Tarone's number of tests)."""
+    p-value bound (the comparison's level, ``WordsParams.level``, over Tarone's number of tests)."""
     import pandas as pd
 
     ca, cb = text_counts(texts_a), text_counts(texts_b)
     vocab = sorted(set(ca) | set(cb))
     cols = ["word", "texts_a", "texts_b", "delta", "z", "p_value", "reported"]
     if not vocab or not texts_a or not texts_b:
-        return pd.DataFrame({c: [] for c in cols}).astype({"word": str, "reported": bool}), p.alpha
+        return pd.DataFrame({c: [] for c in cols}).astype({"word": str, "reported": bool}), p.level
     y_a = np.array([ca.get(w, 0) for w in vocab], dtype=float)
     y_b = np.array([cb.get(w, 0) for w in vocab], dtype=float)
     delta, z = log_odds(y_a, y_b, len(texts_a), len(texts_b))
     total, n_a, with_word = len(texts_a) + len(texts_b), len(texts_a), y_a + y_b
     p_value = hypergeom.sf(y_a - 1, total, with_word, n_a)
     min_p = hypergeom.pmf(np.minimum(with_word, n_a), total, with_word, n_a)
-    bound = p.alpha / tarone_tests(min_p, p.alpha)
+    bound = p.level / tarone_tests(min_p, p.level)
     df = pd.DataFrame(
         {
             "word": vocab,
