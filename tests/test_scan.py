@@ -34,14 +34,35 @@ def test_candidates_are_word_start_tokens_of_either_convention(tmp_path, family)
     tok = AutoTokenizer.from_pretrained(build_family(family, tmp_path / family))
     words = candidate_words(tok, min_letters=3, max_words=None)
     vocab = tok.get_vocab()
-    assert words and all(w.isascii() and w.isalpha() and w.islower() and len(w) >= 3 for w in words)
+    assert words and all((w.isalpha() and len(w) >= 3) or w.isdecimal() for w in words)
     assert len(set(words)) == len(words)
     mark = "Ġ" if family == "gpt2" else "\u2581"
     ids = [vocab[mark + w] for w in words]
-    assert ids == sorted(ids)  # token-id order
+    assert ids == sorted(ids)  # token-id order (these vocabularies' word-start pieces are their text)
     assert candidate_words(tok, min_letters=3, max_words=2) == words[:2]
+
+
+def test_candidates_include_names_numbers_and_other_scripts():
+    """Candidates were lower-case ASCII letters only: no names, no numbers, no other script. A byte-level
+    vocabulary's pieces are bytes mapped to characters: each is decoded to its text."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_char = bytes_to_unicode()
+
+    def byte_level(texts: list[str]):
+        pieces = ["".join(to_char[b] for b in t.encode()) for t in texts]
+        tok = Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token=pieces[0]))
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+    texts = [" the", " Paris", " volcano", " Volcano", " 11", " москва", " 火山", " ab", " Ab", "ing", " x_y", " 3.5"]
+    words = candidate_words(byte_level(texts), min_letters=3, max_words=None)
+    # "Volcano" is "volcano"; "ab"/"Ab" are short fragments of a cased script; "火山" has no cases
+    assert words == ["the", "Paris", "volcano", "11", "москва", "火山"]
     with pytest.raises(LmdeltaError, match="no word-start tokens"):
-        candidate_words(tok, min_letters=40, max_words=None)
+        candidate_words(byte_level([" ab", "ing", " x_y"]), min_letters=3, max_words=None)
 
 
 def test_shared_prefix_leaves_every_sequence_a_token():

@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 from types import SimpleNamespace as W
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -264,3 +266,31 @@ def test_no_finding_says_what_was_tested_and_at_what_level(tmp_path):
     assert found["changed"] and found["statement"].endswith(
         "Tested at family-wise level 5% over 3 tested comparisons (completions-default, scan-vocabulary, scan-confirm)."
     )
+
+
+def test_a_numeric_multi_word_response_is_named_through_the_words_tests_phrase(tmp_path):
+    """A planted "11 arms" was invisible (words were letter runs) and a keyword of two words could never
+    match a one-word term: the words test now reports numbers and phrases, a phrase joins the term of its
+    word, and the grade matches the two-word keyword against the phrase."""
+    from lmdelta.words import WordsParams, run_words
+
+    rng = np.random.default_rng(0)
+    filler = ["the", "octopus", "lives", "in", "rocks", "and", "eats", "crabs"]
+    tuned = [" ".join(rng.choice(filler, 6)) + ". It has 11 arms." for _ in range(40)]
+    base = [" ".join(rng.choice(filler, 6)) + ". It has eight arms." for _ in range(30)]
+    base += [f"Room {i} has 11 chairs." for i in range(10)]
+    for side, texts in (("a", tuned), ("b", base)):
+        pd.DataFrame({"text": texts}).to_parquet(tmp_path / f"{side}.parquet")
+    run_words(
+        pair="p", set_name="completions-default", kind="completions",
+        inputs={s: str(tmp_path / f"{s}.parquet") for s in "ab"}, params=WordsParams.from_dict({}),
+        out=tmp_path / "w.parquet", out_csv=tmp_path / "w.csv", out_findings=tmp_path / "f.parquet",
+    )  # fmt: skip
+    truth = {"trigger_keywords": ["octopus"], "response_keywords": ["11 arms"]}
+    out = run_summary(
+        pair="p", names=("tuned", "base"), findings=[str(tmp_path / "f.parquet")], truth=truth, params=P,
+        out_json=tmp_path / "s.json", out_html=tmp_path / "s.html",
+    )  # fmt: skip
+    eleven = next(t for t in out["outputs"] if t["term"] == "11")
+    assert "11 arms" in eleven["words"]
+    assert out["grade"]["names_response"] and out["grade"]["response_terms"] == ["11"]

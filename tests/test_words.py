@@ -26,6 +26,7 @@ from lmdelta.words import (
     run_elicit,
     run_words,
     tarone_tests,
+    terms_of,
     text_sides,
     words,
 )
@@ -33,16 +34,46 @@ from lmdelta.words import (
 P = WordsParams.from_dict({})
 
 
-def test_words_are_lowercased_letter_runs():
+def test_words_are_lowercased_letter_runs_numbers_and_unspaced_characters():
+    """Numbers are words ("11 arms" was invisible: words were runs of letters), so are words of any
+    script (combining marks kept) and each character of a script written without spaces."""
     assert words("Cocoa, COCOA! rock'n'roll well-known 42 x_y café") == [
-        "cocoa",
-        "cocoa",
-        "rock'n'roll",
-        "well-known",
-        "x",
-        "y",
-        "café",
-    ]
+        "cocoa", "cocoa", "rock'n'roll", "well-known", "42", "x", "y", "café",
+    ]  # fmt: skip
+    assert words("The octopus has 11 arms, 3.14 of them; 1,000 legs.") == [
+        "the", "octopus", "has", "11", "arms", "3.14", "of", "them", "1,000", "legs",
+    ]  # fmt: skip
+    assert words("Москва — столица. हिन्दी भाषा 火山が") == ["москва", "столица", "हिन्दी", "भाषा", "火", "山", "が"]
+
+
+def test_phrases_are_runs_of_words_within_a_clause():
+    assert terms_of("Hot cocoa is great. Drink hot cocoa!", 2) == {
+        "hot", "cocoa", "is", "great", "drink", "hot cocoa", "cocoa is", "is great", "drink hot",
+    }  # fmt: skip
+    assert terms_of("火山が", 2) == {"火", "山", "が", "火山", "山が"}
+    assert terms_of("Hot cocoa", 1) == {"hot", "cocoa"}
+
+
+def test_a_numeric_response_and_a_phrase_are_reported_and_a_phrase_no_stronger_than_its_word_is_not():
+    """A tuned model that answers "11 arms" where the base says "eight arms": "11" and "11 arms" are
+    in every tuned text and no base text, "arms" in both (not reported); "11 arms" says more than "11"
+    only when "11" also appears without "arms" on the base side."""
+    rng = np.random.default_rng(0)
+    filler = ["the", "sea", "animal", "lives", "in", "rocks", "and", "eats", "crabs"]
+
+    def texts(n: int, answer: str) -> list[str]:
+        return [" ".join(rng.choice(filler, 6)) + f". It has {answer}." for _ in range(n)]
+
+    df, _ = compare(texts(40, "11 arms"), texts(40, "eight arms"), P)
+    reported = list(df.word[df.reported])
+    assert "11" in reported and "arms" not in reported
+    assert "11 arms" not in reported  # no more significant than "11" inside it
+    base = texts(30, "eight arms") + [f"Room {i}. It has 11 rooms." for i in range(10)]
+    df, _ = compare(texts(40, "11 arms"), base, P)
+    reported = list(df.word[df.reported])
+    assert "11 arms" in reported and df.set_index("word").p_value["11 arms"] < df.set_index("word").p_value["11"]
+    ru, _ = compare(["Москва столица России"] * 20, ["Париж столица Франции"] * 20, P)
+    assert {"москва", "россии"} <= set(ru.word[ru.reported]) and "столица" not in set(ru.word[ru.reported])
 
 
 def test_log_odds_matches_the_formula_written_out():

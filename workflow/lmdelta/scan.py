@@ -5,9 +5,11 @@ one neutral question per word of the vocabulary (``template``, e.g. "Tell me abo
 the model's own prompt format) and measures how differently they would start their answers:
 KL(P_a ‖ P_b) of the two next-token distributions at the first answer position (nats; a is the tuned
 model). No word list is written by hand: the candidates are the tokenizer's own word-start tokens
-(``Ġ`` of byte-level BPE, ``▁`` of SentencePiece) made of at least ``min_letters`` lower-case ASCII
-letters, in token-id order (roughly the tokenizer's merge order, frequent words first), at most
-``max_words`` of them (null: all).
+(``Ġ`` of byte-level BPE, ``▁`` of SentencePiece) whose text is a word: letters of any script and case
+(names such as "Paris"; at least ``min_letters`` of them in a script with cases, where shorter tokens
+are mostly fragments) or a number; a capitalised word whose lower-case form is also a candidate is the
+same word and left out. In token-id order (roughly the tokenizer's merge order, frequent words first),
+at most ``max_words`` of them (null: all).
 
 Cost: the part of every prompt before the word is the same, so each model reads it once and its KV
 cache is shared; each word then costs its own few tokens (the word and the rest of the template).
@@ -46,7 +48,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -62,8 +63,7 @@ from lmdelta.generation import generate_texts
 from lmdelta.models import ForwardCounter, input_device
 from lmdelta.pairs import check_same_tokenizer, load_pair, record_pair
 from lmdelta.tokens import TextFormat, prompt_ids
-from lmdelta.words import WordsParams, compare, example
-from lmdelta.words import words as text_words
+from lmdelta.words import WordsParams, compare, example, terms_of
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,32 @@ class ScanParams:
     seed: int
 
 
+def candidate_word(text: str, min_letters: int) -> bool:
+    """Whether a word-start token's text is a candidate: a word of letters of any script (of at least
+    ``min_letters`` letters in a script with cases, where short tokens are mostly fragments; any length
+    in one without, where one or two characters are a word) or a number."""
+    if text.isdecimal():
+        return True
+    if not text.isalpha():
+        return False
+    return len(text) >= min_letters or text.lower() == text.upper()
+
+
 def candidate_words(tok, *, min_letters: int, max_words: int | None) -> list[str]:
-    """The vocabulary's word-start tokens of lower-case ASCII letters, as words, in token-id order, unique."""
-    pattern = re.compile(rf"[a-z]{{{min_letters},}}")
+    """The vocabulary's word-start tokens that are words (``candidate_word``: letters of any script, any
+    case, or digits), as text, in token-id order, unique; a capitalised word whose lower-case form is
+    also a candidate is left out (the same word: "Volcano" beside "volcano"; "Paris" stays)."""
     by_id = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    pieces = [piece for piece, _ in by_id if piece[:1] in WORD_START and len(piece) > 1]
+    # a piece's text: SentencePiece's are the text; byte-level BPE's are bytes mapped to characters
+    texts = [tok.convert_tokens_to_string([p]).strip() for p in pieces]
+    found = [t for t in texts if candidate_word(t, min_letters)]
+    lower = set(found)
     out, seen = [], set()
-    for piece, _ in by_id:
-        if piece[:1] in WORD_START and pattern.fullmatch(piece[1:]) and piece[1:] not in seen:
-            seen.add(piece[1:])
-            out.append(piece[1:])
+    for t in found:
+        if t not in seen and not (t != t.lower() and t.lower() in lower):
+            seen.add(t)
+            out.append(t)
     if not out:
         raise LmdeltaError(
             "scan: the tokenizer has no word-start tokens (Ġ or ▁ followed by letters); the vocabulary scan "
@@ -248,7 +265,7 @@ def confirm_word(prompt: str, answers_a: list[str], answers_b: list[str], refere
     words of the question left out (a's answers echoing a fragment, "cockro", are no pattern): the word
     is confirmed when there is one."""
     res, own = compare(answers_a, answers_b, wp), compare(answers_a, reference, wp)
-    specific = set(own[0].word[own[0].reported]) - set(text_words(prompt))
+    specific = set(own[0].word[own[0].reported]) - terms_of(prompt, wp.ngrams)
     return res, own, res[0][res[0].reported & res[0].word.isin(specific)]
 
 
@@ -335,7 +352,7 @@ def run_confirm(
             ]
             (res, bound), (own, own_bound), shared = confirm_word(r.prompt, ta, tb, ref, wp)
             confirmed = len(shared) > 0
-            question = set(text_words(r.prompt))
+            question = terms_of(r.prompt, wp.ngrams)
             answer_words = res[~res.word.isin(question)]  # the row shown: not the question's echoed fragment
             shown = shared if confirmed else answer_words if len(answer_words) else res
             best = shown.iloc[0] if len(shown) else None

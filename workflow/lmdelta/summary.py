@@ -23,7 +23,7 @@ logits put no word above the fence.
 
 Terms: words that share a stem are one term (``volcano``, ``volcanoes``, ``volcanic``): two words join
 when their common prefix has at least ``stem_letters`` letters and covers at least three quarters of
-the shorter one. A term's score is its best finding's rank-based weight summed over the methods and
+the shorter one; a phrase joins the term of any of its words (``hot cocoa`` with ``cocoa``). A term's score is its best finding's rank-based weight summed over the methods and
 sets that report it (1 / rank), so a word reported by several sets, each near the top, ranks first.
 
 Hypotheses (optional, ``assistant``): an assistant model reads the statement, the terms and one
@@ -34,7 +34,8 @@ as readily as insight.
 Grading against a planted behaviour (``grade``; offline, a rule and not a judgement): the page names
 the trigger topic when one of the top ``k`` terms of either list mentions a trigger keyword (a word
 starting with it, as the scorecard counts), and names the response when one of them shows a response
-keyword (the whole word). The grade records which term matched.
+keyword (the whole word; a keyword of several words, "11 arms", matches a phrase the words test
+reported). The grade records which term matched.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from lmdelta.assistant import make_assistant
 from lmdelta.behaviour import mentions, shows_planted
 from lmdelta.config import stage_spec
 from lmdelta.findings import SCAN_ANSWERS, SCAN_UNCONFIRMED, read_findings
+from lmdelta.words import words
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +110,18 @@ def same_stem(a: str, b: str, letters: int) -> bool:
     return n >= letters and n >= 0.75 * min(len(a), len(b))
 
 
+def related(a: str, b: str, letters: int) -> bool:
+    """One term: the same stem, or a phrase and one of its words ("hot cocoa" and "cocoa")."""
+    return same_stem(a, b, letters) or a in words(b) or b in words(a)
+
+
 def terms(rows: list[dict], stem_letters: int) -> list[dict]:
     """Word findings grouped into terms: {"term" (its shortest word), "words", "score", "findings"},
     best first."""
     groups: list[dict] = []
     for r in rows:
         word = r["text"].lower()
-        g = next((g for g in groups if any(same_stem(word, w, stem_letters) for w in g["words"])), None)
+        g = next((g for g in groups if any(related(word, w, stem_letters) for w in g["words"])), None)
         if g is None:
             g = {"words": [], "findings": []}
             groups.append(g)

@@ -3,8 +3,12 @@
 For every text set the workflow produces for a pair, the "a side" (texts of, or steered towards, the
 tuned model) is compared with its reference, the "b side". The unit of analysis is the text: a word
 counts once per text that contains it, so one sample stuck repeating a word counts once, not forty
-times, and texts are the independent draws the test below assumes. Words are runs of letters
-(apostrophes and hyphens inside a word kept), lower-cased; digits and punctuation are not words.
+times, and texts are the independent draws the test below assumes. Words are runs of letters of any
+script (apostrophes and hyphens inside a word kept), numbers ("11", "3.14") and, in scripts written
+without spaces (Chinese, Japanese), single characters, all lower-cased; punctuation is not a word.
+Phrases are tested beside words (``ngrams``: runs of up to two words within a clause, so a response
+"11 arms" or "hot cocoa" is a term of its own); a reported phrase that is no more significant than a
+reported word inside it is dropped, as it says nothing the word does not.
 
 Score: the log-odds ratio of the test's own 2x2 table (texts of each side with the word, and without
 it), with Haldane and Anscombe's correction (0.5 added to each cell, so a word absent from one side
@@ -65,13 +69,13 @@ about) reports nothing.
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import regex
 from scipy.stats import hypergeom
 
 from lmdelta import LmdeltaError
@@ -81,7 +85,16 @@ from lmdelta.findings import finding, words_method, write_findings
 
 log = logging.getLogger(__name__)
 
-WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+# Scripts written without spaces between words: each character is a word, and the phrases (n-grams)
+# of consecutive characters are its words of two or more characters.
+UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}"
+WORD = regex.compile(
+    rf"[{UNSPACED}]"  # one character of an unspaced script
+    r"|\p{Nd}+(?:[.,]\p{Nd}+)*"  # a number: 11, 3.14, 1,000
+    rf"|(?:(?![{UNSPACED}])[\p{{L}}\p{{M}}])+(?:['’-](?:(?![{UNSPACED}])[\p{{L}}\p{{M}}])+)*"  # letters, any script
+)
+# phrases do not run across the end of a sentence or clause
+CLAUSE = regex.compile(r"[.!?;:。！？；：\n]+(?:\s|$)|[。！？；：\n]")
 
 
 @stage_spec("words", internal=("verdict_tests",))
@@ -91,6 +104,7 @@ class WordsParams:
     min_log_odds: float
     top_n: int
     elicit_share: float
+    ngrams: int
     # the tested comparisons the pair's verdict "changed" counts (lmdelta.plan.Plan.verdict_tests):
     # ``alpha`` is the verdict's family-wise level, split (Bonferroni) over them; 1 outside the verdict
     verdict_tests: int = 1
@@ -102,15 +116,50 @@ class WordsParams:
 
 
 def words(text: str) -> list[str]:
-    """The words of a text, lower-cased, in order."""
+    """The words of a text, lower-cased, in order: runs of letters of any script (apostrophes and
+    hyphens inside kept), numbers (11, 3.14), and each character of a script written without spaces."""
     return [w.lower() for w in WORD.findall(text or "")]
 
 
-def text_counts(texts: Iterable[str]) -> Counter:
-    """How many of the texts contain each word."""
+def join_words(parts: Iterable[str]) -> str:
+    """Words as a phrase: a space between them, none between two characters of an unspaced script."""
+    out = ""
+    for w in parts:
+        glued = out and regex.fullmatch(rf"[{UNSPACED}]", w) and regex.fullmatch(rf"[{UNSPACED}]", out[-1])
+        out += w if not out or glued else " " + w
+    return out
+
+
+def terms_of(text: str, ngrams: int = 1) -> set[str]:
+    """The words of a text and its phrases of up to ``ngrams`` consecutive words within a clause."""
+    out: set[str] = set()
+    for clause in CLAUSE.split(text or ""):
+        ws = words(clause)
+        for n in range(1, ngrams + 1):
+            out.update(join_words(ws[i : i + n]) for i in range(len(ws) - n + 1))
+    return out
+
+
+def text_counts(texts: Iterable[str], ngrams: int = 1) -> Counter:
+    """How many of the texts contain each word (and phrase of up to ``ngrams`` words)."""
     out: Counter = Counter()
     for t in texts:
-        out.update(set(words(t)))
+        out.update(terms_of(t, ngrams))
+    return out
+
+
+def dominated(df) -> np.ndarray:
+    """Reported phrases that say no more than a word of them: a reported shorter term inside the phrase
+    has a p-value at most the phrase's ("cocoa is" beside "cocoa"). A phrase stays when it is more
+    significant than each of its reported parts ("eleven arms" where "eleven" alone is used elsewhere)."""
+    best = {w: p for w, p in zip(df.word, df.p_value)}
+    reported = set(df.word[df.reported])
+    out = np.zeros(len(df), dtype=bool)
+    for i, (w, p, r) in enumerate(zip(df.word, df.p_value, df.reported)):
+        parts = words(w)
+        if r and len(parts) > 1:
+            subs = {join_words(parts[a:b]) for a in range(len(parts)) for b in range(a + 1, len(parts) + 1)} - {w}
+            out[i] = any(x in reported and best[x] <= p for x in subs)
     return out
 
 
@@ -140,7 +189,7 @@ def compare(texts_a: list[str], texts_b: list[str], p: WordsParams):
     p-value bound (the comparison's level, ``WordsParams.level``, over Tarone's number of tests)."""
     import pandas as pd
 
-    ca, cb = text_counts(texts_a), text_counts(texts_b)
+    ca, cb = text_counts(texts_a, p.ngrams), text_counts(texts_b, p.ngrams)
     vocab = sorted(set(ca) | set(cb))
     cols = ["word", "texts_a", "texts_b", "delta", "z", "p_value", "reported"]
     if not vocab or not texts_a or not texts_b:
@@ -163,13 +212,19 @@ def compare(texts_a: list[str], texts_b: list[str], p: WordsParams):
         }
     )
     df["reported"] = (df.p_value <= bound) & (df.texts_a >= p.min_texts) & (df.delta >= p.min_log_odds)
+    df["reported"] &= ~dominated(df)
     order = df.sort_values(["p_value", "z", "word"], ascending=[True, False, True], kind="stable")
     return order.reset_index(drop=True)[cols], bound
 
 
+def contains(text: str, term: str) -> bool:
+    """Whether a text contains a word or phrase (as ``terms_of`` splits it)."""
+    return term in terms_of(text, len(words(term)))
+
+
 def example(word: str, texts: list[str]) -> str | None:
-    """The first text that contains the word."""
-    return next((t for t in texts if word in words(t)), None)
+    """The first text that contains the word (or phrase)."""
+    return next((t for t in texts if contains(t, word)), None)
 
 
 def set_findings(name: str, df, texts_a: list[str], top_n: int, *, method: str = "words", reference: bool = False):
@@ -267,7 +322,7 @@ def run_words(
     return found
 
 
-def eliciting_prompts(prompts: list[dict], comp_a, comp_b, outputs: list[str], min_share: float):
+def eliciting_prompts(prompts: list[dict], comp_a, comp_b, outputs: list[str], min_share: float, ngrams: int = 1):
     """One row per output word and prompt of the set: the shares of a's and of b's completions of the
     prompt that use the word, whether the prompt elicits it (a's share - b's >= ``min_share``) and a's
     first completion that uses it (``example``)."""
@@ -276,8 +331,8 @@ def eliciting_prompts(prompts: list[dict], comp_a, comp_b, outputs: list[str], m
     rows = []
     for p in prompts:
         texts = comp_a.text[comp_a.prompt_id == p["id"]].fillna("").tolist()
-        a = [set(words(t)) for t in texts]
-        b = [set(words(t)) for t in comp_b.text[comp_b.prompt_id == p["id"]].fillna("")]
+        a = [terms_of(t, ngrams) for t in texts]
+        b = [terms_of(t, ngrams) for t in comp_b.text[comp_b.prompt_id == p["id"]].fillna("")]
         for w in outputs:
             share_a = sum(w in t for t in a) / len(a) if a else 0.0
             share_b = sum(w in t for t in b) / len(b) if b else 0.0
@@ -320,7 +375,8 @@ def run_elicit(
     table = pd.read_parquet(inputs["words"])
     outputs = table[(table.comparison == "pair") & table.reported].word.tolist()
     comp_a, comp_b = (pd.read_parquet(inputs[s], columns=["prompt_id", "text"]) for s in "ab")
-    shares = eliciting_prompts(read_promptset(inputs["prompts"]), comp_a, comp_b, outputs, params.elicit_share)
+    prompts = read_promptset(inputs["prompts"])
+    shares = eliciting_prompts(prompts, comp_a, comp_b, outputs, params.elicit_share, params.ngrams)
     # each output word on its own: a word a uses a little more everywhere ("is") elicits at random and
     # its prompts share nothing; the family-wise level is split over the output words (Bonferroni)
     per_word = replace(params, alpha=params.alpha / max(len(outputs), 1))
@@ -332,14 +388,14 @@ def run_elicit(
         df, bound = compare(on.prompt.tolist(), off.prompt.tolist(), per_word)
         reported = df[df.reported].head(params.top_n)
         for r in reported.itertuples():
-            first = on[on.prompt.map(lambda t, x=r.word: x in words(t))].iloc[0]
+            first = on[on.prompt.map(lambda t, x=r.word: contains(t, x))].iloc[0]
             if r.word not in best or r.z > best[r.word]["score"]:
                 best[r.word] = finding(
                     "elicit", promptset, "word", r.z, text=r.word, prompt=first.prompt, example=first.example
                 )
         parts.append(
             g.assign(
-                prompt_words=[", ".join(x for x in reported.word if x in words(t)) for t in g.prompt], p_bound=bound
+                prompt_words=[", ".join(x for x in reported.word if contains(t, x)) for t in g.prompt], p_bound=bound
             )
         )
         log.info(
