@@ -566,6 +566,7 @@ def test_a_pair_with_two_tokenizers_is_scored_by_sequence_log_ratios(cross_pair,
     prov = read_provenance(out["bank.parquet"])
     assert prov["params"]["divergence_method"] == "sequence"
     assert prov["params"]["divergence_units"] == "nats per byte"
+    assert prov["params"]["divergence_estimate"] == "approximation"
     with pytest.raises(LmdeltaError, match="temperature 1.0, top_p 1.0, top_k 0"):
         run_stage(cross_pair, tmp_path, "hot", temperature=0.7)
 

@@ -290,7 +290,13 @@ def divergence_method(toks) -> dict[str, str]:
     continuations when the pair shares a tokenizer, else by sequence log-ratios per byte."""
     if same_tokenizer(toks[0], toks[1]):
         return {"divergence_method": "token", "divergence_units": "nats per token"}
-    return {"divergence_method": "sequence", "divergence_units": "nats per byte"}
+    return {
+        "divergence_method": "sequence",
+        "divergence_units": "nats per byte",
+        # each model's probability of one tokenization of the text, not of the text: a few percent off,
+        # either way, against the exact divergence (bench/seqdiv_bias.py, docs/tokenizers.md)
+        "divergence_estimate": "approximation",
+    }
 
 
 def sequence_scorer(

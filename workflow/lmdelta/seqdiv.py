@@ -8,20 +8,29 @@ sets: JS = ½ E_a[log p_a − log m] + ½ E_b[log p_b − log m] with m = ½ (p_
 
 What a continuation is: up to ``max_new_tokens`` tokens of the sampling model, cut at its first EOS
 (then the EOS is scored too: the other model scores its own first EOS id after the text). When the two
-tokenizers are the same, the other model scores the very sampled ids; otherwise it scores its own
-tokenization of the text (``tokenizer(text)``, no special tokens). Then log p_b(x) is the probability of
-b's tokenization of the text, not summed over every tokenization that spells it (the usual and slight
-underestimate of p_b), and a text cut at ``max_new_tokens`` may end inside one of b's tokens. With one
-tokenizer the estimate is exact in expectation: by the chain rule (the stopping rule is a stopping
-time) it equals the sum over positions of the per-token KL along a's samples, which
-``tests/test_seqdiv.py`` checks.
+tokenizers are the same, the other model scores the very sampled ids, and the estimate is exact in
+expectation: by the chain rule (the stopping rule is a stopping time) it equals the sum over positions
+of the per-token KL along a's samples, which ``tests/test_seqdiv.py`` checks.
+
+Across tokenizers it is an approximation (provenance ``divergence_estimate: approximation``):
+
+- each model's term is the probability of one tokenization of the text (the sampled ids; the other
+  model's own tokenization of the text), not of the text, which sums over every tokenization. Both
+  fall short of it: the other model's shortfall raises the KL, the sampler's lowers it. Measured
+  against the exact divergence of tiny models whose texts can be enumerated (tests/enumerable.py,
+  bench/seqdiv_bias.py): a few percent, either way (docs/tokenizers.md).
+- a text cut at ``max_new_tokens`` may end inside one of the other tokenizer's tokens (its
+  tokenization of the longer text merges across the cut). The sampler draws ``LOOKAHEAD`` more tokens
+  and the text is cut back to the last offset where a token of both tokenizations of the longer text
+  ends (``shared_cut``): both models score the same text, and neither a token it would not have read.
 
 JS of whole texts is bounded by ln 2 per continuation and sits near it as soon as two models put
 nearly disjoint mass on long texts (two families always do): across tokenizers rank by a KL.
 
 Units: ``kl_a_b`` etc. are nats per byte of continuation text (the mean log-ratio over the mean UTF-8
-length, as bits per byte is), comparable whatever the tokenizers; ``*_seq`` are nats per continuation;
-``*_se`` are Monte-Carlo standard errors (delta method for the ratio); ``n_samples`` per side.
+length, as bits per byte is; JS's two halves summed over both sample sets' bytes, a ratio of sums),
+comparable whatever the tokenizers; ``*_seq`` are nats per continuation; ``*_se`` are Monte-Carlo
+standard errors (delta method for the ratio); ``n_samples`` per side.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from lmdelta.scoring import score_sequences
 from lmdelta.tokens import TextFormat, encode_prompt, eos_ids
 
 SIDES = {"kl_a_b": ("a",), "kl_b_a": ("b",), "js": ("a", "b")}
+LOOKAHEAD = 8  # tokens sampled past a cut text's end, across tokenizers (shared_cut)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,31 @@ def sequence_logprobs(
     return np.array([float(np.sum(sc.logprob[len(p) - 1 :], dtype=np.float64)) for sc, p in zip(scores, prompts)])
 
 
+def token_ends(tok, ids: list[int], text: str) -> dict[int, int]:
+    """Where in ``text`` a prefix of ``ids`` ends: character offset -> the fewest tokens that spell
+    ``text`` up to it (0 -> 0). A prefix that does not decode to a prefix of the text ends nowhere, nor
+    does one that ends in U+FFFD (a byte token inside a character decodes to it)."""
+    out = {0: 0}
+    for k in range(1, len(ids) + 1):
+        t = tok.decode(ids[:k], skip_special_tokens=True)
+        if text.startswith(t) and not t.endswith("\ufffd"):
+            out.setdefault(len(t), k)
+    return out
+
+
+def shared_cut(tok, ids: list[int], tok_other, text: str, limit: int) -> tuple[str, list[int], list[int]]:
+    """A text cut at ``max_new_tokens`` may end inside one of the other tokenizer's tokens (its
+    tokenization of the longer text would merge across the cut), which that model would then score as
+    complete. ``ids`` and ``text`` run past the cut (``LOOKAHEAD`` more tokens): the text is cut at the
+    last offset up to ``limit`` (the cut's) where a token of both tokenizations of the longer text ends.
+    Returns the cut text, the sampled ids that spell it, and the other tokenizer's tokens of it (a prefix
+    of its tokenization of the longer text): both models score the same text."""
+    theirs = tok_other(text, add_special_tokens=False).input_ids
+    mine, other = token_ends(tok, ids, text), token_ends(tok_other, theirs, text)
+    cut = max(c for c in set(mine) & set(other) if c <= limit)
+    return text[:cut], list(ids[: mine[cut]]), list(theirs[: other[cut]])
+
+
 def sample_and_score(
     models, toks, formats, prompts: list[str], side: int, p: SequenceDivergence, *, seed: int
 ) -> list[dict]:
@@ -80,37 +115,48 @@ def sample_and_score(
     fmts = [f if isinstance(f, TextFormat) else TextFormat.from_dict(f) for f in formats]
     encoded = [[encode_prompt(tok, q, fmt) for q in prompts] for tok, fmt in zip(toks, fmts)]
     other = 1 - side
+    shared = same_tokenizer(toks[0], toks[1])
     for model, tok, seqs in zip(models, toks, encoded):
-        check_context(model, seqs, p.max_new_tokens, tok)
+        check_context(model, seqs, p.max_new_tokens + (0 if shared else LOOKAHEAD), tok)
     jobs = [i for i in range(len(prompts)) for _ in range(p.samples)]
     outs = generate_texts(
         models[side],
         toks[side],
         [encoded[side][i] for i in jobs],
-        max_new_tokens=p.max_new_tokens,
+        # across tokenizers, LOOKAHEAD tokens more show where the other tokenizer's tokens end at the cut
+        max_new_tokens=p.max_new_tokens + (0 if shared else LOOKAHEAD),
         sampling=Sampling(temperature=1.0),
         seed=seed,
         batch_size=p.batch_size,
     )
-    shared = same_tokenizer(toks[0], toks[1])
     other_eos = eos_ids((models[other], toks[other]))
+    texts = [o["text"] for o in outs]
     conts = {side: [o["ids"] for o in outs]}
     if shared:
         conts[other] = conts[side]
     else:
-        conts[other] = [
-            toks[other](o["text"], add_special_tokens=False).input_ids
-            + ([other_eos[0]] if o["finish_reason"] == "eos" and other_eos else [])
-            for o in outs
-        ]
+        conts[other] = []
+        for k, o in enumerate(outs):
+            if o["finish_reason"] == "eos" and o["n_tokens"] <= p.max_new_tokens:
+                # a whole text: the other model scores it and its own EOS
+                theirs = toks[other](o["text"], add_special_tokens=False).input_ids + list(other_eos[:1])
+            else:  # cut at max_new_tokens or before, where a token of each tokenization ends
+                texts[k], conts[side][k], theirs = shared_cut(
+                    toks[side],
+                    o["ids"],
+                    toks[other],
+                    o["text"],
+                    len(toks[side].decode(o["ids"][: p.max_new_tokens], skip_special_tokens=True)),
+                )
+            conts[other].append(theirs)
     lp = {m: sequence_logprobs(models[m], toks[m], [encoded[m][i] for i in jobs], conts[m]) for m in (side, other)}
     return [
         {
             "side": "ab"[side],
             "prompt": i,
             "sample": k % p.samples,
-            "text": o["text"],
-            "n_bytes": len(o["text"].encode("utf-8")),
+            "text": texts[k],
+            "n_bytes": len(texts[k].encode("utf-8")),
             "lp_a": float(lp[0][k]),
             "lp_b": float(lp[1][k]),
         }
@@ -132,6 +178,19 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> tuple[float, float, float, float
     return r, se, mean_seq, se_seq
 
 
+def _two_sample_ratio(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """(E_a num + E_b num) / (E_a den + E_b den) from two independent samples, and its standard error
+    (delta method)."""
+    den = float(a[1].mean() + b[1].mean())
+    if den <= 0:
+        return math.nan, math.nan
+    r = float(a[0].mean() + b[0].mean()) / den
+    if min(len(a[0]), len(b[0])) < 2:
+        return r, math.nan
+    var = sum(float((num - r * d).var(ddof=1)) / len(num) for num, d in (a, b))
+    return r, math.sqrt(var) / den
+
+
 def estimates(from_a: list[dict], from_b: list[dict]) -> dict[str, float]:
     """The divergences of one prompt from its continuations sampled from a and from b (either may be
     empty: then the divergences that need it are NaN)."""
@@ -147,10 +206,12 @@ def estimates(from_a: list[dict], from_b: list[dict]) -> dict[str, float]:
         # log p - log m on each side; the two halves are independent samples
         ha = la[:, 0] - (np.logaddexp(la[:, 0], la[:, 1]) - math.log(2))
         hb = lb[:, 1] - (np.logaddexp(lb[:, 0], lb[:, 1]) - math.log(2))
-        ra, sa, qa, qsa = _ratio(ha, la[:, 2])
-        rb, sb, qb, qsb = _ratio(hb, lb[:, 2])
-        out["js"], out["js_se"] = 0.5 * (ra + rb), 0.5 * math.hypot(sa, sb)
+        _, _, qa, qsa = _ratio(ha, la[:, 2])
+        _, _, qb, qsb = _ratio(hb, lb[:, 2])
         out["js_seq"], out["js_seq_se"] = 0.5 * (qa + qb), 0.5 * math.hypot(qsa, qsb)
+        # per byte: the ratio of the two halves' sums, ½(E_a h + E_b h) / ½(E_a bytes + E_b bytes), not the
+        # mean of two ratios with different denominators
+        out["js"], out["js_se"] = _two_sample_ratio((ha, la[:, 2]), (hb, lb[:, 2]))
     else:
         out.update(js=math.nan, js_se=math.nan, js_seq=math.nan, js_seq_se=math.nan)
     out["n_samples"] = max(len(la), len(lb))
