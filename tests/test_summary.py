@@ -294,3 +294,11 @@ def test_a_numeric_multi_word_response_is_named_through_the_words_tests_phrase(t
     eleven = next(t for t in out["outputs"] if t["term"] == "11")
     assert "11 arms" in eleven["words"]
     assert out["grade"]["names_response"] and out["grade"]["response_terms"] == ["11"]
+
+
+def test_a_phrase_joins_its_words_term_and_terms_do_not_chain_through_phrases():
+    rows = _rows("words", "completions-default", ["answer with", "answer", "with", "hot cocoa", "cocoa"])
+    ts = terms(rows.to_dict("records"), 5)
+    by = {t["term"]: t["words"] for t in ts}
+    assert by == {"answer": ["answer", "answer with"], "with": ["with"], "cocoa": ["cocoa", "hot cocoa"]}
+    assert [t["term"] for t in ts][0] == "answer"  # the phrase ranked first: its term scores 1 / 1

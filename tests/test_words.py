@@ -388,3 +388,16 @@ def test_a_pair_whose_outputs_are_identically_distributed_is_called_changed_at_m
         changed += bool(hit)
     rate = changed / runs
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs), rate
+
+
+def test_a_phrase_of_words_none_of_which_changed_is_not_reported():
+    """ "it is" in every tuned text and few base texts, while "it" and "is" alone are as common on both
+    sides (their odds move less than the floor): a change of form, not reported; "hot cocoa" beside a
+    reported "cocoa" and more significant than it is."""
+    tuned = [f"It is {w}. Is it hot cocoa? It was." for w in ("warm", "late", "cold", "dark", "fine")] * 8
+    base = [f"Is it {w}? It was hot tea. Fine, is it." for w in ("warm", "late", "cold", "dark", "fine")] * 6
+    base += [f"It was cocoa {i}. Is it cold?" for i in range(10)]
+    df, _ = compare(tuned, base, P)
+    reported = set(df.word[df.reported])
+    assert "it is" not in reported and not {"it", "is"} & reported
+    assert {"hot", "cocoa", "hot cocoa"} <= reported

@@ -111,15 +111,19 @@ def same_stem(a: str, b: str, letters: int) -> bool:
 
 
 def related(a: str, b: str, letters: int) -> bool:
-    """One term: the same stem, or a phrase and one of its words ("hot cocoa" and "cocoa")."""
-    return same_stem(a, b, letters) or a in words(b) or b in words(a)
+    """Whether ``a`` joins the term of ``b``: the same stem, or ``a`` is a phrase and ``b`` one of its
+    words ("hot cocoa" joins "cocoa"; a word never joins a term through a phrase, so terms do not chain
+    from "answer" through "answer with" to "with")."""
+    return same_stem(a, b, letters) or (len(words(a)) > 1 and b in words(a))
 
 
 def terms(rows: list[dict], stem_letters: int) -> list[dict]:
-    """Word findings grouped into terms: {"term" (its shortest word), "words", "score", "findings"},
-    best first."""
+    """Word findings grouped into terms: {"term" (its name), "words", "score", "findings"}, best
+    first. Words are grouped first, in the order given, then phrases join the term of one of their
+    words (or make their own)."""
     groups: list[dict] = []
-    for r in rows:
+    order = {id(r): i for i, r in enumerate(rows)}
+    for r in sorted(rows, key=lambda r: len(words(r["text"])) > 1):  # stable: words first, then phrases
         word = r["text"].lower()
         g = next((g for g in groups if any(related(word, w, stem_letters) for w in g["words"])), None)
         if g is None:
@@ -129,12 +133,16 @@ def terms(rows: list[dict], stem_letters: int) -> list[dict]:
             g["words"].append(word)
         g["findings"].append(r)
     for g in groups:
+        g["findings"].sort(key=lambda r: order[id(r)])
         best: dict[tuple[str, str], int] = {}
         for r in g["findings"]:
             key = (r["method"], r["run"])
             best[key] = min(best.get(key, r["rank"]), r["rank"])
         g["score"] = sum(1.0 / rank for rank in best.values())
-        g["term"] = min(g["words"], key=lambda w: (len(w), w))
+        # its name: the shortest word of the stem of its first (strongest) word ("volcan" of volcanoes,
+        # volcanic, volcano, volcan; "cocoa", not "hot cocoa")
+        first = g["words"][0]
+        g["term"] = min((w for w in g["words"] if same_stem(w, first, stem_letters)), key=lambda w: (len(w), w))
     return sorted(groups, key=lambda g: (-g["score"], g["term"]))
 
 

@@ -7,8 +7,9 @@ times, and texts are the independent draws the test below assumes. Words are run
 script (apostrophes and hyphens inside a word kept), numbers ("11", "3.14") and, in scripts written
 without spaces (Chinese, Japanese), single characters, all lower-cased; punctuation is not a word.
 Phrases are tested beside words (``ngrams``: runs of up to two words within a clause, so a response
-"11 arms" or "hot cocoa" is a term of its own); a reported phrase that is no more significant than a
-reported word inside it is dropped, as it says nothing the word does not.
+"11 arms" or "hot cocoa" is a term of its own); a reported phrase is kept only when one of its words
+is reported on its own and the phrase is more significant than each reported word inside it (it
+refines a change the words show; "it is" where neither word changed is a change of form).
 
 Score: the log-odds ratio of the test's own 2x2 table (texts of each side with the word, and without
 it), with Haldane and Anscombe's correction (0.5 added to each cell, so a word absent from one side
@@ -149,9 +150,11 @@ def text_counts(texts: Iterable[str], ngrams: int = 1) -> Counter:
 
 
 def dominated(df) -> np.ndarray:
-    """Reported phrases that say no more than a word of them: a reported shorter term inside the phrase
-    has a p-value at most the phrase's ("cocoa is" beside "cocoa"). A phrase stays when it is more
-    significant than each of its reported parts ("eleven arms" where "eleven" alone is used elsewhere)."""
+    """Reported phrases that say nothing beyond the words: a phrase is kept when one of its words is
+    reported on its own (the phrase refines a change the words test found: "11 arms" beside "11") and
+    it is more significant than each reported shorter term inside it ("cocoa is" beside "cocoa" is
+    not). A phrase of words none of which changed ("it is" where neither "it" nor "is" passes the floor)
+    is a change of form, not of content."""
     best = {w: p for w, p in zip(df.word, df.p_value)}
     reported = set(df.word[df.reported])
     out = np.zeros(len(df), dtype=bool)
@@ -159,7 +162,7 @@ def dominated(df) -> np.ndarray:
         parts = words(w)
         if r and len(parts) > 1:
             subs = {join_words(parts[a:b]) for a in range(len(parts)) for b in range(a + 1, len(parts) + 1)} - {w}
-            out[i] = any(x in reported and best[x] <= p for x in subs)
+            out[i] = not any(x in reported for x in parts) or any(x in reported and best[x] <= p for x in subs)
     return out
 
 
