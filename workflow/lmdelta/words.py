@@ -122,11 +122,14 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in WORD.findall(text or "")]
 
 
+UNSPACED_CHAR = regex.compile(rf"[{UNSPACED}]")
+
+
 def join_words(parts: Iterable[str]) -> str:
     """Words as a phrase: a space between them, none between two characters of an unspaced script."""
     out = ""
     for w in parts:
-        glued = out and regex.fullmatch(rf"[{UNSPACED}]", w) and regex.fullmatch(rf"[{UNSPACED}]", out[-1])
+        glued = out and UNSPACED_CHAR.fullmatch(w) and UNSPACED_CHAR.fullmatch(out[-1])
         out += w if not out or glued else " " + w
     return out
 
@@ -136,7 +139,8 @@ def terms_of(text: str, ngrams: int = 1) -> set[str]:
     out: set[str] = set()
     for clause in CLAUSE.split(text or ""):
         ws = words(clause)
-        for n in range(1, ngrams + 1):
+        out.update(ws)
+        for n in range(2, ngrams + 1):
             out.update(join_words(ws[i : i + n]) for i in range(len(ws) - n + 1))
     return out
 
@@ -155,14 +159,14 @@ def dominated(df) -> np.ndarray:
     it is more significant than each reported shorter term inside it ("cocoa is" beside "cocoa" is
     not). A phrase of words none of which changed ("it is" where neither "it" nor "is" passes the floor)
     is a change of form, not of content."""
-    best = {w: p for w, p in zip(df.word, df.p_value)}
-    reported = set(df.word[df.reported])
+    best = {w: p for w, p in zip(df.word[df.reported], df.p_value[df.reported])}
     out = np.zeros(len(df), dtype=bool)
-    for i, (w, p, r) in enumerate(zip(df.word, df.p_value, df.reported)):
+    for i in np.flatnonzero(df.reported.to_numpy()):
+        w, p = df.word.iat[i], df.p_value.iat[i]
         parts = words(w)
-        if r and len(parts) > 1:
+        if len(parts) > 1:
             subs = {join_words(parts[a:b]) for a in range(len(parts)) for b in range(a + 1, len(parts) + 1)} - {w}
-            out[i] = not any(x in reported for x in parts) or any(x in reported and best[x] <= p for x in subs)
+            out[i] = not any(x in best for x in parts) or any(x in best and best[x] <= p for x in subs)
     return out
 
 
